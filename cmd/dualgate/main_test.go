@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// binary is the dualgate command built once for the tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "dualgate-cmd")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "dualgate")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func TestVersion(t *testing.T) {
+	out, err := exec.Command(binary, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "dualgate ") {
+		t.Fatalf("version: %q %v", out, err)
+	}
+}
+
+func TestCertsInit(t *testing.T) {
+	dir := t.TempDir()
+	out, err := exec.Command(binary, "certs", "init", "--dir", dir, "--hosts", "gw.example.com,10.1.2.3").CombinedOutput()
+	if err != nil {
+		t.Fatalf("certs init: %v\n%s", err, out)
+	}
+	for _, f := range []string{"ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("%s missing: %v", f, err)
+		}
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := leaf.VerifyHostname("gw.example.com"); err != nil {
+		t.Fatalf("server certificate: %v", err)
+	}
+	if err := leaf.VerifyHostname("10.1.2.3"); err != nil {
+		t.Fatalf("server certificate: %v", err)
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"serve", "--plain", "nonsense"},
+		{"serve", "--auth", "maybe"},
+		{"serve", "--no-such-flag"},
+		{"frobnicate"},
+	} {
+		cmd := exec.Command(binary, args...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+			t.Fatalf("%v: %v, want exit 2", args, err)
+		}
+		if stderr.Len() == 0 {
+			t.Fatalf("%v: no message", args)
+		}
+	}
+}
+
+// serve with configuration from a YAML file, an environment variable and
+// flags; a device connects over TLS with the generated CA; SIGTERM closes
+// it with DISCONNECT 0x8B and the process exits 0.
+func TestServeAndSIGTERM(t *testing.T) {
+	data := t.TempDir()
+	plain, tlsAddr, api := freePort(t), freePort(t), freePort(t)
+	conf := filepath.Join(t.TempDir(), "dualgate.yaml")
+	if err := os.WriteFile(conf, []byte("plain: "+plain+"\nsecure-idle: 45s\napi: 127.0.0.1:1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "serve", "--config", conf, "--tls", tlsAddr, "--api", api, "--log-format", "json")
+	cmd.Env = append(os.Environ(), "DUALGATE_DATA="+data)
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://" + api + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway not ready; logs:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), filepath.Join(data, "certs", "ca.pem")) {
+		t.Fatalf("the log does not say where the CA is:\n%s", logs.String())
+	}
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("--log-format json wrote a non-JSON line: %q", line)
+		}
+	}
+
+	ca, err := os.ReadFile(filepath.Join(data, "certs", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	conn, err := tls.Dial("tcp", tlsAddr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	disc := make(chan *paho.Disconnect, 1)
+	c := paho.NewClient(paho.ClientConfig{Conn: conn, OnServerDisconnect: func(d *paho.Disconnect) { disc <- d }, OnClientError: func(error) {}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "cli-dev", KeepAlive: 30, CleanStart: true}); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.Dial("tcp", plain)
+	if err != nil {
+		t.Fatalf("plain listener from the YAML file: %v", err)
+	}
+	pc.Close()
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-disc:
+		if d.ReasonCode != 0x8B {
+			t.Fatalf("DISCONNECT %#x, want 0x8B", d.ReasonCode)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no DISCONNECT after SIGTERM")
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("did not exit after SIGTERM")
+	}
+}

@@ -1,0 +1,268 @@
+package gateway
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/gateway/store"
+)
+
+// maxBodyBytes bounds an API request body.
+const maxBodyBytes = 1 << 20
+
+func (g *Gateway) startAPI() error {
+	ln, err := net.Listen("tcp", g.cfg.API)
+	if err != nil {
+		return fmt.Errorf("api listener: %w", err)
+	}
+	g.apiLn = ln
+	g.api = &http.Server{
+		Handler:           g.apiHandler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          zap.NewStdLog(g.logger.Named("http")),
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := g.api.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			g.logger.Error("api server stopped", zap.Error(err))
+		}
+	}()
+	return nil
+}
+
+func (g *Gateway) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if g.draining.Load() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.metricsRegistry(), promhttp.HandlerOpts{}))
+
+	v1 := http.NewServeMux()
+	v1.HandleFunc("GET /v1/clients/{id}", g.getClient)
+	v1.HandleFunc("POST /v1/clients/{id}/commands", g.postCommand)
+	v1.HandleFunc("GET /v1/commands/{cid}", g.getCommand)
+	v1.HandleFunc("GET /v1/stats", g.getStats)
+	v1.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	mux.Handle("/v1/", g.requireToken(v1))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+// requireToken enforces --api-token on /v1.
+func (g *Gateway) requireToken(next http.Handler) http.Handler {
+	want := []byte("Bearer " + g.cfg.APIToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if g.cfg.APIToken != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="dualgate"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// clientView is the answer of GET /v1/clients/{id}.
+type clientView struct {
+	ClientID     string    `json:"client_id"`
+	Connected    bool      `json:"connected"`
+	Mode         string    `json:"mode"`
+	Protocol     byte      `json:"protocol,omitempty"`
+	Remote       string    `json:"remote,omitempty"`
+	Since        time.Time `json:"since,omitzero"`
+	LastActivity time.Time `json:"last_activity,omitzero"`
+	Pending      int       `json:"pending"`
+	// Instructions is the number of TLS instructions sent since the device
+	// was last on TLS; LoopProtected says it ignored too many of them.
+	Instructions  int  `json:"instructions"`
+	LoopProtected bool `json:"loop_protected"`
+	TLSOnly       bool `json:"tls_only,omitempty"`
+}
+
+func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	pending, err := g.store.CountPending(id)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	dev, known := g.dispatcher.Device(id)
+	v := clientView{ClientID: id, Mode: "offline", Pending: pending,
+		Instructions: dev.Instructions, LoopProtected: dev.LoopProtected, TLSOnly: dev.TLSOnly}
+	if e, ok := g.reg.Get(id); ok {
+		v.Connected = true
+		v.Mode = e.Mode.String()
+		v.Protocol = e.Protocol
+		v.Remote = e.Remote
+		v.Since = e.Since.UTC().Truncate(time.Millisecond)
+		v.LastActivity = e.LastActive().UTC().Truncate(time.Millisecond)
+	} else if !known && pending == 0 {
+		writeError(w, http.StatusNotFound, "client "+id+" is not known")
+		return
+	} else {
+		v.LastActivity = dev.LastSeen.UTC().Truncate(time.Millisecond)
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// statsView is the answer of GET /v1/stats.
+type statsView struct {
+	Connections map[string]int    `json:"connections"`
+	Commands    map[string]int    `json:"commands"`
+	OnDemand    map[string]uint64 `json:"on_demand"`
+	Sessions    map[string]uint64 `json:"sessions"`
+	Memory      map[string]uint64 `json:"memory"`
+	Goroutines  int               `json:"goroutines"`
+	Uptime      string            `json:"uptime"`
+}
+
+func (g *Gateway) getStats(w http.ResponseWriter, _ *http.Request) {
+	counts, err := g.store.Stats()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	ds := g.dispatcher.Stats()
+	plain, tlsN := g.reg.CountByMode()
+	st := g.env.Stats
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	writeJSON(w, http.StatusOK, statsView{
+		Connections: map[string]int{"plain": plain, "tls": tlsN, "total": plain + tlsN},
+		Commands: map[string]int{
+			"pending": counts.Pending, "upgrading": counts.Upgrading, "sent": counts.Sent,
+			"delivered": counts.Delivered, "expired": counts.Expired, "failed": counts.Failed,
+			"clients_waiting": counts.Clients,
+		},
+		OnDemand: map[string]uint64{
+			"accepted":            ds.Accepted.Load(),
+			"delivered":           ds.Delivered.Load(),
+			"upgrades":            ds.Upgrades.Load(),
+			"instructions":        ds.Instructions.Load(),
+			"instruction_retries": ds.InstructionRetries.Load(),
+			"downgrades":          ds.Downgrades.Load(),
+			"loop_protected":      uint64(g.dispatcher.LoopProtected()),
+		},
+		Sessions: map[string]uint64{
+			"connects":           st.Connects.Load(),
+			"refused":            st.RefusedTotal(),
+			"disconnects":        st.Disconnects.Load(),
+			"takeovers":          st.Takeovers.Load(),
+			"connect_timeouts":   st.ConnectTimeouts.Load(),
+			"keepalive_timeouts": st.KeepAliveTimeouts.Load(),
+			"protocol_errors":    st.ProtocolErrors.Load(),
+			"malformed_packets":  st.MalformedPackets.Load(),
+			"publishes_in":       st.PublishesIn.Load(),
+			"deliveries":         st.Deliveries.Load(),
+			"instructions":       st.Instructions.Load(),
+			"panics":             st.Panics.Load(),
+		},
+		Memory: map[string]uint64{
+			"rss_bytes":        readRSS(),
+			"heap_inuse_bytes": ms.HeapInuse,
+			"heap_alloc_bytes": ms.HeapAlloc,
+			"sys_bytes":        ms.Sys,
+		},
+		Goroutines: runtime.NumGoroutine(),
+		Uptime:     time.Since(g.start).Round(time.Second).String(),
+	})
+}
+
+// metricsRegistry builds the Prometheus registry: Go and process
+// collectors, and the gateway's own figures read at scrape time.
+func (g *Gateway) metricsRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	st := g.env.Stats
+	for _, m := range []registry.Mode{registry.ModePlain, registry.ModeTLS} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "dualgate_connections", Help: "Live device sessions by transport mode.",
+			ConstLabels: prometheus.Labels{"mode": m.String()},
+		}, func() float64 {
+			plain, tlsN := g.reg.CountByMode()
+			if m == registry.ModeTLS {
+				return float64(tlsN)
+			}
+			return float64(plain)
+		}))
+	}
+	counter := func(name, help string, f func() uint64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(f()) }))
+	}
+	counter("dualgate_connects_total", "CONNECTs accepted.", st.Connects.Load)
+	counter("dualgate_connects_refused_total", "CONNECTs refused, any reason.", st.RefusedTotal)
+	counter("dualgate_disconnects_total", "Sessions ended.", st.Disconnects.Load)
+	counter("dualgate_takeovers_total", "Sessions taken over by a new connection with the same client id.", st.Takeovers.Load)
+	counter("dualgate_connect_timeouts_total", "Connections closed for not sending CONNECT in time.", st.ConnectTimeouts.Load)
+	counter("dualgate_keepalive_timeouts_total", "Sessions closed by keepalive expiry.", st.KeepAliveTimeouts.Load)
+	counter("dualgate_protocol_errors_total", "Sessions closed for a protocol violation.", st.ProtocolErrors.Load)
+	counter("dualgate_malformed_packets_total", "Malformed packets received.", st.MalformedPackets.Load)
+	counter("dualgate_publishes_received_total", "PUBLISH packets received from devices.", st.PublishesIn.Load)
+	counter("dualgate_deliveries_total", "Commands written to devices.", st.Deliveries.Load)
+	counter("dualgate_instructions_total", "Reconnect instructions sent.", st.Instructions.Load)
+	counter("dualgate_session_panics_total", "Session panics contained to their connection.", st.Panics.Load)
+	ds := g.dispatcher.Stats()
+	counter("dualgate_commands_accepted_total", "Commands stored for delivery.", ds.Accepted.Load)
+	counter("dualgate_commands_delivered_total", "Commands acknowledged by their device.", ds.Delivered.Load)
+	counter("dualgate_commands_expired_total", "Commands whose TTL ran out before delivery.", ds.Expired.Load)
+	counter("dualgate_upgrades_total", "Devices that moved to TLS after an instruction.", ds.Upgrades.Load)
+	counter("dualgate_upgrade_instructions_total", "Reconnect instructions with mode tls.", ds.Instructions.Load)
+	counter("dualgate_instruction_retries_total", "TLS instructions repeated to a device that came back on plain.", ds.InstructionRetries.Load)
+	counter("dualgate_downgrades_total", "Reconnect instructions with mode plain.", ds.Downgrades.Load)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_loop_protected_devices", Help: "Devices whose secure commands wait for them on TLS after they ignored the instructions.",
+	}, func() float64 { return float64(g.dispatcher.LoopProtected()) }))
+	for _, st := range store.Statuses() {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "dualgate_commands", Help: "Commands in the store by status.",
+			ConstLabels: prometheus.Labels{"status": string(st)},
+		}, func() float64 {
+			c, err := g.store.Stats()
+			if err != nil {
+				return 0
+			}
+			return float64(c.Of(st))
+		}))
+	}
+	reg.MustRegister(g.latency)
+	return reg
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}

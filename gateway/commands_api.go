@@ -1,0 +1,171 @@
+package gateway
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/gateway/store"
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// Limits on a command accepted through the API.
+const (
+	maxCommandPayload = 256 << 10
+	defaultCommandTTL = time.Hour
+	maxCommandTTL     = 30 * 24 * time.Hour
+	maxClientIDLen    = 128 // the sessions' default
+)
+
+// commandRequest is the body of POST /v1/clients/{id}/commands.
+type commandRequest struct {
+	Topic      *string `json:"topic"`
+	Payload    *string `json:"payload"`
+	PayloadB64 *string `json:"payload_b64"`
+	QoS        *int    `json:"qos"`
+	Secure     *bool   `json:"secure"`
+	TTLSeconds *int64  `json:"ttl_seconds"`
+}
+
+// fieldError names the request field that is wrong.
+type fieldError struct {
+	field, msg string
+}
+
+func (e *fieldError) Error() string { return e.field + ": " + e.msg }
+
+// parseCommand validates a request and builds the command it asks for.
+func parseCommand(clientID string, body io.Reader, now time.Time) (*store.Command, error) {
+	if err := session.CheckClientID(clientID, maxClientIDLen); err != nil {
+		return nil, &fieldError{"client id", err.Error()}
+	}
+	var req commandRequest
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, &fieldError{"body", fmt.Sprintf("larger than %d bytes", mbe.Limit)}
+		}
+		return nil, &fieldError{"body", "not a JSON command: " + strings.TrimPrefix(err.Error(), "json: ")}
+	}
+	if dec.More() {
+		return nil, &fieldError{"body", "more than one JSON value"}
+	}
+	c := &store.Command{ID: store.NewID(now), ClientID: clientID, CreatedAt: now, QoS: 1, Secure: true}
+	if req.Topic == nil || *req.Topic == "" {
+		return nil, &fieldError{"topic", "required, e.g. devices/" + clientID + "/commands/unlock"}
+	}
+	if err := mqttcodec.ValidTopicName([]byte(*req.Topic)); err != nil {
+		return nil, &fieldError{"topic", err.Error()}
+	}
+	if strings.HasPrefix(*req.Topic, "$") {
+		return nil, &fieldError{"topic", "topics starting with $ are reserved"}
+	}
+	c.Topic = *req.Topic
+	switch {
+	case req.Payload != nil && req.PayloadB64 != nil:
+		return nil, &fieldError{"payload", "give payload or payload_b64, not both"}
+	case req.PayloadB64 != nil:
+		b, err := base64.StdEncoding.DecodeString(*req.PayloadB64)
+		if err != nil {
+			return nil, &fieldError{"payload_b64", "not standard base64: " + err.Error()}
+		}
+		c.Payload = b
+	case req.Payload != nil:
+		c.Payload = []byte(*req.Payload)
+	}
+	if len(c.Payload) > maxCommandPayload {
+		return nil, &fieldError{"payload", fmt.Sprintf("%d bytes, more than %d", len(c.Payload), maxCommandPayload)}
+	}
+	if req.QoS != nil {
+		if *req.QoS != 0 && *req.QoS != 1 {
+			return nil, &fieldError{"qos", "must be 0 or 1"}
+		}
+		c.QoS = byte(*req.QoS)
+	}
+	if req.Secure != nil {
+		c.Secure = *req.Secure
+	}
+	ttl := defaultCommandTTL
+	if req.TTLSeconds != nil {
+		if *req.TTLSeconds < 1 || *req.TTLSeconds > int64(maxCommandTTL/time.Second) {
+			return nil, &fieldError{"ttl_seconds", fmt.Sprintf("must be 1..%d", int64(maxCommandTTL/time.Second))}
+		}
+		ttl = time.Duration(*req.TTLSeconds) * time.Second
+	}
+	c.ExpiresAt = now.Add(ttl)
+	return c, nil
+}
+
+func (g *Gateway) postCommand(w http.ResponseWriter, r *http.Request) {
+	c, err := parseCommand(r.PathValue("id"), r.Body, g.env.Now())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	status, err := g.dispatcher.Submit(c)
+	switch {
+	case errors.Is(err, store.ErrFull):
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("client %s already has %d undelivered commands", c.ClientID, g.cfg.CommandLimit))
+		return
+	case err != nil:
+		g.logger.Error("command not stored", zap.String("client", c.ClientID), zap.Error(err))
+		writeError(w, http.StatusServiceUnavailable, "command not stored: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"id": c.ID, "status": string(status)})
+}
+
+// commandView is the answer of GET /v1/commands/{cid}.
+type commandView struct {
+	ID          string           `json:"id"`
+	ClientID    string           `json:"client_id"`
+	Topic       string           `json:"topic"`
+	QoS         byte             `json:"qos"`
+	Secure      bool             `json:"secure"`
+	Status      store.Status     `json:"status"`
+	CreatedAt   time.Time        `json:"created_at"`
+	ExpiresAt   time.Time        `json:"expires_at"`
+	DeliveredAt *time.Time       `json:"delivered_at"`
+	Attempts    int              `json:"attempts"`
+	History     []transitionView `json:"history"`
+}
+
+type transitionView struct {
+	Status store.Status `json:"status"`
+	At     time.Time    `json:"at"`
+	Note   string       `json:"note,omitempty"`
+}
+
+func (g *Gateway) getCommand(w http.ResponseWriter, r *http.Request) {
+	c, err := g.store.Get(r.PathValue("cid"))
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "no command "+r.PathValue("cid"))
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	v := commandView{
+		ID: c.ID, ClientID: c.ClientID, Topic: c.Topic, QoS: c.QoS, Secure: c.Secure,
+		Status: c.Status, CreatedAt: c.CreatedAt.UTC(), ExpiresAt: c.ExpiresAt.UTC(), Attempts: c.Attempts,
+	}
+	if !c.DeliveredAt.IsZero() {
+		t := c.DeliveredAt.UTC()
+		v.DeliveredAt = &t
+	}
+	for _, h := range c.History {
+		v.History = append(v.History, transitionView{Status: h.Status, At: h.At.UTC(), Note: h.Note})
+	}
+	writeJSON(w, http.StatusOK, v)
+}

@@ -1,0 +1,287 @@
+package gateway
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is every setting of a gateway. Each field has a command-line flag,
+// a YAML key (--config FILE) and an environment variable DUALGATE_<KEY>
+// (upper case, '-' as '_'); flags win over the environment, which wins over
+// the file. The zero value of a field means its default.
+type Config struct {
+	Plain  string `yaml:"plain" help:"plain MQTT listener address (gnet event loop)"`
+	TLS    string `yaml:"tls" help:"TLS MQTT listener address"`
+	API    string `yaml:"api" help:"HTTP API, /metrics, /healthz and /readyz address"`
+	Data   string `yaml:"data" help:"data directory: pending commands, state, generated dev certificates"`
+	Config string `yaml:"-" help:"YAML file with the same keys as the flags"`
+
+	TLSCert     string `yaml:"tls-cert" help:"server certificate (PEM); without it a dev CA and certificate are generated in the data dir"`
+	TLSKey      string `yaml:"tls-key" help:"server private key (PEM)"`
+	ClientCA    string `yaml:"client-ca" help:"CA (PEM) that signs device certificates; enables mutual TLS (optional client certificates)"`
+	RequireCert bool   `yaml:"require-client-cert" help:"refuse TLS devices without a client certificate"`
+	TLSHosts    string `yaml:"tls-hosts" help:"comma-separated host names and IPs for a generated server certificate"`
+	TLSMin      string `yaml:"tls-min-version" help:"minimum TLS version: 1.2 or 1.3"`
+	TLSCurves   string `yaml:"tls-curves" help:"key exchange groups, comma-separated (x25519, p256, x25519mlkem768); empty: Go's default"`
+
+	AdvertisePlain string `yaml:"advertise-plain" help:"host:port put into instructions to use plain (behind a load balancer: its address)"`
+	AdvertiseTLS   string `yaml:"advertise-tls" help:"host:port put into instructions to use TLS"`
+
+	SecureIdle       time.Duration `yaml:"secure-idle" help:"quiet period after which a TLS device is sent back to plain"`
+	MaxInstructions  int           `yaml:"max-instructions" help:"TLS instructions a device may ignore in a row before its secure commands just wait for it on TLS"`
+	InstructBackoff  time.Duration `yaml:"instruct-backoff" help:"wait before telling a device again to use TLS; doubles each time, at most 5m"`
+	CommandLimit     int           `yaml:"command-limit" help:"most undelivered commands one device may have"`
+	CommandRetention time.Duration `yaml:"command-retention" help:"how long delivered, expired and failed commands stay readable"`
+	Upstream         string        `yaml:"upstream" help:"tcp:// or tls:// URL of the cloud broker (none: no bridge)"`
+	APIToken         string        `yaml:"api-token" help:"bearer token required by every /v1 request"`
+
+	Auth        string        `yaml:"auth" help:"device authentication: allow-all or token"`
+	Secrets     string        `yaml:"secrets" help:"per-device secrets file for --auth token"`
+	TokenWindow time.Duration `yaml:"token-window" help:"how far a device token's time may be from the gateway's"`
+
+	ConnectTimeout   time.Duration `yaml:"connect-timeout" help:"time a new connection has to send CONNECT"`
+	MaxPacketSize    int           `yaml:"max-packet-size" help:"largest MQTT packet accepted from a device, bytes"`
+	MaxKeepAlive     int           `yaml:"max-keepalive" help:"cap on an MQTT 5 device's keepalive, seconds (0: none)"`
+	MaxConnections   int           `yaml:"max-connections" help:"maximum live device sessions (0: no limit)"`
+	ConnectRate      float64       `yaml:"connect-rate" help:"accepted CONNECTs per second (0: no limit)"`
+	ConnectBurst     int           `yaml:"connect-burst" help:"burst of CONNECTs above connect-rate"`
+	ControlGrace     time.Duration `yaml:"control-grace" help:"time a 3.1.1 device has to leave after a reconnect instruction"`
+	EventLoops       int           `yaml:"event-loops" help:"gnet event loops for the plain listener (0: one per CPU)"`
+	MaxHandshakes    int           `yaml:"max-handshakes" help:"concurrent TLS handshakes (0: 4 per CPU)"`
+	HandshakeTimeout time.Duration `yaml:"handshake-timeout" help:"time a TLS handshake may take"`
+	ShutdownTimeout  time.Duration `yaml:"shutdown-timeout" help:"time to close sessions on SIGTERM before exiting"`
+
+	LogFormat string `yaml:"log-format" help:"console or json"`
+	LogLevel  string `yaml:"log-level" help:"debug, info, warn or error"`
+}
+
+// Defaults returns the configuration `dualgate serve` runs with when given
+// nothing.
+func Defaults() Config {
+	return Config{
+		Plain:            ":1883",
+		TLS:              ":8883",
+		API:              "127.0.0.1:8080",
+		Data:             "./dualgate-data",
+		TLSHosts:         "localhost,127.0.0.1,::1",
+		TLSMin:           "1.2",
+		SecureIdle:       30 * time.Second,
+		Auth:             "allow-all",
+		TokenWindow:      5 * time.Minute,
+		ConnectTimeout:   10 * time.Second,
+		MaxPacketSize:    1 << 20,
+		ConnectBurst:     100,
+		ControlGrace:     5 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		ShutdownTimeout:  10 * time.Second,
+		LogFormat:        "console",
+		LogLevel:         "info",
+	}
+}
+
+// withDefaults fills zero fields of a copy of c from Defaults.
+func (c Config) withDefaults() Config {
+	d := Defaults()
+	cv := reflect.ValueOf(&c).Elem()
+	dv := reflect.ValueOf(d)
+	for i := range cv.NumField() {
+		if cv.Field(i).IsZero() {
+			cv.Field(i).Set(dv.Field(i))
+		}
+	}
+	return c
+}
+
+// Validate reports the first setting that cannot work.
+func (c *Config) Validate() error {
+	for name, addr := range map[string]string{"plain": c.Plain, "tls": c.TLS, "api": c.API} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("--%s %q: %w", name, addr, err)
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	switch c.Auth {
+	case "allow-all":
+	case "token":
+		if c.Secrets == "" {
+			return errors.New("--auth token needs --secrets FILE")
+		}
+	default:
+		return fmt.Errorf("--auth %q: want allow-all or token", c.Auth)
+	}
+	if c.MaxPacketSize < 64 || c.MaxPacketSize > 268435460 {
+		return fmt.Errorf("--max-packet-size %d: want 64..268435460", c.MaxPacketSize)
+	}
+	if c.MaxKeepAlive < 0 || c.MaxKeepAlive > 65535 {
+		return fmt.Errorf("--max-keepalive %d: want 0..65535", c.MaxKeepAlive)
+	}
+	if c.SecureIdle < time.Second {
+		return fmt.Errorf("--secure-idle %s: want at least 1s", c.SecureIdle)
+	}
+	switch c.TLSMin {
+	case "1.2", "1.3":
+	default:
+		return fmt.Errorf("--tls-min-version %q: want 1.2 or 1.3", c.TLSMin)
+	}
+	switch c.LogFormat {
+	case "console", "json":
+	default:
+		return fmt.Errorf("--log-format %q: want console or json", c.LogFormat)
+	}
+	if c.Upstream != "" && !strings.HasPrefix(c.Upstream, "tcp://") && !strings.HasPrefix(c.Upstream, "tls://") {
+		return fmt.Errorf("--upstream %q: want tcp://host:port or tls://host:port", c.Upstream)
+	}
+	return nil
+}
+
+// LoadConfig builds the configuration from command-line args, the
+// environment (getenv, e.g. os.Getenv) and the YAML file named by --config
+// or DUALGATE_CONFIG. Precedence: flags, then environment, then file, then
+// defaults.
+func LoadConfig(args []string, getenv func(string) string) (Config, error) {
+	var cli Config
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	set := map[string]bool{}
+	bindFlags(fs, &cli)
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	var cfg Config
+	path := cli.Config
+	if path == "" {
+		path = getenv("DUALGATE_CONFIG")
+	}
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(b)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil {
+			return Config{}, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	// The environment over the file, flags over both.
+	cv := reflect.ValueOf(&cfg).Elem()
+	clv := reflect.ValueOf(&cli).Elem()
+	for i := range cv.NumField() {
+		f := cv.Type().Field(i)
+		name := flagName(f)
+		if name == "" {
+			continue
+		}
+		if v := getenv("DUALGATE_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); v != "" {
+			if err := setFromString(cv.Field(i), v); err != nil {
+				return Config{}, fmt.Errorf("env DUALGATE_%s: %w", strings.ToUpper(strings.ReplaceAll(name, "-", "_")), err)
+			}
+		}
+		if set[name] {
+			cv.Field(i).Set(clv.Field(i))
+		}
+	}
+	cfg = cfg.withDefaults()
+	return cfg, cfg.Validate()
+}
+
+// bindFlags registers one flag per Config field, named by its YAML key.
+func bindFlags(fs *flag.FlagSet, c *Config) {
+	v := reflect.ValueOf(c).Elem()
+	d := reflect.ValueOf(Defaults())
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		name := flagName(f)
+		if f.Name == "Config" {
+			name = "config"
+		}
+		if name == "" {
+			continue
+		}
+		usage := f.Tag.Get("help")
+		if def := d.Field(i); !def.IsZero() {
+			usage += fmt.Sprintf(" (default %v)", def.Interface())
+		}
+		fs.Var(fieldValue{v.Field(i)}, name, usage)
+	}
+}
+
+func flagName(f reflect.StructField) string {
+	n := f.Tag.Get("yaml")
+	if n == "-" {
+		return ""
+	}
+	return n
+}
+
+// fieldValue adapts a Config field to flag.Value.
+type fieldValue struct{ v reflect.Value }
+
+func (f fieldValue) String() string {
+	if !f.v.IsValid() {
+		return ""
+	}
+	return fmt.Sprint(f.v.Interface())
+}
+
+func (f fieldValue) Set(s string) error { return setFromString(f.v, s) }
+
+func (f fieldValue) IsBoolFlag() bool { return f.v.IsValid() && f.v.Kind() == reflect.Bool }
+
+func setFromString(v reflect.Value, s string) error {
+	switch v.Interface().(type) {
+	case string:
+		v.SetString(s)
+	case bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return err
+		}
+		v.SetBool(b)
+	case int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return err
+		}
+		v.SetInt(int64(n))
+	case float64:
+		x, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return err
+		}
+		v.SetFloat(x)
+	case time.Duration:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		v.SetInt(int64(d))
+	default:
+		return fmt.Errorf("unsupported setting type %s", v.Type())
+	}
+	return nil
+}
+
+// Usage writes the flags and their meaning.
+func Usage(w *os.File) {
+	var c Config
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	bindFlags(fs, &c)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}

@@ -1,0 +1,482 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+
+	"github.com/dualgate/dualgate/certs"
+	"github.com/dualgate/dualgate/gateway/auth"
+	"github.com/dualgate/dualgate/gateway/dispatch"
+	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/gateway/store"
+	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/mqttcodec"
+	"github.com/dualgate/dualgate/tlsmux"
+)
+
+// Options are the collaborators a Gateway can be given instead of its
+// defaults. The zero value is fine.
+type Options struct {
+	Logger *zap.Logger
+	// Sink receives device publishes after local subscribers have had
+	// them; nil: nothing further (they are acknowledged).
+	Sink session.Sink
+	// Now is the clock; nil: time.Now.
+	Now func() time.Time
+}
+
+// Gateway is a running dualgate: plain and TLS listeners, the sessions, the
+// HTTP API. Create it with New, start it with Start, stop it with Shutdown.
+type Gateway struct {
+	cfg    Config
+	logger *zap.Logger
+	env    *session.Env
+	reg    *registry.Registry
+	router *router
+
+	store      store.Store
+	dispatcher *dispatch.Dispatcher
+	latency    prometheus.Histogram
+	start      time.Time
+
+	plain    *plainServer
+	plainErr chan error
+	plainAt  string
+
+	tlsSrv   *tlsmux.Server
+	tlsLn    net.Listener
+	tlsConns tlsSet
+	caPath   string // the generated dev CA, when there is one
+	certs    *tlsmux.CertReloader
+
+	api   *http.Server
+	apiLn net.Listener
+
+	draining atomic.Bool
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	closed   sync.Once
+}
+
+// New builds a gateway from cfg (defaults filled into a copy). It opens
+// nothing yet.
+func New(cfg Config, opts Options) (*Gateway, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	g := &Gateway{
+		cfg:      cfg,
+		logger:   logger,
+		reg:      registry.New(),
+		plainErr: make(chan error, 1),
+		stop:     make(chan struct{}),
+	}
+	authn, err := g.authenticator()
+	if err != nil {
+		return nil, err
+	}
+	g.router = newRouter(opts.Sink)
+	sink := session.Sink(g.router)
+	var limiter *rate.Limiter
+	if cfg.ConnectRate > 0 {
+		limiter = rate.NewLimiter(rate.Limit(cfg.ConnectRate), max(cfg.ConnectBurst, 1))
+	}
+	g.env, err = session.NewEnv(session.Env{
+		Logger:            logger,
+		Registry:          g.reg,
+		Auth:              authn,
+		Sink:              sink,
+		Sessions:          session.NewStore(sink),
+		Now:               opts.Now,
+		ConnectTimeout:    cfg.ConnectTimeout,
+		MaxPacketSize:     uint32(cfg.MaxPacketSize),
+		MaxKeepAlive:      uint16(cfg.MaxKeepAlive),
+		MaxConnections:    cfg.MaxConnections,
+		ConnectLimiter:    limiter,
+		ControlGrace:      cfg.ControlGrace,
+		ReceiveMaximum:    64,
+		TopicAliasMaximum: 16,
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.plain = newPlainServer(g.env, logger, &g.draining)
+	return g, nil
+}
+
+func (g *Gateway) authenticator() (auth.Authenticator, error) {
+	switch g.cfg.Auth {
+	case "token":
+		secrets, err := auth.LoadSecretsFile(g.cfg.Secrets)
+		if err != nil {
+			return nil, err
+		}
+		return auth.NewTokens(auth.TokenConfig{
+			Secrets:          secrets,
+			Window:           g.cfg.TokenWindow,
+			AcceptClientCert: true,
+		})
+	default:
+		g.logger.Warn("device authentication is off (--auth allow-all): any device may connect with any client id")
+		return auth.AllowAll(), nil
+	}
+}
+
+// Start opens the listeners and returns once all accept connections.
+func (g *Gateway) Start() error {
+	g.start = time.Now()
+	if err := os.MkdirAll(g.cfg.Data, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	tlsCfg, err := g.serverTLSConfig()
+	if err != nil {
+		return err
+	}
+	if err := g.startDispatch(); err != nil {
+		return err
+	}
+	if err := g.startPlain(); err != nil {
+		g.stopDispatch()
+		return err
+	}
+	if err := g.startTLS(tlsCfg); err != nil {
+		g.stopPlain()
+		g.stopDispatch()
+		return err
+	}
+	if err := g.startAPI(); err != nil {
+		_ = g.tlsSrv.Close()
+		g.stopPlain()
+		g.stopDispatch()
+		return err
+	}
+	g.wg.Add(1)
+	go g.sweepTLS()
+	g.logger.Info("dualgate serving",
+		zap.String("plain", g.PlainAddr()), zap.String("tls", g.TLSAddr()), zap.String("api", g.APIAddr()))
+	return nil
+}
+
+func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
+	cert, key := g.cfg.TLSCert, g.cfg.TLSKey
+	if cert == "" {
+		dir := filepath.Join(g.cfg.Data, "certs")
+		paths, created, err := certs.EnsureDev(dir, splitList(g.cfg.TLSHosts))
+		if err != nil {
+			return nil, fmt.Errorf("dev certificates: %w", err)
+		}
+		cert, key, g.caPath = paths.Server, paths.ServerKey, paths.CA
+		verb := "using"
+		if created {
+			verb = "generated"
+		}
+		g.logger.Warn("no --tls-cert given: "+verb+" a development CA; devices must trust "+paths.CA,
+			zap.String("ca", paths.CA), zap.String("server_cert", paths.Server))
+	}
+	reloader, err := tlsmux.NewCertReloader(cert, key, g.logger)
+	if err != nil {
+		return nil, err
+	}
+	g.certs = reloader
+	curves, err := parseCurves(g.cfg.TLSCurves)
+	if err != nil {
+		return nil, err
+	}
+	minVersion := uint16(tls.VersionTLS12)
+	if g.cfg.TLSMin == "1.3" {
+		minVersion = tls.VersionTLS13
+	}
+	return tlsmux.ServerTLSConfig(tlsmux.TLSOptions{
+		GetCertificate:    reloader.GetCertificate,
+		ClientCAFile:      g.cfg.ClientCA,
+		RequireClientCert: g.cfg.RequireCert,
+		MinVersion:        minVersion,
+		CurvePreferences:  curves,
+	})
+}
+
+// parseCurves turns --tls-curves names into key exchange groups.
+func parseCurves(s string) ([]tls.CurveID, error) {
+	var out []tls.CurveID
+	for _, name := range splitList(s) {
+		switch strings.ToLower(name) {
+		case "x25519":
+			out = append(out, tls.X25519)
+		case "x25519mlkem768":
+			out = append(out, tls.X25519MLKEM768)
+		case "p256":
+			out = append(out, tls.CurveP256)
+		case "p384":
+			out = append(out, tls.CurveP384)
+		default:
+			return nil, fmt.Errorf("--tls-curves: unknown group %q (want x25519, x25519mlkem768, p256, p384)", name)
+		}
+	}
+	return out, nil
+}
+
+// startDispatch opens the command store and starts the dispatcher; the
+// sessions' hooks are wired to it before any listener opens.
+func (g *Gateway) startDispatch() error {
+	st, err := store.OpenBolt(filepath.Join(g.cfg.Data, store.FileName), store.Options{
+		Limit: g.cfg.CommandLimit,
+		// Commands and transitions of different devices share disk syncs.
+		BatchDelay: 2 * time.Millisecond,
+		Logger:     g.logger,
+	})
+	if err != nil {
+		return fmt.Errorf("command store: %w", err)
+	}
+	g.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "dualgate_command_delivery_seconds",
+		Help:    "Time from a command's acceptance to its device's acknowledgement.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 18),
+	})
+	d, err := dispatch.New(dispatch.Config{
+		Store:           st,
+		Registry:        g.reg,
+		Logger:          g.logger,
+		Now:             g.env.Now,
+		Advertise:       g.advertise,
+		SecureIdle:      g.cfg.SecureIdle,
+		MaxInstructions: g.cfg.MaxInstructions,
+		InstructBackoff: g.cfg.InstructBackoff,
+		Retention:       g.cfg.CommandRetention,
+		OnDelivered: func(_ *store.Command, lat time.Duration) {
+			g.latency.Observe(lat.Seconds())
+		},
+	})
+	if err == nil {
+		err = d.Start()
+	}
+	if err != nil {
+		_ = st.Close()
+		return err
+	}
+	g.store, g.dispatcher = st, d
+	g.env.Hooks = hooks{router: g.router, dispatcher: d}
+	return nil
+}
+
+func (g *Gateway) stopDispatch() {
+	if g.dispatcher != nil {
+		g.dispatcher.Stop()
+	}
+	if g.store != nil {
+		if err := g.store.Close(); err != nil {
+			g.logger.Warn("command store close", zap.Error(err))
+		}
+	}
+}
+
+// advertise is the address a device is told to reconnect to: the
+// configured one, else the address the device reached the gateway on with
+// the port of the other listener. It runs in the session's owner context.
+func (g *Gateway) advertise(s *session.Session, m control.Mode) string {
+	if m == control.ModeTLS && g.cfg.AdvertiseTLS != "" {
+		return g.cfg.AdvertiseTLS
+	}
+	if m == control.ModePlain && g.cfg.AdvertisePlain != "" {
+		return g.cfg.AdvertisePlain
+	}
+	listener := g.PlainAddr()
+	if m == control.ModeTLS {
+		listener = g.TLSAddr()
+	}
+	_, port, _ := net.SplitHostPort(listener)
+	host, _, err := net.SplitHostPort(s.LocalAddr())
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func (g *Gateway) startPlain() error {
+	loops := g.cfg.EventLoops
+	if loops <= 0 {
+		loops = runtime.GOMAXPROCS(0)
+	}
+	go func() { g.plainErr <- g.plain.run(g.cfg.Plain, loops) }()
+	select {
+	case <-g.plain.booted:
+	case err := <-g.plainErr:
+		return fmt.Errorf("plain listener %s: %w", g.cfg.Plain, err)
+	}
+	g.plainAt = g.cfg.Plain
+	if fd, err := g.plain.eng.Dup(); err == nil {
+		if sa, err := unix.Getsockname(fd); err == nil {
+			if in4, ok := sa.(*unix.SockaddrInet4); ok {
+				g.plainAt = net.JoinHostPort(net.IP(in4.Addr[:]).String(), strconv.Itoa(in4.Port))
+			} else if in6, ok := sa.(*unix.SockaddrInet6); ok {
+				g.plainAt = net.JoinHostPort(net.IP(in6.Addr[:]).String(), strconv.Itoa(in6.Port))
+			}
+		}
+		_ = unix.Close(fd)
+	}
+	return nil
+}
+
+func (g *Gateway) stopPlain() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.plain.stop(ctx); err != nil {
+		g.logger.Warn("plain listener stop", zap.Error(err))
+	}
+	select {
+	case <-g.plain.stopped:
+	case <-ctx.Done():
+	}
+}
+
+func (g *Gateway) startTLS(cfg *tls.Config) error {
+	srv, err := tlsmux.New(tlsmux.Config{
+		TLS:              cfg,
+		HandshakeTimeout: g.cfg.HandshakeTimeout,
+		MaxHandshakes:    g.cfg.MaxHandshakes,
+		Logger:           g.logger,
+		Handler:          g.serveTLS,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", g.cfg.TLS) // SO_REUSEADDR is set by Go on Unix
+	if err != nil {
+		return fmt.Errorf("tls listener: %w", err)
+	}
+	g.tlsSrv, g.tlsLn = srv, ln
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, tlsmux.ErrServerClosed) {
+			g.logger.Error("tls listener stopped", zap.Error(err))
+		}
+	}()
+	return nil
+}
+
+// sweepTLS checks the TLS sessions' deadlines once a second.
+func (g *Gateway) sweepTLS() {
+	defer g.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+			now := g.env.Now()
+			for _, tc := range g.tlsConns.snapshot() {
+				tc.Exec(func() { tc.sess.Tick(now) })
+			}
+		}
+	}
+}
+
+// Shutdown stops the gateway: /readyz fails, listeners stop accepting,
+// sessions are closed cleanly (MQTT 5: DISCONNECT 0x8B Server shutting
+// down), then the API stops. It returns when done or when ctx ends.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	var err error
+	g.closed.Do(func() {
+		g.draining.Store(true)
+		close(g.stop)
+		if g.tlsLn != nil {
+			_ = g.tlsLn.Close()
+		}
+		kick := func(s *session.Session) { s.Kick(mqttcodec.ServerShuttingDown, "server shutting down") }
+		g.plain.each(kick)
+		for _, tc := range g.tlsConns.snapshot() {
+			tc.Exec(func() { kick(&tc.sess) })
+		}
+		g.waitSessions(ctx)
+		if g.tlsSrv != nil {
+			if e := g.tlsSrv.Shutdown(ctx); e != nil {
+				err = errors.Join(err, e)
+			}
+		}
+		g.stopPlain()
+		if g.api != nil {
+			if e := g.api.Shutdown(ctx); e != nil {
+				err = errors.Join(err, e)
+			}
+		}
+		g.wg.Wait()
+		g.stopDispatch()
+	})
+	return err
+}
+
+// waitSessions waits until no session is registered, or ctx ends.
+func (g *Gateway) waitSessions(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for g.reg.Len() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// PlainAddr is the plain listener's address (the real port when :0 was asked).
+func (g *Gateway) PlainAddr() string { return g.plainAt }
+
+// TLSAddr is the TLS listener's address.
+func (g *Gateway) TLSAddr() string {
+	if g.tlsLn == nil {
+		return ""
+	}
+	return g.tlsLn.Addr().String()
+}
+
+// APIAddr is the HTTP API's address.
+func (g *Gateway) APIAddr() string {
+	if g.apiLn == nil {
+		return ""
+	}
+	return g.apiLn.Addr().String()
+}
+
+// CAFile is the generated development CA's certificate ("" when the gateway
+// runs on a given certificate).
+func (g *Gateway) CAFile() string { return g.caPath }
+
+// Registry is the live-connection registry.
+func (g *Gateway) Registry() *registry.Registry { return g.reg }
+
+// Stats are the session counters.
+func (g *Gateway) Stats() *session.Stats { return g.env.Stats }
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,271 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/gateway/session"
+)
+
+// errConnClosed is returned by writes to a connection that is gone.
+var errConnClosed = errors.New("gateway: connection closed")
+
+// plainServer is the plain MQTT listener: a gnet event-loop engine. An idle
+// plain connection holds no goroutine, no timer and no read buffer: gnet
+// reads into one buffer per event loop, and keeps bytes for a connection
+// only while a packet is incomplete. Each connection's state (plainConn) is
+// touched only on its event loop.
+type plainServer struct {
+	gnet.BuiltinEventEngine
+
+	env      *session.Env
+	logger   *zap.Logger
+	draining *atomic.Bool // set while the gateway shuts down: new connections are refused
+	// sweep is how often each loop checks its connections' deadlines.
+	sweep time.Duration
+
+	eng     gnet.Engine
+	booted  chan struct{}
+	stopped chan struct{}
+
+	mu    sync.Mutex // guards loops
+	loops map[gnet.EventLoop]*loopState
+}
+
+// loopState is what one event loop keeps: its connections, for the sweep.
+// Only that loop touches it.
+type loopState struct {
+	el    gnet.EventLoop
+	conns []*plainConn
+}
+
+// plainConn is a plain connection: the gnet connection and its session.
+// Everything in it is owned by the connection's event loop.
+type plainConn struct {
+	c      gnet.Conn
+	loop   *loopState
+	idx    int32 // position in loop.conns
+	closed bool
+	sess   session.Session
+}
+
+func newPlainServer(env *session.Env, logger *zap.Logger, draining *atomic.Bool) *plainServer {
+	return &plainServer{
+		env:      env,
+		logger:   logger,
+		draining: draining,
+		sweep:    time.Second,
+		booted:   make(chan struct{}),
+		stopped:  make(chan struct{}),
+		loops:    make(map[gnet.EventLoop]*loopState),
+	}
+}
+
+// run serves addr until stop; it returns when the engine has stopped.
+func (ps *plainServer) run(addr string, loops int) error {
+	defer close(ps.stopped)
+	return gnet.Run(ps, "tcp://"+addr,
+		gnet.WithMulticore(true),
+		gnet.WithNumEventLoop(loops),
+		gnet.WithReuseAddr(true),
+		gnet.WithTicker(true),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithLogger(gnetLogger{ps.logger.Sugar()}),
+	)
+}
+
+func (ps *plainServer) OnBoot(eng gnet.Engine) gnet.Action {
+	ps.eng = eng
+	close(ps.booted)
+	return gnet.None
+}
+
+func (ps *plainServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	if ps.draining.Load() {
+		return nil, gnet.Close
+	}
+	ls := ps.loopOf(c.EventLoop())
+	pc := &plainConn{c: c, loop: ls, idx: int32(len(ls.conns))}
+	ls.conns = append(ls.conns, pc)
+	c.SetContext(pc)
+	pc.sess.Init(ps.env, pc)
+	return nil, gnet.None
+}
+
+func (ps *plainServer) OnTraffic(c gnet.Conn) gnet.Action {
+	pc, ok := c.Context().(*plainConn)
+	if !ok || pc.closed {
+		return gnet.None
+	}
+	buf, err := c.Peek(-1)
+	if err != nil || len(buf) == 0 {
+		return gnet.None
+	}
+	used, closeConn := safeFeed(ps.logger, ps.env.Stats, &pc.sess, buf)
+	if pc.closed {
+		return gnet.None // a failed write closed it meanwhile
+	}
+	if closeConn {
+		return gnet.Close
+	}
+	if used > 0 {
+		// Careful: gnet's Discard(0) discards everything buffered.
+		_, _ = c.Discard(used)
+	}
+	return gnet.None
+}
+
+func (ps *plainServer) OnClose(c gnet.Conn, _ error) gnet.Action {
+	pc, ok := c.Context().(*plainConn)
+	if !ok || pc.closed {
+		return gnet.None
+	}
+	pc.closed = true
+	ls := pc.loop
+	last := ls.conns[len(ls.conns)-1]
+	ls.conns[pc.idx] = last
+	last.idx = pc.idx
+	ls.conns[len(ls.conns)-1] = nil
+	ls.conns = ls.conns[:len(ls.conns)-1]
+	if len(ls.conns) == 0 {
+		ls.conns = nil
+	}
+	safeClosed(ps.logger, ps.env.Stats, &pc.sess)
+	c.SetContext(nil)
+	return gnet.None
+}
+
+// OnTick runs on its own goroutine: it schedules a deadline sweep onto each
+// loop, where the connections' state lives.
+func (ps *plainServer) OnTick() (time.Duration, gnet.Action) {
+	ps.mu.Lock()
+	loops := make([]*loopState, 0, len(ps.loops))
+	for _, ls := range ps.loops {
+		loops = append(loops, ls)
+	}
+	ps.mu.Unlock()
+	for _, ls := range loops {
+		_ = ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			now := ps.env.Now()
+			// Tick may close a connection, which reorders ls.conns: walk
+			// from the end so a moved connection has been seen already.
+			for i := len(ls.conns) - 1; i >= 0; i-- {
+				if i < len(ls.conns) {
+					ls.conns[i].sess.Tick(now)
+				}
+			}
+			return nil
+		}))
+	}
+	ps.env.Sessions.Sweep(ps.env.Now())
+	return ps.sweep, gnet.None
+}
+
+func (ps *plainServer) loopOf(el gnet.EventLoop) *loopState {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ls, ok := ps.loops[el]
+	if !ok {
+		ls = &loopState{el: el}
+		ps.loops[el] = ls
+	}
+	return ls
+}
+
+// each runs fn on every plain session, on its loop, and waits.
+func (ps *plainServer) each(fn func(s *session.Session)) {
+	ps.mu.Lock()
+	var wg sync.WaitGroup
+	for _, ls := range ps.loops {
+		wg.Add(1)
+		if err := ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			defer wg.Done()
+			for i := len(ls.conns) - 1; i >= 0; i-- {
+				if i < len(ls.conns) {
+					fn(&ls.conns[i].sess)
+				}
+			}
+			return nil
+		})); err != nil {
+			wg.Done()
+		}
+	}
+	ps.mu.Unlock()
+	wg.Wait()
+}
+
+func (ps *plainServer) stop(ctx context.Context) error {
+	select {
+	case <-ps.booted:
+	default:
+		return nil
+	}
+	return ps.eng.Stop(ctx)
+}
+
+// Transport, for the session. Every method but Exec runs on the loop.
+
+func (pc *plainConn) Write(b []byte) error {
+	if pc.closed {
+		return errConnClosed
+	}
+	if _, err := pc.c.Write(b); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (pc *plainConn) Close() {
+	if !pc.closed {
+		_ = pc.c.Close()
+	}
+}
+
+func (pc *plainConn) Exec(fn func()) {
+	_ = pc.c.EventLoop().Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+		if !pc.closed {
+			fn()
+		}
+		return nil
+	}))
+}
+
+func (pc *plainConn) Mode() registry.Mode { return registry.ModePlain }
+
+func (pc *plainConn) Remote() string {
+	if pc.closed {
+		return ""
+	}
+	if a := pc.c.RemoteAddr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+func (pc *plainConn) PeerIdentity() []string { return nil }
+
+func (pc *plainConn) Local() string {
+	if pc.closed {
+		return ""
+	}
+	if a := pc.c.LocalAddr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// gnetLogger routes gnet's own log lines into zap.
+type gnetLogger struct{ s *zap.SugaredLogger }
+
+func (l gnetLogger) Debugf(format string, args ...any) { l.s.Debugf(format, args...) }
+func (l gnetLogger) Infof(format string, args ...any)  { l.s.Infof(format, args...) }
+func (l gnetLogger) Warnf(format string, args ...any)  { l.s.Warnf(format, args...) }
+func (l gnetLogger) Errorf(format string, args ...any) { l.s.Errorf(format, args...) }
+func (l gnetLogger) Fatalf(format string, args ...any) { l.s.Errorf(format, args...) }

@@ -1,0 +1,284 @@
+package session
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/gateway/auth"
+	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// handleConnect is the first step of every session: check, authenticate,
+// register (taking over an older connection of the same client), answer.
+func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
+	s.version = c.ProtocolVersion
+	v5 := s.version == mqttcodec.V5
+	if c.CleanStart {
+		s.flags |= flagCleanStart
+	}
+
+	id := string(c.ClientID)
+	assigned := false
+	if id == "" {
+		if !v5 && !c.CleanStart {
+			// [MQTT-3.1.3-8]: a zero-byte ClientId needs CleanSession 1.
+			s.refuse(mqttcodec.ClientIdentifierNotValid, "empty client id with clean session 0")
+			return
+		}
+		id = newClientID()
+		assigned = true
+	}
+	if why := s.badClientID(id); why != "" {
+		s.refuse(mqttcodec.ClientIdentifierNotValid, why)
+		return
+	}
+	if v5 && c.Properties.Has(mqttcodec.PropAuthMethod) {
+		// Enhanced authentication is not offered [MQTT-4.12.0-1].
+		s.refuse(mqttcodec.BadAuthenticationMethod, "enhanced authentication is not supported")
+		return
+	}
+	if lim := s.env.ConnectLimiter; lim != nil && !lim.AllowN(now, 1) {
+		s.refuse(mqttcodec.ConnectionRateExceeded, "connection rate limit")
+		return
+	}
+	if s.env.MaxConnections > 0 && s.env.Registry.Len() >= s.env.MaxConnections {
+		if _, known := s.env.Registry.Get(id); !known {
+			s.refuse(mqttcodec.ServerBusy, "connection limit reached")
+			return
+		}
+	}
+	res := s.env.Auth.Authenticate(&auth.Request{
+		ClientID:     id,
+		Username:     string(c.Username),
+		Password:     c.Password,
+		Remote:       s.t.Remote(),
+		TLS:          s.t.Mode() == registry.ModeTLS,
+		PeerIdentity: s.t.PeerIdentity(),
+		Now:          now,
+	})
+	if !res.OK {
+		s.refuse(mqttcodec.ReasonCode(res.Reason), res.Msg)
+		return
+	}
+	s.clientID = id
+
+	ka := c.KeepAlive
+	serverKA := false
+	if v5 && s.env.MaxKeepAlive > 0 && (ka == 0 || ka > s.env.MaxKeepAlive) {
+		ka, serverKA = s.env.MaxKeepAlive, true
+	}
+	s.keepAlive = ka
+	s.clientRecvMax = 65535
+	maxExpiry := uint32(s.env.MaxSessionExpiry / time.Second)
+	expiryCapped := false
+	if v5 {
+		if c.Properties.Has(mqttcodec.PropReceiveMaximum) {
+			s.clientRecvMax = c.Properties.ReceiveMaximum
+		}
+		if c.Properties.Has(mqttcodec.PropMaximumPacketSize) {
+			s.clientMaxPacket = c.Properties.MaximumPacketSize
+		}
+		if c.Properties.Has(mqttcodec.PropSessionExpiry) {
+			s.sessionExpiry = c.Properties.SessionExpiry
+			if s.sessionExpiry > maxExpiry {
+				s.sessionExpiry, expiryCapped = maxExpiry, true
+			}
+		}
+	} else if !c.CleanStart {
+		// A 3.1.1 session with CleanSession 0 lasts, here, up to the
+		// configured maximum rather than forever.
+		s.sessionExpiry = maxExpiry
+	}
+	if c.WillFlag {
+		w := &Will{
+			Topic:   string(c.WillTopic),
+			Payload: append([]byte(nil), c.WillPayload...),
+			QoS:     c.WillQoS,
+			Retain:  c.WillRetain,
+		}
+		if v5 && c.WillProperties.Has(mqttcodec.PropWillDelay) {
+			w.Delay = time.Duration(c.WillProperties.WillDelay) * time.Second
+		}
+		s.rareState().will = w
+	}
+
+	entry := &registry.Entry{
+		ClientID: id,
+		Mode:     s.t.Mode(),
+		Protocol: s.version,
+		Since:    now,
+		Remote:   s.t.Remote(),
+		Handle:   s,
+	}
+	entry.Touch(now)
+	prev := s.env.Registry.Register(entry)
+	s.entry = entry
+	var subs []Subscription
+	present := false
+	if prev != nil {
+		old := prev.Handle.(*Session)
+		if !c.CleanStart {
+			subs, present = old.Subscriptions(), true
+		}
+		old.Kick(mqttcodec.SessionTakenOver, "another connection with the same client id")
+	}
+	if c.CleanStart {
+		s.env.Sessions.Drop(id, now)
+	} else if kept, ok := s.env.Sessions.Take(id, now); ok && prev == nil {
+		subs, present = kept, true
+	}
+	if len(subs) > 0 {
+		s.subs.Store(&subs)
+	}
+	s.state = stateConnected
+	s.deadline = s.keepAliveDeadline(now)
+
+	ack := mqttcodec.Connack{SessionPresent: present, ReasonCode: mqttcodec.Success}
+	if v5 {
+		pr := &ack.Properties
+		pr.SetReceiveMaximum(s.env.ReceiveMaximum)
+		pr.SetTopicAliasMaximum(s.env.TopicAliasMaximum)
+		pr.SetMaximumPacketSize(s.env.MaxPacketSize)
+		pr.SetSubIDAvailable(0)
+		pr.SetSharedSubAvailable(0)
+		if assigned {
+			pr.SetAssignedClientID([]byte(id))
+		}
+		if serverKA {
+			pr.SetServerKeepAlive(ka)
+		}
+		if expiryCapped {
+			pr.SetSessionExpiry(s.sessionExpiry)
+		}
+	}
+	if !s.write(func(dst []byte) []byte { return mqttcodec.AppendConnack(dst, s.version, &ack) }) {
+		return
+	}
+	s.env.Stats.Connects.Add(1)
+	if s.env.Hooks != nil {
+		s.env.Hooks.Online(s)
+	}
+}
+
+// badClientID says why id cannot be used, or "".
+func (s *Session) badClientID(id string) string {
+	if err := CheckClientID(id, s.env.MaxClientIDLen); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// CheckClientID says whether id can name a device. Client ids end up in
+// topics (devices/{client}/...) and URLs, so topic separators, wildcards,
+// spaces and control characters are refused along with overlong ids.
+func CheckClientID(id string, maxLen int) error {
+	if id == "" || len(id) > maxLen {
+		return fmt.Errorf("client id must be 1..%d bytes", maxLen)
+	}
+	for _, r := range id {
+		switch {
+		case r == '/' || r == '+' || r == '#':
+			return fmt.Errorf("client id must not contain %q", r)
+		case r == utf8.RuneError || unicode.IsControl(r) || unicode.IsSpace(r):
+			return errors.New("client id must not contain spaces, control characters or invalid UTF-8")
+		}
+	}
+	return nil
+}
+
+// refuse answers CONNECT with a failure and closes [MQTT-3.2.2-6].
+func (s *Session) refuse(rc mqttcodec.ReasonCode, why string) {
+	if rc < 0x80 {
+		rc = mqttcodec.NotAuthorized
+	}
+	s.env.Stats.Refused[rc].Add(1)
+	s.env.Logger.Info("connection refused",
+		zap.String("remote", s.t.Remote()), zap.Stringer("reason", rc), zap.String("why", why))
+	ack := mqttcodec.Connack{ReasonCode: rc}
+	version := s.version
+	if version == mqttcodec.V5 {
+		ack.Properties.SetReasonString([]byte(why))
+	} else {
+		version = mqttcodec.V311
+		ack.ReasonCode = mqttcodec.ReasonCode(mqttcodec.ConnackCode311(rc))
+	}
+	s.write(func(dst []byte) []byte { return mqttcodec.AppendConnack(dst, version, &ack) })
+	s.closeNow()
+}
+
+// decodeError ends the session on bytes that break the protocol. Before
+// CONNECT, an MQTT 5 client gets a CONNACK with the reason, and a client of
+// an unknown protocol level the 3.1.1 CONNACK 0x01 [MQTT-3.1.2-2]; after,
+// an MQTT 5 client gets a DISCONNECT with the reason [MQTT-4.13.1-1].
+func (s *Session) decodeError(b []byte, err error) {
+	s.env.Stats.MalformedPackets.Add(1)
+	rc := mqttcodec.MalformedPacket
+	var ce *mqttcodec.Error
+	if errors.As(err, &ce) {
+		rc = ce.Reason
+	}
+	s.env.Logger.Info("bad packet; closing", zap.String("client", s.clientID),
+		zap.String("remote", s.t.Remote()), zap.Error(err))
+	if s.state != stateNew {
+		s.disconnect(rc, err.Error())
+		return
+	}
+	level, ok := connectLevel(b)
+	switch {
+	case rc == mqttcodec.UnsupportedProtocolVersion && ok && level != mqttcodec.V5:
+		s.version = mqttcodec.V311
+		s.refuse(rc, err.Error())
+	case ok && level == mqttcodec.V5:
+		s.version = mqttcodec.V5
+		s.refuse(rc, err.Error())
+	default:
+		s.closeNow()
+	}
+}
+
+// connectLevel finds the protocol level byte of a CONNECT packet at the
+// front of b, without trusting anything after it.
+func connectLevel(b []byte) (byte, bool) {
+	if len(b) < 2 || b[0]>>4 != byte(mqttcodec.CONNECT) {
+		return 0, false
+	}
+	i := 1
+	for ; i < len(b) && i < 5; i++ {
+		if b[i]&0x80 == 0 {
+			break
+		}
+	}
+	i++ // past the remaining length
+	if i+2 > len(b) {
+		return 0, false
+	}
+	n := int(b[i])<<8 | int(b[i+1])
+	i += 2 + n
+	if i >= len(b) {
+		return 0, false
+	}
+	return b[i], true
+}
+
+// newClientID makes an identifier for a client that sent none.
+func newClientID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "dg-" + hex.EncodeToString(b[:])
+}
+
+// rareState returns the session's rarely needed state, allocating it once.
+func (s *Session) rareState() *rareState {
+	if s.rare == nil {
+		s.rare = new(rareState)
+	}
+	return s.rare
+}

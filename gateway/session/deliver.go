@@ -1,0 +1,170 @@
+package session
+
+import (
+	"errors"
+
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// Errors of Deliver and Instruct.
+var (
+	// ErrInsecureTransport: a secure payload was about to be written to a
+	// plain connection. It never is.
+	ErrInsecureTransport = errors.New("session: secure payload refused on a plain connection")
+	ErrNotConnected      = errors.New("session: not connected")
+	// ErrInflightFull: the device's receive maximum is reached.
+	ErrInflightFull = errors.New("session: device's receive maximum reached")
+	// ErrTooLarge: the packet exceeds the device's maximum packet size.
+	ErrTooLarge = errors.New("session: packet exceeds the device's maximum packet size")
+	// ErrDowngradeOnPlain: a plain instruction may only travel over TLS.
+	ErrDowngradeOnPlain = errors.New("session: a mode plain instruction is sent over TLS only")
+	// ErrInstructed: an instruction is already outstanding.
+	ErrInstructed = errors.New("session: a reconnect instruction is already outstanding")
+)
+
+// Delivery is a message for the device, such as a command.
+type Delivery struct {
+	Topic   string
+	Payload []byte
+	QoS     byte
+	// Secure payloads are written to TLS connections only.
+	Secure bool
+	// Token identifies the delivery to Hooks.Acked and Hooks.Offline.
+	Token string
+	// Dup marks a delivery that may have reached the device before.
+	Dup bool
+}
+
+// CheckTransport is the rule that a secure payload is never written to a
+// plain socket. Every outbound command passes it, here, right before its
+// bytes are encoded for the connection.
+func CheckTransport(mode registry.Mode, secure bool) error {
+	if secure && mode != registry.ModeTLS {
+		return ErrInsecureTransport
+	}
+	return nil
+}
+
+// Deliver writes d to the device. Owner context.
+func (s *Session) Deliver(d *Delivery) error {
+	if err := CheckTransport(s.t.Mode(), d.Secure); err != nil {
+		s.env.Logger.Error("secure delivery refused on a plain connection",
+			zap.String("client", s.clientID), zap.String("token", d.Token))
+		return err
+	}
+	if s.state != stateConnected {
+		return ErrNotConnected
+	}
+	pub := mqttcodec.Publish{Topic: []byte(d.Topic), Payload: d.Payload, QoS: min(d.QoS, 1), Dup: d.Dup && d.QoS > 0}
+	if pub.QoS > 0 {
+		if s.rare != nil && len(s.rare.inflight) >= int(s.clientRecvMax) {
+			return ErrInflightFull
+		}
+		pub.PacketID = s.allocPID()
+	}
+	if !s.writePublish(&pub) {
+		return ErrTooLarge
+	}
+	if pub.QoS > 0 {
+		r := s.rareState()
+		r.inflight = append(r.inflight, inflight{pid: pub.PacketID, token: d.Token})
+	}
+	s.env.Stats.Deliveries.Add(1)
+	return nil
+}
+
+// Inflight lists the tokens of deliveries the device has not acknowledged.
+func (s *Session) Inflight() []string {
+	if s.rare == nil {
+		return nil
+	}
+	out := make([]string, 0, len(s.rare.inflight))
+	for _, f := range s.rare.inflight {
+		if f.token != "" {
+			out = append(out, f.token)
+		}
+	}
+	return out
+}
+
+// writePublish encodes and sends a PUBLISH unless it exceeds the device's
+// maximum packet size [MQTT-3.1.2-24]; it reports whether it was sent.
+func (s *Session) writePublish(pub *mqttcodec.Publish) bool {
+	var size int
+	sent := s.write(func(dst []byte) []byte {
+		out := mqttcodec.AppendPublish(dst, s.version, pub)
+		size = len(out) - len(dst)
+		if s.clientMaxPacket != 0 && uint32(size) > s.clientMaxPacket {
+			return dst // nothing written
+		}
+		return out
+	})
+	return sent && (s.clientMaxPacket == 0 || uint32(size) <= s.clientMaxPacket)
+}
+
+// allocPID returns a packet identifier not in use by an outbound delivery.
+func (s *Session) allocPID() uint16 {
+	for {
+		s.nextPID++
+		if s.nextPID == 0 {
+			s.nextPID = 1
+		}
+		if s.rare == nil || !s.rare.pidInUse(s.nextPID) {
+			return s.nextPID
+		}
+	}
+}
+
+func (r *rareState) pidInUse(pid uint16) bool {
+	for _, f := range r.inflight {
+		if f.pid == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// Instruct sends a reconnect instruction: move to mode at addr. MQTT 5
+// devices get DISCONNECT 0x9C (Use another server) with the Server
+// Reference and the connection closes; 3.1.1 devices get a PUBLISH QoS 1 on
+// control.ControlTopic and ControlGrace to leave before the gateway closes.
+// Owner context.
+func (s *Session) Instruct(mode control.Mode, addr, reason string) error {
+	if s.state != stateConnected {
+		return ErrNotConnected
+	}
+	if mode == control.ModePlain && s.t.Mode() != registry.ModeTLS {
+		// Anti-downgrade: a device obeys plain only over TLS, so the
+		// gateway never sends it otherwise.
+		return ErrDowngradeOnPlain
+	}
+	if s.flags&flagInstructed != 0 {
+		return ErrInstructed
+	}
+	s.flags |= flagInstructed
+	s.env.Stats.Instructions.Add(1)
+	s.env.Logger.Debug("reconnect instruction", zap.String("client", s.clientID),
+		zap.String("mode", string(mode)), zap.String("addr", addr), zap.String("reason", reason))
+	if s.version == mqttcodec.V5 {
+		d := mqttcodec.Disconnect{ReasonCode: mqttcodec.UseAnotherServer}
+		d.Properties.SetServerReference([]byte(control.ServerReference(mode, addr)))
+		d.Properties.SetReasonString([]byte(reason))
+		s.write(func(dst []byte) []byte { return mqttcodec.AppendDisconnect(dst, mqttcodec.V5, &d) })
+		s.flags |= flagGracefulEnd
+		s.closeNow()
+		return nil
+	}
+	in := control.Instruction{V: control.Version, Op: control.OpReconnect, Mode: mode, Addr: addr, Reason: reason}
+	pub := mqttcodec.Publish{Topic: []byte(control.ControlTopic), Payload: in.Marshal(), QoS: 1, PacketID: s.allocPID()}
+	if !s.writePublish(&pub) {
+		return ErrTooLarge
+	}
+	r := s.rareState()
+	r.inflight = append(r.inflight, inflight{pid: pub.PacketID})
+	s.deadline = s.env.Now().Add(s.env.ControlGrace).UnixNano()
+	return nil
+}

@@ -1,0 +1,210 @@
+package session
+
+import (
+	"strings"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// handlePublish takes an application message from the device.
+func (s *Session) handlePublish(p *mqttcodec.Publish) {
+	topic, ok := s.resolveTopic(p)
+	if !ok {
+		return
+	}
+	s.env.Stats.PublishesIn.Add(1)
+
+	if strings.HasPrefix(topic, "$") {
+		s.handleReservedPublish(p, topic)
+		return
+	}
+	switch p.QoS {
+	case 0:
+		s.env.Sink.Publish(s.message(p, topic), nil)
+	case 1:
+		if !s.takeInbound() {
+			return
+		}
+		s.sinkWithAck(s.message(p, topic), mqttcodec.PUBACK, p.PacketID)
+	case 2:
+		if _, dup := s.rareState().qos2[p.PacketID]; dup {
+			// Already taken: answer again, deliver once [MQTT-4.3.3-9].
+			s.writeAck(mqttcodec.PUBREC, p.PacketID, mqttcodec.Success)
+			return
+		}
+		if !s.takeInbound() {
+			return
+		}
+		s.sinkWithAck(s.message(p, topic), mqttcodec.PUBREC, p.PacketID)
+	}
+}
+
+// resolveTopic applies MQTT 5 topic aliases [MQTT-3.3.2-8..12].
+func (s *Session) resolveTopic(p *mqttcodec.Publish) (string, bool) {
+	if s.version != mqttcodec.V5 || !p.Properties.Has(mqttcodec.PropTopicAlias) {
+		return string(p.Topic), true
+	}
+	a := p.Properties.TopicAlias
+	if a == 0 || a > s.env.TopicAliasMaximum {
+		s.protocolError("topic alias out of range", mqttcodec.TopicAliasInvalid)
+		return "", false
+	}
+	r := s.rareState()
+	if len(p.Topic) == 0 {
+		t, ok := r.aliases[a]
+		if !ok {
+			s.protocolError("unknown topic alias", mqttcodec.ProtocolError)
+			return "", false
+		}
+		return t, true
+	}
+	if r.aliases == nil {
+		r.aliases = make(map[uint16]string)
+	}
+	t := string(p.Topic)
+	r.aliases[a] = t
+	return t, true
+}
+
+// handleReservedPublish deals with topics starting with '$': the query
+// topic is the gateway's; the rest is refused.
+func (s *Session) handleReservedPublish(p *mqttcodec.Publish, topic string) {
+	rc := mqttcodec.Success
+	query := topic == control.QueryTopic
+	if !query {
+		// $dualgate/control, $SYS and the like are not for devices to
+		// publish; MQTT 5 devices learn it from the reason code.
+		rc = mqttcodec.TopicNameInvalid
+		s.env.Logger.Debug("publish to a reserved topic refused",
+			zap.String("client", s.clientID), zap.String("topic", topic))
+	}
+	switch p.QoS {
+	case 1:
+		s.writeAck(mqttcodec.PUBACK, p.PacketID, rc)
+	case 2:
+		if rc == mqttcodec.Success {
+			s.rareState().qos2Add(p.PacketID)
+		}
+		s.writeAck(mqttcodec.PUBREC, p.PacketID, rc)
+	}
+	if query && s.env.Hooks != nil && s.state == stateConnected {
+		s.env.Hooks.Query(s)
+	}
+}
+
+// takeInbound counts a QoS 1/2 publish against the receive maximum
+// [MQTT-3.3.4-9].
+func (s *Session) takeInbound() bool {
+	if s.inboundQoS >= s.env.ReceiveMaximum {
+		s.protocolError("receive maximum exceeded", mqttcodec.ReceiveMaximumExceeded)
+		return false
+	}
+	s.inboundQoS++
+	return true
+}
+
+func (s *Session) message(p *mqttcodec.Publish, topic string) *Message {
+	return &Message{
+		ClientID: s.clientID,
+		Topic:    topic,
+		Payload:  append([]byte(nil), p.Payload...),
+		QoS:      p.QoS,
+		Retain:   p.Retain,
+	}
+}
+
+// ack states of sinkWithAck.
+const (
+	ackWaiting int32 = iota
+	ackSync          // ack was called before Publish returned
+	ackAsync         // Publish returned first: ack comes from elsewhere
+)
+
+// sinkWithAck hands m to the Sink and answers the device (PUBACK or PUBREC)
+// when the Sink acknowledges: at once if it does so before Publish returns,
+// otherwise in owner context through the transport.
+func (s *Session) sinkWithAck(m *Message, t mqttcodec.Type, pid uint16) {
+	var state atomic.Int32
+	var rcSync atomic.Uint32
+	s.env.Sink.Publish(m, func(rc mqttcodec.ReasonCode) {
+		rcSync.Store(uint32(rc))
+		if state.CompareAndSwap(ackWaiting, ackSync) {
+			return
+		}
+		s.t.Exec(func() {
+			if s.state == stateConnected {
+				s.finishInbound(t, pid, rc)
+			}
+		})
+	})
+	if !state.CompareAndSwap(ackWaiting, ackAsync) {
+		s.finishInbound(t, pid, mqttcodec.ReasonCode(rcSync.Load()))
+	}
+}
+
+func (s *Session) finishInbound(t mqttcodec.Type, pid uint16, rc mqttcodec.ReasonCode) {
+	if s.inboundQoS > 0 {
+		s.inboundQoS--
+	}
+	if t == mqttcodec.PUBREC && rc < 0x80 {
+		s.rareState().qos2Add(pid)
+	}
+	s.writeAck(t, pid, rc)
+}
+
+// handlePubrel completes an inbound QoS 2 exchange [MQTT-4.3.3-11].
+func (s *Session) handlePubrel(a *mqttcodec.Ack) {
+	rc := mqttcodec.Success
+	if s.rare == nil || !s.rare.qos2Del(a.PacketID) {
+		rc = mqttcodec.PacketIdentifierNotFound
+	}
+	s.writeAck(mqttcodec.PUBCOMP, a.PacketID, rc)
+}
+
+// handlePuback completes an outbound QoS 1 delivery.
+func (s *Session) handlePuback(a *mqttcodec.Ack) {
+	if s.rare == nil {
+		return
+	}
+	for i, f := range s.rare.inflight {
+		if f.pid != a.PacketID {
+			continue
+		}
+		s.rare.inflight = append(s.rare.inflight[:i], s.rare.inflight[i+1:]...)
+		if len(s.rare.inflight) == 0 {
+			s.rare.inflight = nil
+		}
+		if f.token != "" && s.env.Hooks != nil {
+			s.env.Hooks.Acked(s, f.token)
+		}
+		return
+	}
+	s.env.Logger.Debug("PUBACK for an unknown packet id", zap.String("client", s.clientID),
+		zap.Uint16("packet_id", a.PacketID))
+}
+
+// writeAck sends PUBACK, PUBREC, PUBREL or PUBCOMP. A 3.1.1 device only
+// ever sees the packet id: its acks carry no reason.
+func (s *Session) writeAck(t mqttcodec.Type, pid uint16, rc mqttcodec.ReasonCode) {
+	a := mqttcodec.Ack{PacketID: pid, ReasonCode: rc}
+	s.write(func(dst []byte) []byte { return mqttcodec.AppendAck(dst, s.version, t, &a) })
+}
+
+func (r *rareState) qos2Add(pid uint16) {
+	if r.qos2 == nil {
+		r.qos2 = make(map[uint16]struct{})
+	}
+	r.qos2[pid] = struct{}{}
+}
+
+func (r *rareState) qos2Del(pid uint16) bool {
+	if _, ok := r.qos2[pid]; !ok {
+		return false
+	}
+	delete(r.qos2, pid)
+	return true
+}

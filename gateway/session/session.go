@@ -1,0 +1,507 @@
+package session
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/dualgate/dualgate/gateway/auth"
+	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// Transport is what a Session needs from its connection. The plain (gnet)
+// and TLS connections implement it.
+type Transport interface {
+	// Write sends b, or queues it behind bytes already waiting. Called by the
+	// owner only; b is not retained after Write returns.
+	Write(b []byte) error
+	// Close closes the connection once queued bytes are flushed. Owner only.
+	Close()
+	// Exec runs fn in owner context, later, unless the connection is closed
+	// by then. Safe from any goroutine; calls are run in order.
+	Exec(fn func())
+	// Mode is the transport the device is on.
+	Mode() registry.Mode
+	// Remote is the device's address (from the PROXY header when one was sent).
+	Remote() string
+	// Local is the gateway address the device connected to.
+	Local() string
+	// PeerIdentity lists the names of a verified client certificate (TLS only).
+	PeerIdentity() []string
+}
+
+// Message is an application message a device published.
+type Message struct {
+	ClientID string
+	Topic    string
+	Payload  []byte
+	QoS      byte
+	Retain   bool
+}
+
+// Sink receives what devices publish. Publish must not block. For QoS 1 and 2
+// it calls ack exactly once, from any goroutine, when the message is safely
+// taken (mqttcodec.Success) or refused (an MQTT 5 reason code); the device
+// gets its PUBACK or PUBREC then. For QoS 0 ack is nil. The Message's slices
+// belong to the Sink.
+type Sink interface {
+	Publish(m *Message, ack func(mqttcodec.ReasonCode))
+}
+
+// Hooks are told of the moments the command dispatcher cares about. They run
+// in owner context and must not block.
+type Hooks interface {
+	// Online: the session is connected and registered (CONNACK sent).
+	Online(s *Session)
+	// Query: the device published on control.QueryTopic.
+	Query(s *Session)
+	// Subscribed: the device subscribed to filter, granted qos.
+	Subscribed(s *Session, filter string, qos byte)
+	// Unsubscribed: the device removed filter.
+	Unsubscribed(s *Session, filter string)
+	// Acked: the device acknowledged the delivery with this token.
+	Acked(s *Session, token string)
+	// Offline: the session ended; unacked lists the tokens of deliveries it
+	// had not acknowledged.
+	Offline(s *Session, unacked []string)
+}
+
+// Env is what all sessions of a gateway share: settings and collaborators.
+// It is built once; its fields must not change while sessions run.
+type Env struct {
+	Logger   *zap.Logger
+	Registry *registry.Registry
+	Auth     auth.Authenticator
+	Sink     Sink
+	Hooks    Hooks // nil: no command dispatcher
+	Stats    *Stats
+	// Sessions holds the state of disconnected persistent sessions.
+	Sessions *Store
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+
+	// ConnectTimeout is how long a new connection may take to send CONNECT.
+	ConnectTimeout time.Duration
+	// MaxPacketSize is the largest packet accepted from a device.
+	MaxPacketSize uint32
+	// MaxKeepAlive, when non-zero, caps an MQTT 5 client's keepalive (and
+	// replaces a keepalive of 0) through the Server Keep Alive property.
+	MaxKeepAlive uint16
+	// ReceiveMaximum is how many QoS 1/2 publishes a device may have
+	// unacknowledged toward the gateway (MQTT 5: advertised in CONNACK).
+	ReceiveMaximum uint16
+	// TopicAliasMaximum is how many topic aliases an MQTT 5 device may use.
+	TopicAliasMaximum uint16
+	// MaxClientIDLen bounds client identifiers.
+	MaxClientIDLen int
+	// MaxSessionExpiry caps the session expiry a device asks for, and is the
+	// expiry of an MQTT 3.1.1 session with clean session 0.
+	MaxSessionExpiry time.Duration
+	// MaxSubscriptions bounds the subscriptions of one session.
+	MaxSubscriptions int
+	// MaxConnections bounds live sessions (0: no bound); past it CONNECT is
+	// refused with Server busy (3.1.1: Server unavailable).
+	MaxConnections int
+	// ConnectLimiter, when set, bounds the rate of accepted CONNECTs; past
+	// it CONNECT is refused with Connection rate exceeded.
+	ConnectLimiter *rate.Limiter
+	// ControlGrace is how long a 3.1.1 device has to leave after a
+	// reconnect instruction before the gateway closes the connection.
+	ControlGrace time.Duration
+}
+
+// DefaultEnv fills the zero settings of e with the defaults and returns it.
+func (e Env) withDefaults() Env {
+	if e.Logger == nil {
+		e.Logger = zap.NewNop()
+	}
+	if e.Now == nil {
+		e.Now = time.Now
+	}
+	if e.Stats == nil {
+		e.Stats = new(Stats)
+	}
+	if e.ConnectTimeout <= 0 {
+		e.ConnectTimeout = 10 * time.Second
+	}
+	if e.MaxPacketSize == 0 {
+		e.MaxPacketSize = 1 << 20
+	}
+	if e.ReceiveMaximum == 0 {
+		e.ReceiveMaximum = 64
+	}
+	if e.TopicAliasMaximum == 0 {
+		e.TopicAliasMaximum = 16
+	}
+	if e.MaxClientIDLen <= 0 {
+		e.MaxClientIDLen = 128
+	}
+	if e.MaxSessionExpiry <= 0 {
+		e.MaxSessionExpiry = 24 * time.Hour
+	}
+	if e.MaxSubscriptions <= 0 {
+		e.MaxSubscriptions = 64
+	}
+	if e.ControlGrace <= 0 {
+		e.ControlGrace = 5 * time.Second
+	}
+	return e
+}
+
+// NewEnv returns a copy of e with defaults filled in. Registry, Auth, Sink
+// and Sessions are required.
+func NewEnv(e Env) (*Env, error) {
+	if e.Registry == nil || e.Auth == nil || e.Sink == nil || e.Sessions == nil {
+		return nil, errors.New("session: Env needs Registry, Auth, Sink and Sessions")
+	}
+	out := e.withDefaults()
+	return &out, nil
+}
+
+// Subscription is one filter a device subscribed to.
+type Subscription struct {
+	Filter string
+	QoS    byte
+}
+
+// state of a session, in order.
+const (
+	stateNew       uint8 = iota // waiting for CONNECT
+	stateConnected              // CONNACK accepted sent
+	stateClosing                // the session asked its transport to close
+	stateClosed                 // Closed was called
+)
+
+// Session is one device connection's MQTT state. Its zero value is not
+// usable: call Init. The struct is kept small: idle plain connections are
+// the product, and each holds one.
+type Session struct {
+	env   *Env
+	t     Transport
+	entry *registry.Entry // nil until registered
+
+	// subs is replaced, never mutated, so Subscriptions may read it from any
+	// goroutine.
+	subs atomic.Pointer[[]Subscription]
+
+	clientID string
+	// deadline is when the connection is closed unless something happens
+	// first, in Unix nanoseconds; 0 means none.
+	deadline int64
+	// keepAlive is the negotiated keepalive in seconds (0: none).
+	keepAlive uint16
+	nextPID   uint16
+	// inboundQoS counts device publishes waiting for the Sink's ack.
+	inboundQoS uint16
+	// clientRecvMax is the device's receive maximum (MQTT 5; 3.1.1: 65535).
+	clientRecvMax uint16
+	version       byte
+	state         uint8
+	flags         uint8
+	// clientMaxPacket is the largest packet the device accepts (0: no limit).
+	clientMaxPacket uint32
+	sessionExpiry   uint32
+
+	// rare holds what most idle sessions never need.
+	rare *rareState
+}
+
+// flags bits.
+const (
+	flagCleanStart uint8 = 1 << iota
+	flagGracefulEnd
+	flagInstructed // a reconnect instruction is outstanding
+)
+
+// rareState is allocated on first need, so an idle session does not pay for it.
+type rareState struct {
+	aliases  map[uint16]string // MQTT 5 inbound topic aliases
+	qos2     map[uint16]struct{}
+	inflight []inflight // outbound QoS 1 deliveries waiting for PUBACK
+	will     *Will
+}
+
+type inflight struct {
+	pid   uint16
+	token string
+}
+
+// Init makes s a new session on transport t, with the CONNECT deadline set.
+func (s *Session) Init(env *Env, t Transport) {
+	*s = Session{env: env, t: t}
+	s.deadline = env.Now().Add(env.ConnectTimeout).UnixNano()
+	env.Stats.Accepted.Add(1)
+}
+
+// ClientID is the device's client identifier ("" before CONNECT). Set once
+// before the session is registered; safe to read from any goroutine after.
+func (s *Session) ClientID() string { return s.clientID }
+
+// Version is the protocol level: mqttcodec.V311 or mqttcodec.V5.
+func (s *Session) Version() byte { return s.version }
+
+// Mode is the transport the session runs on.
+func (s *Session) Mode() registry.Mode { return s.t.Mode() }
+
+// LocalAddr is the gateway address the device connected to.
+func (s *Session) LocalAddr() string { return s.t.Local() }
+
+// Connected reports whether CONNECT was accepted and the session is live.
+func (s *Session) Connected() bool { return s.state == stateConnected }
+
+// Subscriptions returns the session's current filters. Safe from any
+// goroutine; the slice must not be modified.
+func (s *Session) Subscriptions() []Subscription {
+	if p := s.subs.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Exec runs fn in owner context unless the session has ended by then.
+func (s *Session) Exec(fn func(s *Session)) {
+	s.t.Exec(func() {
+		if s.state == stateConnected || s.state == stateNew {
+			fn(s)
+		}
+	})
+}
+
+// Instructed reports whether a reconnect instruction is outstanding.
+func (s *Session) Instructed() bool { return s.flags&flagInstructed != 0 }
+
+// packetPool holds decode targets: a Packet is large, and only needed while
+// bytes are being handled.
+var packetPool = sync.Pool{New: func() any { return new(mqttcodec.Packet) }}
+
+// bufPool holds encode buffers.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// Feed handles the whole packets at the front of b and returns how many
+// bytes it used; the caller keeps the rest until more arrive. closeConn
+// reports that the connection must be closed (after what was written).
+func (s *Session) Feed(b []byte) (used int, closeConn bool) {
+	if s.state >= stateClosing {
+		return len(b), true
+	}
+	p := packetPool.Get().(*mqttcodec.Packet)
+	defer packetPool.Put(p)
+	for used < len(b) {
+		n, err := mqttcodec.Decode(b[used:], s.version, s.env.MaxPacketSize, p)
+		if err != nil {
+			s.decodeError(b[used:], err)
+			return len(b), true
+		}
+		if n == 0 {
+			break
+		}
+		used += n
+		s.env.Stats.PacketsIn.Add(1)
+		s.handle(p)
+		if s.state >= stateClosing {
+			return len(b), true
+		}
+	}
+	return used, false
+}
+
+// handle acts on one decoded packet.
+func (s *Session) handle(p *mqttcodec.Packet) {
+	now := s.env.Now()
+	if s.state == stateNew {
+		// Decode accepts only CONNECT before CONNECT [MQTT-3.1.0-1].
+		s.handleConnect(&p.Connect, now)
+		return
+	}
+	s.touch(now)
+	switch p.Type {
+	case mqttcodec.PUBLISH:
+		s.handlePublish(&p.Publish)
+	case mqttcodec.PUBACK:
+		s.handlePuback(&p.Ack)
+	case mqttcodec.PUBREC:
+		// The gateway sends devices QoS 0 and 1 only.
+		s.protocolError("PUBREC for a QoS 2 message the gateway never sends", mqttcodec.PacketIdentifierNotFound)
+	case mqttcodec.PUBREL:
+		s.handlePubrel(&p.Ack)
+	case mqttcodec.PUBCOMP:
+		s.protocolError("PUBCOMP for a QoS 2 message the gateway never sends", mqttcodec.PacketIdentifierNotFound)
+	case mqttcodec.SUBSCRIBE:
+		s.handleSubscribe(&p.Subscribe)
+	case mqttcodec.UNSUBSCRIBE:
+		s.handleUnsubscribe(&p.Unsubscribe)
+	case mqttcodec.PINGREQ:
+		s.write(mqttcodec.AppendPingresp)
+	case mqttcodec.DISCONNECT:
+		s.handleDisconnect(&p.Disconnect)
+	case mqttcodec.CONNECT:
+		// A second CONNECT is a protocol violation [MQTT-3.1.0-2].
+		s.protocolError("second CONNECT", mqttcodec.ProtocolError)
+	case mqttcodec.AUTH:
+		// Enhanced authentication is not offered, so AUTH never belongs.
+		s.protocolError("AUTH without an authentication method", mqttcodec.ProtocolError)
+	default:
+		// CONNACK, SUBACK, UNSUBACK, PINGRESP: server-to-client packets.
+		s.protocolError("packet type "+p.Type.String()+" from a client", mqttcodec.ProtocolError)
+	}
+}
+
+// touch records activity: the keepalive deadline moves on.
+func (s *Session) touch(now time.Time) {
+	if s.entry != nil {
+		s.entry.Touch(now)
+	}
+	if s.flags&flagInstructed != 0 && s.version == mqttcodec.V311 {
+		return // the grace deadline after an instruction stands
+	}
+	s.deadline = s.keepAliveDeadline(now)
+}
+
+func (s *Session) keepAliveDeadline(now time.Time) int64 {
+	if s.keepAlive == 0 {
+		return 0
+	}
+	// [MQTT-3.1.2-24]: one and a half times the keepalive.
+	return now.UnixNano() + int64(s.keepAlive)*int64(1500*time.Millisecond)
+}
+
+// Tick closes the connection when its deadline has passed. The transport's
+// sweep calls it in owner context; it reports whether the session closed.
+func (s *Session) Tick(now time.Time) bool {
+	if s.deadline == 0 || now.UnixNano() < s.deadline || s.state >= stateClosing {
+		return false
+	}
+	switch {
+	case s.state == stateNew:
+		s.env.Stats.ConnectTimeouts.Add(1)
+		s.env.Logger.Debug("no CONNECT in time", zap.String("remote", s.t.Remote()))
+		s.closeNow()
+	case s.flags&flagInstructed != 0 && s.version == mqttcodec.V311:
+		s.env.Stats.InstructionGraceClosed.Add(1)
+		s.env.Logger.Info("device did not leave after a reconnect instruction; closing",
+			zap.String("client", s.clientID))
+		s.closeNow()
+	default:
+		s.env.Stats.KeepAliveTimeouts.Add(1)
+		s.env.Logger.Debug("keepalive expired", zap.String("client", s.clientID))
+		s.disconnect(mqttcodec.KeepAliveTimeout, "")
+	}
+	return true
+}
+
+// write encodes one packet with enc into a pooled buffer and sends it.
+func (s *Session) write(enc func(dst []byte) []byte) bool {
+	if s.state == stateClosed {
+		return false
+	}
+	bp := bufPool.Get().(*[]byte)
+	b := enc((*bp)[:0])
+	err := s.t.Write(b)
+	if cap(b) <= 64<<10 {
+		*bp = b[:0]
+		bufPool.Put(bp)
+	}
+	if err != nil {
+		s.env.Logger.Debug("write failed", zap.String("client", s.clientID), zap.Error(err))
+		s.state = stateClosing
+		return false
+	}
+	s.env.Stats.PacketsOut.Add(1)
+	return true
+}
+
+// disconnect ends the session from the server side: MQTT 5 devices get a
+// DISCONNECT with the reason code (and a reason string), 3.1.1 devices are
+// simply closed.
+func (s *Session) disconnect(rc mqttcodec.ReasonCode, reason string) {
+	if s.state >= stateClosing {
+		return
+	}
+	if s.version == mqttcodec.V5 && s.state == stateConnected {
+		d := mqttcodec.Disconnect{ReasonCode: rc}
+		if reason != "" {
+			d.Properties.SetReasonString([]byte(reason))
+		}
+		s.write(func(dst []byte) []byte { return mqttcodec.AppendDisconnect(dst, mqttcodec.V5, &d) })
+	}
+	s.closeNow()
+}
+
+// closeNow asks the transport to close; Closed follows.
+func (s *Session) closeNow() {
+	if s.state >= stateClosing {
+		return
+	}
+	s.state = stateClosing
+	s.t.Close()
+}
+
+// protocolError ends the session for a rule broken by a decoded packet.
+func (s *Session) protocolError(what string, rc mqttcodec.ReasonCode) {
+	s.env.Stats.ProtocolErrors.Add(1)
+	s.env.Logger.Info("protocol error; closing", zap.String("client", s.clientID),
+		zap.String("remote", s.t.Remote()), zap.String("error", what), zap.Stringer("reason", rc))
+	s.disconnect(rc, what)
+}
+
+// Kick ends the session from another goroutine, e.g. on takeover (reason
+// SessionTakenOver) or shutdown (ServerShuttingDown).
+func (s *Session) Kick(rc mqttcodec.ReasonCode, reason string) {
+	s.t.Exec(func() {
+		if rc == mqttcodec.SessionTakenOver {
+			// The successor owns the registry entry and the stored state.
+			s.flags |= flagGracefulEnd
+			s.env.Stats.Takeovers.Add(1)
+		}
+		s.disconnect(rc, reason)
+	})
+}
+
+// Closed is called by the transport, in owner context, once the connection
+// is gone, whoever closed it. It unregisters the session, publishes the will
+// if the end was not graceful, keeps a persistent session's state, and tells
+// the hooks which deliveries were left unacknowledged.
+func (s *Session) Closed() {
+	if s.state == stateClosed {
+		return
+	}
+	wasConnected := s.state == stateConnected || (s.state == stateClosing && s.entry != nil)
+	s.state = stateClosed
+	if !wasConnected || s.entry == nil {
+		return
+	}
+	stillOwner := s.env.Registry.Unregister(s.entry)
+	s.env.Stats.Disconnects.Add(1)
+	var unacked []string
+	var will *Will
+	if s.rare != nil {
+		for _, f := range s.rare.inflight {
+			unacked = append(unacked, f.token)
+		}
+		will = s.rare.will
+	}
+	if s.flags&flagGracefulEnd != 0 {
+		// A normal DISCONNECT discards the will [MQTT-3.1.2-10]; a session
+		// taken over leaves it to its successor.
+		will = nil
+	}
+	now := s.env.Now()
+	expiry := time.Duration(s.sessionExpiry) * time.Second
+	if stillOwner && expiry > 0 {
+		s.env.Sessions.Keep(s.clientID, s.Subscriptions(), now.Add(expiry))
+	}
+	if will != nil {
+		// The will waits for its delay, or until the session ends if
+		// that is sooner [MQTT-3.1.3-9].
+		delay := min(will.Delay, expiry)
+		s.env.Sessions.ScheduleWill(s.clientID, will, now, now.Add(delay))
+	}
+	if s.env.Hooks != nil {
+		s.env.Hooks.Offline(s, unacked)
+	}
+}

@@ -1,0 +1,344 @@
+package session
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dualgate/dualgate/gateway/auth"
+	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// fakeTransport records what a session writes; Exec runs at once, as the
+// test is the owner.
+type fakeTransport struct {
+	mode   registry.Mode
+	out    []byte
+	closed bool
+}
+
+func (f *fakeTransport) Write(b []byte) error {
+	if f.closed {
+		return errors.New("closed")
+	}
+	f.out = append(f.out, b...)
+	return nil
+}
+func (f *fakeTransport) Close()                 { f.closed = true }
+func (f *fakeTransport) Exec(fn func())         { fn() }
+func (f *fakeTransport) Mode() registry.Mode    { return f.mode }
+func (f *fakeTransport) Remote() string         { return "192.0.2.1:5000" }
+func (f *fakeTransport) PeerIdentity() []string { return nil }
+func (f *fakeTransport) Local() string          { return "192.0.2.9:1883" }
+
+// packets decodes and drains what the session wrote.
+func (f *fakeTransport) packets(t *testing.T, version byte) []mqttcodec.Packet {
+	t.Helper()
+	var out []mqttcodec.Packet
+	for len(f.out) > 0 {
+		var p mqttcodec.Packet
+		n, err := mqttcodec.Decode(f.out, version, 0, &p)
+		if err != nil || n == 0 {
+			t.Fatalf("session wrote undecodable bytes % x: %v", f.out, err)
+		}
+		out = append(out, p)
+		f.out = f.out[n:]
+	}
+	return out
+}
+
+type recordingSink struct {
+	mu   sync.Mutex
+	msgs []*Message
+}
+
+func (r *recordingSink) Publish(m *Message, ack func(mqttcodec.ReasonCode)) {
+	r.mu.Lock()
+	r.msgs = append(r.msgs, m)
+	r.mu.Unlock()
+	if ack != nil {
+		ack(mqttcodec.Success)
+	}
+}
+
+type clock struct{ now time.Time }
+
+func (c *clock) Now() time.Time { return c.now }
+
+func newTestEnv(t *testing.T, clk *clock) *Env {
+	t.Helper()
+	sink := new(recordingSink)
+	env, err := NewEnv(Env{
+		Registry:       registry.New(),
+		Auth:           auth.AllowAll(),
+		Sink:           sink,
+		Sessions:       NewStore(sink),
+		Now:            clk.Now,
+		ConnectTimeout: 10 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+func connectBytes(version byte, id string, ka uint16) []byte {
+	return mqttcodec.AppendConnect(nil, &mqttcodec.Connect{ProtocolVersion: version, CleanStart: true, KeepAlive: ka, ClientID: []byte(id)})
+}
+
+func newConnected(t *testing.T, env *Env, mode registry.Mode, version byte, id string) (*Session, *fakeTransport) {
+	t.Helper()
+	ft := &fakeTransport{mode: mode}
+	s := new(Session)
+	s.Init(env, ft)
+	b := connectBytes(version, id, 60)
+	if n, closeConn := s.Feed(b); n != len(b) || closeConn {
+		t.Fatalf("Feed(CONNECT) = %d, %v", n, closeConn)
+	}
+	ps := ft.packets(t, version)
+	if len(ps) != 1 || ps[0].Type != mqttcodec.CONNACK || ps[0].Connack.ReasonCode != 0 {
+		t.Fatalf("want CONNACK 0, got %+v", ps)
+	}
+	return s, ft
+}
+
+func TestConnectDeadlineUsesClock(t *testing.T) {
+	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	env := newTestEnv(t, clk)
+	ft := &fakeTransport{}
+	var s Session
+	s.Init(env, ft)
+	clk.now = clk.now.Add(9 * time.Second)
+	if s.Tick(clk.now) || ft.closed {
+		t.Fatal("closed before the CONNECT deadline")
+	}
+	clk.now = clk.now.Add(2 * time.Second)
+	if !s.Tick(clk.now) || !ft.closed {
+		t.Fatal("not closed after the CONNECT deadline")
+	}
+	if env.Stats.ConnectTimeouts.Load() != 1 {
+		t.Fatal("connect timeout not counted")
+	}
+}
+
+func TestKeepAliveOneAndAHalf(t *testing.T) {
+	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	env := newTestEnv(t, clk)
+	s, ft := newConnected(t, env, registry.ModePlain, mqttcodec.V5, "ka")
+	clk.now = clk.now.Add(89 * time.Second) // keepalive 60: limit 90 s
+	if s.Tick(clk.now) {
+		t.Fatal("closed before 1.5x keepalive")
+	}
+	s.Feed(mqttcodec.AppendPingreq(nil)) // activity moves the deadline
+	ft.packets(t, mqttcodec.V5)
+	clk.now = clk.now.Add(89 * time.Second)
+	if s.Tick(clk.now) {
+		t.Fatal("closed although the device pinged")
+	}
+	clk.now = clk.now.Add(2 * time.Second)
+	if !s.Tick(clk.now) {
+		t.Fatal("not closed after 1.5x keepalive")
+	}
+	ps := ft.packets(t, mqttcodec.V5)
+	if len(ps) != 1 || ps[0].Type != mqttcodec.DISCONNECT || ps[0].Disconnect.ReasonCode != mqttcodec.KeepAliveTimeout {
+		t.Fatalf("want DISCONNECT 0x8D, got %+v", ps)
+	}
+}
+
+// The one rule: a secure payload never reaches a plain connection.
+func TestSecureNeverOnPlain(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	env := newTestEnv(t, clk)
+	s, ft := newConnected(t, env, registry.ModePlain, mqttcodec.V311, "plain-dev")
+	err := s.Deliver(&Delivery{Topic: "devices/plain-dev/commands/unlock", Payload: []byte("SECRET"), QoS: 1, Secure: true, Token: "c1"})
+	if !errors.Is(err, ErrInsecureTransport) {
+		t.Fatalf("Deliver secure on plain: %v", err)
+	}
+	if len(ft.out) != 0 {
+		t.Fatalf("bytes reached the plain socket: % x", ft.out)
+	}
+	if err := CheckTransport(registry.ModePlain, true); !errors.Is(err, ErrInsecureTransport) {
+		t.Fatal("CheckTransport let secure through plain")
+	}
+	if err := CheckTransport(registry.Mode(7), true); !errors.Is(err, ErrInsecureTransport) {
+		t.Fatal("CheckTransport let secure through an unknown mode")
+	}
+	for _, c := range []struct {
+		mode   registry.Mode
+		secure bool
+	}{{registry.ModePlain, false}, {registry.ModeTLS, false}, {registry.ModeTLS, true}} {
+		if err := CheckTransport(c.mode, c.secure); err != nil {
+			t.Fatalf("CheckTransport(%s, %v) = %v", c.mode, c.secure, err)
+		}
+	}
+	// Not secure: delivered on plain.
+	if err := s.Deliver(&Delivery{Topic: "devices/plain-dev/commands/ping", Payload: []byte("hello"), QoS: 1, Token: "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	ps := ft.packets(t, mqttcodec.V311)
+	if len(ps) != 1 || ps[0].Type != mqttcodec.PUBLISH || string(ps[0].Publish.Payload) != "hello" {
+		t.Fatalf("want the plain command, got %+v", ps)
+	}
+}
+
+type recordingHooks struct {
+	online, queries int
+	acked           []string
+	offline         [][]string
+}
+
+func (h *recordingHooks) Online(*Session)                   { h.online++ }
+func (h *recordingHooks) Query(*Session)                    { h.queries++ }
+func (h *recordingHooks) Subscribed(*Session, string, byte) {}
+func (h *recordingHooks) Unsubscribed(*Session, string)     {}
+func (h *recordingHooks) Acked(_ *Session, token string)    { h.acked = append(h.acked, token) }
+func (h *recordingHooks) Offline(_ *Session, unacked []string) {
+	h.offline = append(h.offline, unacked)
+}
+
+func TestDeliverAckAndOffline(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	env := newTestEnv(t, clk)
+	h := new(recordingHooks)
+	env.Hooks = h
+	s, ft := newConnected(t, env, registry.ModeTLS, mqttcodec.V5, "tls-dev")
+	if h.online != 1 {
+		t.Fatal("Online not called")
+	}
+	for _, tok := range []string{"a", "b"} {
+		if err := s.Deliver(&Delivery{Topic: "devices/tls-dev/commands/x", Payload: []byte(tok), QoS: 1, Secure: true, Token: tok}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ps := ft.packets(t, mqttcodec.V5)
+	if len(ps) != 2 || ps[0].Publish.PacketID == ps[1].Publish.PacketID {
+		t.Fatalf("deliveries %+v", ps)
+	}
+	s.Feed(mqttcodec.AppendAck(nil, mqttcodec.V5, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: ps[0].Publish.PacketID}))
+	if len(h.acked) != 1 || h.acked[0] != "a" {
+		t.Fatalf("acked %v", h.acked)
+	}
+	// The query is acknowledged and reported.
+	s.Feed(mqttcodec.AppendPublish(nil, mqttcodec.V5, &mqttcodec.Publish{Topic: []byte(control.QueryTopic), QoS: 1, PacketID: 9}))
+	if h.queries != 1 {
+		t.Fatal("query not reported")
+	}
+	if ps := ft.packets(t, mqttcodec.V5); len(ps) != 1 || ps[0].Type != mqttcodec.PUBACK || ps[0].Ack.PacketID != 9 {
+		t.Fatalf("query answer %+v", ps)
+	}
+	ft.closed = true
+	s.Closed()
+	if len(h.offline) != 1 || len(h.offline[0]) != 1 || h.offline[0][0] != "b" {
+		t.Fatalf("offline unacked %v, want [b]", h.offline)
+	}
+	if env.Registry.Len() != 0 {
+		t.Fatal("session still registered")
+	}
+}
+
+func TestInstruct(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	env := newTestEnv(t, clk)
+
+	// MQTT 5: DISCONNECT 0x9C with the Server Reference, and close.
+	s, ft := newConnected(t, env, registry.ModePlain, mqttcodec.V5, "v5dev")
+	if err := s.Instruct(control.ModePlain, "gw:1883", "secure-idle"); !errors.Is(err, ErrDowngradeOnPlain) {
+		t.Fatalf("plain instruction over plain: %v", err)
+	}
+	if err := s.Instruct(control.ModeTLS, "gw:8883", control.ReasonSecureCommand); err != nil {
+		t.Fatal(err)
+	}
+	ps := ft.packets(t, mqttcodec.V5)
+	if len(ps) != 1 || ps[0].Type != mqttcodec.DISCONNECT || ps[0].Disconnect.ReasonCode != mqttcodec.UseAnotherServer ||
+		string(ps[0].Disconnect.Properties.ServerReference) != "tls://gw:8883" {
+		t.Fatalf("v5 instruction %+v", ps)
+	}
+	if !ft.closed {
+		t.Fatal("v5 connection not closed after the instruction")
+	}
+
+	// 3.1.1: PUBLISH QoS 1 on $dualgate/control, closed after the grace.
+	s, ft = newConnected(t, env, registry.ModePlain, mqttcodec.V311, "v3dev")
+	if err := s.Instruct(control.ModeTLS, "gw:8883", control.ReasonSecureCommand); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Instruct(control.ModeTLS, "gw:8883", control.ReasonSecureCommand); !errors.Is(err, ErrInstructed) {
+		t.Fatalf("second instruction: %v", err)
+	}
+	ps = ft.packets(t, mqttcodec.V311)
+	if len(ps) != 1 || ps[0].Type != mqttcodec.PUBLISH || string(ps[0].Publish.Topic) != control.ControlTopic || ps[0].Publish.QoS != 1 || ps[0].Publish.Retain {
+		t.Fatalf("3.1.1 instruction %+v", ps)
+	}
+	in, err := control.ParseInstruction(ps[0].Publish.Payload)
+	if err != nil || in.Mode != control.ModeTLS || in.Addr != "gw:8883" {
+		t.Fatalf("instruction payload %s: %v", ps[0].Publish.Payload, err)
+	}
+	s.Feed(mqttcodec.AppendPingreq(nil)) // activity does not extend the grace
+	ft.packets(t, mqttcodec.V311)
+	clk.now = clk.now.Add(4 * time.Second)
+	if s.Tick(clk.now) {
+		t.Fatal("closed before the grace period")
+	}
+	clk.now = clk.now.Add(2 * time.Second)
+	if !s.Tick(clk.now) || !ft.closed {
+		t.Fatal("not closed after the grace period")
+	}
+}
+
+func TestTopicAliases(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	env := newTestEnv(t, clk)
+	sink := env.Sink.(*recordingSink)
+	s, ft := newConnected(t, env, registry.ModePlain, mqttcodec.V5, "alias")
+	first := mqttcodec.Publish{Topic: []byte("tele/1"), Payload: []byte("a")}
+	first.Properties.SetTopicAlias(3)
+	second := mqttcodec.Publish{Payload: []byte("b")}
+	second.Properties.SetTopicAlias(3)
+	b := mqttcodec.AppendPublish(nil, 5, &first)
+	b = mqttcodec.AppendPublish(b, 5, &second)
+	if n, closeConn := s.Feed(b); n != len(b) || closeConn {
+		t.Fatalf("Feed = %d %v", n, closeConn)
+	}
+	if len(sink.msgs) != 2 || sink.msgs[1].Topic != "tele/1" {
+		t.Fatalf("sink got %+v", sink.msgs)
+	}
+	bad := mqttcodec.Publish{Payload: []byte("c")}
+	bad.Properties.SetTopicAlias(99)
+	if _, closeConn := s.Feed(mqttcodec.AppendPublish(nil, 5, &bad)); !closeConn {
+		t.Fatal("alias over the maximum accepted")
+	}
+	ps := ft.packets(t, 5)
+	if len(ps) != 1 || ps[0].Disconnect.ReasonCode != mqttcodec.TopicAliasInvalid {
+		t.Fatalf("want DISCONNECT 0x94, got %+v", ps)
+	}
+}
+
+// A whole packet split at every byte boundary decodes the same.
+func TestFeedPartial(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	env := newTestEnv(t, clk)
+	b := connectBytes(mqttcodec.V311, "split", 30)
+	b = mqttcodec.AppendPingreq(b)
+	for cut := 1; cut < len(b); cut++ {
+		ft := &fakeTransport{}
+		var s Session
+		s.Init(env, ft)
+		n, closeConn := s.Feed(b[:cut])
+		if closeConn {
+			t.Fatalf("cut %d: closed", cut)
+		}
+		rest := append(append([]byte(nil), b[n:cut]...), b[cut:]...)
+		if m, closeConn := s.Feed(rest); closeConn || m != len(rest) {
+			t.Fatalf("cut %d: second Feed = %d %v", cut, m, closeConn)
+		}
+		ps := ft.packets(t, mqttcodec.V311)
+		if len(ps) != 2 || ps[0].Type != mqttcodec.CONNACK || ps[1].Type != mqttcodec.PINGRESP {
+			t.Fatalf("cut %d: %+v", cut, ps)
+		}
+		ft.closed = true
+		s.Closed()
+	}
+}

@@ -1,0 +1,33 @@
+package session
+
+import "sync/atomic"
+
+// Stats counts what sessions do. All fields are safe for concurrent use; the
+// gateway exposes them through /v1/stats and /metrics.
+type Stats struct {
+	Accepted               atomic.Uint64 // connections that reached a session
+	Connects               atomic.Uint64 // CONNECTs accepted
+	Refused                [256]atomic.Uint64
+	Disconnects            atomic.Uint64
+	Takeovers              atomic.Uint64
+	ConnectTimeouts        atomic.Uint64
+	KeepAliveTimeouts      atomic.Uint64
+	ProtocolErrors         atomic.Uint64
+	MalformedPackets       atomic.Uint64
+	PacketsIn              atomic.Uint64
+	PacketsOut             atomic.Uint64
+	PublishesIn            atomic.Uint64
+	Deliveries             atomic.Uint64 // commands written to devices
+	Instructions           atomic.Uint64 // reconnect instructions sent
+	InstructionGraceClosed atomic.Uint64 // 3.1.1 devices closed after the grace period
+	Panics                 atomic.Uint64 // session panics contained to their connection
+}
+
+// RefusedTotal sums the refusals over every reason code.
+func (st *Stats) RefusedTotal() uint64 {
+	var n uint64
+	for i := range st.Refused {
+		n += st.Refused[i].Load()
+	}
+	return n
+}
