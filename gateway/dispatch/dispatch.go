@@ -1,0 +1,344 @@
+package dispatch
+
+import (
+	"errors"
+	"hash/fnv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/gateway/store"
+	"github.com/dualgate/dualgate/internal/control"
+)
+
+// Config configures a Dispatcher. Store, Registry and Advertise are
+// required; zero values of the rest mean their defaults.
+type Config struct {
+	Store    store.Store
+	Registry *registry.Registry
+	Logger   *zap.Logger
+	// Now is the clock; nil: time.Now.
+	Now func() time.Time
+	// Advertise returns the host:port a device connected through s is told
+	// to use for mode m. It runs in the session's owner context.
+	Advertise func(s *session.Session, m control.Mode) string
+
+	// SecureIdle is the base quiet period before a TLS device is sent back
+	// to plain (default 30 s).
+	SecureIdle time.Duration
+	// FixedQuiet turns the adaptive quiet period off.
+	FixedQuiet bool
+	// MaxInstructions is how many TLS instructions in a row a device may
+	// ignore before the dispatcher stops sending them (default 5).
+	MaxInstructions int
+	// InstructBackoff is the wait before the second instruction (default
+	// 2 s); each further one waits twice as long, up to MaxBackoff (default
+	// 5 min).
+	InstructBackoff time.Duration
+	MaxBackoff      time.Duration
+	// Retention is how long delivered, expired and failed commands stay
+	// readable through the API (default 24 h).
+	Retention time.Duration
+	// Tick is how often quiet periods, backoffs and TTLs are checked
+	// (default 1 s).
+	Tick time.Duration
+	// Workers is the number of event workers (default 32).
+	Workers int
+	// WaitSession bounds how long a worker waits for a session to run a
+	// delivery or an instruction (default 2 s).
+	WaitSession time.Duration
+	// OnDelivered, if set, is told the latency of each delivered command
+	// (from acceptance to the device's acknowledgement).
+	OnDelivered func(c *store.Command, latency time.Duration)
+}
+
+func (c Config) withDefaults() Config {
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.SecureIdle <= 0 {
+		c.SecureIdle = 30 * time.Second
+	}
+	if c.MaxInstructions <= 0 {
+		c.MaxInstructions = 5
+	}
+	if c.InstructBackoff <= 0 {
+		c.InstructBackoff = 2 * time.Second
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 5 * time.Minute
+	}
+	if c.Retention <= 0 {
+		c.Retention = 24 * time.Hour
+	}
+	if c.Tick <= 0 {
+		c.Tick = time.Second
+	}
+	if c.Workers <= 0 {
+		c.Workers = 32
+	}
+	if c.WaitSession <= 0 {
+		c.WaitSession = 2 * time.Second
+	}
+	return c
+}
+
+// Stats counts what the dispatcher did. Safe for concurrent use.
+type Stats struct {
+	Accepted           atomic.Uint64 // commands stored
+	Delivered          atomic.Uint64 // commands acknowledged by their device
+	Expired            atomic.Uint64
+	Instructions       atomic.Uint64 // reconnect instructions with mode tls
+	InstructionRetries atomic.Uint64 // of which repeated to a device that came back on plain
+	Upgrades           atomic.Uint64 // devices that arrived on TLS after an instruction
+	Downgrades         atomic.Uint64 // reconnect instructions with mode plain
+	LoopProtected      atomic.Uint64 // devices that ignored MaxInstructions instructions
+}
+
+// Dispatcher routes commands to devices. Create it with New, start it with
+// Start, stop it with Stop.
+type Dispatcher struct {
+	cfg     Config
+	stats   Stats
+	workers []*worker
+
+	mu      sync.Mutex // guards devices
+	devices map[string]*device
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+// device is the dispatcher's memory of one device. Fields are read and
+// written by the device's worker; the API reads a copy under Dispatcher.mu.
+type device struct {
+	// TLS instructions since the device was last seen on TLS.
+	tries        int
+	nextInstruct time.Time
+	instructed   bool // told to use TLS, not arrived yet
+	stuck        bool // loop protection tripped
+
+	tls        *session.Session // its live TLS session, if any
+	lastSecure time.Time        // later of the TLS CONNECT and the last secure PUBACK
+	upgrades   []time.Time      // recent arrivals on TLS after an instruction
+
+	toldPlain    bool // told to go plain, not arrived on plain yet
+	ignoredPlain int  // arrivals on TLS right after being told plain
+	tlsOnly      bool
+
+	lastSeen time.Time
+}
+
+// New builds a dispatcher.
+func New(cfg Config) (*Dispatcher, error) {
+	if cfg.Store == nil || cfg.Registry == nil || cfg.Advertise == nil {
+		return nil, errors.New("dispatch: Config needs Store, Registry and Advertise")
+	}
+	cfg = cfg.withDefaults()
+	d := &Dispatcher{
+		cfg:     cfg,
+		devices: make(map[string]*device),
+		stop:    make(chan struct{}),
+	}
+	for range cfg.Workers {
+		d.workers = append(d.workers, &worker{wake: make(chan struct{}, 1)})
+	}
+	return d, nil
+}
+
+// Start recovers what a previous run left (commands written but never
+// acknowledged go back to pending) and starts the workers and the ticker.
+func (d *Dispatcher) Start() error {
+	clients, err := d.cfg.Store.Clients()
+	if err != nil {
+		return err
+	}
+	now := d.cfg.Now()
+	for _, id := range clients {
+		cmds, err := d.cfg.Store.Pending(id)
+		if err != nil {
+			return err
+		}
+		for _, c := range cmds {
+			if c.Status == store.StatusSent || c.Status == store.StatusUpgrading {
+				if _, err := d.cfg.Store.Transition(c.ID, store.StatusPending, now, "gateway restarted"); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for _, w := range d.workers {
+		d.wg.Add(1)
+		go w.run(d.stop, &d.wg)
+	}
+	d.wg.Add(1)
+	go d.ticker()
+	return nil
+}
+
+// Stop ends the workers and the ticker; queued events are dropped (the
+// commands they concern stay in the store).
+func (d *Dispatcher) Stop() {
+	d.once.Do(func() { close(d.stop) })
+	d.wg.Wait()
+}
+
+// Stats are the dispatcher's counters.
+func (d *Dispatcher) Stats() *Stats { return &d.stats }
+
+// Submit stores a new command durably, then dispatches it, and returns the
+// status it reached: pending, upgrading, sent (or delivered for QoS 0).
+func (d *Dispatcher) Submit(c *store.Command) (store.Status, error) {
+	if err := d.cfg.Store.Put(c); err != nil {
+		return "", err
+	}
+	d.stats.Accepted.Add(1)
+	status := store.StatusPending
+	d.do(c.ClientID, func() {
+		d.reconcile(c.ClientID, trigNew)
+		if got, err := d.cfg.Store.Get(c.ID); err == nil {
+			status = got.Status
+		}
+	})
+	return status, nil
+}
+
+// DeviceInfo is what the dispatcher knows of a device, for the API.
+type DeviceInfo struct {
+	Instructions  int // TLS instructions since it was last on TLS
+	LoopProtected bool
+	TLSOnly       bool
+	LastSeen      time.Time
+}
+
+// Device reports what the dispatcher knows of a device.
+func (d *Dispatcher) Device(id string) (DeviceInfo, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dev, ok := d.devices[id]
+	if !ok {
+		return DeviceInfo{}, false
+	}
+	return DeviceInfo{Instructions: dev.tries, LoopProtected: dev.stuck, TLSOnly: dev.tlsOnly, LastSeen: dev.lastSeen}, true
+}
+
+// LoopProtected counts devices whose secure commands wait for them on TLS
+// because they ignored the instructions.
+func (d *Dispatcher) LoopProtected() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, dev := range d.devices {
+		if dev.stuck {
+			n++
+		}
+	}
+	return n
+}
+
+// dev returns the device's state, creating it. Worker context.
+func (d *Dispatcher) dev(id string) *device {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dv, ok := d.devices[id]
+	if !ok {
+		dv = new(device)
+		d.devices[id] = dv
+	}
+	return dv
+}
+
+// update runs fn on the device's state under the lock, so the API reads a
+// consistent copy.
+func (d *Dispatcher) update(id string, fn func(dv *device)) {
+	d.mu.Lock()
+	dv, ok := d.devices[id]
+	if !ok {
+		dv = new(device)
+		d.devices[id] = dv
+	}
+	fn(dv)
+	d.mu.Unlock()
+}
+
+// worker runs queued functions in order.
+type worker struct {
+	mu   sync.Mutex // guards q
+	q    []func()
+	wake chan struct{}
+}
+
+func (w *worker) push(fn func()) {
+	w.mu.Lock()
+	w.q = append(w.q, fn)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *worker) run(stop <-chan struct{}, wg *sync.WaitGroup) {
+	defer wg.Done()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-w.wake:
+		}
+		for {
+			w.mu.Lock()
+			q := w.q
+			w.q = nil
+			w.mu.Unlock()
+			if len(q) == 0 {
+				break
+			}
+			for _, fn := range q {
+				fn()
+			}
+		}
+	}
+}
+
+func (d *Dispatcher) workerFor(id string) *worker {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return d.workers[h.Sum32()%uint32(len(d.workers))]
+}
+
+// on queues fn on the device's worker.
+func (d *Dispatcher) on(id string, fn func()) { d.workerFor(id).push(fn) }
+
+// do queues fn on the device's worker and waits for it (or for Stop).
+func (d *Dispatcher) do(id string, fn func()) {
+	done := make(chan struct{})
+	d.on(id, func() { defer close(done); fn() })
+	select {
+	case <-done:
+	case <-d.stop:
+	}
+}
+
+// exec runs fn on the session, in its owner context, and waits for its
+// result; ok is false when the session ended first.
+func (d *Dispatcher) exec(s *session.Session, fn func(s *session.Session) error) (err error, ok bool) {
+	ch := make(chan error, 1)
+	s.Exec(func(s *session.Session) { ch <- fn(s) })
+	select {
+	case err := <-ch:
+		return err, true
+	case <-time.After(d.cfg.WaitSession):
+		return nil, false
+	case <-d.stop:
+		return nil, false
+	}
+}

@@ -1,0 +1,40 @@
+// Package dispatch is dualgate's on-demand TLS: it takes remote-control
+// commands, keeps them durable, and gets each one to its device over the
+// right transport.
+//
+// A command is secure unless it says otherwise. Secure commands are written
+// to TLS connections only (session.CheckTransport enforces it where the
+// bytes are encoded); for a device on plain TCP the dispatcher sends a
+// reconnect instruction with mode tls and keeps the command pending until
+// the device is back on TLS and queries. A TLS device with nothing secure
+// pending or in flight for its quiet period is sent back to plain.
+//
+// # Work and ordering
+//
+// Session hooks run on event loops and must not block, and the store
+// writes to disk. So every event is queued on one of a fixed set of
+// workers, chosen by client id: a device's events are handled in order,
+// different devices' in parallel, and store writes from concurrent workers
+// share disk syncs.
+//
+// # The rules, per device
+//
+//   - New command: on TLS, or not secure, deliver now. Secure for a plain
+//     device: reconnect instruction (mode tls), status upgrading. Offline:
+//     pending.
+//   - Query, or (on TLS) a SUBSCRIBE: deliver what the transport allows, in
+//     order; on plain with secure commands waiting, instruct.
+//   - PUBACK: delivered; the next waiting command goes out.
+//   - Connection lost with commands unacknowledged: back to pending, sent
+//     again with DUP later.
+//   - Loop protection: a device told to use TLS that keeps returning on
+//     plain is told again after 2 s, 4 s, 8 s ... (at most MaxBackoff);
+//     after MaxInstructions in a row it is reported and its secure commands
+//     wait for it to come on TLS by itself.
+//   - Quiet period (downgrade): from the later of the TLS CONNECT and the
+//     last secure PUBACK. It is SecureIdle times 1 + the number of other
+//     upgrades of the device within the last 10 x SecureIdle, at most 3 x
+//     SecureIdle, so a device that needs TLS often stays on it longer.
+//   - A device told to go plain that comes back on TLS twice in a row
+//     (a client that cannot switch) is left on TLS.
+package dispatch
