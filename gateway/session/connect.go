@@ -65,7 +65,9 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		Now:          now,
 	})
 	if !res.OK {
-		s.refuse(mqttcodec.ReasonCode(res.Reason), res.Msg)
+		// res.Msg is for the operator: it may tell an unknown client from
+		// a wrong secret, which the device must not learn.
+		s.refuseQuietly(mqttcodec.ReasonCode(res.Reason), res.Msg)
 		return
 	}
 	s.clientID = id
@@ -194,8 +196,14 @@ func CheckClientID(id string, maxLen int) error {
 	return nil
 }
 
-// refuse answers CONNECT with a failure and closes [MQTT-3.2.2-6].
-func (s *Session) refuse(rc mqttcodec.ReasonCode, why string) {
+// refuse answers CONNECT with a failure, telling an MQTT 5 device why in
+// the reason string, and closes [MQTT-3.2.2-6].
+func (s *Session) refuse(rc mqttcodec.ReasonCode, why string) { s.refuseWith(rc, why, why) }
+
+// refuseQuietly refuses with the reason code alone; why is only logged.
+func (s *Session) refuseQuietly(rc mqttcodec.ReasonCode, why string) { s.refuseWith(rc, why, "") }
+
+func (s *Session) refuseWith(rc mqttcodec.ReasonCode, why, tell string) {
 	if rc < 0x80 {
 		rc = mqttcodec.NotAuthorized
 	}
@@ -205,7 +213,9 @@ func (s *Session) refuse(rc mqttcodec.ReasonCode, why string) {
 	ack := mqttcodec.Connack{ReasonCode: rc}
 	version := s.version
 	if version == mqttcodec.V5 {
-		ack.Properties.SetReasonString([]byte(why))
+		if tell != "" {
+			ack.Properties.SetReasonString([]byte(tell))
+		}
 	} else {
 		version = mqttcodec.V311
 		ack.ReasonCode = mqttcodec.ReasonCode(mqttcodec.ConnackCode311(rc))

@@ -1,0 +1,211 @@
+package auth
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/dualgate/dualgate/internal/control"
+)
+
+// DefaultReplayCapacity is the default bound on remembered tokens: about
+// 1,000,000 CONNECTs per window, some 40 MB at most.
+const DefaultReplayCapacity = 1 << 20
+
+// TokenConfig configures Tokens. The zero value of every field but Secrets
+// and MasterKey means its default.
+type TokenConfig struct {
+	// Secrets maps a client id to its device secret (at least MinSecretLen
+	// bytes). NewTokens copies the map and the secrets.
+	Secrets map[string][]byte
+	// MasterKey, when set (at least MinSecretLen bytes), gives every client
+	// id missing from Secrets the secret control.DeriveSecret(MasterKey, id), so a
+	// fleet needs no per-device file. Secrets wins where both apply.
+	MasterKey []byte
+	// Window is how far a token's time may lie from the gateway's clock,
+	// either way; rounded up to whole seconds. Default DefaultWindow.
+	Window time.Duration
+	// AcceptClientCert accepts, without a token, a TLS CONNECT whose client
+	// id is one of the identities of its verified client certificate
+	// (Request.PeerIdentity).
+	AcceptClientCert bool
+	// ReplayCapacity bounds the accepted tokens remembered to refuse
+	// replays. Default DefaultReplayCapacity. When it is reached, new tokens
+	// are refused with ReasonServerBusy until remembered ones expire.
+	ReplayCapacity int
+	// Clock tells the time when a Request has none. Default time.Now.
+	Clock func() time.Time
+}
+
+// Tokens authenticates devices by time-bound HMAC-SHA256 tokens made from a
+// per-device secret (see the package documentation), and optionally by
+// client certificate. It is safe for concurrent use.
+type Tokens struct {
+	secrets    atomic.Pointer[map[string][]byte] // replaced whole by SetSecrets, never mutated
+	master     []byte
+	window     int64 // seconds
+	acceptCert bool
+	clock      func() time.Time
+	replay     *replayCache
+	// decoy keys the HMAC computed for an unknown client id, so that an
+	// unknown id costs the same time as a known one with a bad token.
+	decoy []byte
+}
+
+// Result messages of Tokens, for the operator's log.
+const (
+	msgOKToken       = "token"
+	msgOKCert        = "client certificate"
+	msgEmptyClientID = "empty client id: a token is bound to a client id"
+	msgUsername      = "user name is neither empty nor the client id"
+	msgNoPassword    = "no password and no client certificate naming the client id"
+	msgExpired       = "token expired"
+	msgFuture        = "token time is ahead of the gateway clock by more than the window"
+	msgUnknownClient = "unknown client id"
+	msgBadMAC        = "token hmac does not match"
+	msgReplayed      = "token replayed"
+	msgReplayFull    = "replay cache full"
+	msgClockStepBack = "gateway clock stepped back: token cannot be remembered yet"
+)
+
+// NewTokens returns a Tokens for cfg, or an error if cfg is unusable.
+func NewTokens(cfg TokenConfig) (*Tokens, error) {
+	if cfg.Window < 0 {
+		return nil, fmt.Errorf("auth: token window %v is negative", cfg.Window)
+	}
+	if cfg.ReplayCapacity < 0 {
+		return nil, fmt.Errorf("auth: replay capacity %d is negative", cfg.ReplayCapacity)
+	}
+	if cfg.MasterKey != nil && len(cfg.MasterKey) < MinSecretLen {
+		return nil, fmt.Errorf("auth: master key is %d bytes, want at least %d", len(cfg.MasterKey), MinSecretLen)
+	}
+	if len(cfg.Secrets) == 0 && cfg.MasterKey == nil && !cfg.AcceptClientCert {
+		return nil, errors.New("auth: no device secrets, no master key and client certificates not accepted: no device could connect")
+	}
+	window := cfg.Window
+	if window == 0 {
+		window = DefaultWindow
+	}
+	capacity := cfg.ReplayCapacity
+	if capacity == 0 {
+		capacity = DefaultReplayCapacity
+	}
+	clock := cfg.Clock
+	if clock == nil {
+		clock = time.Now
+	}
+	secs := int64((window + time.Second - 1) / time.Second)
+	t := &Tokens{
+		master:     slices.Clone(cfg.MasterKey),
+		window:     secs,
+		acceptCert: cfg.AcceptClientCert,
+		clock:      clock,
+		replay:     newReplayCache(secs, capacity),
+		decoy:      make([]byte, sha256.Size),
+	}
+	rand.Read(t.decoy) // crypto/rand.Read never returns an error; it crashes the process instead
+	if err := t.SetSecrets(cfg.Secrets); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// SetSecrets replaces the per-device secrets, for example after the secrets
+// file changed. It copies m. Tokens already accepted stay remembered, so a
+// reload does not reopen the replay window. On error nothing changes.
+func (t *Tokens) SetSecrets(m map[string][]byte) error {
+	ids := slices.Sorted(maps.Keys(m)) // report the first bad id deterministically
+	cp := make(map[string][]byte, len(m))
+	for _, id := range ids {
+		if id == "" {
+			return errors.New("auth: device secret for an empty client id")
+		}
+		if len(m[id]) < MinSecretLen {
+			return fmt.Errorf("auth: device secret of %q is %d bytes, want at least %d", id, len(m[id]), MinSecretLen)
+		}
+		cp[id] = slices.Clone(m[id])
+	}
+	t.secrets.Store(&cp)
+	return nil
+}
+
+// ReplayLen returns the number of accepted tokens remembered, for a gauge.
+// It also frees the memory of those that expired, by the configured clock;
+// call it now and then (every metrics scrape does) so that memory returns
+// even when few devices connect.
+func (t *Tokens) ReplayLen() int { return t.replay.len(t.clock().Unix()) }
+
+// Window returns the accepted distance between a token's time and the
+// gateway's clock.
+func (t *Tokens) Window() time.Duration { return time.Duration(t.window) * time.Second }
+
+// Authenticate checks a CONNECT: a client certificate naming the client id
+// (when accepted), or else a token made for the client id. See the package
+// documentation for the rules and reason codes.
+func (t *Tokens) Authenticate(req *Request) Result {
+	if req.ClientID == "" {
+		return refuse(ReasonClientIDNotValid, msgEmptyClientID)
+	}
+	if req.Username != "" && req.Username != req.ClientID {
+		return refuse(ReasonBadUserNameOrPassword, msgUsername)
+	}
+	if t.acceptCert && req.TLS && slices.Contains(req.PeerIdentity, req.ClientID) {
+		return Result{OK: true, Reason: ReasonSuccess, Msg: msgOKCert}
+	}
+	if len(req.Password) == 0 {
+		return refuse(ReasonNotAuthorized, msgNoPassword)
+	}
+	tok, err := parseToken(req.Password)
+	if err != nil {
+		return refuse(ReasonBadUserNameOrPassword, err.Error())
+	}
+
+	now := req.Now
+	if now.IsZero() {
+		now = t.clock()
+	}
+	sec := now.Unix()
+	switch {
+	case sec-tok.ts > t.window:
+		return refuse(ReasonBadUserNameOrPassword, msgExpired)
+	case tok.ts-sec > t.window:
+		return refuse(ReasonBadUserNameOrPassword, msgFuture)
+	}
+
+	secret, known := (*t.secrets.Load())[req.ClientID]
+	if !known && t.master != nil {
+		secret, known = control.DeriveSecret(t.master, req.ClientID), true
+	}
+	if !known {
+		secret = t.decoy
+	}
+	var sum [sha256.Size]byte
+	control.TokenMAC(hmac.New(sha256.New, secret), req.ClientID, tok.tsText, tok.nonce, sum[:0])
+	if !hmac.Equal(sum[:], tok.mac[:]) || !known {
+		if !known {
+			return refuse(ReasonBadUserNameOrPassword, msgUnknownClient)
+		}
+		return refuse(ReasonBadUserNameOrPassword, msgBadMAC)
+	}
+
+	switch t.replay.add(replayKey(sum[:16]), tok.ts+t.window, sec) {
+	case addAccepted:
+		return Result{OK: true, Reason: ReasonSuccess, Msg: msgOKToken}
+	case addReplayed:
+		return refuse(ReasonNotAuthorized, msgReplayed)
+	case addClockStepped:
+		return refuse(ReasonServerBusy, msgClockStepBack)
+	default:
+		return refuse(ReasonServerBusy, msgReplayFull)
+	}
+}
+
+func refuse(reason byte, msg string) Result {
+	return Result{OK: false, Reason: reason, Msg: msg}
+}
