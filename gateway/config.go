@@ -37,6 +37,7 @@ type Config struct {
 	AdvertiseTLS   string `yaml:"advertise-tls" help:"host:port put into instructions to use TLS"`
 
 	SecureIdle       time.Duration `yaml:"secure-idle" help:"quiet period after which a TLS device is sent back to plain"`
+	SecureIdleFixed  bool          `yaml:"secure-idle-fixed" help:"keep the quiet period at --secure-idle instead of stretching it (up to 3x) for devices that need TLS often"`
 	MaxInstructions  int           `yaml:"max-instructions" help:"TLS instructions a device may ignore in a row before its secure commands just wait for it on TLS"`
 	InstructBackoff  time.Duration `yaml:"instruct-backoff" help:"wait before telling a device again to use TLS; doubles each time, at most 5m"`
 	CommandLimit     int           `yaml:"command-limit" help:"most undelivered commands one device may have"`
@@ -126,8 +127,8 @@ func (c *Config) Validate() error {
 	if c.MaxKeepAlive < 0 || c.MaxKeepAlive > 65535 {
 		return fmt.Errorf("--max-keepalive %d: want 0..65535", c.MaxKeepAlive)
 	}
-	if c.SecureIdle < time.Second {
-		return fmt.Errorf("--secure-idle %s: want at least 1s", c.SecureIdle)
+	if c.SecureIdle < 100*time.Millisecond {
+		return fmt.Errorf("--secure-idle %s: want at least 100ms", c.SecureIdle)
 	}
 	switch c.TLSMin {
 	case "1.2", "1.3":

@@ -256,12 +256,15 @@ func (g *Gateway) startDispatch() error {
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 18),
 	})
 	d, err := dispatch.New(dispatch.Config{
-		Store:           st,
-		Registry:        g.reg,
-		Logger:          g.logger,
-		Now:             g.env.Now,
-		Advertise:       g.advertise,
-		SecureIdle:      g.cfg.SecureIdle,
+		Store:      st,
+		Registry:   g.reg,
+		Logger:     g.logger,
+		Now:        g.env.Now,
+		Advertise:  g.advertise,
+		SecureIdle: g.cfg.SecureIdle,
+		FixedQuiet: g.cfg.SecureIdleFixed,
+		// Quiet periods are checked four times per period, at least once a second.
+		Tick:            min(time.Second, g.cfg.SecureIdle/4),
 		MaxInstructions: g.cfg.MaxInstructions,
 		InstructBackoff: g.cfg.InstructBackoff,
 		Retention:       g.cfg.CommandRetention,

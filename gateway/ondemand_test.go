@@ -274,3 +274,26 @@ func TestAdvertise(t *testing.T) {
 		t.Fatal("test needs a non-default port")
 	}
 }
+
+// A device that needs TLS in bursts stays on TLS longer with the adaptive
+// quiet period, so it goes through fewer upgrades than with a fixed one.
+func TestAdaptiveQuietReducesChurn(t *testing.T) {
+	upgrades := func(fixed bool) uint64 {
+		g := startGateway(t, func(c *Config) { c.SecureIdle = 400 * time.Millisecond; c.SecureIdleFixed = fixed })
+		d := newDevice311(t, g, "bursty")
+		d.connect(false, g.PlainAddr())
+		for i := range 6 {
+			id, _ := postCommand(t, g, "bursty", `{"topic":"devices/bursty/commands/x","payload":"p"}`)
+			waitStatus(t, g, id, "delivered")
+			if i < 5 {
+				time.Sleep(700 * time.Millisecond) // longer than the base quiet period
+			}
+		}
+		return g.dispatcher.Stats().Upgrades.Load()
+	}
+	fixed, adaptive := upgrades(true), upgrades(false)
+	t.Logf("upgrades for 6 bursts: fixed quiet %d, adaptive %d", fixed, adaptive)
+	if fixed < 5 || adaptive > 3 || adaptive >= fixed {
+		t.Fatalf("upgrades: fixed %d (want >= 5), adaptive %d (want <= 3)", fixed, adaptive)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/dualgate/dualgate/gateway/auth"
+	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -265,7 +266,7 @@ func TestTokenAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := auth.MakeToken(secrets["car-1"], "car-1", time.Now(), "nonce0001")
+	good := control.MakeToken(secrets["car-1"], "car-1", time.Now(), "nonce0001")
 
 	c := v3(t, "tcp://"+g.PlainAddr(), "car-1", nil, func(o *mqtt.ClientOptions) {
 		o.SetUsername("car-1").SetPassword(good)
@@ -282,8 +283,8 @@ func TestTokenAuth(t *testing.T) {
 	}
 
 	// MQTT 5: wrong secret and an old token get 0x86.
-	wrong := auth.MakeToken([]byte("not the secret"), "car-1", time.Now(), "nonce0002")
-	old := auth.MakeToken(secrets["car-1"], "car-1", time.Now().Add(-time.Hour), "nonce0003")
+	wrong := control.MakeToken([]byte("not the secret"), "car-1", time.Now(), "nonce0002")
+	old := control.MakeToken(secrets["car-1"], "car-1", time.Now().Add(-time.Hour), "nonce0003")
 	for name, pw := range map[string]string{"wrong secret": wrong, "expired": old} {
 		conn, err := net.Dial("tcp", g.PlainAddr())
 		if err != nil {

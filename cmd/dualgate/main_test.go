@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 )
 
@@ -190,5 +191,123 @@ func TestServeAndSIGTERM(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("did not exit after SIGTERM")
+	}
+}
+
+// startServe runs `dualgate serve` with args and waits until it is ready.
+func startServe(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer, string) {
+	t.Helper()
+	api := ""
+	for i, a := range args {
+		if a == "--api" {
+			api = args[i+1]
+		}
+	}
+	cmd := exec.Command(binary, append([]string{"serve"}, args...)...)
+	logs := new(bytes.Buffer)
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://" + api + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return cmd, logs, api
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway not ready; logs:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kill -9 with commands pending, a restart on the same data dir and the
+// same ports at once (SO_REUSEADDR): nothing is lost, and the device gets
+// every command over TLS.
+func TestKill9KeepsCommands(t *testing.T) {
+	data := t.TempDir()
+	args := []string{"--plain", freePort(t), "--tls", freePort(t), "--api", freePort(t), "--data", data}
+	cmd, _, api := startServe(t, args...)
+
+	var ids []string
+	for i := range 3 {
+		body := fmt.Sprintf(`{"topic":"devices/parked/commands/c%d","payload":"secret-%d"}`, i, i)
+		resp, err := http.Post("http://"+api+"/v1/clients/parked/commands", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out map[string]string
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted || out["status"] != "pending" {
+			t.Fatalf("POST: %d %v", resp.StatusCode, out)
+		}
+		ids = append(ids, out["id"])
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = cmd.Process.Wait()
+
+	_, logs, api := startServe(t, args...)
+	tlsAddr := args[3]
+	ca, err := os.ReadFile(filepath.Join(data, "certs", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	conn, err := tls.Dial("tcp", tlsAddr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 10)
+	c := paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn), OnClientError: func(error) {},
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			got <- string(pr.Packet.Payload)
+			return true, nil
+		}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "parked", KeepAlive: 30, CleanStart: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Disconnect(&paho.Disconnect{}) }()
+	if _, err := c.Publish(ctx, &paho.Publish{Topic: "$dualgate/query", QoS: 1, Payload: []byte(`{"v":1}`)}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		select {
+		case p := <-got:
+			if p != fmt.Sprintf("secret-%d", i) {
+				t.Fatalf("command %d: %q", i, p)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("command %d lost across kill -9; logs:\n%s", i, logs.String())
+		}
+	}
+	for _, id := range ids {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, err := http.Get("http://" + api + "/v1/commands/" + id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v struct{ Status string }
+			_ = json.NewDecoder(resp.Body).Decode(&v)
+			resp.Body.Close()
+			if v.Status == "delivered" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("command %s: %s", id, v.Status)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
