@@ -16,7 +16,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/gateway/store"
+	"github.com/dualgate/dualgate/mqttcodec"
+	"github.com/dualgate/dualgate/tlsmux"
 )
 
 // maxBodyBytes bounds an API request body.
@@ -252,7 +255,47 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 			return float64(c.Of(st))
 		}))
 	}
-	reg.MustRegister(g.latency)
+	reg.MustRegister(g.latency, g.handshakes)
+	ctr := &g.counters
+	for i, mode := range []string{"plain", "tls"} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "dualgate_received_bytes_total", Help: "MQTT bytes received from devices, by transport mode.",
+			ConstLabels: prometheus.Labels{"mode": mode},
+		}, func() float64 { return float64(ctr.bytesIn[i].Load()) }))
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "dualgate_sent_bytes_total", Help: "MQTT bytes sent to devices, by transport mode.",
+			ConstLabels: prometheus.Labels{"mode": mode},
+		}, func() float64 { return float64(ctr.bytesOut[i].Load()) }))
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "dualgate_mux_connections_total", Help: "Connections on the single-port listener, by the mode they were routed to.",
+			ConstLabels: prometheus.Labels{"mode": mode},
+		}, func() float64 { return float64(ctr.muxed[i].Load()) }))
+	}
+	counter("dualgate_proxy_header_errors_total", "Plain connections closed for a missing or malformed PROXY header.", ctr.proxyErrors.Load)
+	counter("dualgate_drained_sessions_total", "Sessions moved off by a drain.", ctr.drained.Load)
+	for name, pick := range map[string]func(tlsmux.Stats) uint64{
+		"full":    func(s tlsmux.Stats) uint64 { return s.HandshakesFull },
+		"resumed": func(s tlsmux.Stats) uint64 { return s.HandshakesResumed },
+		"failed":  func(s tlsmux.Stats) uint64 { return s.HandshakesFailed },
+		"refused": func(s tlsmux.Stats) uint64 { return s.HandshakesRefused },
+	} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "dualgate_tls_handshakes_total", Help: "TLS handshakes by outcome (refused: no handshake slot in time, or shutting down).",
+			ConstLabels: prometheus.Labels{"result": name},
+		}, func() float64 { return float64(pick(g.tlsSrv.Stats())) }))
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_tls_handshakes_in_flight", Help: "TLS handshakes running now.",
+	}, func() float64 { return float64(g.tlsSrv.Stats().HandshakesInFlight) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_ready", Help: "1 while the gateway accepts connections, 0 while it drains.",
+	}, func() float64 {
+		if g.draining.Load() {
+			return 0
+		}
+		return 1
+	}))
+	reg.MustRegister(refusalCollector{st})
 	return reg
 }
 
@@ -265,4 +308,22 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// refusalCollector reports CONNECT refusals by reason code, only for the
+// codes that occurred.
+type refusalCollector struct{ st *session.Stats }
+
+var refusalDesc = prometheus.NewDesc("dualgate_connects_refused_by_reason_total",
+	"CONNECTs refused, by MQTT 5 reason code.", []string{"reason"}, nil)
+
+func (rc refusalCollector) Describe(ch chan<- *prometheus.Desc) { ch <- refusalDesc }
+
+func (rc refusalCollector) Collect(ch chan<- prometheus.Metric) {
+	for code := range rc.st.Refused {
+		if n := rc.st.Refused[code].Load(); n > 0 {
+			ch <- prometheus.MustNewConstMetric(refusalDesc, prometheus.CounterValue, float64(n),
+				mqttcodec.ReasonCode(code).String())
+		}
+	}
 }

@@ -25,13 +25,19 @@ type Config struct {
 	Data   string `yaml:"data" help:"data directory: pending commands, state, generated dev certificates"`
 	Config string `yaml:"-" help:"YAML file with the same keys as the flags"`
 
-	TLSCert     string `yaml:"tls-cert" help:"server certificate (PEM); without it a dev CA and certificate are generated in the data dir"`
-	TLSKey      string `yaml:"tls-key" help:"server private key (PEM)"`
-	ClientCA    string `yaml:"client-ca" help:"CA (PEM) that signs device certificates; enables mutual TLS (optional client certificates)"`
-	RequireCert bool   `yaml:"require-client-cert" help:"refuse TLS devices without a client certificate"`
-	TLSHosts    string `yaml:"tls-hosts" help:"comma-separated host names and IPs for a generated server certificate"`
-	TLSMin      string `yaml:"tls-min-version" help:"minimum TLS version: 1.2 or 1.3"`
-	TLSCurves   string `yaml:"tls-curves" help:"key exchange groups, comma-separated (x25519, p256, x25519mlkem768); empty: Go's default"`
+	TLSCert      string        `yaml:"tls-cert" help:"server certificate (PEM); without it a dev CA and certificate are generated in the data dir"`
+	TLSKey       string        `yaml:"tls-key" help:"server private key (PEM)"`
+	ClientCA     string        `yaml:"client-ca" help:"CA (PEM) that signs device certificates; enables mutual TLS (optional client certificates)"`
+	RequireCert  bool          `yaml:"require-client-cert" help:"refuse TLS devices without a client certificate"`
+	TLSHosts     string        `yaml:"tls-hosts" help:"comma-separated host names and IPs for a generated server certificate"`
+	TLSMin       string        `yaml:"tls-min-version" help:"minimum TLS version: 1.2 or 1.3"`
+	TLSCiphers   string        `yaml:"tls-ciphers" help:"TLS 1.2 cipher suites, comma-separated Go names (empty: Go's default secure list)"`
+	TicketKeys   string        `yaml:"tls-ticket-keys" help:"session ticket key file shared by the gateways behind one balancer (created if missing)"`
+	TicketRotate time.Duration `yaml:"tls-ticket-rotate" help:"add a new session ticket key this often (0: only re-read the file)"`
+	TLSCurves    string        `yaml:"tls-curves" help:"key exchange groups, comma-separated (x25519, p256, x25519mlkem768); empty: Go's default"`
+
+	ProxyProtocol string `yaml:"proxy-protocol" help:"PROXY protocol v1/v2 header from a load balancer on both listeners: off, optional or required"`
+	ListenMux     string `yaml:"listen-mux" help:"optional single port serving both plain MQTT and TLS, told apart by the first byte"`
 
 	AdvertisePlain string `yaml:"advertise-plain" help:"host:port put into instructions to use plain (behind a load balancer: its address)"`
 	AdvertiseTLS   string `yaml:"advertise-tls" help:"host:port put into instructions to use TLS"`
@@ -53,13 +59,21 @@ type Config struct {
 	MaxPacketSize    int           `yaml:"max-packet-size" help:"largest MQTT packet accepted from a device, bytes"`
 	MaxKeepAlive     int           `yaml:"max-keepalive" help:"cap on an MQTT 5 device's keepalive, seconds (0: none)"`
 	MaxConnections   int           `yaml:"max-connections" help:"maximum live device sessions (0: no limit)"`
+	MaxPlain         int           `yaml:"max-plain-connections" help:"maximum live sessions on the plain listener (0: no limit)"`
+	MaxTLS           int           `yaml:"max-tls-connections" help:"maximum live sessions on the TLS listener (0: no limit)"`
+	PerIPRate        float64       `yaml:"per-ip-connect-rate" help:"CONNECTs per second from one source address, the PROXY header's when there is one (0: no limit)"`
+	PerIPBurst       int           `yaml:"per-ip-connect-burst" help:"burst of CONNECTs from one source address"`
 	ConnectRate      float64       `yaml:"connect-rate" help:"accepted CONNECTs per second (0: no limit)"`
 	ConnectBurst     int           `yaml:"connect-burst" help:"burst of CONNECTs above connect-rate"`
 	ControlGrace     time.Duration `yaml:"control-grace" help:"time a 3.1.1 device has to leave after a reconnect instruction"`
 	EventLoops       int           `yaml:"event-loops" help:"gnet event loops for the plain listener (0: one per CPU)"`
 	MaxHandshakes    int           `yaml:"max-handshakes" help:"concurrent TLS handshakes (0: 4 per CPU)"`
 	HandshakeTimeout time.Duration `yaml:"handshake-timeout" help:"time a TLS handshake may take"`
-	ShutdownTimeout  time.Duration `yaml:"shutdown-timeout" help:"time to close sessions on SIGTERM before exiting"`
+	HandshakeQueue   time.Duration `yaml:"handshake-queue-timeout" help:"time a new TLS connection may wait for a handshake slot before it is closed"`
+	ShutdownTimeout  time.Duration `yaml:"shutdown-timeout" help:"time to close sessions on SIGINT before exiting"`
+	DrainTo          string        `yaml:"drain-to" help:"where SIGTERM sends MQTT 5 devices: tcp://host:port and/or tls://host:port, comma-separated (empty: DISCONNECT 0x8B)"`
+	DrainRate        float64       `yaml:"drain-rate" help:"devices moved off per second while draining"`
+	DrainTimeout     time.Duration `yaml:"drain-timeout" help:"longest drain on SIGTERM before the gateway exits anyway"`
 
 	LogFormat string `yaml:"log-format" help:"console or json"`
 	LogLevel  string `yaml:"log-level" help:"debug, info, warn or error"`
@@ -84,6 +98,11 @@ func Defaults() Config {
 		ControlGrace:     5 * time.Second,
 		HandshakeTimeout: 10 * time.Second,
 		ShutdownTimeout:  10 * time.Second,
+		ProxyProtocol:    "off",
+		PerIPBurst:       10,
+		HandshakeQueue:   5 * time.Second,
+		DrainRate:        500,
+		DrainTimeout:     60 * time.Second,
 		LogFormat:        "console",
 		LogLevel:         "info",
 	}
@@ -129,6 +148,22 @@ func (c *Config) Validate() error {
 	}
 	if c.SecureIdle < 100*time.Millisecond {
 		return fmt.Errorf("--secure-idle %s: want at least 100ms", c.SecureIdle)
+	}
+	switch ProxyMode(c.ProxyProtocol) {
+	case ProxyOff, ProxyOptional, ProxyRequired:
+	default:
+		return fmt.Errorf("--proxy-protocol %q: want off, optional or required", c.ProxyProtocol)
+	}
+	if c.ListenMux != "" {
+		if _, _, err := net.SplitHostPort(c.ListenMux); err != nil {
+			return fmt.Errorf("--listen-mux %q: %w", c.ListenMux, err)
+		}
+	}
+	if _, _, err := parseDrainTo(c.DrainTo); err != nil {
+		return err
+	}
+	if c.DrainRate <= 0 {
+		return fmt.Errorf("--drain-rate %v: want more than 0", c.DrainRate)
 	}
 	switch c.TLSMin {
 	case "1.2", "1.3":
@@ -285,4 +320,22 @@ func Usage(w *os.File) {
 	bindFlags(fs, &c)
 	fs.SetOutput(w)
 	fs.PrintDefaults()
+}
+
+// parseDrainTo splits --drain-to into the plain and TLS server references.
+func parseDrainTo(s string) (plain, tls string, err error) {
+	for _, ref := range splitList(s) {
+		switch {
+		case strings.HasPrefix(ref, "tcp://") && plain == "":
+			plain = ref
+		case strings.HasPrefix(ref, "tls://") && tls == "":
+			tls = ref
+		default:
+			return "", "", fmt.Errorf("--drain-to %q: want at most one tcp://host:port and one tls://host:port", s)
+		}
+		if _, _, err := net.SplitHostPort(ref[len("tcp://"):]); err != nil {
+			return "", "", fmt.Errorf("--drain-to %q: %w", ref, err)
+		}
+	}
+	return plain, tls, nil
 }

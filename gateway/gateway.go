@@ -55,6 +55,7 @@ type Gateway struct {
 	store      store.Store
 	dispatcher *dispatch.Dispatcher
 	latency    prometheus.Histogram
+	handshakes *prometheus.HistogramVec
 	start      time.Time
 
 	plain    *plainServer
@@ -69,6 +70,12 @@ type Gateway struct {
 
 	api   *http.Server
 	apiLn net.Listener
+
+	counters counters
+	sources  *sourceLimiter
+	tickets  *tlsmux.TicketKeys
+	muxLn    net.Listener
+	muxTLS   *chanListener
 
 	draining atomic.Bool
 	stop     chan struct{}
@@ -104,6 +111,13 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	if cfg.ConnectRate > 0 {
 		limiter = rate.NewLimiter(rate.Limit(cfg.ConnectRate), max(cfg.ConnectBurst, 1))
 	}
+	var sources interface {
+		Allow(string, time.Time) bool
+	}
+	if cfg.PerIPRate > 0 {
+		g.sources = newSourceLimiter(cfg.PerIPRate, cfg.PerIPBurst)
+		sources = g.sources
+	}
 	g.env, err = session.NewEnv(session.Env{
 		Logger:            logger,
 		Registry:          g.reg,
@@ -115,7 +129,10 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		MaxPacketSize:     uint32(cfg.MaxPacketSize),
 		MaxKeepAlive:      uint16(cfg.MaxKeepAlive),
 		MaxConnections:    cfg.MaxConnections,
+		MaxPlain:          cfg.MaxPlain,
+		MaxTLS:            cfg.MaxTLS,
 		ConnectLimiter:    limiter,
+		SourceLimiter:     sources,
 		ControlGrace:      cfg.ControlGrace,
 		ReceiveMaximum:    64,
 		TopicAliasMaximum: 16,
@@ -123,7 +140,12 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.plain = newPlainServer(g.env, logger, &g.draining)
+	g.handshakes = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "dualgate_tls_handshake_seconds",
+		Help:    "TLS handshake duration, by whether the session was resumed.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	}, []string{"resumed"})
+	g.plain = newPlainServer(g.env, logger, &g.counters, ProxyMode(cfg.ProxyProtocol), &g.draining)
 	return g, nil
 }
 
@@ -175,6 +197,7 @@ func (g *Gateway) Start() error {
 	}
 	g.wg.Add(1)
 	go g.sweepTLS()
+	g.startWatchers()
 	g.logger.Info("dualgate serving",
 		zap.String("plain", g.PlainAddr()), zap.String("tls", g.TLSAddr()), zap.String("api", g.APIAddr()))
 	return nil
@@ -209,12 +232,30 @@ func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
 	if g.cfg.TLSMin == "1.3" {
 		minVersion = tls.VersionTLS13
 	}
+	var ciphers []uint16
+	if g.cfg.TLSCiphers != "" {
+		if ciphers, err = tlsmux.CipherSuitesByName(splitList(g.cfg.TLSCiphers)); err != nil {
+			return nil, fmt.Errorf("--tls-ciphers: %w", err)
+		}
+	}
+	if g.cfg.TicketKeys != "" {
+		if _, err := os.Stat(g.cfg.TicketKeys); errors.Is(err, os.ErrNotExist) {
+			if _, err := tlsmux.RotateTicketKeyFile(g.cfg.TicketKeys, tlsmux.DefaultTicketKeysKept); err != nil {
+				return nil, fmt.Errorf("--tls-ticket-keys: %w", err)
+			}
+		}
+		if g.tickets, err = tlsmux.LoadTicketKeys(g.cfg.TicketKeys, g.logger); err != nil {
+			return nil, fmt.Errorf("--tls-ticket-keys: %w", err)
+		}
+	}
 	return tlsmux.ServerTLSConfig(tlsmux.TLSOptions{
 		GetCertificate:    reloader.GetCertificate,
 		ClientCAFile:      g.cfg.ClientCA,
 		RequireClientCert: g.cfg.RequireCert,
 		MinVersion:        minVersion,
 		CurvePreferences:  curves,
+		CipherSuites:      ciphers,
+		TicketKeys:        g.tickets,
 	})
 }
 
@@ -357,8 +398,9 @@ func (g *Gateway) stopPlain() {
 func (g *Gateway) startTLS(cfg *tls.Config) error {
 	srv, err := tlsmux.New(tlsmux.Config{
 		TLS:              cfg,
-		HandshakeTimeout: g.cfg.HandshakeTimeout,
-		MaxHandshakes:    g.cfg.MaxHandshakes,
+		HandshakeTimeout:      g.cfg.HandshakeTimeout,
+		MaxHandshakes:         g.cfg.MaxHandshakes,
+		HandshakeQueueTimeout: g.cfg.HandshakeQueue,
 		Logger:           g.logger,
 		Handler:          g.serveTLS,
 	})
@@ -370,14 +412,29 @@ func (g *Gateway) startTLS(cfg *tls.Config) error {
 		return fmt.Errorf("tls listener: %w", err)
 	}
 	g.tlsSrv, g.tlsLn = srv, ln
+	g.serveTLSOn(ln)
+	if g.cfg.ListenMux != "" {
+		if err := g.startMux(); err != nil {
+			_ = srv.Close()
+			return err
+		}
+	}
+	return nil
+}
+
+// serveTLSOn serves TLS connections accepted by ln, behind the PROXY
+// header reader when one is configured.
+func (g *Gateway) serveTLSOn(ln net.Listener) {
+	if mode := ProxyMode(g.cfg.ProxyProtocol); mode != ProxyOff {
+		ln = proxyListener(ln, mode)
+	}
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, tlsmux.ErrServerClosed) {
+		if err := g.tlsSrv.Serve(ln); err != nil && !errors.Is(err, tlsmux.ErrServerClosed) && !g.draining.Load() {
 			g.logger.Error("tls listener stopped", zap.Error(err))
 		}
 	}()
-	return nil
 }
 
 // sweepTLS checks the TLS sessions' deadlines once a second.
@@ -394,6 +451,9 @@ func (g *Gateway) sweepTLS() {
 			for _, tc := range g.tlsConns.snapshot() {
 				tc.Exec(func() { tc.sess.Tick(now) })
 			}
+			if g.sources != nil && now.Second() == 0 {
+				g.sources.forget(now.Add(-time.Minute))
+			}
 		}
 	}
 }
@@ -408,6 +468,10 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		close(g.stop)
 		if g.tlsLn != nil {
 			_ = g.tlsLn.Close()
+		}
+		if g.muxLn != nil {
+			_ = g.muxLn.Close()
+			g.muxTLS.Close()
 		}
 		kick := func(s *session.Session) { s.Kick(mqttcodec.ServerShuttingDown, "server shutting down") }
 		g.plain.each(kick)

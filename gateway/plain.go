@@ -27,6 +27,8 @@ type plainServer struct {
 
 	env      *session.Env
 	logger   *zap.Logger
+	counters *counters
+	proxy    ProxyMode
 	draining *atomic.Bool // set while the gateway shuts down: new connections are refused
 	// sweep is how often each loop checks its connections' deadlines.
 	sweep time.Duration
@@ -42,24 +44,30 @@ type plainServer struct {
 // loopState is what one event loop keeps: its connections, for the sweep.
 // Only that loop touches it.
 type loopState struct {
-	el    gnet.EventLoop
-	conns []*plainConn
+	el       gnet.EventLoop
+	counters *counters
+	conns    []*plainConn
 }
 
 // plainConn is a plain connection: the gnet connection and its session.
 // Everything in it is owned by the connection's event loop.
 type plainConn struct {
-	c      gnet.Conn
-	loop   *loopState
-	idx    int32 // position in loop.conns
-	closed bool
-	sess   session.Session
+	c    gnet.Conn
+	loop *loopState
+	// remote is the device's address from a PROXY header ("" without one).
+	remote    string
+	idx       int32 // position in loop.conns
+	closed    bool
+	proxyWait bool // a PROXY header may still come first
+	sess      session.Session
 }
 
-func newPlainServer(env *session.Env, logger *zap.Logger, draining *atomic.Bool) *plainServer {
+func newPlainServer(env *session.Env, logger *zap.Logger, ctr *counters, proxy ProxyMode, draining *atomic.Bool) *plainServer {
 	return &plainServer{
 		env:      env,
 		logger:   logger,
+		counters: ctr,
+		proxy:    proxy,
 		draining: draining,
 		sweep:    time.Second,
 		booted:   make(chan struct{}),
@@ -75,6 +83,9 @@ func (ps *plainServer) run(addr string, loops int) error {
 		gnet.WithMulticore(true),
 		gnet.WithNumEventLoop(loops),
 		gnet.WithReuseAddr(true),
+		// Connections handed over by the single-port listener are enrolled
+		// from another goroutine, which round-robin does not allow.
+		gnet.WithLoadBalancing(gnet.LeastConnections),
 		gnet.WithTicker(true),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithLogger(gnetLogger{ps.logger.Sugar()}),
@@ -92,7 +103,7 @@ func (ps *plainServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return nil, gnet.Close
 	}
 	ls := ps.loopOf(c.EventLoop())
-	pc := &plainConn{c: c, loop: ls, idx: int32(len(ls.conns))}
+	pc := &plainConn{c: c, loop: ls, idx: int32(len(ls.conns)), proxyWait: ps.proxy != ProxyOff}
 	ls.conns = append(ls.conns, pc)
 	c.SetContext(pc)
 	pc.sess.Init(ps.env, pc)
@@ -108,7 +119,23 @@ func (ps *plainServer) OnTraffic(c gnet.Conn) gnet.Action {
 	if err != nil || len(buf) == 0 {
 		return gnet.None
 	}
+	if pc.proxyWait {
+		n, ok := ps.proxyHeader(pc, buf)
+		if !ok {
+			return gnet.Close
+		}
+		if n == 0 && pc.proxyWait {
+			return gnet.None // the header is not whole yet
+		}
+		if n > 0 {
+			_, _ = c.Discard(n)
+			if buf, err = c.Peek(-1); err != nil || len(buf) == 0 {
+				return gnet.None
+			}
+		}
+	}
 	used, closeConn := safeFeed(ps.logger, ps.env.Stats, &pc.sess, buf)
+	ps.counters.bytesIn[registryPlain].Add(uint64(used))
 	if pc.closed {
 		return gnet.None // a failed write closed it meanwhile
 	}
@@ -168,12 +195,39 @@ func (ps *plainServer) OnTick() (time.Duration, gnet.Action) {
 	return ps.sweep, gnet.None
 }
 
+// proxyHeader takes a PROXY header off the front of buf: it returns the
+// header's length once it is whole (0 while it is not, or when there is
+// none), and false when the connection must be closed.
+func (ps *plainServer) proxyHeader(pc *plainConn, buf []byte) (int, bool) {
+	n, err := proxyHeaderLen(buf)
+	switch {
+	case errors.Is(err, errNoProxyHeader) && ps.proxy == ProxyOptional:
+		pc.proxyWait = false
+		return 0, true
+	case err != nil:
+		ps.counters.proxyErrors.Add(1)
+		ps.logger.Info("connection without a valid PROXY header; closing",
+			zap.String("peer", pc.Remote()), zap.Error(err))
+		return 0, false
+	case n == 0 || len(buf) < n:
+		return 0, true
+	}
+	addr, err := parseProxyHeader(buf[:n])
+	if err != nil {
+		ps.counters.proxyErrors.Add(1)
+		ps.logger.Info("malformed PROXY header; closing", zap.String("peer", pc.Remote()), zap.Error(err))
+		return 0, false
+	}
+	pc.remote, pc.proxyWait = addr, false
+	return n, true
+}
+
 func (ps *plainServer) loopOf(el gnet.EventLoop) *loopState {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	ls, ok := ps.loops[el]
 	if !ok {
-		ls = &loopState{el: el}
+		ls = &loopState{el: el, counters: ps.counters}
 		ps.loops[el] = ls
 	}
 	return ls
@@ -219,6 +273,7 @@ func (pc *plainConn) Write(b []byte) error {
 	if _, err := pc.c.Write(b); err != nil {
 		return err
 	}
+	pc.loop.counters.bytesOut[registryPlain].Add(uint64(len(b)))
 	return nil
 }
 
@@ -240,6 +295,9 @@ func (pc *plainConn) Exec(fn func()) {
 func (pc *plainConn) Mode() registry.Mode { return registry.ModePlain }
 
 func (pc *plainConn) Remote() string {
+	if pc.remote != "" {
+		return pc.remote
+	}
 	if pc.closed {
 		return ""
 	}

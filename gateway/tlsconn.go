@@ -3,6 +3,7 @@ package gateway
 import (
 	"crypto/tls"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"time"
 
@@ -26,6 +27,7 @@ const (
 // holds mu: the reader goroutine while it feeds bytes, or a function queued
 // with Exec.
 type tlsConn struct {
+	ctr      *counters
 	conn     *tls.Conn
 	remote   string
 	identity []string
@@ -73,7 +75,8 @@ func (ts *tlsSet) snapshot() []*tlsConn {
 // serveTLS runs one TLS connection's session until it ends. tlsmux calls it
 // on the connection's goroutine after the handshake.
 func (g *Gateway) serveTLS(c *tls.Conn, info tlsmux.ConnInfo) {
-	tc := &tlsConn{conn: c, identity: info.PeerIdentity}
+	tc := &tlsConn{ctr: &g.counters, conn: c, identity: info.PeerIdentity}
+	g.handshakes.WithLabelValues(strconv.FormatBool(info.Resumed)).Observe(info.HandshakeDuration.Seconds())
 	if info.Remote != nil {
 		tc.remote = info.Remote.String()
 	}
@@ -95,6 +98,7 @@ func (g *Gateway) serveTLS(c *tls.Conn, info tlsmux.ConnInfo) {
 			used, closeConn := 0, tc.closed
 			if !closeConn {
 				used, closeConn = safeFeed(g.logger, g.env.Stats, &tc.sess, buf)
+				tc.ctr.bytesIn[registryTLS].Add(uint64(used))
 			}
 			tc.unlock()
 			if closeConn {
@@ -164,6 +168,9 @@ func (tc *tlsConn) Write(b []byte) error {
 	}
 	_ = tc.conn.SetWriteDeadline(time.Now().Add(tlsWriteTimeout))
 	_, err := tc.conn.Write(b)
+	if err == nil {
+		tc.ctr.bytesOut[registryTLS].Add(uint64(len(b)))
+	}
 	return err
 }
 

@@ -91,10 +91,22 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	sig := <-sigs
-	signal.Stop(sigs)
+	for sig == syscall.SIGHUP {
+		_ = g.ReloadCertificates()
+		sig = <-sigs
+	}
 	logger.Info("stopping", zap.String("signal", sig.String()))
+	if sig == syscall.SIGTERM {
+		// A load balancer's stop: move the devices off gradually first.
+		dctx, dcancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+		if err := g.Drain(dctx); err != nil {
+			logger.Warn("drain ended before every device left", zap.Error(err))
+		}
+		dcancel()
+	}
+	signal.Stop(sigs)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := g.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -45,15 +47,13 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		s.refuse(mqttcodec.BadAuthenticationMethod, "enhanced authentication is not supported")
 		return
 	}
-	if lim := s.env.ConnectLimiter; lim != nil && !lim.AllowN(now, 1) {
-		s.refuse(mqttcodec.ConnectionRateExceeded, "connection rate limit")
-		return
-	}
-	if s.env.MaxConnections > 0 && s.env.Registry.Len() >= s.env.MaxConnections {
-		if _, known := s.env.Registry.Get(id); !known {
-			s.refuse(mqttcodec.ServerBusy, "connection limit reached")
-			return
+	if why := s.overloaded(id, now); why != "" {
+		rc := mqttcodec.ServerBusy
+		if strings.Contains(why, "rate") {
+			rc = mqttcodec.ConnectionRateExceeded
 		}
+		s.refuse(rc, why)
+		return
 	}
 	res := s.env.Auth.Authenticate(&auth.Request{
 		ClientID:     id,
@@ -168,6 +168,41 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 	if s.env.Hooks != nil {
 		s.env.Hooks.Online(s)
 	}
+}
+
+// overloaded says why a new session cannot be taken now, or "". A device
+// that replaces its own live session is not counted twice.
+func (s *Session) overloaded(id string, now time.Time) string {
+	if lim := s.env.SourceLimiter; lim != nil {
+		host, _, err := net.SplitHostPort(s.t.Remote())
+		if err != nil {
+			host = s.t.Remote()
+		}
+		if !lim.Allow(host, now) {
+			return "connection rate limit for this source address"
+		}
+	}
+	if lim := s.env.ConnectLimiter; lim != nil && !lim.AllowN(now, 1) {
+		return "connection rate limit"
+	}
+	if s.env.MaxConnections == 0 && s.env.MaxPlain == 0 && s.env.MaxTLS == 0 {
+		return ""
+	}
+	if _, replacing := s.env.Registry.Get(id); replacing {
+		return ""
+	}
+	if s.env.MaxConnections > 0 && s.env.Registry.Len() >= s.env.MaxConnections {
+		return "connection limit reached"
+	}
+	plain, tlsN := s.env.Registry.CountByMode()
+	if s.t.Mode() == registry.ModeTLS {
+		if s.env.MaxTLS > 0 && tlsN >= s.env.MaxTLS {
+			return "TLS connection limit reached"
+		}
+	} else if s.env.MaxPlain > 0 && plain >= s.env.MaxPlain {
+		return "plain connection limit reached"
+	}
+	return ""
 }
 
 // badClientID says why id cannot be used, or "".

@@ -168,3 +168,24 @@ func (s *Session) Instruct(mode control.Mode, addr, reason string) error {
 	s.deadline = s.env.Now().Add(s.env.ControlGrace).UnixNano()
 	return nil
 }
+
+// Drain moves the device off this gateway: an MQTT 5 device gets
+// DISCONNECT 0x9C with ref as its Server Reference (another gateway), or
+// 0x8B Server shutting down when ref is empty; a 3.1.1 device is closed
+// and reconnects through its load balancer. Owner context.
+func (s *Session) Drain(ref string) {
+	if s.state != stateConnected {
+		s.closeNow()
+		return
+	}
+	s.flags |= flagGracefulEnd
+	if s.version == mqttcodec.V5 && ref != "" {
+		d := mqttcodec.Disconnect{ReasonCode: mqttcodec.UseAnotherServer}
+		d.Properties.SetServerReference([]byte(ref))
+		d.Properties.SetReasonString([]byte(control.ReasonDrain))
+		s.write(func(dst []byte) []byte { return mqttcodec.AppendDisconnect(dst, mqttcodec.V5, &d) })
+		s.closeNow()
+		return
+	}
+	s.disconnect(mqttcodec.ServerShuttingDown, control.ReasonDrain)
+}

@@ -107,9 +107,17 @@ type Env struct {
 	// MaxConnections bounds live sessions (0: no bound); past it CONNECT is
 	// refused with Server busy (3.1.1: Server unavailable).
 	MaxConnections int
+	// MaxPlain and MaxTLS bound live sessions per transport (0: no bound).
+	MaxPlain, MaxTLS int
 	// ConnectLimiter, when set, bounds the rate of accepted CONNECTs; past
 	// it CONNECT is refused with Connection rate exceeded.
 	ConnectLimiter *rate.Limiter
+	// SourceLimiter, when set, bounds the rate of CONNECTs per source
+	// address (host of Transport.Remote); past it CONNECT is refused with
+	// Connection rate exceeded.
+	SourceLimiter interface {
+		Allow(host string, now time.Time) bool
+	}
 	// ControlGrace is how long a 3.1.1 device has to leave after a
 	// reconnect instruction before the gateway closes the connection.
 	ControlGrace time.Duration

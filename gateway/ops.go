@@ -1,0 +1,102 @@
+package gateway
+
+import (
+	"context"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/tlsmux"
+)
+
+// startWatchers starts what follows files: the certificate (when the
+// operator gave one; a generated one never changes under the gateway) and
+// the shared session ticket keys.
+func (g *Gateway) startWatchers() {
+	ctx, cancel := context.WithCancel(context.Background())
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		<-g.stop
+		cancel()
+	}()
+	if g.cfg.TLSCert != "" && g.certs != nil {
+		g.wg.Add(1)
+		go func() { defer g.wg.Done(); g.certs.Watch(ctx, 0) }()
+	}
+	if g.tickets != nil {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.tickets.Run(ctx, tlsmux.TicketSchedule{Rotate: g.cfg.TicketRotate})
+		}()
+	}
+}
+
+// ReloadCertificates re-reads the TLS certificate and key (SIGHUP). Live
+// connections keep theirs; new handshakes get the new one. A bad file
+// leaves the current certificate in use.
+func (g *Gateway) ReloadCertificates() error {
+	if g.certs == nil {
+		return nil
+	}
+	if err := g.certs.Reload(); err != nil {
+		g.logger.Error("certificate reload failed; keeping the current one", zap.Error(err))
+		return err
+	}
+	g.logger.Info("certificate reloaded")
+	return nil
+}
+
+// Drain moves the devices off this gateway without a stampede: /readyz
+// fails at once and no new connection is taken, then the sessions are
+// ended at --drain-rate per second (MQTT 5 devices are told where to go
+// with --drain-to; 3.1.1 devices reconnect through their load balancer).
+// Pending commands stay in the store. It returns when no session is left,
+// or when ctx ends.
+func (g *Gateway) Drain(ctx context.Context) error {
+	if g.draining.Swap(true) {
+		return nil
+	}
+	g.logger.Info("draining: not ready, refusing new connections",
+		zap.Int("sessions", g.reg.Len()), zap.Float64("per_second", g.cfg.DrainRate))
+	if g.tlsLn != nil {
+		_ = g.tlsLn.Close()
+	}
+	if g.muxLn != nil {
+		_ = g.muxLn.Close()
+		g.muxTLS.Close()
+	}
+	plainRef, tlsRef, _ := parseDrainTo(g.cfg.DrainTo)
+	type target struct {
+		s    *session.Session
+		mode registry.Mode
+	}
+	var targets []target
+	g.reg.Range(func(e *registry.Entry) bool {
+		if s, ok := e.Handle.(*session.Session); ok {
+			targets = append(targets, target{s, e.Mode})
+		}
+		return true
+	})
+	lim := rate.NewLimiter(rate.Limit(g.cfg.DrainRate), 1)
+	for _, t := range targets {
+		if err := lim.Wait(ctx); err != nil {
+			return err
+		}
+		ref := plainRef
+		if t.mode == registry.ModeTLS {
+			ref = tlsRef
+		}
+		t.s.Exec(func(s *session.Session) { s.Drain(ref) })
+		g.counters.drained.Add(1)
+	}
+	g.waitSessions(ctx)
+	g.logger.Info("drained", zap.Int("moved", len(targets)), zap.Int("left", g.reg.Len()))
+	return ctx.Err()
+}
+
+// Draining reports whether the gateway is draining or stopping.
+func (g *Gateway) Draining() bool { return g.draining.Load() }
