@@ -1,0 +1,746 @@
+package bench
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// Defaults of ClientConfig.
+const (
+	DefaultConnectTimeout = 30 * time.Second
+	DefaultInFlight       = 32
+	DefaultMaxPacket      = 1 << 20
+	DefaultClientIDPrefix = "dualbench-"
+)
+
+// ClientConfig describes the idle clients one Pool holds. The zero value of
+// every optional field picks the documented default.
+type ClientConfig struct {
+	// Addr is the server's host:port.
+	Addr string
+	// MQTTVersion is 4 (3.1.1, the default) or 5.
+	MQTTVersion byte
+	// KeepAlive is sent in CONNECT and is the PINGREQ period; it is rounded
+	// down to whole seconds. Zero sends no PINGREQ.
+	KeepAlive time.Duration
+	// ClientIDPrefix is followed by the connection's global index.
+	ClientIDPrefix string
+	// Username and Password are sent when Username is not empty.
+	Username, Password string
+	// PersistentSession clears Clean Session (3.1.1) / Clean Start (5).
+	PersistentSession bool
+	// ConnectTimeout bounds dial, TLS handshake and CONNACK together.
+	ConnectTimeout time.Duration
+	// TLS, when set, makes every connection a crypto/tls client with this
+	// configuration; its ClientSessionCache, if any, is shared by the pool.
+	TLS *tls.Config
+	// SourceAddrs are bound before connect, connection i using
+	// SourceAddrs[i % len]. Empty lets the kernel choose.
+	SourceAddrs []netip.Addr
+	// Rate is the connection attempts per second; zero or less is
+	// unlimited.
+	Rate float64
+	// InFlight is how many connections may be between dial and CONNACK
+	// at once. It keeps a connect storm from overflowing the server's
+	// accept queue, where dropped SYNs cost a second each.
+	InFlight int
+	// MaxPacket is the largest packet accepted from the server.
+	MaxPacket uint32
+}
+
+func (c ClientConfig) withDefaults() (ClientConfig, error) {
+	if c.Addr == "" {
+		return c, errors.New("bench: client: no server address")
+	}
+	if c.MQTTVersion == 0 {
+		c.MQTTVersion = mqttcodec.V311
+	}
+	if c.MQTTVersion != mqttcodec.V311 && c.MQTTVersion != mqttcodec.V5 {
+		return c, fmt.Errorf("bench: client: MQTT version %d: want 4 (3.1.1) or 5", c.MQTTVersion)
+	}
+	if c.KeepAlive < 0 || c.KeepAlive > 65535*time.Second {
+		return c, fmt.Errorf("bench: client: keepalive %v out of range 0..65535s", c.KeepAlive)
+	}
+	c.KeepAlive = c.KeepAlive.Truncate(time.Second)
+	if c.ClientIDPrefix == "" {
+		c.ClientIDPrefix = DefaultClientIDPrefix
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.InFlight <= 0 {
+		c.InFlight = DefaultInFlight
+	}
+	if c.MaxPacket == 0 {
+		c.MaxPacket = DefaultMaxPacket
+	}
+	c.SourceAddrs = append([]netip.Addr(nil), c.SourceAddrs...)
+	return c, nil
+}
+
+// PoolStats are the counters of a Pool. Connected counts connections that
+// got a successful CONNACK; Live those still open; Failed those that never
+// got one (by reason in Failures); Dropped those the server closed after
+// the CONNACK (by reason in Drops).
+type PoolStats struct {
+	Attempted int64            `json:"attempted"`
+	Connected int64            `json:"connected"`
+	Live      int64            `json:"live"`
+	Failed    int64            `json:"failed"`
+	Dropped   int64            `json:"dropped"`
+	Resumed   int64            `json:"resumed,omitempty"`
+	PingsSent int64            `json:"pings_sent"`
+	Pongs     int64            `json:"pongs"`
+	Publishes int64            `json:"publishes,omitempty"`
+	Failures  map[string]int64 `json:"failures,omitempty"`
+	Drops     map[string]int64 `json:"drops,omitempty"`
+	// FirstDial and LastConnack are Unix nanoseconds, zero if none.
+	FirstDial   int64 `json:"first_dial_ns,omitempty"`
+	LastConnack int64 `json:"last_connack_ns,omitempty"`
+}
+
+// Add accumulates o into s (used to sum workers).
+func (s *PoolStats) Add(o PoolStats) {
+	s.Attempted += o.Attempted
+	s.Connected += o.Connected
+	s.Live += o.Live
+	s.Failed += o.Failed
+	s.Dropped += o.Dropped
+	s.Resumed += o.Resumed
+	s.PingsSent += o.PingsSent
+	s.Pongs += o.Pongs
+	s.Publishes += o.Publishes
+	s.Failures = addCounts(s.Failures, o.Failures)
+	s.Drops = addCounts(s.Drops, o.Drops)
+	if o.FirstDial != 0 && (s.FirstDial == 0 || o.FirstDial < s.FirstDial) {
+		s.FirstDial = o.FirstDial
+	}
+	s.LastConnack = max(s.LastConnack, o.LastConnack)
+}
+
+func addCounts(dst, src map[string]int64) map[string]int64 {
+	if len(src) == 0 {
+		return dst
+	}
+	if dst == nil {
+		dst = make(map[string]int64, len(src))
+	}
+	for k, v := range src {
+		dst[k] += v
+	}
+	return dst
+}
+
+// ConnectRate is the connections per second from the first dial to the last
+// CONNACK; zero when unknown.
+func (s PoolStats) ConnectRate() float64 {
+	d := s.RampDuration()
+	if d <= 0 || s.Connected == 0 {
+		return 0
+	}
+	return float64(s.Connected) / d.Seconds()
+}
+
+// RampDuration is the time from the first dial to the last CONNACK.
+func (s PoolStats) RampDuration() time.Duration {
+	if s.FirstDial == 0 || s.LastConnack < s.FirstDial {
+		return 0
+	}
+	return time.Duration(s.LastConnack - s.FirstDial)
+}
+
+// Connection states.
+const (
+	stateConnecting int32 = iota // dialing, handshaking or waiting for CONNACK
+	stateConnected               // CONNACK accepted
+	stateFailed                  // closed before a successful CONNACK
+	stateClosing                 // we are disconnecting it
+	stateClosed                  // closed after the CONNACK
+)
+
+// link is the transport of one connection: a gnet connection or a TLS one.
+type link struct {
+	gc  gnet.Conn // plain: writes go through AsyncWrite
+	tc  *tls.Conn // TLS: writes serialised by wmu
+	wmu sync.Mutex
+}
+
+const tlsWriteTimeout = 10 * time.Second
+
+// write sends b, which must not change afterwards; safe from any goroutine.
+func (l *link) write(b []byte) error {
+	if l.gc != nil {
+		return l.gc.AsyncWrite(b, nil)
+	}
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if err := l.tc.SetWriteDeadline(time.Now().Add(tlsWriteTimeout)); err != nil {
+		return err
+	}
+	_, err := l.tc.Write(b)
+	return err
+}
+
+// disconnect sends b (a DISCONNECT) and closes.
+func (l *link) disconnect(b []byte) {
+	if l.gc != nil {
+		if err := l.gc.AsyncWrite(b, func(c gnet.Conn, _ error) error { return c.Close() }); err != nil {
+			_ = l.gc.Close()
+		}
+		return
+	}
+	_ = l.write(b)
+	_ = l.tc.Close()
+}
+
+func (l *link) close() {
+	if l.gc != nil {
+		_ = l.gc.Close()
+		return
+	}
+	_ = l.tc.Close()
+}
+
+// clientConn is one connection's state, shared by the goroutine that reads
+// it (event loop or TLS reader) and the sweep: every field that both touch
+// is atomic.
+type clientConn struct {
+	idx       int
+	tls       bool
+	dialAt    int64 // Unix ns; set before the connection is published
+	state     atomic.Int32
+	sentAt    atomic.Int64 // CONNECT written, Unix ns
+	lastPing  atomic.Int64 // last PINGREQ (or CONNACK), Unix ns
+	srvReason atomic.Int32 // MQTT 5 DISCONNECT reason from the server, -1 if none
+	srvKA     atomic.Int32 // MQTT 5 Server Keep Alive from CONNACK in seconds, plus 1; 0 if none
+	link      atomic.Pointer[link]
+}
+
+// Pool holds idle MQTT connections of one process. Create it with NewPool,
+// fill it with Connect, read Stats at any time, and release it with Close.
+type Pool struct {
+	cfg  ClientConfig
+	addr string // resolved server address
+	log  *zap.Logger
+
+	// Latency histograms: dial start to CONNACK, CONNECT to CONNACK, and
+	// the TLS handshake alone.
+	connect, connack, handshake *Latency
+
+	pingreq, disconnectPkt []byte // immutable, shared by all writes
+
+	attempted, connected, live, failed, dropped atomic.Int64
+	resumed, pings, pongs, publishes            atomic.Int64
+	resolved                                    atomic.Int64
+	firstDial, lastConnack                      atomic.Int64
+	openPlain                                   atomic.Int64 // gnet connections between OnOpen and OnClose
+
+	notify   chan struct{} // a connection resolved or a plain one closed; capacity 1
+	inflight chan struct{} // one token per connection not yet resolved; capacity InFlight
+
+	client    *gnet.Client   // plain connections' event loop; nil for TLS
+	tlsWG     sync.WaitGroup // one per TLS connection goroutine
+	sweepStop chan struct{}  // closed by Close to end the sweep
+	sweepDone chan struct{}  // closed when the sweep has ended
+	closeOnce sync.Once
+	closeErr  error // set once, by the first Close
+
+	mu       sync.Mutex    // guards the fields below
+	conns    []*clientConn // connections not yet failed or closed
+	failures map[string]int64
+	drops    map[string]int64
+}
+
+// NewPool starts an empty pool: the gnet event loop (plain) and the sweep
+// that sends PINGREQ and enforces the CONNACK deadline.
+func NewPool(cfg ClientConfig, log *zap.Logger) (*Pool, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	raddr, err := net.ResolveTCPAddr("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("bench: resolve %s: %w", cfg.Addr, err)
+	}
+	p := &Pool{
+		cfg:           cfg,
+		addr:          raddr.String(),
+		log:           log,
+		connect:       NewLatency(),
+		connack:       NewLatency(),
+		handshake:     NewLatency(),
+		pingreq:       mqttcodec.AppendPingreq(nil),
+		disconnectPkt: mqttcodec.AppendDisconnect(nil, cfg.MQTTVersion, &mqttcodec.Disconnect{ReasonCode: mqttcodec.NormalDisconnection}),
+		notify:        make(chan struct{}, 1),
+		inflight:      make(chan struct{}, cfg.InFlight),
+		failures:      make(map[string]int64),
+		drops:         make(map[string]int64),
+		sweepStop:     make(chan struct{}),
+		sweepDone:     make(chan struct{}),
+	}
+	if cfg.TLS == nil {
+		p.client, err = gnet.NewClient(&plainHandler{pool: p},
+			gnet.WithLogger(log.Named("gnet").Sugar()),
+			gnet.WithNumEventLoop(1),
+			gnet.WithReadBufferCap(16<<10),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		)
+		if err != nil {
+			return nil, fmt.Errorf("bench: gnet client: %w", err)
+		}
+		if err := p.client.Start(); err != nil {
+			return nil, fmt.Errorf("bench: start gnet client: %w", err)
+		}
+	}
+	go p.sweepLoop()
+	return p, nil
+}
+
+// Connect opens n connections with global indices first .. first+n-1 at the
+// configured rate, and returns once every one of them has connected or
+// failed, or when ctx ends (connections not yet dialed are then not
+// attempted). Connect must not run concurrently with itself or Close.
+func (p *Pool) Connect(ctx context.Context, first, n int) error {
+	lim := rate.NewLimiter(rate.Inf, 1)
+	if p.cfg.Rate > 0 {
+		lim = rate.NewLimiter(rate.Limit(p.cfg.Rate), max(1, int(p.cfg.Rate/100)))
+	}
+	var (
+		next    atomic.Int64
+		wg      sync.WaitGroup
+		waitErr atomic.Pointer[error]
+	)
+	base := p.attempted.Load()
+	for range min(p.cfg.InFlight, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := lim.Wait(ctx); err != nil {
+					waitErr.CompareAndSwap(nil, &err)
+					return
+				}
+				// The token is returned when the connection resolves.
+				select {
+				case p.inflight <- struct{}{}:
+				case <-ctx.Done():
+					err := ctx.Err()
+					waitErr.CompareAndSwap(nil, &err)
+					return
+				}
+				p.open(ctx, first+i)
+			}
+		}()
+	}
+	wg.Wait()
+	target := p.attempted.Load()
+	for p.resolved.Load() < target {
+		select {
+		case <-p.notify:
+		case <-ctx.Done():
+			return fmt.Errorf("bench: connect: %w", ctx.Err())
+		}
+	}
+	if done := target - base; done < int64(n) {
+		err := ctx.Err()
+		if e := waitErr.Load(); e != nil {
+			err = *e
+		}
+		return fmt.Errorf("bench: connect: %d of %d attempted: %w", done, n, err)
+	}
+	return nil
+}
+
+// open dials connection idx and hands it to the event loop or to its TLS
+// goroutine.
+func (p *Pool) open(ctx context.Context, idx int) {
+	now := time.Now().UnixNano()
+	cc := &clientConn{idx: idx, tls: p.cfg.TLS != nil, dialAt: now}
+	cc.srvReason.Store(-1)
+	p.attempted.Add(1)
+	p.firstDial.CompareAndSwap(0, now)
+	p.mu.Lock()
+	p.conns = append(p.conns, cc)
+	p.mu.Unlock()
+
+	d := net.Dialer{
+		Timeout:   p.cfg.ConnectTimeout,
+		KeepAlive: -1, // no TCP keepalive probes: they would add wire bytes
+	}
+	if la := sourceFor(p.cfg.SourceAddrs, idx); la != nil {
+		d.LocalAddr = la
+		d.Control = bindNoPort
+	}
+	nc, err := d.DialContext(ctx, "tcp", p.addr)
+	if err != nil {
+		p.fail(cc, classify(err), err)
+		return
+	}
+	if cc.tls {
+		p.tlsWG.Add(1)
+		go p.runTLS(cc, nc)
+		return
+	}
+	// EnrollContext duplicates the descriptor into the event loop and
+	// closes nc; OnOpen sends CONNECT.
+	if _, err := p.client.EnrollContext(nc, cc); err != nil {
+		p.fail(cc, ReasonEnroll, err)
+	}
+}
+
+// bindNoPort sets IP_BIND_ADDRESS_NO_PORT so that binding a source address
+// defers the choice of port to connect(), where the kernel can reuse a port
+// for different destinations: ~28k connections per source address and
+// destination, not ~28k per source address.
+func bindNoPort(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+func (p *Pool) clientID(idx int) []byte {
+	return strconv.AppendInt([]byte(p.cfg.ClientIDPrefix), int64(idx), 10)
+}
+
+func (p *Pool) connectPacket(idx int) []byte {
+	c := &mqttcodec.Connect{
+		ProtocolName:    []byte("MQTT"),
+		ProtocolVersion: p.cfg.MQTTVersion,
+		CleanStart:      !p.cfg.PersistentSession,
+		KeepAlive:       uint16(p.cfg.KeepAlive / time.Second),
+		ClientID:        p.clientID(idx),
+	}
+	if p.cfg.Username != "" {
+		c.UsernameFlag, c.Username = true, []byte(p.cfg.Username)
+		if p.cfg.Password != "" {
+			c.PasswordFlag, c.Password = true, []byte(p.cfg.Password)
+		}
+	}
+	return mqttcodec.AppendConnect(nil, c)
+}
+
+// resolve counts a connection as resolved, returns its in-flight token, and
+// wakes Connect.
+func (p *Pool) resolve() {
+	<-p.inflight
+	p.resolved.Add(1)
+	p.signal()
+}
+
+// signal wakes Connect or Close.
+func (p *Pool) signal() {
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
+}
+
+// fail resolves a connecting connection as failed and closes it.
+func (p *Pool) fail(cc *clientConn, reason string, err error) {
+	if !cc.state.CompareAndSwap(stateConnecting, stateFailed) {
+		return
+	}
+	p.failed.Add(1)
+	p.mu.Lock()
+	p.failures[reason]++
+	p.mu.Unlock()
+	if reason == ReasonOther || reason == ReasonEnroll {
+		p.log.Debug("connection failed", zap.Int("conn", cc.idx), zap.String("reason", reason), zap.Error(err))
+	}
+	if l := cc.link.Load(); l != nil {
+		l.close()
+	}
+	p.resolve()
+}
+
+// connackOK resolves a connecting connection as connected.
+func (p *Pool) connackOK(cc *clientConn) {
+	if !cc.state.CompareAndSwap(stateConnecting, stateConnected) {
+		return
+	}
+	now := time.Now().UnixNano()
+	cc.lastPing.Store(now)
+	p.connect.Record(time.Duration(now - cc.dialAt))
+	p.connack.Record(time.Duration(now - cc.sentAt.Load()))
+	p.connected.Add(1)
+	p.live.Add(1)
+	for {
+		last := p.lastConnack.Load()
+		if now <= last || p.lastConnack.CompareAndSwap(last, now) {
+			break
+		}
+	}
+	p.resolve()
+}
+
+// closed records the end of a connection, whoever closed it.
+func (p *Pool) closed(cc *clientConn, err error) {
+	switch {
+	case cc.state.Load() == stateConnecting:
+		reason := ReasonClosedEarly
+		if c := classify(err); c != ReasonClosed && c != ReasonOther {
+			reason = c
+		}
+		p.fail(cc, reason, err)
+	case cc.state.CompareAndSwap(stateConnected, stateClosed):
+		p.live.Add(-1)
+		p.dropped.Add(1)
+		reason := classify(err)
+		if rc := cc.srvReason.Load(); rc >= 0 {
+			reason = disconnectReason(mqttcodec.ReasonCode(rc))
+		}
+		p.mu.Lock()
+		p.drops[reason]++
+		p.mu.Unlock()
+	case cc.state.CompareAndSwap(stateClosing, stateClosed):
+		p.live.Add(-1)
+	}
+}
+
+// handle acts on one packet from the server. It returns false when the
+// connection must be closed.
+func (p *Pool) handle(cc *clientConn, l *link, pkt *mqttcodec.Packet) bool {
+	switch pkt.Type {
+	case mqttcodec.CONNACK:
+		if rc := pkt.Connack.ReasonCode; rc != 0 {
+			p.fail(cc, connackReason(p.cfg.MQTTVersion, rc), nil)
+			return false
+		}
+		// The server's keepalive replaces the client's [MQTT-3.2.2-21].
+		if props := &pkt.Connack.Properties; props.Has(mqttcodec.PropServerKeepAlive) {
+			cc.srvKA.Store(int32(props.ServerKeepAlive) + 1)
+		}
+		p.connackOK(cc)
+	case mqttcodec.PINGRESP:
+		p.pongs.Add(1)
+	case mqttcodec.PUBLISH:
+		p.publishes.Add(1)
+		if pkt.Publish.QoS == 1 {
+			ack := mqttcodec.AppendAck(nil, p.cfg.MQTTVersion, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: pkt.Publish.PacketID})
+			if err := l.write(ack); err != nil {
+				return false
+			}
+		}
+	case mqttcodec.DISCONNECT:
+		cc.srvReason.Store(int32(pkt.Disconnect.ReasonCode))
+		return false
+	}
+	return true
+}
+
+// sweepInterval is the period of the sweep: a quarter of the keepalive and
+// of the connect timeout, between 50 ms and 1 s.
+func (p *Pool) sweepInterval() time.Duration {
+	d := time.Second
+	if ka := p.cfg.KeepAlive / 4; ka > 0 {
+		d = min(d, ka)
+	}
+	d = min(d, p.cfg.ConnectTimeout/4)
+	return max(d, 50*time.Millisecond)
+}
+
+func (p *Pool) sweepLoop() {
+	defer close(p.sweepDone)
+	t := time.NewTicker(p.sweepInterval())
+	defer t.Stop()
+	var scratch []*clientConn
+	for {
+		select {
+		case <-p.sweepStop:
+			return
+		case now := <-t.C:
+			scratch = p.sweep(now.UnixNano(), scratch[:0])
+		}
+	}
+}
+
+// sweep sends PINGREQ to connections whose keepalive has elapsed and fails
+// plain connections that waited for their CONNACK too long. It returns
+// scratch for reuse.
+func (p *Pool) sweep(now int64, scratch []*clientConn) []*clientConn {
+	p.mu.Lock()
+	kept := p.conns[:0]
+	for _, cc := range p.conns {
+		if s := cc.state.Load(); s == stateFailed || s == stateClosed {
+			continue
+		}
+		kept = append(kept, cc)
+	}
+	clear(p.conns[len(kept):])
+	p.conns = kept
+	scratch = append(scratch, kept...)
+	p.mu.Unlock()
+
+	// A PINGREQ goes out on the last sweep before the keepalive elapses:
+	// a client must send something within the keepalive [MQTT-3.1.2-23].
+	interval := int64(p.sweepInterval())
+	timeout := int64(p.cfg.ConnectTimeout)
+	for _, cc := range scratch {
+		switch cc.state.Load() {
+		case stateConnecting:
+			// TLS connections enforce the deadline on their socket.
+			if !cc.tls && now-cc.dialAt > timeout {
+				p.fail(cc, ReasonConnackTime, nil)
+			}
+		case stateConnected:
+			ka := int64(p.cfg.KeepAlive)
+			if s := cc.srvKA.Load(); s > 0 {
+				ka = int64(s-1) * int64(time.Second)
+			}
+			if ka == 0 || now-cc.lastPing.Load() < ka-interval {
+				continue
+			}
+			if l := cc.link.Load(); l != nil {
+				cc.lastPing.Store(now)
+				if l.write(p.pingreq) == nil {
+					p.pings.Add(1)
+				}
+			}
+		}
+	}
+	clear(scratch)
+	return scratch
+}
+
+// waitPlainClosed waits until every gnet connection has seen OnClose.
+func (p *Pool) waitPlainClosed(ctx context.Context) error {
+	for p.openPlain.Load() > 0 {
+		select {
+		case <-p.notify:
+		case <-ctx.Done():
+			return fmt.Errorf("bench: close: %d plain connections still open: %w", p.openPlain.Load(), ctx.Err())
+		}
+	}
+	return nil
+}
+
+// Stats returns a snapshot of the counters.
+func (p *Pool) Stats() PoolStats {
+	p.mu.Lock()
+	failures := maps.Clone(p.failures)
+	drops := maps.Clone(p.drops)
+	p.mu.Unlock()
+	return PoolStats{
+		Attempted:   p.attempted.Load(),
+		Connected:   p.connected.Load(),
+		Live:        p.live.Load(),
+		Failed:      p.failed.Load(),
+		Dropped:     p.dropped.Load(),
+		Resumed:     p.resumed.Load(),
+		PingsSent:   p.pings.Load(),
+		Pongs:       p.pongs.Load(),
+		Publishes:   p.publishes.Load(),
+		Failures:    failures,
+		Drops:       drops,
+		FirstDial:   p.firstDial.Load(),
+		LastConnack: p.lastConnack.Load(),
+	}
+}
+
+// Histograms returns the pool's latency histograms: dial start to CONNACK,
+// CONNECT to CONNACK, and the TLS handshake.
+func (p *Pool) Histograms() (connect, connack, handshake *Latency) {
+	return p.connect, p.connack, p.handshake
+}
+
+// Close sends DISCONNECT on every live connection, closes them all, and
+// waits for them (and the event loop) to finish until ctx ends, after which
+// what remains is closed without waiting. Close is safe to call twice.
+func (p *Pool) Close(ctx context.Context) error {
+	p.closeOnce.Do(func() { p.closeErr = p.close(ctx) })
+	return p.closeErr
+}
+
+func (p *Pool) close(ctx context.Context) error {
+	close(p.sweepStop)
+	<-p.sweepDone
+
+	p.mu.Lock()
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+
+	for _, cc := range conns {
+		l := cc.link.Load()
+		switch {
+		case cc.state.CompareAndSwap(stateConnected, stateClosing):
+			if l != nil {
+				l.disconnect(p.disconnectPkt)
+			}
+		case cc.state.Load() == stateConnecting:
+			p.fail(cc, ReasonInterrupted, nil)
+		}
+	}
+
+	var err error
+	tlsDone := make(chan struct{})
+	go func() {
+		p.tlsWG.Wait()
+		close(tlsDone)
+	}()
+	err = p.waitPlainClosed(ctx)
+	if p.client != nil {
+		if serr := p.client.Stop(); serr != nil && err == nil {
+			err = fmt.Errorf("bench: stop event loop: %w", serr)
+		}
+	}
+	select {
+	case <-tlsDone:
+	case <-ctx.Done():
+		for _, cc := range conns {
+			if l := cc.link.Load(); l != nil {
+				l.close()
+			}
+		}
+		<-tlsDone
+		if err == nil {
+			err = fmt.Errorf("bench: close: TLS connections still open: %w", ctx.Err())
+		}
+	}
+	return err
+}
+
+// protocolError fails or drops a connection whose server sent bytes that do
+// not decode.
+func (p *Pool) protocolError(cc *clientConn, err error) {
+	p.log.Debug("undecodable packet from server", zap.Int("conn", cc.idx), zap.Error(err))
+	if cc.state.Load() == stateConnecting {
+		p.fail(cc, ReasonProtocol, err)
+		return
+	}
+	if cc.state.CompareAndSwap(stateConnected, stateClosed) {
+		p.live.Add(-1)
+		p.dropped.Add(1)
+		p.mu.Lock()
+		p.drops[ReasonProtocol]++
+		p.mu.Unlock()
+	}
+}

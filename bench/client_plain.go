@@ -1,0 +1,79 @@
+package bench
+
+import (
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// plainHandler drives the plain connections of a Pool on its gnet client
+// event loop. A connection's partial packet stays in gnet's inbound buffer;
+// the handler keeps nothing per connection besides the clientConn.
+type plainHandler struct {
+	gnet.BuiltinEventEngine
+	pool *Pool
+}
+
+// OnOpen publishes the connection's link and sends CONNECT.
+func (h *plainHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
+	cc, ok := c.Context().(*clientConn)
+	if !ok {
+		return nil, gnet.Close
+	}
+	h.pool.openPlain.Add(1)
+	cc.link.Store(&link{gc: c})
+	if cc.state.Load() != stateConnecting {
+		// Failed (timed out, interrupted) while being enrolled.
+		return nil, gnet.Close
+	}
+	cc.sentAt.Store(time.Now().UnixNano())
+	return h.pool.connectPacket(cc.idx), gnet.None
+}
+
+// OnTraffic decodes every whole packet buffered and leaves a partial one in
+// gnet's buffer until more bytes arrive.
+func (h *plainHandler) OnTraffic(c gnet.Conn) gnet.Action {
+	cc, ok := c.Context().(*clientConn)
+	if !ok {
+		return gnet.Close
+	}
+	p := h.pool
+	l := cc.link.Load()
+	var pkt mqttcodec.Packet
+	for {
+		b, _ := c.Peek(-1)
+		if len(b) == 0 {
+			return gnet.None
+		}
+		n, err := mqttcodec.PacketLen(b, p.cfg.MaxPacket)
+		if err != nil {
+			p.protocolError(cc, err)
+			return gnet.Close
+		}
+		if n == 0 || n > len(b) {
+			return gnet.None
+		}
+		if _, err := mqttcodec.Decode(b[:n], p.cfg.MQTTVersion, p.cfg.MaxPacket, &pkt); err != nil {
+			p.protocolError(cc, err)
+			return gnet.Close
+		}
+		keep := p.handle(cc, l, &pkt)
+		if _, err := c.Discard(n); err != nil || !keep {
+			return gnet.Close
+		}
+	}
+}
+
+// OnClose records the end of the connection.
+func (h *plainHandler) OnClose(c gnet.Conn, err error) gnet.Action {
+	cc, ok := c.Context().(*clientConn)
+	if !ok {
+		return gnet.None
+	}
+	h.pool.closed(cc, err)
+	h.pool.openPlain.Add(-1)
+	h.pool.signal()
+	return gnet.None
+}

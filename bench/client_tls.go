@@ -1,0 +1,108 @@
+package bench
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// tlsReadBuf is the size of one read from a TLS connection; a packet larger
+// than that is assembled in a buffer that grows as needed.
+const tlsReadBuf = 512
+
+// runTLS performs the handshake, sends CONNECT and reads the connection
+// until it closes. It owns the connection's read side.
+func (p *Pool) runTLS(cc *clientConn, nc net.Conn) {
+	defer p.tlsWG.Done()
+	tc := tls.Client(nc, p.cfg.TLS)
+	l := &link{tc: tc}
+	cc.link.Store(l)
+	if cc.state.Load() != stateConnecting {
+		_ = tc.Close()
+		return
+	}
+	// One deadline covers the handshake and the CONNACK.
+	if err := tc.SetDeadline(time.Unix(0, cc.dialAt).Add(p.cfg.ConnectTimeout)); err != nil {
+		p.fail(cc, classify(err), err)
+		return
+	}
+	start := time.Now()
+	if err := tc.Handshake(); err != nil {
+		reason := classify(err)
+		if reason == ReasonOther || reason == ReasonClosed {
+			reason = ReasonTLSHandshake
+		}
+		p.fail(cc, reason, err)
+		return
+	}
+	p.handshake.Record(time.Since(start))
+	if tc.ConnectionState().DidResume {
+		p.resumed.Add(1)
+	}
+	cc.sentAt.Store(time.Now().UnixNano())
+	if err := l.write(p.connectPacket(cc.idx)); err != nil {
+		p.fail(cc, classify(err), err)
+		return
+	}
+	p.readTLS(cc, l)
+}
+
+// readTLS reads and handles packets until the connection ends.
+func (p *Pool) readTLS(cc *clientConn, l *link) {
+	var (
+		pkt     mqttcodec.Packet
+		pending []byte
+		buf     = make([]byte, tlsReadBuf)
+	)
+	for {
+		n, err := l.tc.Read(buf)
+		if err != nil {
+			if cc.state.Load() == stateConnecting && classify(err) == ReasonTimeout {
+				p.fail(cc, ReasonConnackTime, err)
+			}
+			p.closed(cc, err)
+			_ = l.tc.Close()
+			return
+		}
+		pending = append(pending, buf[:n]...)
+		for len(pending) > 0 {
+			total, err := mqttcodec.PacketLen(pending, p.cfg.MaxPacket)
+			if err != nil {
+				p.protocolError(cc, err)
+				_ = l.tc.Close()
+				return
+			}
+			if total == 0 || total > len(pending) {
+				break
+			}
+			if _, err := mqttcodec.Decode(pending[:total], p.cfg.MQTTVersion, p.cfg.MaxPacket, &pkt); err != nil {
+				p.protocolError(cc, err)
+				_ = l.tc.Close()
+				return
+			}
+			wasConnecting := cc.state.Load() == stateConnecting
+			keep := p.handle(cc, l, &pkt)
+			if !keep {
+				p.closed(cc, nil)
+				_ = l.tc.Close()
+				return
+			}
+			if wasConnecting && cc.state.Load() == stateConnected {
+				// Idle from now on: no read deadline (PINGRESP timing is
+				// the server's business).
+				if err := l.tc.SetReadDeadline(time.Time{}); err != nil && !errors.Is(err, net.ErrClosed) {
+					p.closed(cc, err)
+					_ = l.tc.Close()
+					return
+				}
+			}
+			pending = pending[total:]
+		}
+		if len(pending) == 0 {
+			pending = nil // drop the grown array while idle
+		}
+	}
+}

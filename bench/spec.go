@@ -1,0 +1,159 @@
+package bench
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+)
+
+// TLSSpec is the TLS side of a client, in a form that travels to worker
+// processes as JSON.
+type TLSSpec struct {
+	// CAFile is a PEM bundle of the CAs to trust; empty uses the system's.
+	CAFile string `json:"ca_file,omitempty"`
+	// CertFile and KeyFile are a client certificate (mutual TLS).
+	CertFile string `json:"cert_file,omitempty"`
+	KeyFile  string `json:"key_file,omitempty"`
+	// ServerName is the SNI and the name verified; empty uses the host of
+	// the server address.
+	ServerName string `json:"server_name,omitempty"`
+	// Insecure skips verification of the server's certificate.
+	Insecure bool `json:"insecure,omitempty"`
+	// Resume shares one session cache among the worker's connections, so
+	// that all but the first few handshakes resume.
+	Resume bool `json:"resume,omitempty"`
+	// Version pins the TLS version: "1.2", "1.3" or empty (negotiate).
+	Version string `json:"version,omitempty"`
+}
+
+// sessionCacheSize is the capacity of the shared session cache. One server
+// name needs one entry; a few more cover several targets.
+const sessionCacheSize = 64
+
+// Config builds the crypto/tls client configuration for server addr.
+func (s TLSSpec) Config(addr string) (*tls.Config, error) {
+	cfg := &tls.Config{
+		ServerName:         s.ServerName,
+		InsecureSkipVerify: s.Insecure, // an explicit flag, for peers with self-made certificates
+	}
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("bench: tls: server address %q: %w", addr, err)
+		}
+		cfg.ServerName = host
+	}
+	switch s.Version {
+	case "":
+	case "1.2":
+		cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+	case "1.3":
+		cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
+	default:
+		return nil, fmt.Errorf("bench: tls: version %q: want 1.2 or 1.3", s.Version)
+	}
+	if s.CAFile != "" {
+		pem, err := os.ReadFile(s.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("bench: tls: read CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("bench: tls: no certificate in %s", s.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if s.CertFile != "" || s.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.CertFile, s.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("bench: tls: client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	if s.Resume {
+		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(sessionCacheSize)
+	}
+	return cfg, nil
+}
+
+// ClientSpec is ClientConfig in a form that travels to worker processes as
+// JSON. Durations are nanoseconds.
+type ClientSpec struct {
+	Addr              string        `json:"addr"`
+	MQTTVersion       int           `json:"mqtt_version"`
+	KeepAlive         time.Duration `json:"keepalive_ns"`
+	ClientIDPrefix    string        `json:"client_id_prefix,omitempty"`
+	Username          string        `json:"username,omitempty"`
+	Password          string        `json:"password,omitempty"`
+	PersistentSession bool          `json:"persistent_session,omitempty"`
+	ConnectTimeout    time.Duration `json:"connect_timeout_ns,omitempty"`
+	SourceAddrs       []string      `json:"source_addrs,omitempty"`
+	// Rate is connection attempts per second for the whole run; each
+	// worker gets its share.
+	Rate     float64  `json:"rate,omitempty"`
+	InFlight int      `json:"inflight,omitempty"`
+	TLS      *TLSSpec `json:"tls,omitempty"`
+}
+
+// ClientConfig turns the spec into a ClientConfig.
+func (s ClientSpec) ClientConfig() (ClientConfig, error) {
+	if s.MQTTVersion < 0 || s.MQTTVersion > 255 {
+		return ClientConfig{}, fmt.Errorf("bench: MQTT version %d", s.MQTTVersion)
+	}
+	cfg := ClientConfig{
+		Addr:              s.Addr,
+		MQTTVersion:       byte(s.MQTTVersion),
+		KeepAlive:         s.KeepAlive,
+		ClientIDPrefix:    s.ClientIDPrefix,
+		Username:          s.Username,
+		Password:          s.Password,
+		PersistentSession: s.PersistentSession,
+		ConnectTimeout:    s.ConnectTimeout,
+		Rate:              s.Rate,
+		InFlight:          s.InFlight,
+	}
+	for _, a := range s.SourceAddrs {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return ClientConfig{}, fmt.Errorf("bench: source address: %w", err)
+		}
+		cfg.SourceAddrs = append(cfg.SourceAddrs, ip)
+	}
+	if s.TLS != nil {
+		tc, err := s.TLS.Config(s.Addr)
+		if err != nil {
+			return ClientConfig{}, err
+		}
+		cfg.TLS = tc
+	}
+	return cfg, nil
+}
+
+// Validate checks what can be checked without connecting.
+func (s ClientSpec) Validate() error {
+	if s.Addr == "" {
+		return errors.New("bench: no server address")
+	}
+	if _, _, err := net.SplitHostPort(s.Addr); err != nil {
+		return fmt.Errorf("bench: server address %q: %w", s.Addr, err)
+	}
+	cfg, err := s.ClientConfig()
+	if err != nil {
+		return err
+	}
+	_, err = cfg.withDefaults()
+	return err
+}
+
+// Transport names the transport: "tls" or "plain".
+func (s ClientSpec) Transport() string {
+	if s.TLS != nil {
+		return "tls"
+	}
+	return "plain"
+}

@@ -1,0 +1,249 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dualgate/dualgate/bench"
+)
+
+// usageError is a mistake on the command line (exit status 2).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// clientFlags are the flags shared by conn and mem.
+type clientFlags struct {
+	host, port     string
+	rate           float64
+	keepalive      int
+	mqtt           string
+	prefix         string
+	username       string
+	password       string
+	connectTimeout time.Duration
+	ifaddr         string
+	workers        string
+	perWorker      int
+	inflight       int
+	logLevel       string
+
+	tls        bool
+	ca         string
+	cert, key  string
+	insecure   bool
+	resume     bool
+	tlsVersion string
+	sni        string
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet, defaultPort string) {
+	fs.StringVar(&c.host, "host", "127.0.0.1", "server host")
+	fs.StringVar(&c.port, "port", defaultPort, "server port; 8883 with --tls unless given")
+	fs.Float64Var(&c.rate, "rate", 1000, "connection attempts per second, all workers together (0: unlimited)")
+	fs.IntVar(&c.keepalive, "keepalive", 60, "MQTT keepalive in seconds; a PINGREQ is sent every keepalive (0: none)")
+	fs.StringVar(&c.mqtt, "mqtt", "4", "MQTT version: 4 (3.1.1) or 5")
+	fs.StringVar(&c.prefix, "prefix", bench.DefaultClientIDPrefix, "client id prefix, followed by the connection's index")
+	fs.StringVar(&c.username, "username", "", "MQTT user name")
+	fs.StringVar(&c.password, "password", "", "MQTT password")
+	fs.DurationVar(&c.connectTimeout, "connect-timeout", bench.DefaultConnectTimeout, "bound on dial, TLS handshake and CONNACK")
+	fs.StringVar(&c.ifaddr, "ifaddr", "", "source addresses, e.g. 127.0.0.2-127.0.0.20,127.0.1.1 (default: spread over 127.0.0.2.. when N > 20000 on loopback)")
+	fs.StringVar(&c.workers, "workers", "auto", "worker processes, or auto (one per --per-worker connections)")
+	fs.IntVar(&c.perWorker, "per-worker", bench.DefaultPerWorker, "most connections per worker process")
+	fs.IntVar(&c.inflight, "inflight", bench.DefaultInFlight, "connections between dial and CONNACK at once, per worker")
+	fs.StringVar(&c.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+
+	fs.BoolVar(&c.tls, "tls", false, "connect with TLS")
+	fs.StringVar(&c.ca, "ca", "", "PEM file of the CA to trust (TLS)")
+	fs.StringVar(&c.cert, "cert", "", "client certificate PEM (mutual TLS)")
+	fs.StringVar(&c.key, "key", "", "client key PEM (mutual TLS)")
+	fs.BoolVar(&c.insecure, "insecure", false, "do not verify the server certificate (TLS)")
+	fs.BoolVar(&c.resume, "resume", false, "resume TLS sessions from a cache shared by each worker")
+	fs.StringVar(&c.tlsVersion, "tls-version", "", "pin the TLS version: 1.2 or 1.3")
+	fs.StringVar(&c.sni, "sni", "", "TLS server name (default: --host)")
+}
+
+// fleet turns the flags into a FleetConfig (Count left to the caller).
+func (c *clientFlags) fleet(explicit map[string]bool) (bench.FleetConfig, error) {
+	var fc bench.FleetConfig
+	port := c.port
+	if c.tls && !explicit["port"] {
+		port = "8883"
+	}
+	version, err := parseMQTT(c.mqtt)
+	if err != nil {
+		return fc, err
+	}
+	if c.keepalive < 0 || c.keepalive > 65535 {
+		return fc, fmt.Errorf("--keepalive %d: want 0..65535 seconds", c.keepalive)
+	}
+	if c.rate < 0 {
+		return fc, fmt.Errorf("--rate %v: want 0 or more", c.rate)
+	}
+	fc.Client = bench.ClientSpec{
+		Addr:           net.JoinHostPort(c.host, port),
+		MQTTVersion:    version,
+		KeepAlive:      time.Duration(c.keepalive) * time.Second,
+		ClientIDPrefix: c.prefix,
+		Username:       c.username,
+		Password:       c.password,
+		ConnectTimeout: c.connectTimeout,
+		Rate:           c.rate,
+		InFlight:       c.inflight,
+	}
+	if c.ifaddr != "" {
+		addrs, err := bench.ParseAddrRanges(c.ifaddr)
+		if err != nil {
+			return fc, err
+		}
+		for _, a := range addrs {
+			fc.Client.SourceAddrs = append(fc.Client.SourceAddrs, a.String())
+		}
+	}
+	tlsOnly := c.ca != "" || c.cert != "" || c.key != "" || c.insecure || c.resume || c.tlsVersion != "" || c.sni != ""
+	if tlsOnly && !c.tls {
+		return fc, fmt.Errorf("--ca, --cert, --key, --insecure, --resume, --tls-version and --sni need --tls")
+	}
+	if c.tls {
+		fc.Client.TLS = &bench.TLSSpec{
+			CAFile: c.ca, CertFile: c.cert, KeyFile: c.key, ServerName: c.sni,
+			Insecure: c.insecure, Resume: c.resume, Version: c.tlsVersion,
+		}
+	}
+	if c.workers != "auto" {
+		n, err := strconv.Atoi(c.workers)
+		if err != nil || n < 1 {
+			return fc, fmt.Errorf("--workers %q: want a positive number or auto", c.workers)
+		}
+		fc.Workers = n
+	}
+	if c.perWorker < 1 {
+		return fc, fmt.Errorf("--per-worker %d: want at least 1", c.perWorker)
+	}
+	fc.PerWorker = c.perWorker
+	return fc, nil
+}
+
+func parseMQTT(s string) (int, error) {
+	switch s {
+	case "4", "3.1.1", "311":
+		return 4, nil
+	case "5", "5.0":
+		return 5, nil
+	}
+	return 0, fmt.Errorf("--mqtt %q: want 4 (3.1.1) or 5", s)
+}
+
+// setFlags returns the names of the flags given on the command line.
+func setFlags(fs *flag.FlagSet) map[string]bool {
+	m := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { m[f.Name] = true })
+	return m
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}
+
+// parseConn parses the flags of `dualbench conn`.
+func parseConn(args []string, stderr io.Writer) (bench.ConnConfig, string, error) {
+	fs := flag.NewFlagSet("dualbench conn", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cf    clientFlags
+		count int
+		hold  time.Duration
+	)
+	cf.register(fs, "1883")
+	fs.IntVar(&count, "c", 1000, "number of connections")
+	fs.IntVar(&count, "count", 1000, "number of connections (same as -c)")
+	fs.DurationVar(&hold, "hold", 0, "how long to hold the connections once all are attempted (0: until Ctrl-C)")
+	if err := parseFlags(fs, args); err != nil {
+		return bench.ConnConfig{}, "", err
+	}
+	fc, err := cf.fleet(setFlags(fs))
+	if err != nil {
+		return bench.ConnConfig{}, "", usageError{err}
+	}
+	if count < 1 {
+		return bench.ConnConfig{}, "", usageError{fmt.Errorf("-c %d: want at least 1", count)}
+	}
+	if hold < 0 {
+		return bench.ConnConfig{}, "", usageError{fmt.Errorf("--hold %v: want 0 or more", hold)}
+	}
+	fc.Count = count
+	return bench.ConnConfig{Fleet: fc, Hold: hold}, cf.logLevel, nil
+}
+
+// parseMem parses the flags of `dualbench mem`.
+func parseMem(args []string, stderr io.Writer) (bench.MemConfig, string, error) {
+	fs := flag.NewFlagSet("dualbench mem", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cf     clientFlags
+		cfg    bench.MemConfig
+		sizes  string
+		settle = bench.DefaultSettle()
+	)
+	cf.register(fs, "1883")
+	fs.IntVar(&cfg.TargetPID, "target-pid", 0, "PID of the server to measure")
+	fs.StringVar(&cfg.Spawn, "spawn", "", "command that starts the server to measure; it is stopped at the end")
+	fs.StringVar(&sizes, "sizes", "2000,5000,15000", "connection counts to measure, comma-separated")
+	fs.StringVar(&cfg.MetricsURL, "metrics-url", "", "Prometheus URL of the server, read for "+bench.HeapMetric)
+	fs.StringVar(&cfg.OutDir, "out", "", "directory for report.json and report.md")
+	fs.DurationVar(&settle.Interval, "settle-interval", settle.Interval, "time between RSS samples")
+	fs.IntVar(&settle.Samples, "settle-samples", settle.Samples, "consecutive RSS samples that must agree")
+	fs.Float64Var(&settle.Tolerance, "settle-tolerance", settle.Tolerance, "largest spread of those samples (fraction)")
+	fs.DurationVar(&settle.Timeout, "settle-timeout", settle.Timeout, "longest wait for RSS to settle")
+	fs.Float64Var(&cfg.MinR2, "min-r2", bench.DefaultMinR2, "R² from which the growth is called linear")
+	if err := parseFlags(fs, args); err != nil {
+		return cfg, "", err
+	}
+	fc, err := cf.fleet(setFlags(fs))
+	if err != nil {
+		return cfg, "", usageError{err}
+	}
+	cfg.Fleet = fc
+	cfg.Settle = settle
+	if cfg.Sizes, err = parseSizes(sizes); err != nil {
+		return cfg, "", usageError{err}
+	}
+	if (cfg.TargetPID > 0) == (cfg.Spawn != "") {
+		return cfg, "", usageError{fmt.Errorf("give exactly one of --target-pid and --spawn")}
+	}
+	return cfg, cf.logLevel, nil
+}
+
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		n, err := strconv.Atoi(part)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("--sizes: %q is not a positive count", part)
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--sizes: no size")
+	}
+	return out, nil
+}
