@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"runtime"
 	"time"
 
@@ -72,6 +73,9 @@ func (g *Gateway) apiHandler() http.Handler {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	mux.Handle("/v1/", g.requireToken(v1))
+	if g.cfg.Pprof {
+		mux.Handle("/debug/pprof/", g.requireToken(http.HandlerFunc(pprof.Index)))
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"crypto/tls"
+	"io"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -16,12 +17,8 @@ import (
 )
 
 // TLS connections are the few active ones: each has a goroutine, blocked in
-// Read while idle, and a small read buffer that grows only for a large
-// packet.
-const (
-	tlsReadBuf      = 512
-	tlsWriteTimeout = 10 * time.Second
-)
+// Read while idle, and no read buffer of its own.
+const tlsWriteTimeout = 10 * time.Second
 
 // tlsConn is one TLS device connection. Its session is owned by whoever
 // holds mu: the reader goroutine while it feeds bytes, or a function queued
@@ -80,33 +77,25 @@ func (g *Gateway) serveTLS(c *tls.Conn, info tlsmux.ConnInfo) {
 	if info.Remote != nil {
 		tc.remote = info.Remote.String()
 	}
-	tc.mu.Lock()
-	tc.sess.Init(g.env, tc)
-	tc.unlock()
+	done := make(chan struct{}, 1)
+	tc.onSession(done, func() { tc.sess.Init(g.env, tc) })
 	g.tlsConns.add(tc)
 	defer g.tlsConns.remove(tc)
 
-	buf := make([]byte, 0, tlsReadBuf)
 	for {
-		if len(buf) == cap(buf) {
-			buf = growFor(buf, g.env.MaxPacketSize)
-		}
-		n, err := c.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if n > 0 {
-			tc.mu.Lock()
-			used, closeConn := 0, tc.closed
-			if !closeConn {
-				used, closeConn = safeFeed(g.logger, g.env.Stats, &tc.sess, buf)
-				tc.ctr.bytesIn[registryTLS].Add(uint64(used))
-			}
-			tc.unlock()
+		pkt, err := readPacket(c, g.env.MaxPacketSize)
+		if len(pkt) > 0 {
+			closeConn := false
+			tc.onSession(done, func() {
+				if closeConn = tc.closed; !closeConn {
+					var used int
+					used, closeConn = safeFeed(g.logger, g.env.Stats, &tc.sess, pkt)
+					tc.ctr.bytesIn[registryTLS].Add(uint64(used))
+				}
+			})
+			putPacketBuf(pkt)
 			if closeConn {
 				break
-			}
-			buf = buf[:copy(buf, buf[used:])]
-			if len(buf) == 0 && cap(buf) > tlsReadBuf {
-				buf = make([]byte, 0, tlsReadBuf) // drop what a large packet grew
 			}
 		}
 		if err != nil {
@@ -114,27 +103,86 @@ func (g *Gateway) serveTLS(c *tls.Conn, info tlsmux.ConnInfo) {
 		}
 	}
 	_ = c.Close()
-	tc.mu.Lock()
-	tc.closed = true
-	safeClosed(g.logger, g.env.Stats, &tc.sess)
-	tc.unlock()
+	tc.onSession(done, func() {
+		tc.closed = true
+		safeClosed(g.logger, g.env.Stats, &tc.sess)
+	})
 }
 
-// growFor makes room for the packet at the front of buf: its whole length
-// when the header says it, else twice the room, bounded by the maximum
-// packet size (the session refuses anything larger anyway).
-func growFor(buf []byte, maxSize uint32) []byte {
-	want := 2 * cap(buf)
-	if total, err := mqttcodec.PacketLen(buf, maxSize); err == nil && total > len(buf) {
-		want = total
+// onSession runs fn in the session's owner context (holding mu) on a
+// short-lived goroutine, and waits for it. The connection's own goroutine
+// lives as long as the device stays, mostly blocked in Read: keeping the
+// session's deep call chains (CONNECT, authentication, logging) off its
+// stack keeps that stack small, which is most of what an idle TLS
+// connection costs.
+func (tc *tlsConn) onSession(done chan struct{}, fn func()) {
+	go func() {
+		tc.mu.Lock()
+		fn()
+		tc.unlock()
+		done <- struct{}{}
+	}()
+	<-done
+}
+
+// readPacket reads one whole MQTT packet from c. While a device is idle
+// its goroutine waits here for the first byte with no buffer at all; the
+// buffer, from a pool, exists only while a packet is read and handled.
+// A fixed header the codec refuses is returned as it is, so the session
+// reports the error.
+func readPacket(c io.Reader, maxSize uint32) ([]byte, error) {
+	var hdr [5]byte
+	n := 0
+	for {
+		if _, err := io.ReadFull(c, hdr[n:n+1]); err != nil {
+			return nil, err
+		}
+		n++
+		if n >= 2 && (hdr[n-1]&0x80 == 0 || n == len(hdr)) {
+			break
+		}
 	}
-	want = min(want, int(maxSize)+5)
-	if want <= cap(buf) {
-		want = cap(buf) + tlsReadBuf
+	total, err := mqttcodec.PacketLen(hdr[:n], maxSize)
+	if err != nil || total < n {
+		b := getPacketBuf(n)
+		return append(b, hdr[:n]...), nil
 	}
-	nb := make([]byte, len(buf), want)
-	copy(nb, buf)
-	return nb
+	b := getPacketBuf(total)[:total]
+	copy(b, hdr[:n])
+	if _, err := io.ReadFull(c, b[n:]); err != nil {
+		putPacketBuf(b)
+		return nil, err
+	}
+	return b, nil
+}
+
+// Packet buffers come from pools by size, so a TLS connection holds one only
+// while it handles a packet.
+var packetBufs = [...]struct {
+	size int
+	pool sync.Pool
+}{{size: 256}, {size: 4 << 10}, {size: 64 << 10}}
+
+func getPacketBuf(n int) []byte {
+	for i := range packetBufs {
+		if n <= packetBufs[i].size {
+			if b, ok := packetBufs[i].pool.Get().(*[]byte); ok {
+				return (*b)[:0]
+			}
+			return make([]byte, 0, packetBufs[i].size)
+		}
+	}
+	return make([]byte, 0, n)
+}
+
+func putPacketBuf(b []byte) {
+	for i := range packetBufs {
+		if cap(b) == packetBufs[i].size {
+			b = b[:0]
+			packetBufs[i].pool.Put(&b)
+			return
+		}
+	}
 }
 
 // unlock releases mu after running what Exec queued meanwhile, so queued

@@ -62,12 +62,19 @@ func (d *Dispatcher) Offline(s *session.Session, unacked []string) {
 // Worker context from here on.
 
 func (d *Dispatcher) online(s *session.Session, id string, mode registry.Mode, now time.Time) {
+	if mode != registry.ModeTLS {
+		// An idle plain device costs the dispatcher nothing: only devices
+		// it already tracks are updated.
+		d.mu.Lock()
+		if dv, ok := d.devices[id]; ok {
+			dv.lastSeen = now
+			dv.toldPlain, dv.ignoredPlain, dv.tlsOnly = false, 0, false
+		}
+		d.mu.Unlock()
+		return
+	}
 	d.update(id, func(dv *device) {
 		dv.lastSeen = now
-		if mode != registry.ModeTLS {
-			dv.toldPlain, dv.ignoredPlain, dv.tlsOnly = false, 0, false
-			return
-		}
 		if dv.instructed {
 			d.stats.Upgrades.Add(1)
 			dv.upgrades = append(dv.upgrades, now)
@@ -96,12 +103,14 @@ func (d *Dispatcher) offline(s *session.Session, id string, unacked []string, no
 			d.cfg.Logger.Error("store", zap.String("command", cid), zap.Error(err))
 		}
 	}
-	d.update(id, func(dv *device) {
+	d.mu.Lock()
+	if dv, ok := d.devices[id]; ok {
 		dv.lastSeen = now
 		if dv.tls == s {
 			dv.tls = nil
 		}
-	})
+	}
+	d.mu.Unlock()
 }
 
 func (d *Dispatcher) acked(id, cid string, now time.Time) {

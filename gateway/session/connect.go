@@ -262,8 +262,9 @@ func (s *Session) refuseWith(rc mqttcodec.ReasonCode, why, tell string) {
 // decodeError ends the session on bytes that break the protocol. Before
 // CONNECT, an MQTT 5 client gets a CONNACK with the reason, and a client of
 // an unknown protocol level the 3.1.1 CONNACK 0x01 [MQTT-3.1.2-2]; after,
-// an MQTT 5 client gets a DISCONNECT with the reason [MQTT-4.13.1-1].
-func (s *Session) decodeError(b []byte, err error) {
+// an MQTT 5 client gets a DISCONNECT with the reason [MQTT-4.13.1-1]. p is
+// what the codec decoded: for a CONNECT, the level it read.
+func (s *Session) decodeError(p *mqttcodec.Packet, err error) {
 	s.env.Stats.MalformedPackets.Add(1)
 	rc := mqttcodec.MalformedPacket
 	var ce *mqttcodec.Error
@@ -276,41 +277,20 @@ func (s *Session) decodeError(b []byte, err error) {
 		s.disconnect(rc, err.Error())
 		return
 	}
-	level, ok := connectLevel(b)
+	level := byte(0)
+	if p.Type == mqttcodec.CONNECT {
+		level = p.Connect.ProtocolVersion
+	}
 	switch {
-	case rc == mqttcodec.UnsupportedProtocolVersion && ok && level != mqttcodec.V5:
+	case rc == mqttcodec.UnsupportedProtocolVersion && level != mqttcodec.V5:
 		s.version = mqttcodec.V311
 		s.refuse(rc, err.Error())
-	case ok && level == mqttcodec.V5:
+	case level == mqttcodec.V5:
 		s.version = mqttcodec.V5
 		s.refuse(rc, err.Error())
 	default:
 		s.closeNow()
 	}
-}
-
-// connectLevel finds the protocol level byte of a CONNECT packet at the
-// front of b, without trusting anything after it.
-func connectLevel(b []byte) (byte, bool) {
-	if len(b) < 2 || b[0]>>4 != byte(mqttcodec.CONNECT) {
-		return 0, false
-	}
-	i := 1
-	for ; i < len(b) && i < 5; i++ {
-		if b[i]&0x80 == 0 {
-			break
-		}
-	}
-	i++ // past the remaining length
-	if i+2 > len(b) {
-		return 0, false
-	}
-	n := int(b[i])<<8 | int(b[i+1])
-	i += 2 + n
-	if i >= len(b) {
-		return 0, false
-	}
-	return b[i], true
 }
 
 // newClientID makes an identifier for a client that sent none.

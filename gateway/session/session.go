@@ -302,7 +302,7 @@ func (s *Session) Feed(b []byte) (used int, closeConn bool) {
 	for used < len(b) {
 		n, err := mqttcodec.Decode(b[used:], s.version, s.env.MaxPacketSize, p)
 		if err != nil {
-			s.decodeError(b[used:], err)
+			s.decodeError(p, err)
 			return len(b), true
 		}
 		if n == 0 {
