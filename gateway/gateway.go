@@ -212,6 +212,9 @@ func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
 			return nil, fmt.Errorf("dev certificates: %w", err)
 		}
 		cert, key, g.caPath = paths.Server, paths.ServerKey, paths.CA
+		if abs, err := filepath.Abs(paths.CA); err == nil {
+			paths.CA = abs
+		}
 		verb := "using"
 		if created {
 			verb = "generated"
@@ -397,12 +400,12 @@ func (g *Gateway) stopPlain() {
 
 func (g *Gateway) startTLS(cfg *tls.Config) error {
 	srv, err := tlsmux.New(tlsmux.Config{
-		TLS:              cfg,
+		TLS:                   cfg,
 		HandshakeTimeout:      g.cfg.HandshakeTimeout,
 		MaxHandshakes:         g.cfg.MaxHandshakes,
 		HandshakeQueueTimeout: g.cfg.HandshakeQueue,
-		Logger:           g.logger,
-		Handler:          g.serveTLS,
+		Logger:                g.logger,
+		Handler:               g.serveTLS,
 	})
 	if err != nil {
 		return err

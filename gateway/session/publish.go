@@ -153,6 +153,15 @@ func (s *Session) finishInbound(t mqttcodec.Type, pid uint16, rc mqttcodec.Reaso
 	if t == mqttcodec.PUBREC && rc < 0x80 {
 		s.rareState().qos2Add(pid)
 	}
+	if rc >= 0x80 && s.version != mqttcodec.V5 {
+		// A 3.1.1 acknowledgement cannot say no: rather than a PUBACK for
+		// a message that was not taken, the connection is closed and the
+		// device sends it again after reconnecting [MQTT-3.3.5-2].
+		s.env.Logger.Info("publish refused; closing the 3.1.1 connection so the device retries",
+			zap.String("client", s.clientID), zap.Stringer("reason", rc))
+		s.closeNow()
+		return
+	}
 	s.writeAck(t, pid, rc)
 }
 

@@ -342,3 +342,34 @@ func TestFeedPartial(t *testing.T) {
 		s.Closed()
 	}
 }
+
+// refusingSink refuses every message, as a full upstream buffer does.
+type refusingSink struct{}
+
+func (refusingSink) Publish(_ *Message, ack func(mqttcodec.ReasonCode)) {
+	if ack != nil {
+		ack(mqttcodec.QuotaExceeded)
+	}
+}
+
+// A refused QoS 1 message gets a negative PUBACK in MQTT 5; a 3.1.1 device,
+// whose PUBACK cannot say no, is disconnected instead of being told the
+// message was taken.
+func TestRefusedPublish(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	env := newTestEnv(t, clk)
+	env.Sink = refusingSink{}
+	s, ft := newConnected(t, env, registry.ModePlain, mqttcodec.V5, "v5pub")
+	s.Feed(mqttcodec.AppendPublish(nil, 5, &mqttcodec.Publish{Topic: []byte("t"), QoS: 1, PacketID: 4}))
+	ps := ft.packets(t, 5)
+	if len(ps) != 1 || ps[0].Type != mqttcodec.PUBACK || ps[0].Ack.ReasonCode != mqttcodec.QuotaExceeded {
+		t.Fatalf("want PUBACK 0x97, got %+v", ps)
+	}
+	s, ft = newConnected(t, env, registry.ModePlain, mqttcodec.V311, "v3pub")
+	if _, closeConn := s.Feed(mqttcodec.AppendPublish(nil, 4, &mqttcodec.Publish{Topic: []byte("t"), QoS: 1, PacketID: 4})); !closeConn {
+		t.Fatal("3.1.1 connection kept after a refused publish")
+	}
+	if ps := ft.packets(t, 4); len(ps) != 0 {
+		t.Fatalf("3.1.1 device was acknowledged: %+v", ps)
+	}
+}
