@@ -320,13 +320,18 @@ func (d *Dispatcher) ticker() {
 		d.mu.Lock()
 		for id, dv := range d.devices {
 			switch {
-			case dv.instructed && !dv.stuck && !now.Before(dv.nextInstruct):
-				retry = append(retry, id)
 			case dv.tls != nil && !dv.tlsOnly && !dv.toldPlain &&
 				now.Sub(dv.lastSecure) >= d.quietPeriod(dv.upgrades, now):
 				quiet = append(quiet, id)
-			case dv.tls == nil && !dv.instructed && !dv.stuck && now.Sub(dv.lastSeen) > 10*d.cfg.SecureIdle+time.Hour:
-				delete(d.devices, id) // forget what no longer matters
+			case dv.instructed && !dv.stuck && !now.Before(dv.nextInstruct):
+				if e, online := d.cfg.Registry.Get(id); online && e.Mode == registry.ModePlain {
+					retry = append(retry, id)
+				}
+			case dv.tls == nil && now.Sub(dv.lastSeen) > 10*d.cfg.SecureIdle+time.Hour:
+				// Gone for long: forget it (its commands stay in the store).
+				if _, online := d.cfg.Registry.Get(id); !online {
+					delete(d.devices, id)
+				}
 			}
 		}
 		d.mu.Unlock()
