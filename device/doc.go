@@ -1,0 +1,63 @@
+// Package device is the device side of dualgate: an MQTT client that stays on
+// cheap plain TCP while idle and moves to TLS only while something secret
+// must travel, following the gateway's reconnect instructions.
+//
+// A Device connects on plain TCP, publishes the query (on
+// control.QueryTopic) after every connect, and hands every command the
+// gateway delivers to Config.OnCommand, subscribed or not. When the gateway
+// has a secure command for it, it is told to reconnect over TLS: an MQTT
+// 3.1.1 device by a PUBLISH on $dualgate/control with a JSON instruction, an
+// MQTT 5 device by a DISCONNECT with reason code 0x9C (Use another server)
+// and a Server Reference "tls://host:port". The Device disconnects cleanly,
+// reconnects in the named mode at the named address (or at its configured
+// endpoint for that mode when the instruction names none it can use),
+// subscribes again to Config.Subscriptions and queries; the gateway then
+// delivers over TLS. After a quiet period the gateway sends it back to plain
+// the same way.
+//
+// # Rules the Device keeps
+//
+//   - Anti-downgrade: an instruction to use plain is obeyed only when it
+//     arrived over TLS. One arriving over plain is never obeyed; it is
+//     reported as EventDowngradeIgnored.
+//   - PublishSensitive writes only to a TLS connection: it moves the device
+//     to TLS first when it is on plain, and never falls back.
+//   - A command is acknowledged (PUBACK) only after OnCommand returned, so a
+//     device that crashes inside OnCommand gets the command again.
+//   - After a lost connection the Device reconnects in the mode of the last
+//     instruction, after a delay drawn at random between zero and an
+//     exponentially growing bound (Config.Backoff: 0.5 s doubling to 60 s by
+//     default), so a fleet does not reconnect all at once after a gateway
+//     restart. A reconnect that obeys an instruction is immediate.
+//   - With Config.Secret set, every CONNECT carries a fresh time-bound
+//     HMAC token (user name: the client id; password: control.MakeToken with
+//     a new random nonce).
+//
+// # TLS costs
+//
+// The TLS client configuration keeps one session cache for the Device's
+// whole life, so an upgrade after the first one resumes the TLS session
+// (about 880 bytes less on the wire than a full handshake) unless
+// Config.DisableResumption is set. Config.CurvePreferences chooses the key
+// exchange groups: left empty, Go's default leads with the post-quantum
+// hybrid X25519MLKEM768; []tls.CurveID{tls.X25519} makes every full
+// handshake about 2.3 KB smaller, which counts on a metered cellular link,
+// at the price of no protection against an adversary who records traffic
+// now and breaks X25519 later with a quantum computer.
+//
+// # Goroutines and callbacks
+//
+// One goroutine owns the connection: it dials, obeys instructions, and
+// calls OnEvent and OnModeChange, one call at a time; they must return
+// promptly and must not call Stop. OnCommand runs on the MQTT client's
+// receive goroutine, one command at a time in arrival order; it must return,
+// since the acknowledgement waits for it. It may Publish a reply, but
+// while it runs further commands wait (and on MQTT 3.1.1 so may the
+// acknowledgements read behind them), so long work belongs on another
+// goroutine. Stop ends every goroutine the Device started.
+//
+// The package speaks MQTT 3.1.1 through github.com/eclipse/paho.mqtt.golang
+// and MQTT 5 through github.com/eclipse/paho.golang, chosen by
+// Config.Version, with the same API. The clients' own reconnection is off:
+// the Device decides where and how to reconnect.
+package device
