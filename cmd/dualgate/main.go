@@ -2,6 +2,7 @@
 //
 //	dualgate serve [flags]                      run the gateway
 //	dualgate certs init --dir DIR --hosts h1,h2 write a development CA, server and client certificates
+//	dualgate demo                               a gateway and devices through the on-demand TLS cycle
 //	dualgate version                            print the version
 package main
 
@@ -42,6 +43,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stderr)
 	case "certs":
 		return certsCmd(args[1:], stdout, stderr)
+	case "demo":
+		return demo(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "dualgate", version)
 		return 0
@@ -58,6 +61,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   dualgate serve [flags]                       run the gateway (dualgate serve -h lists the flags)
   dualgate certs init --dir DIR --hosts h1,h2  write a development CA, server and client certificates
+  dualgate demo                                run a gateway and a few devices through the on-demand TLS cycle
   dualgate version                             print the version
 `)
 }
