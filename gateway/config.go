@@ -71,7 +71,8 @@ type Config struct {
 	HandshakeTimeout time.Duration `yaml:"handshake-timeout" help:"time a TLS handshake may take"`
 	HandshakeQueue   time.Duration `yaml:"handshake-queue-timeout" help:"time a new TLS connection may wait for a handshake slot before it is closed"`
 	ShutdownTimeout  time.Duration `yaml:"shutdown-timeout" help:"time to close sessions on SIGINT before exiting"`
-	DrainTo          string        `yaml:"drain-to" help:"where SIGTERM sends MQTT 5 devices: tcp://host:port and/or tls://host:port, comma-separated (empty: DISCONNECT 0x8B)"`
+	DrainTo          string        `yaml:"drain-to" help:"where SIGTERM sends MQTT 5 devices on TLS: tls://host:port (empty: DISCONNECT 0x8B); devices on plain are closed and reconnect through the balancer"`
+	DrainDelay       time.Duration `yaml:"drain-delay" help:"time between /readyz failing and the first device being moved, so the balancer stops sending new connections first"`
 	DrainRate        float64       `yaml:"drain-rate" help:"devices moved off per second while draining"`
 	DrainTimeout     time.Duration `yaml:"drain-timeout" help:"longest drain on SIGTERM before the gateway exits anyway"`
 
@@ -104,6 +105,7 @@ func Defaults() Config {
 		ProxyProtocol:    "off",
 		PerIPBurst:       10,
 		HandshakeQueue:   5 * time.Second,
+		DrainDelay:       5 * time.Second,
 		DrainRate:        500,
 		DrainTimeout:     60 * time.Second,
 		GCPercent:        25,
@@ -163,7 +165,7 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--listen-mux %q: %w", c.ListenMux, err)
 		}
 	}
-	if _, _, err := parseDrainTo(c.DrainTo); err != nil {
+	if _, err := parseDrainTo(c.DrainTo); err != nil {
 		return err
 	}
 	if c.DrainRate <= 0 {
@@ -326,20 +328,19 @@ func Usage(w *os.File) {
 	fs.PrintDefaults()
 }
 
-// parseDrainTo splits --drain-to into the plain and TLS server references.
-func parseDrainTo(s string) (plain, tls string, err error) {
-	for _, ref := range splitList(s) {
-		switch {
-		case strings.HasPrefix(ref, "tcp://") && plain == "":
-			plain = ref
-		case strings.HasPrefix(ref, "tls://") && tls == "":
-			tls = ref
-		default:
-			return "", "", fmt.Errorf("--drain-to %q: want at most one tcp://host:port and one tls://host:port", s)
-		}
-		if _, _, err := net.SplitHostPort(ref[len("tcp://"):]); err != nil {
-			return "", "", fmt.Errorf("--drain-to %q: %w", ref, err)
-		}
+// parseDrainTo checks --drain-to: empty, or one tls://host:port server
+// reference. Plain devices are never sent a tcp:// reference: a device
+// ignores a move to plain that arrives over plain (the anti-downgrade
+// rule), so plain devices are closed and come back through the balancer.
+func parseDrainTo(s string) (string, error) {
+	if s == "" {
+		return "", nil
 	}
-	return plain, tls, nil
+	if !strings.HasPrefix(s, "tls://") {
+		return "", fmt.Errorf("--drain-to %q: want tls://host:port", s)
+	}
+	if _, _, err := net.SplitHostPort(s[len("tls://"):]); err != nil {
+		return "", fmt.Errorf("--drain-to %q: %w", s, err)
+	}
+	return s, nil
 }

@@ -220,12 +220,15 @@ type device5 struct {
 	client *paho.Client
 	cmds   chan command
 	refs   chan string
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	// gone receives the reason code of any other server DISCONNECT.
+	gone chan byte
+	stop chan struct{}
+	wg   sync.WaitGroup
 }
 
 func newDevice5(t *testing.T, g *Gateway, id string) *device5 {
-	d := &device5{t: t, id: id, g: g, cmds: make(chan command, 100), refs: make(chan string, 100), stop: make(chan struct{})}
+	d := &device5{t: t, id: id, g: g, cmds: make(chan command, 100), refs: make(chan string, 100),
+		gone: make(chan byte, 10), stop: make(chan struct{})}
 	t.Cleanup(d.close)
 	return d
 }
@@ -255,6 +258,10 @@ func (d *device5) connect(overTLS bool, addr string) {
 		}},
 		OnServerDisconnect: func(p *paho.Disconnect) {
 			if p.ReasonCode != 0x9C || p.Properties == nil {
+				select {
+				case d.gone <- p.ReasonCode:
+				default:
+				}
 				return
 			}
 			d.refs <- p.Properties.ServerReference

@@ -368,7 +368,7 @@ func (g *Gateway) startPlain() error {
 	}
 	go func() { g.plainErr <- g.plain.run(g.cfg.Plain, loops) }()
 	select {
-	case <-g.plain.booted:
+	case <-g.plain.running:
 	case err := <-g.plainErr:
 		return fmt.Errorf("plain listener %s: %w", g.cfg.Plain, err)
 	}

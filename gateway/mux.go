@@ -69,7 +69,11 @@ func (g *Gateway) acceptMux(ln net.Listener) {
 		delay = 0
 		// A short-lived goroutine waits for the first bytes, then the
 		// connection belongs to gnet or to the TLS server.
-		go g.routeMux(c)
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.routeMux(c)
+		}()
 	}
 }
 
@@ -110,7 +114,9 @@ func (g *Gateway) sniff(c net.Conn) (bool, error) {
 		return false, err
 	}
 	deadline := time.Now().Add(muxSniffTimeout)
-	buf := make([]byte, proxyV1MaxLen+proxyV2Fixed+256)
+	// Enough for a v1 header and the byte after it; grown to a v2 header's
+	// announced length (TLVs can make it long) plus one.
+	buf := make([]byte, proxyV1MaxLen+1)
 	proxied := ProxyMode(g.cfg.ProxyProtocol) != ProxyOff
 	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
 		var n int
@@ -139,6 +145,9 @@ func (g *Gateway) sniff(c net.Conn) (bool, error) {
 				default:
 					skip = h
 				}
+				if h >= len(buf) {
+					buf = make([]byte, h+1)
+				}
 			}
 			if skip >= 0 && len(b) > skip {
 				return b[skip] == tlsRecordHandshake, nil
@@ -147,7 +156,11 @@ func (g *Gateway) sniff(c net.Conn) (bool, error) {
 		if time.Now().After(deadline) {
 			return false, errors.New("nothing sent in time")
 		}
-		time.Sleep(wait)
+		select {
+		case <-time.After(wait):
+		case <-g.stop:
+			return false, errors.New("gateway stopping")
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
@@ -51,9 +52,10 @@ func (g *Gateway) ReloadCertificates() error {
 }
 
 // Drain moves the devices off this gateway without a stampede: /readyz
-// fails at once and no new connection is taken, then the sessions are
-// ended at --drain-rate per second (MQTT 5 devices are told where to go
-// with --drain-to; 3.1.1 devices reconnect through their load balancer).
+// fails at once and no new connection is taken; after --drain-delay the
+// sessions are ended at --drain-rate per second (MQTT 5 devices on TLS are
+// told where to go with --drain-to; the others are closed and reconnect
+// through their load balancer).
 // Pending commands stay in the store. It returns when no session is left,
 // or when ctx ends.
 func (g *Gateway) Drain(ctx context.Context) error {
@@ -69,7 +71,14 @@ func (g *Gateway) Drain(ctx context.Context) error {
 		_ = g.muxLn.Close()
 		g.muxTLS.Close()
 	}
-	plainRef, tlsRef, _ := parseDrainTo(g.cfg.DrainTo)
+	// Give the balancer's health check time to see /readyz fail, so the
+	// devices moved off do not come straight back here.
+	select {
+	case <-time.After(g.cfg.DrainDelay):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	tlsRef, _ := parseDrainTo(g.cfg.DrainTo)
 	type target struct {
 		s    *session.Session
 		mode registry.Mode
@@ -86,7 +95,7 @@ func (g *Gateway) Drain(ctx context.Context) error {
 		if err := lim.Wait(ctx); err != nil {
 			return err
 		}
-		ref := plainRef
+		ref := ""
 		if t.mode == registry.ModeTLS {
 			ref = tlsRef
 		}

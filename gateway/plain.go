@@ -33,9 +33,14 @@ type plainServer struct {
 	// sweep is how often each loop checks its connections' deadlines.
 	sweep time.Duration
 
-	eng     gnet.Engine
-	booted  chan struct{}
-	stopped chan struct{}
+	eng    gnet.Engine
+	booted chan struct{}
+	// running is closed on the first tick: gnet calls OnBoot before its
+	// event loops are registered, and handing a connection to the engine
+	// (the single-port listener) needs them.
+	running     chan struct{}
+	runningOnce sync.Once
+	stopped     chan struct{}
 
 	mu    sync.Mutex // guards loops
 	loops map[gnet.EventLoop]*loopState
@@ -71,6 +76,7 @@ func newPlainServer(env *session.Env, logger *zap.Logger, ctr *counters, proxy P
 		draining: draining,
 		sweep:    time.Second,
 		booted:   make(chan struct{}),
+		running:  make(chan struct{}),
 		stopped:  make(chan struct{}),
 		loops:    make(map[gnet.EventLoop]*loopState),
 	}
@@ -172,6 +178,7 @@ func (ps *plainServer) OnClose(c gnet.Conn, _ error) gnet.Action {
 // OnTick runs on its own goroutine: it schedules a deadline sweep onto each
 // loop, where the connections' state lives.
 func (ps *plainServer) OnTick() (time.Duration, gnet.Action) {
+	ps.runningOnce.Do(func() { close(ps.running) })
 	ps.mu.Lock()
 	loops := make([]*loopState, 0, len(ps.loops))
 	for _, ls := range ps.loops {

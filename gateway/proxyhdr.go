@@ -44,7 +44,7 @@ func proxyHeaderLen(b []byte) (int, error) {
 		if len(b) < proxyV2Fixed {
 			return 0, nil
 		}
-		return proxyV2Fixed + int(b[14])<<8 | int(b[15]), nil
+		return proxyV2Fixed + (int(b[14])<<8 | int(b[15])), nil
 	case hasPrefixOrIsPrefix(b, proxyV1Sig):
 		if i := bytes.Index(b[:min(len(b), proxyV1MaxLen)], []byte("\r\n")); i >= 0 {
 			return i + 2, nil

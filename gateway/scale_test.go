@@ -183,6 +183,6 @@ func TestThousandDevicesUpgrade(t *testing.T) {
 	t.Logf("%d devices upgraded and acknowledged in %s; POST->PUBACK p50 %s p99 %s max %s",
 		n, took.Round(time.Millisecond), lat[n/2].Round(time.Millisecond), lat[n*99/100].Round(time.Millisecond), lat[n-1].Round(time.Millisecond))
 	if up := g.dispatcher.Stats().Upgrades.Load(); up != n {
-		t.Fatalf("upgrades %d, want %d", up, n)
+		t.Fatalf("upgrades %d, want %d (instructions %d)", up, n, g.dispatcher.Stats().Instructions.Load())
 	}
 }

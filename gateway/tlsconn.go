@@ -239,11 +239,10 @@ func (tc *tlsConn) Exec(fn func()) {
 	}
 }
 
-func (tc *tlsConn) Mode() registry.Mode     { return registry.ModeTLS }
-func (tc *tlsConn) Remote() string          { return tc.remote }
-func (tc *tlsConn) PeerIdentity() []string  { return tc.identity }
-func (tc *tlsConn) Local() string           { return tc.conn.LocalAddr().String() }
-func (tc *tlsConn) tick(now time.Time) bool { return tc.sess.Tick(now) }
+func (tc *tlsConn) Mode() registry.Mode    { return registry.ModeTLS }
+func (tc *tlsConn) Remote() string         { return tc.remote }
+func (tc *tlsConn) PeerIdentity() []string { return tc.identity }
+func (tc *tlsConn) Local() string          { return tc.conn.LocalAddr().String() }
 
 // safeFeed runs the session on bytes; a panic in it is a bug, contained to
 // this connection: logged with the client id, counted, and the connection

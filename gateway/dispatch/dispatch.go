@@ -244,18 +244,6 @@ func (d *Dispatcher) LoopProtected() int {
 	return n
 }
 
-// dev returns the device's state, creating it. Worker context.
-func (d *Dispatcher) dev(id string) *device {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	dv, ok := d.devices[id]
-	if !ok {
-		dv = new(device)
-		d.devices[id] = dv
-	}
-	return dv
-}
-
 // update runs fn on the device's state under the lock, so the API reads a
 // consistent copy.
 func (d *Dispatcher) update(id string, fn func(dv *device)) {

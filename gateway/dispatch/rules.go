@@ -237,21 +237,31 @@ func (d *Dispatcher) instruct(s *session.Session, id string, cmds []*store.Comma
 		return
 	}
 	err, ok := d.exec(s, func(s *session.Session) error {
-		return s.Instruct(control.ModeTLS, d.cfg.Advertise(s, control.ModeTLS), control.ReasonSecureCommand)
-	})
-	if !ok || (err != nil && !errors.Is(err, session.ErrInstructed)) {
-		return
-	}
-	if err == nil {
+		// Recorded before the instruction leaves, so the device's arrival
+		// on TLS always finds it, and undone if it does not leave.
+		var was device
+		d.update(id, func(dv *device) {
+			was = *dv
+			dv.tries++
+			dv.instructed = true
+			dv.lastSeen = now
+			dv.nextInstruct = now.Add(d.backoff(dv.tries))
+		})
+		err := s.Instruct(control.ModeTLS, d.cfg.Advertise(s, control.ModeTLS), control.ReasonSecureCommand)
+		if err != nil {
+			d.update(id, func(dv *device) {
+				dv.tries, dv.instructed, dv.nextInstruct = was.tries, was.instructed, was.nextInstruct
+			})
+			return err
+		}
 		d.stats.Instructions.Add(1)
 		if tries > 0 {
 			d.stats.InstructionRetries.Add(1)
 		}
-		d.update(id, func(dv *device) {
-			dv.tries++
-			dv.instructed = true
-			dv.nextInstruct = now.Add(d.backoff(dv.tries))
-		})
+		return nil
+	})
+	if !ok || (err != nil && !errors.Is(err, session.ErrInstructed)) {
+		return
 	}
 	for _, c := range cmds {
 		if c.Secure && c.Status == store.StatusPending {
