@@ -1,0 +1,52 @@
+package dispatch
+
+import (
+	"testing"
+	"time"
+)
+
+func TestBackoff(t *testing.T) {
+	d := &Dispatcher{cfg: Config{InstructBackoff: 2 * time.Second, MaxBackoff: 5 * time.Minute}}
+	for n, want := range map[int]time.Duration{
+		1: 2 * time.Second, 2: 4 * time.Second, 3: 8 * time.Second, 8: 256 * time.Second, 9: 5 * time.Minute, 40: 5 * time.Minute,
+	} {
+		if got := d.backoff(n); got != want {
+			t.Errorf("backoff(%d) = %s, want %s", n, got, want)
+		}
+	}
+}
+
+// The quiet period grows with the device's other recent upgrades, at most
+// to 3x, and only upgrades within 10x the base count.
+func TestQuietPeriod(t *testing.T) {
+	base := 30 * time.Second
+	now := time.Unix(1_800_000_000, 0)
+	ago := func(ds ...time.Duration) []time.Time {
+		var out []time.Time
+		for _, d := range ds {
+			out = append(out, now.Add(-d))
+		}
+		return out
+	}
+	d := &Dispatcher{cfg: Config{SecureIdle: base}}
+	for _, tc := range []struct {
+		name     string
+		upgrades []time.Time
+		want     time.Duration
+	}{
+		{"came on TLS by itself", nil, base},
+		{"first upgrade", ago(0), base},
+		{"second within the window", ago(4*time.Minute, 0), 2 * base},
+		{"third", ago(8*time.Minute, 4*time.Minute, 0), 3 * base},
+		{"many, capped", ago(9*time.Minute, 7*time.Minute, 5*time.Minute, 3*time.Minute, 0), 3 * base},
+		{"old ones do not count", ago(time.Hour, 20*time.Minute, 0), base},
+	} {
+		if got := d.quietPeriod(tc.upgrades, now); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	d.cfg.FixedQuiet = true
+	if got := d.quietPeriod(ago(8*time.Minute, 4*time.Minute, 0), now); got != base {
+		t.Errorf("fixed: %s, want %s", got, base)
+	}
+}
