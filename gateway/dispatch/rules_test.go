@@ -37,8 +37,8 @@ func TestQuietPeriod(t *testing.T) {
 		{"came on TLS by itself", nil, base},
 		{"first upgrade", ago(0), base},
 		{"second within the window", ago(4*time.Minute, 0), 2 * base},
-		{"third", ago(8*time.Minute, 4*time.Minute, 0), 3 * base},
-		{"many, capped", ago(9*time.Minute, 7*time.Minute, 5*time.Minute, 3*time.Minute, 0), 3 * base},
+		{"third", ago(4*time.Minute+30*time.Second, 2*time.Minute, 0), 3 * base},
+		{"many, capped", ago(290*time.Second, 4*time.Minute, 3*time.Minute, 2*time.Minute, 0), 3 * base},
 		{"old ones do not count", ago(time.Hour, 20*time.Minute, 0), base},
 	} {
 		if got := d.quietPeriod(tc.upgrades, now); got != tc.want {
