@@ -1,0 +1,446 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// ErrClosed is returned by Start after Stop.
+var ErrClosed = errors.New("bridge: stopped")
+
+// Bridge connects the gateway to the upstream broker through a small pool
+// of MQTT 3.1.1 connections. Build it with New, then Start; Stop ends it.
+// Its methods are safe for concurrent use.
+type Bridge struct {
+	cfg    Config
+	up     upstream
+	log    *zap.Logger // events that are rare by nature
+	hot    *zap.Logger // per-message events, sampled
+	device *template   // nil: devices may publish on any topic
+	cmd    *template   // nil: no command subscription
+	cmdSub string      // the command subscription as sent upstream
+
+	lanes   []*lane
+	subLane *lane // holds the devices' subscriptions
+
+	mem   budget
+	spool atomic.Pointer[spool] // nil: memory only
+
+	life     sync.Mutex // serialises Start and Stop
+	started  atomic.Bool
+	closing  atomic.Bool
+	stopOnce sync.Once
+	stopErr  error
+	stop     chan struct{} // closed by Stop
+	wg       sync.WaitGroup
+
+	stats counters
+}
+
+// New checks cfg and builds a Bridge; nothing is connected before Start.
+func New(cfg Config) (*Bridge, error) {
+	c := cfg.withDefaults()
+	up, err := parseUpstream(&c)
+	if err != nil {
+		return nil, err
+	}
+	if c.PoolSize > maxPoolSize {
+		return nil, fmt.Errorf("bridge: PoolSize %d is more than %d", c.PoolSize, maxPoolSize)
+	}
+	if err := checkPrefix(c.TopicPrefix); err != nil {
+		return nil, err
+	}
+	if strings.ContainsAny(c.ClientIDPrefix, "+#/\x00") {
+		return nil, fmt.Errorf("bridge: ClientIDPrefix %q must not hold '+', '#', '/' or NUL", c.ClientIDPrefix)
+	}
+	b := &Bridge{
+		cfg:  c,
+		up:   up,
+		log:  c.Logger.Named("bridge"),
+		stop: make(chan struct{}),
+		mem:  budget{maxCount: c.BufferMessages, maxBytes: c.BufferBytes},
+	}
+	b.hot = b.log.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(core, time.Second, 5, 1000)
+	}))
+	if c.DeviceTemplate != "" {
+		if b.device, err = compileTemplate(c.DeviceTemplate, false); err != nil {
+			return nil, fmt.Errorf("bridge: DeviceTemplate: %w", err)
+		}
+	}
+	if c.SubmitCommand != nil {
+		if b.cmd, err = compileTemplate(c.CommandFilter, true); err != nil {
+			return nil, fmt.Errorf("bridge: CommandFilter: %w", err)
+		}
+		if strings.ContainsAny(c.SharedGroup, "/+#\x00") {
+			return nil, fmt.Errorf("bridge: SharedGroup %q must not hold '/', '+', '#' or NUL", c.SharedGroup)
+		}
+		b.cmdSub = "$share/" + c.SharedGroup + "/" + c.TopicPrefix + b.cmd.filter
+	}
+	if err := compileFilters("PlainAllowed", c.PlainAllowed); err != nil {
+		return nil, err
+	}
+	for i := range c.PoolSize {
+		b.lanes = append(b.lanes, newLane(b, i))
+	}
+	b.subLane = b.lanes[len(b.lanes)-1]
+	return b, nil
+}
+
+// Start opens the spill files (replaying what the previous run left) and
+// connects the pool in the background: an unreachable broker is not an
+// error, messages wait (see Ready). ctx bounds the replay.
+func (b *Bridge) Start(ctx context.Context) error {
+	b.life.Lock()
+	defer b.life.Unlock()
+	if b.closing.Load() {
+		return ErrClosed
+	}
+	if !b.started.CompareAndSwap(false, true) {
+		return errors.New("bridge: already started")
+	}
+	if dir := b.cfg.BufferDir; dir != "" {
+		sp, recs, err := openSpool(ctx, dir, b.cfg.SpillMessages, b.cfg.SpillBytes, b.log)
+		if err != nil {
+			b.started.Store(false)
+			return err
+		}
+		b.replay(recs)
+		b.spool.Store(sp)
+	}
+	for _, l := range b.lanes {
+		l.start()
+	}
+	b.log.Info("upstream bridge started", zap.String("url", b.up.url.String()),
+		zap.Int("pool", len(b.lanes)), zap.String("client_id_prefix", b.cfg.ClientIDPrefix),
+		zap.Bool("commands", b.cmd != nil))
+	return nil
+}
+
+// replay queues the messages the spill files hold, ahead of anything
+// published before Start.
+func (b *Bridge) replay(recs []spooled) {
+	if len(recs) == 0 {
+		return
+	}
+	per := make([][]*entry, len(b.lanes))
+	for _, r := range recs {
+		e := &entry{clientID: r.clientID, qos: max(r.qos, 1), retain: r.retain, spilled: true, ref: r.ref}
+		i := b.laneIndex(r.clientID)
+		per[i] = append(per[i], e)
+	}
+	for i, es := range per {
+		b.lanes[i].prepend(es)
+	}
+	b.stats.replayed.Add(uint64(len(recs)))
+	b.log.Info("messages left waiting by the previous run are queued for the broker", zap.Int("messages", len(recs)))
+}
+
+// Stop refuses new publishes, waits (until ctx ends) for what is queued
+// to reach the broker while it is reachable, and disconnects. Messages still
+// waiting are written to the spill directory, fsynced, and acknowledged to
+// their devices with Success; without a BufferDir they are refused with
+// 0x80 (unspecified error). Stop may be called more than once.
+func (b *Bridge) Stop(ctx context.Context) error {
+	b.stopOnce.Do(func() { b.stopErr = b.shutdown(ctx) })
+	return b.stopErr
+}
+
+func (b *Bridge) shutdown(ctx context.Context) error {
+	b.life.Lock()
+	defer b.life.Unlock()
+	b.closing.Store(true)
+	started := b.started.Load()
+	if started {
+		b.drain(ctx)
+	}
+	close(b.stop)
+	for _, l := range b.lanes {
+		l.stopTimers()
+	}
+	b.wg.Wait()
+	if started {
+		var wg sync.WaitGroup
+		for _, l := range b.lanes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l.cli.Disconnect(250)
+			}()
+		}
+		wg.Wait()
+	}
+	var left []*entry
+	for _, l := range b.lanes {
+		left = append(left, l.close()...)
+	}
+	err := b.save(left)
+	b.log.Info("upstream bridge stopped")
+	return err
+}
+
+// drain waits until nothing is queued or in flight, ctx ends, or no
+// connection that has work is up.
+func (b *Bridge) drain(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		pending, moving := false, false
+		for _, l := range b.lanes {
+			if l.pending() {
+				pending = true
+				moving = moving || l.cli.IsConnectionOpen()
+			}
+		}
+		if !pending || !moving {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// save keeps the messages still waiting at Stop for the next start.
+func (b *Bridge) save(left []*entry) error {
+	keep := left[:0]
+	for _, e := range left {
+		if e.qos == 0 {
+			b.stats.droppedQoS0.Add(1)
+			b.release(e)
+			continue
+		}
+		keep = append(keep, e)
+	}
+	sp := b.spool.Load()
+	if sp == nil {
+		if len(keep) > 0 {
+			b.log.Warn("messages still waiting for the broker at stop are refused to their devices; set a buffer directory to keep them",
+				zap.Int("messages", len(keep)))
+		}
+		for _, e := range keep {
+			b.stats.abandoned.Add(1)
+			b.finish(e, mqttcodec.UnspecifiedError)
+		}
+		return nil
+	}
+	defer sp.close()
+	recs := make([][]byte, 0, len(keep))
+	saved := keep[:0]
+	for _, e := range keep {
+		if !e.spilled {
+			recs = append(recs, appendRecord(nil, e.clientID, e.topic, e.payload, e.qos, e.retain))
+			saved = append(saved, e)
+			continue
+		}
+		rec, err := sp.readRaw(e.ref)
+		if err != nil {
+			b.log.Error("a spilled message cannot be read back; refusing it", zap.String("client", e.clientID), zap.Error(err))
+			b.stats.abandoned.Add(1)
+			b.finish(e, mqttcodec.UnspecifiedError)
+			continue
+		}
+		recs = append(recs, rec)
+		saved = append(saved, e)
+	}
+	if err := sp.persist(recs); err != nil {
+		for _, e := range saved {
+			b.stats.abandoned.Add(1)
+			b.finish(e, mqttcodec.UnspecifiedError)
+		}
+		return fmt.Errorf("bridge: keeping %d waiting messages: %w", len(saved), err)
+	}
+	for _, e := range saved {
+		b.stats.saved.Add(1)
+		b.finish(e, mqttcodec.Success)
+	}
+	if len(saved) > 0 {
+		b.log.Info("messages still waiting for the broker are kept for the next start",
+			zap.Int("messages", len(saved)), zap.String("dir", b.cfg.BufferDir))
+	}
+	return nil
+}
+
+// Ready reports whether every connection of the pool is up.
+func (b *Bridge) Ready() bool {
+	if !b.started.Load() || b.closing.Load() {
+		return false
+	}
+	for _, l := range b.lanes {
+		if !l.cli.IsConnectionOpen() {
+			return false
+		}
+	}
+	return true
+}
+
+// Stats is a snapshot of the bridge's state and counters.
+type Stats struct {
+	// Pool is the number of connections; Connected how many are up.
+	Pool, Connected int
+	// Buffered counts the messages waiting for the broker (queued or sent
+	// and not yet acknowledged), BufferedBytes their topics and payloads;
+	// Spilled and SpilledBytes the part of them in the spill files.
+	Buffered      int
+	BufferedBytes int64
+	Spilled       int
+	SpilledBytes  int64
+	// InFlight counts publishes sent and not yet acknowledged.
+	InFlight int
+	// Subscriptions counts the filters held upstream for devices.
+	Subscriptions int
+	// CommandsSubscribed reports that the broker acknowledged the command
+	// subscription on the current connection.
+	CommandsSubscribed bool
+
+	// ForwardedUp counts device messages the broker took: acknowledged
+	// (QoS 1) or written (QoS 0).
+	ForwardedUp uint64
+	// ForwardedDown counts broker messages handed to Deliver and
+	// DeliverRetained.
+	ForwardedDown uint64
+	// RetainedDelivered counts retained messages handed to
+	// DeliverRetained; RetainedSkipped those no new subscriber waited for.
+	RetainedDelivered, RetainedSkipped uint64
+	// Unrouted counts broker messages for nobody (outside the prefix, or
+	// on a connection that holds no subscription for them).
+	Unrouted uint64
+	// CommandCopies counts command messages that arrived through a
+	// device's subscription and were dropped: commands enter only through
+	// the command subscription.
+	CommandCopies uint64
+
+	// Commands counts commands SubmitCommand accepted; CommandErrors its
+	// failures (the broker sends those again); CommandsRejected the
+	// commands dropped for good (no client id, ErrCommandRejected).
+	Commands, CommandErrors, CommandsRejected uint64
+	// CommandCycles counts connections cycled to have the broker send
+	// unaccepted commands again.
+	CommandCycles uint64
+
+	// DroppedQoS0 counts QoS 0 messages dropped: no connection, or the
+	// memory buffer full.
+	DroppedQoS0 uint64
+	// Refused counts publishes refused for their topic (0x87, 0x90).
+	Refused uint64
+	// QuotaExceeded counts QoS 1 publishes pushed back because the buffer
+	// was full (0x97).
+	QuotaExceeded uint64
+	// Abandoned counts QoS 1 messages given up and refused to their device
+	// (0x80): resent too often, unreadable spill record, or stopped
+	// without a BufferDir.
+	Abandoned uint64
+	// Saved counts messages written to the spill directory at Stop;
+	// Replayed those read back at Start.
+	Saved, Replayed uint64
+
+	// Reconnects counts connections re-established after a loss;
+	// ConnectionLosses the losses.
+	Reconnects, ConnectionLosses uint64
+	// SubscribeFailures counts filters the broker refused in a SUBACK.
+	SubscribeFailures uint64
+}
+
+type counters struct {
+	forwardedUp, forwardedDown              atomic.Uint64
+	retainedDelivered, retainedSkipped      atomic.Uint64
+	unrouted, commandCopies                 atomic.Uint64
+	commands, commandErrors, commandsReject atomic.Uint64
+	commandCycles                           atomic.Uint64
+	droppedQoS0, refused, quotaExceeded     atomic.Uint64
+	abandoned, saved, replayed              atomic.Uint64
+	reconnects, losses, subscribeFailures   atomic.Uint64
+}
+
+// Stats returns a snapshot.
+func (b *Bridge) Stats() Stats {
+	s := Stats{Pool: len(b.lanes)}
+	for _, l := range b.lanes {
+		if l.cli.IsConnectionOpen() {
+			s.Connected++
+		}
+		s.InFlight += l.box.len()
+	}
+	s.Buffered, s.BufferedBytes = b.mem.usage()
+	if sp := b.spool.Load(); sp != nil {
+		s.Spilled, s.SpilledBytes = sp.usage()
+		s.Buffered += s.Spilled
+		s.BufferedBytes += s.SpilledBytes
+	}
+	s.Subscriptions = b.subLane.subs.size()
+	s.CommandsSubscribed = b.cmd != nil && b.lanes[0].cmdHeld.Load() && b.lanes[0].cli.IsConnectionOpen()
+	c := &b.stats
+	s.ForwardedUp = c.forwardedUp.Load()
+	s.ForwardedDown = c.forwardedDown.Load()
+	s.RetainedDelivered = c.retainedDelivered.Load()
+	s.RetainedSkipped = c.retainedSkipped.Load()
+	s.Unrouted = c.unrouted.Load()
+	s.CommandCopies = c.commandCopies.Load()
+	s.Commands = c.commands.Load()
+	s.CommandErrors = c.commandErrors.Load()
+	s.CommandsRejected = c.commandsReject.Load()
+	s.CommandCycles = c.commandCycles.Load()
+	s.DroppedQoS0 = c.droppedQoS0.Load()
+	s.Refused = c.refused.Load()
+	s.QuotaExceeded = c.quotaExceeded.Load()
+	s.Abandoned = c.abandoned.Load()
+	s.Saved = c.saved.Load()
+	s.Replayed = c.replayed.Load()
+	s.Reconnects = c.reconnects.Load()
+	s.ConnectionLosses = c.losses.Load()
+	s.SubscribeFailures = c.subscribeFailures.Load()
+	return s
+}
+
+// budget bounds the messages held in memory.
+type budget struct {
+	mu       sync.Mutex // guards count and bytes
+	count    int
+	bytes    int64
+	maxCount int
+	maxBytes int64
+}
+
+func (m *budget) reserve(n int64) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.count+1 > m.maxCount || m.bytes+n > m.maxBytes {
+		return false
+	}
+	m.count++
+	m.bytes += n
+	return true
+}
+
+func (m *budget) release(n int64) {
+	m.mu.Lock()
+	m.count--
+	m.bytes -= n
+	m.mu.Unlock()
+}
+
+func (m *budget) usage() (int, int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.count, m.bytes
+}
+
+// signal wakes the goroutine waiting on ch, without blocking.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,466 @@
+package bridge
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// The spool is the disk tier of the uplink buffer: append-only segment
+// files in Config.BufferDir, named by a 16-digit hexadecimal sequence
+// number and ".seg". A record is
+//
+//	length  uint32, big endian: the bytes of the body
+//	crc     uint32, big endian: CRC-32C of the body
+//	body    flags (bit 0-1 QoS, bit 2 retain), client id length (uint16),
+//	        topic length (uint16), client id, topic, payload
+//
+// Records are appended without fsync: a spilled message has not been
+// acknowledged to its device, which still holds it, so the spool only has
+// to be durable at Stop, when what is still waiting is rewritten into one
+// fresh segment and fsynced. A segment is deleted once every record in it
+// has been acknowledged by the broker. At open, every record of every
+// segment is replayed, in file order; a torn or corrupt record ends the
+// replay of its segment.
+
+const (
+	segmentExt   = ".seg"
+	lockName     = "uplink.lock"
+	recordHeader = 8
+	bodyHeader   = 5
+	// segmentBytes is the size past which appends go to a new segment.
+	segmentBytes = 8 << 20
+	// maxRecordBody bounds a record read back (a larger length is corrupt).
+	maxRecordBody = 1 << 30
+)
+
+var (
+	errSpoolFull    = errors.New("bridge: spill files are full")
+	errSpoolCorrupt = errors.New("bridge: corrupt spill record")
+)
+
+// checksum is the CRC-32C of b (crc32 caches the table).
+func checksum(b []byte) uint32 { return crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli)) }
+
+// spoolRef locates one record.
+type spoolRef struct {
+	seg uint64
+	off int64
+	n   int64 // the whole record, header included
+}
+
+type segment struct {
+	id   uint64
+	f    *os.File
+	size int64
+	live int // records not yet released
+}
+
+// spooled is a record found when the spool is opened.
+type spooled struct {
+	ref      spoolRef
+	clientID string
+	qos      byte
+	retain   bool
+}
+
+type spool struct {
+	dir      string
+	lock     *os.File
+	maxCount int
+	maxBytes int64
+	log      *zap.Logger
+
+	mu     sync.Mutex // guards everything below
+	segs   map[uint64]*segment
+	cur    *segment // appended to; nil until the first write
+	nextID uint64
+	count  int
+	bytes  int64
+}
+
+// openSpool opens dir (creating it), takes its lock, and returns the records
+// left by the previous run, oldest first.
+func openSpool(ctx context.Context, dir string, maxCount int, maxBytes int64, log *zap.Logger) (*spool, []spooled, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("bridge: spill directory: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bridge: spill lock: %w", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		_ = lock.Close()
+		return nil, nil, fmt.Errorf("bridge: spill directory %s is in use by another process: %w", dir, err)
+	}
+	s := &spool{dir: dir, lock: lock, maxCount: maxCount, maxBytes: maxBytes, log: log, segs: make(map[uint64]*segment)}
+	out, err := s.load(ctx)
+	if err != nil {
+		s.close()
+		return nil, nil, err
+	}
+	return s, out, nil
+}
+
+// load replays the segments on disk.
+func (s *spool) load(ctx context.Context) ([]spooled, error) {
+	names, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("bridge: spill directory: %w", err)
+	}
+	var ids []uint64
+	for _, d := range names {
+		name := d.Name()
+		if strings.HasSuffix(name, segmentExt+".tmp") {
+			// A rewrite that did not finish; the segments it was to
+			// replace are still there.
+			_ = os.Remove(filepath.Join(s.dir, name))
+			continue
+		}
+		hex, ok := strings.CutSuffix(name, segmentExt)
+		if !ok {
+			continue
+		}
+		id, err := strconv.ParseUint(hex, 16, 64)
+		if err != nil {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var out []spooled
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("bridge: replaying the spill files: %w", err)
+		}
+		s.nextID = max(s.nextID, id+1)
+		f, err := os.OpenFile(s.path(id), os.O_RDWR|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("bridge: spill segment: %w", err)
+		}
+		recs, end, err := scanSegment(f, id)
+		if err != nil {
+			_ = f.Close()
+			return nil, err
+		}
+		if fi, err := f.Stat(); err == nil && fi.Size() > end {
+			s.log.Warn("spill segment has a torn or corrupt tail; ignoring it",
+				zap.String("file", s.path(id)), zap.Int64("valid_bytes", end), zap.Int64("size", fi.Size()))
+		}
+		if len(recs) == 0 {
+			_ = f.Close()
+			_ = os.Remove(s.path(id))
+			continue
+		}
+		s.segs[id] = &segment{id: id, f: f, size: end, live: len(recs)}
+		s.count += len(recs)
+		for _, r := range recs {
+			s.bytes += r.ref.n
+		}
+		out = append(out, recs...)
+	}
+	return out, nil
+}
+
+// scanSegment reads the valid records at the front of f and returns them
+// with the offset where they end.
+func scanSegment(f *os.File, id uint64) ([]spooled, int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, fmt.Errorf("bridge: spill segment: %w", err)
+	}
+	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, fi.Size()), 64<<10)
+	var (
+		out  []spooled
+		off  int64
+		hdr  [recordHeader]byte
+		body []byte
+	)
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return out, off, nil // end of file, or a torn header
+		}
+		n := binary.BigEndian.Uint32(hdr[0:4])
+		if n < bodyHeader || n > maxRecordBody {
+			return out, off, nil
+		}
+		if cap(body) < int(n) {
+			body = make([]byte, n)
+		}
+		body = body[:n]
+		if _, err := io.ReadFull(r, body); err != nil {
+			return out, off, nil
+		}
+		if checksum(body) != binary.BigEndian.Uint32(hdr[4:8]) {
+			return out, off, nil
+		}
+		clientID, _, _, qos, retain, err := decodeBody(body)
+		if err != nil {
+			return out, off, nil
+		}
+		size := int64(recordHeader) + int64(n)
+		out = append(out, spooled{ref: spoolRef{seg: id, off: off, n: size}, clientID: string(clientID), qos: qos, retain: retain})
+		off += size
+	}
+}
+
+// appendRecord encodes one record onto dst.
+func appendRecord(dst []byte, clientID, topic string, payload []byte, qos byte, retain bool) []byte {
+	start := len(dst)
+	dst = append(dst, make([]byte, recordHeader)...)
+	flags := qos & 3
+	if retain {
+		flags |= 4
+	}
+	dst = append(dst, flags)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(clientID)))
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(topic)))
+	dst = append(dst, clientID...)
+	dst = append(dst, topic...)
+	dst = append(dst, payload...)
+	body := dst[start+recordHeader:]
+	binary.BigEndian.PutUint32(dst[start:], uint32(len(body)))
+	binary.BigEndian.PutUint32(dst[start+4:], checksum(body))
+	return dst
+}
+
+// decodeBody splits a record body; the results are views into body.
+func decodeBody(body []byte) (clientID, topic, payload []byte, qos byte, retain bool, err error) {
+	if len(body) < bodyHeader {
+		return nil, nil, nil, 0, false, errSpoolCorrupt
+	}
+	cl := int(binary.BigEndian.Uint16(body[1:3]))
+	tl := int(binary.BigEndian.Uint16(body[3:5]))
+	if bodyHeader+cl+tl > len(body) || body[0]&3 == 3 {
+		return nil, nil, nil, 0, false, errSpoolCorrupt
+	}
+	rest := body[bodyHeader:]
+	return rest[:cl], rest[cl : cl+tl], rest[cl+tl:], body[0] & 3, body[0]&4 != 0, nil
+}
+
+// decodeRecord checks a whole record read back and splits it.
+func decodeRecord(rec []byte) (topic string, payload []byte, err error) {
+	if len(rec) < recordHeader+bodyHeader {
+		return "", nil, errSpoolCorrupt
+	}
+	body := rec[recordHeader:]
+	if int(binary.BigEndian.Uint32(rec[0:4])) != len(body) || checksum(body) != binary.BigEndian.Uint32(rec[4:8]) {
+		return "", nil, errSpoolCorrupt
+	}
+	_, t, p, _, _, err := decodeBody(body)
+	if err != nil {
+		return "", nil, err
+	}
+	return string(t), p, nil
+}
+
+func (s *spool) path(id uint64) string {
+	return filepath.Join(s.dir, fmt.Sprintf("%016x%s", id, segmentExt))
+}
+
+// write appends a record, or fails with errSpoolFull when the bounds are
+// reached.
+func (s *spool) write(clientID, topic string, payload []byte, qos byte, retain bool) (spoolRef, error) {
+	if len(clientID) > 0xFFFF || len(topic) > 0xFFFF {
+		return spoolRef{}, errors.New("bridge: client id or topic too long to spill")
+	}
+	n := int64(recordHeader + bodyHeader + len(clientID) + len(topic) + len(payload))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.count+1 > s.maxCount || s.bytes+n > s.maxBytes {
+		return spoolRef{}, errSpoolFull
+	}
+	if s.cur == nil || (s.cur.size > 0 && s.cur.size+n > segmentBytes) {
+		if err := s.rotate(); err != nil {
+			return spoolRef{}, err
+		}
+	}
+	rec := appendRecord(make([]byte, 0, n), clientID, topic, payload, qos, retain)
+	if _, err := s.cur.f.Write(rec); err != nil {
+		// The segment may end in a torn record now: append no more to it.
+		if s.cur.live == 0 {
+			s.drop(s.cur)
+		}
+		s.cur = nil
+		return spoolRef{}, fmt.Errorf("bridge: spill write: %w", err)
+	}
+	ref := spoolRef{seg: s.cur.id, off: s.cur.size, n: n}
+	s.cur.size += n
+	s.cur.live++
+	s.count++
+	s.bytes += n
+	return ref, nil
+}
+
+// rotate starts a new segment. Called with mu held.
+func (s *spool) rotate() error {
+	if s.cur != nil && s.cur.live == 0 {
+		s.drop(s.cur)
+	}
+	s.cur = nil
+	id := s.nextID
+	f, err := os.OpenFile(s.path(id), os.O_CREATE|os.O_EXCL|os.O_RDWR|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("bridge: new spill segment: %w", err)
+	}
+	s.nextID++
+	seg := &segment{id: id, f: f}
+	s.segs[id] = seg
+	s.cur = seg
+	return nil
+}
+
+// drop closes and deletes a segment. Called with mu held.
+func (s *spool) drop(seg *segment) {
+	_ = seg.f.Close()
+	if err := os.Remove(s.path(seg.id)); err != nil {
+		s.log.Warn("cannot delete a spill segment", zap.String("file", s.path(seg.id)), zap.Error(err))
+	}
+	delete(s.segs, seg.id)
+}
+
+// readRaw returns the record at ref, checked.
+func (s *spool) readRaw(ref spoolRef) ([]byte, error) {
+	s.mu.Lock()
+	seg := s.segs[ref.seg]
+	s.mu.Unlock()
+	if seg == nil {
+		return nil, fmt.Errorf("%w: segment %016x is gone", errSpoolCorrupt, ref.seg)
+	}
+	// The record is live, so its segment stays open until it is released.
+	rec := make([]byte, ref.n)
+	if _, err := seg.f.ReadAt(rec, ref.off); err != nil {
+		return nil, fmt.Errorf("bridge: spill read: %w", err)
+	}
+	if _, _, err := decodeRecord(rec); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// read returns the topic and payload of the record at ref.
+func (s *spool) read(ref spoolRef) (string, []byte, error) {
+	rec, err := s.readRaw(ref)
+	if err != nil {
+		return "", nil, err
+	}
+	return decodeRecord(rec)
+}
+
+// release forgets a record: the broker has it, or it was given up.
+func (s *spool) release(ref spoolRef) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seg := s.segs[ref.seg]
+	if seg == nil {
+		return
+	}
+	seg.live--
+	s.count--
+	s.bytes -= ref.n
+	if seg.live <= 0 && seg != s.cur {
+		s.drop(seg)
+	}
+}
+
+// usage reports the records and bytes held.
+func (s *spool) usage() (int, int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count, s.bytes
+}
+
+// persist replaces everything on disk with recs (whole records), in one
+// fsynced segment, for the next start. Nothing else may use the spool
+// afterwards but close.
+func (s *spool) persist(recs [][]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(recs) > 0 {
+		id := s.nextID
+		s.nextID++
+		final := s.path(id)
+		tmp := final + ".tmp"
+		if err := writeSynced(tmp, recs); err != nil {
+			_ = os.Remove(tmp)
+			return err
+		}
+		if err := os.Rename(tmp, final); err != nil {
+			_ = os.Remove(tmp)
+			return fmt.Errorf("bridge: spill rename: %w", err)
+		}
+		if err := syncDir(s.dir); err != nil {
+			return err
+		}
+	}
+	for _, seg := range s.segs {
+		s.drop(seg)
+	}
+	s.cur = nil
+	return nil
+}
+
+func writeSynced(path string, recs [][]byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("bridge: spill save: %w", err)
+	}
+	w := bufio.NewWriterSize(f, 256<<10)
+	for _, r := range recs {
+		if _, err := w.Write(r); err != nil {
+			_ = f.Close()
+			return fmt.Errorf("bridge: spill save: %w", err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("bridge: spill save: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("bridge: spill save: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("bridge: spill save: %w", err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("bridge: spill directory sync: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("bridge: spill directory sync: %w", err)
+	}
+	return nil
+}
+
+// close closes the segment files and releases the lock; what is on disk
+// stays for the next start.
+func (s *spool) close() {
+	s.mu.Lock()
+	for _, seg := range s.segs {
+		_ = seg.f.Close()
+	}
+	s.segs = map[uint64]*segment{}
+	s.cur = nil
+	s.mu.Unlock()
+	_ = unix.Flock(int(s.lock.Fd()), unix.LOCK_UN)
+	_ = s.lock.Close()
+}

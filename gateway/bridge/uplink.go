@@ -1,0 +1,362 @@
+package bridge
+
+import (
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// entry is one device message on its way to the broker.
+type entry struct {
+	ack      func(mqttcodec.ReasonCode) // nil: QoS 0, or replayed from the spill files
+	clientID string
+	topic    string // as sent upstream (prefix included); empty when spilled
+	payload  []byte // nil when spilled
+	ref      spoolRef
+	size     int64 // bytes counted against the memory budget
+	qos      byte  // 0 or 1 upstream
+	retain   bool
+	spilled  bool
+}
+
+// Publish implements session.Sink: it takes a device's message for the
+// broker without blocking. QoS 0 is sent if the device's connection to the
+// broker is up and dropped (and counted) otherwise. QoS 1 and 2 are sent at
+// QoS 1, and ack is called with Success once the broker acknowledged; while
+// the broker is unreachable they wait in the buffer, and when the buffer is
+// full ack gets QuotaExceeded (0x97) at once. A topic outside
+// DeviceTemplate, or in the command space, gets NotAuthorized (0x87).
+func (b *Bridge) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
+	if rc := b.check(m); rc != mqttcodec.Success {
+		b.refuse(m, ack, rc)
+		return
+	}
+	l := b.lanes[b.laneIndex(m.ClientID)]
+	topic := b.cfg.TopicPrefix + m.Topic
+	size := int64(len(topic) + len(m.Payload))
+	e := &entry{ack: ack, clientID: m.ClientID, qos: min(m.QoS, 1), retain: m.Retain}
+	switch {
+	case e.qos == 0:
+		if !l.cli.IsConnectionOpen() || !b.mem.reserve(size) {
+			b.stats.droppedQoS0.Add(1)
+			return
+		}
+		e.topic, e.payload, e.size = topic, m.Payload, size
+	case b.mem.reserve(size):
+		e.topic, e.payload, e.size = topic, m.Payload, size
+	default:
+		if !b.spill(e, topic, m.Payload) {
+			return
+		}
+	}
+	if !l.push(e) {
+		b.release(e)
+		reply(ack, mqttcodec.UnspecifiedError)
+		return
+	}
+	signal(l.wake)
+}
+
+// spill writes e to the spill files, or pushes its device back.
+func (b *Bridge) spill(e *entry, topic string, payload []byte) bool {
+	sp := b.spool.Load()
+	if sp == nil {
+		b.quota(e)
+		return false
+	}
+	ref, err := sp.write(e.clientID, topic, payload, e.qos, e.retain)
+	switch {
+	case err == nil:
+		e.spilled, e.ref = true, ref
+		return true
+	case errors.Is(err, errSpoolFull):
+		b.quota(e)
+	default:
+		b.hot.Error("cannot spill a message; refusing it", zap.String("client", e.clientID), zap.Error(err))
+		b.stats.abandoned.Add(1)
+		reply(e.ack, mqttcodec.UnspecifiedError)
+	}
+	return false
+}
+
+func (b *Bridge) quota(e *entry) {
+	b.stats.quotaExceeded.Add(1)
+	b.hot.Info("upstream buffer full; device pushed back", zap.String("client", e.clientID))
+	reply(e.ack, mqttcodec.QuotaExceeded)
+}
+
+// reply answers a device unless there is nobody to answer.
+func reply(ack func(mqttcodec.ReasonCode), rc mqttcodec.ReasonCode) {
+	if ack != nil {
+		ack(rc)
+	}
+}
+
+// check decides whether a device may publish m upstream.
+func (b *Bridge) check(m *session.Message) mqttcodec.ReasonCode {
+	switch {
+	case b.closing.Load():
+		return mqttcodec.UnspecifiedError
+	case b.device != nil && !b.device.matchClient(m.Topic, m.ClientID):
+		return mqttcodec.NotAuthorized
+	case b.cmd != nil && mqttcodec.MatchTopic([]byte(b.cmd.filter), []byte(m.Topic)):
+		// Commands come from the operator's side only.
+		return mqttcodec.NotAuthorized
+	case len(b.cfg.TopicPrefix)+len(m.Topic) > 0xFFFF:
+		return mqttcodec.TopicNameInvalid
+	}
+	return mqttcodec.Success
+}
+
+func (b *Bridge) refuse(m *session.Message, ack func(mqttcodec.ReasonCode), rc mqttcodec.ReasonCode) {
+	if rc != mqttcodec.UnspecifiedError {
+		b.stats.refused.Add(1)
+		b.hot.Info("device publish refused", zap.String("client", m.ClientID),
+			zap.String("topic", m.Topic), zap.Stringer("reason", rc))
+	}
+	reply(ack, rc)
+}
+
+// laneIndex spreads devices over the pool; one device always uses the same
+// connection, which keeps its messages in order (FNV-1a of the client id).
+func (b *Bridge) laneIndex(clientID string) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(clientID); i++ {
+		h ^= uint32(clientID[i])
+		h *= 16777619
+	}
+	return int(h % uint32(len(b.lanes)))
+}
+
+// finish ends an entry's life: it frees its buffer space and answers its
+// device.
+func (b *Bridge) finish(e *entry, rc mqttcodec.ReasonCode) {
+	b.release(e)
+	if e.ack != nil {
+		ack := e.ack
+		e.ack = nil
+		ack(rc)
+	}
+}
+
+func (b *Bridge) release(e *entry) {
+	if e.spilled {
+		if sp := b.spool.Load(); sp != nil {
+			sp.release(e.ref)
+		}
+		return
+	}
+	b.mem.release(e.size)
+}
+
+// push queues e unless the lane is closed.
+func (l *lane) push(e *entry) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.queue.push(e)
+	return true
+}
+
+// prepend puts es at the head of the queue, in their order.
+func (l *lane) prepend(es []*entry) {
+	if len(es) == 0 {
+		return
+	}
+	l.mu.Lock()
+	l.queue.prepend(es)
+	l.mu.Unlock()
+}
+
+// requeue puts e back at the head of the queue.
+func (l *lane) requeue(e *entry) {
+	l.prepend([]*entry{e})
+	signal(l.wake)
+}
+
+// pending reports queued or unacknowledged messages.
+func (l *lane) pending() bool {
+	l.mu.Lock()
+	n := l.queue.len()
+	l.mu.Unlock()
+	return n > 0 || l.box.len() > 0
+}
+
+// acked is told by the outbox that the broker acknowledged e.
+func (l *lane) acked(e *entry) {
+	l.b.stats.forwardedUp.Add(1)
+	l.b.finish(e, mqttcodec.Success)
+	signal(l.wake)
+}
+
+// givenUp is told by the outbox that e was resent too often.
+func (l *lane) givenUp(e *entry) {
+	l.b.stats.abandoned.Add(1)
+	l.b.hot.Warn("a message was resent too often without acknowledgement; refusing it",
+		zap.String("client_id", l.id), zap.String("client", e.clientID), zap.Int("resends", maxResends))
+	l.b.finish(e, mqttcodec.UnspecifiedError)
+	signal(l.wake)
+}
+
+// send moves queued messages to paho, in order, with at most MaxInflight
+// unacknowledged.
+func (l *lane) send() {
+	defer l.b.wg.Done()
+	tick := time.NewTicker(time.Second) // a safety net: every change also signals wake
+	defer tick.Stop()
+	for {
+		select {
+		case <-l.b.stop:
+			return
+		default:
+		}
+		if e := l.next(); e != nil {
+			l.publish(e)
+			continue
+		}
+		select {
+		case <-l.wake:
+		case <-tick.C:
+		case <-l.b.stop:
+			return
+		}
+	}
+}
+
+// next returns the message to send now, if any.
+func (l *lane) next() *entry {
+	open := l.cli.IsConnectionOpen()
+	var dropped []*entry
+	defer func() {
+		for _, e := range dropped {
+			l.b.stats.droppedQoS0.Add(1)
+			l.b.release(e)
+		}
+	}()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for {
+		e := l.queue.peek()
+		if e == nil {
+			return nil
+		}
+		if open {
+			break
+		}
+		if e.qos != 0 {
+			return nil
+		}
+		dropped = append(dropped, l.queue.pop())
+	}
+	if l.gate {
+		// What paho resends on a new connection goes first: new messages
+		// wait until the broker acknowledged it, so the order holds and
+		// nothing is sent twice.
+		if !l.box.settled() {
+			return nil
+		}
+		l.gate = false
+	}
+	if l.box.len() >= l.b.cfg.MaxInflight {
+		return nil
+	}
+	return l.queue.pop()
+}
+
+// publish hands one message to paho.
+func (l *lane) publish(e *entry) {
+	topic, payload := e.topic, e.payload
+	if e.spilled {
+		var err error
+		if topic, payload, err = l.b.spool.Load().read(e.ref); err != nil {
+			l.b.log.Error("a spilled message cannot be read back; refusing it",
+				zap.String("client", e.clientID), zap.Error(err))
+			l.b.stats.abandoned.Add(1)
+			l.b.finish(e, mqttcodec.UnspecifiedError)
+			return
+		}
+	}
+	if e.qos == 0 {
+		l.cli.Publish(topic, 0, e.retain, payload)
+		l.b.stats.forwardedUp.Add(1)
+		l.b.release(e)
+		return
+	}
+	l.box.expect(e)
+	tok := l.cli.Publish(topic, 1, e.retain, payload)
+	if l.box.taken(e) {
+		// paho stored it: it is sent, or resent after a reconnect, until
+		// the broker acknowledges it (outbox.Del).
+		return
+	}
+	// paho refused it before storing it (the connection went down).
+	l.b.hot.Debug("publish refused by the client; queued again", zap.String("client_id", l.id), zap.Error(tok.Error()))
+	l.requeue(e)
+	t := time.NewTimer(100 * time.Millisecond)
+	select {
+	case <-t.C:
+	case <-l.b.stop:
+		t.Stop()
+	}
+}
+
+// fifo is a queue of entries.
+type fifo struct {
+	items []*entry
+	head  int
+}
+
+func (q *fifo) len() int { return len(q.items) - q.head }
+
+func (q *fifo) push(e *entry) { q.items = append(q.items, e) }
+
+func (q *fifo) peek() *entry {
+	if q.head == len(q.items) {
+		return nil
+	}
+	return q.items[q.head]
+}
+
+func (q *fifo) pop() *entry {
+	if q.head == len(q.items) {
+		return nil
+	}
+	e := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	switch {
+	case q.head == len(q.items):
+		q.items, q.head = q.items[:0], 0
+	case q.head >= 1024 && q.head*2 >= len(q.items):
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
+	}
+	return e
+}
+
+// prepend puts es before the current head, in their order.
+func (q *fifo) prepend(es []*entry) {
+	if len(es) <= q.head {
+		q.head -= len(es)
+		copy(q.items[q.head:], es)
+		return
+	}
+	items := make([]*entry, 0, len(es)+q.len())
+	items = append(items, es...)
+	items = append(items, q.items[q.head:]...)
+	q.items, q.head = items, 0
+}
+
+// drain empties the queue and returns its entries in order.
+func (q *fifo) drain() []*entry {
+	out := append([]*entry(nil), q.items[q.head:]...)
+	q.items, q.head = nil, 0
+	return out
+}

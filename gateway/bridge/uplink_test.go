@@ -1,0 +1,293 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+func TestUplinkReachesBroker(t *testing.T) {
+	br := startBroker(t)
+	for _, tc := range []struct {
+		name   string
+		prefix string
+		pool   int
+	}{
+		{name: "no prefix", pool: 2},
+		{name: "prefix", prefix: "site1/", pool: 2},
+		{name: "one connection", pool: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := newInbox()
+			app := peer(t, br.url(), "app-"+strings.ReplaceAll(t.Name(), "/", "-"), true, in.handler)
+			mustToken(t, app.Subscribe(tc.prefix+"devices/#", 1, nil), "subscribe")
+			cfg := testConfig(t, br.url())
+			cfg.TopicPrefix = tc.prefix
+			cfg.PoolSize = tc.pool
+			b := startBridge(t, cfg)
+			waitReady(t, b)
+
+			a := newAcks()
+			publish(b, "car1", "devices/car1/telemetry", "q0", 0, nil)
+			publish(b, "car1", "devices/car1/state", "q1", 1, a.fn(t, 1))
+			publish(b, "car1", "devices/car1/event", "q2", 2, a.fn(t, 2))
+			msgs := in.waitN(t, 3, 10*time.Second)
+			want := []struct {
+				topic, payload string
+				qos            byte
+			}{
+				{tc.prefix + "devices/car1/telemetry", "q0", 0},
+				{tc.prefix + "devices/car1/state", "q1", 1},
+				{tc.prefix + "devices/car1/event", "q2", 1}, // QoS 2 travels upstream at QoS 1
+			}
+			for i, w := range want {
+				m := msgs[i]
+				if m.Topic() != w.topic || string(m.Payload()) != w.payload || m.Qos() != w.qos {
+					t.Errorf("message %d: %s %q QoS %d, want %s %q QoS %d", i, m.Topic(), m.Payload(), m.Qos(), w.topic, w.payload, w.qos)
+				}
+			}
+			a.waitN(t, 2, 10*time.Second)
+			for i := 1; i <= 2; i++ {
+				if rc, _ := a.get(i); rc != mqttcodec.Success {
+					t.Errorf("ack of message %d: %v, want Success", i, rc)
+				}
+			}
+			waitFor(t, 5*time.Second, "the buffer to empty", func() bool { return b.Stats().Buffered == 0 })
+			if s := b.Stats(); s.ForwardedUp != 3 || s.InFlight != 0 || s.DroppedQoS0 != 0 {
+				t.Errorf("stats %+v: want 3 forwarded, nothing in flight or dropped", s)
+			}
+		})
+	}
+}
+
+// subscribedThenDown starts a broker, subscribes a persistent application
+// to filter, and stops the broker: the subscription and what is queued for
+// it survive in the broker's persistence file.
+func subscribedThenDown(t *testing.T, filter string) (*broker, *inbox) {
+	t.Helper()
+	br := startBroker(t)
+	in := newInbox()
+	app := peer(t, br.url(), "app-"+strings.ReplaceAll(t.Name(), "/", "-"), false, in.handler)
+	mustToken(t, app.Subscribe(filter, 1, nil), "subscribe")
+	br.stop()
+	return br, in
+}
+
+func TestUplinkBuffersWhileBrokerDown(t *testing.T) {
+	br, in := subscribedThenDown(t, "devices/#")
+	b := startBridge(t, testConfig(t, br.url()))
+
+	const perClient = 40
+	clients := []string{"car1", "car2", "meter3"}
+	a := newAcks()
+	for i := range perClient {
+		for c, id := range clients {
+			publish(b, id, "devices/"+id+"/seq", strconv.Itoa(i), 1, a.fn(t, c*perClient+i))
+		}
+		if i < 5 {
+			publish(b, "car1", "devices/car1/live", "dropped", 0, nil)
+		}
+	}
+	waitFor(t, 2*time.Second, "the messages to be buffered", func() bool { return b.Stats().Buffered == perClient*len(clients) })
+	if n := a.count(); n != 0 {
+		t.Fatalf("%d devices acknowledged while the broker is down", n)
+	}
+	if s := b.Stats(); s.DroppedQoS0 != 5 || s.Connected != 0 {
+		t.Fatalf("stats %+v: want 5 QoS 0 dropped and no connection", s)
+	}
+
+	br.start()
+	msgs := in.waitN(t, perClient*len(clients), 20*time.Second)
+	a.waitN(t, perClient*len(clients), 10*time.Second)
+	next := map[string]int{}
+	for _, m := range msgs {
+		if strings.HasSuffix(m.Topic(), "/live") {
+			t.Fatalf("a QoS 0 message sent while the broker was down arrived: %s", m.Topic())
+		}
+		id := strings.Split(m.Topic(), "/")[1]
+		seq, _ := strconv.Atoi(string(m.Payload()))
+		if seq != next[id] {
+			t.Fatalf("%s: message %d arrived when %d was due (order lost)", id, seq, next[id])
+		}
+		next[id]++
+	}
+	for i := range perClient * len(clients) {
+		if rc, _ := a.get(i); rc != mqttcodec.Success {
+			t.Errorf("message %d: ack %v, want Success", i, rc)
+		}
+	}
+}
+
+func TestUplinkBufferFull(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		memory    int
+		spill     int // 0: no BufferDir
+		publishes int
+	}{
+		{name: "memory only", memory: 4, publishes: 6},
+		{name: "spill to disk", memory: 2, spill: 3, publishes: 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			br, in := subscribedThenDown(t, "devices/#")
+			cfg := testConfig(t, br.url())
+			cfg.BufferMessages = tc.memory
+			if tc.spill > 0 {
+				cfg.BufferDir = t.TempDir()
+				cfg.SpillMessages = tc.spill
+			}
+			b := startBridge(t, cfg)
+			a := newAcks()
+			for i := range tc.publishes {
+				publish(b, "car1", "devices/car1/seq", strconv.Itoa(i), 1, a.fn(t, i))
+			}
+			room := tc.memory + tc.spill
+			for i := range tc.publishes {
+				rc, ok := a.get(i)
+				switch {
+				case i < room && ok:
+					t.Fatalf("message %d answered %v while the broker is down", i, rc)
+				case i >= room && (!ok || rc != mqttcodec.QuotaExceeded):
+					t.Fatalf("message %d past the buffer: ack %v (%v), want QuotaExceeded at once", i, rc, ok)
+				}
+			}
+			s := b.Stats()
+			if s.Buffered != room || s.Spilled != tc.spill || s.QuotaExceeded != uint64(tc.publishes-room) {
+				t.Fatalf("stats %+v: want %d buffered, %d spilled, %d pushed back", s, room, tc.spill, tc.publishes-room)
+			}
+
+			br.start()
+			msgs := in.waitN(t, room, 20*time.Second)
+			for i, m := range msgs {
+				if string(m.Payload()) != strconv.Itoa(i) {
+					t.Fatalf("message %d is %q: order lost", i, m.Payload())
+				}
+			}
+			a.waitN(t, tc.publishes, 10*time.Second)
+			for i := range room {
+				if rc, _ := a.get(i); rc != mqttcodec.Success {
+					t.Errorf("message %d: ack %v, want Success", i, rc)
+				}
+			}
+			waitFor(t, 5*time.Second, "the buffer to empty", func() bool { return b.Stats().Buffered == 0 })
+		})
+	}
+}
+
+func TestUplinkRefusals(t *testing.T) {
+	noCommands := func(string, string, []byte, byte, bool) error { return nil }
+	for _, tc := range []struct {
+		name     string
+		template string
+		prefix   string
+		commands bool
+		client   string
+		topic    string
+		want     mqttcodec.ReasonCode // Success: taken (buffered)
+	}{
+		{name: "own topic", template: "devices/{client}/#", client: "car1", topic: "devices/car1/telemetry", want: mqttcodec.Success},
+		{name: "own parent level", template: "devices/{client}/#", client: "car1", topic: "devices/car1", want: mqttcodec.Success},
+		{name: "another device", template: "devices/{client}/#", client: "car1", topic: "devices/car2/telemetry", want: mqttcodec.NotAuthorized},
+		{name: "outside the template", template: "devices/{client}/#", client: "car1", topic: "fleet/all", want: mqttcodec.NotAuthorized},
+		{name: "client id with a slash", template: "devices/{client}/#", client: "car1/x", topic: "devices/car1/x/t", want: mqttcodec.NotAuthorized},
+		{name: "placeholder inside a level", template: "fleet/{client}-tel/+", client: "car1", topic: "fleet/car1-tel/speed", want: mqttcodec.Success},
+		{name: "too deep", template: "fleet/{client}-tel/+", client: "car1", topic: "fleet/car1-tel/speed/x", want: mqttcodec.NotAuthorized},
+		{name: "no template", client: "car1", topic: "anything/at/all", want: mqttcodec.Success},
+		{name: "command space", commands: true, client: "car1", topic: "devices/car1/commands/unlock", want: mqttcodec.NotAuthorized},
+		{name: "next to the command space", commands: true, client: "car1", topic: "devices/car1/telemetry", want: mqttcodec.Success},
+		{name: "prefix makes it too long", prefix: "p/", client: "car1", topic: strings.Repeat("x", 0xFFFF-1), want: mqttcodec.TopicNameInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t, "tcp://127.0.0.1:1")
+			cfg.DeviceTemplate = tc.template
+			cfg.TopicPrefix = tc.prefix
+			if tc.commands {
+				cfg.SubmitCommand = noCommands
+			}
+			b, err := New(cfg)
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			a := newAcks()
+			publish(b, tc.client, tc.topic, "x", 1, a.fn(t, 0))
+			publish(b, tc.client, tc.topic, "x", 0, nil)
+			rc, answered := a.get(0)
+			s := b.Stats()
+			if tc.want == mqttcodec.Success {
+				if answered {
+					t.Fatalf("answered %v, want the message taken and waiting", rc)
+				}
+				if s.Buffered != 1 || s.Refused != 0 {
+					t.Fatalf("stats %+v: want 1 buffered, none refused", s)
+				}
+			} else {
+				if !answered || rc != tc.want {
+					t.Fatalf("ack %v (%v), want %v at once", rc, answered, tc.want)
+				}
+				if s.Refused != 2 || s.Buffered != 0 {
+					t.Fatalf("stats %+v: want 2 refused (QoS 1 and 0), none buffered", s)
+				}
+			}
+			if err := b.Stop(context.Background()); err != nil {
+				t.Fatalf("Stop: %v", err)
+			}
+			if tc.want == mqttcodec.Success {
+				// Stopped without a BufferDir: the waiting message is refused.
+				if rc, _ := a.get(0); rc != mqttcodec.UnspecifiedError {
+					t.Fatalf("after Stop: ack %v, want UnspecifiedError", rc)
+				}
+			}
+		})
+	}
+}
+
+func TestPublishAfterStop(t *testing.T) {
+	b, err := New(testConfig(t, "tcp://127.0.0.1:1"))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := b.Stop(context.Background()); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if err := b.Stop(context.Background()); err != nil {
+		t.Fatalf("second Stop: %v", err)
+	}
+	if err := b.Start(context.Background()); err != ErrClosed {
+		t.Fatalf("Start after Stop: %v, want ErrClosed", err)
+	}
+	a := newAcks()
+	publish(b, "car1", "t", "x", 1, a.fn(t, 0))
+	if rc, ok := a.get(0); !ok || rc != mqttcodec.UnspecifiedError {
+		t.Fatalf("ack %v (%v), want UnspecifiedError at once", rc, ok)
+	}
+	if b.Ready() {
+		t.Fatal("a stopped bridge is ready")
+	}
+}
+
+// TestUplinkSpreadsDevices checks that devices use several connections and
+// each device always the same one.
+func TestUplinkSpreadsDevices(t *testing.T) {
+	b, err := New(Config{URL: "tcp://127.0.0.1:1", PoolSize: 4})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	defer b.Stop(context.Background())
+	used := map[int]bool{}
+	for i := range 100 {
+		id := fmt.Sprintf("device-%d", i)
+		l := b.laneIndex(id)
+		if l != b.laneIndex(id) || l < 0 || l >= 4 {
+			t.Fatalf("lane %d for %s", l, id)
+		}
+		used[l] = true
+	}
+	if len(used) != 4 {
+		t.Fatalf("100 devices use %d of 4 connections", len(used))
+	}
+}
