@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/gateway/bridge"
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/gateway/store"
@@ -58,6 +59,10 @@ func (g *Gateway) apiHandler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if g.draining.Load() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+			return
+		}
+		if g.upstream != nil && g.upstream.Stats().Connected == 0 {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "no upstream connection"})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -143,6 +148,7 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 type statsView struct {
 	Connections map[string]int    `json:"connections"`
 	Commands    map[string]int    `json:"commands"`
+	Upstream    *bridge.Stats     `json:"upstream,omitempty"`
 	OnDemand    map[string]uint64 `json:"on_demand"`
 	Sessions    map[string]uint64 `json:"sessions"`
 	Memory      map[string]uint64 `json:"memory"`
@@ -161,7 +167,13 @@ func (g *Gateway) getStats(w http.ResponseWriter, _ *http.Request) {
 	st := g.env.Stats
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
+	var up *bridge.Stats
+	if g.upstream != nil {
+		st := g.upstream.Stats()
+		up = &st
+	}
 	writeJSON(w, http.StatusOK, statsView{
+		Upstream:    up,
 		Connections: map[string]int{"plain": plain, "tls": tlsN, "total": plain + tlsN},
 		Commands: map[string]int{
 			"pending": counts.Pending, "upgrading": counts.Upgrading, "sent": counts.Sent,
@@ -300,6 +312,20 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		return 1
 	}))
 	reg.MustRegister(refusalCollector{st})
+	if g.upstream != nil {
+		up := func() bridge.Stats { return g.upstream.Stats() }
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "dualgate_upstream_connections", Help: "Connections to the upstream broker that are up.",
+		}, func() float64 { return float64(up().Connected) }))
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "dualgate_upstream_buffered_messages", Help: "Device messages waiting for the upstream broker.",
+		}, func() float64 { return float64(up().Buffered) }))
+		counter("dualgate_upstream_forwarded_up_total", "Device messages the broker took.", func() uint64 { return up().ForwardedUp })
+		counter("dualgate_upstream_forwarded_down_total", "Broker messages handed to local subscribers.", func() uint64 { return up().ForwardedDown })
+		counter("dualgate_upstream_dropped_qos0_total", "QoS 0 device messages dropped while the broker was away.", func() uint64 { return up().DroppedQoS0 })
+		counter("dualgate_upstream_commands_total", "Commands taken from the broker.", func() uint64 { return up().Commands })
+		counter("dualgate_upstream_reconnects_total", "Reconnections to the broker.", func() uint64 { return up().Reconnects })
+	}
 	return reg
 }
 

@@ -49,6 +49,18 @@ type Config struct {
 	CommandLimit     int           `yaml:"command-limit" help:"most undelivered commands one device may have"`
 	CommandRetention time.Duration `yaml:"command-retention" help:"how long delivered, expired and failed commands stay readable"`
 	Upstream         string        `yaml:"upstream" help:"tcp:// or tls:// URL of the cloud broker (none: no bridge)"`
+	UpstreamUser     string        `yaml:"upstream-user" help:"user name toward the broker"`
+	UpstreamPassword string        `yaml:"upstream-password" help:"password toward the broker (prefer the environment: DUALGATE_UPSTREAM_PASSWORD)"`
+	UpstreamClientID string        `yaml:"upstream-client-id" help:"client id prefix of the gateway's broker connections; stable and unique per gateway (default dualgate-<host name>)"`
+	UpstreamCA       string        `yaml:"upstream-ca" help:"CA (PEM) that verifies a tls:// broker (default: the system roots)"`
+	UpstreamCert     string        `yaml:"upstream-cert" help:"client certificate (PEM) toward the broker"`
+	UpstreamKey      string        `yaml:"upstream-key" help:"client key (PEM) toward the broker"`
+	UpstreamPool     int           `yaml:"upstream-pool" help:"connections to the broker"`
+	UpstreamPrefix   string        `yaml:"upstream-prefix" help:"topic prefix on the broker side, e.g. site1/"`
+	UpstreamTemplate string        `yaml:"upstream-device-template" help:"filter a device's publish topic must match, {client} standing for its client id, e.g. devices/{client}/# (empty: any)"`
+	UpstreamCommands string        `yaml:"upstream-command-filter" help:"filter of commands on the broker, {client} in one level (default devices/{client}/commands/#; off for none)"`
+	UpstreamPlain    string        `yaml:"upstream-plain-commands" help:"comma-separated filters of commands from the broker that need no TLS"`
+	UpstreamBuffer   int           `yaml:"upstream-buffer" help:"QoS 1 messages held in memory while the broker is away (then spilled to the data dir)"`
 	APIToken         string        `yaml:"api-token" help:"bearer token required by every /v1 request"`
 
 	Auth        string        `yaml:"auth" help:"device authentication: allow-all or token"`
@@ -109,6 +121,8 @@ func Defaults() Config {
 		DrainRate:        500,
 		DrainTimeout:     60 * time.Second,
 		GCPercent:        25,
+		UpstreamPool:     2,
+		UpstreamBuffer:   10000,
 		LogFormat:        "console",
 		LogLevel:         "info",
 	}
@@ -181,7 +195,8 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("--log-format %q: want console or json", c.LogFormat)
 	}
-	if c.Upstream != "" && !strings.HasPrefix(c.Upstream, "tcp://") && !strings.HasPrefix(c.Upstream, "tls://") {
+	if c.Upstream != "" && !strings.HasPrefix(c.Upstream, "tcp://") && !strings.HasPrefix(c.Upstream, "tls://") &&
+		!strings.HasPrefix(c.Upstream, "mqtt://") && !strings.HasPrefix(c.Upstream, "mqtts://") && !strings.HasPrefix(c.Upstream, "ssl://") {
 		return fmt.Errorf("--upstream %q: want tcp://host:port or tls://host:port", c.Upstream)
 	}
 	return nil

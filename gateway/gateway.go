@@ -23,6 +23,7 @@ import (
 
 	"github.com/dualgate/dualgate/certs"
 	"github.com/dualgate/dualgate/gateway/auth"
+	"github.com/dualgate/dualgate/gateway/bridge"
 	"github.com/dualgate/dualgate/gateway/dispatch"
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/gateway/session"
@@ -36,9 +37,6 @@ import (
 // defaults. The zero value is fine.
 type Options struct {
 	Logger *zap.Logger
-	// Sink receives device publishes after local subscribers have had
-	// them; nil: nothing further (they are acknowledged).
-	Sink session.Sink
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
 }
@@ -54,6 +52,7 @@ type Gateway struct {
 
 	store      store.Store
 	dispatcher *dispatch.Dispatcher
+	upstream   *bridge.Bridge
 	latency    prometheus.Histogram
 	handshakes *prometheus.HistogramVec
 	start      time.Time
@@ -105,7 +104,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.router = newRouter(opts.Sink)
+	g.router = newRouter()
 	sink := session.Sink(g.router)
 	var limiter *rate.Limiter
 	if cfg.ConnectRate > 0 {
@@ -180,18 +179,25 @@ func (g *Gateway) Start() error {
 	if err := g.startDispatch(); err != nil {
 		return err
 	}
+	if err := g.startUpstream(); err != nil {
+		g.stopDispatch()
+		return err
+	}
 	if err := g.startPlain(); err != nil {
+		g.stopUpstream()
 		g.stopDispatch()
 		return err
 	}
 	if err := g.startTLS(tlsCfg); err != nil {
 		g.stopPlain()
+		g.stopUpstream()
 		g.stopDispatch()
 		return err
 	}
 	if err := g.startAPI(); err != nil {
 		_ = g.tlsSrv.Close()
 		g.stopPlain()
+		g.stopUpstream()
 		g.stopDispatch()
 		return err
 	}
@@ -494,6 +500,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 			}
 		}
 		g.wg.Wait()
+		g.stopUpstream()
 		g.stopDispatch()
 	})
 	return err

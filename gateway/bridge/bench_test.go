@@ -48,14 +48,14 @@ func BenchmarkUplink(b *testing.B) {
 			var arrived, acked atomic.Int64
 			done := make(chan struct{})
 			if tc.subscriber {
-				app := peer(b, br.url(), "bench-app", true, func(mqtt.Client, mqtt.Message) {
+				app := peer(b, br.URL(), "bench-app", true, func(mqtt.Client, mqtt.Message) {
 					if arrived.Add(1) == n {
 						close(done)
 					}
 				})
 				mustToken(b, app.Subscribe("bench/#", tc.qos, nil), "subscribe")
 			}
-			cfg := testConfig(b, br.url())
+			cfg := testConfig(b, br.URL())
 			cfg.BufferMessages = b.N + 1
 			cfg.BufferBytes = 1 << 30
 			bg := startBridge(b, cfg)
@@ -103,7 +103,7 @@ func BenchmarkDownlink(b *testing.B) {
 			var markers atomic.Int64
 			done := make(chan struct{})
 			n := int64(b.N)
-			cfg := testConfig(b, br.url())
+			cfg := testConfig(b, br.URL())
 			cfg.Deliver = func(m Message) {
 				if m.Topic == "bench/marker" {
 					markers.Add(1)
@@ -116,7 +116,7 @@ func BenchmarkDownlink(b *testing.B) {
 			bg := startBridge(b, cfg)
 			waitReady(b, bg)
 			bg.Subscribe(&handle{"bench"}, "bench/#", 1)
-			app := peer(b, br.url(), "bench-source", true, nil)
+			app := peer(b, br.URL(), "bench-source", true, nil)
 			waitFor(b, 10*time.Second, "the subscription", func() bool {
 				mustToken(b, app.Publish("bench/marker", 1, false, "m"), "marker")
 				time.Sleep(20 * time.Millisecond)

@@ -99,11 +99,11 @@ func commandBridge(t *testing.T, cfg Config, log *commandLog) *Bridge {
 func TestCommandsReachSubmit(t *testing.T) {
 	br := startBroker(t)
 	log := newCommandLog(nil)
-	cfg := testConfig(t, br.url())
+	cfg := testConfig(t, br.URL())
 	cfg.PlainAllowed = []string{"devices/+/commands/ping"}
 	cfg.TopicPrefix = "site/"
 	b := commandBridge(t, cfg, log)
-	app := peer(t, br.url(), "app", true, nil)
+	app := peer(t, br.URL(), "app", true, nil)
 
 	mustToken(t, app.Publish("site/devices//commands/x", 1, false, "no client"), "publish")
 	want := []submitted{
@@ -136,11 +136,11 @@ func TestCommandsSharedAcrossGateways(t *testing.T) {
 	br := startBroker(t)
 	logs := []*commandLog{newCommandLog(nil), newCommandLog(nil)}
 	for i, l := range logs {
-		cfg := testConfig(t, br.url())
+		cfg := testConfig(t, br.URL())
 		cfg.ClientIDPrefix += "-gw" + strconv.Itoa(i)
 		commandBridge(t, cfg, l)
 	}
-	app := peer(t, br.url(), "app", true, nil)
+	app := peer(t, br.URL(), "app", true, nil)
 	const n = 20
 	for i := range n {
 		mustToken(t, app.Publish(fmt.Sprintf("devices/car%d/commands/go", i), 1, false, strconv.Itoa(i)), "publish")
@@ -197,10 +197,10 @@ func TestCommandNotAcknowledgedOnError(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			br := startBroker(t)
 			log := newCommandLog(tc.fail)
-			cfg := testConfig(t, br.url())
+			cfg := testConfig(t, br.URL())
 			cfg.CommandRetry = 200 * time.Millisecond
 			b := commandBridge(t, cfg, log)
-			app := peer(t, br.url(), "app", true, nil)
+			app := peer(t, br.URL(), "app", true, nil)
 			mustToken(t, app.Publish("devices/car1/commands/unlock", 1, false, "open"), "publish")
 			log.waitFor(t, "the last attempt", func([]submitted) bool { return log.times("open") >= tc.calls })
 			waitFor(t, 10*time.Second, "the outcome", func() bool {
@@ -231,10 +231,10 @@ func TestCommandNotAcknowledgedOnError(t *testing.T) {
 func TestCommandRedeliveredToNextRun(t *testing.T) {
 	br := startBroker(t)
 	down := newCommandLog(func(submitted, int) error { return errors.New("store unavailable") })
-	cfg := testConfig(t, br.url())
+	cfg := testConfig(t, br.URL())
 	cfg.CommandRetry = time.Minute
 	first := commandBridge(t, cfg, down)
-	app := peer(t, br.url(), "app", true, nil)
+	app := peer(t, br.URL(), "app", true, nil)
 	mustToken(t, app.Publish("devices/car9/commands/unlock", 1, false, "open"), "publish")
 	down.waitN(t, 1)
 	stopBridge(t, first)

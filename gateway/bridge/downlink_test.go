@@ -73,13 +73,13 @@ func (w *brokerSubscriptions) wait(t *testing.T, n int) {
 
 func TestSubscriptionRefcount(t *testing.T) {
 	br := startBroker(t)
-	subs := watchSubscriptions(t, br.url())
+	subs := watchSubscriptions(t, br.URL())
 	d := newDeliveries()
-	cfg := testConfig(t, br.url())
+	cfg := testConfig(t, br.URL())
 	cfg.Deliver, cfg.DeliverRetained = d.deliver, d.deliverRetained
 	b := startBridge(t, cfg)
 	waitReady(t, b)
-	app := peer(t, br.url(), "app", true, nil)
+	app := peer(t, br.URL(), "app", true, nil)
 
 	a, bb, ctl := &handle{"a"}, &handle{"b"}, &handle{"control"}
 	b.Subscribe(ctl, "ctl/#", 1)
@@ -139,12 +139,12 @@ func TestSubscriptionRefcount(t *testing.T) {
 func TestOverlappingFiltersDeliverOnce(t *testing.T) {
 	br := startBroker(t)
 	d := newDeliveries()
-	cfg := testConfig(t, br.url())
+	cfg := testConfig(t, br.URL())
 	cfg.Deliver = d.deliver
 	cfg.PoolSize = 3
 	b := startBridge(t, cfg)
 	waitReady(t, b)
-	app := peer(t, br.url(), "app", true, nil)
+	app := peer(t, br.URL(), "app", true, nil)
 	b.Subscribe(&handle{"a"}, "ov/#", 1)
 	b.Subscribe(&handle{"b"}, "ov/+/x", 0)
 	b.Subscribe(&handle{"c"}, "ov/car1/x", 1)
@@ -160,11 +160,11 @@ func TestOverlappingFiltersDeliverOnce(t *testing.T) {
 func TestRetainedGoesToNewSubscribersOnly(t *testing.T) {
 	br := startBroker(t)
 	d := newDeliveries()
-	cfg := testConfig(t, br.url())
+	cfg := testConfig(t, br.URL())
 	cfg.Deliver, cfg.DeliverRetained = d.deliver, d.deliverRetained
 	b := startBridge(t, cfg)
 	waitReady(t, b)
-	app := peer(t, br.url(), "app", true, nil)
+	app := peer(t, br.URL(), "app", true, nil)
 	mustToken(t, app.Publish("cfg/a", 1, true, "ra"), "retain cfg/a")
 	mustToken(t, app.Publish("cfg/b", 1, true, "rb"), "retain cfg/b")
 	mark := &handle{"marker"}
@@ -280,13 +280,13 @@ func TestCommandSpaceNotDelivered(t *testing.T) {
 	br := startBroker(t)
 	d := newDeliveries()
 	cmds := newCommandLog(nil)
-	cfg := testConfig(t, br.url())
+	cfg := testConfig(t, br.URL())
 	cfg.Deliver = d.deliver
 	cfg.SubmitCommand = cmds.submit
 	b := startBridge(t, cfg)
 	waitReady(t, b)
 	waitFor(t, 10*time.Second, "the command subscription", func() bool { return b.Stats().CommandsSubscribed })
-	app := peer(t, br.url(), "app", true, nil)
+	app := peer(t, br.URL(), "app", true, nil)
 	b.Subscribe(&handle{"car1"}, "devices/car1/#", 1)
 	syncDelivery(t, app, d, "devices/car1/sync")
 	mustToken(t, app.Publish("devices/car1/commands/unlock", 1, false, "secret"), "publish command")

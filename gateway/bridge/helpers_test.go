@@ -2,16 +2,8 @@ package bridge
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,151 +11,18 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/internal/testbroker"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
-// broker is a Mosquitto the test runs on a loopback port, with persistence
-// in the test's temporary directory, stopped by PID at the end.
-type broker struct {
-	t    testing.TB
-	bin  string
-	port int
-	dir  string
-	conf string
+// broker is a Mosquitto run by the test.
+type broker = testbroker.Broker
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// mosquittoBin finds the broker; the tests need it and say so.
-func mosquittoBin(t testing.TB) string {
-	t.Helper()
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p
-	}
-	for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	t.Fatalf("these tests need the mosquitto broker (not found in PATH or /usr/sbin): install it, e.g. apt-get install mosquitto")
-	return ""
-}
-
-// freePort returns a loopback port nobody listens on now.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// newBroker prepares a broker on a free port without starting it; extra
-// lines go to its configuration, after the listener's.
-func newBroker(t testing.TB, extra ...string) *broker {
-	t.Helper()
-	b := &broker{t: t, bin: mosquittoBin(t), port: freePort(t), dir: t.TempDir()}
-	b.conf = filepath.Join(b.dir, "mosquitto.conf")
-	lines := []string{
-		fmt.Sprintf("listener %d 127.0.0.1", b.port),
-		"allow_anonymous true",
-		"persistence true",
-		"persistence_location " + b.dir + "/",
-		"autosave_interval 0",
-		"max_queued_messages 100000",
-		"max_inflight_messages 100",
-		"set_tcp_nodelay true",
-		"sys_interval 1",
-		"log_dest file " + filepath.Join(b.dir, "mosquitto.log"),
-	}
-	if u, err := user.Current(); err == nil && os.Geteuid() == 0 {
-		lines = append(lines, "user "+u.Username)
-	}
-	lines = append(lines, extra...)
-	if err := os.WriteFile(b.conf, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
-		t.Fatalf("write mosquitto.conf: %v", err)
-	}
-	t.Cleanup(b.stop)
-	return b
-}
+// newBroker prepares a broker on a free port without starting it.
+func newBroker(t testing.TB, extra ...string) *broker { return testbroker.New(t, extra...) }
 
 // startBroker returns a running broker.
-func startBroker(t testing.TB, extra ...string) *broker {
-	t.Helper()
-	b := newBroker(t, extra...)
-	b.start()
-	return b
-}
-
-func (b *broker) url() string { return "tcp://127.0.0.1:" + strconv.Itoa(b.port) }
-
-// start runs mosquitto and waits until it accepts connections.
-func (b *broker) start() {
-	b.t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.cmd != nil {
-		b.t.Fatalf("broker already running")
-	}
-	cmd := exec.Command(b.bin, "-c", b.conf)
-	out, err := os.OpenFile(filepath.Join(b.dir, "stderr.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		b.t.Fatalf("broker log: %v", err)
-	}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		_ = out.Close()
-		b.t.Fatalf("start mosquitto: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		_ = out.Close()
-		close(done)
-	}()
-	b.cmd, b.done = cmd, done
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(b.port), time.Second)
-		if err == nil {
-			_ = c.Close()
-			return
-		}
-		select {
-		case <-done:
-			log, _ := os.ReadFile(filepath.Join(b.dir, "stderr.log"))
-			mlog, _ := os.ReadFile(filepath.Join(b.dir, "mosquitto.log"))
-			b.t.Fatalf("mosquitto exited at start:\n%s\n%s", log, mlog)
-		default:
-		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("mosquitto does not accept connections on port %d: %v", b.port, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// stop ends the broker gracefully (SIGTERM: it saves its persistence
-// file), by its PID, and kills it if it does not leave.
-func (b *broker) stop() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.cmd == nil {
-		return
-	}
-	_ = b.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-b.done:
-	case <-time.After(10 * time.Second):
-		_ = b.cmd.Process.Kill()
-		<-b.done
-	}
-	b.cmd, b.done = nil, nil
-}
+func startBroker(t testing.TB, extra ...string) *broker { return testbroker.Start(t, extra...) }
 
 // peer is a paho client on the broker side: a cloud application.
 func peer(t testing.TB, url, id string, clean bool, onMsg mqtt.MessageHandler) mqtt.Client {

@@ -16,12 +16,12 @@ import (
 func TestBrokerRestartLosesNothing(t *testing.T) {
 	br := startBroker(t)
 	up := newInbox()
-	app := peer(t, br.url(), "app-up", false, up.handler)
+	app := peer(t, br.URL(), "app-up", false, up.handler)
 	mustToken(t, app.Subscribe("devices/+/up", 1, nil), "subscribe")
-	source := peer(t, br.url(), "app-down", false, nil)
+	source := peer(t, br.URL(), "app-down", false, nil)
 
 	d := newDeliveries()
-	cfg := testConfig(t, br.url())
+	cfg := testConfig(t, br.URL())
 	cfg.Deliver = d.deliver
 	b := startBridge(t, cfg)
 	waitReady(t, b)
@@ -60,12 +60,12 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 		}
 	}()
 	time.Sleep(150 * time.Millisecond)
-	br.stop()
+	br.Stop()
 	time.Sleep(300 * time.Millisecond)
 	if s := b.Stats(); s.Buffered == 0 || s.Connected != 0 {
 		t.Errorf("stats while the broker is down %+v: want messages waiting and no connection", s)
 	}
-	br.start()
+	br.Start()
 	wg.Wait()
 
 	a.waitN(t, n, 30*time.Second)
@@ -124,7 +124,7 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 func TestSpoolSurvivesBridgeRestart(t *testing.T) {
 	br, in := subscribedThenDown(t, "devices/#")
 	dir := t.TempDir()
-	cfg := testConfig(t, br.url())
+	cfg := testConfig(t, br.URL())
 	cfg.BufferDir = dir
 	cfg.BufferMessages = 3
 	cfg.PoolSize = 1
@@ -160,7 +160,7 @@ func TestSpoolSurvivesBridgeRestart(t *testing.T) {
 	if s := second.Stats(); s.Replayed != n || s.Spilled != n {
 		t.Fatalf("stats %+v: want %d replayed and spilled", s, n)
 	}
-	br.start()
+	br.Start()
 	msgs := in.waitN(t, n, 20*time.Second)
 	for i, m := range msgs[:n] {
 		if string(m.Payload()) != strconv.Itoa(i) {

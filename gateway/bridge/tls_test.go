@@ -47,7 +47,7 @@ func TestTLSUpstream(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			br := startBroker(t, "cafile "+ca, "certfile "+srv, "keyfile "+srvKey,
 				"require_certificate "+strconv.FormatBool(tc.clientCert))
-			cfg := testConfig(t, "tls://127.0.0.1:"+strconv.Itoa(br.port))
+			cfg := testConfig(t, "tls://127.0.0.1:"+strconv.Itoa(br.Port))
 			if tc.trust {
 				cfg.CAFile = ca
 			}

@@ -24,9 +24,9 @@ func TestUplinkReachesBroker(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := newInbox()
-			app := peer(t, br.url(), "app-"+strings.ReplaceAll(t.Name(), "/", "-"), true, in.handler)
+			app := peer(t, br.URL(), "app-"+strings.ReplaceAll(t.Name(), "/", "-"), true, in.handler)
 			mustToken(t, app.Subscribe(tc.prefix+"devices/#", 1, nil), "subscribe")
-			cfg := testConfig(t, br.url())
+			cfg := testConfig(t, br.URL())
 			cfg.TopicPrefix = tc.prefix
 			cfg.PoolSize = tc.pool
 			b := startBridge(t, cfg)
@@ -72,15 +72,15 @@ func subscribedThenDown(t *testing.T, filter string) (*broker, *inbox) {
 	t.Helper()
 	br := startBroker(t)
 	in := newInbox()
-	app := peer(t, br.url(), "app-"+strings.ReplaceAll(t.Name(), "/", "-"), false, in.handler)
+	app := peer(t, br.URL(), "app-"+strings.ReplaceAll(t.Name(), "/", "-"), false, in.handler)
 	mustToken(t, app.Subscribe(filter, 1, nil), "subscribe")
-	br.stop()
+	br.Stop()
 	return br, in
 }
 
 func TestUplinkBuffersWhileBrokerDown(t *testing.T) {
 	br, in := subscribedThenDown(t, "devices/#")
-	b := startBridge(t, testConfig(t, br.url()))
+	b := startBridge(t, testConfig(t, br.URL()))
 
 	const perClient = 40
 	clients := []string{"car1", "car2", "meter3"}
@@ -101,7 +101,7 @@ func TestUplinkBuffersWhileBrokerDown(t *testing.T) {
 		t.Fatalf("stats %+v: want 5 QoS 0 dropped and no connection", s)
 	}
 
-	br.start()
+	br.Start()
 	msgs := in.waitN(t, perClient*len(clients), 20*time.Second)
 	a.waitN(t, perClient*len(clients), 10*time.Second)
 	next := map[string]int{}
@@ -135,7 +135,7 @@ func TestUplinkBufferFull(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			br, in := subscribedThenDown(t, "devices/#")
-			cfg := testConfig(t, br.url())
+			cfg := testConfig(t, br.URL())
 			cfg.BufferMessages = tc.memory
 			if tc.spill > 0 {
 				cfg.BufferDir = t.TempDir()
@@ -161,7 +161,7 @@ func TestUplinkBufferFull(t *testing.T) {
 				t.Fatalf("stats %+v: want %d buffered, %d spilled, %d pushed back", s, room, tc.spill, tc.publishes-room)
 			}
 
-			br.start()
+			br.Start()
 			msgs := in.waitN(t, room, 20*time.Second)
 			for i, m := range msgs {
 				if string(m.Payload()) != strconv.Itoa(i) {

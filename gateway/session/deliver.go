@@ -37,6 +37,8 @@ type Delivery struct {
 	Token string
 	// Dup marks a delivery that may have reached the device before.
 	Dup bool
+	// Retain marks a retained message sent because of a new subscription.
+	Retain bool
 }
 
 // CheckTransport is the rule that a secure payload is never written to a
@@ -59,7 +61,7 @@ func (s *Session) Deliver(d *Delivery) error {
 	if s.state != stateConnected {
 		return ErrNotConnected
 	}
-	pub := mqttcodec.Publish{Topic: []byte(d.Topic), Payload: d.Payload, QoS: min(d.QoS, 1), Dup: d.Dup && d.QoS > 0}
+	pub := mqttcodec.Publish{Topic: []byte(d.Topic), Payload: d.Payload, QoS: min(d.QoS, 1), Dup: d.Dup && d.QoS > 0, Retain: d.Retain}
 	if pub.QoS > 0 {
 		if s.rare != nil && len(s.rare.inflight) >= int(s.clientRecvMax) {
 			return ErrInflightFull

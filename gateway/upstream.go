@@ -1,0 +1,94 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/gateway/bridge"
+	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/gateway/store"
+)
+
+// startUpstream connects the bridge to the cloud broker when --upstream is
+// set. It does not wait for the broker: messages buffer until it answers.
+func (g *Gateway) startUpstream() error {
+	if g.cfg.Upstream == "" {
+		return nil
+	}
+	cfg := bridge.Config{
+		URL:             g.cfg.Upstream,
+		Username:        g.cfg.UpstreamUser,
+		Password:        g.cfg.UpstreamPassword,
+		ClientIDPrefix:  g.cfg.UpstreamClientID,
+		CAFile:          g.cfg.UpstreamCA,
+		CertFile:        g.cfg.UpstreamCert,
+		KeyFile:         g.cfg.UpstreamKey,
+		PoolSize:        g.cfg.UpstreamPool,
+		TopicPrefix:     g.cfg.UpstreamPrefix,
+		DeviceTemplate:  g.cfg.UpstreamTemplate,
+		PlainAllowed:    splitList(g.cfg.UpstreamPlain),
+		BufferMessages:  g.cfg.UpstreamBuffer,
+		BufferDir:       filepath.Join(g.cfg.Data, "bridge"),
+		Logger:          g.logger.Named("upstream"),
+		Deliver:         g.router.fromUpstream,
+		DeliverRetained: g.router.retainedFromUpstream,
+	}
+	if g.cfg.UpstreamCommands != "off" {
+		cfg.CommandFilter = g.cfg.UpstreamCommands
+		cfg.SubmitCommand = g.submitFromUpstream
+	}
+	b, err := bridge.New(cfg)
+	if err != nil {
+		return fmt.Errorf("upstream: %w", err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		return fmt.Errorf("upstream: %w", err)
+	}
+	g.upstream, g.router.upstream = b, b
+	return nil
+}
+
+func (g *Gateway) stopUpstream() {
+	if g.upstream == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g.upstream.Stop(ctx); err != nil {
+		g.logger.Warn("upstream stop", zap.Error(err))
+	}
+}
+
+// submitFromUpstream takes a command published on the broker and hands it
+// to the dispatcher exactly as an API command: durable before it returns,
+// so the bridge acknowledges the broker's message only then.
+func (g *Gateway) submitFromUpstream(clientID, topic string, payload []byte, qos byte, secure bool) error {
+	if err := session.CheckClientID(clientID, maxClientIDLen); err != nil {
+		return fmt.Errorf("%w: %w", bridge.ErrCommandRejected, err)
+	}
+	now := g.env.Now()
+	c := &store.Command{
+		ID:        store.NewID(now),
+		ClientID:  clientID,
+		Topic:     topic,
+		Payload:   payload,
+		QoS:       min(qos, 1),
+		Secure:    secure,
+		CreatedAt: now,
+		ExpiresAt: now.Add(defaultCommandTTL),
+	}
+	_, err := g.dispatcher.Submit(c)
+	switch {
+	case errors.Is(err, store.ErrInvalid), errors.Is(err, store.ErrFull):
+		g.logger.Warn("command from the broker refused", zap.String("client", clientID), zap.String("topic", topic), zap.Error(err))
+		return fmt.Errorf("%w: %w", bridge.ErrCommandRejected, err)
+	case err != nil:
+		return err
+	}
+	return nil
+}
