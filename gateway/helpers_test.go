@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 }
 
 // startGateway runs a gateway on free loopback ports with a fresh data dir.
-func startGateway(t *testing.T, mod func(*Config)) *Gateway {
+func startGateway(t testing.TB, mod func(*Config)) *Gateway {
 	t.Helper()
 	cfg := Config{
 		Plain:      "127.0.0.1:0",
@@ -68,7 +68,7 @@ func startGateway(t *testing.T, mod func(*Config)) *Gateway {
 }
 
 // clientTLS trusts the gateway's generated development CA.
-func clientTLS(t *testing.T, g *Gateway) *tls.Config {
+func clientTLS(t testing.TB, g *Gateway) *tls.Config {
 	t.Helper()
 	pem, err := os.ReadFile(g.CAFile())
 	if err != nil {
@@ -176,14 +176,14 @@ func v5TLS(t *testing.T, g *Gateway, cp *paho.Connect) *v5client {
 
 // raw is a hand-driven MQTT connection, for what real clients never send.
 type raw struct {
-	t    *testing.T
+	t    testing.TB
 	conn net.Conn
 	r    *bufio.Reader
 	p    mqttcodec.Packet
 	ver  byte
 }
 
-func dialRaw(t *testing.T, addr string) *raw {
+func dialRaw(t testing.TB, addr string) *raw {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
