@@ -18,9 +18,6 @@ import (
 // broker is a Mosquitto run by the test.
 type broker = testbroker.Broker
 
-// newBroker prepares a broker on a free port without starting it.
-func newBroker(t testing.TB, extra ...string) *broker { return testbroker.New(t, extra...) }
-
 // startBroker returns a running broker.
 func startBroker(t testing.TB, extra ...string) *broker { return testbroker.Start(t, extra...) }
 
