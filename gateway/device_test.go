@@ -169,8 +169,9 @@ func (d *device311) received(m mqtt.Message, overTLS bool) {
 			return
 		}
 		d.controls <- in
-		d.wg.Add(1)
-		go d.follow(in)
+		if d.track() {
+			go d.follow(in)
+		}
 		return
 	}
 	d.cmds <- command{topic: m.Topic(), payload: string(m.Payload()), tls: overTLS}
@@ -197,8 +198,23 @@ func (d *device311) follow(in control.Instruction) {
 	d.query()
 }
 
+// track counts a follow-up goroutine, unless the device is closing.
+func (d *device311) track() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-d.stop:
+		return false
+	default:
+		d.wg.Add(1)
+		return true
+	}
+}
+
 func (d *device311) close() {
+	d.mu.Lock()
 	close(d.stop)
+	d.mu.Unlock()
 	d.wg.Wait()
 	d.mu.Lock()
 	c := d.client
@@ -265,8 +281,9 @@ func (d *device5) connect(overTLS bool, addr string) {
 				return
 			}
 			d.refs <- p.Properties.ServerReference
-			d.wg.Add(1)
-			go d.follow(p.Properties.ServerReference, overTLS)
+			if d.track() {
+				go d.follow(p.Properties.ServerReference, overTLS)
+			}
 		},
 		OnClientError: func(error) {},
 	})
@@ -312,8 +329,23 @@ func (d *device5) follow(ref string, cameOverTLS bool) {
 	d.query()
 }
 
+// track counts a follow-up goroutine, unless the device is closing.
+func (d *device5) track() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-d.stop:
+		return false
+	default:
+		d.wg.Add(1)
+		return true
+	}
+}
+
 func (d *device5) close() {
+	d.mu.Lock()
 	close(d.stop)
+	d.mu.Unlock()
 	d.wg.Wait()
 	d.mu.Lock()
 	c := d.client

@@ -59,7 +59,10 @@ type Gateway struct {
 
 	plain    *plainServer
 	plainErr chan error
-	plainAt  string
+	// plainAt and tlsAt are the listeners' addresses, set once they are
+	// bound and read from any goroutine (instructions name them).
+	plainAt atomic.Pointer[string]
+	tlsAt   atomic.Pointer[string]
 
 	tlsSrv   *tlsmux.Server
 	tlsLn    net.Listener
@@ -378,17 +381,18 @@ func (g *Gateway) startPlain() error {
 	case err := <-g.plainErr:
 		return fmt.Errorf("plain listener %s: %w", g.cfg.Plain, err)
 	}
-	g.plainAt = g.cfg.Plain
+	at := g.cfg.Plain
 	if fd, err := g.plain.eng.Dup(); err == nil {
 		if sa, err := unix.Getsockname(fd); err == nil {
 			if in4, ok := sa.(*unix.SockaddrInet4); ok {
-				g.plainAt = net.JoinHostPort(net.IP(in4.Addr[:]).String(), strconv.Itoa(in4.Port))
+				at = net.JoinHostPort(net.IP(in4.Addr[:]).String(), strconv.Itoa(in4.Port))
 			} else if in6, ok := sa.(*unix.SockaddrInet6); ok {
-				g.plainAt = net.JoinHostPort(net.IP(in6.Addr[:]).String(), strconv.Itoa(in6.Port))
+				at = net.JoinHostPort(net.IP(in6.Addr[:]).String(), strconv.Itoa(in6.Port))
 			}
 		}
 		_ = unix.Close(fd)
 	}
+	g.plainAt.Store(&at)
 	return nil
 }
 
@@ -421,6 +425,8 @@ func (g *Gateway) startTLS(cfg *tls.Config) error {
 		return fmt.Errorf("tls listener: %w", err)
 	}
 	g.tlsSrv, g.tlsLn = srv, ln
+	at := ln.Addr().String()
+	g.tlsAt.Store(&at)
 	g.serveTLSOn(ln)
 	if g.cfg.ListenMux != "" {
 		if err := g.startMux(); err != nil {
@@ -520,14 +526,19 @@ func (g *Gateway) waitSessions(ctx context.Context) {
 }
 
 // PlainAddr is the plain listener's address (the real port when :0 was asked).
-func (g *Gateway) PlainAddr() string { return g.plainAt }
+func (g *Gateway) PlainAddr() string {
+	if p := g.plainAt.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
 
 // TLSAddr is the TLS listener's address.
 func (g *Gateway) TLSAddr() string {
-	if g.tlsLn == nil {
-		return ""
+	if p := g.tlsAt.Load(); p != nil {
+		return *p
 	}
-	return g.tlsLn.Addr().String()
+	return ""
 }
 
 // APIAddr is the HTTP API's address.

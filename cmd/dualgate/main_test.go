@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,6 +40,24 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// syncBuffer collects a child's output while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func freePort(t *testing.T) string {
@@ -117,8 +136,8 @@ func TestServeAndSIGTERM(t *testing.T) {
 	}
 	cmd := exec.Command(binary, "serve", "--config", conf, "--tls", tlsAddr, "--api", api, "--log-format", "json")
 	cmd.Env = append(os.Environ(), "DUALGATE_DATA="+data)
-	var logs bytes.Buffer
-	cmd.Stderr = &logs
+	logs := new(syncBuffer)
+	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +214,7 @@ func TestServeAndSIGTERM(t *testing.T) {
 }
 
 // startServe runs `dualgate serve` with args and waits until it is ready.
-func startServe(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer, string) {
+func startServe(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, string) {
 	t.Helper()
 	api := ""
 	for i, a := range args {
@@ -204,7 +223,7 @@ func startServe(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer, string)
 		}
 	}
 	cmd := exec.Command(binary, append([]string{"serve"}, args...)...)
-	logs := new(bytes.Buffer)
+	logs := new(syncBuffer)
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
