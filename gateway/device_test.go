@@ -84,6 +84,37 @@ func (w *wire) bytes() int {
 	return n
 }
 
+// followers tracks the goroutines a test device starts to follow
+// instructions, so closing the device waits for them.
+type followers struct {
+	fmu  sync.Mutex // orders track against end
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newFollowers() followers { return followers{stop: make(chan struct{})} }
+
+// track counts a follow-up goroutine, unless the device is closing.
+func (f *followers) track() bool {
+	f.fmu.Lock()
+	defer f.fmu.Unlock()
+	select {
+	case <-f.stop:
+		return false
+	default:
+		f.wg.Add(1)
+		return true
+	}
+}
+
+// end stops new follow-ups and waits for the running ones.
+func (f *followers) end() {
+	f.fmu.Lock()
+	close(f.stop)
+	f.fmu.Unlock()
+	f.wg.Wait()
+}
+
 // command is what a test device received.
 type command struct {
 	topic   string
@@ -103,18 +134,17 @@ type device311 struct {
 	// obey false makes the device return on plain after a TLS instruction.
 	obey bool
 
+	followers
 	mu       sync.Mutex
 	client   mqtt.Client
 	onTLS    bool
 	cmds     chan command
 	controls chan control.Instruction
-	stop     chan struct{}
-	wg       sync.WaitGroup
 }
 
 func newDevice311(t *testing.T, g *Gateway, id string) *device311 {
 	d := &device311{t: t, id: id, g: g, tlsCfg: clientTLS(t, g), obey: true,
-		cmds: make(chan command, 100), controls: make(chan control.Instruction, 100), stop: make(chan struct{})}
+		cmds: make(chan command, 100), controls: make(chan control.Instruction, 100), followers: newFollowers()}
 	t.Cleanup(d.close)
 	return d
 }
@@ -198,24 +228,8 @@ func (d *device311) follow(in control.Instruction) {
 	d.query()
 }
 
-// track counts a follow-up goroutine, unless the device is closing.
-func (d *device311) track() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	select {
-	case <-d.stop:
-		return false
-	default:
-		d.wg.Add(1)
-		return true
-	}
-}
-
 func (d *device311) close() {
-	d.mu.Lock()
-	close(d.stop)
-	d.mu.Unlock()
-	d.wg.Wait()
+	d.end()
 	d.mu.Lock()
 	c := d.client
 	d.mu.Unlock()
@@ -238,13 +252,12 @@ type device5 struct {
 	refs   chan string
 	// gone receives the reason code of any other server DISCONNECT.
 	gone chan byte
-	stop chan struct{}
-	wg   sync.WaitGroup
+	followers
 }
 
 func newDevice5(t *testing.T, g *Gateway, id string) *device5 {
 	d := &device5{t: t, id: id, g: g, cmds: make(chan command, 100), refs: make(chan string, 100),
-		gone: make(chan byte, 10), stop: make(chan struct{})}
+		gone: make(chan byte, 10), followers: newFollowers()}
 	t.Cleanup(d.close)
 	return d
 }
@@ -329,24 +342,8 @@ func (d *device5) follow(ref string, cameOverTLS bool) {
 	d.query()
 }
 
-// track counts a follow-up goroutine, unless the device is closing.
-func (d *device5) track() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	select {
-	case <-d.stop:
-		return false
-	default:
-		d.wg.Add(1)
-		return true
-	}
-}
-
 func (d *device5) close() {
-	d.mu.Lock()
-	close(d.stop)
-	d.mu.Unlock()
-	d.wg.Wait()
+	d.end()
 	d.mu.Lock()
 	c := d.client
 	d.mu.Unlock()
