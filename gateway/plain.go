@@ -292,9 +292,7 @@ func (pc *plainConn) Close() {
 
 func (pc *plainConn) Exec(fn func()) {
 	_ = pc.c.EventLoop().Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-		if !pc.closed {
-			fn()
-		}
+		fn()
 		return nil
 	}))
 }

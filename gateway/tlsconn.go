@@ -194,9 +194,7 @@ func (tc *tlsConn) unlock() {
 		tc.queue = nil
 		tc.qmu.Unlock()
 		for _, fn := range q {
-			if !tc.closed {
-				fn()
-			}
+			fn()
 		}
 		tc.mu.Unlock()
 		tc.qmu.Lock()

@@ -22,8 +22,9 @@ type Transport interface {
 	Write(b []byte) error
 	// Close closes the connection once queued bytes are flushed. Owner only.
 	Close()
-	// Exec runs fn in owner context, later, unless the connection is closed
-	// by then. Safe from any goroutine; calls are run in order.
+	// Exec runs fn in owner context, later, in order, even when the
+	// connection has closed by then (fn must check). Safe from any
+	// goroutine.
 	Exec(fn func())
 	// Mode is the transport the device is on.
 	Mode() registry.Mode
@@ -271,13 +272,11 @@ func (s *Session) Subscriptions() []Subscription {
 	return nil
 }
 
-// Exec runs fn in owner context unless the session has ended by then.
+// Exec runs fn in owner context. It runs even when the session has ended
+// meanwhile, so a caller waiting for fn's result always gets one: the
+// session's methods then report ErrNotConnected and write nothing.
 func (s *Session) Exec(fn func(s *Session)) {
-	s.t.Exec(func() {
-		if s.state == stateConnected || s.state == stateNew {
-			fn(s)
-		}
-	})
+	s.t.Exec(func() { fn(s) })
 }
 
 // Instructed reports whether a reconnect instruction is outstanding.
