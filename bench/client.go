@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
+	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -63,6 +64,9 @@ type ClientConfig struct {
 	InFlight int
 	// MaxPacket is the largest packet accepted from the server.
 	MaxPacket uint32
+	// Device, when set, makes every connection a dualgate device (see
+	// DeviceConfig).
+	Device *DeviceConfig
 }
 
 func (c ClientConfig) withDefaults() (ClientConfig, error) {
@@ -100,17 +104,33 @@ func (c ClientConfig) withDefaults() (ClientConfig, error) {
 // got one (by reason in Failures); Dropped those the server closed after
 // the CONNACK (by reason in Drops).
 type PoolStats struct {
-	Attempted int64            `json:"attempted"`
-	Connected int64            `json:"connected"`
-	Live      int64            `json:"live"`
-	Failed    int64            `json:"failed"`
-	Dropped   int64            `json:"dropped"`
-	Resumed   int64            `json:"resumed,omitempty"`
-	PingsSent int64            `json:"pings_sent"`
-	Pongs     int64            `json:"pongs"`
-	Publishes int64            `json:"publishes,omitempty"`
-	Failures  map[string]int64 `json:"failures,omitempty"`
-	Drops     map[string]int64 `json:"drops,omitempty"`
+	Attempted int64 `json:"attempted"`
+	Connected int64 `json:"connected"`
+	Live      int64 `json:"live"`
+	Failed    int64 `json:"failed"`
+	Dropped   int64 `json:"dropped"`
+	Resumed   int64 `json:"resumed,omitempty"`
+	PingsSent int64 `json:"pings_sent"`
+	Pongs     int64 `json:"pongs"`
+	Publishes int64 `json:"publishes,omitempty"`
+	// Device counters (DeviceConfig): reconnect instructions received,
+	// those ignored (same mode, anti-downgrade, malformed), moves to TLS
+	// and back to plain completed (CONNACK on the new connection), moves
+	// retried, commands received and acknowledged, and the connections on
+	// TLS right now.
+	Instructions int64 `json:"instructions,omitempty"`
+	Ignored      int64 `json:"ignored_instructions,omitempty"`
+	Upgrades     int64 `json:"upgrades,omitempty"`
+	Downgrades   int64 `json:"downgrades,omitempty"`
+	MoveRetries  int64 `json:"move_retries,omitempty"`
+	Commands     int64 `json:"commands,omitempty"`
+	CommandAcks  int64 `json:"command_acks,omitempty"`
+	OnTLS        int64 `json:"on_tls,omitempty"`
+	// LastCommandAck is when the last command PUBACK was written, Unix ns.
+	LastCommandAck int64 `json:"last_command_ack_ns,omitempty"`
+
+	Failures map[string]int64 `json:"failures,omitempty"`
+	Drops    map[string]int64 `json:"drops,omitempty"`
 	// FirstDial and LastConnack are Unix nanoseconds, zero if none.
 	FirstDial   int64 `json:"first_dial_ns,omitempty"`
 	LastConnack int64 `json:"last_connack_ns,omitempty"`
@@ -127,6 +147,15 @@ func (s *PoolStats) Add(o PoolStats) {
 	s.PingsSent += o.PingsSent
 	s.Pongs += o.Pongs
 	s.Publishes += o.Publishes
+	s.Instructions += o.Instructions
+	s.Ignored += o.Ignored
+	s.Upgrades += o.Upgrades
+	s.Downgrades += o.Downgrades
+	s.MoveRetries += o.MoveRetries
+	s.Commands += o.Commands
+	s.CommandAcks += o.CommandAcks
+	s.OnTLS += o.OnTLS
+	s.LastCommandAck = max(s.LastCommandAck, o.LastCommandAck)
 	s.Failures = addCounts(s.Failures, o.Failures)
 	s.Drops = addCounts(s.Drops, o.Drops)
 	if o.FirstDial != 0 && (s.FirstDial == 0 || o.FirstDial < s.FirstDial) {
@@ -173,6 +202,7 @@ const (
 	stateFailed                  // closed before a successful CONNACK
 	stateClosing                 // we are disconnecting it
 	stateClosed                  // closed after the CONNACK
+	stateMoving                  // a device leaving its connection for another mode, until the new CONNACK
 )
 
 // link is the transport of one connection: a gnet connection or a TLS one.
@@ -180,6 +210,8 @@ type link struct {
 	gc  gnet.Conn // plain: writes go through AsyncWrite
 	tc  *tls.Conn // TLS: writes serialised by wmu
 	wmu sync.Mutex
+	// counted is set while the link is counted in Pool.onTLS.
+	counted atomic.Bool
 }
 
 const tlsWriteTimeout = 10 * time.Second
@@ -221,16 +253,26 @@ func (l *link) close() {
 // clientConn is one connection's state, shared by the goroutine that reads
 // it (event loop or TLS reader) and the sweep: every field that both touch
 // is atomic.
+//
+// A device (DeviceConfig) changes links when told to: link is nil while it
+// is between connections, and events of a link that is no longer the
+// current one are ignored.
 type clientConn struct {
 	idx       int
-	tls       bool
-	dialAt    int64 // Unix ns; set before the connection is published
+	dialAt    atomic.Int64 // Unix ns of the current connection's dial
 	state     atomic.Int32
 	sentAt    atomic.Int64 // CONNECT written, Unix ns
 	lastPing  atomic.Int64 // last PINGREQ (or CONNACK), Unix ns
 	srvReason atomic.Int32 // MQTT 5 DISCONNECT reason from the server, -1 if none
 	srvKA     atomic.Int32 // MQTT 5 Server Keep Alive from CONNACK in seconds, plus 1; 0 if none
 	link      atomic.Pointer[link]
+
+	// Device moves: where to, and the failed attempts of this move.
+	target    atomic.Pointer[moveTarget]
+	moveTries atomic.Int32
+	// sessions is the device's own TLS session cache (DeviceConfig.Resume),
+	// made at its first move to TLS. Moves of one device never overlap.
+	sessions tls.ClientSessionCache
 }
 
 // Pool holds idle MQTT connections of one process. Create it with NewPool,
@@ -245,6 +287,7 @@ type Pool struct {
 	connect, connack, handshake *Latency
 
 	pingreq, disconnectPkt []byte // immutable, shared by all writes
+	queryPkt               []byte // device query (QoS 1, packet id 1); immutable
 
 	attempted, connected, live, failed, dropped atomic.Int64
 	resumed, pings, pongs, publishes            atomic.Int64
@@ -252,13 +295,22 @@ type Pool struct {
 	firstDial, lastConnack                      atomic.Int64
 	openPlain                                   atomic.Int64 // gnet connections between OnOpen and OnClose
 
+	// Device counters (see PoolStats) and the latency of stamped commands,
+	// from the stamp to the PUBACK.
+	instructions, ignored, upgrades, downgrades atomic.Int64
+	moveRetries, commands, commandAcks, onTLS   atomic.Int64
+	lastCommandAck                              atomic.Int64
+	command                                     *Latency
+
 	notify   chan struct{} // a connection resolved or a plain one closed; capacity 1
 	inflight chan struct{} // one token per connection not yet resolved; capacity InFlight
 
-	client    *gnet.Client   // plain connections' event loop; nil for TLS
-	tlsWG     sync.WaitGroup // one per TLS connection goroutine
-	sweepStop chan struct{}  // closed by Close to end the sweep
-	sweepDone chan struct{}  // closed when the sweep has ended
+	client    *gnet.Client   // plain connections' event loop; nil for TLS without Device
+	tlsWG     sync.WaitGroup // one per TLS connection goroutine and per device move
+	life      context.Context
+	endLife   context.CancelFunc // cancels life: Close has begun
+	sweepStop chan struct{}      // closed by Close to end the sweep
+	sweepDone chan struct{}      // closed when the sweep has ended
 	closeOnce sync.Once
 	closeErr  error // set once, by the first Close
 
@@ -266,6 +318,7 @@ type Pool struct {
 	conns    []*clientConn // connections not yet failed or closed
 	failures map[string]int64
 	drops    map[string]int64
+	closing  bool // Close has begun: no more goroutines start
 }
 
 // NewPool starts an empty pool: the gnet event loop (plain) and the sweep
@@ -289,8 +342,10 @@ func NewPool(cfg ClientConfig, log *zap.Logger) (*Pool, error) {
 		connect:       NewLatency(),
 		connack:       NewLatency(),
 		handshake:     NewLatency(),
+		command:       NewLatency(),
 		pingreq:       mqttcodec.AppendPingreq(nil),
 		disconnectPkt: mqttcodec.AppendDisconnect(nil, cfg.MQTTVersion, &mqttcodec.Disconnect{ReasonCode: mqttcodec.NormalDisconnection}),
+		queryPkt:      queryPacket(cfg.MQTTVersion),
 		notify:        make(chan struct{}, 1),
 		inflight:      make(chan struct{}, cfg.InFlight),
 		failures:      make(map[string]int64),
@@ -298,7 +353,8 @@ func NewPool(cfg ClientConfig, log *zap.Logger) (*Pool, error) {
 		sweepStop:     make(chan struct{}),
 		sweepDone:     make(chan struct{}),
 	}
-	if cfg.TLS == nil {
+	p.life, p.endLife = context.WithCancel(context.Background())
+	if cfg.TLS == nil || cfg.Device != nil {
 		p.client, err = gnet.NewClient(&plainHandler{pool: p},
 			gnet.WithLogger(log.Named("gnet").Sugar()),
 			gnet.WithNumEventLoop(1),
@@ -306,9 +362,11 @@ func NewPool(cfg ClientConfig, log *zap.Logger) (*Pool, error) {
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		)
 		if err != nil {
+			p.endLife()
 			return nil, fmt.Errorf("bench: gnet client: %w", err)
 		}
 		if err := p.client.Start(); err != nil {
+			p.endLife()
 			return nil, fmt.Errorf("bench: start gnet client: %w", err)
 		}
 	}
@@ -379,7 +437,8 @@ func (p *Pool) Connect(ctx context.Context, first, n int) error {
 // goroutine.
 func (p *Pool) open(ctx context.Context, idx int) {
 	now := time.Now().UnixNano()
-	cc := &clientConn{idx: idx, tls: p.cfg.TLS != nil, dialAt: now}
+	cc := &clientConn{idx: idx}
+	cc.dialAt.Store(now)
 	cc.srvReason.Store(-1)
 	p.attempted.Add(1)
 	p.firstDial.CompareAndSwap(0, now)
@@ -400,9 +459,12 @@ func (p *Pool) open(ctx context.Context, idx int) {
 		p.fail(cc, classify(err), err)
 		return
 	}
-	if cc.tls {
+	if p.cfg.TLS != nil {
 		p.tlsWG.Add(1)
-		go p.runTLS(cc, nc)
+		go func() {
+			defer p.tlsWG.Done()
+			p.runTLS(cc, nc, p.cfg.TLS)
+		}()
 		return
 	}
 	// EnrollContext duplicates the descriptor into the event loop and
@@ -481,35 +543,89 @@ func (p *Pool) fail(cc *clientConn, reason string, err error) {
 	p.resolve()
 }
 
-// connackOK resolves a connecting connection as connected.
-func (p *Pool) connackOK(cc *clientConn) {
-	if !cc.state.CompareAndSwap(stateConnecting, stateConnected) {
-		return
-	}
-	now := time.Now().UnixNano()
-	cc.lastPing.Store(now)
-	p.connect.Record(time.Duration(now - cc.dialAt))
-	p.connack.Record(time.Duration(now - cc.sentAt.Load()))
-	p.connected.Add(1)
-	p.live.Add(1)
-	for {
-		last := p.lastConnack.Load()
-		if now <= last || p.lastConnack.CompareAndSwap(last, now) {
-			break
+// connFailed ends a connection that has not got its CONNACK: a first
+// connection fails; a device's move to another mode is retried. Events of
+// a link that is no longer the current one are ignored.
+func (p *Pool) connFailed(cc *clientConn, l *link, reason string, err error) {
+	switch cc.state.Load() {
+	case stateConnecting:
+		p.fail(cc, reason, err)
+	case stateMoving:
+		if cc.link.Load() == l {
+			p.moveFailed(cc, l, reason, err)
+		}
+	case stateClosing:
+		// Close began while this connection was being made.
+		if cc.link.Load() == l && cc.state.CompareAndSwap(stateClosing, stateClosed) {
+			p.uncount(l)
+			p.live.Add(-1)
 		}
 	}
-	p.resolve()
 }
 
-// closed records the end of a connection, whoever closed it.
-func (p *Pool) closed(cc *clientConn, err error) {
+// connackOK records a successful CONNACK on link l: a first connection is
+// resolved as connected, a device's move is complete. It returns false when
+// the connection was not waiting for one.
+func (p *Pool) connackOK(cc *clientConn, l *link) bool {
+	now := time.Now().UnixNano()
 	switch {
-	case cc.state.Load() == stateConnecting:
+	case cc.state.CompareAndSwap(stateConnecting, stateConnected):
+		cc.lastPing.Store(now)
+		p.connect.Record(time.Duration(now - cc.dialAt.Load()))
+		p.connack.Record(time.Duration(now - cc.sentAt.Load()))
+		p.connected.Add(1)
+		p.live.Add(1)
+		storeMax(&p.lastConnack, now)
+		p.resolve()
+	case cc.link.Load() == l && cc.state.CompareAndSwap(stateMoving, stateConnected):
+		cc.lastPing.Store(now)
+		cc.moveTries.Store(0)
+		if l.tc != nil {
+			p.upgrades.Add(1)
+		} else {
+			p.downgrades.Add(1)
+		}
+	default:
+		return false
+	}
+	if l.tc != nil && !l.counted.Swap(true) {
+		p.onTLS.Add(1)
+	}
+	return true
+}
+
+// storeMax raises v to n if n is larger.
+func storeMax(v *atomic.Int64, n int64) {
+	for {
+		last := v.Load()
+		if n <= last || v.CompareAndSwap(last, n) {
+			return
+		}
+	}
+}
+
+// uncount takes link l out of the count of TLS connections.
+func (p *Pool) uncount(l *link) {
+	if l != nil && l.counted.Swap(false) {
+		p.onTLS.Add(-1)
+	}
+}
+
+// closed records the end of link l, whoever closed it. The end of a link
+// that is no longer the connection's current one (a device that moved on)
+// is ignored.
+func (p *Pool) closed(cc *clientConn, l *link, err error) {
+	if cc.link.Load() != l {
+		return
+	}
+	p.uncount(l)
+	switch {
+	case cc.state.Load() == stateConnecting || cc.state.Load() == stateMoving:
 		reason := ReasonClosedEarly
 		if c := classify(err); c != ReasonClosed && c != ReasonOther {
 			reason = c
 		}
-		p.fail(cc, reason, err)
+		p.connFailed(cc, l, reason, err)
 	case cc.state.CompareAndSwap(stateConnected, stateClosed):
 		p.live.Add(-1)
 		p.dropped.Add(1)
@@ -525,32 +641,53 @@ func (p *Pool) closed(cc *clientConn, err error) {
 	}
 }
 
-// handle acts on one packet from the server. It returns false when the
-// connection must be closed.
+// handle acts on one packet from the server on link l. It returns false
+// when the connection must be closed.
 func (p *Pool) handle(cc *clientConn, l *link, pkt *mqttcodec.Packet) bool {
 	switch pkt.Type {
 	case mqttcodec.CONNACK:
 		if rc := pkt.Connack.ReasonCode; rc != 0 {
-			p.fail(cc, connackReason(p.cfg.MQTTVersion, rc), nil)
+			p.connFailed(cc, l, connackReason(p.cfg.MQTTVersion, rc), nil)
 			return false
 		}
 		// The server's keepalive replaces the client's [MQTT-3.2.2-21].
 		if props := &pkt.Connack.Properties; props.Has(mqttcodec.PropServerKeepAlive) {
 			cc.srvKA.Store(int32(props.ServerKeepAlive) + 1)
 		}
-		p.connackOK(cc)
+		if !p.connackOK(cc, l) {
+			return false
+		}
+		// A device asks for its pending commands after every CONNACK.
+		if p.cfg.Device != nil {
+			if err := l.write(p.queryPkt); err != nil {
+				return false
+			}
+		}
 	case mqttcodec.PINGRESP:
 		p.pongs.Add(1)
 	case mqttcodec.PUBLISH:
 		p.publishes.Add(1)
-		if pkt.Publish.QoS == 1 {
-			ack := mqttcodec.AppendAck(nil, p.cfg.MQTTVersion, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: pkt.Publish.PacketID})
-			if err := l.write(ack); err != nil {
-				return false
-			}
+		pub := &pkt.Publish
+		if p.cfg.Device != nil && string(pub.Topic) == control.ControlTopic {
+			return p.onInstruction(cc, l, pub)
+		}
+		var ackErr error
+		if pub.QoS == 1 {
+			ack := mqttcodec.AppendAck(nil, p.cfg.MQTTVersion, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: pub.PacketID})
+			ackErr = l.write(ack)
+		}
+		if p.cfg.Device != nil {
+			p.onCommand(pub.Payload, ackErr == nil)
+		}
+		if ackErr != nil {
+			return false
 		}
 	case mqttcodec.DISCONNECT:
-		cc.srvReason.Store(int32(pkt.Disconnect.ReasonCode))
+		d := &pkt.Disconnect
+		cc.srvReason.Store(int32(d.ReasonCode))
+		if p.cfg.Device != nil && d.ReasonCode == mqttcodec.UseAnotherServer && d.Properties.Has(mqttcodec.PropServerReference) {
+			p.onServerReference(cc, l, string(d.Properties.ServerReference))
+		}
 		return false
 	}
 	return true
@@ -605,10 +742,11 @@ func (p *Pool) sweep(now int64, scratch []*clientConn) []*clientConn {
 	timeout := int64(p.cfg.ConnectTimeout)
 	for _, cc := range scratch {
 		switch cc.state.Load() {
-		case stateConnecting:
-			// TLS connections enforce the deadline on their socket.
-			if !cc.tls && now-cc.dialAt > timeout {
-				p.fail(cc, ReasonConnackTime, nil)
+		case stateConnecting, stateMoving:
+			// TLS connections enforce the deadline on their socket; a
+			// device between connections has none to check yet.
+			if l := cc.link.Load(); l != nil && l.tc == nil && now-cc.dialAt.Load() > timeout {
+				p.connFailed(cc, l, ReasonConnackTime, nil)
 			}
 		case stateConnected:
 			ka := int64(p.cfg.KeepAlive)
@@ -649,15 +787,26 @@ func (p *Pool) Stats() PoolStats {
 	drops := maps.Clone(p.drops)
 	p.mu.Unlock()
 	return PoolStats{
-		Attempted:   p.attempted.Load(),
-		Connected:   p.connected.Load(),
-		Live:        p.live.Load(),
-		Failed:      p.failed.Load(),
-		Dropped:     p.dropped.Load(),
-		Resumed:     p.resumed.Load(),
-		PingsSent:   p.pings.Load(),
-		Pongs:       p.pongs.Load(),
-		Publishes:   p.publishes.Load(),
+		Attempted: p.attempted.Load(),
+		Connected: p.connected.Load(),
+		Live:      p.live.Load(),
+		Failed:    p.failed.Load(),
+		Dropped:   p.dropped.Load(),
+		Resumed:   p.resumed.Load(),
+		PingsSent: p.pings.Load(),
+		Pongs:     p.pongs.Load(),
+		Publishes: p.publishes.Load(),
+
+		Instructions:   p.instructions.Load(),
+		Ignored:        p.ignored.Load(),
+		Upgrades:       p.upgrades.Load(),
+		Downgrades:     p.downgrades.Load(),
+		MoveRetries:    p.moveRetries.Load(),
+		Commands:       p.commands.Load(),
+		CommandAcks:    p.commandAcks.Load(),
+		OnTLS:          p.onTLS.Load(),
+		LastCommandAck: p.lastCommandAck.Load(),
+
 		Failures:    failures,
 		Drops:       drops,
 		FirstDial:   p.firstDial.Load(),
@@ -671,6 +820,10 @@ func (p *Pool) Histograms() (connect, connack, handshake *Latency) {
 	return p.connect, p.connack, p.handshake
 }
 
+// CommandLatency is the histogram of stamped commands (see StampCommand):
+// from the stamp to the device's PUBACK.
+func (p *Pool) CommandLatency() *Latency { return p.command }
+
 // Close sends DISCONNECT on every live connection, closes them all, and
 // waits for them (and the event loop) to finish until ctx ends, after which
 // what remains is closed without waiting. Close is safe to call twice.
@@ -680,6 +833,10 @@ func (p *Pool) Close(ctx context.Context) error {
 }
 
 func (p *Pool) close(ctx context.Context) error {
+	p.mu.Lock()
+	p.closing = true
+	p.mu.Unlock()
+	p.endLife() // aborts devices' dials in progress
 	close(p.sweepStop)
 	<-p.sweepDone
 
@@ -697,21 +854,23 @@ func (p *Pool) close(ctx context.Context) error {
 			}
 		case cc.state.Load() == stateConnecting:
 			p.fail(cc, ReasonInterrupted, nil)
+		case cc.state.CompareAndSwap(stateMoving, stateClosing):
+			// The move's goroutine or its new link sees the state and
+			// finishes the connection.
+			if l != nil {
+				l.close()
+			}
 		}
 	}
 
+	// TLS connections and device moves first: a move may still hand a
+	// plain connection to the event loop.
 	var err error
 	tlsDone := make(chan struct{})
 	go func() {
 		p.tlsWG.Wait()
 		close(tlsDone)
 	}()
-	err = p.waitPlainClosed(ctx)
-	if p.client != nil {
-		if serr := p.client.Stop(); serr != nil && err == nil {
-			err = fmt.Errorf("bench: stop event loop: %w", serr)
-		}
-	}
 	select {
 	case <-tlsDone:
 	case <-ctx.Done():
@@ -721,26 +880,40 @@ func (p *Pool) close(ctx context.Context) error {
 			}
 		}
 		<-tlsDone
-		if err == nil {
-			err = fmt.Errorf("bench: close: TLS connections still open: %w", ctx.Err())
+		err = fmt.Errorf("bench: close: TLS connections still open: %w", ctx.Err())
+	}
+	if perr := p.waitPlainClosed(ctx); perr != nil && err == nil {
+		err = perr
+	}
+	if p.client != nil {
+		if serr := p.client.Stop(); serr != nil && err == nil {
+			err = fmt.Errorf("bench: stop event loop: %w", serr)
 		}
 	}
 	return err
 }
 
-// protocolError fails or drops a connection whose server sent bytes that do
-// not decode.
-func (p *Pool) protocolError(cc *clientConn, err error) {
+// protocolError fails or drops the connection of link l, whose server sent
+// bytes that do not decode.
+func (p *Pool) protocolError(cc *clientConn, l *link, err error) {
 	p.log.Debug("undecodable packet from server", zap.Int("conn", cc.idx), zap.Error(err))
-	if cc.state.Load() == stateConnecting {
-		p.fail(cc, ReasonProtocol, err)
+	if cc.link.Load() != l {
 		return
 	}
-	if cc.state.CompareAndSwap(stateConnected, stateClosed) {
+	if s := cc.state.Load(); s == stateConnecting || s == stateMoving {
+		p.connFailed(cc, l, ReasonProtocol, err)
+		return
+	}
+	switch {
+	case cc.state.CompareAndSwap(stateConnected, stateClosed):
+		p.uncount(l)
 		p.live.Add(-1)
 		p.dropped.Add(1)
 		p.mu.Lock()
 		p.drops[ReasonProtocol]++
 		p.mu.Unlock()
+	case cc.state.CompareAndSwap(stateClosing, stateClosed):
+		p.uncount(l)
+		p.live.Add(-1)
 	}
 }

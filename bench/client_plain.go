@@ -24,8 +24,8 @@ func (h *plainHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	}
 	h.pool.openPlain.Add(1)
 	cc.link.Store(&link{gc: c})
-	if cc.state.Load() != stateConnecting {
-		// Failed (timed out, interrupted) while being enrolled.
+	if s := cc.state.Load(); s != stateConnecting && s != stateMoving {
+		// Failed (timed out, interrupted) or closing while being enrolled.
 		return nil, gnet.Close
 	}
 	cc.sentAt.Store(time.Now().UnixNano())
@@ -41,6 +41,11 @@ func (h *plainHandler) OnTraffic(c gnet.Conn) gnet.Action {
 	}
 	p := h.pool
 	l := cc.link.Load()
+	if l == nil || l.gc != c {
+		// A connection the device has left: it closes after its farewell.
+		_, _ = c.Discard(-1)
+		return gnet.None
+	}
 	var pkt mqttcodec.Packet
 	for {
 		b, _ := c.Peek(-1)
@@ -49,17 +54,26 @@ func (h *plainHandler) OnTraffic(c gnet.Conn) gnet.Action {
 		}
 		n, err := mqttcodec.PacketLen(b, p.cfg.MaxPacket)
 		if err != nil {
-			p.protocolError(cc, err)
+			p.protocolError(cc, l, err)
 			return gnet.Close
 		}
 		if n == 0 || n > len(b) {
 			return gnet.None
 		}
 		if _, err := mqttcodec.Decode(b[:n], p.cfg.MQTTVersion, p.cfg.MaxPacket, &pkt); err != nil {
-			p.protocolError(cc, err)
+			p.protocolError(cc, l, err)
 			return gnet.Close
 		}
 		keep := p.handle(cc, l, &pkt)
+		if cc.link.Load() != l {
+			// The device left: the farewell's write callback closes the
+			// connection, or the server already did.
+			_, _ = c.Discard(-1)
+			if !keep {
+				return gnet.Close
+			}
+			return gnet.None
+		}
 		if _, err := c.Discard(n); err != nil || !keep {
 			return gnet.Close
 		}
@@ -72,7 +86,9 @@ func (h *plainHandler) OnClose(c gnet.Conn, err error) gnet.Action {
 	if !ok {
 		return gnet.None
 	}
-	h.pool.closed(cc, err)
+	if l := cc.link.Load(); l != nil && l.gc == c {
+		h.pool.closed(cc, l, err)
+	}
 	h.pool.openPlain.Add(-1)
 	h.pool.signal()
 	return gnet.None

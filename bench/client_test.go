@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -399,12 +400,19 @@ func TestSweep(t *testing.T) {
 		if tt.state == stateConnecting {
 			p.inflight <- struct{}{} // taken when it was dialed
 		}
-		cc := &clientConn{idx: i, tls: tt.tls, dialAt: now - int64(tt.age)}
+		cc := &clientConn{idx: i}
+		cc.dialAt.Store(now - int64(tt.age))
 		cc.state.Store(tt.state)
 		cc.srvKA.Store(tt.srvKA)
 		cc.lastPing.Store(now - int64(tt.age))
 		gc := &countingConn{}
-		cc.link.Store(&link{gc: gc})
+		l := &link{gc: gc}
+		if tt.tls {
+			// A TLS link is never written to here: the sweep leaves its
+			// deadline to the socket.
+			l = &link{tc: tls.Client(nil, &tls.Config{})}
+		}
+		cc.link.Store(l)
 		gcs = append(gcs, gc)
 		p.conns = append(p.conns, cc)
 	}

@@ -13,20 +13,23 @@ import (
 // than that is assembled in a buffer that grows as needed.
 const tlsReadBuf = 512
 
-// runTLS performs the handshake, sends CONNECT and reads the connection
-// until it closes. It owns the connection's read side.
-func (p *Pool) runTLS(cc *clientConn, nc net.Conn) {
-	defer p.tlsWG.Done()
-	tc := tls.Client(nc, p.cfg.TLS)
+// runTLS performs the handshake with cfg, sends CONNECT and reads the
+// connection until it closes. It owns the connection's read side; the
+// caller counts it in tlsWG.
+func (p *Pool) runTLS(cc *clientConn, nc net.Conn, cfg *tls.Config) {
+	tc := tls.Client(nc, cfg)
 	l := &link{tc: tc}
 	cc.link.Store(l)
-	if cc.state.Load() != stateConnecting {
+	if s := cc.state.Load(); s != stateConnecting && s != stateMoving {
+		// Failed, interrupted or closing while dialing.
 		_ = tc.Close()
+		p.closed(cc, l, nil)
 		return
 	}
 	// One deadline covers the handshake and the CONNACK.
-	if err := tc.SetDeadline(time.Unix(0, cc.dialAt).Add(p.cfg.ConnectTimeout)); err != nil {
-		p.fail(cc, classify(err), err)
+	if err := tc.SetDeadline(time.Unix(0, cc.dialAt.Load()).Add(p.cfg.ConnectTimeout)); err != nil {
+		p.connFailed(cc, l, classify(err), err)
+		_ = tc.Close()
 		return
 	}
 	start := time.Now()
@@ -35,7 +38,8 @@ func (p *Pool) runTLS(cc *clientConn, nc net.Conn) {
 		if reason == ReasonOther || reason == ReasonClosed {
 			reason = ReasonTLSHandshake
 		}
-		p.fail(cc, reason, err)
+		p.connFailed(cc, l, reason, err)
+		_ = tc.Close()
 		return
 	}
 	p.handshake.Record(time.Since(start))
@@ -44,13 +48,15 @@ func (p *Pool) runTLS(cc *clientConn, nc net.Conn) {
 	}
 	cc.sentAt.Store(time.Now().UnixNano())
 	if err := l.write(p.connectPacket(cc.idx)); err != nil {
-		p.fail(cc, classify(err), err)
+		p.connFailed(cc, l, classify(err), err)
+		_ = tc.Close()
 		return
 	}
 	p.readTLS(cc, l)
 }
 
-// readTLS reads and handles packets until the connection ends.
+// readTLS reads and handles packets until the connection ends, or until
+// the device leaves it for another.
 func (p *Pool) readTLS(cc *clientConn, l *link) {
 	var (
 		pkt     mqttcodec.Packet
@@ -60,10 +66,10 @@ func (p *Pool) readTLS(cc *clientConn, l *link) {
 	for {
 		n, err := l.tc.Read(buf)
 		if err != nil {
-			if cc.state.Load() == stateConnecting && classify(err) == ReasonTimeout {
-				p.fail(cc, ReasonConnackTime, err)
+			if s := cc.state.Load(); (s == stateConnecting || s == stateMoving) && classify(err) == ReasonTimeout {
+				p.connFailed(cc, l, ReasonConnackTime, err)
 			}
-			p.closed(cc, err)
+			p.closed(cc, l, err)
 			_ = l.tc.Close()
 			return
 		}
@@ -71,7 +77,7 @@ func (p *Pool) readTLS(cc *clientConn, l *link) {
 		for len(pending) > 0 {
 			total, err := mqttcodec.PacketLen(pending, p.cfg.MaxPacket)
 			if err != nil {
-				p.protocolError(cc, err)
+				p.protocolError(cc, l, err)
 				_ = l.tc.Close()
 				return
 			}
@@ -79,14 +85,20 @@ func (p *Pool) readTLS(cc *clientConn, l *link) {
 				break
 			}
 			if _, err := mqttcodec.Decode(pending[:total], p.cfg.MQTTVersion, p.cfg.MaxPacket, &pkt); err != nil {
-				p.protocolError(cc, err)
+				p.protocolError(cc, l, err)
 				_ = l.tc.Close()
 				return
 			}
-			wasConnecting := cc.state.Load() == stateConnecting
+			wasConnecting := cc.state.Load() != stateConnected
 			keep := p.handle(cc, l, &pkt)
+			if cc.link.Load() != l {
+				// The device left this connection (it closes itself
+				// after the farewell) or gave up on it.
+				_ = l.tc.Close()
+				return
+			}
 			if !keep {
-				p.closed(cc, nil)
+				p.closed(cc, l, nil)
 				_ = l.tc.Close()
 				return
 			}
@@ -94,7 +106,7 @@ func (p *Pool) readTLS(cc *clientConn, l *link) {
 				// Idle from now on: no read deadline (PINGRESP timing is
 				// the server's business).
 				if err := l.tc.SetReadDeadline(time.Time{}); err != nil && !errors.Is(err, net.ErrClosed) {
-					p.closed(cc, err)
+					p.closed(cc, l, err)
 					_ = l.tc.Close()
 					return
 				}

@@ -11,13 +11,14 @@
 // One process may hold at most 20,000 open files on the machines this tool is
 // made for, so a run of N connections is spread over worker processes, each
 // holding at most [FleetConfig.PerWorker] connections. The parent (see
-// [RunConn] and [RunMem]) starts every worker as a child process (the hidden
-// "worker" sub-command of dualbench, served by [RunWorker]), writes the
-// worker's [WorkerSpec] as one JSON line on its stdin, and reads
-// [WorkerEvent] JSON lines from its stdout: progress while connecting, "ready"
-// once every connection has been attempted, and "final" with encoded latency
-// histograms after the worker has disconnected. A "stop" line on stdin, or
-// end of file on stdin (the parent died), makes a worker disconnect and exit.
+// [RunConn], [RunMem], [RunUpgrade] and [RunSavings]) starts every worker
+// as a child process (the hidden "worker" sub-command of dualbench, served
+// by [RunWorker]), writes the worker's [WorkerSpec] as one JSON line on its
+// stdin, and reads [WorkerEvent] JSON lines from its stdout: progress while
+// connecting and holding, "ready" once every connection has been attempted,
+// and "final" with encoded latency histograms after the worker has
+// disconnected. A "stop" line on stdin, or end of file on stdin (the parent
+// died), makes a worker disconnect and exit.
 //
 // # Clients
 //
@@ -42,9 +43,51 @@
 // connection live in the same kernel, so the slab delta of N connections
 // covers 2N sockets; reports give it per connection and per socket.
 //
+// # Devices
+//
+// With [ClientSpec.Device] every connection of a pool is a dualgate device
+// ([DeviceConfig], docs/protocol.md): it publishes the query after each
+// CONNACK, follows reconnect instructions (the 3.1.1 control message and the
+// MQTT 5 DISCONNECT 0x9C with a Server Reference) to TLS and back to plain,
+// keeps its own TLS session to resume, acknowledges commands, and times the
+// ones whose payload carries a stamp ([StampCommand]) from the stamp to its
+// PUBACK. A device on plain is a gnet connection like any idle client; only
+// while it moves or sits on TLS does it have a goroutine.
+//
 // # Wire bytes
 //
 // [ReadTCPCounters] reads TCP_INFO of a socket and [WireModel] turns its
 // payload and segment counts into IP-level bytes (52 header bytes per segment
-// on loopback with TCP timestamps).
+// on loopback with TCP timestamps). [RunTraffic] drives one device step by
+// step through a dualgate gateway and reads the counters of its own sockets
+// between the steps (an accepted socket's counters miss the SYN-ACK):
+// keepalive cycles on plain and TLS, commands, short sessions, and upgrade
+// cycles (instruction on plain, the TLS connection with the command and the
+// instruction back, the new plain connection), full and resumed, for each
+// key exchange; then bytes per device per day and the break-even number of
+// secure commands a day.
+//
+// # Latency through the upgrade
+//
+// [RunUpgrade] holds devices on plain and sends them secure commands through
+// the gateway's HTTP API in rounds; each device times its commands (POST to
+// PUBACK, with HdrHistogram), the gateway's own record of each command is
+// read back, and GET /v1/stats is sampled for the devices by transport over
+// time.
+//
+// # Savings
+//
+// [RunSavings] runs the same fleet three ways in one invocation, each server
+// started fresh and measured by PID: dualgate on demand (all on plain, a
+// fraction upgraded for one secure command, measured while on TLS and after
+// the gateway sent them back), dualgate with every device on TLS, and a peer
+// broker (Mosquitto, with the gateway's certificate) all on TLS. It reports
+// memory per connection, the fleet ratios, and device bytes per day side by
+// side.
+//
+// # Reports
+//
+// With an output directory every measurement writes report.md, report.json
+// and PNG charts (gonum/plot), and compares its figures with dualgate's
+// goals ([Goal]): benchmarks, reported met or missed, not tests.
 package bench

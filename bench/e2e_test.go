@@ -204,6 +204,7 @@ func TestRunMemSpawnedMosquitto(t *testing.T) {
 			t.Errorf("report.json lacks %q", key)
 		}
 	}
+	checkPNG(t, filepath.Join(dir, "memory.png"))
 	md, err := os.ReadFile(filepath.Join(dir, "report.md"))
 	if err != nil {
 		t.Fatal(err)

@@ -314,6 +314,10 @@ type FleetResult struct {
 	Connect   LatencySummary `json:"connect"`
 	Connack   LatencySummary `json:"connack"`
 	Handshake LatencySummary `json:"handshake"`
+	// Command is stamped command to PUBACK (devices); CommandHist holds
+	// its whole distribution.
+	Command     LatencySummary `json:"command"`
+	CommandHist *Latency       `json:"-"`
 }
 
 // Stop tells every worker to disconnect, waits for their final events and
@@ -341,7 +345,7 @@ func (f *Fleet) stop(ctx context.Context) (FleetResult, error) {
 		}
 	}
 	res := FleetResult{Workers: len(f.workers)}
-	connect, connack, handshake := NewLatency(), NewLatency(), NewLatency()
+	connect, connack, handshake, command := NewLatency(), NewLatency(), NewLatency(), NewLatency()
 	f.mu.Lock()
 	for _, w := range f.workers {
 		res.Stats.Add(w.stats)
@@ -352,7 +356,7 @@ func (f *Fleet) stop(ctx context.Context) (FleetResult, error) {
 		for _, m := range []struct {
 			l   *Latency
 			enc string
-		}{{connect, w.final.Connect}, {connack, w.final.Connack}, {handshake, w.final.Handshake}} {
+		}{{connect, w.final.Connect}, {connack, w.final.Connack}, {handshake, w.final.Handshake}, {command, w.final.Command}} {
 			if err := m.l.MergeEncoded(m.enc); err != nil {
 				errs = append(errs, fmt.Errorf("bench: worker %d: %w", w.index, err))
 			}
@@ -360,7 +364,49 @@ func (f *Fleet) stop(ctx context.Context) (FleetResult, error) {
 	}
 	f.mu.Unlock()
 	res.Connect, res.Connack, res.Handshake = connect.Summary(), connack.Summary(), handshake.Summary()
+	res.Command, res.CommandHist = command.Summary(), command
 	return res, errors.Join(errs...)
+}
+
+// WaitFor returns once cond holds for the workers' summed counters, calling
+// progress (if not nil) on every event. It fails when a worker dies or
+// reports an error, or when ctx ends. Counters arrive with the workers'
+// progress events (FleetConfig.ProgressEvery).
+func (f *Fleet) WaitFor(ctx context.Context, cond func(PoolStats) bool, progress func(PoolStats)) error {
+	for {
+		s := f.Stats()
+		if progress != nil {
+			progress(s)
+		}
+		if cond(s) {
+			return nil
+		}
+		if err := f.failure(); err != nil {
+			return err
+		}
+		select {
+		case <-f.changed:
+		case <-ctx.Done():
+			return fmt.Errorf("bench: waiting for workers: %w", ctx.Err())
+		}
+	}
+}
+
+// failure reports a worker that failed or exited.
+func (f *Fleet) failure() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range f.workers {
+		if w.failure != "" {
+			return fmt.Errorf("%w: worker %d: %s", ErrWorkerFailed, w.index, w.failure)
+		}
+		select {
+		case <-w.done:
+			return fmt.Errorf("%w: worker %d exited: %v", ErrWorkerFailed, w.index, w.err)
+		default:
+		}
+	}
+	return nil
 }
 
 // kill ends every started worker at once (start-up failure).

@@ -123,3 +123,30 @@ func (s LatencySummary) String() string {
 func fmtMs(d time.Duration) string {
 	return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond))
 }
+
+// Quantile is one point of a latency distribution.
+type Quantile struct {
+	// Percentile is in 0..100.
+	Percentile float64       `json:"percentile"`
+	Value      time.Duration `json:"value_ns"`
+}
+
+// Distribution returns the latency at each of the percentiles ps (0..100).
+func (l *Latency) Distribution(ps []float64) []Quantile {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.h.TotalCount() == 0 {
+		return nil
+	}
+	out := make([]Quantile, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, Quantile{Percentile: p, Value: time.Duration(l.h.ValueAtQuantile(p))})
+	}
+	return out
+}
+
+// DistributionPercentiles are the percentiles of a latency distribution
+// chart: denser towards the tail.
+func DistributionPercentiles() []float64 {
+	return []float64{0, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 92.5, 95, 96, 97, 98, 99, 99.5, 99.9, 100}
+}

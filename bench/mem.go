@@ -120,6 +120,9 @@ func RunMem(ctx context.Context, cfg MemConfig, out io.Writer, log *zap.Logger) 
 		return nil, errors.New("bench: mem: no target: give a PID or a command to spawn")
 	}
 	rep.PID = pid
+	if name, err := cfg.Proc.Comm(pid); err == nil {
+		rep.Server = name
+	}
 
 	m := &memRun{cfg: cfg, pid: pid, log: log, out: out, rep: rep}
 	err := m.run(ctx)

@@ -134,6 +134,15 @@ func scanKB(r io.Reader, keys ...string) (map[string]int64, error) {
 	return out, nil
 }
 
+// Comm returns the name of process pid (/proc/PID/comm).
+func (p ProcFS) Comm(pid int) (string, error) {
+	b, err := os.ReadFile(p.path(strconv.Itoa(pid), "comm"))
+	if err != nil {
+		return "", fmt.Errorf("bench: name of pid %d: %w", pid, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
 // CountFDs returns the number of open file descriptors of process pid.
 func (p ProcFS) CountFDs(pid int) (int, error) {
 	ents, err := os.ReadDir(p.path(strconv.Itoa(pid), "fd"))

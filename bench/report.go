@@ -114,6 +114,11 @@ type MemReport struct {
 	// HeapSlopeKiB is the mean heap growth per connection, when scraped.
 	HeapKiBPerConn float64 `json:"heap_kib_per_conn,omitempty"`
 
+	// Server is the measured process's name (/proc/PID/comm); for
+	// dualgate the report compares the largest size with the goals.
+	Server string `json:"server,omitempty"`
+	Goals  []Goal `json:"goals,omitempty"`
+
 	Notes []string `json:"notes,omitempty"`
 }
 
@@ -155,23 +160,44 @@ func (r *MemReport) finish() {
 	if allHeap {
 		r.HeapKiBPerConn = heapSum / float64(len(r.Points))
 	}
+	r.Goals = nil
+	if strings.HasPrefix(r.Server, "dualgate") {
+		last := r.Points[len(r.Points)-1]
+		name, limit, format := "RSS per idle plain connection, dualgate", GoalPlainKiB, "%.3f KiB"
+		if r.Transport == "tls" {
+			name, limit, format = "RSS per idle TLS connection, dualgate", GoalTLSKiB, "%.2f KiB"
+		}
+		g := atMost(name, last.KiBPerConn, limit, format)
+		g.Note = fmt.Sprintf("at N=%d; slope of the fit %.3f KiB", last.Size, r.SlopeKiB)
+		r.Goals = append(r.Goals, g)
+	}
 }
 
-// WriteFiles writes report.json and report.md into dir, creating it.
+// WriteFiles writes report.json, report.md and the chart memory.png into
+// dir, creating it.
 func (r *MemReport) WriteFiles(dir string) error {
+	if err := writeReportFiles(dir, r, r.WriteMarkdown); err != nil {
+		return err
+	}
+	return r.WriteChart(filepath.Join(dir, "memory.png"))
+}
+
+// writeReportFiles writes rep as report.json and md's text as report.md
+// into dir, creating it.
+func writeReportFiles(dir string, rep any, md func(io.Writer)) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("bench: report dir: %w", err)
 	}
-	js, err := json.MarshalIndent(r, "", "  ")
+	js, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return fmt.Errorf("bench: report json: %w", err)
 	}
 	if err := writeFileAtomic(filepath.Join(dir, "report.json"), append(js, '\n')); err != nil {
 		return err
 	}
-	var md strings.Builder
-	r.WriteMarkdown(&md)
-	return writeFileAtomic(filepath.Join(dir, "report.md"), []byte(md.String()))
+	var b strings.Builder
+	md(&b)
+	return writeFileAtomic(filepath.Join(dir, "report.md"), []byte(b.String()))
 }
 
 // WriteMarkdown renders the report as Markdown.
@@ -207,6 +233,7 @@ func (r *MemReport) WriteMarkdown(w io.Writer) {
 	fmt.Fprintf(&b, "divided by the connections (a server reuses for the next size the memory the previous one freed). Slab is the active bytes of the kernel caches %s from /proc/slabinfo; ", strings.Join(r.SlabCaches, ", "))
 	fmt.Fprintf(&b, "on loopback both ends of a connection are in this kernel, so the server's share is one socket per connection. ")
 	fmt.Fprintf(&b, "The fit runs over the baseline (N = 0) and every size.\n")
+	writeGoalsMarkdown(&b, r.Goals)
 	if len(r.Notes) > 0 {
 		fmt.Fprintf(&b, "\n## Notes\n\n")
 		for _, n := range r.Notes {
@@ -250,6 +277,7 @@ func writeMemTable(w io.Writer, r *MemReport) {
 	for _, line := range r.summaryLines() {
 		fmt.Fprintf(&b, "%s\n", line)
 	}
+	writeGoalsText(&b, r.Goals)
 	for _, n := range r.Notes {
 		fmt.Fprintf(&b, "note: %s\n", n)
 	}

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -171,6 +172,7 @@ const (
 	fakeDisconnect9C                         // CONNACK, then DISCONNECT 0x9C (MQTT 5), close
 	fakePublishQoS1                          // CONNACK, then a QoS 1 PUBLISH; expect PUBACK
 	fakeServerKeepAlive                      // CONNACK with Server Keep Alive 1 s (MQTT 5)
+	fakeInstructPlain                        // CONNACK, then a 3.1.1 instruction to go plain; expect PUBACK
 )
 
 // fakeServer is a minimal MQTT responder for client failure paths that a
@@ -302,6 +304,9 @@ func (s *fakeServer) onConnect(c net.Conn, version byte) bool {
 		return false
 	case fakePublishQoS1:
 		out = mqttcodec.AppendPublish(out, version, &mqttcodec.Publish{QoS: 1, PacketID: 9, Topic: []byte("$dualgate/control"), Payload: []byte(`{"v":1}`)})
+	case fakeInstructPlain:
+		in := control.Instruction{V: 1, Op: control.OpReconnect, Mode: control.ModePlain, Addr: s.addr(), Reason: control.ReasonSecureIdle}
+		out = mqttcodec.AppendPublish(out, version, &mqttcodec.Publish{QoS: 1, PacketID: 3, Topic: []byte(control.ControlTopic), Payload: in.Marshal()})
 	}
 	_, err := c.Write(out)
 	return err == nil

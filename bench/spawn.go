@@ -62,10 +62,16 @@ func (s *Server) Exited() (bool, error) {
 // Stop sends SIGTERM, waits up to grace, then SIGKILL. It reports an
 // error only if the process could not be ended.
 func (s *Server) Stop(grace time.Duration) error {
+	return s.StopWith(syscall.SIGTERM, grace)
+}
+
+// StopWith is Stop with another first signal (dualgate drains its devices
+// on SIGTERM and stops at once on SIGINT).
+func (s *Server) StopWith(sig syscall.Signal, grace time.Duration) error {
 	if exited, _ := s.Exited(); exited {
 		return nil
 	}
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+	if err := s.cmd.Process.Signal(sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("bench: stop server pid %d: %w", s.PID(), err)
 	}
 	t := time.NewTimer(grace)

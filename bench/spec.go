@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -29,6 +30,32 @@ type TLSSpec struct {
 	Resume bool `json:"resume,omitempty"`
 	// Version pins the TLS version: "1.2", "1.3" or empty (negotiate).
 	Version string `json:"version,omitempty"`
+	// Curves are the key exchange groups offered, comma-separated
+	// (x25519, p256, p384, x25519mlkem768); empty offers Go's default,
+	// which puts the post-quantum hybrid X25519MLKEM768 first.
+	Curves string `json:"curves,omitempty"`
+}
+
+// ParseCurves turns a comma-separated list of key exchange group names into
+// crypto/tls curve IDs; an empty list is nil (Go's default).
+func ParseCurves(list string) ([]tls.CurveID, error) {
+	var out []tls.CurveID
+	for name := range strings.SplitSeq(list, ",") {
+		switch strings.ToLower(strings.TrimSpace(name)) {
+		case "":
+		case "x25519":
+			out = append(out, tls.X25519)
+		case "p256", "p-256", "secp256r1":
+			out = append(out, tls.CurveP256)
+		case "p384", "p-384", "secp384r1":
+			out = append(out, tls.CurveP384)
+		case "x25519mlkem768", "mlkem":
+			out = append(out, tls.X25519MLKEM768)
+		default:
+			return nil, fmt.Errorf("bench: tls: key exchange %q: want x25519, p256, p384 or x25519mlkem768", name)
+		}
+	}
+	return out, nil
 }
 
 // sessionCacheSize is the capacity of the shared session cache. One server
@@ -78,6 +105,11 @@ func (s TLSSpec) Config(addr string) (*tls.Config, error) {
 	if s.Resume {
 		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(sessionCacheSize)
 	}
+	curves, err := ParseCurves(s.Curves)
+	if err != nil {
+		return nil, err
+	}
+	cfg.CurvePreferences = curves
 	return cfg, nil
 }
 
@@ -98,6 +130,8 @@ type ClientSpec struct {
 	Rate     float64  `json:"rate,omitempty"`
 	InFlight int      `json:"inflight,omitempty"`
 	TLS      *TLSSpec `json:"tls,omitempty"`
+	// Device makes every connection a dualgate device (DeviceConfig).
+	Device *DeviceSpec `json:"device,omitempty"`
 }
 
 // ClientConfig turns the spec into a ClientConfig.
@@ -130,6 +164,16 @@ func (s ClientSpec) ClientConfig() (ClientConfig, error) {
 			return ClientConfig{}, err
 		}
 		cfg.TLS = tc
+	}
+	if s.Device != nil {
+		tc, err := s.Device.TLS.Config(s.Addr)
+		if err != nil {
+			return ClientConfig{}, err
+		}
+		// An empty name means the host of each instruction's address.
+		tc.ServerName = s.Device.TLS.ServerName
+		tc.ClientSessionCache = nil
+		cfg.Device = &DeviceConfig{TLS: tc, Resume: s.Device.TLS.Resume}
 	}
 	return cfg, nil
 }

@@ -54,7 +54,10 @@ type WorkerEvent struct {
 	Connect   string `json:"connect_hist,omitempty"`
 	Connack   string `json:"connack_hist,omitempty"`
 	Handshake string `json:"handshake_hist,omitempty"`
-	Error     string `json:"error,omitempty"`
+	// Command is the encoded histogram of stamped commands, stamp to
+	// PUBACK (devices only).
+	Command string `json:"command_hist,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // Default worker timings.
@@ -179,6 +182,11 @@ func RunWorker(ctx context.Context, in io.Reader, out io.Writer, log *zap.Logger
 	}
 	if handshake.Count() > 0 {
 		if final.Handshake, err = handshake.Encode(); err != nil {
+			encErr = err
+		}
+	}
+	if command := pool.CommandLatency(); command.Count() > 0 {
+		if final.Command, err = command.Encode(); err != nil {
 			encErr = err
 		}
 	}

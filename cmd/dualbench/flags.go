@@ -46,7 +46,23 @@ type clientFlags struct {
 func (c *clientFlags) register(fs *flag.FlagSet, defaultPort string) {
 	fs.StringVar(&c.host, "host", "127.0.0.1", "server host")
 	fs.StringVar(&c.port, "port", defaultPort, "server port; 8883 with --tls unless given")
-	fs.Float64Var(&c.rate, "rate", 1000, "connection attempts per second, all workers together (0: unlimited)")
+	c.registerFleet(fs, "rate", 1000)
+
+	fs.BoolVar(&c.tls, "tls", false, "connect with TLS")
+	fs.StringVar(&c.ca, "ca", "", "PEM file of the CA to trust (TLS)")
+	fs.StringVar(&c.cert, "cert", "", "client certificate PEM (mutual TLS)")
+	fs.StringVar(&c.key, "key", "", "client key PEM (mutual TLS)")
+	fs.BoolVar(&c.insecure, "insecure", false, "do not verify the server certificate (TLS)")
+	fs.BoolVar(&c.resume, "resume", false, "resume TLS sessions from a cache shared by each worker")
+	fs.StringVar(&c.tlsVersion, "tls-version", "", "pin the TLS version: 1.2 or 1.3")
+	fs.StringVar(&c.sni, "sni", "", "TLS server name (default: --host)")
+}
+
+// registerFleet registers the flags of the clients themselves and of
+// their worker processes; rateName is the name of the connection rate
+// flag.
+func (c *clientFlags) registerFleet(fs *flag.FlagSet, rateName string, rate float64) {
+	fs.Float64Var(&c.rate, rateName, rate, "connection attempts per second, all workers together (0: unlimited)")
 	fs.IntVar(&c.keepalive, "keepalive", 60, "MQTT keepalive in seconds; a PINGREQ is sent every keepalive (0: none)")
 	fs.StringVar(&c.mqtt, "mqtt", "4", "MQTT version: 4 (3.1.1) or 5")
 	fs.StringVar(&c.prefix, "prefix", bench.DefaultClientIDPrefix, "client id prefix, followed by the connection's index")
@@ -58,15 +74,6 @@ func (c *clientFlags) register(fs *flag.FlagSet, defaultPort string) {
 	fs.IntVar(&c.perWorker, "per-worker", bench.DefaultPerWorker, "most connections per worker process")
 	fs.IntVar(&c.inflight, "inflight", bench.DefaultInFlight, "connections between dial and CONNACK at once, per worker")
 	fs.StringVar(&c.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
-
-	fs.BoolVar(&c.tls, "tls", false, "connect with TLS")
-	fs.StringVar(&c.ca, "ca", "", "PEM file of the CA to trust (TLS)")
-	fs.StringVar(&c.cert, "cert", "", "client certificate PEM (mutual TLS)")
-	fs.StringVar(&c.key, "key", "", "client key PEM (mutual TLS)")
-	fs.BoolVar(&c.insecure, "insecure", false, "do not verify the server certificate (TLS)")
-	fs.BoolVar(&c.resume, "resume", false, "resume TLS sessions from a cache shared by each worker")
-	fs.StringVar(&c.tlsVersion, "tls-version", "", "pin the TLS version: 1.2 or 1.3")
-	fs.StringVar(&c.sni, "sni", "", "TLS server name (default: --host)")
 }
 
 // fleet turns the flags into a FleetConfig (Count left to the caller).
@@ -80,14 +87,35 @@ func (c *clientFlags) fleet(explicit map[string]bool) (bench.FleetConfig, error)
 	if err != nil {
 		return fc, err
 	}
+	fc, err = c.fleetSpec(version, "--rate")
+	if err != nil {
+		return fc, err
+	}
+	fc.Client.Addr = net.JoinHostPort(c.host, port)
+	tlsOnly := c.ca != "" || c.cert != "" || c.key != "" || c.insecure || c.resume || c.tlsVersion != "" || c.sni != ""
+	if tlsOnly && !c.tls {
+		return fc, fmt.Errorf("--ca, --cert, --key, --insecure, --resume, --tls-version and --sni need --tls")
+	}
+	if c.tls {
+		fc.Client.TLS = &bench.TLSSpec{
+			CAFile: c.ca, CertFile: c.cert, KeyFile: c.key, ServerName: c.sni,
+			Insecure: c.insecure, Resume: c.resume, Version: c.tlsVersion,
+		}
+	}
+	return fc, nil
+}
+
+// fleetSpec turns the fleet flags into a FleetConfig without address,
+// TLS or count; rateName names the rate flag in errors.
+func (c *clientFlags) fleetSpec(version int, rateName string) (bench.FleetConfig, error) {
+	var fc bench.FleetConfig
 	if c.keepalive < 0 || c.keepalive > 65535 {
 		return fc, fmt.Errorf("--keepalive %d: want 0..65535 seconds", c.keepalive)
 	}
 	if c.rate < 0 {
-		return fc, fmt.Errorf("--rate %v: want 0 or more", c.rate)
+		return fc, fmt.Errorf("%s %v: want 0 or more", rateName, c.rate)
 	}
 	fc.Client = bench.ClientSpec{
-		Addr:           net.JoinHostPort(c.host, port),
 		MQTTVersion:    version,
 		KeepAlive:      time.Duration(c.keepalive) * time.Second,
 		ClientIDPrefix: c.prefix,
@@ -104,16 +132,6 @@ func (c *clientFlags) fleet(explicit map[string]bool) (bench.FleetConfig, error)
 		}
 		for _, a := range addrs {
 			fc.Client.SourceAddrs = append(fc.Client.SourceAddrs, a.String())
-		}
-	}
-	tlsOnly := c.ca != "" || c.cert != "" || c.key != "" || c.insecure || c.resume || c.tlsVersion != "" || c.sni != ""
-	if tlsOnly && !c.tls {
-		return fc, fmt.Errorf("--ca, --cert, --key, --insecure, --resume, --tls-version and --sni need --tls")
-	}
-	if c.tls {
-		fc.Client.TLS = &bench.TLSSpec{
-			CAFile: c.ca, CertFile: c.cert, KeyFile: c.key, ServerName: c.sni,
-			Insecure: c.insecure, Resume: c.resume, Version: c.tlsVersion,
 		}
 	}
 	if c.workers != "auto" {
@@ -230,20 +248,145 @@ func parseMem(args []string, stderr io.Writer) (bench.MemConfig, string, error) 
 }
 
 func parseSizes(s string) ([]int, error) {
+	return parseCounts("--sizes", "size", s)
+}
+
+// parseCounts parses a comma-separated list of positive integers given to
+// flag name.
+func parseCounts(name, what, s string) ([]int, error) {
 	var out []int
-	for part := range strings.SplitSeq(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
+	for _, part := range parseList(s) {
 		n, err := strconv.Atoi(part)
 		if err != nil || n < 1 {
-			return nil, fmt.Errorf("--sizes: %q is not a positive count", part)
+			return nil, fmt.Errorf("%s: %q is not a positive count", name, part)
 		}
 		out = append(out, n)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("--sizes: no size")
+		return nil, fmt.Errorf("%s: no %s", name, what)
+	}
+	return out, nil
+}
+
+// gatewayFlags say which dualgate a run measures: one it starts
+// (--dualgate, the default), or a running one (--api and its addresses).
+type gatewayFlags struct {
+	dualgate   string
+	api        string
+	host       string
+	port       string
+	tlsPort    string
+	ca         string
+	token      string
+	secureIdle time.Duration
+	args       listFlag
+}
+
+func (g *gatewayFlags) register(fs *flag.FlagSet, secureIdle time.Duration) {
+	fs.StringVar(&g.dualgate, "dualgate", "", "dualgate executable to start for the run (default: next to dualbench, or on PATH)")
+	fs.Var(&g.args, "gateway-arg", "one more flag for the dualgate started (repeatable), e.g. --gateway-arg=--tls-curves=x25519")
+	fs.DurationVar(&g.secureIdle, "secure-idle", secureIdle, "--secure-idle of the dualgate started: the quiet period before a device is sent back to plain")
+	fs.StringVar(&g.api, "api", "", "base URL of a running dualgate's HTTP API (instead of starting one), e.g. http://127.0.0.1:8080")
+	fs.StringVar(&g.host, "host", "127.0.0.1", "host of the running dualgate (with --api)")
+	fs.StringVar(&g.port, "port", "1883", "plain port of the running dualgate (with --api)")
+	fs.StringVar(&g.tlsPort, "tls-port", "8883", "TLS port of the running dualgate (with --api)")
+	fs.StringVar(&g.ca, "ca", "", "CA of the running dualgate's certificate, e.g. DATA/certs/ca.pem (with --api)")
+	fs.StringVar(&g.token, "api-token", "", "bearer token of the running dualgate's API")
+}
+
+// target turns the flags into a GatewayTarget; fixed asks the started
+// gateway not to stretch its quiet period.
+func (g *gatewayFlags) target(explicit map[string]bool, fixed bool) (bench.GatewayTarget, error) {
+	if g.api != "" {
+		for _, name := range []string{"dualgate", "gateway-arg", "secure-idle"} {
+			if explicit[name] {
+				return bench.GatewayTarget{}, fmt.Errorf("--%s starts a dualgate: not with --api", name)
+			}
+		}
+		if g.ca == "" {
+			return bench.GatewayTarget{}, fmt.Errorf("--api needs --ca: the devices verify the gateway's certificate")
+		}
+		return bench.GatewayTarget{
+			Plain: net.JoinHostPort(g.host, g.port), TLS: net.JoinHostPort(g.host, g.tlsPort),
+			API: g.api, CAFile: g.ca, Token: g.token,
+		}, nil
+	}
+	for _, name := range []string{"host", "port", "tls-port", "ca", "api-token"} {
+		if explicit[name] {
+			return bench.GatewayTarget{}, fmt.Errorf("--%s addresses a running dualgate: give --api too", name)
+		}
+	}
+	if g.secureIdle < 100*time.Millisecond {
+		return bench.GatewayTarget{}, fmt.Errorf("--secure-idle %v: want at least 100ms", g.secureIdle)
+	}
+	bin, err := g.binary()
+	if err != nil {
+		return bench.GatewayTarget{}, err
+	}
+	return bench.GatewayTarget{Spawn: &bench.DualgateConfig{
+		Binary: bin, SecureIdle: g.secureIdle, SecureIdleFixed: fixed, Args: g.args,
+	}}, nil
+}
+
+func (g *gatewayFlags) binary() (string, error) {
+	if g.dualgate != "" {
+		return g.dualgate, nil
+	}
+	return bench.FindDualgate()
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, " ") }
+
+func (l *listFlag) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
+// parseList splits a comma-separated list, dropping empty items.
+func parseList(s string) []string {
+	var out []string
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+// parseVersions parses a list of MQTT versions.
+func parseVersions(s string) ([]int, error) {
+	var out []int
+	for _, part := range parseList(s) {
+		v, err := parseMQTT(part)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--mqtt: no version")
+	}
+	return out, nil
+}
+
+// parseKex checks a list of key exchanges: "default" or curve lists
+// joined with '+' (x25519+p256).
+func parseKex(s string) ([]string, error) {
+	var out []string
+	for _, k := range parseList(s) {
+		if k != bench.KexDefault {
+			k = strings.ReplaceAll(k, "+", ",")
+			if _, err := bench.ParseCurves(k); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, k)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--kex: no key exchange")
 	}
 	return out, nil
 }

@@ -1,5 +1,7 @@
 // Command dualbench measures an MQTT server from outside: idle connections
-// (conn) and server memory per connection (mem). See package bench.
+// (conn), server memory per connection (mem), a device's bytes on the wire
+// (traffic), secure command latency through the upgrade (upgrade), and the
+// same fleet three ways (savings). See package bench.
 package main
 
 import (
@@ -22,8 +24,11 @@ import (
 const usage = `dualbench measures an MQTT server from outside.
 
 Usage:
-  dualbench conn [flags]   hold N idle connections; report connect rate and CONNACK latency
-  dualbench mem [flags]    measure a server's memory per idle connection at several sizes
+  dualbench conn [flags]      hold N idle connections; report connect rate and CONNACK latency
+  dualbench mem [flags]       measure a server's memory per idle connection at several sizes
+  dualbench traffic [flags]   a device's bytes on the wire through dualgate: keepalive, commands, upgrade cycles, per day
+  dualbench upgrade [flags]   secure command latency through the upgrade, POST to device PUBACK
+  dualbench savings [flags]   the same fleet three ways: dualgate on demand, dualgate all TLS, a peer broker all TLS
 
 Run "dualbench COMMAND -h" for the flags of a command.
 `
@@ -54,6 +59,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runConn(ctx, args[1:], stdout, stderr)
 	case "mem":
 		err = runMem(ctx, args[1:], stdout, stderr)
+	case "traffic":
+		err = runTraffic(ctx, args[1:], stdout, stderr)
+	case "upgrade":
+		err = runUpgrade(ctx, args[1:], stdout, stderr)
+	case "savings":
+		err = runSavings(ctx, args[1:], stdout, stderr)
 	case "worker":
 		err = runWorker(ctx, args[1:], stderr)
 	case "help", "-h", "--help":

@@ -55,6 +55,11 @@ func TestRunUsage(t *testing.T) {
 		{name: "bad count", args: []string{"conn", "-c", "0"}, code: 2, out: "-c 0"},
 		{name: "mem needs a target", args: []string{"mem"}, code: 2, out: "exactly one of --target-pid and --spawn"},
 		{name: "stray argument", args: []string{"mem", "--target-pid", "1", "extra"}, code: 2, out: `unexpected argument "extra"`},
+		{name: "help lists savings", args: []string{"help"}, code: 0, out: "dualbench savings"},
+		{name: "traffic -h", args: []string{"traffic", "-h"}, code: 0, out: "-day-keepalives"},
+		{name: "upgrade -h", args: []string{"upgrade", "-h"}, code: 0, out: "-rounds"},
+		{name: "savings -h", args: []string{"savings", "-h"}, code: 0, out: "-secure-fraction"},
+		{name: "upgrade bad flag", args: []string{"upgrade", "--rounds", "x"}, code: 2, out: "invalid value"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
