@@ -46,7 +46,7 @@ type Config struct {
 	// Tick is how often quiet periods, backoffs and TTLs are checked
 	// (default 1 s).
 	Tick time.Duration
-	// Workers is the number of event workers (default 32).
+	// Workers is the number of event workers (default 128).
 	Workers int
 	// WaitSession bounds how long a worker waits for a session to run a
 	// delivery or an instruction (default 2 s).
@@ -82,7 +82,7 @@ func (c Config) withDefaults() Config {
 		c.Tick = time.Second
 	}
 	if c.Workers <= 0 {
-		c.Workers = 32
+		c.Workers = 128
 	}
 	if c.WaitSession <= 0 {
 		c.WaitSession = 2 * time.Second
