@@ -22,7 +22,6 @@ const (
 	maxCommandPayload = 256 << 10
 	defaultCommandTTL = time.Hour
 	maxCommandTTL     = 30 * 24 * time.Hour
-	maxClientIDLen    = 128 // the sessions' default
 )
 
 // commandRequest is the body of POST /v1/clients/{id}/commands.
@@ -42,9 +41,9 @@ type fieldError struct {
 
 func (e *fieldError) Error() string { return e.field + ": " + e.msg }
 
-// parseCommand validates a request and builds the command it asks for.
-func parseCommand(clientID string, body io.Reader, now time.Time) (*store.Command, error) {
-	if err := session.CheckClientID(clientID, maxClientIDLen); err != nil {
+// parseCommand validates a request (client ids follow the sessions' rule) and builds the command it asks for.
+func parseCommand(clientID string, maxIDLen int, body io.Reader, now time.Time) (*store.Command, error) {
+	if err := session.CheckClientID(clientID, maxIDLen); err != nil {
 		return nil, &fieldError{"client id", err.Error()}
 	}
 	var req commandRequest
@@ -107,7 +106,7 @@ func parseCommand(clientID string, body io.Reader, now time.Time) (*store.Comman
 }
 
 func (g *Gateway) postCommand(w http.ResponseWriter, r *http.Request) {
-	c, err := parseCommand(r.PathValue("id"), r.Body, g.env.Now())
+	c, err := parseCommand(r.PathValue("id"), g.env.MaxClientIDLen, r.Body, g.env.Now())
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return

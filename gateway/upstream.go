@@ -68,7 +68,7 @@ func (g *Gateway) stopUpstream() {
 // to the dispatcher exactly as an API command: durable before it returns,
 // so the bridge acknowledges the broker's message only then.
 func (g *Gateway) submitFromUpstream(clientID, topic string, payload []byte, qos byte, secure bool) error {
-	if err := session.CheckClientID(clientID, maxClientIDLen); err != nil {
+	if err := session.CheckClientID(clientID, g.env.MaxClientIDLen); err != nil {
 		return fmt.Errorf("%w: %w", bridge.ErrCommandRejected, err)
 	}
 	now := g.env.Now()

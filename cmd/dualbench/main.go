@@ -92,17 +92,14 @@ func runConn(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(logLevel, stderr)
-	if err != nil {
+	return withLogger(logLevel, stderr, func(log *zap.Logger) error {
+		if err := setWorkerCommand(&cfg.Fleet, logLevel, stderr); err != nil {
+			return err
+		}
+		cfg.Progress, cfg.Terminal = stdout, isTerminal(stdout)
+		_, err = bench.RunConn(ctx, cfg, stdout, log)
 		return err
-	}
-	defer func() { _ = log.Sync() }()
-	if err := setWorkerCommand(&cfg.Fleet, logLevel, stderr); err != nil {
-		return err
-	}
-	cfg.Progress, cfg.Terminal = stdout, isTerminal(stdout)
-	_, err = bench.RunConn(ctx, cfg, stdout, log)
-	return err
+	})
 }
 
 func runMem(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -110,17 +107,24 @@ func runMem(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(logLevel, stderr)
+	return withLogger(logLevel, stderr, func(log *zap.Logger) error {
+		if err := setWorkerCommand(&cfg.Fleet, logLevel, stderr); err != nil {
+			return err
+		}
+		cfg.Progress, cfg.Terminal = stdout, isTerminal(stdout)
+		_, err = bench.RunMem(ctx, cfg, stdout, log)
+		return err
+	})
+}
+
+// withLogger runs fn with the logger for level, synced when fn returns.
+func withLogger(level string, stderr io.Writer, fn func(*zap.Logger) error) error {
+	log, err := newLogger(level, stderr)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	if err := setWorkerCommand(&cfg.Fleet, logLevel, stderr); err != nil {
-		return err
-	}
-	cfg.Progress, cfg.Terminal = stdout, isTerminal(stdout)
-	_, err = bench.RunMem(ctx, cfg, stdout, log)
-	return err
+	return fn(log)
 }
 
 // runWorker is the hidden sub-command the parent starts: spec on stdin,

@@ -7,6 +7,8 @@ import (
 	"io"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/dualgate/dualgate/bench"
 )
 
@@ -97,17 +99,14 @@ func runSavings(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(c.logLevel, stderr)
-	if err != nil {
+	return withLogger(c.logLevel, stderr, func(log *zap.Logger) error {
+		if err := setWorkerCommand(&c.cfg.Fleet, c.logLevel, stderr); err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, c.maxDuration)
+		defer cancel()
+		c.cfg.Progress, c.cfg.Terminal = stdout, isTerminal(stdout)
+		_, err = bench.RunSavings(ctx, c.cfg, stdout, log)
 		return err
-	}
-	defer func() { _ = log.Sync() }()
-	if err := setWorkerCommand(&c.cfg.Fleet, c.logLevel, stderr); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, c.maxDuration)
-	defer cancel()
-	c.cfg.Progress, c.cfg.Terminal = stdout, isTerminal(stdout)
-	_, err = bench.RunSavings(ctx, c.cfg, stdout, log)
-	return err
+	})
 }

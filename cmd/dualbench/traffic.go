@@ -7,6 +7,8 @@ import (
 	"io"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/dualgate/dualgate/bench"
 )
 
@@ -84,14 +86,11 @@ func runTraffic(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(c.logLevel, stderr)
-	if err != nil {
+	return withLogger(c.logLevel, stderr, func(log *zap.Logger) error {
+		ctx, cancel := context.WithTimeout(ctx, c.maxDuration)
+		defer cancel()
+		c.cfg.Progress = stdout
+		_, err = bench.RunTraffic(ctx, c.cfg, stdout, log)
 		return err
-	}
-	defer func() { _ = log.Sync() }()
-	ctx, cancel := context.WithTimeout(ctx, c.maxDuration)
-	defer cancel()
-	c.cfg.Progress = stdout
-	_, err = bench.RunTraffic(ctx, c.cfg, stdout, log)
-	return err
+	})
 }
