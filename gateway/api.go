@@ -128,12 +128,13 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 	dev, known := g.dispatcher.Device(id)
 	v := clientView{ClientID: id, Mode: "offline", Pending: pending,
 		Instructions: dev.Instructions, LoopProtected: dev.LoopProtected, TLSOnly: dev.TLSOnly}
-	if e, ok := g.reg.Get(id); ok {
+	if s, ok := g.reg.Get(id); ok {
+		e := s.RegistryEntry()
 		v.Connected = true
 		v.Mode = e.Mode.String()
 		v.Protocol = e.Protocol
-		v.Remote = e.Remote
-		v.Since = e.Since.UTC().Truncate(time.Millisecond)
+		v.Remote = remoteOf(s)
+		v.Since = e.Since().UTC().Truncate(time.Millisecond)
 		v.LastActivity = e.LastActive().UTC().Truncate(time.Millisecond)
 	} else if !known && pending == 0 {
 		writeError(w, http.StatusNotFound, "client "+id+" is not known")
@@ -142,6 +143,22 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 		v.LastActivity = dev.LastSeen.UTC().Truncate(time.Millisecond)
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// remoteOf asks the session's owner for the device's address: sessions do
+// not keep it (it costs memory on every idle connection, and the API asks
+// for it rarely). It returns "" if the owner does not answer within a second.
+func remoteOf(s *session.Session) string {
+	ch := make(chan string, 1)
+	s.Exec(func(s *session.Session) { ch <- s.Remote() })
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r
+	case <-t.C:
+		return ""
+	}
 }
 
 // statsView is the answer of GET /v1/stats.
@@ -248,6 +265,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	counter("dualgate_deliveries_total", "Commands written to devices.", st.Deliveries.Load)
 	counter("dualgate_instructions_total", "Reconnect instructions sent.", st.Instructions.Load)
 	counter("dualgate_session_panics_total", "Session panics contained to their connection.", st.Panics.Load)
+	counter("dualgate_memory_releases_total", "Times the gateway returned its free heap memory to the OS after a burst.", g.mem.released.Load)
 	ds := g.dispatcher.Stats()
 	counter("dualgate_commands_accepted_total", "Commands stored for delivery.", ds.Accepted.Load)
 	counter("dualgate_commands_delivered_total", "Commands acknowledged by their device.", ds.Delivered.Load)

@@ -88,8 +88,9 @@ type Config struct {
 	DrainRate        float64       `yaml:"drain-rate" help:"devices moved off per second while draining"`
 	DrainTimeout     time.Duration `yaml:"drain-timeout" help:"longest drain on SIGTERM before the gateway exits anyway"`
 
-	GCPercent int  `yaml:"gc-percent" help:"Go garbage collector target (GOGC): the heap of an idle fleet is long-lived session state, so a low value saves memory for little CPU; the GOGC environment variable wins"`
-	Pprof     bool `yaml:"pprof" help:"serve Go profiles under /debug/pprof/ on the API listener (behind --api-token)"`
+	GCPercent  int           `yaml:"gc-percent" help:"Go garbage collector target (GOGC): the heap of an idle fleet is long-lived session state, so a low value saves memory for little CPU; the GOGC environment variable wins"`
+	MemRelease time.Duration `yaml:"mem-release" help:"how long the gateway must be quiet after a burst (connections, handshakes) before it returns its free heap memory to the OS at once; negative: never (the Go runtime then returns it over minutes)"`
+	Pprof      bool          `yaml:"pprof" help:"serve Go profiles under /debug/pprof/ on the API listener (behind --api-token)"`
 
 	LogFormat string `yaml:"log-format" help:"console or json"`
 	LogLevel  string `yaml:"log-level" help:"debug, info, warn or error"`
@@ -121,6 +122,7 @@ func Defaults() Config {
 		DrainRate:        500,
 		DrainTimeout:     60 * time.Second,
 		GCPercent:        25,
+		MemRelease:       time.Second,
 		UpstreamPool:     2,
 		UpstreamBuffer:   10000,
 		LogFormat:        "console",

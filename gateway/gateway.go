@@ -47,7 +47,7 @@ type Gateway struct {
 	cfg    Config
 	logger *zap.Logger
 	env    *session.Env
-	reg    *registry.Registry
+	reg    *registry.Registry[*session.Session]
 	router *router
 
 	store      store.Store
@@ -74,6 +74,7 @@ type Gateway struct {
 	apiLn net.Listener
 
 	counters counters
+	mem      *memReleaser
 	sources  *sourceLimiter
 	tickets  *tlsmux.TicketKeys
 	muxLn    net.Listener
@@ -99,7 +100,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g := &Gateway{
 		cfg:      cfg,
 		logger:   logger,
-		reg:      registry.New(),
+		reg:      registry.New[*session.Session](),
 		plainErr: make(chan error, 1),
 		stop:     make(chan struct{}),
 	}
@@ -147,6 +148,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		Help:    "TLS handshake duration, by whether the session was resumed.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	}, []string{"resumed"})
+	g.mem = newMemReleaser(logger)
 	g.plain = newPlainServer(g.env, logger, &g.counters, ProxyMode(cfg.ProxyProtocol), &g.draining)
 	return g, nil
 }
@@ -206,6 +208,13 @@ func (g *Gateway) Start() error {
 	}
 	g.wg.Add(1)
 	go g.sweepTLS()
+	if g.cfg.MemRelease > 0 {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.mem.run(g.cfg.MemRelease, g.stop)
+		}()
+	}
 	g.startWatchers()
 	g.logger.Info("dualgate serving",
 		zap.String("plain", g.PlainAddr()), zap.String("tls", g.TLSAddr()), zap.String("api", g.APIAddr()))
@@ -554,7 +563,7 @@ func (g *Gateway) APIAddr() string {
 func (g *Gateway) CAFile() string { return g.caPath }
 
 // Registry is the live-connection registry.
-func (g *Gateway) Registry() *registry.Registry { return g.reg }
+func (g *Gateway) Registry() *registry.Registry[*session.Session] { return g.reg }
 
 // Stats are the session counters.
 func (g *Gateway) Stats() *session.Stats { return g.env.Stats }

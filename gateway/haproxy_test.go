@@ -355,7 +355,7 @@ func TestHAProxy(t *testing.T) {
 			t.Fatalf("command %+v", c)
 		}
 		waitStatus(t, g, id, "delivered")
-		if e, ok := g.Registry().Get("lb-car-311"); !ok || e.Mode.String() != "tls" {
+		if e, ok := g.Registry().Get("lb-car-311"); !ok || e.Mode().String() != "tls" {
 			t.Fatalf("after the upgrade the device is %+v on the gateway that had it", e)
 		}
 		if d.plain.contains([]byte(secret)) {
@@ -436,7 +436,7 @@ func TestHAProxy(t *testing.T) {
 		// that did not make it.
 		arrived := func(m moving) bool {
 			e, ok := other.Registry().Get(m.d.id)
-			return ok && e.Mode.String() == m.mode
+			return ok && e.Mode().String() == m.mode
 		}
 		deadline := time.Now().Add(10 * time.Second)
 		for _, m := range devices {

@@ -56,7 +56,7 @@ func TestSecureCommandUpgrade311(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "device back on plain", func() bool {
 		e, ok := g.Registry().Get("car-311")
-		return ok && e.Mode.String() == "plain"
+		return ok && e.Mode().String() == "plain"
 	})
 	if d.plain.contains([]byte(secret)) {
 		t.Fatal("the secure command crossed the plain socket")

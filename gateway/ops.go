@@ -84,10 +84,8 @@ func (g *Gateway) Drain(ctx context.Context) error {
 		mode registry.Mode
 	}
 	var targets []target
-	g.reg.Range(func(e *registry.Entry) bool {
-		if s, ok := e.Handle.(*session.Session); ok {
-			targets = append(targets, target{s, e.Mode})
-		}
+	g.reg.Range(func(s *session.Session) bool {
+		targets = append(targets, target{s, s.RegistryEntry().Mode})
 		return true
 	})
 	lim := rate.NewLimiter(rate.Limit(g.cfg.DrainRate), 1)

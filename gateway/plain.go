@@ -59,8 +59,9 @@ type loopState struct {
 type plainConn struct {
 	c    gnet.Conn
 	loop *loopState
-	// remote is the device's address from a PROXY header ("" without one).
-	remote    string
+	// remote is the device's address from a PROXY header (nil without
+	// one): a pointer, since most deployments send none.
+	remote    *string
 	idx       int32 // position in loop.conns
 	closed    bool
 	proxyWait bool // a PROXY header may still come first
@@ -225,7 +226,10 @@ func (ps *plainServer) proxyHeader(pc *plainConn, buf []byte) (int, bool) {
 		ps.logger.Info("malformed PROXY header; closing", zap.String("peer", pc.Remote()), zap.Error(err))
 		return 0, false
 	}
-	pc.remote, pc.proxyWait = addr, false
+	if addr != "" { // "" is a LOCAL header: the socket's own address stands
+		pc.remote = &addr
+	}
+	pc.proxyWait = false
 	return n, true
 }
 
@@ -300,8 +304,8 @@ func (pc *plainConn) Exec(fn func()) {
 func (pc *plainConn) Mode() registry.Mode { return registry.ModePlain }
 
 func (pc *plainConn) Remote() string {
-	if pc.remote != "" {
-		return pc.remote
+	if pc.remote != nil {
+		return *pc.remote
 	}
 	if pc.closed {
 		return ""

@@ -141,7 +141,7 @@ func TestTakeover(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "one live entry", func() bool { return g.Registry().Len() == 1 })
 	e, ok := g.Registry().Get("dev-1")
-	if !ok || e.Mode.String() != "tls" {
+	if !ok || e.Mode().String() != "tls" {
 		t.Fatalf("registry entry %+v", e)
 	}
 	_ = second

@@ -19,7 +19,7 @@ import (
 // required; zero values of the rest mean their defaults.
 type Config struct {
 	Store    store.Store
-	Registry *registry.Registry
+	Registry *registry.Registry[*session.Session]
 	Logger   *zap.Logger
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time

@@ -143,12 +143,8 @@ func (d *Dispatcher) delivered(c *store.Command, now time.Time) {
 // reconcile looks at a device's waiting commands and its connection, and
 // delivers, instructs, or waits.
 func (d *Dispatcher) reconcile(id string, why trigger) {
-	e, online := d.cfg.Registry.Get(id)
+	s, online := d.cfg.Registry.Get(id)
 	if !online {
-		return
-	}
-	s, ok := e.Handle.(*session.Session)
-	if !ok {
 		return
 	}
 	cmds, err := d.cfg.Store.Pending(id)
@@ -165,7 +161,7 @@ func (d *Dispatcher) reconcile(id string, why trigger) {
 			continue // in flight
 		case !c.ExpiresAt.IsZero() && !now.Before(c.ExpiresAt):
 			continue // the ticker marks it expired
-		case c.Secure && e.Mode != registry.ModeTLS:
+		case c.Secure && s.Mode() != registry.ModeTLS:
 			secureWaiting = true
 		default:
 			ready = append(ready, c)
@@ -334,7 +330,7 @@ func (d *Dispatcher) ticker() {
 				now.Sub(dv.lastSecure) >= d.quietPeriod(dv.upgrades, now):
 				quiet = append(quiet, id)
 			case dv.instructed && !dv.stuck && !now.Before(dv.nextInstruct):
-				if e, online := d.cfg.Registry.Get(id); online && e.Mode == registry.ModePlain {
+				if s, online := d.cfg.Registry.Get(id); online && s.Mode() == registry.ModePlain {
 					retry = append(retry, id)
 				}
 			case dv.tls == nil && now.Sub(dv.lastSeen) > 10*d.cfg.SecureIdle+time.Hour:

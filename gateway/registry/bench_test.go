@@ -22,8 +22,8 @@ func benchEntries() []*Entry {
 	return es
 }
 
-func benchRegistry(es []*Entry) *Registry {
-	r := New()
+func benchRegistry(es []*Entry) *Registry[*Entry] {
+	r := New[*Entry]()
 	for _, e := range es {
 		r.Register(e)
 	}
@@ -64,7 +64,7 @@ func BenchmarkRegistryGetParallel(b *testing.B) {
 // disconnect of a device: a Register of a new entry and its Unregister.
 func BenchmarkRegistryRegisterUnregister(b *testing.B) {
 	es := benchEntries()
-	r := New()
+	r := New[*Entry]()
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
@@ -77,7 +77,7 @@ func BenchmarkRegistryRegisterUnregister(b *testing.B) {
 
 func BenchmarkRegistryRegisterUnregisterParallel(b *testing.B) {
 	es := benchEntries()
-	r := New()
+	r := New[*Entry]()
 	var worker atomic.Uint32
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -1,16 +1,18 @@
 // Package registry answers "where is device D and how is it connected".
 //
-// A Registry maps a client id to the live connection Entry of that client:
-// its transport mode (plain TCP or TLS), MQTT protocol level, remote address,
-// connect time, last activity and an opaque Handle through which the gateway
-// reaches the connection. It is the only shared mutable map of the gateway.
+// A Registry maps a client id to the live connection of that client. The
+// connection's state embeds an Entry: its transport mode (plain TCP or TLS),
+// MQTT protocol level, connect time and last activity. The registry holds
+// one pointer per connection and allocates nothing per connection: an idle
+// fleet is the product, and every byte per connection counts. It is the
+// only shared mutable map of the gateway.
 //
 // # Sharding and locking
 //
-// The map is split into 256 shards chosen by an FNV-1a hash of the client id.
-// Each shard is a Go map guarded by its own lock; a lock is held for one map
-// operation and never while calling out (Range copies a shard before it calls
-// its function). The number of entries per mode is kept in atomic counters so
+// The set is split into 256 shards chosen by a seeded hash of the client id.
+// Each shard is an open-addressed table guarded by its own lock; a lock is
+// held for one operation and never while calling out (Range copies a shard
+// before it calls its function). The number of entries per mode is kept in atomic counters so
 // that [Registry.Len] and [Registry.CountByMode] cost O(1).
 //
 // # Takeover
@@ -26,6 +28,5 @@
 //
 // An Entry is immutable once registered, except for its last-activity time
 // ([Entry.Touch], [Entry.LastActive]), which is atomic. A connection that
-// changes mode reconnects and registers a new Entry; a mode never changes in
-// place.
+// changes mode reconnects and registers anew; a mode never changes in place.
 package registry

@@ -36,11 +36,9 @@ func (m Mode) String() string {
 // Valid reports whether m is ModePlain or ModeTLS.
 func (m Mode) Valid() bool { return m < numModes }
 
-// Handle is the gateway's connection handle, stored in an Entry and never
-// looked at by the registry.
-type Handle any
-
-// Entry is the live connection of one client.
+// Entry is what the registry knows of one live connection. It lives inside
+// the connection's own state (see [Item]), so registering costs no
+// allocation.
 //
 // All exported fields are set before [Registry.Register] and never changed
 // afterwards; readers on any goroutine may use them without locking. Only the
@@ -48,25 +46,33 @@ type Handle any
 // copied after first use.
 type Entry struct {
 	ClientID string
-	Mode     Mode
-	Protocol byte      // MQTT protocol level: 4 (3.1.1) or 5
-	Since    time.Time // when the connection was accepted (CONNECT)
-	Remote   string    // the device's address, host:port (from the PROXY header behind a load balancer)
-	Handle   Handle
-
-	lastActive atomic.Int64 // unix nanoseconds; 0 until the first Touch
+	// ConnectedAt is when the connection was accepted (CONNECT), in Unix
+	// nanoseconds.
+	ConnectedAt int64
+	// lastActive is in Unix seconds (0 until the first Touch): the
+	// keepalive granularity, in half the space of nanoseconds.
+	lastActive atomic.Uint32
+	Mode       Mode
+	Protocol   byte // MQTT protocol level: 4 (3.1.1) or 5
 }
 
-// Touch records now as the time of the connection's last activity. It is safe
-// to call from any goroutine; the last call wins.
-func (e *Entry) Touch(now time.Time) { e.lastActive.Store(now.UnixNano()) }
+// RegistryEntry returns e: an *Entry is an [Item] of its own.
+func (e *Entry) RegistryEntry() *Entry { return e }
 
-// LastActive returns the time given to the last Touch, or Since if Touch was
-// never called. The result carries no monotonic clock reading.
+// Since returns ConnectedAt as a time.
+func (e *Entry) Since() time.Time { return time.Unix(0, e.ConnectedAt) }
+
+// Touch records now as the time of the connection's last activity, to the
+// second. It is safe to call from any goroutine; the last call wins.
+func (e *Entry) Touch(now time.Time) { e.lastActive.Store(uint32(now.Unix())) }
+
+// LastActive returns the time given to the last Touch, truncated to the
+// second, or Since if Touch was never called. The result carries no
+// monotonic clock reading.
 func (e *Entry) LastActive() time.Time {
 	n := e.lastActive.Load()
 	if n == 0 {
-		return e.Since
+		return e.Since()
 	}
-	return time.Unix(0, n)
+	return time.Unix(int64(n), 0)
 }

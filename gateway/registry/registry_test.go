@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 	"unsafe"
@@ -116,7 +117,7 @@ func TestRegistryScripts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := New()
+			r := New[*Entry]()
 			entries := make(map[string]*Entry, len(tt.entries))
 			names := make(map[*Entry]string, len(tt.entries))
 			for name, spec := range tt.entries {
@@ -158,7 +159,7 @@ func TestRegistryScripts(t *testing.T) {
 }
 
 func TestUnregisterNil(t *testing.T) {
-	var r Registry // the zero Registry is usable
+	var r Registry[*Entry] // the zero Registry is usable
 	if r.Unregister(nil) {
 		t.Fatal("Unregister(nil) = true")
 	}
@@ -180,7 +181,7 @@ func TestRegisterPanics(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := New()
+			r := New[*Entry]()
 			defer func() {
 				if recover() == nil {
 					t.Fatal("Register did not panic")
@@ -196,21 +197,26 @@ func TestRegisterPanics(t *testing.T) {
 
 func TestEntryActivity(t *testing.T) {
 	since := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	e := &Entry{ClientID: "dev-1", Since: since}
+	e := &Entry{ClientID: "dev-1", ConnectedAt: since.UnixNano()}
 	if got := e.LastActive(); !got.Equal(since) {
 		t.Fatalf("LastActive() before Touch = %v, want Since %v", got, since)
 	}
-	for _, d := range []time.Duration{time.Second, time.Minute, 90 * time.Millisecond} {
-		now := since.Add(d)
-		e.Touch(now)
-		if got := e.LastActive(); !got.Equal(now) {
-			t.Fatalf("LastActive() = %v after Touch(%v)", got, now)
+	// Activity is kept to the second.
+	for _, tc := range []struct{ touch, want time.Duration }{
+		{time.Second, time.Second},
+		{time.Minute, time.Minute},
+		{90 * time.Millisecond, 0},
+		{2*time.Hour + 1999*time.Millisecond, 2*time.Hour + time.Second},
+	} {
+		e.Touch(since.Add(tc.touch))
+		if got, want := e.LastActive(), since.Add(tc.want); !got.Equal(want) {
+			t.Fatalf("LastActive() = %v after Touch(%v), want %v", got, since.Add(tc.touch), want)
 		}
 	}
 }
 
 func TestRange(t *testing.T) {
-	r := New()
+	r := New[*Entry]()
 	const n = 1000
 	for i := range n {
 		mode := ModePlain
@@ -276,7 +282,7 @@ func TestRange(t *testing.T) {
 }
 
 func TestShardLayout(t *testing.T) {
-	if s := unsafe.Sizeof(shard{}); s%cacheLine != 0 {
+	if s := unsafe.Sizeof(shard[*Entry]{}); s%cacheLine != 0 {
 		t.Errorf("shard is %d bytes, not a multiple of %d", s, cacheLine)
 	}
 	if s := unsafe.Sizeof(counter{}); s != cacheLine {
@@ -303,7 +309,7 @@ func TestShardBalance(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var load [shardCount]int
 			for i := range n {
-				load[shardIndex(tt.format(i))]++
+				load[shardIndex(hashID(tt.format(i)))]++
 			}
 			const mean = n / shardCount
 			lo, hi := n, 0
@@ -322,12 +328,63 @@ func TestShardBalance(t *testing.T) {
 func TestShardIndexAllocs(t *testing.T) {
 	id := "device-with-a-long-client-identifier-0001"
 	var sink uint8
-	if a := testing.AllocsPerRun(100, func() { sink ^= shardIndex(id) }); a != 0 {
+	if a := testing.AllocsPerRun(100, func() { sink ^= shardIndex(hashID(id)) }); a != 0 {
 		t.Fatalf("shardIndex allocates %v times", a)
 	}
-	r := New()
+	r := New[*Entry]()
 	r.Register(&Entry{ClientID: id})
 	if a := testing.AllocsPerRun(100, func() { r.Get(id) }); a != 0 {
 		t.Fatalf("Get allocates %v times", a)
+	}
+}
+
+// TestTableAgainstMap drives one shard's table through random inserts and
+// removals (growing, shrinking, wrapping probe runs, backward shifts) and
+// checks it against a Go map after every step.
+func TestTableAgainstMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var s shardState[*Entry]
+	want := make(map[string]*Entry)
+	pool := make([]*Entry, 300)
+	for i := range pool {
+		pool[i] = &Entry{ClientID: fmt.Sprintf("meter-%d", i)}
+	}
+	for step := range 40000 {
+		e := pool[rng.IntN(len(pool))]
+		// Phases bias toward filling, then toward emptying, so the table
+		// grows and shrinks several times.
+		fill := (step/5000)%2 == 0
+		h := hashID(e.ClientID)
+		i, found := s.find(e.ClientID, h)
+		if found != (want[e.ClientID] != nil) {
+			t.Fatalf("step %d: find(%s) = %v, map says %v", step, e.ClientID, found, !found)
+		}
+		if !found && (fill == (rng.IntN(4) != 0)) {
+			s.insert(e, h)
+			want[e.ClientID] = e
+		} else if found {
+			s.removeAt(i)
+			delete(want, e.ClientID)
+		}
+		if s.n != len(want) {
+			t.Fatalf("step %d: n = %d, map has %d", step, s.n, len(want))
+		}
+		if len(s.slots) != 0 && s.n*4 > len(s.slots)*3 {
+			t.Fatalf("step %d: %d entries in %d slots", step, s.n, len(s.slots))
+		}
+		if step%97 == 0 {
+			for id, e := range want {
+				if i, ok := s.find(id, hashID(id)); !ok || s.slots[i] != e {
+					t.Fatalf("step %d: %s not found after a removal", step, id)
+				}
+			}
+		}
+	}
+	for _, e := range want {
+		i, _ := s.find(e.ClientID, hashID(e.ClientID))
+		s.removeAt(i)
+	}
+	if s.n != 0 || len(s.slots) != minSlots {
+		t.Fatalf("emptied table: n = %d, %d slots", s.n, len(s.slots))
 	}
 }

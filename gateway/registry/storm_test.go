@@ -9,12 +9,15 @@ import (
 	"testing"
 )
 
-// stormConn stands for a connection: it counts how its entry left the
-// registry.
+// stormConn stands for a connection: it embeds its entry and counts how it
+// left the registry.
 type stormConn struct {
-	replaced     atomic.Int32 // times the entry came back from Register as prev
-	unregistered atomic.Int32 // times Unregister of the entry returned true
+	entry        Entry
+	replaced     atomic.Int32 // times it came back from Register as prev
+	unregistered atomic.Int32 // times Unregister of it returned true
 }
+
+func (c *stormConn) RegistryEntry() *Entry { return &c.entry }
 
 // TestRegisterStorm runs concurrent register, takeover and unregister calls on
 // a small set of client ids, with readers alongside, and then proves that every
@@ -35,13 +38,13 @@ func TestRegisterStorm(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := New()
+			r := New[*stormConn]()
 			ids := make([]string, tt.ids)
 			for i := range ids {
 				ids[i] = fmt.Sprintf("dev-%04d", i)
 			}
 
-			created := make([][]*Entry, tt.writers)
+			created := make([][]*stormConn, tt.writers)
 			var writers, readers sync.WaitGroup
 			stop := make(chan struct{})
 
@@ -59,8 +62,8 @@ func TestRegisterStorm(t *testing.T) {
 						default:
 						}
 						id := ids[rng.IntN(len(ids))]
-						if e, ok := r.Get(id); ok && e.ClientID != id {
-							readerErrs <- fmt.Errorf("Get(%s) returned entry of %s", id, e.ClientID)
+						if c, ok := r.Get(id); ok && c.entry.ClientID != id {
+							readerErrs <- fmt.Errorf("Get(%s) returned entry of %s", id, c.entry.ClientID)
 							return
 						}
 						if plain, tls := r.CountByMode(); plain < 0 || tls < 0 {
@@ -71,8 +74,8 @@ func TestRegisterStorm(t *testing.T) {
 						// cores the writers get to run.
 						runtime.Gosched()
 						if k == 0 {
-							r.Range(func(e *Entry) bool {
-								e.Touch(e.Since) // concurrent Touch must be race-free
+							r.Range(func(c *stormConn) bool {
+								c.entry.Touch(c.entry.Since()) // concurrent Touch must be race-free
 								return rng.IntN(64) != 0
 							})
 						}
@@ -85,26 +88,25 @@ func TestRegisterStorm(t *testing.T) {
 				go func() {
 					defer writers.Done()
 					rng := rand.New(rand.NewPCG(uint64(w), 7))
-					var mine []*Entry
+					var mine []*stormConn
 					for range tt.iterations {
 						if len(mine) > 0 && rng.IntN(100) < tt.unregister {
-							e := mine[rng.IntN(len(mine))]
-							if r.Unregister(e) {
-								e.Handle.(*stormConn).unregistered.Add(1)
+							c := mine[rng.IntN(len(mine))]
+							if r.Unregister(c) {
+								c.unregistered.Add(1)
 							}
 							continue
 						}
-						e := &Entry{
+						c := &stormConn{entry: Entry{
 							ClientID: ids[rng.IntN(len(ids))],
 							Mode:     Mode(rng.IntN(numModes)),
-							Handle:   &stormConn{},
-						}
-						mine = append(mine, e)
-						if prev := r.Register(e); prev != nil {
-							if prev.ClientID != e.ClientID {
-								t.Errorf("Register(%s) replaced an entry of %s", e.ClientID, prev.ClientID)
+						}}
+						mine = append(mine, c)
+						if prev := r.Register(c); prev != nil {
+							if prev.entry.ClientID != c.entry.ClientID {
+								t.Errorf("Register(%s) replaced an entry of %s", c.entry.ClientID, prev.entry.ClientID)
 							}
-							prev.Handle.(*stormConn).replaced.Add(1)
+							prev.replaced.Add(1)
 						}
 					}
 					created[w] = mine
@@ -121,12 +123,12 @@ func TestRegisterStorm(t *testing.T) {
 			live := make(map[string]int)
 			var plain, tls, total int
 			for _, mine := range created {
-				for _, e := range mine {
+				for _, c := range mine {
+					e := &c.entry
 					total++
-					c := e.Handle.(*stormConn)
 					cur, _ := r.Get(e.ClientID)
 					isLive := 0
-					if cur == e {
+					if cur == c {
 						isLive = 1
 						live[e.ClientID]++
 						if e.Mode == ModeTLS {
@@ -137,7 +139,7 @@ func TestRegisterStorm(t *testing.T) {
 					}
 					if ways := int(c.replaced.Load()) + int(c.unregistered.Load()) + isLive; ways != 1 {
 						t.Fatalf("entry %p of %s: replaced %d times, unregistered %d times, live %d: want exactly one",
-							e, e.ClientID, c.replaced.Load(), c.unregistered.Load(), isLive)
+							c, e.ClientID, c.replaced.Load(), c.unregistered.Load(), isLive)
 					}
 				}
 			}
@@ -151,10 +153,10 @@ func TestRegisterStorm(t *testing.T) {
 				t.Fatalf("CountByMode() = %d, %d; live entries: %d plain, %d tls", gotPlain, gotTLS, plain, tls)
 			}
 			ranged := 0
-			r.Range(func(e *Entry) bool {
+			r.Range(func(c *stormConn) bool {
 				ranged++
-				if c, ok := e.Handle.(*stormConn); !ok || c.replaced.Load() != 0 || c.unregistered.Load() != 0 {
-					t.Errorf("Range returned a dead entry of %s", e.ClientID)
+				if c.replaced.Load() != 0 || c.unregistered.Load() != 0 {
+					t.Errorf("Range returned a dead entry of %s", c.entry.ClientID)
 				}
 				return true
 			})

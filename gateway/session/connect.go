@@ -21,8 +21,8 @@ import (
 // handleConnect is the first step of every session: check, authenticate,
 // register (taking over an older connection of the same client), answer.
 func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
-	s.version = c.ProtocolVersion
-	v5 := s.version == mqttcodec.V5
+	s.entry.Protocol = c.ProtocolVersion
+	v5 := s.entry.Protocol == mqttcodec.V5
 	if c.CleanStart {
 		s.flags |= flagCleanStart
 	}
@@ -70,7 +70,7 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		s.refuseQuietly(mqttcodec.ReasonCode(res.Reason), res.Msg)
 		return
 	}
-	s.clientID = id
+	s.entry.ClientID = id
 
 	ka := c.KeepAlive
 	serverKA := false
@@ -112,21 +112,15 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		s.rareState().will = w
 	}
 
-	entry := &registry.Entry{
-		ClientID: id,
-		Mode:     s.t.Mode(),
-		Protocol: s.version,
-		Since:    now,
-		Remote:   s.t.Remote(),
-		Handle:   s,
-	}
-	entry.Touch(now)
-	prev := s.env.Registry.Register(entry)
-	s.entry = entry
+	s.entry.Mode = s.t.Mode()
+	s.entry.ConnectedAt = now.UnixNano()
+	s.entry.Touch(now)
+	prev := s.env.Registry.Register(s)
+	s.flags |= flagRegistered
 	var subs []Subscription
 	present := false
 	if prev != nil {
-		old := prev.Handle.(*Session)
+		old := prev
 		if !c.CleanStart {
 			subs, present = old.Subscriptions(), true
 		}
@@ -161,7 +155,7 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 			pr.SetSessionExpiry(s.sessionExpiry)
 		}
 	}
-	if !s.write(func(dst []byte) []byte { return mqttcodec.AppendConnack(dst, s.version, &ack) }) {
+	if !s.write(func(dst []byte) []byte { return mqttcodec.AppendConnack(dst, s.entry.Protocol, &ack) }) {
 		return
 	}
 	s.env.Stats.Connects.Add(1)
@@ -246,7 +240,7 @@ func (s *Session) refuseWith(rc mqttcodec.ReasonCode, why, tell string) {
 	s.env.Logger.Info("connection refused",
 		zap.String("remote", s.t.Remote()), zap.Stringer("reason", rc), zap.String("why", why))
 	ack := mqttcodec.Connack{ReasonCode: rc}
-	version := s.version
+	version := s.entry.Protocol
 	if version == mqttcodec.V5 {
 		if tell != "" {
 			ack.Properties.SetReasonString([]byte(tell))
@@ -271,7 +265,7 @@ func (s *Session) decodeError(p *mqttcodec.Packet, err error) {
 	if errors.As(err, &ce) {
 		rc = ce.Reason
 	}
-	s.env.Logger.Info("bad packet; closing", zap.String("client", s.clientID),
+	s.env.Logger.Info("bad packet; closing", zap.String("client", s.entry.ClientID),
 		zap.String("remote", s.t.Remote()), zap.Error(err))
 	if s.state != stateNew {
 		s.disconnect(rc, err.Error())
@@ -283,10 +277,10 @@ func (s *Session) decodeError(p *mqttcodec.Packet, err error) {
 	}
 	switch {
 	case rc == mqttcodec.UnsupportedProtocolVersion && level != mqttcodec.V5:
-		s.version = mqttcodec.V311
+		s.entry.Protocol = mqttcodec.V311
 		s.refuse(rc, err.Error())
 	case level == mqttcodec.V5:
-		s.version = mqttcodec.V5
+		s.entry.Protocol = mqttcodec.V5
 		s.refuse(rc, err.Error())
 	default:
 		s.closeNow()

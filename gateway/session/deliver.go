@@ -55,7 +55,7 @@ func CheckTransport(mode registry.Mode, secure bool) error {
 func (s *Session) Deliver(d *Delivery) error {
 	if err := CheckTransport(s.t.Mode(), d.Secure); err != nil {
 		s.env.Logger.Error("secure delivery refused on a plain connection",
-			zap.String("client", s.clientID), zap.String("token", d.Token))
+			zap.String("client", s.entry.ClientID), zap.String("token", d.Token))
 		return err
 	}
 	if s.state != stateConnected {
@@ -98,7 +98,7 @@ func (s *Session) Inflight() []string {
 func (s *Session) writePublish(pub *mqttcodec.Publish) bool {
 	var size int
 	sent := s.write(func(dst []byte) []byte {
-		out := mqttcodec.AppendPublish(dst, s.version, pub)
+		out := mqttcodec.AppendPublish(dst, s.entry.Protocol, pub)
 		size = len(out) - len(dst)
 		if s.clientMaxPacket != 0 && uint32(size) > s.clientMaxPacket {
 			return dst // nothing written
@@ -149,9 +149,9 @@ func (s *Session) Instruct(mode control.Mode, addr, reason string) error {
 	}
 	s.flags |= flagInstructed
 	s.env.Stats.Instructions.Add(1)
-	s.env.Logger.Debug("reconnect instruction", zap.String("client", s.clientID),
+	s.env.Logger.Debug("reconnect instruction", zap.String("client", s.entry.ClientID),
 		zap.String("mode", string(mode)), zap.String("addr", addr), zap.String("reason", reason))
-	if s.version == mqttcodec.V5 {
+	if s.entry.Protocol == mqttcodec.V5 {
 		d := mqttcodec.Disconnect{ReasonCode: mqttcodec.UseAnotherServer}
 		d.Properties.SetServerReference([]byte(control.ServerReference(mode, addr)))
 		d.Properties.SetReasonString([]byte(reason))
@@ -181,7 +181,7 @@ func (s *Session) Drain(ref string) {
 		return
 	}
 	s.flags |= flagGracefulEnd
-	if s.version == mqttcodec.V5 && ref != "" {
+	if s.entry.Protocol == mqttcodec.V5 && ref != "" {
 		d := mqttcodec.Disconnect{ReasonCode: mqttcodec.UseAnotherServer}
 		d.Properties.SetServerReference([]byte(ref))
 		d.Properties.SetReasonString([]byte(control.ReasonDrain))

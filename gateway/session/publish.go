@@ -45,7 +45,7 @@ func (s *Session) handlePublish(p *mqttcodec.Publish) {
 
 // resolveTopic applies MQTT 5 topic aliases [MQTT-3.3.2-8..12].
 func (s *Session) resolveTopic(p *mqttcodec.Publish) (string, bool) {
-	if s.version != mqttcodec.V5 || !p.Properties.Has(mqttcodec.PropTopicAlias) {
+	if s.entry.Protocol != mqttcodec.V5 || !p.Properties.Has(mqttcodec.PropTopicAlias) {
 		return string(p.Topic), true
 	}
 	a := p.Properties.TopicAlias
@@ -80,7 +80,7 @@ func (s *Session) handleReservedPublish(p *mqttcodec.Publish, topic string) {
 		// publish; MQTT 5 devices learn it from the reason code.
 		rc = mqttcodec.TopicNameInvalid
 		s.env.Logger.Debug("publish to a reserved topic refused",
-			zap.String("client", s.clientID), zap.String("topic", topic))
+			zap.String("client", s.entry.ClientID), zap.String("topic", topic))
 	}
 	switch p.QoS {
 	case 1:
@@ -109,7 +109,7 @@ func (s *Session) takeInbound() bool {
 
 func (s *Session) message(p *mqttcodec.Publish, topic string) *Message {
 	return &Message{
-		ClientID: s.clientID,
+		ClientID: s.entry.ClientID,
 		Topic:    topic,
 		Payload:  append([]byte(nil), p.Payload...),
 		QoS:      p.QoS,
@@ -153,12 +153,12 @@ func (s *Session) finishInbound(t mqttcodec.Type, pid uint16, rc mqttcodec.Reaso
 	if t == mqttcodec.PUBREC && rc < 0x80 {
 		s.rareState().qos2Add(pid)
 	}
-	if rc >= 0x80 && s.version != mqttcodec.V5 {
+	if rc >= 0x80 && s.entry.Protocol != mqttcodec.V5 {
 		// A 3.1.1 acknowledgement cannot say no: rather than a PUBACK for
 		// a message that was not taken, the connection is closed and the
 		// device sends it again after reconnecting [MQTT-3.3.5-2].
 		s.env.Logger.Info("publish refused; closing the 3.1.1 connection so the device retries",
-			zap.String("client", s.clientID), zap.Stringer("reason", rc))
+			zap.String("client", s.entry.ClientID), zap.Stringer("reason", rc))
 		s.closeNow()
 		return
 	}
@@ -192,7 +192,7 @@ func (s *Session) handlePuback(a *mqttcodec.Ack) {
 		}
 		return
 	}
-	s.env.Logger.Debug("PUBACK for an unknown packet id", zap.String("client", s.clientID),
+	s.env.Logger.Debug("PUBACK for an unknown packet id", zap.String("client", s.entry.ClientID),
 		zap.Uint16("packet_id", a.PacketID))
 }
 
@@ -200,7 +200,7 @@ func (s *Session) handlePuback(a *mqttcodec.Ack) {
 // ever sees the packet id: its acks carry no reason.
 func (s *Session) writeAck(t mqttcodec.Type, pid uint16, rc mqttcodec.ReasonCode) {
 	a := mqttcodec.Ack{PacketID: pid, ReasonCode: rc}
-	s.write(func(dst []byte) []byte { return mqttcodec.AppendAck(dst, s.version, t, &a) })
+	s.write(func(dst []byte) []byte { return mqttcodec.AppendAck(dst, s.entry.Protocol, t, &a) })
 }
 
 func (r *rareState) qos2Add(pid uint16) {

@@ -76,7 +76,7 @@ type Hooks interface {
 // It is built once; its fields must not change while sessions run.
 type Env struct {
 	Logger   *zap.Logger
-	Registry *registry.Registry
+	Registry *registry.Registry[*Session]
 	Auth     auth.Authenticator
 	Sink     Sink
 	Hooks    Hooks // nil: no command dispatcher
@@ -190,15 +190,17 @@ const (
 // usable: call Init. The struct is kept small: idle plain connections are
 // the product, and each holds one.
 type Session struct {
-	env   *Env
-	t     Transport
-	entry *registry.Entry // nil until registered
+	env *Env
+	t   Transport
+	// entry is what the registry knows of the session: client id, protocol
+	// level, mode, connect time, last activity. Its fields are set by
+	// CONNECT before the session is registered (flagRegistered).
+	entry registry.Entry
 
 	// subs is replaced, never mutated, so Subscriptions may read it from any
 	// goroutine.
 	subs atomic.Pointer[[]Subscription]
 
-	clientID string
 	// deadline is when the connection is closed unless something happens
 	// first, in Unix nanoseconds; 0 means none.
 	deadline int64
@@ -209,7 +211,6 @@ type Session struct {
 	inboundQoS uint16
 	// clientRecvMax is the device's receive maximum (MQTT 5; 3.1.1: 65535).
 	clientRecvMax uint16
-	version       byte
 	state         uint8
 	flags         uint8
 	// clientMaxPacket is the largest packet the device accepts (0: no limit).
@@ -225,6 +226,7 @@ const (
 	flagCleanStart uint8 = 1 << iota
 	flagGracefulEnd
 	flagInstructed // a reconnect instruction is outstanding
+	flagRegistered // CONNECT put the session in the registry
 )
 
 // rareState is allocated on first need, so an idle session does not pay for it.
@@ -249,13 +251,21 @@ func (s *Session) Init(env *Env, t Transport) {
 
 // ClientID is the device's client identifier ("" before CONNECT). Set once
 // before the session is registered; safe to read from any goroutine after.
-func (s *Session) ClientID() string { return s.clientID }
+func (s *Session) ClientID() string { return s.entry.ClientID }
+
+// RegistryEntry is the session's registry entry: a *Session is what the
+// gateway's registry holds.
+func (s *Session) RegistryEntry() *registry.Entry { return &s.entry }
 
 // Version is the protocol level: mqttcodec.V311 or mqttcodec.V5.
-func (s *Session) Version() byte { return s.version }
+func (s *Session) Version() byte { return s.entry.Protocol }
 
 // Mode is the transport the session runs on.
 func (s *Session) Mode() registry.Mode { return s.t.Mode() }
+
+// Remote is the device's address (from the PROXY header when one was
+// sent). Owner context only: from elsewhere, ask through Exec.
+func (s *Session) Remote() string { return s.t.Remote() }
 
 // LocalAddr is the gateway address the device connected to.
 func (s *Session) LocalAddr() string { return s.t.Local() }
@@ -299,7 +309,7 @@ func (s *Session) Feed(b []byte) (used int, closeConn bool) {
 	p := packetPool.Get().(*mqttcodec.Packet)
 	defer packetPool.Put(p)
 	for used < len(b) {
-		n, err := mqttcodec.Decode(b[used:], s.version, s.env.MaxPacketSize, p)
+		n, err := mqttcodec.Decode(b[used:], s.entry.Protocol, s.env.MaxPacketSize, p)
 		if err != nil {
 			s.decodeError(p, err)
 			return len(b), true
@@ -360,10 +370,10 @@ func (s *Session) handle(p *mqttcodec.Packet) {
 
 // touch records activity: the keepalive deadline moves on.
 func (s *Session) touch(now time.Time) {
-	if s.entry != nil {
+	if s.flags&flagRegistered != 0 {
 		s.entry.Touch(now)
 	}
-	if s.flags&flagInstructed != 0 && s.version == mqttcodec.V311 {
+	if s.flags&flagInstructed != 0 && s.entry.Protocol == mqttcodec.V311 {
 		return // the grace deadline after an instruction stands
 	}
 	s.deadline = s.keepAliveDeadline(now)
@@ -388,14 +398,14 @@ func (s *Session) Tick(now time.Time) bool {
 		s.env.Stats.ConnectTimeouts.Add(1)
 		s.env.Logger.Debug("no CONNECT in time", zap.String("remote", s.t.Remote()))
 		s.closeNow()
-	case s.flags&flagInstructed != 0 && s.version == mqttcodec.V311:
+	case s.flags&flagInstructed != 0 && s.entry.Protocol == mqttcodec.V311:
 		s.env.Stats.InstructionGraceClosed.Add(1)
 		s.env.Logger.Info("device did not leave after a reconnect instruction; closing",
-			zap.String("client", s.clientID))
+			zap.String("client", s.entry.ClientID))
 		s.closeNow()
 	default:
 		s.env.Stats.KeepAliveTimeouts.Add(1)
-		s.env.Logger.Debug("keepalive expired", zap.String("client", s.clientID))
+		s.env.Logger.Debug("keepalive expired", zap.String("client", s.entry.ClientID))
 		s.disconnect(mqttcodec.KeepAliveTimeout, "")
 	}
 	return true
@@ -414,7 +424,7 @@ func (s *Session) write(enc func(dst []byte) []byte) bool {
 		bufPool.Put(bp)
 	}
 	if err != nil {
-		s.env.Logger.Debug("write failed", zap.String("client", s.clientID), zap.Error(err))
+		s.env.Logger.Debug("write failed", zap.String("client", s.entry.ClientID), zap.Error(err))
 		s.state = stateClosing
 		return false
 	}
@@ -429,7 +439,7 @@ func (s *Session) disconnect(rc mqttcodec.ReasonCode, reason string) {
 	if s.state >= stateClosing {
 		return
 	}
-	if s.version == mqttcodec.V5 && s.state == stateConnected {
+	if s.entry.Protocol == mqttcodec.V5 && s.state == stateConnected {
 		d := mqttcodec.Disconnect{ReasonCode: rc}
 		if reason != "" {
 			d.Properties.SetReasonString([]byte(reason))
@@ -451,7 +461,7 @@ func (s *Session) closeNow() {
 // protocolError ends the session for a rule broken by a decoded packet.
 func (s *Session) protocolError(what string, rc mqttcodec.ReasonCode) {
 	s.env.Stats.ProtocolErrors.Add(1)
-	s.env.Logger.Info("protocol error; closing", zap.String("client", s.clientID),
+	s.env.Logger.Info("protocol error; closing", zap.String("client", s.entry.ClientID),
 		zap.String("remote", s.t.Remote()), zap.String("error", what), zap.Stringer("reason", rc))
 	s.disconnect(rc, what)
 }
@@ -477,12 +487,13 @@ func (s *Session) Closed() {
 	if s.state == stateClosed {
 		return
 	}
-	wasConnected := s.state == stateConnected || (s.state == stateClosing && s.entry != nil)
+	registered := s.flags&flagRegistered != 0
+	wasConnected := s.state == stateConnected || (s.state == stateClosing && registered)
 	s.state = stateClosed
-	if !wasConnected || s.entry == nil {
+	if !wasConnected || !registered {
 		return
 	}
-	stillOwner := s.env.Registry.Unregister(s.entry)
+	stillOwner := s.env.Registry.Unregister(s)
 	s.env.Stats.Disconnects.Add(1)
 	var unacked []string
 	var will *Will
@@ -500,13 +511,13 @@ func (s *Session) Closed() {
 	now := s.env.Now()
 	expiry := time.Duration(s.sessionExpiry) * time.Second
 	if stillOwner && expiry > 0 {
-		s.env.Sessions.Keep(s.clientID, s.Subscriptions(), now.Add(expiry))
+		s.env.Sessions.Keep(s.entry.ClientID, s.Subscriptions(), now.Add(expiry))
 	}
 	if will != nil {
 		// The will waits for its delay, or until the session ends if
 		// that is sooner [MQTT-3.1.3-9].
 		delay := min(will.Delay, expiry)
-		s.env.Sessions.ScheduleWill(s.clientID, will, now, now.Add(delay))
+		s.env.Sessions.ScheduleWill(s.entry.ClientID, will, now, now.Add(delay))
 	}
 	if s.env.Hooks != nil {
 		s.env.Hooks.Offline(s, unacked)

@@ -72,7 +72,7 @@ func newTestEnv(t *testing.T, clk *clock) *Env {
 	t.Helper()
 	sink := new(recordingSink)
 	env, err := NewEnv(Env{
-		Registry:       registry.New(),
+		Registry:       registry.New[*Session](),
 		Auth:           auth.AllowAll(),
 		Sink:           sink,
 		Sessions:       NewStore(sink),

@@ -16,7 +16,7 @@ const maxGrantedQoS = 1
 // handleSubscribe records filters and answers with one SUBACK code each
 // [MQTT-3.8.4-6]. The codec has already refused malformed filters.
 func (s *Session) handleSubscribe(p *mqttcodec.Subscribe) {
-	v5 := s.version == mqttcodec.V5
+	v5 := s.entry.Protocol == mqttcodec.V5
 	if v5 && p.Properties.Has(mqttcodec.PropSubscriptionID) {
 		// CONNACK said Subscription Identifier Available = 0.
 		s.protocolError("subscription identifiers are not supported", mqttcodec.SubscriptionIdentifiersNotSupported)
@@ -54,7 +54,7 @@ func (s *Session) handleSubscribe(p *mqttcodec.Subscribe) {
 	}
 	s.subs.Store(&next)
 	ack := mqttcodec.Suback{PacketID: p.PacketID, ReasonCodes: codes}
-	if !s.write(func(dst []byte) []byte { return mqttcodec.AppendSuback(dst, s.version, &ack) }) {
+	if !s.write(func(dst []byte) []byte { return mqttcodec.AppendSuback(dst, s.entry.Protocol, &ack) }) {
 		return
 	}
 	if s.env.Hooks != nil {
@@ -82,12 +82,12 @@ func (s *Session) handleUnsubscribe(p *mqttcodec.Unsubscribe) {
 	}
 	s.subs.Store(&next)
 	ack := mqttcodec.Unsuback{PacketID: p.PacketID, ReasonCodes: codes}
-	s.write(func(dst []byte) []byte { return mqttcodec.AppendUnsuback(dst, s.version, &ack) })
+	s.write(func(dst []byte) []byte { return mqttcodec.AppendUnsuback(dst, s.entry.Protocol, &ack) })
 }
 
 // handleDisconnect ends the session at the device's request.
 func (s *Session) handleDisconnect(d *mqttcodec.Disconnect) {
-	if s.version == mqttcodec.V5 {
+	if s.entry.Protocol == mqttcodec.V5 {
 		if d.Properties.Has(mqttcodec.PropSessionExpiry) {
 			if s.sessionExpiry == 0 && d.Properties.SessionExpiry != 0 {
 				// [MQTT-3.14.2-2]: expiry 0 at CONNECT cannot be raised now.
@@ -101,7 +101,7 @@ func (s *Session) handleDisconnect(d *mqttcodec.Disconnect) {
 			return
 		}
 	}
-	s.env.Logger.Debug("device disconnected", zap.String("client", s.clientID))
+	s.env.Logger.Debug("device disconnected", zap.String("client", s.entry.ClientID))
 	s.flags |= flagGracefulEnd
 	s.closeNow()
 }
