@@ -103,6 +103,12 @@ type MemReport struct {
 	SlopeKiB float64 `json:"slope_kib_per_conn"`
 	MinR2    float64 `json:"min_r2"`
 	Linear   bool    `json:"linear"`
+	// SizesFit runs over the sizes alone (at least two): its slope is the
+	// cost of one more connection, and its intercept above the baseline is
+	// what the server paid once, on its first connections (code paged in,
+	// tables and buffers sized on first use).
+	SizesFit      *Fit    `json:"sizes_fit,omitempty"`
+	SizesSlopeKiB float64 `json:"sizes_slope_kib_per_conn,omitempty"`
 
 	// KernelFit adds the server's half of the socket slab growth since the
 	// baseline to RSS; KernelSlopeKiB is its slope.
@@ -151,6 +157,11 @@ func (r *MemReport) finish() {
 		r.Linear = f.Linear(r.MinR2)
 	} else {
 		r.Notes = append(r.Notes, "no fit: "+err.Error())
+	}
+	if len(xs) >= 3 {
+		if f, err := LeastSquares(xs[1:], ys[1:]); err == nil {
+			r.SizesFit, r.SizesSlopeKiB = &f, f.Slope/1024
+		}
 	}
 	if allSlab {
 		if f, err := LeastSquares(xs, kys); err == nil {
@@ -232,7 +243,7 @@ func (r *MemReport) WriteMarkdown(w io.Writer) {
 	fmt.Fprintf(&b, "\nRSS is VmRSS of the server process; KiB/conn is the growth of RSS from the baseline, taken before the first size, ")
 	fmt.Fprintf(&b, "divided by the connections (a server reuses for the next size the memory the previous one freed). Slab is the active bytes of the kernel caches %s from /proc/slabinfo; ", strings.Join(r.SlabCaches, ", "))
 	fmt.Fprintf(&b, "on loopback both ends of a connection are in this kernel, so the server's share is one socket per connection. ")
-	fmt.Fprintf(&b, "The fit runs over the baseline (N = 0) and every size.\n")
+	fmt.Fprintf(&b, "The fit runs over the baseline (N = 0) and every size; the second, over the sizes alone, is the cost of one more connection, and its intercept above the baseline what the server paid once, on its first connections.\n")
 	writeGoalsMarkdown(&b, r.Goals)
 	if len(r.Notes) > 0 {
 		fmt.Fprintf(&b, "\n## Notes\n\n")
@@ -249,6 +260,10 @@ func (r *MemReport) summaryLines() []string {
 	if r.Fit.Points >= 2 {
 		out = append(out, fmt.Sprintf("slope %.3f KiB/conn (intercept %s), R² %.4f over %d points, linear: %s (R² ≥ %.2f)",
 			r.SlopeKiB, fmtBytes(int64(r.Fit.Intercept)), r.Fit.R2, r.Fit.Points, yesNo(r.Linear), r.MinR2))
+	}
+	if f := r.SizesFit; f != nil {
+		out = append(out, fmt.Sprintf("over the sizes alone: %.3f KiB/conn, R² %.4f; paid once on the first connections: %s above the baseline",
+			r.SizesSlopeKiB, f.R2, fmtBytes(int64(f.Intercept)-r.Baseline.RSS)))
 	}
 	if r.KernelFit != nil {
 		out = append(out, fmt.Sprintf("with the server's kernel socket memory: %.3f KiB/conn (R² %.4f)", r.KernelSlopeKiB, r.KernelFit.R2))

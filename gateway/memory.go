@@ -70,7 +70,7 @@ func (m *memReleaser) value(i int) uint64 {
 }
 
 // check is called once per quiet window. It returns memory to the OS when
-// the heap holds at least 1 MiB and 1/16 of the live heap beyond what is
+// the heap holds at least 256 KiB and 1/32 of the live heap beyond what is
 // live (unswept garbage plus free pages not yet returned), and the gateway
 // allocated less than an eighth of that during the window: under steady
 // load the collector's own cycle is left alone.
@@ -84,7 +84,7 @@ func (m *memReleaser) check() bool {
 		reclaimable = objects - live
 	}
 	reclaimable += free
-	if reclaimable < 1<<20 || reclaimable < live/16 || allocated > reclaimable/8 {
+	if reclaimable < 256<<10 || reclaimable < live/32 || allocated > reclaimable/8 {
 		return false
 	}
 	debug.FreeOSMemory()

@@ -34,3 +34,6 @@ go tool -modfile=tools/go.mod staticcheck ./...
 
 echo "== go test -race"
 go test -race -count=1 -timeout 20m "$@" ./...
+
+echo "== third_party/gnet (patched): its own test of the patch"
+(cd third_party/gnet && go vet . && go test -race -count=1 -run 'TestConn' .)

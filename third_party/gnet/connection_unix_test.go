@@ -1,0 +1,180 @@
+//go:build darwin || dragonfly || freebsd || linux || netbsd || openbsd
+
+package gnet
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+func TestConnStructSize(t *testing.T) {
+	// Keep conn within the 224-byte size class of the Go allocator,
+	// it's allocated once per connection.
+	size := unsafe.Sizeof(conn{})
+	t.Logf("unsafe.Sizeof(conn{}) = %d", size)
+	assert.LessOrEqual(t, size, uintptr(224))
+}
+
+type remoteAddrServer struct {
+	BuiltinEventEngine
+
+	t      *testing.T
+	eng    Engine
+	booted chan string // listener address
+
+	mu      sync.Mutex
+	opened  []string // RemoteAddr().String() in OnOpen
+	traffic []string // RemoteAddr().String() in OnTraffic
+	closing []string // RemoteAddr().String() in OnClose
+	closed  []Conn   // connections that have been closed
+}
+
+func (s *remoteAddrServer) OnBoot(eng Engine) Action {
+	s.eng = eng
+	fd, err := eng.Dup()
+	require.NoError(s.t, err)
+	sa, err := unix.Getsockname(fd)
+	require.NoError(s.t, err)
+	_ = unix.Close(fd)
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		s.booted <- (&net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}).String()
+	case *unix.SockaddrUnix:
+		s.booted <- sa.Name
+	}
+	return None
+}
+
+func (s *remoteAddrServer) remoteAddrString(c Conn) string {
+	addr := c.RemoteAddr()
+	if addr == nil {
+		return "<nil>"
+	}
+	switch addr.(type) {
+	case *net.TCPAddr:
+		assert.Equal(s.t, "tcp", addr.Network())
+	case *net.UnixAddr:
+		assert.Equal(s.t, "unix", addr.Network())
+	default:
+		s.t.Errorf("unexpected type of remote address: %T", addr)
+	}
+	return addr.String()
+}
+
+func (s *remoteAddrServer) OnOpen(c Conn) ([]byte, Action) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opened = append(s.opened, s.remoteAddrString(c))
+	return nil, None
+}
+
+func (s *remoteAddrServer) OnTraffic(c Conn) Action {
+	_, _ = c.Discard(-1)
+	s.mu.Lock()
+	s.traffic = append(s.traffic, s.remoteAddrString(c))
+	reply := "ok\n"
+	// Connections closed earlier must no longer report a remote address,
+	// even if their file descriptors have been reused by now.
+	for _, cc := range s.closed {
+		if cc.RemoteAddr() != nil {
+			reply = "stale\n"
+		}
+	}
+	s.mu.Unlock()
+	_, _ = c.Write([]byte(reply))
+	return None
+}
+
+func (s *remoteAddrServer) OnClose(c Conn, _ error) Action {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = append(s.closing, s.remoteAddrString(c))
+	s.closed = append(s.closed, c)
+	return None
+}
+
+func TestConnRemoteAddr(t *testing.T) {
+	t.Run("tcp", func(t *testing.T) {
+		testConnRemoteAddr(t, "tcp", WithNumEventLoop(1))
+	})
+	t.Run("tcp-reuseport", func(t *testing.T) {
+		testConnRemoteAddr(t, "tcp", WithNumEventLoop(1), WithReusePort(true))
+	})
+	t.Run("tcp-source-addr-hash", func(t *testing.T) {
+		testConnRemoteAddr(t, "tcp", WithNumEventLoop(1), WithLoadBalancing(SourceAddrHash))
+	})
+	t.Run("tcp-edge-triggered", func(t *testing.T) {
+		testConnRemoteAddr(t, "tcp", WithNumEventLoop(1), WithEdgeTriggeredIO(true))
+	})
+	t.Run("unix", func(t *testing.T) {
+		testConnRemoteAddr(t, "unix", WithNumEventLoop(1))
+	})
+}
+
+func testConnRemoteAddr(t *testing.T, network string, opts ...Option) {
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(t.TempDir(), "gnet-remote-addr.sock")
+	}
+	s := &remoteAddrServer{t: t, booted: make(chan string, 1)}
+	errCh := make(chan error, 1)
+	go func() {
+		errCh <- Run(s, network+"://"+addr, opts...)
+	}()
+	var lnAddr string
+	select {
+	case lnAddr = <-s.booted:
+	case err := <-errCh:
+		t.Fatalf("engine exited early: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out waiting for the engine to boot")
+	}
+
+	const numConns = 3
+	var clientAddrs []string
+	for i := 0; i < numConns; i++ {
+		nc, err := net.DialTimeout(network, lnAddr, 5*time.Second)
+		require.NoError(t, err)
+		require.NoError(t, nc.SetDeadline(time.Now().Add(10*time.Second)))
+		clientAddrs = append(clientAddrs, nc.LocalAddr().String())
+		_, err = nc.Write([]byte("ping"))
+		require.NoError(t, err)
+		reply, err := bufio.NewReader(nc).ReadString('\n')
+		require.NoError(t, err)
+		assert.Equal(t, "ok\n", reply, "closed connection reported a remote address")
+		require.NoError(t, nc.Close())
+		// Wait for the server to see the connection being closed.
+		require.Eventually(t, func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return len(s.closed) == i+1
+		}, 10*time.Second, 10*time.Millisecond)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, s.eng.Stop(ctx))
+	select {
+	case err := <-errCh:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out waiting for the engine to stop")
+	}
+
+	assert.Equal(t, clientAddrs, s.opened, "RemoteAddr() in OnOpen")
+	assert.Equal(t, clientAddrs, s.traffic, "RemoteAddr() in OnTraffic")
+	assert.Equal(t, clientAddrs, s.closing, "RemoteAddr() in OnClose")
+	for _, c := range s.closed {
+		assert.Nil(t, c.RemoteAddr(), "RemoteAddr() after close")
+	}
+}
