@@ -258,8 +258,12 @@ func checkMemReport(t *testing.T, rep *MemReport, sizes []int) {
 	if rep.SlopeKiB != rep.Fit.Slope/1024 {
 		t.Errorf("slope %v KiB vs fit %v B", rep.SlopeKiB, rep.Fit.Slope)
 	}
-	if rep.Linear != rep.Fit.Linear(rep.MinR2) {
-		t.Errorf("linear = %v with fit %+v", rep.Linear, rep.Fit)
+	linearFit := rep.Fit
+	if rep.SizesFit != nil {
+		linearFit = *rep.SizesFit
+	}
+	if rep.Linear != linearFit.Linear(rep.MinR2) {
+		t.Errorf("linear = %v with fit %+v", rep.Linear, linearFit)
 	}
 	if rep.KernelFit == nil || rep.KernelSlopeKiB <= rep.SlopeKiB {
 		t.Errorf("kernel fit = %+v, slope %v", rep.KernelFit, rep.KernelSlopeKiB)

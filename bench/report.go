@@ -102,7 +102,9 @@ type MemReport struct {
 	Fit      Fit     `json:"fit"`
 	SlopeKiB float64 `json:"slope_kib_per_conn"`
 	MinR2    float64 `json:"min_r2"`
-	Linear   bool    `json:"linear"`
+	// Linear says R² reaches MinR2: that of SizesFit when there is one,
+	// else that of Fit.
+	Linear bool `json:"linear"`
 	// SizesFit runs over the sizes alone (at least two): its slope is the
 	// cost of one more connection, and its intercept above the baseline is
 	// what the server paid once, on its first connections (code paged in,
@@ -161,6 +163,10 @@ func (r *MemReport) finish() {
 	if len(xs) >= 3 {
 		if f, err := LeastSquares(xs[1:], ys[1:]); err == nil {
 			r.SizesFit, r.SizesSlopeKiB = &f, f.Slope/1024
+			// Growth is linear when the sizes lie on a line; a step from
+			// the baseline to the first size is a one-off cost, not a
+			// curve.
+			r.Linear = f.Linear(r.MinR2)
 		}
 	}
 	if allSlab {
@@ -258,12 +264,16 @@ func (r *MemReport) WriteMarkdown(w io.Writer) {
 func (r *MemReport) summaryLines() []string {
 	var out []string
 	if r.Fit.Points >= 2 {
-		out = append(out, fmt.Sprintf("slope %.3f KiB/conn (intercept %s), R² %.4f over %d points, linear: %s (R² ≥ %.2f)",
-			r.SlopeKiB, fmtBytes(int64(r.Fit.Intercept)), r.Fit.R2, r.Fit.Points, yesNo(r.Linear), r.MinR2))
+		line := fmt.Sprintf("slope %.3f KiB/conn (intercept %s), R² %.4f over %d points",
+			r.SlopeKiB, fmtBytes(int64(r.Fit.Intercept)), r.Fit.R2, r.Fit.Points)
+		if r.SizesFit == nil {
+			line += fmt.Sprintf(", linear: %s (R² ≥ %.2f)", yesNo(r.Linear), r.MinR2)
+		}
+		out = append(out, line)
 	}
 	if f := r.SizesFit; f != nil {
-		out = append(out, fmt.Sprintf("over the sizes alone: %.3f KiB/conn, R² %.4f; paid once on the first connections: %s above the baseline",
-			r.SizesSlopeKiB, f.R2, fmtBytes(int64(f.Intercept)-r.Baseline.RSS)))
+		out = append(out, fmt.Sprintf("over the sizes alone: %.3f KiB/conn, R² %.4f, linear: %s (R² ≥ %.2f); paid once on the first connections: %s above the baseline",
+			r.SizesSlopeKiB, f.R2, yesNo(r.Linear), r.MinR2, fmtBytes(int64(f.Intercept)-r.Baseline.RSS)))
 	}
 	if r.KernelFit != nil {
 		out = append(out, fmt.Sprintf("with the server's kernel socket memory: %.3f KiB/conn (R² %.4f)", r.KernelSlopeKiB, r.KernelFit.R2))

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,8 +76,20 @@ func TestMemReportFinishNotes(t *testing.T) {
 		{Size: 30, Connected: 30, RSSAfter: 90000, Settled: true},
 	}
 	rep.finish()
-	if rep.Linear {
-		t.Fatalf("jagged points called linear: %+v", rep.Fit)
+	if rep.Linear || rep.SizesFit == nil {
+		t.Fatalf("jagged points called linear: %+v", rep.SizesFit)
+	}
+	// A step from the baseline to the first size is a one-off cost: the
+	// sizes alone are on a line.
+	step := &MemReport{Baseline: ProcMem{RSS: 1000}, MinR2: DefaultMinR2}
+	step.Points = []MemPoint{
+		{Size: 1000, Connected: 1000, RSSAfter: 2_000_000 + 1000*500, Settled: true},
+		{Size: 2000, Connected: 2000, RSSAfter: 2_000_000 + 2000*500, Settled: true},
+		{Size: 4000, Connected: 4000, RSSAfter: 2_000_000 + 4000*500, Settled: true},
+	}
+	step.finish()
+	if !step.Linear || step.Fit.R2 >= DefaultMinR2 || math.Abs(step.SizesSlopeKiB-500.0/1024) > 1e-9 {
+		t.Fatalf("step then line: linear %v, fit R² %v, sizes slope %v KiB", step.Linear, step.Fit.R2, step.SizesSlopeKiB)
 	}
 	if rep.KernelFit != nil {
 		t.Fatal("kernel fit without slab readings")

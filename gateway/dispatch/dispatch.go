@@ -46,7 +46,8 @@ type Config struct {
 	// Tick is how often quiet periods, backoffs and TTLs are checked
 	// (default 1 s).
 	Tick time.Duration
-	// Workers is the number of event workers (default 128).
+	// Workers is the number of event queues, each drained in order by a
+	// goroutine that exists only while the queue has work (default 128).
 	Workers int
 	// WaitSession bounds how long a worker waits for a session to run a
 	// delivery or an instruction (default 2 s).
@@ -115,6 +116,10 @@ type Dispatcher struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
+	// runMu orders starting a worker goroutine (wg.Add) before Stop's
+	// wg.Wait: Stop sets stopped under the write lock.
+	runMu   sync.RWMutex
+	stopped bool
 }
 
 // device is the dispatcher's memory of one device. Fields are read and
@@ -149,7 +154,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		stop:    make(chan struct{}),
 	}
 	for range cfg.Workers {
-		d.workers = append(d.workers, &worker{wake: make(chan struct{}, 1)})
+		d.workers = append(d.workers, new(worker))
 	}
 	return d, nil
 }
@@ -175,10 +180,6 @@ func (d *Dispatcher) Start() error {
 			}
 		}
 	}
-	for _, w := range d.workers {
-		d.wg.Add(1)
-		go w.run(d.stop, &d.wg)
-	}
 	d.wg.Add(1)
 	go d.ticker()
 	return nil
@@ -187,7 +188,12 @@ func (d *Dispatcher) Start() error {
 // Stop ends the workers and the ticker; queued events are dropped (the
 // commands they concern stay in the store).
 func (d *Dispatcher) Stop() {
-	d.once.Do(func() { close(d.stop) })
+	d.once.Do(func() {
+		d.runMu.Lock()
+		d.stopped = true
+		d.runMu.Unlock()
+		close(d.stop)
+	})
 	d.wg.Wait()
 }
 
@@ -257,42 +263,45 @@ func (d *Dispatcher) update(id string, fn func(dv *device)) {
 	d.mu.Unlock()
 }
 
-// worker runs queued functions in order.
+// worker is a queue of functions run in order by one goroutine, which is
+// started by the first function queued and ends when the queue is empty:
+// an idle dispatcher holds no goroutine, and no stack grown by the store
+// calls of its last burst.
 type worker struct {
-	mu   sync.Mutex // guards q
-	q    []func()
-	wake chan struct{}
+	mu      sync.Mutex // guards q and running
+	q       []func()
+	running bool
 }
 
-func (w *worker) push(fn func()) {
+// push queues fn and reports whether the caller must start the goroutine.
+func (w *worker) push(fn func()) (start bool) {
 	w.mu.Lock()
 	w.q = append(w.q, fn)
+	start = !w.running
+	w.running = true
 	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
+	return start
 }
 
 func (w *worker) run(stop <-chan struct{}, wg *sync.WaitGroup) {
 	defer wg.Done()
 	for {
-		select {
-		case <-stop:
-			return
-		case <-w.wake:
-		}
-		for {
-			w.mu.Lock()
-			q := w.q
-			w.q = nil
+		w.mu.Lock()
+		q := w.q
+		w.q = nil
+		if len(q) == 0 {
+			w.running = false
 			w.mu.Unlock()
-			if len(q) == 0 {
-				break
+			return
+		}
+		w.mu.Unlock()
+		for _, fn := range q {
+			select {
+			case <-stop:
+				return // queued events are dropped; running stays set
+			default:
 			}
-			for _, fn := range q {
-				fn()
-			}
+			fn()
 		}
 	}
 }
@@ -303,8 +312,20 @@ func (d *Dispatcher) workerFor(id string) *worker {
 	return d.workers[h.Sum32()%uint32(len(d.workers))]
 }
 
-// on queues fn on the device's worker.
-func (d *Dispatcher) on(id string, fn func()) { d.workerFor(id).push(fn) }
+// on queues fn on the device's worker, starting its goroutine if it has
+// none. After Stop, fn is dropped.
+func (d *Dispatcher) on(id string, fn func()) {
+	w := d.workerFor(id)
+	d.runMu.RLock()
+	defer d.runMu.RUnlock()
+	if d.stopped {
+		return
+	}
+	if w.push(fn) {
+		d.wg.Add(1)
+		go w.run(d.stop, &d.wg)
+	}
+}
 
 // do queues fn on the device's worker and waits for it (or for Stop).
 func (d *Dispatcher) do(id string, fn func()) {
