@@ -36,22 +36,17 @@ type Registry[T Item] struct {
 }
 
 // shard is one lock and the table it guards, padded to whole cache lines.
+// The padding is computed for T = *Entry; every T the gateway uses is a
+// pointer, so the layout is the same.
 type shard[T Item] struct {
 	shardState[T]
-	_ [cacheLine - unsafe.Sizeof(shardLayout{})%cacheLine]byte
+	_ [cacheLine - unsafe.Sizeof(shardState[*Entry]{})%cacheLine]byte
 }
 
 type shardState[T Item] struct {
 	mu    sync.RWMutex
 	slots []T // guarded by mu; length 0 or a power of two; the zero T is an empty slot
 	n     int // occupied slots
-}
-
-// shardLayout has shardState's size whatever T is (T is a pointer).
-type shardLayout struct {
-	mu    sync.RWMutex
-	slots []unsafe.Pointer
-	n     int
 }
 
 // counter is an atomic count alone on its cache line.
