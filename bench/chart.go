@@ -1,26 +1,56 @@
 package bench
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
-
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
-	"gonum.org/v1/plot/vg"
+	"sync"
 )
 
-// Chart size.
-const (
-	chartWidth  = 8 * vg.Inch
-	chartHeight = 4.5 * vg.Inch
+// ErrEmptyChart is returned for a chart with nothing to draw.
+var ErrEmptyChart = errors.New("bench: chart: no data")
+
+// ChartRenderer turns chart data into PNG images. Package bench/chart
+// implements it with gonum/plot and registers itself when imported; the
+// plotting code and its fonts stay out of programs that only measure.
+type ChartRenderer interface {
+	Bar(title, yLabel string, groups []string, series []BarSeries) ([]byte, error)
+	Latency(title string, series []LatencySeries) ([]byte, error)
+	Time(title, yLabel string, series []TimeSeries) ([]byte, error)
+}
+
+var (
+	chartMu  sync.Mutex
+	renderer ChartRenderer
 )
 
-// errEmptyChart is returned for a chart with nothing to draw.
-var errEmptyChart = errors.New("bench: chart: no data")
+// RegisterCharts makes r the renderer of every chart the reports write.
+// Without one, reports are written without their charts.
+func RegisterCharts(r ChartRenderer) {
+	chartMu.Lock()
+	renderer = r
+	chartMu.Unlock()
+}
+
+func charts() ChartRenderer {
+	chartMu.Lock()
+	defer chartMu.Unlock()
+	return renderer
+}
+
+// writeChart writes what draw renders to path, or nothing when no renderer
+// is registered.
+func writeChart(path string, draw func(r ChartRenderer) ([]byte, error)) error {
+	r := charts()
+	if r == nil {
+		return nil
+	}
+	png, err := draw(r)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, png)
+}
 
 // BarSeries is one colour of a grouped bar chart: a value per group.
 type BarSeries struct {
@@ -32,38 +62,14 @@ type BarSeries struct {
 // series in each group, and writes a PNG to path.
 func BarChart(path, title, yLabel string, groups []string, series []BarSeries) error {
 	if len(groups) == 0 || len(series) == 0 {
-		return errEmptyChart
+		return ErrEmptyChart
 	}
-	p := plot.New()
-	p.Title.Text = title
-	p.Y.Label.Text = yLabel
-	p.Legend.Top = true
-	p.Legend.Left = true
-	p.Y.Min = 0
-	width := vg.Points(min(40, 300/float64(len(groups)*len(series))))
-	top := 0.0
-	for i, s := range series {
+	for _, s := range series {
 		if len(s.Values) != len(groups) {
 			return fmt.Errorf("bench: chart %q: series %q has %d values for %d groups", title, s.Name, len(s.Values), len(groups))
 		}
-		for _, v := range s.Values {
-			top = max(top, v)
-		}
-		bars, err := plotter.NewBarChart(plotter.Values(s.Values), width)
-		if err != nil {
-			return fmt.Errorf("bench: chart %q: %w", title, err)
-		}
-		bars.Color = plotutil.Color(i)
-		bars.LineStyle.Width = 0
-		bars.Offset = width * vg.Length(float64(i)-float64(len(series)-1)/2)
-		p.Add(bars)
-		p.Legend.Add(s.Name, bars)
 	}
-	p.NominalX(groups...)
-	// Room above the bars for the legend.
-	p.Y.Max = top * (1 + 0.12*float64(len(series)+1))
-	p.Add(plotter.NewGrid())
-	return savePNG(p, path)
+	return writeChart(path, func(r ChartRenderer) ([]byte, error) { return r.Bar(title, yLabel, groups, series) })
 }
 
 // LatencySeries is one latency distribution of a chart.
@@ -72,51 +78,17 @@ type LatencySeries struct {
 	Quantiles []Quantile
 }
 
-// LatencyChart draws latency distributions, latency against percentile on
-// a scale that spreads the tail (50%, 90%, 99%, 99.9% equally apart), and
-// writes a PNG to path.
+// LatencyChart draws latency distributions (latency against percentile, the
+// tail spread out) and writes a PNG to path.
 func LatencyChart(path, title string, series []LatencySeries) error {
-	p := plot.New()
-	p.Title.Text = title
-	p.X.Label.Text = "percentile"
-	p.Y.Label.Text = "latency (ms)"
-	p.X.Scale = plot.LogScale{}
-	p.Legend.Top = true
-	p.Legend.Left = true
-	p.X.Tick.Marker = plot.ConstantTicks([]plot.Tick{
-		{Value: tailX(0), Label: "0%"}, {Value: tailX(50), Label: "50%"}, {Value: tailX(90), Label: "90%"},
-		{Value: tailX(99), Label: "99%"}, {Value: tailX(99.9), Label: "99.9%"}, {Value: tailX(100), Label: "max"},
-	})
-	drawn := 0
-	for i, s := range series {
-		var xys plotter.XYs
-		for _, q := range s.Quantiles {
-			xys = append(xys, plotter.XY{X: tailX(q.Percentile), Y: float64(q.Value) / 1e6})
-		}
-		if len(xys) == 0 {
-			continue
-		}
-		line, points, err := plotter.NewLinePoints(xys)
-		if err != nil {
-			return fmt.Errorf("bench: chart %q: %w", title, err)
-		}
-		line.Color = plotutil.Color(i)
-		points.Color = plotutil.Color(i)
-		p.Add(line, points)
-		p.Legend.Add(s.Name, line, points)
-		drawn++
+	drawable := false
+	for _, s := range series {
+		drawable = drawable || len(s.Quantiles) > 0
 	}
-	if drawn == 0 {
-		return errEmptyChart
+	if !drawable {
+		return ErrEmptyChart
 	}
-	p.Y.Min = 0
-	p.Add(plotter.NewGrid())
-	return savePNG(p, path)
-}
-
-// tailX maps a percentile to 1/(1-p), capped at 99.99 (the maximum).
-func tailX(percentile float64) float64 {
-	return 1 / (1 - math.Min(percentile, 99.99)/100)
+	return writeChart(path, func(r ChartRenderer) ([]byte, error) { return r.Latency(title, series) })
 }
 
 // TimeSeries is one line of a chart over time.
@@ -126,50 +98,17 @@ type TimeSeries struct {
 	Seconds, Values []float64
 }
 
-// TimeChart draws values over time and writes a PNG to path.
+// TimeChart draws values over time and writes a PNG to path. A series
+// whose Seconds and Values differ in length is left out.
 func TimeChart(path, title, yLabel string, series []TimeSeries) error {
-	p := plot.New()
-	p.Title.Text = title
-	p.X.Label.Text = "seconds"
-	p.Y.Label.Text = yLabel
-	p.Legend.Top = true
-	drawn := 0
-	for i, s := range series {
-		if len(s.Seconds) == 0 || len(s.Seconds) != len(s.Values) {
-			continue
-		}
-		xys := make(plotter.XYs, len(s.Seconds))
-		for j := range s.Seconds {
-			xys[j] = plotter.XY{X: s.Seconds[j], Y: s.Values[j]}
-		}
-		line, err := plotter.NewLine(xys)
-		if err != nil {
-			return fmt.Errorf("bench: chart %q: %w", title, err)
-		}
-		line.Color = plotutil.Color(i)
-		line.Width = vg.Points(1.5)
-		p.Add(line)
-		p.Legend.Add(s.Name, line)
-		drawn++
+	drawable := false
+	for _, s := range series {
+		drawable = drawable || (len(s.Seconds) > 0 && len(s.Seconds) == len(s.Values))
 	}
-	if drawn == 0 {
-		return errEmptyChart
+	if !drawable {
+		return ErrEmptyChart
 	}
-	p.Y.Min = 0
-	p.Add(plotter.NewGrid())
-	return savePNG(p, path)
-}
-
-func savePNG(p *plot.Plot, path string) error {
-	wt, err := p.WriterTo(chartWidth, chartHeight, "png")
-	if err != nil {
-		return fmt.Errorf("bench: chart: %w", err)
-	}
-	var buf bytes.Buffer
-	if _, err := wt.WriteTo(&buf); err != nil {
-		return fmt.Errorf("bench: chart: %w", err)
-	}
-	return writeFileAtomic(path, buf.Bytes())
+	return writeChart(path, func(r ChartRenderer) ([]byte, error) { return r.Time(title, yLabel, series) })
 }
 
 // WriteChart draws the memory per connection at each size: RSS alone and

@@ -281,16 +281,16 @@ func TestReportFilesAndCharts(t *testing.T) {
 func TestChartErrors(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "x.png")
-	if err := BarChart(p, "t", "y", nil, nil); !errors.Is(err, errEmptyChart) {
+	if err := BarChart(p, "t", "y", nil, nil); !errors.Is(err, ErrEmptyChart) {
 		t.Fatalf("empty bar chart: %v", err)
 	}
 	if err := BarChart(p, "t", "y", []string{"a", "b"}, []BarSeries{{Name: "s", Values: []float64{1}}}); err == nil {
 		t.Fatal("series shorter than the groups: want an error")
 	}
-	if err := LatencyChart(p, "t", []LatencySeries{{Name: "none"}}); !errors.Is(err, errEmptyChart) {
+	if err := LatencyChart(p, "t", []LatencySeries{{Name: "none"}}); !errors.Is(err, ErrEmptyChart) {
 		t.Fatalf("empty latency chart: %v", err)
 	}
-	if err := TimeChart(p, "t", "y", []TimeSeries{{Name: "odd", Seconds: []float64{1}, Values: nil}}); !errors.Is(err, errEmptyChart) {
+	if err := TimeChart(p, "t", "y", []TimeSeries{{Name: "odd", Seconds: []float64{1}, Values: nil}}); !errors.Is(err, ErrEmptyChart) {
 		t.Fatalf("time chart without values: %v", err)
 	}
 	if _, err := os.Stat(p); !os.IsNotExist(err) {

@@ -158,10 +158,10 @@ func (r *SavingsReport) WriteFiles(dir string, latency *Latency) error {
 		return err
 	}
 	var errs []error
-	if err := r.memoryChart(filepath.Join(dir, "memory.png")); err != nil && !errors.Is(err, errEmptyChart) {
+	if err := r.memoryChart(filepath.Join(dir, "memory.png")); err != nil && !errors.Is(err, ErrEmptyChart) {
 		errs = append(errs, err)
 	}
-	if err := r.fleetChart(filepath.Join(dir, "fleet.png")); err != nil && !errors.Is(err, errEmptyChart) {
+	if err := r.fleetChart(filepath.Join(dir, "fleet.png")); err != nil && !errors.Is(err, ErrEmptyChart) {
 		errs = append(errs, err)
 	}
 	if latency != nil && latency.Count() > 0 {

@@ -581,7 +581,7 @@ func (r *UpgradeReport) WriteFiles(dir string, device, gateway *Latency) error {
 		series = append(series, LatencySeries{Name: "accepted to PUBACK (gateway record)", Quantiles: gateway.Distribution(DistributionPercentiles())})
 	}
 	title := fmt.Sprintf("Secure command latency through the upgrade: %d devices, %d rounds", r.Devices, r.Rounds)
-	if err := LatencyChart(filepath.Join(dir, "latency.png"), title, series); err != nil && !errors.Is(err, errEmptyChart) {
+	if err := LatencyChart(filepath.Join(dir, "latency.png"), title, series); err != nil && !errors.Is(err, ErrEmptyChart) {
 		errs = append(errs, err)
 	}
 	if len(r.Samples) > 0 {

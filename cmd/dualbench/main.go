@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dualgate/dualgate/bench"
+	_ "github.com/dualgate/dualgate/bench/chart" // draws the reports' charts
 )
 
 const usage = `dualbench measures an MQTT server from outside.
