@@ -295,11 +295,11 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "dualgate_received_bytes_total", Help: "MQTT bytes received from devices, by transport mode.",
 			ConstLabels: prometheus.Labels{"mode": mode},
-		}, func() float64 { return float64(ctr.bytesIn[i].Load()) }))
+		}, func() float64 { return float64(st.BytesIn[i].Load()) }))
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "dualgate_sent_bytes_total", Help: "MQTT bytes sent to devices, by transport mode.",
 			ConstLabels: prometheus.Labels{"mode": mode},
-		}, func() float64 { return float64(ctr.bytesOut[i].Load()) }))
+		}, func() float64 { return float64(st.BytesOut[i].Load()) }))
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "dualgate_mux_connections_total", Help: "Connections on the single-port listener, by the mode they were routed to.",
 			ConstLabels: prometheus.Labels{"mode": mode},

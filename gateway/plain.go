@@ -49,16 +49,14 @@ type plainServer struct {
 // loopState is what one event loop keeps: its connections, for the sweep.
 // Only that loop touches it.
 type loopState struct {
-	el       gnet.EventLoop
-	counters *counters
-	conns    []*plainConn
+	el    gnet.EventLoop
+	conns []*plainConn
 }
 
 // plainConn is a plain connection: the gnet connection and its session.
 // Everything in it is owned by the connection's event loop.
 type plainConn struct {
-	c    gnet.Conn
-	loop *loopState
+	c gnet.Conn
 	// remote is the device's address from a PROXY header (nil without
 	// one): a pointer, since most deployments send none.
 	remote    *string
@@ -110,7 +108,7 @@ func (ps *plainServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return nil, gnet.Close
 	}
 	ls := ps.loopOf(c.EventLoop())
-	pc := &plainConn{c: c, loop: ls, idx: int32(len(ls.conns)), proxyWait: ps.proxy != ProxyOff}
+	pc := &plainConn{c: c, idx: int32(len(ls.conns)), proxyWait: ps.proxy != ProxyOff}
 	ls.conns = append(ls.conns, pc)
 	c.SetContext(pc)
 	pc.sess.Init(ps.env, pc)
@@ -142,7 +140,6 @@ func (ps *plainServer) OnTraffic(c gnet.Conn) gnet.Action {
 		}
 	}
 	used, closeConn := safeFeed(ps.logger, ps.env.Stats, &pc.sess, buf)
-	ps.counters.bytesIn[registryPlain].Add(uint64(used))
 	if pc.closed {
 		return gnet.None // a failed write closed it meanwhile
 	}
@@ -162,7 +159,7 @@ func (ps *plainServer) OnClose(c gnet.Conn, _ error) gnet.Action {
 		return gnet.None
 	}
 	pc.closed = true
-	ls := pc.loop
+	ls := ps.loopOf(c.EventLoop())
 	last := ls.conns[len(ls.conns)-1]
 	ls.conns[pc.idx] = last
 	last.idx = pc.idx
@@ -238,7 +235,7 @@ func (ps *plainServer) loopOf(el gnet.EventLoop) *loopState {
 	defer ps.mu.Unlock()
 	ls, ok := ps.loops[el]
 	if !ok {
-		ls = &loopState{el: el, counters: ps.counters}
+		ls = &loopState{el: el}
 		ps.loops[el] = ls
 	}
 	return ls
@@ -284,7 +281,6 @@ func (pc *plainConn) Write(b []byte) error {
 	if _, err := pc.c.Write(b); err != nil {
 		return err
 	}
-	pc.loop.counters.bytesOut[registryPlain].Add(uint64(len(b)))
 	return nil
 }
 

@@ -24,7 +24,6 @@ const tlsWriteTimeout = 10 * time.Second
 // holds mu: the reader goroutine while it feeds bytes, or a function queued
 // with Exec.
 type tlsConn struct {
-	ctr      *counters
 	conn     *tls.Conn
 	remote   string
 	identity []string
@@ -72,7 +71,7 @@ func (ts *tlsSet) snapshot() []*tlsConn {
 // serveTLS runs one TLS connection's session until it ends. tlsmux calls it
 // on the connection's goroutine after the handshake.
 func (g *Gateway) serveTLS(c *tls.Conn, info tlsmux.ConnInfo) {
-	tc := &tlsConn{ctr: &g.counters, conn: c, identity: info.PeerIdentity}
+	tc := &tlsConn{conn: c, identity: info.PeerIdentity}
 	g.handshakes.WithLabelValues(strconv.FormatBool(info.Resumed)).Observe(info.HandshakeDuration.Seconds())
 	if info.Remote != nil {
 		tc.remote = info.Remote.String()
@@ -88,9 +87,7 @@ func (g *Gateway) serveTLS(c *tls.Conn, info tlsmux.ConnInfo) {
 			closeConn := false
 			tc.onSession(done, func() {
 				if closeConn = tc.closed; !closeConn {
-					var used int
-					used, closeConn = safeFeed(g.logger, g.env.Stats, &tc.sess, pkt)
-					tc.ctr.bytesIn[registryTLS].Add(uint64(used))
+					_, closeConn = safeFeed(g.logger, g.env.Stats, &tc.sess, pkt)
 				}
 			})
 			putPacketBuf(pkt)
@@ -214,9 +211,6 @@ func (tc *tlsConn) Write(b []byte) error {
 	}
 	_ = tc.conn.SetWriteDeadline(time.Now().Add(tlsWriteTimeout))
 	_, err := tc.conn.Write(b)
-	if err == nil {
-		tc.ctr.bytesOut[registryTLS].Add(uint64(len(b)))
-	}
 	return err
 }
 

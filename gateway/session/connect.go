@@ -78,15 +78,15 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		ka, serverKA = s.env.MaxKeepAlive, true
 	}
 	s.keepAlive = ka
-	s.clientRecvMax = 65535
 	maxExpiry := uint32(s.env.MaxSessionExpiry / time.Second)
 	expiryCapped := false
 	if v5 {
-		if c.Properties.Has(mqttcodec.PropReceiveMaximum) {
-			s.clientRecvMax = c.Properties.ReceiveMaximum
+		// A device's own limits are rare: they live in rareState.
+		if c.Properties.Has(mqttcodec.PropReceiveMaximum) && c.Properties.ReceiveMaximum != 65535 {
+			s.rareState().recvMax = c.Properties.ReceiveMaximum
 		}
 		if c.Properties.Has(mqttcodec.PropMaximumPacketSize) {
-			s.clientMaxPacket = c.Properties.MaximumPacketSize
+			s.rareState().maxPacket = c.Properties.MaximumPacketSize
 		}
 		if c.Properties.Has(mqttcodec.PropSessionExpiry) {
 			s.sessionExpiry = c.Properties.SessionExpiry

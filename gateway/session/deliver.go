@@ -63,7 +63,7 @@ func (s *Session) Deliver(d *Delivery) error {
 	}
 	pub := mqttcodec.Publish{Topic: []byte(d.Topic), Payload: d.Payload, QoS: min(d.QoS, 1), Dup: d.Dup && d.QoS > 0, Retain: d.Retain}
 	if pub.QoS > 0 {
-		if s.rare != nil && len(s.rare.inflight) >= int(s.clientRecvMax) {
+		if s.rare != nil && len(s.rare.inflight) >= s.rare.clientRecvMax() {
 			return ErrInflightFull
 		}
 		pub.PacketID = s.allocPID()
@@ -100,12 +100,12 @@ func (s *Session) writePublish(pub *mqttcodec.Publish) bool {
 	sent := s.write(func(dst []byte) []byte {
 		out := mqttcodec.AppendPublish(dst, s.entry.Protocol, pub)
 		size = len(out) - len(dst)
-		if s.clientMaxPacket != 0 && uint32(size) > s.clientMaxPacket {
+		if s.tooLarge(size) {
 			return dst // nothing written
 		}
 		return out
 	})
-	return sent && (s.clientMaxPacket == 0 || uint32(size) <= s.clientMaxPacket)
+	return sent && !s.tooLarge(size)
 }
 
 // allocPID returns a packet identifier not in use by an outbound delivery.

@@ -208,14 +208,10 @@ type Session struct {
 	keepAlive uint16
 	nextPID   uint16
 	// inboundQoS counts device publishes waiting for the Sink's ack.
-	inboundQoS uint16
-	// clientRecvMax is the device's receive maximum (MQTT 5; 3.1.1: 65535).
-	clientRecvMax uint16
+	inboundQoS    uint16
 	state         uint8
 	flags         uint8
-	// clientMaxPacket is the largest packet the device accepts (0: no limit).
-	clientMaxPacket uint32
-	sessionExpiry   uint32
+	sessionExpiry uint32
 
 	// rare holds what most idle sessions never need.
 	rare *rareState
@@ -231,10 +227,31 @@ const (
 
 // rareState is allocated on first need, so an idle session does not pay for it.
 type rareState struct {
+	// recvMax is the device's receive maximum (MQTT 5; 0: 65535, the
+	// default and the 3.1.1 value).
+	recvMax uint16
+	// maxPacket is the largest packet the device accepts (MQTT 5; 0: no
+	// limit).
+	maxPacket uint32
+
 	aliases  map[uint16]string // MQTT 5 inbound topic aliases
 	qos2     map[uint16]struct{}
 	inflight []inflight // outbound QoS 1 deliveries waiting for PUBACK
 	will     *Will
+}
+
+// clientRecvMax is how many QoS 1 deliveries the device accepts unacknowledged.
+func (r *rareState) clientRecvMax() int {
+	if r.recvMax == 0 {
+		return 65535
+	}
+	return int(r.recvMax)
+}
+
+// tooLarge reports whether a packet of size bytes exceeds the device's
+// Maximum Packet Size.
+func (s *Session) tooLarge(size int) bool {
+	return s.rare != nil && s.rare.maxPacket != 0 && uint32(size) > s.rare.maxPacket
 }
 
 type inflight struct {
@@ -303,6 +320,12 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }
 // bytes it used; the caller keeps the rest until more arrive. closeConn
 // reports that the connection must be closed (after what was written).
 func (s *Session) Feed(b []byte) (used int, closeConn bool) {
+	used, closeConn = s.feed(b)
+	s.env.Stats.BytesIn[s.t.Mode()].Add(uint64(used))
+	return used, closeConn
+}
+
+func (s *Session) feed(b []byte) (used int, closeConn bool) {
 	if s.state >= stateClosing {
 		return len(b), true
 	}
@@ -429,6 +452,7 @@ func (s *Session) write(enc func(dst []byte) []byte) bool {
 		return false
 	}
 	s.env.Stats.PacketsOut.Add(1)
+	s.env.Stats.BytesOut[s.t.Mode()].Add(uint64(len(b)))
 	return true
 }
 

@@ -373,3 +373,54 @@ func TestRefusedPublish(t *testing.T) {
 		t.Fatalf("3.1.1 device was acknowledged: %+v", ps)
 	}
 }
+
+// An MQTT 5 device's own limits bound what the gateway sends it: its
+// Receive Maximum (deliveries unacknowledged at once) and its Maximum
+// Packet Size [MQTT-3.1.2-24]. A device that sets neither gets neither
+// bound and keeps no extra state.
+func TestDeviceLimits(t *testing.T) {
+	env := newTestEnv(t, &clock{now: time.Now()})
+	ft := &fakeTransport{mode: registry.ModeTLS}
+	s := new(Session)
+	s.Init(env, ft)
+	c := &mqttcodec.Connect{ProtocolVersion: mqttcodec.V5, CleanStart: true, KeepAlive: 60, ClientID: []byte("small-dev")}
+	c.Properties.SetReceiveMaximum(1)
+	c.Properties.SetMaximumPacketSize(64)
+	s.Feed(mqttcodec.AppendConnect(nil, c))
+	if ps := ft.packets(t, mqttcodec.V5); len(ps) != 1 || ps[0].Connack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %+v", ps)
+	}
+	d := func(tok string, n int) *Delivery {
+		return &Delivery{Topic: "c", Payload: make([]byte, n), QoS: 1, Secure: true, Token: tok}
+	}
+	if err := s.Deliver(d("big", 100)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("a 100-byte payload to a 64-byte device: %v", err)
+	}
+	if err := s.Deliver(d("first", 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Deliver(d("second", 10)); !errors.Is(err, ErrInflightFull) {
+		t.Fatalf("a second delivery before the PUBACK: %v", err)
+	}
+	ps := ft.packets(t, mqttcodec.V5)
+	if len(ps) != 1 || ps[0].Type != mqttcodec.PUBLISH {
+		t.Fatalf("written %+v, want the one PUBLISH that fits", ps)
+	}
+	s.Feed(mqttcodec.AppendAck(nil, mqttcodec.V5, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: ps[0].Publish.PacketID}))
+	if err := s.Deliver(d("second", 10)); err != nil {
+		t.Fatalf("after the PUBACK: %v", err)
+	}
+
+	free, _ := newConnected(t, env, registry.ModeTLS, mqttcodec.V5, "no-limits")
+	if free.rare != nil {
+		t.Fatal("rare state allocated at CONNECT for a device without limits")
+	}
+	for i := range 3 {
+		if err := free.Deliver(d("x", 1000)); err != nil {
+			t.Fatalf("delivery %d to a device without limits: %v", i, err)
+		}
+	}
+	if free.rare != nil && (free.rare.recvMax != 0 || free.rare.maxPacket != 0) {
+		t.Fatalf("limits kept for a device that set none: %+v", free.rare)
+	}
+}

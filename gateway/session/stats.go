@@ -16,6 +16,7 @@ type Stats struct {
 	MalformedPackets       atomic.Uint64
 	PacketsIn              atomic.Uint64
 	PacketsOut             atomic.Uint64
+	BytesIn, BytesOut      [2]atomic.Uint64 // MQTT bytes by transport, indexed by registry.Mode
 	PublishesIn            atomic.Uint64
 	Deliveries             atomic.Uint64 // commands written to devices
 	Instructions           atomic.Uint64 // reconnect instructions sent
