@@ -291,8 +291,10 @@ func flagName(f reflect.StructField) string {
 // fieldValue adapts a Config field to flag.Value.
 type fieldValue struct{ v reflect.Value }
 
+// String is "" for a zero field, so that the flag package does not print a
+// second "(default 0s)" after the real default, which the usage text gives.
 func (f fieldValue) String() string {
-	if !f.v.IsValid() {
+	if !f.v.IsValid() || f.v.IsZero() {
 		return ""
 	}
 	return fmt.Sprint(f.v.Interface())
