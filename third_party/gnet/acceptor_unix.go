@@ -70,7 +70,7 @@ func (el *eventloop) accept0(fd int, _ netpoll.IOEvent, _ netpoll.IOFlags) error
 			remoteAddr = socket.SockaddrToTCPOrUnixAddr(sa)
 		}
 		el := el.engine.eventLoops.next(remoteAddr)
-		c := newStreamConn(network, nfd, el, nil, el.listeners[fd].addr, nil)
+		c := newStreamConn(network, nfd, el, nil, nil, nil)
 		err = el.poller.Trigger(queue.HighPriority, el.register, c)
 		if err != nil {
 			el.getLogger().Errorf("failed to enqueue the accepted socket fd=%d to poller: %v", c.fd, err)
@@ -116,6 +116,6 @@ func (el *eventloop) accept(fd int, ev netpoll.IOEvent, flags netpoll.IOFlags) e
 		}
 	}
 
-	c := newStreamConn(network, nfd, el, nil, el.listeners[fd].addr, nil)
+	c := newStreamConn(network, nfd, el, nil, nil, nil)
 	return el.register0(c)
 }

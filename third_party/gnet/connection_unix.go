@@ -39,9 +39,7 @@ type conn struct {
 	fd             int                    // file descriptor
 	gfd            gfd.GFD                // gnet file descriptor
 	ctx            any                    // user-defined context
-	remote         unix.Sockaddr          // remote socket address
-	localAddr      net.Addr               // local addr
-	remoteAddr     net.Addr               // remote addr
+	addrs          *connAddrs             // addresses; nil for a stream connection accepted by a listener
 	loop           *eventloop             // connected event-loop
 	outboundBuffer elastic.Buffer         // buffer for data that is eligible to be sent to the remote
 	pollAttachment netpoll.PollAttachment // connection attachment for poller
@@ -54,15 +52,24 @@ type conn struct {
 	isEOF          bool                   // whether the connection has reached EOF
 }
 
+// connAddrs are the addresses a connection keeps. A stream connection
+// accepted by a listener keeps none: LocalAddr and RemoteAddr read them from
+// the socket when asked, which saves their memory on every idle connection.
+type connAddrs struct {
+	remote     unix.Sockaddr // remote socket address
+	localAddr  net.Addr      // local addr
+	remoteAddr net.Addr      // remote addr
+}
+
 func newStreamConn(proto string, fd int, el *eventloop, sa unix.Sockaddr, localAddr, remoteAddr net.Addr) (c *conn) {
 	c = &conn{
 		fd:             fd,
-		remote:         sa,
 		loop:           el,
-		localAddr:      localAddr,
-		remoteAddr:     remoteAddr,
 		isTCP:          proto == "tcp",
 		pollAttachment: netpoll.PollAttachment{FD: fd},
+	}
+	if sa != nil || localAddr != nil || remoteAddr != nil {
+		c.addrs = &connAddrs{remote: sa, localAddr: localAddr, remoteAddr: remoteAddr}
 	}
 	c.pollAttachment.Callback = c.processIO
 	c.outboundBuffer.Reset(el.engine.opts.WriteBufferCap)
@@ -73,15 +80,13 @@ func newUDPConn(fd int, el *eventloop, localAddr net.Addr, sa unix.Sockaddr, con
 	c = &conn{
 		fd:             fd,
 		gfd:            gfd.NewGFD(fd, el.idx, 0, 0),
-		remote:         sa,
+		addrs:          &connAddrs{remote: sa, localAddr: localAddr, remoteAddr: socket.SockaddrToUDPAddr(sa)},
 		loop:           el,
-		localAddr:      localAddr,
-		remoteAddr:     socket.SockaddrToUDPAddr(sa),
 		isDatagram:     true,
 		pollAttachment: netpoll.PollAttachment{FD: fd, Callback: el.readUDP},
 	}
 	if connected {
-		c.remote = nil
+		c.addrs.remote = nil
 	}
 	return
 }
@@ -91,29 +96,33 @@ func (c *conn) release() {
 	c.isEOF = false
 	c.ctx = nil
 	c.buffer = nil
-	if addr, ok := c.localAddr.(*net.TCPAddr); ok && len(c.loop.listeners) == 0 && len(addr.Zone) > 0 {
-		bsPool.Put(bs.StringToBytes(addr.Zone))
+	if a := c.addrs; a != nil {
+		if addr, ok := a.localAddr.(*net.TCPAddr); ok && len(c.loop.listeners) == 0 && len(addr.Zone) > 0 {
+			bsPool.Put(bs.StringToBytes(addr.Zone))
+		}
+		if addr, ok := a.remoteAddr.(*net.TCPAddr); ok && len(addr.Zone) > 0 {
+			bsPool.Put(bs.StringToBytes(addr.Zone))
+		}
+		if addr, ok := a.localAddr.(*net.UDPAddr); ok && len(c.loop.listeners) == 0 && len(addr.Zone) > 0 {
+			bsPool.Put(bs.StringToBytes(addr.Zone))
+		}
+		if addr, ok := a.remoteAddr.(*net.UDPAddr); ok && len(addr.Zone) > 0 {
+			bsPool.Put(bs.StringToBytes(addr.Zone))
+		}
+		if c.isDatagram {
+			a.localAddr, a.remoteAddr = nil, nil // the sockaddr stays for readUDP
+		} else {
+			c.addrs = nil
+		}
 	}
-	if addr, ok := c.remoteAddr.(*net.TCPAddr); ok && len(addr.Zone) > 0 {
-		bsPool.Put(bs.StringToBytes(addr.Zone))
-	}
-	if addr, ok := c.localAddr.(*net.UDPAddr); ok && len(c.loop.listeners) == 0 && len(addr.Zone) > 0 {
-		bsPool.Put(bs.StringToBytes(addr.Zone))
-	}
-	if addr, ok := c.remoteAddr.(*net.UDPAddr); ok && len(addr.Zone) > 0 {
-		bsPool.Put(bs.StringToBytes(addr.Zone))
-	}
-	c.localAddr = nil
-	c.remoteAddr = nil
 	if !c.isDatagram {
-		c.remote = nil
 		c.inboundBuffer.Done()
 		c.outboundBuffer.Release()
 	}
 }
 
 func (c *conn) open(buf []byte) error {
-	if c.isDatagram && c.remote == nil {
+	if c.isDatagram && c.remoteSockaddr() == nil {
 		return unix.Send(c.fd, buf, 0)
 	}
 
@@ -295,10 +304,10 @@ func (c *conn) sendTo(buf []byte, addr unix.Sockaddr) (n int, err error) {
 	if addr != nil {
 		return len(buf), unix.Sendto(c.fd, buf, 0, addr)
 	}
-	if c.remote == nil { // connected UDP socket of client
+	if c.remoteSockaddr() == nil { // connected UDP socket of client
 		return len(buf), unix.Send(c.fd, buf, 0)
 	}
-	return len(buf), unix.Sendto(c.fd, buf, 0, c.remote) // unconnected UDP socket of server
+	return len(buf), unix.Sendto(c.fd, buf, 0, c.remoteSockaddr()) // unconnected UDP socket of server
 }
 
 func (c *conn) resetBuffer() {
@@ -457,16 +466,41 @@ func (c *conn) OutboundBuffered() int {
 	return c.outboundBuffer.Buffered()
 }
 
-func (c *conn) Context() any        { return c.ctx }
-func (c *conn) SetContext(ctx any)  { c.ctx = ctx }
-func (c *conn) LocalAddr() net.Addr { return c.localAddr }
+func (c *conn) Context() any       { return c.ctx }
+func (c *conn) SetContext(ctx any) { c.ctx = ctx }
+
+// remoteSockaddr is the remote socket address of an unconnected UDP
+// socket, nil otherwise.
+func (c *conn) remoteSockaddr() unix.Sockaddr {
+	if c.addrs == nil {
+		return nil
+	}
+	return c.addrs.remote
+}
+
+func (c *conn) LocalAddr() net.Addr {
+	if c.addrs != nil {
+		return c.addrs.localAddr
+	}
+	if !c.opened {
+		return nil
+	}
+	// A stream connection accepted by a listener keeps no addresses: read
+	// them from the socket, to save memory per connection.
+	sa, err := unix.Getsockname(c.fd)
+	if err != nil {
+		return nil
+	}
+	return socket.SockaddrToTCPOrUnixAddr(sa)
+}
 
 func (c *conn) RemoteAddr() net.Addr {
-	if c.remoteAddr != nil || c.isDatagram || !c.opened {
-		return c.remoteAddr
+	if c.addrs != nil {
+		return c.addrs.remoteAddr
 	}
-	// The remote address of a stream connection accepted by a listener is
-	// not retained, resolve it on demand to save memory per connection.
+	if !c.opened {
+		return nil
+	}
 	sa, err := unix.Getpeername(c.fd)
 	if err != nil {
 		return nil

@@ -18,11 +18,11 @@ import (
 )
 
 func TestConnStructSize(t *testing.T) {
-	// Keep conn within the 224-byte size class of the Go allocator,
+	// Keep conn within the 192-byte size class of the Go allocator,
 	// it's allocated once per connection.
 	size := unsafe.Sizeof(conn{})
 	t.Logf("unsafe.Sizeof(conn{}) = %d", size)
-	assert.LessOrEqual(t, size, uintptr(224))
+	assert.LessOrEqual(t, size, uintptr(192))
 }
 
 type remoteAddrServer struct {
@@ -34,6 +34,7 @@ type remoteAddrServer struct {
 
 	mu      sync.Mutex
 	opened  []string // RemoteAddr().String() in OnOpen
+	local   []string // LocalAddr().String() in OnOpen
 	traffic []string // RemoteAddr().String() in OnTraffic
 	closing []string // RemoteAddr().String() in OnClose
 	closed  []Conn   // connections that have been closed
@@ -75,6 +76,11 @@ func (s *remoteAddrServer) OnOpen(c Conn) ([]byte, Action) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.opened = append(s.opened, s.remoteAddrString(c))
+	if la := c.LocalAddr(); la != nil {
+		s.local = append(s.local, la.String())
+	} else {
+		s.local = append(s.local, "<nil>")
+	}
 	return nil, None
 }
 
@@ -86,7 +92,7 @@ func (s *remoteAddrServer) OnTraffic(c Conn) Action {
 	// Connections closed earlier must no longer report a remote address,
 	// even if their file descriptors have been reused by now.
 	for _, cc := range s.closed {
-		if cc.RemoteAddr() != nil {
+		if cc.RemoteAddr() != nil || cc.LocalAddr() != nil {
 			reply = "stale\n"
 		}
 	}
@@ -174,7 +180,11 @@ func testConnRemoteAddr(t *testing.T, network string, opts ...Option) {
 	assert.Equal(t, clientAddrs, s.opened, "RemoteAddr() in OnOpen")
 	assert.Equal(t, clientAddrs, s.traffic, "RemoteAddr() in OnTraffic")
 	assert.Equal(t, clientAddrs, s.closing, "RemoteAddr() in OnClose")
+	for i, la := range s.local {
+		assert.Equal(t, lnAddr, la, "LocalAddr() in OnOpen of connection %d", i)
+	}
 	for _, c := range s.closed {
 		assert.Nil(t, c.RemoteAddr(), "RemoteAddr() after close")
+		assert.Nil(t, c.LocalAddr(), "LocalAddr() after close")
 	}
 }

@@ -222,7 +222,7 @@ func (el *eventloop) register0(c *conn) error {
 		return err
 	}
 	el.connections.addConn(c, el.idx)
-	if c.isDatagram && c.remote != nil {
+	if c.isDatagram && c.remoteSockaddr() != nil {
 		return nil
 	}
 	return el.open(c)
@@ -464,7 +464,7 @@ func (el *eventloop) readUDP(fd int, _ netpoll.IOEvent, _ netpoll.IOFlags) error
 	}
 	c.buffer = el.buffer[:n]
 	action := el.eventHandler.OnTraffic(c)
-	if c.remote != nil {
+	if c.remoteSockaddr() != nil {
 		c.release()
 	}
 	if action == Shutdown {
