@@ -120,11 +120,10 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 	var subs []Subscription
 	present := false
 	if prev != nil {
-		old := prev
 		if !c.CleanStart {
-			subs, present = old.Subscriptions(), true
+			subs, present = prev.Subscriptions(), true
 		}
-		old.Kick(mqttcodec.SessionTakenOver, "another connection with the same client id")
+		prev.Kick(mqttcodec.SessionTakenOver, "another connection with the same client id")
 	}
 	if c.CleanStart {
 		s.env.Sessions.Drop(id, now)
