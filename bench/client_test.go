@@ -12,6 +12,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/internal/testutil"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -183,7 +184,7 @@ func TestPoolTLSAgainstMosquitto(t *testing.T) {
 
 func TestPoolConnectFailures(t *testing.T) {
 	// A port with nothing behind it.
-	closedAddr := net.JoinHostPort("127.0.0.1", itoa(freePort(t)))
+	closedAddr := net.JoinHostPort("127.0.0.1", itoa(testutil.FreePort(t)))
 	tests := []struct {
 		name    string
 		mode    fakeBehaviour

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/internal/testutil"
 )
 
 // fastSettle keeps the end-to-end tests short: 3 samples 200 ms apart.
@@ -330,7 +332,7 @@ func TestRunMemErrors(t *testing.T) {
 }
 
 func TestRunConnNothingListening(t *testing.T) {
-	fc := testFleet(net.JoinHostPort("127.0.0.1", itoa(freePort(t))), 10, 1)
+	fc := testFleet(net.JoinHostPort("127.0.0.1", itoa(testutil.FreePort(t))), 10, 1)
 	var out strings.Builder
 	res, err := RunConn(context.Background(), ConnConfig{Fleet: fc, Hold: time.Millisecond}, &out, zap.NewNop())
 	if !errors.Is(err, ErrNoConnection) {

@@ -21,6 +21,8 @@ import (
 
 	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
+
+	"github.com/dualgate/dualgate/internal/testutil"
 )
 
 // mosquittoPath finds the Mosquitto broker; the end-to-end tests need it.
@@ -36,20 +38,6 @@ func mosquittoPath(t *testing.T) string {
 	return ""
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return port
-}
-
 // mosquittoTLS holds the files of a TLS listener.
 type mosquittoTLS struct {
 	caFile, certFile, keyFile string
@@ -60,7 +48,7 @@ type mosquittoTLS struct {
 func mosquittoConfig(t *testing.T, tlsFiles *mosquittoTLS) (conf, addr string) {
 	t.Helper()
 	dir := t.TempDir()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	text := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n", port)
 	if tlsFiles != nil {
 		text += fmt.Sprintf("certfile %s\nkeyfile %s\n", tlsFiles.certFile, tlsFiles.keyFile)

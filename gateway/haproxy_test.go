@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/csv"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +22,8 @@ import (
 
 	"github.com/dualgate/dualgate/certs"
 	"github.com/dualgate/dualgate/internal/control"
+
+	"github.com/dualgate/dualgate/internal/testutil"
 )
 
 // haproxyBin is where Debian installs HAProxy; PATH is searched too.
@@ -97,36 +97,7 @@ backend dualgate_%s
 type haproxy struct {
 	setup lbSetup
 	cmd   *exec.Cmd
-	out   *lockedBuffer
-}
-
-// lockedBuffer collects HAProxy's output for failure messages.
-type lockedBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// freeAddr returns a loopback address nobody listens on now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	out   *testutil.Buffer
 }
 
 func portOf(t *testing.T, addr string) string {
@@ -158,7 +129,7 @@ func startHAProxy(t *testing.T, setup lbSetup) *haproxy {
 		t.Fatalf("haproxy -c: %v\n%s\n%s", err, out, conf)
 	}
 
-	h := &haproxy{setup: setup, cmd: exec.Command(bin, "-f", path, "-db"), out: &lockedBuffer{}}
+	h := &haproxy{setup: setup, cmd: exec.Command(bin, "-f", path, "-db"), out: &testutil.Buffer{}}
 	h.cmd.Stdout, h.cmd.Stderr = h.out, h.out
 	if err := h.cmd.Start(); err != nil {
 		t.Fatalf("start haproxy: %v", err)
@@ -273,7 +244,7 @@ func holder(t *testing.T, gws []*Gateway, id string) int {
 // of them; it returns once HAProxy sees both up.
 func startBehindHAProxy(t *testing.T) ([]*Gateway, *haproxy) {
 	t.Helper()
-	lbPlain, lbTLS := freeAddr(t), freeAddr(t)
+	lbPlain, lbTLS := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	base := func(c *Config) {
 		c.ProxyProtocol = string(ProxyRequired)
 		c.AdvertisePlain, c.AdvertiseTLS = lbPlain, lbTLS

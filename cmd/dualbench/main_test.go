@@ -7,13 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +19,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dualgate/dualgate/bench"
+
+	"github.com/dualgate/dualgate/internal/testutil"
 )
 
 // mainEnv, set to "1", makes the test binary behave as dualbench itself, so
@@ -191,12 +191,7 @@ func mosquitto(t *testing.T, spawn bool) (port int, conf string) {
 			t.Fatal("mosquitto not found on PATH nor at /usr/sbin/mosquitto: install it (apt-get install mosquitto) to run the end-to-end tests")
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port = ln.Addr().(*net.TCPAddr).Port
-	_ = ln.Close()
+	port = testutil.FreePort(t)
 	conf = filepath.Join(t.TempDir(), "mosquitto.conf")
 	text := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n", port)
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
@@ -219,29 +214,11 @@ func mosquitto(t *testing.T, spawn bool) (port int, conf string) {
 	return port, conf
 }
 
-// lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type lockedBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // dualbench runs this test binary as dualbench with args.
-func dualbench(args ...string) (*exec.Cmd, *lockedBuffer) {
+func dualbench(args ...string) (*exec.Cmd, *testutil.Buffer) {
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), mainEnv+"=1")
-	out := &lockedBuffer{}
+	out := &testutil.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	return cmd, out
 }

@@ -13,13 +13,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/dualgate/dualgate/internal/testutil"
 )
 
 // binary is the dualgate command built once for the tests.
@@ -40,34 +41,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// syncBuffer collects a child's output while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func TestVersion(t *testing.T) {
@@ -129,14 +102,14 @@ func TestBadFlags(t *testing.T) {
 // it with DISCONNECT 0x8B and the process exits 0.
 func TestServeAndSIGTERM(t *testing.T) {
 	data := t.TempDir()
-	plain, tlsAddr, api := freePort(t), freePort(t), freePort(t)
+	plain, tlsAddr, api := testutil.FreeAddr(t), testutil.FreeAddr(t), testutil.FreeAddr(t)
 	conf := filepath.Join(t.TempDir(), "dualgate.yaml")
 	if err := os.WriteFile(conf, []byte("plain: "+plain+"\nsecure-idle: 45s\napi: 127.0.0.1:1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(binary, "serve", "--config", conf, "--tls", tlsAddr, "--api", api, "--log-format", "json")
 	cmd.Env = append(os.Environ(), "DUALGATE_DATA="+data)
-	logs := new(syncBuffer)
+	logs := new(testutil.Buffer)
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -214,7 +187,7 @@ func TestServeAndSIGTERM(t *testing.T) {
 }
 
 // startServe runs `dualgate serve` with args and waits until it is ready.
-func startServe(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, string) {
+func startServe(t *testing.T, args ...string) (*exec.Cmd, *testutil.Buffer, string) {
 	t.Helper()
 	api := ""
 	for i, a := range args {
@@ -223,7 +196,7 @@ func startServe(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, string) {
 		}
 	}
 	cmd := exec.Command(binary, append([]string{"serve"}, args...)...)
-	logs := new(syncBuffer)
+	logs := new(testutil.Buffer)
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -250,7 +223,7 @@ func startServe(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, string) {
 // every command over TLS.
 func TestKill9KeepsCommands(t *testing.T) {
 	data := t.TempDir()
-	args := []string{"--plain", freePort(t), "--tls", freePort(t), "--api", freePort(t), "--data", data}
+	args := []string{"--plain", testutil.FreeAddr(t), "--tls", testutil.FreeAddr(t), "--api", testutil.FreeAddr(t), "--data", data}
 	cmd, _, api := startServe(t, args...)
 
 	var ids []string

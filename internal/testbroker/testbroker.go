@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dualgate/dualgate/internal/testutil"
 )
 
 // Broker is one Mosquitto process, which can be stopped and started again
@@ -48,21 +50,11 @@ func Bin(t testing.TB) string {
 	return ""
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // New prepares a broker on a free port without starting it; extra lines go
 // to its configuration after the listener's. It is stopped when t ends.
 func New(t testing.TB, extra ...string) *Broker {
 	t.Helper()
-	b := &Broker{t: t, bin: Bin(t), Port: freePort(t), dir: t.TempDir()}
+	b := &Broker{t: t, bin: Bin(t), Port: testutil.FreePort(t), dir: t.TempDir()}
 	b.conf = filepath.Join(b.dir, "mosquitto.conf")
 	lines := []string{
 		fmt.Sprintf("listener %d 127.0.0.1", b.Port),

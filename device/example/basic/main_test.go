@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +11,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/gateway"
+
+	"github.com/dualgate/dualgate/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -22,24 +22,6 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).ticktock"),
 		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*goWorker).run.func1"),
 	)
-}
-
-// syncBuffer is a bytes.Buffer for one writer and one poller.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // The example device runs against a gateway, follows an upgrade for a
@@ -64,7 +46,7 @@ func TestRunAgainstGateway(t *testing.T) {
 	for _, version := range []string{"4", "5"} {
 		t.Run("v"+version, func(t *testing.T) {
 			id := "example-" + version
-			var out, errs syncBuffer
+			var out, errs testutil.Buffer
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() {
@@ -102,14 +84,14 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"-secret", "not-hex"},
 		{"-nosuchflag"},
 	} {
-		var out, errs syncBuffer
+		var out, errs testutil.Buffer
 		if err := run(context.Background(), args, &out, &errs); err == nil {
 			t.Errorf("run %q: no error", args)
 		}
 	}
 }
 
-func waitFor(t *testing.T, out *syncBuffer, line string) {
+func waitFor(t *testing.T, out *testutil.Buffer, line string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(out.String(), line) {
