@@ -93,12 +93,9 @@ func runConn(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	return withLogger(logLevel, stderr, func(log *zap.Logger) error {
-		if err := setWorkerCommand(&cfg.Fleet, logLevel, stderr); err != nil {
-			return err
-		}
-		cfg.Progress, cfg.Terminal = stdout, isTerminal(stdout)
-		_, err = bench.RunConn(ctx, cfg, stdout, log)
+	cfg.Progress, cfg.Terminal = stdout, isTerminal(stdout)
+	return withFleet(logLevel, &cfg.Fleet, stderr, func(log *zap.Logger) error {
+		_, err := bench.RunConn(ctx, cfg, stdout, log)
 		return err
 	})
 }
@@ -108,13 +105,21 @@ func runMem(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	return withLogger(logLevel, stderr, func(log *zap.Logger) error {
-		if err := setWorkerCommand(&cfg.Fleet, logLevel, stderr); err != nil {
+	cfg.Progress, cfg.Terminal = stdout, isTerminal(stdout)
+	return withFleet(logLevel, &cfg.Fleet, stderr, func(log *zap.Logger) error {
+		_, err := bench.RunMem(ctx, cfg, stdout, log)
+		return err
+	})
+}
+
+// withFleet runs fn with the logger for level once the fleet's worker
+// processes are set to run this same program.
+func withFleet(level string, fleet *bench.FleetConfig, stderr io.Writer, fn func(*zap.Logger) error) error {
+	return withLogger(level, stderr, func(log *zap.Logger) error {
+		if err := setWorkerCommand(fleet, level, stderr); err != nil {
 			return err
 		}
-		cfg.Progress, cfg.Terminal = stdout, isTerminal(stdout)
-		_, err = bench.RunMem(ctx, cfg, stdout, log)
-		return err
+		return fn(log)
 	})
 }
 

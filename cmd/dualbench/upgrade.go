@@ -88,14 +88,11 @@ func runUpgrade(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	return withLogger(c.logLevel, stderr, func(log *zap.Logger) error {
-		if err := setWorkerCommand(&c.cfg.Fleet, c.logLevel, stderr); err != nil {
-			return err
-		}
+	c.cfg.Progress, c.cfg.Terminal = stdout, isTerminal(stdout)
+	return withFleet(c.logLevel, &c.cfg.Fleet, stderr, func(log *zap.Logger) error {
 		ctx, cancel := context.WithTimeout(ctx, c.maxDuration)
 		defer cancel()
-		c.cfg.Progress, c.cfg.Terminal = stdout, isTerminal(stdout)
-		_, err = bench.RunUpgrade(ctx, c.cfg, stdout, log)
+		_, err := bench.RunUpgrade(ctx, c.cfg, stdout, log)
 		return err
 	})
 }
