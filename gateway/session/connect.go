@@ -154,12 +154,14 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 			pr.SetSessionExpiry(s.sessionExpiry)
 		}
 	}
-	if !s.write(func(dst []byte) []byte { return mqttcodec.AppendConnack(dst, s.entry.Protocol, &ack) }) {
-		return
-	}
-	s.env.Stats.Connects.Add(1)
+	// A resumed session's subscriptions are routed before the CONNACK
+	// leaves, as a new subscription is before its SUBACK; what Online
+	// starts for this session comes through Exec, after the CONNACK.
 	if s.env.Hooks != nil {
 		s.env.Hooks.Online(s)
+	}
+	if s.write(func(dst []byte) []byte { return mqttcodec.AppendConnack(dst, s.entry.Protocol, &ack) }) {
+		s.env.Stats.Connects.Add(1)
 	}
 }
 

@@ -55,9 +55,12 @@ type Sink interface {
 }
 
 // Hooks are told of the moments the command dispatcher cares about. They run
-// in owner context and must not block.
+// in owner context and must not block. Online, Subscribed and Unsubscribed
+// run just before the CONNACK, SUBACK or UNSUBACK is written, so that the
+// device's routes are in place when it learns of them; whatever a hook
+// sends the device goes through Exec and so follows the acknowledgement.
 type Hooks interface {
-	// Online: the session is connected and registered (CONNACK sent).
+	// Online: the session is connected and registered.
 	Online(s *Session)
 	// Query: the device published on control.QueryTopic.
 	Query(s *Session)

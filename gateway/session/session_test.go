@@ -2,6 +2,8 @@ package session
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -188,13 +190,25 @@ type recordingHooks struct {
 	online, queries int
 	acked           []string
 	offline         [][]string
+	// Each (un)subscription is recorded with the bytes the session had
+	// written and not yet drained, to tell whether its acknowledgement had
+	// left already; likewise onlineAfter for the CONNACK.
+	onlineAfter  int
+	subscribed   []string
+	unsubscribed []string
 }
 
-func (h *recordingHooks) Online(*Session)                   { h.online++ }
-func (h *recordingHooks) Query(*Session)                    { h.queries++ }
-func (h *recordingHooks) Subscribed(*Session, string, byte) {}
-func (h *recordingHooks) Unsubscribed(*Session, string)     {}
-func (h *recordingHooks) Acked(_ *Session, token string)    { h.acked = append(h.acked, token) }
+func unread(s *Session) int { return len(s.t.(*fakeTransport).out) }
+
+func (h *recordingHooks) Online(s *Session) { h.online++; h.onlineAfter = unread(s) }
+func (h *recordingHooks) Query(*Session)    { h.queries++ }
+func (h *recordingHooks) Subscribed(s *Session, filter string, _ byte) {
+	h.subscribed = append(h.subscribed, fmt.Sprintf("%s after %d bytes", filter, unread(s)))
+}
+func (h *recordingHooks) Unsubscribed(s *Session, filter string) {
+	h.unsubscribed = append(h.unsubscribed, fmt.Sprintf("%s after %d bytes", filter, unread(s)))
+}
+func (h *recordingHooks) Acked(_ *Session, token string) { h.acked = append(h.acked, token) }
 func (h *recordingHooks) Offline(_ *Session, unacked []string) {
 	h.offline = append(h.offline, unacked)
 }
@@ -236,6 +250,36 @@ func TestDeliverAckAndOffline(t *testing.T) {
 	}
 	if env.Registry.Len() != 0 {
 		t.Fatal("session still registered")
+	}
+}
+
+// A subscription is in force when its SUBACK leaves, and gone when its
+// UNSUBACK does: the hooks that route messages run before either is
+// written, and Online before the CONNACK.
+func TestSubscriptionHooksBeforeAck(t *testing.T) {
+	for _, version := range []byte{mqttcodec.V311, mqttcodec.V5} {
+		env := newTestEnv(t, &clock{now: time.Now()})
+		h := new(recordingHooks)
+		env.Hooks = h
+		s, ft := newConnected(t, env, registry.ModePlain, version, fmt.Sprintf("sub-v%d", version))
+		if h.online != 1 || h.onlineAfter != 0 {
+			t.Fatalf("v%d: Online called %d times, after %d bytes of CONNACK", version, h.online, h.onlineAfter)
+		}
+		s.Feed(mqttcodec.AppendSubscribe(nil, version, &mqttcodec.Subscribe{PacketID: 1,
+			Subscriptions: []mqttcodec.Subscription{{Filter: []byte("a/#"), QoS: 1}, {Filter: []byte("b/+"), QoS: 0}}}))
+		if ps := ft.packets(t, version); len(ps) != 1 || ps[0].Type != mqttcodec.SUBACK || len(ps[0].Suback.ReasonCodes) != 2 {
+			t.Fatalf("v%d: want one SUBACK with two codes, got %+v", version, ps)
+		}
+		if want := []string{"a/# after 0 bytes", "b/+ after 0 bytes"}; !slices.Equal(h.subscribed, want) {
+			t.Fatalf("v%d: subscribed hooks %q, want %q", version, h.subscribed, want)
+		}
+		s.Feed(mqttcodec.AppendUnsubscribe(nil, version, &mqttcodec.Unsubscribe{PacketID: 2, Filters: [][]byte{[]byte("a/#")}}))
+		if ps := ft.packets(t, version); len(ps) != 1 || ps[0].Type != mqttcodec.UNSUBACK {
+			t.Fatalf("v%d: want one UNSUBACK, got %+v", version, ps)
+		}
+		if want := []string{"a/# after 0 bytes"}; !slices.Equal(h.unsubscribed, want) {
+			t.Fatalf("v%d: unsubscribed hooks %q, want %q", version, h.unsubscribed, want)
+		}
 	}
 }
 

@@ -53,15 +53,18 @@ func (s *Session) handleSubscribe(p *mqttcodec.Subscribe) {
 		added = append(added, Subscription{Filter: f, QoS: qos})
 	}
 	s.subs.Store(&next)
-	ack := mqttcodec.Suback{PacketID: p.PacketID, ReasonCodes: codes}
-	if !s.write(func(dst []byte) []byte { return mqttcodec.AppendSuback(dst, s.entry.Protocol, &ack) }) {
-		return
-	}
+	// The subscriptions are in force before the SUBACK leaves: a device
+	// that publishes on another connection as soon as it has its SUBACK
+	// must get the message. What the hooks start for this session
+	// (deliveries, pending commands) comes through Exec, so after the
+	// SUBACK.
 	if s.env.Hooks != nil {
 		for _, sub := range added {
 			s.env.Hooks.Subscribed(s, sub.Filter, sub.QoS)
 		}
 	}
+	ack := mqttcodec.Suback{PacketID: p.PacketID, ReasonCodes: codes}
+	s.write(func(dst []byte) []byte { return mqttcodec.AppendSuback(dst, s.entry.Protocol, &ack) })
 }
 
 // handleUnsubscribe removes filters; MQTT 5 devices learn which existed.
