@@ -17,7 +17,8 @@ import (
 )
 
 // TLS connections are the few active ones: each has a goroutine, blocked in
-// Read while idle, and no read buffer of its own.
+// Read while idle, and no read buffer of its own; the TLS layer's are given
+// back between packets (tlsmux.ReleaseBuffers).
 const tlsWriteTimeout = 10 * time.Second
 
 // tlsConn is one TLS device connection. Its session is owned by whoever
@@ -82,6 +83,9 @@ func (g *Gateway) serveTLS(c *tls.Conn, info tlsmux.ConnInfo) {
 	defer g.tlsConns.remove(tc)
 
 	for {
+		// Between packets the connection gives back what the handshake
+		// or a large packet left in its TLS buffers.
+		tlsmux.ReleaseBuffers(c)
 		pkt, err := readPacket(c, g.env.MaxPacketSize)
 		if len(pkt) > 0 {
 			closeConn := false

@@ -23,20 +23,20 @@
 // (to close them on Close) and the goroutine running the Handler. The
 // handshake state, ConnectionState and anything the handshake needed are
 // dropped when the worker returns; ConnInfo is built once and handed to the
-// Handler, which decides what to keep. There is no bufio and no read buffer
-// besides the one crypto/tls holds inside tls.Conn (sized by the largest
-// record received so far, usually the ClientHello). What remains is the
-// handler goroutine's stack, the tls.Conn with its record-layer cipher states
-// and buffers, the peer certificates of an mTLS client, and the socket.
+// Handler, which decides what to keep. There is no bufio, and the read and
+// handshake buffers crypto/tls keeps inside tls.Conn (sized by the largest
+// record and handshake message received so far: after the handshake, the
+// ClientHello) are given back by ReleaseBuffers, which the Handler calls
+// between reads. What remains is the handler goroutine's stack, the
+// tls.Conn with its record-layer cipher states, the peer certificates of an
+// mTLS client, and the socket.
 //
 // # Configuration
 //
 // ServerTLSConfig builds the product's default tls.Config: TLS 1.2 and 1.3,
 // session tickets on, optional client-certificate verification, optional
 // X25519-only key exchange (Go's default hybrid X25519MLKEM768 costs about
-// 2.3 KB more on the wire per full handshake, and a device that offers it
-// leaves about 2.7 KB more buffer capacity in its idle tls.Conn on the
-// server). CertReloader swaps the server certificate without dropping
+// 2.3 KB more on the wire per full handshake). CertReloader swaps the server certificate without dropping
 // connections (on SIGHUP or when the files change). TicketKeys shares session
 // ticket keys among gateways through a file, so a device resumes its session
 // on any gateway behind the load balancer.

@@ -1,0 +1,98 @@
+package tlsmux
+
+import (
+	"bytes"
+	"crypto/tls"
+	"io"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"unsafe"
+)
+
+// This Go release's crypto/tls still has the fields ReleaseBuffers resets.
+// If this fails after a Go upgrade, find the new names of tls.Conn's read
+// and handshake buffers and update connBuffers.
+func TestBuffersReleasable(t *testing.T) {
+	if !BuffersReleasable() {
+		t.Fatal("crypto/tls.Conn no longer has rawInput, input and hand: idle TLS connections keep their handshake buffers")
+	}
+}
+
+// bufferCaps reads the capacity of c's read and handshake buffers.
+func bufferCaps(c *tls.Conn) int {
+	base := unsafe.Pointer(c)
+	return (*bytes.Buffer)(unsafe.Add(base, connBuffers.rawInput)).Cap() +
+		(*bytes.Buffer)(unsafe.Add(base, connBuffers.hand)).Cap()
+}
+
+// An idle connection gives back what the handshake and large records left
+// in its buffers, and goes on working: records that arrive afterwards, and
+// several records waiting at once, are read in full and in order.
+func TestReleaseBuffers(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		x25519    bool
+		handshake int // at least this much released after the handshake
+	}{
+		// The hybrid key share alone is 1,216 bytes, held twice.
+		{name: "hybrid post-quantum ClientHello", handshake: 2400},
+		{name: "X25519 ClientHello", x25519: true, handshake: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pki := newPKI(t)
+			var afterHandshake, held atomic.Int64
+			_, addr := startServer(t, Config{
+				TLS: serverTLS(t, pki, TLSOptions{X25519Only: tc.x25519}),
+				Handler: func(c *tls.Conn, _ ConnInfo) {
+					afterHandshake.Store(int64(ReleaseBuffers(c)))
+					held.Store(int64(bufferCaps(c)))
+					if _, err := io.WriteString(c, greeting); err != nil {
+						return
+					}
+					buf := make([]byte, 64<<10)
+					for {
+						n, err := c.Read(buf)
+						// Released before the echo goes back: once the
+						// client has its echo, held is what the idle
+						// connection keeps.
+						ReleaseBuffers(c)
+						held.Store(int64(bufferCaps(c)))
+						if n > 0 {
+							if _, err := c.Write(buf[:n]); err != nil {
+								return
+							}
+						}
+						if err != nil {
+							return
+						}
+					}
+				},
+			})
+			c, err := dialTLS(t, addr, clientTLS(pki))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = c.Close() }()
+			if n := afterHandshake.Load(); n < int64(tc.handshake) {
+				t.Fatalf("released %d bytes after the handshake, want at least %d", n, tc.handshake)
+			}
+			if n := held.Load(); n != 0 {
+				t.Fatalf("%d bytes of buffers held after the handshake", n)
+			}
+			for _, msg := range []string{
+				"small",
+				strings.Repeat("x", 12<<10), // several records, read in several Reads
+				"after",
+				strings.Repeat("y", 40<<10),
+				"one" + strings.Repeat("-", 3000) + "two" + strings.Repeat("+", 3000) + "three",
+				"last",
+			} {
+				echo(t, c, msg)
+				if n := held.Load(); n > keepReadBuffer {
+					t.Fatalf("after a %d-byte message the idle connection holds %d bytes of buffers", len(msg), n)
+				}
+			}
+		})
+	}
+}
