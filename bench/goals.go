@@ -93,3 +93,14 @@ func writeGoalsText(w io.Writer, goals []Goal) {
 		fmt.Fprintf(w, "goal          %s: %s, measured %s: %s\n", g.Name, g.Target, g.Measured, metMissed(g.Met))
 	}
 }
+
+// writeNotesMarkdown ends a report with its notes, if it has any.
+func writeNotesMarkdown(b *strings.Builder, notes []string) {
+	if len(notes) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\n## Notes\n\n")
+	for _, n := range notes {
+		fmt.Fprintf(b, "- %s\n", n)
+	}
+}

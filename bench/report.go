@@ -251,12 +251,7 @@ func (r *MemReport) WriteMarkdown(w io.Writer) {
 	fmt.Fprintf(&b, "on loopback both ends of a connection are in this kernel, so the server's share is one socket per connection. ")
 	fmt.Fprintf(&b, "The fit runs over the baseline (N = 0) and every size; the second, over the sizes alone, is the cost of one more connection, and its intercept above the baseline what the server paid once, on its first connections.\n")
 	writeGoalsMarkdown(&b, r.Goals)
-	if len(r.Notes) > 0 {
-		fmt.Fprintf(&b, "\n## Notes\n\n")
-		for _, n := range r.Notes {
-			fmt.Fprintf(&b, "- %s\n", n)
-		}
-	}
+	writeNotesMarkdown(&b, r.Notes)
 	_, _ = io.WriteString(w, b.String())
 }
 

@@ -303,12 +303,7 @@ func (r *SavingsReport) WriteMarkdown(w io.Writer) {
 	for _, run := range r.Runs {
 		fmt.Fprintf(&b, "| %s) %s %s | %d | `%s` | %.0f/s | %s |\n", run.Key, run.Server, run.Mode, run.PID, run.Command, run.ConnectRate, run.Handshake)
 	}
-	if len(r.Notes) > 0 {
-		fmt.Fprintf(&b, "\n## Notes\n\n")
-		for _, n := range r.Notes {
-			fmt.Fprintf(&b, "- %s\n", n)
-		}
-	}
+	writeNotesMarkdown(&b, r.Notes)
 	_, _ = io.WriteString(w, b.String())
 }
 

@@ -744,12 +744,7 @@ func (r *TrafficReport) WriteMarkdown(w io.Writer) {
 		}
 	}
 	writeGoalsMarkdown(&b, r.Goals)
-	if len(r.Notes) > 0 {
-		fmt.Fprintf(&b, "\n## Notes\n\n")
-		for _, n := range r.Notes {
-			fmt.Fprintf(&b, "- %s\n", n)
-		}
-	}
+	writeNotesMarkdown(&b, r.Notes)
 	_, _ = io.WriteString(w, b.String())
 }
 

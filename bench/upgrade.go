@@ -650,12 +650,7 @@ func (r *UpgradeReport) WriteMarkdown(w io.Writer) {
 	}
 	fmt.Fprintf(&b, "\nThe devices time each command from the moment its POST was sent (a stamp in the payload) to the moment they wrote its PUBACK: it covers the API, the durable store, the instruction on plain, the reconnection over TLS, the query and the delivery. Charts: latency.png (distribution), tls-sessions.png (devices by transport over time, from GET /v1/stats).\n")
 	writeGoalsMarkdown(&b, r.Goals)
-	if len(r.Notes) > 0 {
-		fmt.Fprintf(&b, "\n## Notes\n\n")
-		for _, n := range r.Notes {
-			fmt.Fprintf(&b, "- %s\n", n)
-		}
-	}
+	writeNotesMarkdown(&b, r.Notes)
 	_, _ = io.WriteString(w, b.String())
 }
 
