@@ -27,6 +27,10 @@ type Request struct {
 	// PeerIdentity holds the identities (subject common name and DNS SANs)
 	// of a client certificate the TLS layer verified; empty otherwise.
 	PeerIdentity []string
+	// ChannelBinding is keying material exported from the TLS connection
+	// the CONNECT arrived on (RFC 5705/9266, see ExporterLabel); nil on
+	// plain. A token bound to it cannot be replayed on another connection.
+	ChannelBinding []byte
 	// Now is the time of the CONNECT by the caller's clock. When zero, the
 	// Authenticator uses its own clock.
 	Now time.Time
@@ -43,6 +47,11 @@ type Result struct {
 	// device (as a CONNACK reason string), where it would let anyone probe
 	// which client ids exist.
 	Msg string
+	// Proven reports that the CONNECT proved, on this TLS connection, that
+	// the device holds the client id's credential in a way a capture of
+	// other traffic cannot replay (a channel-bound token). Only an OK
+	// Result over TLS can be Proven.
+	Proven bool
 }
 
 // Authenticator decides whether a CONNECT is accepted. Implementations are

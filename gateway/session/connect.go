@@ -55,7 +55,7 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		s.refuse(rc, why)
 		return
 	}
-	res := s.env.Auth.Authenticate(&auth.Request{
+	req := &auth.Request{
 		ClientID:     id,
 		Username:     string(c.Username),
 		Password:     c.Password,
@@ -63,12 +63,27 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		TLS:          s.t.Mode() == registry.ModeTLS,
 		PeerIdentity: s.t.PeerIdentity(),
 		Now:          now,
-	})
+	}
+	res := s.env.Auth.Authenticate(req)
 	if !res.OK {
 		// res.Msg is for the operator: it may tell an unknown client from
 		// a wrong secret, which the device must not learn.
 		s.refuseQuietly(mqttcodec.ReasonCode(res.Reason), res.Msg)
 		return
+	}
+	if req.TLS {
+		proven := true
+		if s.env.Identity != nil {
+			var refusal auth.Result
+			var ok bool
+			if proven, refusal, ok = s.env.Identity(req, res); !ok {
+				s.refuseQuietly(mqttcodec.ReasonCode(refusal.Reason), refusal.Msg)
+				return
+			}
+		}
+		if proven {
+			s.flags |= flagProven
+		}
 	}
 	s.entry.ClientID = id
 

@@ -15,7 +15,11 @@ var (
 	// ErrInsecureTransport: a secure payload was about to be written to a
 	// plain connection. It never is.
 	ErrInsecureTransport = errors.New("session: secure payload refused on a plain connection")
-	ErrNotConnected      = errors.New("session: not connected")
+	// ErrIdentityUnproven: a secure command was about to be written to a
+	// TLS session whose client id was not proven on that connection
+	// (--secure-identity). It never is; the command stays pending.
+	ErrIdentityUnproven = errors.New("session: secure command refused: the client id is not proven on this TLS connection")
+	ErrNotConnected     = errors.New("session: not connected")
 	// ErrInflightFull: the device's receive maximum is reached.
 	ErrInflightFull = errors.New("session: device's receive maximum reached")
 	// ErrTooLarge: the packet exceeds the device's maximum packet size.
@@ -31,8 +35,12 @@ type Delivery struct {
 	Topic   string
 	Payload []byte
 	QoS     byte
-	// Secure payloads are written to TLS connections only.
+	// Secure marks a secure command: written only to a TLS session whose
+	// client id was proven on that connection.
 	Secure bool
+	// TLSOnly marks secure data (published over TLS, or on a secure
+	// topic): written only to TLS sessions, proven or not.
+	TLSOnly bool
 	// Token identifies the delivery to Hooks.Acked and Hooks.Offline.
 	Token string
 	// Dup marks a delivery that may have reached the device before.
@@ -41,21 +49,33 @@ type Delivery struct {
 	Retain bool
 }
 
-// CheckTransport is the rule that a secure payload is never written to a
-// plain socket. Every outbound command passes it, here, right before its
-// bytes are encoded for the connection.
-func CheckTransport(mode registry.Mode, secure bool) error {
-	if secure && mode != registry.ModeTLS {
+// CheckTransport is the one rule that decides what may be written to a
+// socket: secure commands and secure data never go to a plain socket, and
+// a secure command goes only to a TLS session whose client id was proven
+// on that connection. Every outbound message passes it, in Deliver, right
+// before its bytes are encoded for the connection.
+func CheckTransport(mode registry.Mode, proven bool, d *Delivery) error {
+	if (d.Secure || d.TLSOnly) && mode != registry.ModeTLS {
 		return ErrInsecureTransport
+	}
+	if d.Secure && !proven {
+		return ErrIdentityUnproven
 	}
 	return nil
 }
 
 // Deliver writes d to the device. Owner context.
 func (s *Session) Deliver(d *Delivery) error {
-	if err := CheckTransport(s.t.Mode(), d.Secure); err != nil {
-		s.env.Logger.Error("secure delivery refused on a plain connection",
-			zap.String("client", s.entry.ClientID), zap.String("token", d.Token))
+	if err := CheckTransport(s.t.Mode(), s.IdentityProven(), d); err != nil {
+		if errors.Is(err, ErrInsecureTransport) {
+			s.env.Stats.RefusedOnPlain.Add(1)
+			if d.Secure {
+				s.env.Logger.Error("secure delivery refused on a plain connection",
+					zap.String("client", s.entry.ClientID), zap.String("token", d.Token))
+			}
+		} else {
+			s.env.Stats.RefusedUnproven.Add(1)
+		}
 		return err
 	}
 	if s.state != stateConnected {

@@ -81,6 +81,11 @@ type Env struct {
 	Logger   *zap.Logger
 	Registry *registry.Registry[*Session]
 	Auth     auth.Authenticator
+	// Identity decides, after Auth accepted a CONNECT, whether its client
+	// id is proven on this connection (secure commands may be written to
+	// it), or refuses the CONNECT (ok false: a certificate naming another
+	// client id). nil: every TLS session is proven (--secure-identity none).
+	Identity func(req *auth.Request, res auth.Result) (proven bool, refusal auth.Result, ok bool)
 	Sink     Sink
 	Hooks    Hooks // nil: no command dispatcher
 	Stats    *Stats
@@ -226,6 +231,7 @@ const (
 	flagGracefulEnd
 	flagInstructed // a reconnect instruction is outstanding
 	flagRegistered // CONNECT put the session in the registry
+	flagProven     // the client id was proven on this TLS connection (--secure-identity)
 )
 
 // rareState is allocated on first need, so an idle session does not pay for it.
@@ -308,6 +314,11 @@ func (s *Session) Subscriptions() []Subscription {
 func (s *Session) Exec(fn func(s *Session)) {
 	s.t.Exec(func() { fn(s) })
 }
+
+// IdentityProven reports whether the client id was proven on this TLS
+// connection as --secure-identity asks, so that secure commands may be
+// written to it. Owner context.
+func (s *Session) IdentityProven() bool { return s.flags&flagProven != 0 }
 
 // Instructed reports whether a reconnect instruction is outstanding.
 func (s *Session) Instructed() bool { return s.flags&flagInstructed != 0 }

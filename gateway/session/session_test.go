@@ -162,18 +162,25 @@ func TestSecureNeverOnPlain(t *testing.T) {
 	if len(ft.out) != 0 {
 		t.Fatalf("bytes reached the plain socket: % x", ft.out)
 	}
-	if err := CheckTransport(registry.ModePlain, true); !errors.Is(err, ErrInsecureTransport) {
-		t.Fatal("CheckTransport let secure through plain")
-	}
-	if err := CheckTransport(registry.Mode(7), true); !errors.Is(err, ErrInsecureTransport) {
-		t.Fatal("CheckTransport let secure through an unknown mode")
-	}
+	sec, data, none := &Delivery{Secure: true}, &Delivery{TLSOnly: true}, &Delivery{}
 	for _, c := range []struct {
 		mode   registry.Mode
-		secure bool
-	}{{registry.ModePlain, false}, {registry.ModeTLS, false}, {registry.ModeTLS, true}} {
-		if err := CheckTransport(c.mode, c.secure); err != nil {
-			t.Fatalf("CheckTransport(%s, %v) = %v", c.mode, c.secure, err)
+		proven bool
+		d      *Delivery
+		want   error
+	}{
+		{registry.ModePlain, false, sec, ErrInsecureTransport},
+		{registry.ModePlain, true, sec, ErrInsecureTransport},
+		{registry.Mode(7), true, sec, ErrInsecureTransport},
+		{registry.ModePlain, true, data, ErrInsecureTransport},
+		{registry.ModeTLS, false, sec, ErrIdentityUnproven},
+		{registry.ModeTLS, true, sec, nil},
+		{registry.ModeTLS, false, data, nil},
+		{registry.ModePlain, false, none, nil},
+		{registry.ModeTLS, false, none, nil},
+	} {
+		if err := CheckTransport(c.mode, c.proven, c.d); !errors.Is(err, c.want) || (c.want == nil && err != nil) {
+			t.Fatalf("CheckTransport(%s, proven %v, %+v) = %v, want %v", c.mode, c.proven, c.d, err, c.want)
 		}
 	}
 	// Not secure: delivered on plain.

@@ -22,6 +22,12 @@ type Stats struct {
 	Instructions           atomic.Uint64 // reconnect instructions sent
 	InstructionGraceClosed atomic.Uint64 // 3.1.1 devices closed after the grace period
 	Panics                 atomic.Uint64 // session panics contained to their connection
+	// RefusedOnPlain counts secure commands and secure data that
+	// CheckTransport kept off a plain socket.
+	RefusedOnPlain atomic.Uint64
+	// RefusedUnproven counts secure commands kept off a TLS session whose
+	// client id was not proven (--secure-identity).
+	RefusedUnproven atomic.Uint64
 }
 
 // RefusedTotal sums the refusals over every reason code.
