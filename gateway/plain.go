@@ -313,6 +313,7 @@ func (pc *plainConn) Remote() string {
 }
 
 func (pc *plainConn) PeerIdentity() []string { return nil }
+func (pc *plainConn) ChannelBinding() []byte { return nil }
 
 func (pc *plainConn) Local() string {
 	if pc.closed {

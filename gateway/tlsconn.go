@@ -12,6 +12,7 @@ import (
 
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
 	"github.com/dualgate/dualgate/tlsmux"
 )
@@ -239,6 +240,15 @@ func (tc *tlsConn) Mode() registry.Mode    { return registry.ModeTLS }
 func (tc *tlsConn) Remote() string         { return tc.remote }
 func (tc *tlsConn) PeerIdentity() []string { return tc.identity }
 func (tc *tlsConn) Local() string          { return tc.conn.LocalAddr().String() }
+
+func (tc *tlsConn) ChannelBinding() []byte {
+	st := tc.conn.ConnectionState()
+	b, err := st.ExportKeyingMaterial(control.ExporterLabel, nil, control.ExporterLen)
+	if err != nil {
+		return nil
+	}
+	return b
+}
 
 // safeFeed runs the session on bytes; a panic in it is a bug, contained to
 // this connection: logged with the client id, counted, and the connection

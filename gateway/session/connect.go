@@ -64,6 +64,9 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		PeerIdentity: s.t.PeerIdentity(),
 		Now:          now,
 	}
+	if req.TLS {
+		req.ChannelBinding = s.t.ChannelBinding()
+	}
 	res := s.env.Auth.Authenticate(req)
 	if !res.OK {
 		// res.Msg is for the operator: it may tell an unknown client from

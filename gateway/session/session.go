@@ -34,6 +34,11 @@ type Transport interface {
 	Local() string
 	// PeerIdentity lists the names of a verified client certificate (TLS only).
 	PeerIdentity() []string
+	// ChannelBinding is the connection's exported keying material
+	// (control.ExporterLabel, control.ExporterLen bytes); nil on plain or
+	// when the TLS connection cannot export it safely (TLS 1.2 without
+	// extended master secret). Owner context; called once, at CONNECT.
+	ChannelBinding() []byte
 }
 
 // Message is an application message a device published.

@@ -34,6 +34,7 @@ func (f *fakeTransport) Exec(fn func())         { fn() }
 func (f *fakeTransport) Mode() registry.Mode    { return f.mode }
 func (f *fakeTransport) Remote() string         { return "192.0.2.1:5000" }
 func (f *fakeTransport) PeerIdentity() []string { return nil }
+func (f *fakeTransport) ChannelBinding() []byte { return nil }
 func (f *fakeTransport) Local() string          { return "192.0.2.9:1883" }
 
 // packets decodes and drains what the session wrote.

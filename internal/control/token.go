@@ -12,6 +12,15 @@ import (
 // TokenVersion is the first field of every device token.
 const TokenVersion = "v1"
 
+// ExporterLabel and ExporterLen name the keying material a device and the
+// gateway export from their TLS connection (RFC 5705, RFC 8446 section
+// 7.5; no context) to bind a token to that connection, so that a token
+// captured anywhere else cannot open it. docs/protocol.md specifies it.
+const (
+	ExporterLabel = "EXPORTER-dualgate-token"
+	ExporterLen   = 32
+)
+
 // MakeToken returns the MQTT password that proves knowledge of a device's
 // secret for clientID at time ts (truncated to whole seconds), with the
 // given nonce:
