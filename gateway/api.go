@@ -54,9 +54,17 @@ func (g *Gateway) startAPI() error {
 func (g *Gateway) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := g.Err(); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "failed", "error": err.Error()})
+			return
+		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := g.Err(); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "failed", "error": err.Error()})
+			return
+		}
 		if g.draining.Load() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
 			return
@@ -236,6 +244,7 @@ func (g *Gateway) getStats(w http.ResponseWriter, _ *http.Request) {
 func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g.fds.register(reg)
 	st := g.env.Stats
 	for _, m := range []registry.Mode{registry.ModePlain, registry.ModeTLS} {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -59,6 +59,15 @@ type Gateway struct {
 
 	plain    *plainServer
 	plainErr chan error
+	// plainWatched is closed once the plain listener's end was seen.
+	plainWatched chan struct{}
+	fds          *fdBudget
+
+	// failure is why the gateway cannot serve any more (a listener
+	// stopped): /healthz and /readyz fail and Failed is closed.
+	failure  atomic.Pointer[error]
+	failed   chan struct{}
+	failOnce sync.Once
 	// plainAt and tlsAt are the listeners' addresses, set once they are
 	// bound and read from any goroutine (instructions name them).
 	plainAt atomic.Pointer[string]
@@ -103,6 +112,8 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		reg:      registry.New[*session.Session](),
 		plainErr: make(chan error, 1),
 		stop:     make(chan struct{}),
+		failed:   make(chan struct{}),
+		fds:      newFDBudget(logger),
 	}
 	authn, err := g.authenticator()
 	if err != nil {
@@ -150,6 +161,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	}, []string{"resumed"})
 	g.mem = newMemReleaser(logger)
 	g.plain = newPlainServer(g.env, logger, &g.counters, ProxyMode(cfg.ProxyProtocol), &g.draining)
+	g.plain.fds = g.fds
 	return g, nil
 }
 
@@ -402,6 +414,42 @@ func (g *Gateway) startPlain() error {
 		_ = unix.Close(fd)
 	}
 	g.plainAt.Store(&at)
+	g.plainWatched = make(chan struct{})
+	go func() {
+		defer close(g.plainWatched)
+		err := <-g.plainErr
+		select {
+		case <-g.stop:
+			return // shutting down
+		default:
+		}
+		if err == nil {
+			err = errors.New("engine stopped")
+		}
+		g.fail(fmt.Errorf("plain listener %s stopped: %w", g.cfg.Plain, err))
+	}()
+	return nil
+}
+
+// fail records that the gateway cannot serve any more: /healthz and
+// /readyz fail from now on, and Failed is closed so that the process can
+// exit and its supervisor restart it.
+func (g *Gateway) fail(err error) {
+	g.failOnce.Do(func() {
+		g.failure.Store(&err)
+		g.logger.Error("the gateway cannot serve any more; exiting so that it is restarted", zap.Error(err))
+		close(g.failed)
+	})
+}
+
+// Failed is closed when a listener stopped for good (see Err).
+func (g *Gateway) Failed() <-chan struct{} { return g.failed }
+
+// Err is why the gateway stopped serving, or nil.
+func (g *Gateway) Err() error {
+	if p := g.failure.Load(); p != nil {
+		return *p
+	}
 	return nil
 }
 
@@ -411,8 +459,12 @@ func (g *Gateway) stopPlain() {
 	if err := g.plain.stop(ctx); err != nil {
 		g.logger.Warn("plain listener stop", zap.Error(err))
 	}
+	done := g.plain.stopped
+	if g.plainWatched != nil {
+		done = g.plainWatched
+	}
 	select {
-	case <-g.plain.stopped:
+	case <-done:
 	case <-ctx.Done():
 	}
 }
@@ -436,7 +488,7 @@ func (g *Gateway) startTLS(cfg *tls.Config) error {
 	g.tlsSrv, g.tlsLn = srv, ln
 	at := ln.Addr().String()
 	g.tlsAt.Store(&at)
-	g.serveTLSOn(ln)
+	g.serveTLSOn(g.fds.listener(ln))
 	if g.cfg.ListenMux != "" {
 		if err := g.startMux(); err != nil {
 			_ = srv.Close()
@@ -456,7 +508,7 @@ func (g *Gateway) serveTLSOn(ln net.Listener) {
 	go func() {
 		defer g.wg.Done()
 		if err := g.tlsSrv.Serve(ln); err != nil && !errors.Is(err, tlsmux.ErrServerClosed) && !g.draining.Load() {
-			g.logger.Error("tls listener stopped", zap.Error(err))
+			g.fail(fmt.Errorf("tls listener stopped: %w", err))
 		}
 	}()
 }

@@ -30,6 +30,7 @@ type plainServer struct {
 	counters *counters
 	proxy    ProxyMode
 	draining *atomic.Bool // set while the gateway shuts down: new connections are refused
+	fds      *fdBudget    // descriptors for device sockets
 	// sweep is how often each loop checks its connections' deadlines.
 	sweep time.Duration
 
@@ -94,6 +95,8 @@ func (ps *plainServer) run(addr string, loops int) error {
 		gnet.WithTicker(true),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithLogger(gnetLogger{ps.logger.Sugar()}),
+		// Out of descriptors: count, back off, keep listening.
+		gnet.WithOnAcceptError(ps.fds.acceptError),
 	)
 }
 
@@ -104,7 +107,7 @@ func (ps *plainServer) OnBoot(eng gnet.Engine) gnet.Action {
 }
 
 func (ps *plainServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
-	if ps.draining.Load() {
+	if ps.draining.Load() || !ps.fds.admit() {
 		return nil, gnet.Close
 	}
 	ls := ps.loopOf(c.EventLoop())
@@ -159,6 +162,7 @@ func (ps *plainServer) OnClose(c gnet.Conn, _ error) gnet.Action {
 		return gnet.None
 	}
 	pc.closed = true
+	ps.fds.release()
 	ls := ps.loopOf(c.EventLoop())
 	last := ls.conns[len(ls.conns)-1]
 	ls.conns[pc.idx] = last

@@ -100,10 +100,23 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	sig := <-sigs
-	for sig == syscall.SIGHUP {
-		_ = g.ReloadCertificates()
-		sig = <-sigs
+	var sig os.Signal
+	for sig == nil || sig == syscall.SIGHUP {
+		if sig == syscall.SIGHUP {
+			_ = g.ReloadCertificates()
+		}
+		select {
+		case sig = <-sigs:
+		case <-g.Failed():
+			// A listener stopped for good: exit non-zero so that the
+			// supervisor restarts the gateway.
+			signal.Stop(sigs)
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			defer cancel()
+			_ = g.Shutdown(ctx)
+			logger.Error("stopped after a failure", zap.Error(g.Err()))
+			return 1
+		}
 	}
 	logger.Info("stopping", zap.String("signal", sig.String()))
 	if sig == syscall.SIGTERM {

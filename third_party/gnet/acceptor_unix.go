@@ -19,6 +19,7 @@ package gnet
 import (
 	"net"
 	"runtime"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -39,11 +40,42 @@ func (el *eventloop) accept0(fd int, _ netpoll.IOEvent, _ netpoll.IOFlags) error
 			// ECONNRESET or ECONNABORTED could indicate that a socket
 			// in the Accept queue was closed before we Accept()ed it.
 			// It's a silly error, let's retry it.
+			if err == unix.ECONNABORTED && el.engine.opts.OnAcceptError != nil {
+				el.engine.opts.OnAcceptError(err)
+			}
 			continue
+		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+			if fn := el.engine.opts.OnAcceptError; fn != nil {
+				// Out of descriptors or memory: the listener is fine.
+				// Wait on this goroutine (the main reactor: no
+				// connection is served here), then re-arm the
+				// edge-triggered listener so that the poller reports
+				// it again if connections still wait in the kernel's
+				// queue, and the poller's other work (a shutdown)
+				// goes first.
+				fn(err)
+				el.acceptBackoff *= 2
+				if el.acceptBackoff < 5*time.Millisecond {
+					el.acceptBackoff = 5 * time.Millisecond
+				} else if el.acceptBackoff > time.Second {
+					el.acceptBackoff = time.Second
+				}
+				time.Sleep(el.acceptBackoff)
+				if ln := el.listeners[fd]; ln != nil && ln.pollAttachment != nil {
+					if err := el.poller.ModRead(ln.pollAttachment, true); err != nil {
+						el.getLogger().Errorf("failed to re-arm the listener fd=%d: %v", fd, err)
+						return errors.ErrAcceptSocket
+					}
+				}
+				return nil
+			}
+			el.getLogger().Errorf("Accept() failed due to error: %v", err)
+			return errors.ErrAcceptSocket
 		default:
 			el.getLogger().Errorf("Accept() failed due to error: %v", err)
 			return errors.ErrAcceptSocket
 		}
+		el.acceptBackoff = 0
 
 		network := el.listeners[fd].network
 		if opts := el.engine.opts; opts.TCPKeepAlive > 0 && network == "tcp" &&

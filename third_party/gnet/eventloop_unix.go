@@ -47,6 +47,9 @@ type eventloop struct {
 	buffer       []byte            // read packet buffer whose capacity is set by user, default value is 64KB
 	connections  connMatrix        // loop connections storage
 	eventHandler EventHandler      // user eventHandler
+	// acceptBackoff is the acceptor's wait after running out of
+	// descriptors (OnAcceptError); main reactor only. (dualgate patch)
+	acceptBackoff time.Duration
 }
 
 func (el *eventloop) Register(ctx context.Context, addr net.Addr) (<-chan RegisteredResult, error) {

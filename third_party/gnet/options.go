@@ -145,6 +145,16 @@ type Options struct {
 	// then gnet will use the default logger powered by go.uber.org/zap.
 	Logger logging.Logger
 
+	// OnAcceptError, when set, is told of every accept(2) failure that
+	// leaves the listener usable: out of descriptors (EMFILE, ENFILE) or
+	// kernel memory (ENOBUFS, ENOMEM), or a connection aborted in the
+	// queue (ECONNABORTED). Instead of shutting the engine down, the
+	// acceptor then waits (backoff, starting at 5ms, doubling up to 1s,
+	// reset by the next successful accept) and accepts again, so the
+	// server serves again as soon as descriptors free up. It is called on
+	// the acceptor's goroutine and must not block. (dualgate patch)
+	OnAcceptError func(err error)
+
 	// EdgeTriggeredIO enables the edge-triggered I/O for the underlying epoll/kqueue event-loop.
 	// Don't enable it unless you are 100% sure what you are doing.
 	// Note that this option is only available for stream-oriented protocol.
@@ -285,6 +295,13 @@ func WithLogLevel(lvl logging.Level) Option {
 		opts.LogLevel = lvl
 	}
 }
+// WithOnAcceptError sets Options.OnAcceptError. (dualgate patch)
+func WithOnAcceptError(fn func(err error)) Option {
+	return func(opts *Options) {
+		opts.OnAcceptError = fn
+	}
+}
+
 
 // WithLogger specifies a customized logger.
 func WithLogger(logger logging.Logger) Option {
