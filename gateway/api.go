@@ -317,19 +317,24 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	counter("dualgate_proxy_header_errors_total", "Plain connections closed for a missing or malformed PROXY header.", ctr.proxyErrors.Load)
 	counter("dualgate_drained_sessions_total", "Sessions moved off by a drain.", ctr.drained.Load)
 	for name, pick := range map[string]func(tlsmux.Stats) uint64{
-		"full":    func(s tlsmux.Stats) uint64 { return s.HandshakesFull },
-		"resumed": func(s tlsmux.Stats) uint64 { return s.HandshakesResumed },
-		"failed":  func(s tlsmux.Stats) uint64 { return s.HandshakesFailed },
-		"refused": func(s tlsmux.Stats) uint64 { return s.HandshakesRefused },
+		"full":          func(s tlsmux.Stats) uint64 { return s.HandshakesFull },
+		"resumed":       func(s tlsmux.Stats) uint64 { return s.HandshakesResumed },
+		"failed":        func(s tlsmux.Stats) uint64 { return s.HandshakesFailed },
+		"refused":       func(s tlsmux.Stats) uint64 { return s.HandshakesRefused },
+		"hello_timeout": func(s tlsmux.Stats) uint64 { return s.HelloTimeouts },
+		"hello_refused": func(s tlsmux.Stats) uint64 { return s.HelloRefused },
 	} {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "dualgate_tls_handshakes_total", Help: "TLS handshakes by outcome (refused: no handshake slot in time, or shutting down).",
+			Name: "dualgate_tls_handshakes_total", Help: "TLS handshakes by outcome (refused: no handshake slot in time, or shutting down; hello_timeout: no TLS record within --tls-hello-timeout; hello_refused: too many connections from one source waiting for their first record).",
 			ConstLabels: prometheus.Labels{"result": name},
 		}, func() float64 { return float64(pick(g.tlsSrv.Stats())) }))
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "dualgate_tls_handshakes_in_flight", Help: "TLS handshakes running now.",
 	}, func() float64 { return float64(g.tlsSrv.Stats().HandshakesInFlight) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_tls_hello_waiting", Help: "New TLS connections waiting for their first record (holding no handshake slot).",
+	}, func() float64 { return float64(g.tlsSrv.Stats().HelloWaiting) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "dualgate_ready", Help: "1 while the gateway accepts connections, 0 while it drains.",
 	}, func() float64 {

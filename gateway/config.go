@@ -82,6 +82,8 @@ type Config struct {
 	MaxHandshakes    int           `yaml:"max-handshakes" help:"concurrent TLS handshakes (0: 4 per CPU)"`
 	HandshakeTimeout time.Duration `yaml:"handshake-timeout" help:"time a TLS handshake may take"`
 	HandshakeQueue   time.Duration `yaml:"handshake-queue-timeout" help:"time a new TLS connection may wait for a handshake slot before it is closed"`
+	TLSHello         time.Duration `yaml:"tls-hello-timeout" help:"time a new TLS connection may take to send its first TLS record (waiting holds no handshake slot)"`
+	TLSHelloPerIP    int           `yaml:"tls-hello-per-source" help:"new TLS connections from one source address that may wait for their first record at once (-1: no bound; behind a balancer without PROXY protocol every device shares its address)"`
 	ShutdownTimeout  time.Duration `yaml:"shutdown-timeout" help:"time to close sessions on SIGINT before exiting"`
 	DrainTo          string        `yaml:"drain-to" help:"where SIGTERM sends MQTT 5 devices on TLS: tls://host:port (empty: DISCONNECT 0x8B); devices on plain are closed and reconnect through the balancer"`
 	DrainDelay       time.Duration `yaml:"drain-delay" help:"time between /readyz failing and the first device being moved, so the balancer stops sending new connections first"`
@@ -118,6 +120,8 @@ func Defaults() Config {
 		ProxyProtocol:    "off",
 		PerIPBurst:       10,
 		HandshakeQueue:   5 * time.Second,
+		TLSHello:         3 * time.Second,
+		TLSHelloPerIP:    64,
 		DrainDelay:       5 * time.Second,
 		DrainRate:        500,
 		DrainTimeout:     60 * time.Second,

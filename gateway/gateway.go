@@ -475,6 +475,8 @@ func (g *Gateway) startTLS(cfg *tls.Config) error {
 		HandshakeTimeout:      g.cfg.HandshakeTimeout,
 		MaxHandshakes:         g.cfg.MaxHandshakes,
 		HandshakeQueueTimeout: g.cfg.HandshakeQueue,
+		HelloTimeout:          g.cfg.TLSHello,
+		MaxHelloPerSource:     g.cfg.TLSHelloPerIP,
 		Logger:                g.logger,
 		Handler:               g.serveTLS,
 	})

@@ -48,8 +48,20 @@ type Config struct {
 	MaxHandshakes int
 
 	// HandshakeQueueTimeout is how long an accepted connection may wait for
-	// a worker before it is closed. Default DefaultHandshakeQueueTimeout.
+	// a worker before it is closed, once its first TLS record arrived.
+	// Default DefaultHandshakeQueueTimeout.
 	HandshakeQueueTimeout time.Duration
+
+	// HelloTimeout is how long an accepted connection may take to send its
+	// first TLS record (the ClientHello), waiting without a worker; then it
+	// is closed. Default DefaultHelloTimeout.
+	HelloTimeout time.Duration
+
+	// MaxHelloPerSource bounds the connections from one source address
+	// (the PROXY header's when there is one) waiting for their first
+	// record at once; more are closed at once. Default
+	// DefaultMaxHelloPerSource; negative: no bound.
+	MaxHelloPerSource int
 
 	// Logger receives handshake failures (debug), accept errors (warn) and
 	// handler panics (error). Default zap.NewNop().
@@ -82,9 +94,9 @@ type ConnInfo struct {
 }
 
 // Stats are a Server's counters. Every accepted connection ends up in exactly
-// one of HandshakesFull, HandshakesResumed, HandshakesFailed and
-// HandshakesRefused, or is still counted in HandshakesQueued or
-// HandshakesInFlight.
+// one of HandshakesFull, HandshakesResumed, HandshakesFailed,
+// HandshakesRefused, HelloTimeouts and HelloRefused, or is still counted in
+// HelloWaiting, HandshakesQueued or HandshakesInFlight.
 type Stats struct {
 	Accepted          uint64 // connections accepted
 	HandshakesFull    uint64 // full handshakes handed to the Handler
@@ -93,12 +105,17 @@ type Stats struct {
 	// HandshakesRefused counts connections closed without reaching the
 	// Handler although nothing was wrong with them: waited longer than
 	// HandshakeQueueTimeout, or the Server was shutting down.
-	HandshakesRefused  uint64
-	AcceptErrors       uint64 // Accept errors retried
-	HandlerPanics      uint64 // panics recovered from the Handler
-	ActiveConns        int    // connections whose Handler is running
-	HandshakesInFlight int    // handshakes running on workers
-	HandshakesQueued   int    // connections waiting for a worker
+	HandshakesRefused uint64
+	// HelloTimeouts counts connections closed for sending no TLS record
+	// within HelloTimeout; HelloRefused those closed because their source
+	// had MaxHelloPerSource connections waiting already.
+	HelloTimeouts, HelloRefused uint64
+	HelloWaiting                int    // connections waiting for their first record
+	AcceptErrors                uint64 // Accept errors retried
+	HandlerPanics               uint64 // panics recovered from the Handler
+	ActiveConns                 int    // connections whose Handler is running
+	HandshakesInFlight          int    // handshakes running on workers
+	HandshakesQueued            int    // connections waiting for a worker
 }
 
 // Server accepts TLS connections and hands them to a Handler. Its methods
@@ -112,6 +129,10 @@ type Server struct {
 
 	// Counters, updated without mu.
 	accepted, full, resumed, failed, refused, acceptErrors, panics atomic.Uint64
+	helloTimeouts, helloRefused                                    atomic.Uint64
+
+	srcMu   sync.Mutex     // guards sources
+	sources map[string]int // connections waiting for a first record, by source
 
 	mu sync.Mutex // guards the fields below
 	// wake is signalled when a connection is queued or the Server closes;
@@ -123,6 +144,7 @@ type Server struct {
 	closing   bool        // Shutdown or Close has begun
 	listeners map[*net.Listener]struct{}
 	inflight  []net.Conn             // per worker: the connection in handshake, or nil
+	hello     map[net.Conn]struct{}  // waiting for their first record (admit)
 	conns     map[*tls.Conn]struct{} // handed to a Handler, not yet closed
 	// running counts the workers, the reaper and the handler goroutines;
 	// idle is closed once closing is set and running is zero.
@@ -150,6 +172,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("tlsmux: negative HandshakeQueueTimeout %v", cfg.HandshakeQueueTimeout)
 	case cfg.MaxHandshakes < 0:
 		return nil, fmt.Errorf("tlsmux: negative MaxHandshakes %d", cfg.MaxHandshakes)
+	case cfg.HelloTimeout < 0:
+		return nil, fmt.Errorf("tlsmux: negative HelloTimeout %v", cfg.HelloTimeout)
+	}
+	if cfg.HelloTimeout == 0 {
+		cfg.HelloTimeout = DefaultHelloTimeout
+	}
+	if cfg.MaxHelloPerSource == 0 {
+		cfg.MaxHelloPerSource = DefaultMaxHelloPerSource
 	}
 	if cfg.HandshakeTimeout == 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
@@ -170,6 +200,8 @@ func New(cfg Config) (*Server, error) {
 		listeners: make(map[*net.Listener]struct{}),
 		inflight:  make([]net.Conn, cfg.MaxHandshakes),
 		conns:     make(map[*tls.Conn]struct{}),
+		hello:     make(map[net.Conn]struct{}),
+		sources:   make(map[string]int),
 		idle:      make(chan struct{}),
 	}
 	s.wake = sync.NewCond(&s.mu)
@@ -203,7 +235,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		conn, err := ln.Accept()
 		if err == nil {
 			delay = 0
-			s.enqueue(conn)
+			s.admit(conn)
 			continue
 		}
 		if s.isClosing() {
@@ -267,8 +299,11 @@ func (s *Server) Stats() Stats {
 		HandshakesRefused: s.refused.Load(),
 		AcceptErrors:      s.acceptErrors.Load(),
 		HandlerPanics:     s.panics.Load(),
+		HelloTimeouts:     s.helloTimeouts.Load(),
+		HelloRefused:      s.helloRefused.Load(),
 	}
 	s.mu.Lock()
+	st.HelloWaiting = len(s.hello)
 	st.ActiveConns = len(s.conns)
 	st.HandshakesQueued = s.queue.len()
 	for _, c := range s.inflight {
@@ -320,6 +355,10 @@ func (s *Server) beginClose() error {
 		delete(s.listeners, ln)
 	}
 	queued := s.queue.drain()
+	for c := range s.hello {
+		queued = append(queued, pending{conn: c})
+		delete(s.hello, c)
+	}
 	for _, c := range s.inflight {
 		if c != nil {
 			// The worker sees its handshake fail and counts it.
@@ -365,10 +404,9 @@ func (s *Server) idleIfDoneLocked() {
 	}
 }
 
-// enqueue queues an accepted connection for a worker, or closes it when the
-// Server is closing.
+// enqueue queues a connection whose first record arrived for a worker, or
+// closes it when the Server is closing.
 func (s *Server) enqueue(c net.Conn) {
-	s.accepted.Add(1)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()

@@ -186,14 +186,16 @@ func TestMutualTLSIdentity(t *testing.T) {
 }
 
 func TestHandshakeTimeoutClosesSilentClient(t *testing.T) {
-	const timeout = 200 * time.Millisecond
+	const timeout = 300 * time.Millisecond
 	for _, tc := range []struct {
 		name        string
 		send        []byte
-		wantTimeout bool // closed by HandshakeTimeout, not at once
+		wantTimeout bool // closed after about timeout, not at once
+		hello       bool // closed by HelloTimeout (no worker taken), not HandshakeTimeout
 	}{
-		{name: "silent", wantTimeout: true},
-		{name: "half a record header", send: []byte{0x16, 0x03}, wantTimeout: true},
+		{name: "silent", wantTimeout: true, hello: true},
+		{name: "half a record header", send: []byte{0x16, 0x03}, wantTimeout: true, hello: true},
+		{name: "a ClientHello, then silence", send: clientHello(t), wantTimeout: true},
 		{name: "plain MQTT CONNECT", send: []byte{0x10, 0x0c, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x00}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -201,6 +203,7 @@ func TestHandshakeTimeoutClosesSilentClient(t *testing.T) {
 			s, addr := startServer(t, Config{
 				TLS:              serverTLS(t, pki, TLSOptions{}),
 				HandshakeTimeout: timeout,
+				HelloTimeout:     timeout,
 				Handler:          func(*tls.Conn, ConnInfo) { t.Error("handler called") },
 			})
 			c, err := net.Dial("tcp", addr)
@@ -221,8 +224,12 @@ func TestHandshakeTimeoutClosesSilentClient(t *testing.T) {
 			if !tc.wantTimeout && took > timeout {
 				t.Fatalf("closed after %v, want at once", took)
 			}
-			eventually(t, "the failure to be counted", func() bool { return s.Stats().HandshakesFailed == 1 })
-			if st := s.Stats(); st.HandshakesInFlight != 0 || st.HandshakesFull != 0 || st.HandshakesRefused != 0 {
+			if tc.hello {
+				eventually(t, "the hello timeout to be counted", func() bool { return s.Stats().HelloTimeouts == 1 })
+			} else {
+				eventually(t, "the failure to be counted", func() bool { return s.Stats().HandshakesFailed == 1 })
+			}
+			if st := s.Stats(); st.HandshakesInFlight != 0 || st.HandshakesFull != 0 || st.HandshakesRefused != 0 || st.HelloWaiting != 0 {
 				t.Fatalf("stats %+v", st)
 			}
 		})
@@ -239,18 +246,13 @@ func TestQueueTimeoutRefusesOnTime(t *testing.T) {
 		HandshakeQueueTimeout: queueTimeout,
 		Handler:               echoHandler(nil),
 	})
-	// A silent client holds the only worker.
-	holder, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A client that sends its ClientHello and then nothing holds the
+	// only worker.
+	holder := dialHello(t, addr)
 	defer func() { _ = holder.Close() }()
 	eventually(t, "the worker to take the first connection", func() bool { return s.Stats().HandshakesInFlight == 1 })
 
-	waiter, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	waiter := dialHello(t, addr)
 	defer func() { _ = waiter.Close() }()
 	took, err := readEOF(waiter)
 	if err == nil {
@@ -443,16 +445,15 @@ func TestCloseClosesEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inHandshake, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the silent client to hold the worker", func() bool { return s.Stats().HandshakesInFlight == 1 })
-	queued, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	inHandshake := dialHello(t, addr)
+	eventually(t, "the stalled client to hold the worker", func() bool { return s.Stats().HandshakesInFlight == 1 })
+	queued := dialHello(t, addr)
 	eventually(t, "a connection to be queued", func() bool { return s.Stats().HandshakesQueued == 1 })
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a connection to wait for its first record", func() bool { return s.Stats().HelloWaiting == 1 })
 
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
@@ -460,7 +461,7 @@ func TestCloseClosesEverything(t *testing.T) {
 	if err := recv(t, served); !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("Serve = %v, want ErrServerClosed", err)
 	}
-	for name, c := range map[string]net.Conn{"active": active, "in handshake": inHandshake, "queued": queued} {
+	for name, c := range map[string]net.Conn{"active": active, "in handshake": inHandshake, "queued": queued, "silent": silent} {
 		if _, err := readEOF(c); err == nil || errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("%s connection: read error %v, want closed", name, err)
 		}
@@ -468,7 +469,7 @@ func TestCloseClosesEverything(t *testing.T) {
 	}
 	st := s.Stats()
 	if st.ActiveConns != 0 || st.HandshakesInFlight != 0 || st.HandshakesQueued != 0 ||
-		st.HandshakesFull != 1 || st.HandshakesFailed != 1 || st.HandshakesRefused != 1 || st.Accepted != 3 {
+		st.HandshakesFull != 1 || st.HandshakesFailed != 1 || st.HandshakesRefused != 2 || st.Accepted != 4 || st.HelloWaiting != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 	for i := range 2 {
