@@ -274,6 +274,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	counter("dualgate_deliveries_total", "Commands written to devices.", st.Deliveries.Load)
 	counter("dualgate_instructions_total", "Reconnect instructions sent.", st.Instructions.Load)
 	counter("dualgate_session_panics_total", "Session panics contained to their connection.", st.Panics.Load)
+	counter("dualgate_slow_reader_disconnects_total", "Devices disconnected because what waited to be sent to them passed --max-outbound-bytes.", st.SlowReaderClosed.Load)
 	counter("dualgate_memory_releases_total", "Times the gateway returned its free heap memory to the OS after a burst.", g.mem.released.Load)
 	ds := g.dispatcher.Stats()
 	counter("dualgate_commands_accepted_total", "Commands stored for delivery.", ds.Accepted.Load)

@@ -69,6 +69,7 @@ type Config struct {
 
 	ConnectTimeout   time.Duration `yaml:"connect-timeout" help:"time a new connection has to send CONNECT"`
 	MaxPacketSize    int           `yaml:"max-packet-size" help:"largest MQTT packet accepted from a device, bytes"`
+	MaxOutbound      int           `yaml:"max-outbound-bytes" help:"bytes that may wait to be sent to one device; a device that does not read is disconnected past it (0: 2 MiB or twice max-packet-size)"`
 	MaxKeepAlive     int           `yaml:"max-keepalive" help:"cap on an MQTT 5 device's keepalive, seconds (0: none)"`
 	MaxConnections   int           `yaml:"max-connections" help:"maximum live device sessions (0: no limit)"`
 	MaxPlain         int           `yaml:"max-plain-connections" help:"maximum live sessions on the plain listener (0: no limit)"`

@@ -141,6 +141,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		Now:               opts.Now,
 		ConnectTimeout:    cfg.ConnectTimeout,
 		MaxPacketSize:     uint32(cfg.MaxPacketSize),
+		MaxOutbound:       cfg.MaxOutbound,
 		MaxKeepAlive:      uint16(cfg.MaxKeepAlive),
 		MaxConnections:    cfg.MaxConnections,
 		MaxPlain:          cfg.MaxPlain,

@@ -288,6 +288,13 @@ func (pc *plainConn) Write(b []byte) error {
 	return nil
 }
 
+func (pc *plainConn) Buffered() int {
+	if pc.closed {
+		return 0
+	}
+	return pc.c.OutboundBuffered()
+}
+
 func (pc *plainConn) Close() {
 	if !pc.closed {
 		_ = pc.c.Close()

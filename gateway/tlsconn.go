@@ -36,6 +36,15 @@ type tlsConn struct {
 
 	qmu   sync.Mutex // guards queue
 	queue []func()
+
+	// The outbound queue: the session appends, a writer goroutine that
+	// exists only while there is something to send drains it, so no
+	// session, event loop or bridge ever waits on this socket.
+	wmu      sync.Mutex // guards out, sending, writing, closeReq
+	out      []byte     // waiting to be written
+	sending  int        // bytes of the write in progress
+	writing  bool       // the writer goroutine runs
+	closeReq bool       // close once out is written
 }
 
 // tlsSet is the set of live TLS connections, for the deadline sweep and
@@ -210,29 +219,101 @@ func (tc *tlsConn) unlock() {
 
 // Transport, for the session. Every method but Exec runs with mu held.
 
+// Write queues b for the writer goroutine; it never waits on the socket.
 func (tc *tlsConn) Write(b []byte) error {
 	if tc.closed {
 		return errConnClosed
 	}
-	_ = tc.conn.SetWriteDeadline(time.Now().Add(tlsWriteTimeout))
-	_, err := tc.conn.Write(b)
-	return err
+	tc.wmu.Lock()
+	if tc.closeReq {
+		tc.wmu.Unlock()
+		return errConnClosed
+	}
+	tc.out = append(tc.out, b...)
+	start := !tc.writing
+	tc.writing = true
+	tc.wmu.Unlock()
+	if start {
+		go tc.flush()
+	}
+	return nil
 }
 
+// flush writes what is queued until nothing is, then ends; it closes the
+// connection once asked to and the queue is empty, or at once on a write
+// error (the reader then sees the connection end).
+func (tc *tlsConn) flush() {
+	var buf []byte
+	for {
+		tc.wmu.Lock()
+		buf, tc.out = tc.out, buf[:0]
+		tc.sending = len(buf)
+		if len(buf) == 0 {
+			tc.writing = false
+			closing := tc.closeReq
+			tc.out = nil // an idle connection keeps no buffer
+			tc.wmu.Unlock()
+			if closing {
+				_ = tc.conn.SetWriteDeadline(time.Now().Add(time.Second))
+				_ = tc.conn.Close()
+			}
+			return
+		}
+		closing := tc.closeReq
+		tc.wmu.Unlock()
+		deadline := tlsWriteTimeout
+		if closing {
+			deadline = time.Second
+		}
+		_ = tc.conn.SetWriteDeadline(time.Now().Add(deadline))
+		if _, err := tc.conn.Write(buf); err != nil {
+			tc.wmu.Lock()
+			tc.out, tc.sending, tc.writing, tc.closeReq = nil, 0, false, true
+			tc.wmu.Unlock()
+			_ = tc.conn.NetConn().Close()
+			return
+		}
+		if cap(buf) > 64<<10 {
+			buf = nil // do not keep what a burst needed
+		}
+	}
+}
+
+// Buffered is what the device has not taken yet: queued and being written.
+func (tc *tlsConn) Buffered() int {
+	tc.wmu.Lock()
+	defer tc.wmu.Unlock()
+	return len(tc.out) + tc.sending
+}
+
+// Close closes the connection once the queue is written, giving a device
+// that does not read one second; it never waits itself.
 func (tc *tlsConn) Close() {
-	_ = tc.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_ = tc.conn.Close()
+	tc.wmu.Lock()
+	tc.closeReq = true
+	writing := tc.writing
+	tc.wmu.Unlock()
+	if writing {
+		// Bound the write in progress: the writer closes when done.
+		_ = tc.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		return
+	}
+	go func() {
+		_ = tc.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = tc.conn.Close()
+	}()
 }
 
-// Exec queues fn and runs it now if nobody holds the session, else when the
-// holder lets go. It never blocks on the session, so it is safe from within
-// the session's own context too.
+// Exec queues fn to run in the session's owner context. If nobody holds
+// the session, a new goroutine runs the queue: never the caller's, which
+// may be an event loop or the bridge, so that it never waits on this
+// connection. It is safe from within the session's own context too.
 func (tc *tlsConn) Exec(fn func()) {
 	tc.qmu.Lock()
 	tc.queue = append(tc.queue, fn)
 	tc.qmu.Unlock()
 	if tc.mu.TryLock() {
-		tc.unlock()
+		go tc.unlock()
 	}
 }
 

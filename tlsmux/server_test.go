@@ -312,6 +312,7 @@ func TestHandshakeLimiterUnderBurst(t *testing.T) {
 				MaxHandshakes:         workers,
 				HandshakeQueueTimeout: tc.queueTimeout,
 				HandshakeTimeout:      testTimeout,
+				MaxHelloPerSource:     -1, // every client shares 127.0.0.1
 				Handler: func(c *tls.Conn, _ ConnInfo) {
 					handled.Add(1)
 					_, _ = io.WriteString(c, greeting)

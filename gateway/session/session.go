@@ -20,8 +20,13 @@ type Transport interface {
 	// Write sends b, or queues it behind bytes already waiting. Called by the
 	// owner only; b is not retained after Write returns.
 	Write(b []byte) error
-	// Close closes the connection once queued bytes are flushed. Owner only.
+	// Close closes the connection once queued bytes are flushed, waiting
+	// at most a short while for a device that does not read. It never
+	// blocks its caller on the socket. Owner only.
 	Close()
+	// Buffered is how many bytes were written but have not reached the
+	// socket yet (the device is not reading fast enough). Owner only.
+	Buffered() int
 	// Exec runs fn in owner context, later, in order, even when the
 	// connection has closed by then (fn must check). Safe from any
 	// goroutine.
@@ -135,7 +140,15 @@ type Env struct {
 	// ControlGrace is how long a 3.1.1 device has to leave after a
 	// reconnect instruction before the gateway closes the connection.
 	ControlGrace time.Duration
+	// MaxOutbound bounds the bytes waiting to be sent to one device (0:
+	// DefaultMaxOutbound). A device that does not read is disconnected
+	// when its queue would pass the bound, rather than anyone waiting on
+	// it.
+	MaxOutbound int
 }
+
+// DefaultMaxOutbound is the default bound on one device's outbound queue.
+const DefaultMaxOutbound = 2 << 20
 
 // DefaultEnv fills the zero settings of e with the defaults and returns it.
 func (e Env) withDefaults() Env {
@@ -171,6 +184,9 @@ func (e Env) withDefaults() Env {
 	}
 	if e.ControlGrace <= 0 {
 		e.ControlGrace = 5 * time.Second
+	}
+	if e.MaxOutbound <= 0 {
+		e.MaxOutbound = max(DefaultMaxOutbound, 2*int(e.MaxPacketSize))
 	}
 	return e
 }
@@ -472,6 +488,16 @@ func (s *Session) write(enc func(dst []byte) []byte) bool {
 	}
 	s.env.Stats.PacketsOut.Add(1)
 	s.env.Stats.BytesOut[s.t.Mode()].Add(uint64(len(b)))
+	if s.t.Buffered() > s.env.MaxOutbound {
+		// The device does not read: nobody waits for it. Its
+		// unacknowledged QoS 1 deliveries go back to their owners
+		// (Hooks.Offline): commands stay pending for its next session.
+		s.env.Stats.SlowReaderClosed.Add(1)
+		s.env.Logger.Info("device does not read its messages; disconnecting",
+			zap.String("client", s.entry.ClientID), zap.Int("queued_bytes", s.t.Buffered()),
+			zap.Int("max_outbound", s.env.MaxOutbound))
+		s.closeNow()
+	}
 	return true
 }
 

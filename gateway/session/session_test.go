@@ -20,6 +20,8 @@ type fakeTransport struct {
 	mode   registry.Mode
 	out    []byte
 	closed bool
+	// stalled: the device reads nothing; what it is sent stays queued.
+	stalled bool
 }
 
 func (f *fakeTransport) Write(b []byte) error {
@@ -35,7 +37,13 @@ func (f *fakeTransport) Mode() registry.Mode    { return f.mode }
 func (f *fakeTransport) Remote() string         { return "192.0.2.1:5000" }
 func (f *fakeTransport) PeerIdentity() []string { return nil }
 func (f *fakeTransport) ChannelBinding() []byte { return nil }
-func (f *fakeTransport) Local() string          { return "192.0.2.9:1883" }
+func (f *fakeTransport) Buffered() int {
+	if f.stalled {
+		return len(f.out)
+	}
+	return 0
+}
+func (f *fakeTransport) Local() string { return "192.0.2.9:1883" }
 
 // packets decodes and drains what the session wrote.
 func (f *fakeTransport) packets(t *testing.T, version byte) []mqttcodec.Packet {
@@ -474,5 +482,35 @@ func TestDeviceLimits(t *testing.T) {
 	}
 	if free.rare != nil && (free.rare.recvMax != 0 || free.rare.maxPacket != 0) {
 		t.Fatalf("limits kept for a device that set none: %+v", free.rare)
+	}
+}
+
+// A device that stops reading is disconnected once its queue passes the
+// bound, and its unacknowledged deliveries are handed back.
+func TestSlowReaderDisconnected(t *testing.T) {
+	clk := &clock{now: time.Now()}
+	env := newTestEnv(t, clk)
+	env.MaxOutbound = 4096
+	s, ft := newConnected(t, env, registry.ModeTLS, mqttcodec.V311, "slow")
+	ft.out = nil
+	ft.stalled = true
+	payload := make([]byte, 1000)
+	for i := 0; ; i++ {
+		err := s.Deliver(&Delivery{Topic: "t", Payload: payload, QoS: 1, Token: fmt.Sprint("c", i)})
+		if ft.closed {
+			break
+		}
+		if err != nil || i > 10 {
+			t.Fatalf("delivery %d: %v, closed %v", i, err, ft.closed)
+		}
+	}
+	if n := env.Stats.SlowReaderClosed.Load(); n != 1 {
+		t.Fatalf("SlowReaderClosed = %d", n)
+	}
+	if len(ft.out) > 4096+1100 {
+		t.Fatalf("%d bytes queued for a device that does not read, bound 4096", len(ft.out))
+	}
+	if err := s.Deliver(&Delivery{Topic: "t", Payload: payload, QoS: 1, Token: "late"}); err == nil {
+		t.Fatal("delivered to a disconnected slow reader")
 	}
 }

@@ -22,6 +22,7 @@ type Stats struct {
 	Instructions           atomic.Uint64 // reconnect instructions sent
 	InstructionGraceClosed atomic.Uint64 // 3.1.1 devices closed after the grace period
 	Panics                 atomic.Uint64 // session panics contained to their connection
+	SlowReaderClosed       atomic.Uint64 // devices disconnected for not reading (Env.MaxOutbound)
 	// RefusedOnPlain counts secure commands and secure data that
 	// CheckTransport kept off a plain socket.
 	RefusedOnPlain atomic.Uint64
