@@ -245,6 +245,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	g.fds.register(reg)
+	reg.MustRegister(g.plain.lag)
 	st := g.env.Stats
 	for _, m := range []registry.Mode{registry.ModePlain, registry.ModeTLS} {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/gateway/registry"
@@ -31,6 +32,8 @@ type plainServer struct {
 	proxy    ProxyMode
 	draining *atomic.Bool // set while the gateway shuts down: new connections are refused
 	fds      *fdBudget    // descriptors for device sockets
+	// lag is how long a function queued onto a loop waits to run.
+	lag prometheus.Histogram
 	// sweep is how often each loop checks its connections' deadlines.
 	sweep time.Duration
 
@@ -79,6 +82,11 @@ func newPlainServer(env *session.Env, logger *zap.Logger, ctr *counters, proxy P
 		running:  make(chan struct{}),
 		stopped:  make(chan struct{}),
 		loops:    make(map[gnet.EventLoop]*loopState),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "dualgate_event_loop_lag_seconds",
+			Help:    "Time a task queued onto a plain event loop waits before it runs (sampled once a second per loop): what every device on the loop waits.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
 	}
 }
 
@@ -188,7 +196,11 @@ func (ps *plainServer) OnTick() (time.Duration, gnet.Action) {
 	}
 	ps.mu.Unlock()
 	for _, ls := range loops {
+		queued := time.Now()
 		_ = ls.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			// How long the loop took to get to this: the lag every
+			// device on it sees.
+			ps.lag.Observe(time.Since(queued).Seconds())
 			now := ps.env.Now()
 			// Tick may close a connection, which reorders ls.conns: walk
 			// from the end so a moved connection has been seen already.
