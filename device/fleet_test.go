@@ -88,8 +88,19 @@ func TestFleetUpgrade(t *testing.T) {
 	elapsed := time.Since(start)
 
 	for i, cid := range cids {
-		if s, err := commandStatus(g, cid); err != nil || s != "delivered" {
-			t.Errorf("fleet-%03d: command %s is %q (%v)", i, cid, s, err)
+		// The device's PUBACK follows its handler, and the status follows
+		// the PUBACK: wait for it.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			s, err := commandStatus(g, cid)
+			if err == nil && s == "delivered" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("fleet-%03d: command %s is %q (%v)", i, cid, s, err)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	for i, d := range devices {
