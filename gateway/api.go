@@ -441,6 +441,8 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		counter("dualgate_upstream_dropped_qos0_total", "QoS 0 device messages dropped while the broker was away.", func() uint64 { return up().DroppedQoS0 })
 		counter("dualgate_upstream_commands_total", "Commands taken from the broker.", func() uint64 { return up().Commands })
 		counter("dualgate_upstream_reconnects_total", "Reconnections to the broker.", func() uint64 { return up().Reconnects })
+		counter("dualgate_upstream_commands_retained_total", "Retained messages on the command topic, dropped: a retained message is never a command.", func() uint64 { return up().CommandsRetained })
+		counter("dualgate_upstream_commands_duplicate_total", "Broker redeliveries of commands already stored, dropped.", func() uint64 { return up().CommandsDuplicate })
 	}
 	return reg
 }
