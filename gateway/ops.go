@@ -41,9 +41,8 @@ func (g *Gateway) startWatchers() {
 }
 
 // ReloadCertificates re-reads the TLS certificate and key, and the API's
-// when it has one (SIGHUP). Live
-// connections keep theirs; new handshakes get the new one. A bad file
-// leaves the current certificate in use.
+// when it has one (SIGHUP). Live connections keep theirs; new handshakes
+// get the new one. A bad file leaves the current certificate in use.
 func (g *Gateway) ReloadCertificates() error {
 	if g.apiCerts != nil {
 		if err := g.apiCerts.Reload(); err != nil {
