@@ -386,12 +386,9 @@ func (b *Bolt) Clients() ([]string, error) {
 
 // HasOrigin implements Store.
 func (b *Bolt) HasOrigin(origin string) (bool, error) {
-	if origin == "" {
-		return false, nil
-	}
 	var found bool
 	err := b.view(func(bk buckets) error {
-		found = hasPrefix(bk.origins, originPrefix(origin))
+		found = origin != "" && hasPrefix(bk.origins, originPrefix(origin))
 		return nil
 	})
 	return found, err

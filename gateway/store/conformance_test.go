@@ -647,6 +647,7 @@ func testClosed(t *testing.T, s Store) {
 		{name: "Stats", call: func() error { _, err := s.Stats(); return err }},
 		{name: "Prune", call: func() error { _, err := s.Prune(at(0)); return err }},
 		{name: "Clients", call: func() error { _, err := s.Clients(); return err }},
+		{name: "HasOrigin", call: func() error { _, err := s.HasOrigin("mqtt:0"); return err }},
 	}
 	for _, c := range calls {
 		t.Run(c.name, func(t *testing.T) { wantErr(t, c.call(), ErrClosed) })
