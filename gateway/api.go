@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/dualgate/dualgate/gateway/bridge"
 	"github.com/dualgate/dualgate/gateway/registry"
@@ -144,7 +145,9 @@ func (g *Gateway) apiHandler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
-	return sameOriginWrites(mux)
+	return sameOriginWrites(mux, g.logger.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(core, time.Second, 5, 1000)
+	})))
 }
 
 // sameOriginWrites refuses state-changing requests that a web page could
@@ -155,7 +158,13 @@ func (g *Gateway) apiHandler() http.Handler {
 // with permission; Sec-Fetch-Site and Origin, set by browsers and not
 // settable by page scripts, catch the rest. Clients that are not browsers
 // (curl, the SDK, automation) send neither header.
-func sameOriginWrites(next http.Handler) http.Handler {
+// Refusals are logged through log, a sampled logger.
+func sameOriginWrites(next http.Handler, log *zap.Logger) http.Handler {
+	refuse := func(w http.ResponseWriter, r *http.Request, code int, msg string) {
+		log.Info("API request refused", zap.String("method", r.Method), zap.String("path", r.URL.Path),
+			zap.String("peer", r.RemoteAddr), zap.Int("status", code), zap.String("reason", msg))
+		writeError(w, code, msg)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.Method {
 		case http.MethodGet, http.MethodHead, http.MethodOptions:
@@ -164,18 +173,18 @@ func sameOriginWrites(next http.Handler) http.Handler {
 		}
 		switch r.Header.Get("Sec-Fetch-Site") {
 		case "cross-site", "same-site":
-			writeError(w, http.StatusForbidden, "cross-site request refused (Sec-Fetch-Site: "+r.Header.Get("Sec-Fetch-Site")+")")
+			refuse(w, r, http.StatusForbidden, "cross-site request refused (Sec-Fetch-Site: "+r.Header.Get("Sec-Fetch-Site")+")")
 			return
 		}
 		if origin := r.Header.Get("Origin"); origin != "" {
 			u, err := url.Parse(origin)
 			if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) {
-				writeError(w, http.StatusForbidden, "cross-origin request refused: Origin "+strconv.Quote(origin)+" is not this API ("+r.Host+")")
+				refuse(w, r, http.StatusForbidden, "cross-origin request refused: Origin "+strconv.Quote(origin)+" is not this API ("+r.Host+")")
 				return
 			}
 		}
 		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-			writeError(w, http.StatusUnsupportedMediaType, "a "+r.Method+" request needs Content-Type: application/json")
+			refuse(w, r, http.StatusUnsupportedMediaType, "a "+r.Method+" request needs Content-Type: application/json")
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -226,3 +226,46 @@ func TestProxyTrustedRequired(t *testing.T) {
 		t.Fatalf("valid --proxy-trusted refused: %v", err)
 	}
 }
+
+// The attack --proxy-trusted stops: a client rotating forged PROXY
+// addresses to walk around --per-ip-connect-rate, or spending a victim
+// address's budget. Its headers are refused, so its CONNECTs all count
+// against its own address, and the victim's budget is untouched.
+func TestProxyForgedAddressesDoNotDodgeRateLimit(t *testing.T) {
+	g := startGateway(t, func(c *Config) {
+		c.ProxyProtocol, c.ProxyTrusted = string(ProxyOptional), "127.0.0.1/32"
+		c.PerIPRate, c.PerIPBurst = 0.001, 1 // one CONNECT per address, no refill during the test
+	})
+	const victim = "198.51.100.9"
+	for i := range 5 {
+		forged := fmt.Sprintf("203.0.113.%d:1000", i+1)
+		if i == 4 {
+			forged = victim + ":1000"
+		}
+		conn, err := dialFrom(t, attackerIP, g.PlainAddr(), proxyHeader(t, 1, forged, "192.0.2.1:1883"), nil)
+		if err == nil && connectRaw(t, conn, fmt.Sprintf("rotor-%d", i)) {
+			t.Fatalf("CONNECT behind forged address %s accepted", forged)
+		}
+	}
+	eventually(t, 5*time.Second, "5 refusals counted", func() bool {
+		return metric(t, g, "dualgate_proxy_untrusted_total") == 5
+	})
+	// Without a header the attacker has its own address's one CONNECT...
+	conn, err := dialFrom(t, attackerIP, g.PlainAddr(), nil, nil)
+	if err != nil || !connectRaw(t, conn, "rotor-own") {
+		t.Fatalf("first CONNECT from the attacker's own address refused: %v", err)
+	}
+	// ...and no second.
+	conn, err = dialFrom(t, attackerIP, g.PlainAddr(), nil, nil)
+	if err == nil && connectRaw(t, conn, "rotor-again") {
+		t.Fatal("second CONNECT from the same address accepted: the rate limit saw another address")
+	}
+	// The victim, behind the trusted balancer, still has its budget.
+	lb := dialProxied(t, g.PlainAddr(), proxyHeader(t, 2, victim+":2000", "192.0.2.1:1883"), nil)
+	if !connectRaw(t, lb, "victim") {
+		t.Fatal("the victim's address was spent by the forger")
+	}
+	if v := connectedClient(t, g, "victim"); v.Remote != victim+":2000" {
+		t.Fatalf("victim remote %q", v.Remote)
+	}
+}
