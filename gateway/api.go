@@ -1,20 +1,28 @@
 package gateway
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
+	"net/url"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/dualgate/dualgate/gateway/bridge"
 	"github.com/dualgate/dualgate/gateway/registry"
@@ -28,9 +36,25 @@ import (
 const maxBodyBytes = 1 << 20
 
 func (g *Gateway) startAPI() error {
+	var tlsCfg *tls.Config
+	if g.cfg.APITLSCert != "" {
+		r, err := tlsmux.NewCertReloader(g.cfg.APITLSCert, g.cfg.APITLSKey, g.logger)
+		if err != nil {
+			return fmt.Errorf("--api-tls-cert: %w", err)
+		}
+		g.apiCerts = r
+		tlsCfg = &tls.Config{GetCertificate: r.GetCertificate, MinVersion: tls.VersionTLS12}
+	}
 	ln, err := net.Listen("tcp", g.cfg.API)
 	if err != nil {
 		return fmt.Errorf("api listener: %w", err)
+	}
+	if g.cfg.APIToken == "" && !isLoopback(g.cfg.API) {
+		g.logger.Warn("the API listens beyond this machine without a token (--api-insecure): anyone who reaches "+
+			ln.Addr().String()+" can send commands to devices", zap.String("api", ln.Addr().String()))
+	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
 	}
 	g.apiLn = ln
 	g.api = &http.Server{
@@ -49,6 +73,39 @@ func (g *Gateway) startAPI() error {
 		}
 	}()
 	return nil
+}
+
+// validateAPI refuses the settings that would open the API to anyone who
+// reaches it.
+func (c *Config) validateAPI() error {
+	if (c.APITLSCert == "") != (c.APITLSKey == "") {
+		return errors.New("--api-tls-cert and --api-tls-key go together")
+	}
+	if c.Pprof && c.APIToken == "" {
+		return errors.New("--pprof needs --api-token: profiles show the gateway's memory and code paths, " +
+			"so they are never served without a token")
+	}
+	if c.APIToken == "" && !c.APIInsecure && !isLoopback(c.API) {
+		return fmt.Errorf("--api %q listens beyond this machine without --api-token, so anyone who reaches it could "+
+			"send commands to devices: set --api-token (or DUALGATE_API_TOKEN), or bind the API to a loopback "+
+			"address such as 127.0.0.1:8080, or accept the risk with --api-insecure", c.API)
+	}
+	return nil
+}
+
+// isLoopback reports whether a listen address binds only this machine's
+// loopback interface. An empty host (all interfaces), a wildcard and any
+// host name other than localhost count as reachable from outside.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 func (g *Gateway) apiHandler() http.Handler {
@@ -75,7 +132,11 @@ func (g *Gateway) apiHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g.metricsRegistry(), promhttp.HandlerOpts{}))
+	var metrics http.Handler = promhttp.HandlerFor(g.metricsRegistry(), promhttp.HandlerOpts{})
+	if !g.cfg.MetricsPublic {
+		metrics = g.requireToken(metrics)
+	}
+	mux.Handle("GET /metrics", metrics)
 
 	v1 := http.NewServeMux()
 	v1.HandleFunc("GET /v1/clients/{id}", g.getClient)
@@ -86,20 +147,65 @@ func (g *Gateway) apiHandler() http.Handler {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
 	mux.Handle("/v1/", g.requireToken(v1))
-	if g.cfg.Pprof {
+	if g.cfg.Pprof && g.cfg.APIToken != "" { // Validate refuses --pprof without a token
 		mux.Handle("/debug/pprof/", g.requireToken(http.HandlerFunc(pprof.Index)))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
-	return mux
+	return sameOriginWrites(mux, g.logger.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(core, time.Second, 5, 1000)
+	})))
 }
 
-// requireToken enforces --api-token on /v1.
-func (g *Gateway) requireToken(next http.Handler) http.Handler {
-	want := []byte("Bearer " + g.cfg.APIToken)
+// sameOriginWrites refuses state-changing requests that a web page could
+// have sent from another site: a browser lets any page POST a "simple"
+// request (text/plain, form data) to any address, the operator's loopback
+// API included, without asking the server first. Requiring
+// application/json forces a CORS preflight, which this API never answers
+// with permission; Sec-Fetch-Site and Origin, set by browsers and not
+// settable by page scripts, catch the rest. Clients that are not browsers
+// (curl, the SDK, automation) send neither header.
+// Refusals are logged through log, a sampled logger.
+func sameOriginWrites(next http.Handler, log *zap.Logger) http.Handler {
+	refuse := func(w http.ResponseWriter, r *http.Request, code int, msg string) {
+		log.Info("API request refused", zap.String("method", r.Method), zap.String("path", r.URL.Path),
+			zap.String("peer", r.RemoteAddr), zap.Int("status", code), zap.String("reason", msg))
+		writeError(w, code, msg)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if g.cfg.APIToken != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		switch r.Method {
+		case http.MethodGet, http.MethodHead, http.MethodOptions:
+			next.ServeHTTP(w, r)
+			return
+		}
+		switch r.Header.Get("Sec-Fetch-Site") {
+		case "cross-site", "same-site":
+			refuse(w, r, http.StatusForbidden, "cross-site request refused (Sec-Fetch-Site: "+r.Header.Get("Sec-Fetch-Site")+")")
+			return
+		}
+		if origin := r.Header.Get("Origin"); origin != "" {
+			u, err := url.Parse(origin)
+			if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) {
+				refuse(w, r, http.StatusForbidden, "cross-origin request refused: Origin "+strconv.Quote(origin)+" is not this API ("+r.Host+")")
+				return
+			}
+		}
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			refuse(w, r, http.StatusUnsupportedMediaType, "a "+r.Method+" request needs Content-Type: application/json")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// requireToken enforces --api-token. The comparison runs over SHA-256
+// digests, so its time tells nothing about the token, not even its length.
+func (g *Gateway) requireToken(next http.Handler) http.Handler {
+	want := sha256.Sum256([]byte("Bearer " + g.cfg.APIToken))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := sha256.Sum256([]byte(r.Header.Get("Authorization")))
+		if g.cfg.APIToken != "" && subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="dualgate"`)
 			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
 			return
@@ -317,6 +423,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		}, func() float64 { return float64(ctr.muxed[i].Load()) }))
 	}
 	counter("dualgate_proxy_header_errors_total", "Plain connections closed for a missing or malformed PROXY header.", ctr.proxyErrors.Load)
+	counter("dualgate_proxy_untrusted_total", "Connections refused for sending a PROXY header from outside --proxy-trusted (with --proxy-protocol required: for connecting from outside it).", ctr.proxyUntrusted.Load)
 	counter("dualgate_drained_sessions_total", "Sessions moved off by a drain.", ctr.drained.Load)
 	for name, pick := range map[string]func(tlsmux.Stats) uint64{
 		"full":          func(s tlsmux.Stats) uint64 { return s.HandshakesFull },
@@ -359,6 +466,8 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		counter("dualgate_upstream_dropped_qos0_total", "QoS 0 device messages dropped while the broker was away.", func() uint64 { return up().DroppedQoS0 })
 		counter("dualgate_upstream_commands_total", "Commands taken from the broker.", func() uint64 { return up().Commands })
 		counter("dualgate_upstream_reconnects_total", "Reconnections to the broker.", func() uint64 { return up().Reconnects })
+		counter("dualgate_upstream_commands_retained_total", "Retained messages on the command topic, dropped: a retained message is never a command.", func() uint64 { return up().CommandsRetained })
+		counter("dualgate_upstream_commands_duplicate_total", "Broker redeliveries of commands already stored, dropped.", func() uint64 { return up().CommandsDuplicate })
 	}
 	return reg
 }

@@ -37,6 +37,7 @@ type Config struct {
 	TLSCurves    string        `yaml:"tls-curves" help:"key exchange groups, comma-separated (x25519, p256, x25519mlkem768); empty: Go's default"`
 
 	ProxyProtocol string `yaml:"proxy-protocol" help:"PROXY protocol v1/v2 header from a load balancer on both listeners: off, optional or required"`
+	ProxyTrusted  string `yaml:"proxy-trusted" help:"comma-separated CIDRs or IPs of the load balancers allowed to send a PROXY header (required with --proxy-protocol); a header from any other source is refused"`
 	ListenMux     string `yaml:"listen-mux" help:"optional single port serving both plain MQTT and TLS, told apart by the first byte"`
 
 	AdvertisePlain string `yaml:"advertise-plain" help:"host:port put into instructions to use plain (behind a load balancer: its address)"`
@@ -61,7 +62,11 @@ type Config struct {
 	UpstreamCommands string        `yaml:"upstream-command-filter" help:"filter of commands on the broker, {client} in one level (default devices/{client}/commands/#; off for none)"`
 	UpstreamPlain    string        `yaml:"upstream-plain-commands" help:"comma-separated filters of commands from the broker that need no TLS"`
 	UpstreamBuffer   int           `yaml:"upstream-buffer" help:"QoS 1 messages held in memory while the broker is away (then spilled to the data dir)"`
-	APIToken         string        `yaml:"api-token" help:"bearer token required by every /v1 request"`
+	APIToken         string        `yaml:"api-token" help:"bearer token required by every /v1 request, /metrics and /debug/pprof"`
+	APIInsecure      bool          `yaml:"api-insecure" help:"allow --api on a non-loopback address without --api-token (anyone who reaches it can send commands)"`
+	APITLSCert       string        `yaml:"api-tls-cert" help:"certificate (PEM) that makes the API serve HTTPS; reloaded when the file changes"`
+	APITLSKey        string        `yaml:"api-tls-key" help:"private key (PEM) of --api-tls-cert"`
+	MetricsPublic    bool          `yaml:"metrics-public" help:"serve /metrics without --api-token"`
 
 	Auth        string        `yaml:"auth" help:"device authentication: allow-all or token"`
 	Secrets     string        `yaml:"secrets" help:"per-device secrets file for --auth token"`
@@ -93,7 +98,7 @@ type Config struct {
 
 	GCPercent  int           `yaml:"gc-percent" help:"Go garbage collector target (GOGC): the heap of an idle fleet is long-lived session state, so a low value saves memory for little CPU; the GOGC environment variable wins"`
 	MemRelease time.Duration `yaml:"mem-release" help:"how long the gateway must be quiet after a burst (connections, handshakes) before it returns its free heap memory to the OS at once; negative: never (the Go runtime then returns it over minutes)"`
-	Pprof      bool          `yaml:"pprof" help:"serve Go profiles under /debug/pprof/ on the API listener (behind --api-token)"`
+	Pprof      bool          `yaml:"pprof" help:"serve Go profiles under /debug/pprof/ on the API listener (needs --api-token)"`
 
 	LogFormat string `yaml:"log-format" help:"console or json"`
 	LogLevel  string `yaml:"log-level" help:"debug, info, warn or error"`
@@ -180,6 +185,12 @@ func (c *Config) Validate() error {
 	case ProxyOff, ProxyOptional, ProxyRequired:
 	default:
 		return fmt.Errorf("--proxy-protocol %q: want off, optional or required", c.ProxyProtocol)
+	}
+	if err := c.validateProxyTrusted(); err != nil {
+		return err
+	}
+	if err := c.validateAPI(); err != nil {
+		return err
 	}
 	if c.ListenMux != "" {
 		if _, _, err := net.SplitHostPort(c.ListenMux); err != nil {

@@ -11,7 +11,11 @@ const (
 // counters are the transports' own figures (the sessions keep theirs in
 // session.Stats). Safe for concurrent use.
 type counters struct {
-	proxyErrors atomic.Uint64    // connections closed for a missing or malformed PROXY header
-	muxed       [2]atomic.Uint64 // single-port connections routed to plain, tls
-	drained     atomic.Uint64    // sessions moved off by a drain
+	proxyErrors atomic.Uint64 // connections closed for a missing or malformed PROXY header
+	// proxyUntrusted counts connections refused for sending a PROXY
+	// header (or, with --proxy-protocol required, for connecting at all)
+	// from outside --proxy-trusted.
+	proxyUntrusted atomic.Uint64
+	muxed          [2]atomic.Uint64 // single-port connections routed to plain, tls
+	drained        atomic.Uint64    // sessions moved off by a drain
 }

@@ -368,6 +368,7 @@ func post(t *testing.T, g *Gateway, path, body, token string) (int, map[string]s
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Content-Type", "application/json")
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}

@@ -79,10 +79,12 @@ type Gateway struct {
 	caPath   string // the generated dev CA, when there is one
 	certs    *tlsmux.CertReloader
 
-	api   *http.Server
-	apiLn net.Listener
+	api      *http.Server
+	apiLn    net.Listener
+	apiCerts *tlsmux.CertReloader // --api-tls-cert, when given
 
 	counters counters
+	proxy    *proxyGate
 	mem      *memReleaser
 	sources  *sourceLimiter
 	tickets  *tlsmux.TicketKeys
@@ -161,7 +163,8 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	}, []string{"resumed"})
 	g.mem = newMemReleaser(logger)
-	g.plain = newPlainServer(g.env, logger, &g.counters, ProxyMode(cfg.ProxyProtocol), &g.draining)
+	g.proxy = newProxyGate(cfg, &g.counters, logger)
+	g.plain = newPlainServer(g.env, logger, &g.counters, g.proxy, &g.draining)
 	g.plain.fds = g.fds
 	return g, nil
 }
@@ -504,8 +507,8 @@ func (g *Gateway) startTLS(cfg *tls.Config) error {
 // serveTLSOn serves TLS connections accepted by ln, behind the PROXY
 // header reader when one is configured.
 func (g *Gateway) serveTLSOn(ln net.Listener) {
-	if mode := ProxyMode(g.cfg.ProxyProtocol); mode != ProxyOff {
-		ln = proxyListener(ln, mode)
+	if g.proxy.mode != ProxyOff {
+		ln = g.proxy.listener(ln)
 	}
 	g.wg.Add(1)
 	go func() {

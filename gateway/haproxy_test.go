@@ -246,7 +246,7 @@ func startBehindHAProxy(t *testing.T) ([]*Gateway, *haproxy) {
 	t.Helper()
 	lbPlain, lbTLS := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	base := func(c *Config) {
-		c.ProxyProtocol = string(ProxyRequired)
+		c.ProxyProtocol, c.ProxyTrusted = string(ProxyRequired), "127.0.0.1/32"
 		c.AdvertisePlain, c.AdvertiseTLS = lbPlain, lbTLS
 		c.DrainTo = "tls://" + lbTLS
 		c.DrainRate = 4

@@ -78,7 +78,18 @@ func (g *Gateway) acceptMux(ln net.Listener) {
 }
 
 func (g *Gateway) routeMux(c net.Conn) {
-	isTLS, err := g.sniff(c)
+	untrusted := g.proxy.mode != ProxyOff && !g.proxy.trusts(c.RemoteAddr())
+	if untrusted && g.proxy.mode == ProxyRequired {
+		g.proxy.refuse("mux", addrString(c.RemoteAddr()), whyRequired)
+		_ = c.Close()
+		return
+	}
+	isTLS, err := g.sniff(c, untrusted)
+	if errors.Is(err, errUntrustedProxy) {
+		g.proxy.refuse("mux", addrString(c.RemoteAddr()), whyHeader)
+		_ = c.Close()
+		return
+	}
 	if err != nil {
 		g.logger.Debug("mux: connection closed before it said what it is", zap.Error(err))
 		_ = c.Close()
@@ -103,8 +114,13 @@ func (g *Gateway) routeMux(c net.Conn) {
 	}
 }
 
+// errUntrustedProxy is sniff's answer for a PROXY header from a source
+// outside --proxy-trusted.
+var errUntrustedProxy = errors.New("PROXY header from an untrusted source")
+
 // sniff peeks at the connection's first bytes and says whether it is TLS.
-func (g *Gateway) sniff(c net.Conn) (bool, error) {
+// From an untrusted source, a PROXY header is errUntrustedProxy.
+func (g *Gateway) sniff(c net.Conn, untrusted bool) (bool, error) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false, errors.New("not a socket")
@@ -117,7 +133,7 @@ func (g *Gateway) sniff(c net.Conn) (bool, error) {
 	// Enough for a v1 header and the byte after it; grown to a v2 header's
 	// announced length (TLVs can make it long) plus one.
 	buf := make([]byte, proxyV1MaxLen+1)
-	proxied := ProxyMode(g.cfg.ProxyProtocol) != ProxyOff
+	proxied := g.proxy.mode != ProxyOff && !untrusted
 	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
 		var n int
 		var perr error
@@ -134,6 +150,15 @@ func (g *Gateway) sniff(c net.Conn) (bool, error) {
 		case n > 0:
 			b := buf[:n]
 			skip := 0
+			if untrusted {
+				present, maybe := proxySignature(b)
+				if present {
+					return false, errUntrustedProxy
+				}
+				if maybe {
+					skip = -1 // too short to tell
+				}
+			}
 			if proxied {
 				h, err := proxyHeaderLen(b)
 				switch {

@@ -27,6 +27,10 @@ func (g *Gateway) startWatchers() {
 		g.wg.Add(1)
 		go func() { defer g.wg.Done(); g.certs.Watch(ctx, 0) }()
 	}
+	if g.apiCerts != nil {
+		g.wg.Add(1)
+		go func() { defer g.wg.Done(); g.apiCerts.Watch(ctx, 0) }()
+	}
 	if g.tickets != nil {
 		g.wg.Add(1)
 		go func() {
@@ -36,10 +40,16 @@ func (g *Gateway) startWatchers() {
 	}
 }
 
-// ReloadCertificates re-reads the TLS certificate and key (SIGHUP). Live
-// connections keep theirs; new handshakes get the new one. A bad file
-// leaves the current certificate in use.
+// ReloadCertificates re-reads the TLS certificate and key, and the API's
+// when it has one (SIGHUP). Live connections keep theirs; new handshakes
+// get the new one. A bad file leaves the current certificate in use.
 func (g *Gateway) ReloadCertificates() error {
+	if g.apiCerts != nil {
+		if err := g.apiCerts.Reload(); err != nil {
+			g.logger.Error("API certificate reload failed; keeping the current one", zap.Error(err))
+			return err
+		}
+	}
 	if g.certs == nil {
 		return nil
 	}

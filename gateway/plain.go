@@ -29,7 +29,7 @@ type plainServer struct {
 	env      *session.Env
 	logger   *zap.Logger
 	counters *counters
-	proxy    ProxyMode
+	proxy    *proxyGate
 	draining *atomic.Bool // set while the gateway shuts down: new connections are refused
 	fds      *fdBudget    // descriptors for device sockets
 	// lag is how long a function queued onto a loop waits to run.
@@ -67,10 +67,11 @@ type plainConn struct {
 	idx       int32 // position in loop.conns
 	closed    bool
 	proxyWait bool // a PROXY header may still come first
+	untrusted bool // the peer is outside --proxy-trusted: a PROXY header from it is refused
 	sess      session.Session
 }
 
-func newPlainServer(env *session.Env, logger *zap.Logger, ctr *counters, proxy ProxyMode, draining *atomic.Bool) *plainServer {
+func newPlainServer(env *session.Env, logger *zap.Logger, ctr *counters, proxy *proxyGate, draining *atomic.Bool) *plainServer {
 	return &plainServer{
 		env:      env,
 		logger:   logger,
@@ -118,8 +119,16 @@ func (ps *plainServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	if ps.draining.Load() || !ps.fds.admit() {
 		return nil, gnet.Close
 	}
+	untrusted := false
+	if ps.proxy.mode != ProxyOff && !ps.proxy.trusts(c.RemoteAddr()) {
+		if ps.proxy.mode == ProxyRequired {
+			ps.proxy.refuse("plain", addrString(c.RemoteAddr()), whyRequired)
+			return nil, gnet.Close
+		}
+		untrusted = true
+	}
 	ls := ps.loopOf(c.EventLoop())
-	pc := &plainConn{c: c, idx: int32(len(ls.conns)), proxyWait: ps.proxy != ProxyOff}
+	pc := &plainConn{c: c, idx: int32(len(ls.conns)), proxyWait: ps.proxy.mode != ProxyOff, untrusted: untrusted}
 	ls.conns = append(ls.conns, pc)
 	c.SetContext(pc)
 	pc.sess.Init(ps.env, pc)
@@ -220,14 +229,24 @@ func (ps *plainServer) OnTick() (time.Duration, gnet.Action) {
 // header's length once it is whole (0 while it is not, or when there is
 // none), and false when the connection must be closed.
 func (ps *plainServer) proxyHeader(pc *plainConn, buf []byte) (int, bool) {
+	if pc.untrusted {
+		switch present, maybe := proxySignature(buf); {
+		case present:
+			ps.proxy.refuse("plain", pc.Remote(), whyHeader)
+			return 0, false
+		case !maybe:
+			pc.proxyWait = false // no header: served with its own address
+		}
+		return 0, true
+	}
 	n, err := proxyHeaderLen(buf)
 	switch {
-	case errors.Is(err, errNoProxyHeader) && ps.proxy == ProxyOptional:
+	case errors.Is(err, errNoProxyHeader) && ps.proxy.mode == ProxyOptional:
 		pc.proxyWait = false
 		return 0, true
 	case err != nil:
 		ps.counters.proxyErrors.Add(1)
-		ps.logger.Info("connection without a valid PROXY header; closing",
+		ps.proxy.log.Info("connection without a valid PROXY header; closing",
 			zap.String("peer", pc.Remote()), zap.Error(err))
 		return 0, false
 	case n == 0 || len(buf) < n:
@@ -236,7 +255,7 @@ func (ps *plainServer) proxyHeader(pc *plainConn, buf []byte) (int, bool) {
 	addr, err := parseProxyHeader(buf[:n])
 	if err != nil {
 		ps.counters.proxyErrors.Add(1)
-		ps.logger.Info("malformed PROXY header; closing", zap.String("peer", pc.Remote()), zap.Error(err))
+		ps.proxy.log.Info("malformed PROXY header; closing", zap.String("peer", pc.Remote()), zap.Error(err))
 		return 0, false
 	}
 	if addr != "" { // "" is a LOCAL header: the socket's own address stands

@@ -166,7 +166,7 @@ func publish5(t *testing.T, c *v5client, topic, payload string) {
 // "required" closes and counts a connection without one, and a malformed
 // header is closed and counted too.
 func TestProxyProtocolPlain(t *testing.T) {
-	g := startGateway(t, func(c *Config) { c.ProxyProtocol = string(ProxyRequired) })
+	g := startGateway(t, func(c *Config) { c.ProxyProtocol, c.ProxyTrusted = string(ProxyRequired), "127.0.0.1/32" })
 	connect := func(id string) []byte {
 		return mqttcodec.AppendConnect(nil, &mqttcodec.Connect{ProtocolVersion: 4, CleanStart: true, KeepAlive: 30, ClientID: []byte(id)})
 	}
@@ -289,7 +289,7 @@ func TestProxyProtocolPlain(t *testing.T) {
 // "optional" takes a header when there is one and serves a connection
 // without one as it is.
 func TestProxyProtocolOptional(t *testing.T) {
-	g := startGateway(t, func(c *Config) { c.ProxyProtocol = string(ProxyOptional) })
+	g := startGateway(t, func(c *Config) { c.ProxyProtocol, c.ProxyTrusted = string(ProxyOptional), "127.0.0.1/32" })
 
 	var bare net.Conn
 	v3(t, "tcp://"+g.PlainAddr(), "opt-bare", nil, func(o *mqtt.ClientOptions) {
@@ -326,7 +326,7 @@ func TestProxyProtocolOptional(t *testing.T) {
 // reports the header's source. Without a header ("required") the
 // handshake fails and is counted as failed.
 func TestProxyProtocolTLS(t *testing.T) {
-	g := startGateway(t, func(c *Config) { c.ProxyProtocol = string(ProxyRequired) })
+	g := startGateway(t, func(c *Config) { c.ProxyProtocol, c.ProxyTrusted = string(ProxyRequired), "127.0.0.1/32" })
 	tlsCfg := clientTLS(t, g)
 
 	conn := dialProxied(t, g.TLSAddr(), proxyHeader(t, 2, "198.51.100.200:50505", "192.0.2.1:8883"), tlsCfg)
@@ -383,7 +383,7 @@ func TestListenMux(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			g := startGateway(t, func(c *Config) {
 				c.ListenMux = "127.0.0.1:0"
-				c.ProxyProtocol = string(tc.proxy)
+				c.ProxyProtocol, c.ProxyTrusted = string(tc.proxy), "127.0.0.1"
 			})
 			if g.MuxAddr() == "" || g.MuxAddr() == g.PlainAddr() || g.MuxAddr() == g.TLSAddr() {
 				t.Fatalf("mux address %q (plain %s, tls %s)", g.MuxAddr(), g.PlainAddr(), g.TLSAddr())

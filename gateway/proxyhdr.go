@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/pires/go-proxyproto"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // ProxyMode is the --proxy-protocol setting.
@@ -87,18 +90,193 @@ func parseProxyHeader(b []byte) (string, error) {
 	return "", nil
 }
 
-// proxyListener wraps the TLS listener so the PROXY header is read before
-// the TLS handshake. A missing header (when required) or a malformed one
-// fails the connection before the handshake; tlsmux counts it as a failed
-// handshake.
-func proxyListener(ln net.Listener, mode ProxyMode) net.Listener {
-	policy := proxyproto.USE
-	if mode == ProxyRequired {
-		policy = proxyproto.REQUIRE
+// proxyGate applies --proxy-protocol and --proxy-trusted on every
+// listener: only a trusted load balancer may send a PROXY header. With
+// "required", a connection from any other source is refused at once; with
+// "optional", it is served with its own address, and refused if it sends a
+// header. Refusals are counted and logged at a bounded rate.
+type proxyGate struct {
+	mode    ProxyMode
+	trusted []netip.Prefix
+	ranges  []string // --proxy-trusted as given, for go-proxyproto
+	ctr     *counters
+	log     *zap.Logger // sampled: a flood of refusals logs a few lines a second
+}
+
+func newProxyGate(cfg Config, ctr *counters, logger *zap.Logger) *proxyGate {
+	ranges := splitList(cfg.ProxyTrusted)
+	trusted, _ := parseTrusted(ranges) // Validate has checked them
+	return &proxyGate{
+		mode:    ProxyMode(cfg.ProxyProtocol),
+		trusted: trusted,
+		ranges:  ranges,
+		ctr:     ctr,
+		log: logger.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
+			return zapcore.NewSamplerWithOptions(core, time.Second, 5, 1000)
+		})),
 	}
-	return &proxyproto.Listener{
-		Listener:          ln,
-		ReadHeaderTimeout: 10 * time.Second,
-		ConnPolicy:        func(proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) { return policy, nil },
+}
+
+// parseTrusted reads --proxy-trusted entries: CIDRs or single addresses.
+func parseTrusted(ranges []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(ranges))
+	for _, r := range ranges {
+		if p, err := netip.ParsePrefix(r); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(r)
+		if err != nil {
+			return nil, fmt.Errorf("--proxy-trusted: %q is neither an IP address nor a CIDR", r)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
 	}
+	return out, nil
+}
+
+// validateProxyTrusted requires --proxy-trusted with --proxy-protocol.
+func (c *Config) validateProxyTrusted() error {
+	ranges := splitList(c.ProxyTrusted)
+	if _, err := parseTrusted(ranges); err != nil {
+		return err
+	}
+	if ProxyMode(c.ProxyProtocol) != ProxyOff && len(ranges) == 0 {
+		return fmt.Errorf("--proxy-protocol %s needs --proxy-trusted CIDRS, the addresses of the load balancers "+
+			"allowed to send a PROXY header (e.g. --proxy-trusted 10.0.0.0/24,192.0.2.7): without it any client "+
+			"could claim any address", c.ProxyProtocol)
+	}
+	return nil
+}
+
+// trusts reports whether a connection from addr may send a PROXY header.
+func (pg *proxyGate) trusts(addr net.Addr) bool {
+	var ip netip.Addr
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	default:
+		if addr == nil {
+			return false
+		}
+		ap, err := netip.ParseAddrPort(addr.String())
+		if err != nil {
+			return false
+		}
+		ip = ap.Addr()
+	}
+	ip = ip.Unmap()
+	for _, p := range pg.trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// refuse counts and logs a connection refused for coming from an
+// untrusted source.
+func (pg *proxyGate) refuse(listener, peer, why string) {
+	pg.ctr.proxyUntrusted.Add(1)
+	pg.log.Warn("PROXY protocol from an untrusted source refused; closing",
+		zap.String("listener", listener), zap.String("peer", peer), zap.String("reason", why))
+}
+
+// Reasons of refuse.
+const (
+	whyHeader   = "sent a PROXY header but is not in --proxy-trusted"
+	whyRequired = "not in --proxy-trusted (--proxy-protocol required)"
+)
+
+// proxySignature tells whether b, the first bytes of a connection, start
+// a PROXY header: present, absent, or too short to tell (maybe).
+func proxySignature(b []byte) (present, maybe bool) {
+	for _, sig := range [][]byte{proxyV1Sig, proxyV2Sig} {
+		if len(b) >= len(sig) && bytes.HasPrefix(b, sig) {
+			return true, false
+		}
+		if len(b) < len(sig) && bytes.HasPrefix(sig, b) {
+			maybe = true
+		}
+	}
+	return false, maybe
+}
+
+// listener wraps a TLS listener so the PROXY header is read before the TLS
+// handshake, by go-proxyproto's connection policies: with "required", a
+// trusted source must send a header and any other source is dropped at
+// accept; with "optional", a trusted source may send one and another
+// source's header fails the connection before the handshake. A missing
+// or malformed header fails the handshake, which tlsmux counts.
+func (pg *proxyGate) listener(ln net.Listener) net.Listener {
+	var policy proxyproto.ConnPolicyFunc
+	var err error
+	if pg.mode == ProxyRequired {
+		policy, err = proxyproto.TrustProxyHeaderFromRanges(pg.ranges)
+	} else {
+		policy, err = proxyproto.PolicyFromRanges(pg.ranges, proxyproto.USE, proxyproto.REJECT)
+	}
+	if err != nil { // Validate has parsed the same entries
+		policy = func(proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+			return proxyproto.REJECT, fmt.Errorf("%w: %w", proxyproto.ErrInvalidUpstream, err)
+		}
+	}
+	return &untrustedListener{
+		Listener: &proxyproto.Listener{
+			Listener:          ln,
+			ReadHeaderTimeout: 10 * time.Second,
+			ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+				p, err := policy(o)
+				if err != nil {
+					pg.refuse("tls", addrString(o.Upstream), whyRequired)
+				}
+				return p, err
+			},
+		},
+		gate: pg,
+	}
+}
+
+// untrustedListener marks the connections of untrusted sources (which
+// go-proxyproto serves under the REJECT policy) so that a header they
+// send is counted when the TLS handshake's first read fails on it.
+type untrustedListener struct {
+	net.Listener
+	gate *proxyGate
+}
+
+func (l *untrustedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	pc, ok := c.(*proxyproto.Conn)
+	if !ok || l.gate.trusts(pc.Raw().RemoteAddr()) {
+		return c, nil
+	}
+	return &untrustedConn{Conn: c, gate: l.gate, peer: addrString(pc.Raw().RemoteAddr())}, nil
+}
+
+// untrustedConn is a connection from a source outside --proxy-trusted.
+// Only the connection's reader calls Read.
+type untrustedConn struct {
+	net.Conn
+	gate    *proxyGate
+	peer    string
+	counted bool
+}
+
+func (c *untrustedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil && !c.counted && errors.Is(err, proxyproto.ErrSuperfluousProxyHeader) {
+		c.counted = true
+		c.gate.refuse("tls", c.peer, whyHeader)
+	}
+	return n, err
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }

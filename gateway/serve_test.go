@@ -432,7 +432,8 @@ func TestPersistentSession(t *testing.T) {
 	}
 }
 
-// The API needs the bearer token when one is set; health endpoints do not.
+// The API needs the bearer token when one is set (/metrics too); health
+// endpoints do not.
 func TestAPIToken(t *testing.T) {
 	g := startGateway(t, func(c *Config) { c.APIToken = "s3cret" })
 	var e map[string]string
@@ -451,7 +452,12 @@ func TestAPIToken(t *testing.T) {
 			t.Fatalf("%s: %d", p, code)
 		}
 	}
-	resp, err := http.Get("http://" + g.APIAddr() + "/metrics")
+	req, err := http.NewRequest(http.MethodGet, "http://"+g.APIAddr()+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,7 @@ func (g *Gateway) startUpstream() error {
 	if g.cfg.UpstreamCommands != "off" {
 		cfg.CommandFilter = g.cfg.UpstreamCommands
 		cfg.SubmitCommand = g.submitFromUpstream
+		cfg.KnownCommand = g.store.HasOrigin
 	}
 	b, err := bridge.New(cfg)
 	if err != nil {
@@ -65,9 +66,12 @@ func (g *Gateway) stopUpstream() {
 }
 
 // submitFromUpstream takes a command published on the broker and hands it
-// to the dispatcher exactly as an API command: durable before it returns,
-// so the bridge acknowledges the broker's message only then.
-func (g *Gateway) submitFromUpstream(clientID, topic string, payload []byte, qos byte, secure bool) error {
+// to the dispatcher exactly as an API command: durable, with the broker
+// message's origin in the same transaction, before it returns, so the
+// bridge acknowledges the broker's message only then and recognises the
+// message if the broker sends it again (store.Store.HasOrigin).
+func (g *Gateway) submitFromUpstream(bc bridge.Command) error {
+	clientID, topic := bc.ClientID, bc.Topic
 	if err := session.CheckClientID(clientID, g.env.MaxClientIDLen); err != nil {
 		return fmt.Errorf("%w: %w", bridge.ErrCommandRejected, err)
 	}
@@ -76,11 +80,12 @@ func (g *Gateway) submitFromUpstream(clientID, topic string, payload []byte, qos
 		ID:        store.NewID(now),
 		ClientID:  clientID,
 		Topic:     topic,
-		Payload:   payload,
-		QoS:       min(qos, 1),
-		Secure:    secure,
+		Payload:   bc.Payload,
+		QoS:       min(bc.QoS, 1),
+		Secure:    bc.Secure,
 		CreatedAt: now,
 		ExpiresAt: now.Add(defaultCommandTTL),
+		Origin:    bc.Origin,
 	}
 	_, err := g.dispatcher.Submit(c)
 	switch {

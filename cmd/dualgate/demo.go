@@ -228,6 +228,7 @@ func (d *demoRun) post(ctx context.Context, client, name, payload string, secure
 	if err != nil {
 		return "", "", err
 	}
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return "", "", err

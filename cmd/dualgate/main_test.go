@@ -339,3 +339,39 @@ func TestDemo(t *testing.T) {
 		t.Logf("demo output:\n%s", text)
 	}
 }
+
+// Settings that would open the gateway to anyone who reaches it stop
+// `dualgate serve` before it binds anything, with exit status 2 and a
+// message that says what to do.
+func TestServeRefusesOpenSettings(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{args: []string{"--api", ":8080"}, want: "--api-token"},
+		{args: []string{"--api", "0.0.0.0:8080"}, want: "--api-insecure"},
+		{args: []string{"--api", "127.0.0.1:0"}, env: "DUALGATE_API=[::]:8080", want: "loopback"},
+		{args: []string{"--api", "127.0.0.1:0", "--pprof"}, want: "--pprof needs --api-token"},
+		{args: []string{"--api", "127.0.0.1:0", "--proxy-protocol", "optional"}, want: "--proxy-trusted"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		args := append([]string{"serve", "--data", t.TempDir(), "--plain", "127.0.0.1:0", "--tls", "127.0.0.1:0"}, tc.args...)
+		if tc.env != "" {
+			// The flag would win over the environment: drop it.
+			args = args[:len(args)-2]
+		}
+		cmd := exec.CommandContext(ctx, binary, args...)
+		cmd.Env = append(os.Environ(), tc.env)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		cancel()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+			t.Fatalf("%v %s: %v, want exit 2\n%s", tc.args, tc.env, err, stderr.String())
+		}
+		if !strings.Contains(stderr.String(), tc.want) {
+			t.Fatalf("%v %s: message %q lacks %q", tc.args, tc.env, stderr.String(), tc.want)
+		}
+	}
+}

@@ -329,6 +329,10 @@ type Stats struct {
 	// CommandCycles counts connections cycled to have the broker send
 	// unaccepted commands again.
 	CommandCycles uint64
+	// CommandsRetained counts retained messages on the command topic,
+	// dropped: a retained message is never a command. CommandsDuplicate
+	// counts redeliveries of commands already stored, dropped.
+	CommandsRetained, CommandsDuplicate uint64
 
 	// DroppedQoS0 counts QoS 0 messages dropped: no connection, or the
 	// memory buffer full.
@@ -359,6 +363,7 @@ type counters struct {
 	unrouted, commandCopies                 atomic.Uint64
 	commands, commandErrors, commandsReject atomic.Uint64
 	commandCycles                           atomic.Uint64
+	commandsRetained, commandsDuplicate     atomic.Uint64
 	droppedQoS0, refused, quotaExceeded     atomic.Uint64
 	abandoned, saved, replayed              atomic.Uint64
 	reconnects, losses, subscribeFailures   atomic.Uint64
@@ -392,6 +397,8 @@ func (b *Bridge) Stats() Stats {
 	s.CommandErrors = c.commandErrors.Load()
 	s.CommandsRejected = c.commandsReject.Load()
 	s.CommandCycles = c.commandCycles.Load()
+	s.CommandsRetained = c.commandsRetained.Load()
+	s.CommandsDuplicate = c.commandsDuplicate.Load()
 	s.DroppedQoS0 = c.droppedQoS0.Load()
 	s.Refused = c.refused.Load()
 	s.QuotaExceeded = c.quotaExceeded.Load()

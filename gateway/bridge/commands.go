@@ -1,6 +1,8 @@
 package bridge
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -17,9 +19,51 @@ import (
 // again.
 var ErrCommandRejected = errors.New("bridge: command rejected")
 
+// Command is a command taken from the broker.
+type Command struct {
+	// ClientID is the device's client id, read from the topic.
+	ClientID string
+	// Topic is the command's topic as the device sees it (TopicPrefix
+	// removed).
+	Topic   string
+	Payload []byte
+	QoS     byte
+	// Secure is false only for topics matching Config.PlainAllowed.
+	Secure bool
+	// Origin names the broker's message: the same message sent again
+	// (DUP) has the same Origin. See commandOrigin.
+	Origin string
+}
+
+// commandOrigin is the Origin of a broker message: "mqtt:" and the
+// SHA-256, in hex, of its topic, packet identifier and payload. A broker
+// redelivers a message with its original packet identifier
+// [MQTT-4.4.0-1]; an identical command published again gets a new one, so
+// a second "unlock" whose first delivery to the gateway was cut is not
+// taken for a copy of an earlier "unlock". The MQTT 3.1.1 connection to
+// the broker carries no property that could name the command instead.
+func commandOrigin(topic string, packetID uint16, payload []byte) string {
+	h := sha256.New()
+	h.Write([]byte(topic))
+	h.Write([]byte{0, byte(packetID >> 8), byte(packetID)})
+	h.Write(payload)
+	return "mqtt:" + hex.EncodeToString(h.Sum(nil))
+}
+
 // command hands one message of the command subscription to SubmitCommand
-// and acknowledges it to the broker only once the gateway holds it.
+// and acknowledges it to the broker only once the gateway holds it. A
+// retained message is never a command, and a redelivery of a command
+// already stored is acknowledged and dropped.
 func (b *Bridge) command(l *lane, m mqtt.Message, topic string) {
+	if m.Retained() {
+		// The broker sends the retained message of the command topic at
+		// every SUBSCRIBE: after each restart and reconnection.
+		b.stats.commandsRetained.Add(1)
+		b.hot.Warn("retained message on the command topic is not a command; dropped (publish commands without retain)",
+			zap.String("topic", topic))
+		m.Ack()
+		return
+	}
 	clientID, ok := b.cmd.extract(topic)
 	if !ok {
 		b.stats.commandsReject.Add(1)
@@ -28,11 +72,31 @@ func (b *Bridge) command(l *lane, m mqtt.Message, topic string) {
 		return
 	}
 	qos := min(m.Qos(), 1)
-	secure := !b.plainAllowed(topic)
-	err := b.submit(clientID, topic, m.Payload(), qos, secure)
+	c := Command{ClientID: clientID, Topic: topic, Payload: m.Payload(), QoS: qos, Secure: !b.plainAllowed(topic),
+		Origin: commandOrigin(topic, m.MessageID(), m.Payload())}
+	if m.Duplicate() && qos > 0 && b.cfg.KnownCommand != nil {
+		known, err := b.known(c.Origin)
+		switch {
+		case err != nil:
+			b.stats.commandErrors.Add(1)
+			b.hot.Warn("cannot tell whether a redelivered command was taken already; left unacknowledged for the broker to send again",
+				zap.String("client", clientID), zap.String("topic", topic), zap.Error(err))
+			l.redeliverLater()
+			return
+		case known:
+			b.stats.commandsDuplicate.Add(1)
+			b.hot.Info("redelivered command was taken already; acknowledged and dropped",
+				zap.String("client", clientID), zap.String("topic", topic), zap.String("origin", c.Origin))
+			m.Ack()
+			return
+		}
+	}
+	err := b.submit(c)
 	switch {
 	case err == nil:
-		m.Ack()
+		if !b.cfg.dropCommandAcks {
+			m.Ack()
+		}
 		b.stats.commands.Add(1)
 	case errors.Is(err, ErrCommandRejected):
 		m.Ack()
@@ -52,15 +116,25 @@ func (b *Bridge) command(l *lane, m mqtt.Message, topic string) {
 }
 
 // submit calls SubmitCommand; a panic counts as a rejection.
-func (b *Bridge) submit(clientID, topic string, payload []byte, qos byte, secure bool) (err error) {
+func (b *Bridge) submit(c Command) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			b.hot.Error("panic in SubmitCommand", zap.String("client", clientID), zap.String("topic", topic),
+			b.hot.Error("panic in SubmitCommand", zap.String("client", c.ClientID), zap.String("topic", c.Topic),
 				zap.String("panic", fmt.Sprint(r)))
 			err = fmt.Errorf("%w: SubmitCommand panicked: %v", ErrCommandRejected, r)
 		}
 	}()
-	return b.cfg.SubmitCommand(clientID, topic, payload, qos, secure)
+	return b.cfg.SubmitCommand(c)
+}
+
+// known calls KnownCommand; a panic counts as an error.
+func (b *Bridge) known(origin string) (ok bool, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("bridge: KnownCommand panicked: %v", r)
+		}
+	}()
+	return b.cfg.KnownCommand(origin)
 }
 
 // plainAllowed reports whether a command on topic may travel on plain TCP.

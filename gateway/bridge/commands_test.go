@@ -30,8 +30,8 @@ func newCommandLog(fail func(submitted, int) error) *commandLog {
 	return &commandLog{fail: fail, ch: make(chan struct{}, 1)}
 }
 
-func (c *commandLog) submit(clientID, topic string, payload []byte, qos byte, secure bool) error {
-	s := submitted{clientID: clientID, topic: topic, payload: string(payload), qos: qos, secure: secure}
+func (c *commandLog) submit(cmd Command) error {
+	s := submitted{clientID: cmd.ClientID, topic: cmd.Topic, payload: string(cmd.Payload), qos: cmd.QoS, secure: cmd.Secure}
 	c.mu.Lock()
 	before := 0
 	for _, x := range c.calls {

@@ -121,12 +121,23 @@ type Config struct {
 	// are dropped.
 	DeliverRetained func(filter string, subscribers []any, m Message)
 	// SubmitCommand receives a command from the broker. It returns nil
-	// once the command is durable; only then is the broker's message
-	// acknowledged. An error wrapping ErrCommandRejected acknowledges and
-	// drops the message (it will never be accepted); any other error
-	// leaves it unacknowledged, for the broker to send again. Nil: no
-	// command subscription.
-	SubmitCommand func(clientID, topic string, payload []byte, qos byte, secure bool) error
+	// once the command is durable, with its Origin in the same write;
+	// only then is the broker's message acknowledged. An error wrapping
+	// ErrCommandRejected acknowledges and drops the message (it will never
+	// be accepted); any other error leaves it unacknowledged, for the
+	// broker to send again. Nil: no command subscription.
+	SubmitCommand func(c Command) error
+	// KnownCommand reports whether a command with this Origin was stored
+	// (SubmitCommand returned nil for it). The bridge asks it for a
+	// redelivery (DUP set) and drops the message when it was: the broker
+	// sends a message again when the gateway stopped, crashed or lost the
+	// connection between storing the command and acknowledging it. Nil:
+	// every redelivery is taken as a command.
+	KnownCommand func(origin string) (bool, error)
+
+	// dropCommandAcks, a test seam, leaves stored commands unacknowledged,
+	// as a crash between SubmitCommand and the PUBACK would.
+	dropCommandAcks bool
 }
 
 // Defaults of Config.

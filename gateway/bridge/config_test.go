@@ -12,7 +12,7 @@ import (
 )
 
 func TestNewRejects(t *testing.T) {
-	submit := func(string, string, []byte, byte, bool) error { return nil }
+	submit := func(Command) error { return nil }
 	dir := t.TempDir()
 	notPEM := filepath.Join(dir, "not.pem")
 	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
@@ -53,7 +53,7 @@ func TestNewRejects(t *testing.T) {
 }
 
 func TestNewDefaults(t *testing.T) {
-	submit := func(string, string, []byte, byte, bool) error { return nil }
+	submit := func(Command) error { return nil }
 	cfg := Config{URL: "tls://broker.example.com", SubmitCommand: submit, Logger: zap.NewNop()}
 	b, err := New(cfg)
 	if err != nil {

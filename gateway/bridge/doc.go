@@ -108,6 +108,26 @@
 // space) are dropped: commands reach devices only through the dispatcher,
 // which alone knows whether the connection is TLS.
 //
+// A command from the broker runs once:
+//
+//   - A retained message on the command topic is never a command. The
+//     broker sends it again at every SUBSCRIBE, so at every gateway restart
+//     and reconnection: it is acknowledged, dropped and counted
+//     (Stats.CommandsRetained), and logged through the sampler. A message
+//     published with retain while the gateway is subscribed reaches it
+//     without the flag [MQTT-3.3.1-9] and is a command like any other.
+//   - Each command is stored with its Origin, the SHA-256 of its topic,
+//     packet identifier and payload, in the same write as the command
+//     (stored, then acknowledged). A crash or a lost connection between
+//     the two makes the broker send the message again, with DUP set and
+//     the same packet identifier [MQTT-4.4.0-1]: the bridge asks
+//     Config.KnownCommand, and a redelivery whose Origin is known is
+//     acknowledged, dropped and counted (Stats.CommandsDuplicate). A
+//     message without DUP is always a new command, even with the topic and
+//     payload of an earlier one: an operator may send "unlock" twice. The
+//     store forgets an origin with its command, when the command's
+//     retention ends.
+//
 // With PoolSize 1 the command subscription and the devices' subscriptions
 // share the connection, and a device filter covering the command space
 // makes such a command arrive twice; keep PoolSize at 2 or more.

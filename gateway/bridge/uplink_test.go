@@ -180,7 +180,7 @@ func TestUplinkBufferFull(t *testing.T) {
 }
 
 func TestUplinkRefusals(t *testing.T) {
-	noCommands := func(string, string, []byte, byte, bool) error { return nil }
+	noCommands := func(Command) error { return nil }
 	for _, tc := range []struct {
 		name     string
 		template string

@@ -21,6 +21,7 @@ const (
 	bucketFinished = "finished"
 	bucketCounts   = "counts"
 	bucketMeta     = "meta"
+	bucketOrigins  = "origins"
 
 	keySchema     = "schema"
 	keyClients    = "clients"
@@ -84,7 +85,7 @@ func OpenBolt(path string, opts Options) (*Bolt, error) {
 // setup creates the buckets of a new file and checks the layout version of
 // an existing one.
 func setup(tx *bbolt.Tx) error {
-	for _, name := range []string{bucketCommands, bucketPending, bucketExpiry, bucketFinished, bucketCounts, bucketMeta} {
+	for _, name := range []string{bucketCommands, bucketPending, bucketExpiry, bucketFinished, bucketCounts, bucketMeta, bucketOrigins} {
 		if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
@@ -105,7 +106,7 @@ func setup(tx *bbolt.Tx) error {
 
 // buckets are the buckets of one transaction.
 type buckets struct {
-	commands, pending, expiry, finished, counts *bbolt.Bucket
+	commands, pending, expiry, finished, counts, origins *bbolt.Bucket
 }
 
 func bucketsOf(tx *bbolt.Tx) (buckets, error) {
@@ -115,6 +116,7 @@ func bucketsOf(tx *bbolt.Tx) (buckets, error) {
 		expiry:   tx.Bucket([]byte(bucketExpiry)),
 		finished: tx.Bucket([]byte(bucketFinished)),
 		counts:   tx.Bucket([]byte(bucketCounts)),
+		origins:  tx.Bucket([]byte(bucketOrigins)),
 	}
 	if bk.commands == nil || bk.pending == nil || bk.expiry == nil || bk.finished == nil || bk.counts == nil {
 		return bk, fmt.Errorf("%w: missing bucket", ErrCorrupt)
@@ -318,6 +320,11 @@ func (b *Bolt) Prune(before time.Time) (int, error) {
 			if err := bk.finished.Delete(timeIDKey(c.FinishedAt(), id)); err != nil {
 				return fmt.Errorf("store: unindex %s: %w", id, err)
 			}
+			if c.Origin != "" {
+				if err := bk.origins.Delete(originKey(c)); err != nil {
+					return fmt.Errorf("store: unindex %s: %w", id, err)
+				}
+			}
 			if err := addCount(bk.counts, string(c.Status), -1); err != nil {
 				return err
 			}
@@ -377,6 +384,28 @@ func (b *Bolt) Clients() ([]string, error) {
 	return out, nil
 }
 
+// HasOrigin implements Store.
+func (b *Bolt) HasOrigin(origin string) (bool, error) {
+	var found bool
+	err := b.view(func(bk buckets) error {
+		found = origin != "" && hasPrefix(bk.origins, originPrefix(origin))
+		return nil
+	})
+	return found, err
+}
+
+// originKey is the origins index key of c: its origin, a NUL (which no
+// origin holds), its id. Two commands may share an origin.
+func originKey(c *Command) []byte {
+	return append(originPrefix(c.Origin), c.ID...)
+}
+
+func originPrefix(origin string) []byte {
+	k := make([]byte, 0, len(origin)+1+MaxIDLen)
+	k = append(k, origin...)
+	return append(k, 0)
+}
+
 // Close implements Store.
 func (b *Bolt) Close() error {
 	if b.closed.Swap(true) {
@@ -413,6 +442,11 @@ func (bk buckets) insert(c *Command, rec []byte, firstOfClient bool) error {
 	}
 	if !c.ExpiresAt.IsZero() {
 		if err := bk.expiry.Put(timeIDKey(c.ExpiresAt, c.ID), nil); err != nil {
+			return fmt.Errorf("store: index %s: %w", c.ID, err)
+		}
+	}
+	if c.Origin != "" {
+		if err := bk.origins.Put(originKey(c), nil); err != nil {
 			return fmt.Errorf("store: index %s: %w", c.ID, err)
 		}
 	}

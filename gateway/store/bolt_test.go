@@ -92,9 +92,11 @@ func checkConsistent(t testing.TB, b *Bolt) {
 func TestBoltReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), FileName)
 	s := openBolt(t, path, Options{})
+	fromBroker := newCmd("b", "dev1", time.Second, time.Hour)
+	fromBroker.Origin = "mqtt:5eed"
 	mustPut(t, s,
 		newCmd("a", "dev1", 0, time.Hour),
-		newCmd("b", "dev1", time.Second, time.Hour),
+		fromBroker,
 		newCmd("c", "dev2", 0, 0),
 	)
 	mustMove(t, s, "a", at(time.Minute), StatusSent)
@@ -123,6 +125,9 @@ func TestBoltReopen(t *testing.T) {
 	}
 	if pending, _ := s.Pending("dev1"); !equalStrings(ids(pending), []string{"a", "b"}) {
 		t.Errorf("after reopen Pending = %v", ids(pending))
+	}
+	if ok, err := s.HasOrigin("mqtt:5eed"); !ok || err != nil {
+		t.Errorf("after reopen HasOrigin = %v, %v; want the broker command's origin kept", ok, err)
 	}
 }
 

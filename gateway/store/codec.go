@@ -11,7 +11,10 @@ import (
 // recordVersion is the first byte of every record.
 const recordVersion = 1
 
-const flagSecure = 1 << 0
+const (
+	flagSecure = 1 << 0
+	flagOrigin = 1 << 1 // the record ends with the origin
+)
 
 // statusCode is a status's byte in a record; 0 is no status.
 func statusCode(s Status) byte {
@@ -57,11 +60,12 @@ func statusOf(b byte) (Status, bool) {
 //	client id    uvarint length, bytes
 //	topic        uvarint length, bytes
 //	payload      uvarint length, bytes
-//	qos, flags   1 byte each (flag 0: secure)
+//	qos, flags   1 byte each (flag 0: secure; flag 1: origin follows history)
 //	created, expires, delivered   time each
 //	status       1 byte
 //	attempts     uvarint
 //	history      uvarint count, then per entry: status byte, time, note
+//	origin       uvarint length, bytes; only with flag 1
 //
 // A time is 0x00 for the zero time, or 0x01 and 8 bytes of big-endian Unix
 // nanoseconds.
@@ -76,6 +80,9 @@ func appendCommand(dst []byte, c *Command) []byte {
 	if c.Secure {
 		flags |= flagSecure
 	}
+	if c.Origin != "" {
+		flags |= flagOrigin
+	}
 	dst = append(dst, c.QoS, flags)
 	dst = appendTime(dst, c.CreatedAt)
 	dst = appendTime(dst, c.ExpiresAt)
@@ -88,12 +95,15 @@ func appendCommand(dst []byte, c *Command) []byte {
 		dst = appendTime(dst, h.At)
 		dst = appendString(dst, h.Note)
 	}
+	if c.Origin != "" {
+		dst = appendString(dst, c.Origin)
+	}
 	return dst
 }
 
 // recordSize is an upper bound of the length of c's record.
 func recordSize(c *Command) int {
-	n := 1 + 4*binary.MaxVarintLen64 + len(c.ID) + len(c.ClientID) + len(c.Topic) + len(c.Payload) + 2 + 3*9 + 1 + 2*binary.MaxVarintLen64
+	n := 1 + 5*binary.MaxVarintLen64 + len(c.Origin) + len(c.ID) + len(c.ClientID) + len(c.Topic) + len(c.Payload) + 2 + 3*9 + 1 + 2*binary.MaxVarintLen64
 	for _, h := range c.History {
 		n += 1 + 9 + binary.MaxVarintLen64 + len(h.Note)
 	}
@@ -147,12 +157,15 @@ func decodeCommand(b []byte) (*Command, error) {
 			c.History[i] = Transition{Status: r.status(), At: r.time(), Note: r.string()}
 		}
 	}
+	if flags&flagOrigin != 0 {
+		c.Origin = r.string()
+	}
 	switch {
 	case r.err != nil:
 		return nil, r.err
 	case len(r.b) != 0:
 		return nil, fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(r.b))
-	case flags&^flagSecure != 0:
+	case flags&^(flagSecure|flagOrigin) != 0:
 		return nil, fmt.Errorf("%w: flags %#x", ErrCorrupt, flags)
 	}
 	return c, nil

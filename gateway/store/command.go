@@ -86,6 +86,7 @@ const (
 	MaxIDLen       = 128
 	MaxClientIDLen = 16384
 	MaxTopicLen    = 65535
+	MaxOriginLen   = 128
 )
 
 // Command is a remote-control message for one device.
@@ -111,6 +112,13 @@ type Command struct {
 	// Attempts counts moves to sent; a retry goes out with DUP set.
 	Attempts int
 	History  []Transition
+
+	// Origin names the message the command was taken from, for a source
+	// that may hand the same message over again (the upstream broker
+	// redelivers a message whose acknowledgement it did not get): the
+	// source asks HasOrigin before taking a redelivery. Empty for API
+	// commands. At most MaxOriginLen bytes.
+	Origin string
 }
 
 // Clone returns a deep copy of c.
@@ -148,6 +156,8 @@ func prepare(c *Command) (*Command, error) {
 		return nil, fmt.Errorf("%w: topic must be 1 to %d bytes, got %d", ErrInvalid, MaxTopicLen, len(c.Topic))
 	case c.QoS > 2:
 		return nil, fmt.Errorf("%w: qos %d", ErrInvalid, c.QoS)
+	case len(c.Origin) > MaxOriginLen || strings.IndexByte(c.Origin, 0) >= 0:
+		return nil, fmt.Errorf("%w: origin must be at most %d bytes without NUL", ErrInvalid, MaxOriginLen)
 	case c.Attempts < 0:
 		return nil, fmt.Errorf("%w: attempts %d", ErrInvalid, c.Attempts)
 	case c.CreatedAt.IsZero():

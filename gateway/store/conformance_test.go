@@ -30,6 +30,7 @@ var conformance = []struct {
 	{name: "prune", run: testPrune},
 	{name: "stats", run: testStats},
 	{name: "clients", run: testClients},
+	{name: "origin", run: testOrigin},
 	{name: "closed", run: testClosed},
 }
 
@@ -520,6 +521,43 @@ func testPrune(t *testing.T, s Store) {
 	mustPut(t, s, newCmd("old-delivered", "d1", time.Hour, 0))
 }
 
+// A command's origin is kept with it, found by HasOrigin in any status,
+// shared by two commands if need be, and forgotten when the last command
+// holding it is pruned.
+func testOrigin(t *testing.T, s Store) {
+	a := newCmd("a", "d1", 0, 0)
+	a.Origin = "upstream:0f1e"
+	b := newCmd("b", "d2", time.Minute, 0)
+	b.Origin = a.Origin
+	c := newCmd("c", "d1", 2*time.Minute, 0) // an API command: no origin
+	mustPut(t, s, a, b, c)
+	if got := mustGet(t, s, "a"); got.Origin != a.Origin {
+		t.Fatalf("origin %q, want %q", got.Origin, a.Origin)
+	}
+	if got := mustGet(t, s, "c"); got.Origin != "" {
+		t.Fatalf("origin %q, want none", got.Origin)
+	}
+	has := func(origin string, want bool) {
+		t.Helper()
+		if ok, err := s.HasOrigin(origin); err != nil || ok != want {
+			t.Fatalf("HasOrigin(%q) = %v, %v; want %v", origin, ok, err, want)
+		}
+	}
+	has(a.Origin, true)
+	has("upstream:0f", false) // a prefix is another origin
+	has("", false)
+	mustMove(t, s, "a", at(time.Minute), StatusSent, StatusDelivered)
+	mustMove(t, s, "b", at(time.Minute), StatusFailed)
+	has(a.Origin, true) // final commands keep theirs until pruned
+	if _, err := s.Prune(at(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	has(a.Origin, false)
+	bad := newCmd("bad", "d3", 0, 0)
+	bad.Origin = strings.Repeat("x", MaxOriginLen+1)
+	wantErr(t, s.Put(bad), ErrInvalid)
+}
+
 func testStats(t *testing.T, s Store) {
 	if counts, err := s.Stats(); err != nil || counts != (Counts{}) {
 		t.Fatalf("empty Stats = %+v, %v", counts, err)
@@ -609,6 +647,7 @@ func testClosed(t *testing.T, s Store) {
 		{name: "Stats", call: func() error { _, err := s.Stats(); return err }},
 		{name: "Prune", call: func() error { _, err := s.Prune(at(0)); return err }},
 		{name: "Clients", call: func() error { _, err := s.Clients(); return err }},
+		{name: "HasOrigin", call: func() error { _, err := s.HasOrigin("mqtt:0"); return err }},
 	}
 	for _, c := range calls {
 		t.Run(c.name, func(t *testing.T) { wantErr(t, c.call(), ErrClosed) })

@@ -205,6 +205,24 @@ func (m *Memory) Prune(before time.Time) (int, error) {
 	return n, nil
 }
 
+// HasOrigin implements Store.
+func (m *Memory) HasOrigin(origin string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return false, ErrClosed
+	}
+	if origin == "" {
+		return false, nil
+	}
+	for _, c := range m.cmds {
+		if c.Origin == origin {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // Clients implements Store.
 func (m *Memory) Clients() ([]string, error) {
 	m.mu.Lock()

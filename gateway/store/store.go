@@ -53,6 +53,10 @@ type Store interface {
 	Prune(before time.Time) (int, error)
 	// Clients returns the client ids with non-final commands, in byte order.
 	Clients() ([]string, error)
+	// HasOrigin reports whether a command with this Origin is in the
+	// store, in any status: origins are forgotten with their commands,
+	// by Prune.
+	HasOrigin(origin string) (bool, error)
 	// Close releases the store. Calls after Close fail with ErrClosed;
 	// closing twice is harmless.
 	Close() error
