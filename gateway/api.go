@@ -344,6 +344,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		counter("dualgate_upstream_commands_total", "Commands taken from the broker.", func() uint64 { return up().Commands })
 		counter("dualgate_upstream_reconnects_total", "Reconnections to the broker.", func() uint64 { return up().Reconnects })
 	}
+	g.topicMetrics(counter)
 	return reg
 }
 

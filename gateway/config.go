@@ -60,6 +60,8 @@ type Config struct {
 	UpstreamTemplate string        `yaml:"upstream-device-template" help:"filter a device's publish topic must match, {client} standing for its client id, e.g. devices/{client}/# (empty: any)"`
 	UpstreamCommands string        `yaml:"upstream-command-filter" help:"filter of commands on the broker, {client} in one level (default devices/{client}/commands/#; off for none)"`
 	UpstreamPlain    string        `yaml:"upstream-plain-commands" help:"comma-separated filters of commands from the broker that need no TLS"`
+	ACL              string        `yaml:"acl" help:"topic authorization file in Mosquitto's acl_file format (topic/pattern/user lines; %c client id, %u user name); anything it does not grant is denied; re-read on SIGHUP (none: built-in rules only)"`
+	SecureTopics     string        `yaml:"secure-topics" help:"comma-separated topic filters whose messages are written to TLS sessions only and refused when published over plain"`
 	UpstreamBuffer   int           `yaml:"upstream-buffer" help:"QoS 1 messages held in memory while the broker is away (then spilled to the data dir)"`
 	APIToken         string        `yaml:"api-token" help:"bearer token required by every /v1 request"`
 
@@ -170,6 +172,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SecureIdle < 100*time.Millisecond {
 		return fmt.Errorf("--secure-idle %s: want at least 100ms", c.SecureIdle)
+	}
+	if err := c.validateTopics(); err != nil {
+		return err
 	}
 	switch ProxyMode(c.ProxyProtocol) {
 	case ProxyOff, ProxyOptional, ProxyRequired:

@@ -103,6 +103,7 @@ func serve(args []string, stderr io.Writer) int {
 	sig := <-sigs
 	for sig == syscall.SIGHUP {
 		_ = g.ReloadCertificates()
+		_ = g.ReloadACL()
 		sig = <-sigs
 	}
 	logger.Info("stopping", zap.String("signal", sig.String()))
