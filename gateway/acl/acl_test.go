@@ -272,3 +272,30 @@ func TestFilterOwner(t *testing.T) {
 		}
 	}
 }
+
+// The per-message checks: the built-in rules alone (no file) and with a
+// file of patterns.
+func BenchmarkRead(b *testing.B) {
+	file := filepath.Join(b.TempDir(), "acl")
+	if err := os.WriteFile(file, []byte(fleetACL), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"builtin", Config{}},
+		{"file", Config{File: file}},
+	} {
+		a, err := New(tc.cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				a.Read("car1", "", "devices/car1/telemetry/speed")
+			}
+		})
+	}
+}
