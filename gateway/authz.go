@@ -2,14 +2,12 @@ package gateway
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/dualgate/dualgate/gateway/acl"
-	"github.com/dualgate/dualgate/mqttcodec"
 )
 
 // newAuthorizer builds the one topic authorization from the settings:
@@ -36,8 +34,8 @@ func newAuthorizer(c *Config) (*acl.Authorizer, error) {
 // validateTopics checks --secure-topics (the acl file is read by New).
 func (c *Config) validateTopics() error {
 	for _, f := range splitList(c.SecureTopics) {
-		if err := mqttcodec.ValidTopicFilter([]byte(f)); err != nil || strings.HasPrefix(f, "$") {
-			return fmt.Errorf("--secure-topics: %q is not a topic filter (no '$' topics)", f)
+		if err := acl.CheckSecureTopic(f); err != nil {
+			return fmt.Errorf("--secure-topics: %w", err)
 		}
 	}
 	return nil

@@ -263,3 +263,22 @@ func TestACLFile(t *testing.T) {
 		}
 	}
 }
+
+// --secure-topics is checked with the other settings; --acl and
+// --secure-topics come from flags, the environment and the file alike.
+func TestTopicSettings(t *testing.T) {
+	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+	if _, err := LoadConfig([]string{"--secure-topics", "vault/#,a/#/b"}, env(nil)); err == nil || !strings.Contains(err.Error(), "a/#/b") {
+		t.Fatalf("a bad secure topic: %v", err)
+	}
+	if _, err := LoadConfig([]string{"--secure-topics", "$dualgate/#"}, env(nil)); err == nil {
+		t.Fatal("a '$' secure topic accepted")
+	}
+	cfg, err := LoadConfig(nil, env(map[string]string{"DUALGATE_ACL": "/etc/dualgate/acl", "DUALGATE_SECURE_TOPICS": "vault/#, keys"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ACL != "/etc/dualgate/acl" || fmt.Sprint(splitList(cfg.SecureTopics)) != "[vault/# keys]" {
+		t.Fatalf("from the environment: acl %q, secure topics %q", cfg.ACL, cfg.SecureTopics)
+	}
+}

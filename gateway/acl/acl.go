@@ -88,8 +88,8 @@ func New(cfg Config) (*Authorizer, error) {
 		}
 	}
 	for _, f := range cfg.SecureTopics {
-		if err := mqttcodec.ValidTopicFilter([]byte(f)); err != nil || strings.HasPrefix(f, "$") {
-			return nil, fmt.Errorf("secure topic %q is not a valid topic filter (no '$' topics)", f)
+		if err := CheckSecureTopic(f); err != nil {
+			return nil, err
 		}
 		a.secure = append(a.secure, rule{levels: strings.Split(f, "/")})
 	}
@@ -101,6 +101,15 @@ func New(cfg Config) (*Authorizer, error) {
 		a.rules.Store(r)
 	}
 	return a, nil
+}
+
+// CheckSecureTopic says whether f can be a secure topic: a topic filter,
+// not one of the '$' topics devices never publish on.
+func CheckSecureTopic(f string) error {
+	if err := mqttcodec.ValidTopicFilter([]byte(f)); err != nil || strings.HasPrefix(f, "$") {
+		return fmt.Errorf("secure topic %q is not a topic filter (and no '$' topics)", f)
+	}
+	return nil
 }
 
 // ErrNoFile: Reload on an Authorizer built without a file.
@@ -121,9 +130,6 @@ func (a *Authorizer) Reload() error {
 
 // HasFile reports whether an acl file is in force.
 func (a *Authorizer) HasFile() bool { return a.file != "" }
-
-// CommandFilter is the command space as a template.
-func (a *Authorizer) CommandFilter() *Template { return a.cmd }
 
 // Publish decides whether a device may publish on topic, or set it as its
 // Will, over TLS or plain.
