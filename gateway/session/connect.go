@@ -90,15 +90,6 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		}
 	}
 	s.entry.ClientID = id
-	if len(c.Username) > 0 && s.env.ACL != nil && s.env.ACL.HasFile() {
-		// Only an acl file looks at user names; most devices send their
-		// client id, which costs a flag rather than a string.
-		if string(c.Username) == id {
-			s.flags |= flagUserIsID
-		} else {
-			s.rareState().username = string(c.Username)
-		}
-	}
 
 	ka := c.KeepAlive
 	serverKA := false
@@ -126,6 +117,15 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		// A 3.1.1 session with CleanSession 0 lasts, here, up to the
 		// configured maximum rather than forever.
 		s.sessionExpiry = maxExpiry
+	}
+	if len(c.Username) > 0 && s.env.ACL != nil && s.env.ACL.HasFile() {
+		// Only an acl file looks at user names; most devices send their
+		// client id, which costs a flag rather than a string.
+		if string(c.Username) == id {
+			s.flags |= flagUserIsID
+		} else {
+			s.rareState().username = string(c.Username)
+		}
 	}
 	if c.WillFlag {
 		w := &Will{
