@@ -115,9 +115,6 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		return nil, err
 	}
 	g.router = newRouter(g.acl, sampled(logger), &g.routes)
-	if cfg.Upstream != "" {
-		g.router.origins = newOriginSet(originMax, originTTL, time.Now)
-	}
 	sink := session.Sink(g.router)
 	var limiter *rate.Limiter
 	if cfg.ConnectRate > 0 {
@@ -152,6 +149,9 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Upstream != "" {
+		g.router.origins = newOriginSet(originMax, originTTL, g.env.Now)
 	}
 	g.handshakes = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "dualgate_tls_handshake_seconds",

@@ -30,9 +30,10 @@ type originSet struct {
 
 	mu    sync.Mutex       // guards the fields below
 	m     map[uint64]int64 // hash -> expiry (Unix ns) of its latest add
-	ring  []originEntry    // adds, oldest at head
+	ring  []originEntry    // adds, oldest at head; grows up to max
 	head  int
 	count int
+	max   int
 
 	evicted atomic.Uint64 // entries dropped unexpired because the set was full
 }
@@ -43,8 +44,7 @@ type originEntry struct {
 }
 
 func newOriginSet(max int, ttl time.Duration, now func() time.Time) *originSet {
-	return &originSet{seed: maphash.MakeSeed(), ttl: ttl, now: now,
-		m: make(map[uint64]int64), ring: make([]originEntry, max)}
+	return &originSet{seed: maphash.MakeSeed(), ttl: ttl, now: now, max: max, m: make(map[uint64]int64)}
 }
 
 func (o *originSet) hash(topic string, payload []byte) uint64 {
@@ -69,13 +69,26 @@ func (o *originSet) add(topic string, payload []byte) {
 		o.pop()
 	}
 	if o.count == len(o.ring) {
-		o.pop()
-		o.evicted.Add(1)
+		if len(o.ring) < o.max {
+			o.grow()
+		} else {
+			o.pop()
+			o.evicted.Add(1)
+		}
 	}
 	exp := now + int64(o.ttl)
 	o.ring[(o.head+o.count)%len(o.ring)] = originEntry{hash: h, expires: exp}
 	o.count++
 	o.m[h] = exp
+}
+
+// grow doubles the ring, up to max, oldest entry first. o.mu is held.
+func (o *originSet) grow() {
+	ring := make([]originEntry, min(max(2*len(o.ring), 64), o.max))
+	for i := range o.count {
+		ring[i] = o.ring[(o.head+i)%len(o.ring)]
+	}
+	o.ring, o.head = ring, 0
 }
 
 // pop drops the oldest entry. o.mu is held.

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -34,5 +35,14 @@ func TestOriginSetBounds(t *testing.T) {
 	none.add("x", nil)
 	if none.seen("x", nil) {
 		t.Fatal("a nil set remembers")
+	}
+
+	// Growing keeps the order: the oldest is still evicted first.
+	big := newOriginSet(200, time.Minute, func() time.Time { return now })
+	for i := range 201 {
+		big.add(fmt.Sprint(i), nil)
+	}
+	if big.seen("0", nil) || !big.seen("1", nil) || !big.seen("200", nil) || big.evicted.Load() != 1 {
+		t.Fatalf("after growing: 0 seen %v, 1 seen %v, evicted %d", big.seen("0", nil), big.seen("1", nil), big.evicted.Load())
 	}
 }
