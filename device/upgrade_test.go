@@ -3,11 +3,16 @@ package device_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/dualgate/dualgate/device"
+	"github.com/dualgate/dualgate/gateway"
 	"github.com/dualgate/dualgate/internal/control"
 )
 
@@ -87,20 +92,59 @@ func TestUpgradeDeliverDowngrade(t *testing.T) {
 	})
 }
 
+// watcher is a paho 3.1.1 subscriber outside the SDK: over TLS it sees
+// what the gateway routes; over plain it is the attacker's socket.
+func watcher(t *testing.T, g *gateway.Gateway, id, filter string, overTLS bool) chan mqtt.Message {
+	t.Helper()
+	o := mqtt.NewClientOptions().SetClientID(id).SetProtocolVersion(4).SetAutoReconnect(false).
+		SetConnectTimeout(5 * time.Second)
+	if overTLS {
+		pem, err := os.ReadFile(g.CAFile())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		o.AddBroker("ssl://" + g.TLSAddr()).SetTLSConfig(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12})
+	} else {
+		o.AddBroker("tcp://" + g.PlainAddr())
+	}
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("watcher %s: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	ch := make(chan mqtt.Message, 64)
+	if tok := c.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) { ch <- m }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("watcher %s subscribe: %v", id, tok.Error())
+	}
+	return ch
+}
+
+func nextMessage(t *testing.T, ch chan mqtt.Message) mqtt.Message {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(15 * time.Second):
+		t.Fatal("no message arrived")
+		return nil
+	}
+}
+
 // PublishSensitive moves the device to TLS itself and never writes the
-// message to the plain socket.
+// message to the plain socket. The gateway marks the topic secure: the
+// message reaches a TLS subscriber, never a plain one.
 func TestPublishSensitive(t *testing.T) {
 	versions(t, func(t *testing.T, version byte) {
-		g := startGateway(t, nil)
+		g := startGateway(t, func(c *gateway.Config) { c.SecureTopics = "devices/+/keys" })
 		id := fmt.Sprintf("meter-%d", version)
 		topic := "devices/" + id + "/keys"
 
-		// An observer subscribed to the topic shows that the message arrived.
-		obs := newRecorder()
-		ocfg := testConfig(t, g, id+"-observer", version)
-		ocfg.Subscriptions = []device.Subscription{{Filter: topic, QoS: 1}}
-		obs.hook(&ocfg)
-		startDevice(t, ocfg)
+		// Observers subscribed to the device's topics show what arrives
+		// where.
+		obs := watcher(t, g, id+"-observer", "devices/"+id+"/#", true)
+		plainObs := watcher(t, g, id+"-plain-observer", "devices/"+id+"/#", false)
 
 		rec := newRecorder()
 		var tp tap
@@ -127,9 +171,19 @@ func TestPublishSensitive(t *testing.T) {
 			if mc := rec.nextMode(t, time.Second); mc != (modeChange{device.ModePlain, device.ModeTLS, device.ReasonSensitivePublish}) {
 				t.Fatalf("mode change %+v", mc)
 			}
-			got := obs.nextCommand(t)
-			if got.Topic != topic || string(got.Payload) != string(secret) {
-				t.Fatalf("observer got %+v", got)
+			got := nextMessage(t, obs)
+			if got.Topic() != topic || string(got.Payload()) != string(secret) {
+				t.Fatalf("observer got %s %q", got.Topic(), got.Payload())
+			}
+			// A plain message after the secret reaches the plain observer
+			// after the secret would have.
+			mark := fmt.Sprintf("marker-%d", i)
+			publishPlain(t, g, id+"-marker-pub", "devices/"+id+"/marker", mark)
+			if m := nextMessage(t, plainObs); string(m.Payload()) != mark {
+				t.Fatalf("the plain observer got %s %q, want the marker only", m.Topic(), m.Payload())
+			}
+			if m := nextMessage(t, obs); string(m.Payload()) != mark {
+				t.Fatalf("observer got %s %q, want the marker", m.Topic(), m.Payload())
 			}
 			if tp.carried(g.PlainAddr(), secret) {
 				t.Fatal("the sensitive message crossed the plain socket")
@@ -144,16 +198,30 @@ func TestPublishSensitive(t *testing.T) {
 		// Telemetry goes on whatever is current.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := d.Publish(ctx, topic, []byte("reading 42"), 1); err != nil {
+		if err := d.Publish(ctx, "devices/"+id+"/telemetry", []byte("reading 42"), 1); err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
-		if got := obs.nextCommand(t); string(got.Payload) != "reading 42" {
-			t.Fatalf("observer got %+v", got)
+		if got := nextMessage(t, obs); string(got.Payload()) != "reading 42" {
+			t.Fatalf("observer got %q", got.Payload())
 		}
 		if !tp.carried(g.PlainAddr(), []byte("reading 42")) {
 			t.Error("plain telemetry did not travel on plain")
 		}
 	})
+}
+
+// publishPlain publishes one QoS 1 message from a fresh plain client.
+func publishPlain(t *testing.T, g *gateway.Gateway, id, topic, payload string) {
+	t.Helper()
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tcp://" + g.PlainAddr()).SetClientID(id).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publisher: %v", tok.Error())
+	}
+	defer c.Disconnect(100)
+	if tok := c.Publish(topic, 1, false, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
 }
 
 // A Config.CurvePreferences of X25519 alone is what the handshake uses;

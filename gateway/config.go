@@ -58,9 +58,11 @@ type Config struct {
 	UpstreamKey      string        `yaml:"upstream-key" help:"client key (PEM) toward the broker"`
 	UpstreamPool     int           `yaml:"upstream-pool" help:"connections to the broker"`
 	UpstreamPrefix   string        `yaml:"upstream-prefix" help:"topic prefix on the broker side, e.g. site1/"`
-	UpstreamTemplate string        `yaml:"upstream-device-template" help:"filter a device's publish topic must match, {client} standing for its client id, e.g. devices/{client}/# (empty: any)"`
+	UpstreamTemplate string        `yaml:"upstream-device-template" help:"filter every topic a device publishes on must match, {client} standing for its client id, e.g. devices/{client}/# (empty: any); part of the topic authorization, with or without --upstream"`
 	UpstreamCommands string        `yaml:"upstream-command-filter" help:"filter of commands on the broker, {client} in one level (default devices/{client}/commands/#; off for none)"`
 	UpstreamPlain    string        `yaml:"upstream-plain-commands" help:"comma-separated filters of commands from the broker that need no TLS"`
+	ACL              string        `yaml:"acl" help:"topic authorization file in Mosquitto's acl_file format (topic/pattern/user lines; %c client id, %u user name); anything it does not grant is denied; re-read on SIGHUP (none: built-in rules only)"`
+	SecureTopics     string        `yaml:"secure-topics" help:"comma-separated topic filters whose messages are written to TLS sessions only and refused when published over plain"`
 	UpstreamBuffer   int           `yaml:"upstream-buffer" help:"QoS 1 messages held in memory while the broker is away (then spilled to the data dir)"`
 	APIToken         string        `yaml:"api-token" help:"bearer token required by every /v1 request, /metrics and /debug/pprof"`
 	APIInsecure      bool          `yaml:"api-insecure" help:"allow --api on a non-loopback address without --api-token (anyone who reaches it can send commands)"`
@@ -180,6 +182,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SecureIdle < 100*time.Millisecond {
 		return fmt.Errorf("--secure-idle %s: want at least 100ms", c.SecureIdle)
+	}
+	if err := c.validateTopics(); err != nil {
+		return err
 	}
 	switch ProxyMode(c.ProxyProtocol) {
 	case ProxyOff, ProxyOptional, ProxyRequired:

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/dualgate/dualgate/certs"
+	"github.com/dualgate/dualgate/gateway/acl"
 	"github.com/dualgate/dualgate/gateway/auth"
 	"github.com/dualgate/dualgate/gateway/bridge"
 	"github.com/dualgate/dualgate/gateway/dispatch"
@@ -49,6 +50,8 @@ type Gateway struct {
 	env    *session.Env
 	reg    *registry.Registry[*session.Session]
 	router *router
+	acl    *acl.Authorizer
+	routes routeStats
 
 	store      store.Store
 	dispatcher *dispatch.Dispatcher
@@ -121,7 +124,10 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.router = newRouter()
+	if g.acl, err = newAuthorizer(&cfg); err != nil {
+		return nil, err
+	}
+	g.router = newRouter(g.acl, sampled(logger), &g.routes)
 	sink := session.Sink(g.router)
 	var limiter *rate.Limiter
 	if cfg.ConnectRate > 0 {
@@ -139,6 +145,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		Registry:          g.reg,
 		Auth:              authn,
 		Sink:              sink,
+		ACL:               g.acl,
 		Sessions:          session.NewStore(sink),
 		Now:               opts.Now,
 		ConnectTimeout:    cfg.ConnectTimeout,
@@ -156,6 +163,9 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Upstream != "" {
+		g.router.origins = newOriginSet(originMax, originTTL, g.env.Now)
 	}
 	g.handshakes = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "dualgate_tls_handshake_seconds",

@@ -388,10 +388,12 @@ func TestListenMux(t *testing.T) {
 			if g.MuxAddr() == "" || g.MuxAddr() == g.PlainAddr() || g.MuxAddr() == g.TLSAddr() {
 				t.Fatalf("mux address %q (plain %s, tls %s)", g.MuxAddr(), g.PlainAddr(), g.TLSAddr())
 			}
+			// The subscriber is on TLS: what the TLS device publishes is
+			// never written to a plain socket.
 			got := newCollector()
-			sub := v3(t, "tcp://"+g.PlainAddr(), "mux-sub", nil, func(o *mqtt.ClientOptions) {
+			sub := v3(t, "ssl://"+g.TLSAddr(), "mux-sub", clientTLS(t, g), func(o *mqtt.ClientOptions) {
 				if tc.proxy == ProxyRequired {
-					o.SetCustomOpenConnectionFn(proxiedOpener(proxyHeader(t, 1, "192.0.2.99:1", "192.0.2.1:1883"), nil))
+					o.SetCustomOpenConnectionFn(proxiedOpener(proxyHeader(t, 1, "192.0.2.99:1", "192.0.2.1:8883"), clientTLS(t, g)))
 				}
 			})
 			if tok := sub.Subscribe("mux/#", 1, got.handler); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {

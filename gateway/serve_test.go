@@ -20,12 +20,13 @@ import (
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
-// Devices on either transport and either protocol version reach each other
-// through the gateway, and the API knows where each one is.
+// Devices on either transport and either protocol version reach a TLS
+// subscriber through the gateway (what is published over TLS never reaches
+// a plain one: secure_data_test.go), and the API knows where each one is.
 func TestPlainAndTLSBothVersions(t *testing.T) {
 	g := startGateway(t, nil)
 	got := newCollector()
-	sub := v3(t, "tcp://"+g.PlainAddr(), "sub-plain-311", nil, nil)
+	sub := v3(t, "ssl://"+g.TLSAddr(), "sub-tls-311", clientTLS(t, g), nil)
 	if tok := sub.Subscribe("demo/#", 1, got.handler); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
@@ -71,16 +72,16 @@ func TestPlainAndTLSBothVersions(t *testing.T) {
 	}
 
 	var view clientView
-	getJSON(t, g, "/v1/clients/sub-plain-311", "", &view)
-	if view.Mode != "plain" || view.Protocol != 4 {
-		t.Fatalf("sub-plain-311 view %+v", view)
+	getJSON(t, g, "/v1/clients/sub-tls-311", "", &view)
+	if view.Mode != "tls" || view.Protocol != 4 {
+		t.Fatalf("sub-tls-311 view %+v", view)
 	}
 	var st statsView
 	if code := getJSON(t, g, "/v1/stats", "", &st); code != http.StatusOK {
 		t.Fatalf("stats: %d", code)
 	}
-	if st.Connections["plain"] != 2 || st.Connections["tls"] != 2 {
-		t.Fatalf("stats connections %v, want 2 plain 2 tls", st.Connections)
+	if st.Connections["plain"] != 1 || st.Connections["tls"] != 3 {
+		t.Fatalf("stats connections %v, want 1 plain 3 tls", st.Connections)
 	}
 	if code := getJSON(t, g, "/v1/clients/nobody", "", nil); code != http.StatusNotFound {
 		t.Fatalf("unknown client: %d, want 404", code)

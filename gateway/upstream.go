@@ -30,7 +30,6 @@ func (g *Gateway) startUpstream() error {
 		KeyFile:         g.cfg.UpstreamKey,
 		PoolSize:        g.cfg.UpstreamPool,
 		TopicPrefix:     g.cfg.UpstreamPrefix,
-		DeviceTemplate:  g.cfg.UpstreamTemplate,
 		PlainAllowed:    splitList(g.cfg.UpstreamPlain),
 		BufferMessages:  g.cfg.UpstreamBuffer,
 		BufferDir:       filepath.Join(g.cfg.Data, "bridge"),

@@ -104,6 +104,7 @@ func serve(args []string, stderr io.Writer) int {
 	for sig == nil || sig == syscall.SIGHUP {
 		if sig == syscall.SIGHUP {
 			_ = g.ReloadCertificates()
+			_ = g.ReloadACL()
 		}
 		select {
 		case sig = <-sigs:

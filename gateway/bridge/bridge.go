@@ -26,7 +26,6 @@ type Bridge struct {
 	up     upstream
 	log    *zap.Logger // events that are rare by nature
 	hot    *zap.Logger // per-message events, sampled
-	device *template   // nil: devices may publish on any topic
 	cmd    *template   // nil: no command subscription
 	cmdSub string      // the command subscription as sent upstream
 
@@ -73,11 +72,6 @@ func New(cfg Config) (*Bridge, error) {
 	b.hot = b.log.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
 		return zapcore.NewSamplerWithOptions(core, time.Second, 5, 1000)
 	}))
-	if c.DeviceTemplate != "" {
-		if b.device, err = compileTemplate(c.DeviceTemplate, false); err != nil {
-			return nil, fmt.Errorf("bridge: DeviceTemplate: %w", err)
-		}
-	}
 	if c.SubmitCommand != nil {
 		if b.cmd, err = compileTemplate(c.CommandFilter, true); err != nil {
 			return nil, fmt.Errorf("bridge: CommandFilter: %w", err)

@@ -57,11 +57,6 @@ type Config struct {
 	// TopicPrefix is put in front of every topic and filter on the broker
 	// side and taken off what comes back, e.g. "site1/". No wildcards.
 	TopicPrefix string
-	// DeviceTemplate, when set, is a topic filter that a device's publish
-	// topic must match, with {client} standing for the device's own client
-	// id, e.g. "devices/{client}/#". Other topics are refused with reason
-	// 0x87 (not authorized). Empty: any topic.
-	DeviceTemplate string
 	// CommandFilter is the topic filter of commands on the broker, with
 	// {client} standing for the device's client id in one level. Used only
 	// when SubmitCommand is set; default DefaultCommandFilter.

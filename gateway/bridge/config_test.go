@@ -30,7 +30,6 @@ func TestNewRejects(t *testing.T) {
 		{name: "wildcard prefix", cfg: Config{URL: "tcp://b:1883", TopicPrefix: "site/+/"}, want: "TopicPrefix"},
 		{name: "reserved prefix", cfg: Config{URL: "tcp://b:1883", TopicPrefix: "$x/"}, want: "TopicPrefix"},
 		{name: "client id prefix", cfg: Config{URL: "tcp://b:1883", ClientIDPrefix: "a/b"}, want: "ClientIDPrefix"},
-		{name: "device template", cfg: Config{URL: "tcp://b:1883", DeviceTemplate: "devices/#/{client}"}, want: "DeviceTemplate"},
 		{name: "command filter without client", cfg: Config{URL: "tcp://b:1883", SubmitCommand: submit, CommandFilter: "commands/#"}, want: "CommandFilter"},
 		{name: "share name", cfg: Config{URL: "tcp://b:1883", SubmitCommand: submit, SharedGroup: "a/b"}, want: "SharedGroup"},
 		{name: "plain allowed", cfg: Config{URL: "tcp://b:1883", PlainAllowed: []string{"a/#/b"}}, want: "PlainAllowed"},

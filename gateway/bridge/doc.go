@@ -13,10 +13,9 @@
 //
 // The Bridge is the gateway's session.Sink. Publish never blocks. A device's
 // message goes upstream on the same topic, with Config.TopicPrefix in
-// front; with Config.DeviceTemplate ("devices/{client}/#"), a topic outside
-// the device's own space is refused with reason 0x87 (not authorized), and
-// so is any topic in the command space: commands come from the operator
-// side only.
+// front. Which topics a device may publish on (its own space, never the
+// command space) is the gateway's topic authorization, package acl, which
+// decides before a message reaches the Bridge.
 //
 // Devices are spread over the pool by client id, so one device's messages
 // always travel on one connection, in order.

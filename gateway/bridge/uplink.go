@@ -28,8 +28,9 @@ type entry struct {
 // broker is up and dropped (and counted) otherwise. QoS 1 and 2 are sent at
 // QoS 1, and ack is called with Success once the broker acknowledged; while
 // the broker is unreachable they wait in the buffer, and when the buffer is
-// full ack gets QuotaExceeded (0x97) at once. A topic outside
-// DeviceTemplate, or in the command space, gets NotAuthorized (0x87).
+// full ack gets QuotaExceeded (0x97) at once. Which topics a device may
+// publish on is decided before, by the gateway's topic authorization
+// (package acl) in front of the Bridge.
 func (b *Bridge) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
 	if rc := b.check(m); rc != mqttcodec.Success {
 		b.refuse(m, ack, rc)
@@ -101,11 +102,6 @@ func (b *Bridge) check(m *session.Message) mqttcodec.ReasonCode {
 	switch {
 	case b.closing.Load():
 		return mqttcodec.UnspecifiedError
-	case b.device != nil && !b.device.matchClient(m.Topic, m.ClientID):
-		return mqttcodec.NotAuthorized
-	case b.cmd != nil && mqttcodec.MatchTopic([]byte(b.cmd.filter), []byte(m.Topic)):
-		// Commands come from the operator's side only.
-		return mqttcodec.NotAuthorized
 	case len(b.cfg.TopicPrefix)+len(m.Topic) > 0xFFFF:
 		return mqttcodec.TopicNameInvalid
 	}

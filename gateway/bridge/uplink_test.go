@@ -180,35 +180,21 @@ func TestUplinkBufferFull(t *testing.T) {
 }
 
 func TestUplinkRefusals(t *testing.T) {
-	noCommands := func(Command) error { return nil }
+	// Topic authorization is the gateway's (package acl): the bridge takes
+	// any topic and refuses only what the broker cannot carry.
 	for _, tc := range []struct {
-		name     string
-		template string
-		prefix   string
-		commands bool
-		client   string
-		topic    string
-		want     mqttcodec.ReasonCode // Success: taken (buffered)
+		name   string
+		prefix string
+		client string
+		topic  string
+		want   mqttcodec.ReasonCode // Success: taken (buffered)
 	}{
-		{name: "own topic", template: "devices/{client}/#", client: "car1", topic: "devices/car1/telemetry", want: mqttcodec.Success},
-		{name: "own parent level", template: "devices/{client}/#", client: "car1", topic: "devices/car1", want: mqttcodec.Success},
-		{name: "another device", template: "devices/{client}/#", client: "car1", topic: "devices/car2/telemetry", want: mqttcodec.NotAuthorized},
-		{name: "outside the template", template: "devices/{client}/#", client: "car1", topic: "fleet/all", want: mqttcodec.NotAuthorized},
-		{name: "client id with a slash", template: "devices/{client}/#", client: "car1/x", topic: "devices/car1/x/t", want: mqttcodec.NotAuthorized},
-		{name: "placeholder inside a level", template: "fleet/{client}-tel/+", client: "car1", topic: "fleet/car1-tel/speed", want: mqttcodec.Success},
-		{name: "too deep", template: "fleet/{client}-tel/+", client: "car1", topic: "fleet/car1-tel/speed/x", want: mqttcodec.NotAuthorized},
-		{name: "no template", client: "car1", topic: "anything/at/all", want: mqttcodec.Success},
-		{name: "command space", commands: true, client: "car1", topic: "devices/car1/commands/unlock", want: mqttcodec.NotAuthorized},
-		{name: "next to the command space", commands: true, client: "car1", topic: "devices/car1/telemetry", want: mqttcodec.Success},
+		{name: "any topic", client: "car1", topic: "anything/at/all", want: mqttcodec.Success},
 		{name: "prefix makes it too long", prefix: "p/", client: "car1", topic: strings.Repeat("x", 0xFFFF-1), want: mqttcodec.TopicNameInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig(t, "tcp://127.0.0.1:1")
-			cfg.DeviceTemplate = tc.template
 			cfg.TopicPrefix = tc.prefix
-			if tc.commands {
-				cfg.SubmitCommand = noCommands
-			}
 			b, err := New(cfg)
 			if err != nil {
 				t.Fatalf("New: %v", err)

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/gateway/acl"
 	"github.com/dualgate/dualgate/gateway/auth"
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/mqttcodec"
@@ -117,6 +118,15 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		// configured maximum rather than forever.
 		s.sessionExpiry = maxExpiry
 	}
+	if len(c.Username) > 0 && s.env.ACL != nil && s.env.ACL.HasFile() {
+		// Only an acl file looks at user names; most devices send their
+		// client id, which costs a flag rather than a string.
+		if string(c.Username) == id {
+			s.flags |= flagUserIsID
+		} else {
+			s.rareState().username = string(c.Username)
+		}
+	}
 	if c.WillFlag {
 		w := &Will{
 			Topic:   string(c.WillTopic),
@@ -126,6 +136,14 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		}
 		if v5 && c.WillProperties.Has(mqttcodec.PropWillDelay) {
 			w.Delay = time.Duration(c.WillProperties.WillDelay) * time.Second
+		}
+		w.Username, w.TLS = s.Username(), s.t.Mode() == registry.ModeTLS
+		if s.env.ACL != nil && s.env.ACL.Publish(id, w.Username, w.Topic, w.TLS) != acl.Allowed {
+			// The Will is checked again when it is published, under the
+			// rules in force then.
+			s.env.Stats.WillRefused.Add(1)
+			s.refuse(mqttcodec.NotAuthorized, "will topic not authorized")
+			return
 		}
 		s.rareState().will = w
 	}

@@ -15,6 +15,10 @@ type Will struct {
 	QoS     byte
 	Retain  bool
 	Delay   time.Duration // MQTT 5 Will Delay Interval
+	// Username and TLS are the session's, for the topic authorization
+	// and the secure-data rule when the Will is published.
+	Username string
+	TLS      bool
 }
 
 // Store keeps the state of persistent sessions while their devices are
@@ -123,7 +127,7 @@ func (st *Store) Len() (sessions, wills int) {
 }
 
 func (st *Store) publish(clientID string, w *Will) {
-	m := &Message{ClientID: clientID, Topic: w.Topic, Payload: w.Payload, QoS: w.QoS, Retain: w.Retain}
+	m := &Message{ClientID: clientID, Username: w.Username, Topic: w.Topic, Payload: w.Payload, QoS: w.QoS, Retain: w.Retain, TLS: w.TLS}
 	if m.QoS == 0 {
 		st.sink.Publish(m, nil)
 		return

@@ -1,11 +1,11 @@
 package session
 
 import (
-	"strings"
 	"sync/atomic"
 
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
@@ -18,10 +18,14 @@ func (s *Session) handlePublish(p *mqttcodec.Publish) {
 	}
 	s.env.Stats.PublishesIn.Add(1)
 
-	if strings.HasPrefix(topic, "$") {
-		s.handleReservedPublish(p, topic)
+	if topic == control.QueryTopic {
+		s.handleQuery(p)
 		return
 	}
+	// Everything else, '$' topics included, goes to the Sink, which asks
+	// the topic authorization (Env.ACL) and refuses with NotAuthorized:
+	// MQTT 5 devices get the reason code, 3.1.1 devices are closed
+	// (finishInbound), QoS 0 messages are dropped.
 	switch p.QoS {
 	case 0:
 		s.env.Sink.Publish(s.message(p, topic), nil)
@@ -70,28 +74,17 @@ func (s *Session) resolveTopic(p *mqttcodec.Publish) (string, bool) {
 	return t, true
 }
 
-// handleReservedPublish deals with topics starting with '$': the query
-// topic is the gateway's; the rest is refused.
-func (s *Session) handleReservedPublish(p *mqttcodec.Publish, topic string) {
-	rc := mqttcodec.Success
-	query := topic == control.QueryTopic
-	if !query {
-		// $dualgate/control, $SYS and the like are not for devices to
-		// publish; MQTT 5 devices learn it from the reason code.
-		rc = mqttcodec.TopicNameInvalid
-		s.env.Logger.Debug("publish to a reserved topic refused",
-			zap.String("client", s.entry.ClientID), zap.String("topic", topic))
-	}
+// handleQuery answers the device's query on control.QueryTopic: the
+// gateway's own topic, never routed.
+func (s *Session) handleQuery(p *mqttcodec.Publish) {
 	switch p.QoS {
 	case 1:
-		s.writeAck(mqttcodec.PUBACK, p.PacketID, rc)
+		s.writeAck(mqttcodec.PUBACK, p.PacketID, mqttcodec.Success)
 	case 2:
-		if rc == mqttcodec.Success {
-			s.rareState().qos2Add(p.PacketID)
-		}
-		s.writeAck(mqttcodec.PUBREC, p.PacketID, rc)
+		s.rareState().qos2Add(p.PacketID)
+		s.writeAck(mqttcodec.PUBREC, p.PacketID, mqttcodec.Success)
 	}
-	if query && s.env.Hooks != nil && s.state == stateConnected {
+	if s.env.Hooks != nil && s.state == stateConnected {
 		s.env.Hooks.Query(s)
 	}
 }
@@ -110,10 +103,12 @@ func (s *Session) takeInbound() bool {
 func (s *Session) message(p *mqttcodec.Publish, topic string) *Message {
 	return &Message{
 		ClientID: s.entry.ClientID,
+		Username: s.Username(),
 		Topic:    topic,
 		Payload:  append([]byte(nil), p.Payload...),
 		QoS:      p.QoS,
 		Retain:   p.Retain,
+		TLS:      s.t.Mode() == registry.ModeTLS,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"github.com/dualgate/dualgate/gateway/acl"
 	"github.com/dualgate/dualgate/gateway/auth"
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/mqttcodec"
@@ -49,10 +50,16 @@ type Transport interface {
 // Message is an application message a device published.
 type Message struct {
 	ClientID string
+	// Username is the CONNECT user name when the topic authorization
+	// needs it (an acl file is in force), else "".
+	Username string
 	Topic    string
 	Payload  []byte
 	QoS      byte
 	Retain   bool
+	// TLS reports that the device published it over TLS: it is then
+	// written to TLS sessions only.
+	TLS bool
 }
 
 // Sink receives what devices publish. Publish must not block. For QoS 1 and 2
@@ -103,6 +110,9 @@ type Env struct {
 	Sessions *Store
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// ACL is the topic authorization: subscriptions and Wills are checked
+	// by the session, publishes by the Sink. nil: every topic is allowed.
+	ACL *acl.Authorizer
 
 	// ConnectTimeout is how long a new connection may take to send CONNECT.
 	ConnectTimeout time.Duration
@@ -253,6 +263,7 @@ const (
 	flagInstructed // a reconnect instruction is outstanding
 	flagRegistered // CONNECT put the session in the registry
 	flagProven     // the client id was proven on this TLS connection (--secure-identity)
+	flagUserIsID   // the CONNECT user name is the client id (kept for the acl file)
 )
 
 // rareState is allocated on first need, so an idle session does not pay for it.
@@ -268,6 +279,9 @@ type rareState struct {
 	qos2     map[uint16]struct{}
 	inflight []inflight // outbound QoS 1 deliveries waiting for PUBACK
 	will     *Will
+	// username is the CONNECT user name, kept only while an acl file is
+	// in force and when it is not the client id (flagUserIsID).
+	username string
 }
 
 // clientRecvMax is how many QoS 1 deliveries the device accepts unacknowledged.
@@ -334,6 +348,18 @@ func (s *Session) Subscriptions() []Subscription {
 // session's methods then report ErrNotConnected and write nothing.
 func (s *Session) Exec(fn func(s *Session)) {
 	s.t.Exec(func() { fn(s) })
+}
+
+// Username is the CONNECT user name as the topic authorization sees it:
+// kept only while an acl file is in force, "" otherwise. Owner context.
+func (s *Session) Username() string {
+	switch {
+	case s.flags&flagUserIsID != 0:
+		return s.entry.ClientID
+	case s.rare != nil:
+		return s.rare.username
+	}
+	return ""
 }
 
 // IdentityProven reports whether the client id was proven on this TLS

@@ -18,6 +18,8 @@ type Stats struct {
 	PacketsOut             atomic.Uint64
 	BytesIn, BytesOut      [2]atomic.Uint64 // MQTT bytes by transport, indexed by registry.Mode
 	PublishesIn            atomic.Uint64
+	SubscribeRefused       atomic.Uint64 // filters refused by the topic authorization
+	WillRefused            atomic.Uint64 // CONNECTs refused for their Will topic
 	Deliveries             atomic.Uint64 // commands written to devices
 	Instructions           atomic.Uint64 // reconnect instructions sent
 	InstructionGraceClosed atomic.Uint64 // 3.1.1 devices closed after the grace period

@@ -6,7 +6,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -33,8 +32,12 @@ func (s *Session) handleSubscribe(p *mqttcodec.Subscribe) {
 		case strings.HasPrefix(f, "$share/"):
 			codes[i] = pick(v5, mqttcodec.SharedSubscriptionsNotSupported, failure)
 			continue
-		case strings.HasPrefix(f, control.ReservedPrefix):
-			// Control messages reach a device without a subscription.
+		case s.env.ACL != nil && !s.env.ACL.Subscribe(s.entry.ClientID, s.Username(), f):
+			// Another device's commands, the gateway's $dualgate/ topics
+			// (control messages need no subscription), or what the acl
+			// file does not grant.
+			s.env.Stats.SubscribeRefused.Add(1)
+			s.env.Logger.Info("subscription refused", zap.String("client", s.entry.ClientID), zap.String("filter", f))
 			codes[i] = pick(v5, mqttcodec.NotAuthorized, failure)
 			continue
 		}

@@ -295,13 +295,13 @@ func WithLogLevel(lvl logging.Level) Option {
 		opts.LogLevel = lvl
 	}
 }
+
 // WithOnAcceptError sets Options.OnAcceptError. (dualgate patch)
 func WithOnAcceptError(fn func(err error)) Option {
 	return func(opts *Options) {
 		opts.OnAcceptError = fn
 	}
 }
-
 
 // WithLogger specifies a customized logger.
 func WithLogger(logger logging.Logger) Option {

@@ -1,4 +1,4 @@
-package bridge
+package acl
 
 import "testing"
 
@@ -21,14 +21,14 @@ func TestTemplateCompile(t *testing.T) {
 		{in: "a/b#"},                          // '#' inside a level
 		{in: "{client}/x", needClient: true, filter: "+/x"},
 	} {
-		tpl, err := compileTemplate(tc.in, tc.needClient)
+		tpl, err := CompileTemplate(tc.in, tc.needClient)
 		switch {
 		case tc.filter == "" && err == nil:
-			t.Errorf("compileTemplate(%q) accepted, want an error", tc.in)
+			t.Errorf("CompileTemplate(%q) accepted, want an error", tc.in)
 		case tc.filter != "" && err != nil:
-			t.Errorf("compileTemplate(%q): %v", tc.in, err)
-		case tc.filter != "" && tpl.filter != tc.filter:
-			t.Errorf("compileTemplate(%q).filter = %q, want %q", tc.in, tpl.filter, tc.filter)
+			t.Errorf("CompileTemplate(%q): %v", tc.in, err)
+		case tc.filter != "" && tpl.Filter() != tc.filter:
+			t.Errorf("CompileTemplate(%q).Filter() = %q, want %q", tc.in, tpl.Filter(), tc.filter)
 		}
 	}
 }
@@ -58,12 +58,12 @@ func TestTemplateMatchClient(t *testing.T) {
 		{"telemetry/#", "telemetry/x", "anyone", true},
 		{"telemetry/#", "telemetry", "anyone", true},
 	} {
-		tpl, err := compileTemplate(tc.tpl, false)
+		tpl, err := CompileTemplate(tc.tpl, false)
 		if err != nil {
-			t.Fatalf("compileTemplate(%q): %v", tc.tpl, err)
+			t.Fatalf("CompileTemplate(%q): %v", tc.tpl, err)
 		}
-		if got := tpl.matchClient(tc.topic, tc.client); got != tc.want {
-			t.Errorf("%q.matchClient(%q, %q) = %v, want %v", tc.tpl, tc.topic, tc.client, got, tc.want)
+		if got := tpl.MatchClient(tc.topic, tc.client); got != tc.want {
+			t.Errorf("%q.MatchClient(%q, %q) = %v, want %v", tc.tpl, tc.topic, tc.client, got, tc.want)
 		}
 	}
 }
@@ -85,28 +85,28 @@ func TestTemplateExtract(t *testing.T) {
 		{"{client}/cmd/{client}", "x/cmd/x", "x", true},
 		{"{client}/cmd/{client}", "x/cmd/y", "", false},
 	} {
-		tpl, err := compileTemplate(tc.tpl, true)
+		tpl, err := CompileTemplate(tc.tpl, true)
 		if err != nil {
-			t.Fatalf("compileTemplate(%q): %v", tc.tpl, err)
+			t.Fatalf("CompileTemplate(%q): %v", tc.tpl, err)
 		}
-		got, ok := tpl.extract(tc.topic)
+		got, ok := tpl.Extract(tc.topic)
 		if got != tc.want || ok != tc.ok {
-			t.Errorf("%q.extract(%q) = %q %v, want %q %v", tc.tpl, tc.topic, got, ok, tc.want, tc.ok)
+			t.Errorf("%q.Extract(%q) = %q %v, want %q %v", tc.tpl, tc.topic, got, ok, tc.want, tc.ok)
 		}
 	}
 }
 
 func TestTemplateMatchAllocatesNothing(t *testing.T) {
-	tpl, err := compileTemplate("devices/{client}/#", false)
+	tpl, err := CompileTemplate("devices/{client}/#", false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	allocs := testing.AllocsPerRun(100, func() {
-		if !tpl.matchClient("devices/car1/telemetry/speed", "car1") {
+		if !tpl.MatchClient("devices/car1/telemetry/speed", "car1") {
 			t.Fatal("no match")
 		}
 	})
 	if allocs != 0 {
-		t.Fatalf("matchClient allocates %.1f times", allocs)
+		t.Fatalf("MatchClient allocates %.1f times", allocs)
 	}
 }
