@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/certs"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -79,6 +81,32 @@ func clientTLS(t testing.TB, g *Gateway) *tls.Config {
 		t.Fatal("CA file holds no certificate")
 	}
 	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+}
+
+// deviceCert issues a client certificate for id from the gateway's
+// generated development CA, as `dualgate certs client --dir <data>/certs id`
+// does: what a device presents to prove its id (--secure-identity cert).
+func deviceCert(t testing.TB, g *Gateway, id string) tls.Certificate {
+	t.Helper()
+	dir := filepath.Join(g.cfg.Data, "certs")
+	if _, err := certs.IssueClients(dir, []string{id}, certs.WithOverwrite()); err != nil {
+		t.Fatalf("issue a certificate for %s: %v", id, err)
+	}
+	certFile, keyFile := certs.ClientFiles(dir, id)
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatalf("certificate of %s: %v", id, err)
+	}
+	return pair
+}
+
+// deviceTLS trusts the gateway's development CA and presents a certificate
+// naming id, so that secure commands for id may be delivered on it.
+func deviceTLS(t testing.TB, g *Gateway, id string) *tls.Config {
+	t.Helper()
+	tc := clientTLS(t, g)
+	tc.Certificates = []tls.Certificate{deviceCert(t, g, id)}
+	return tc
 }
 
 // v3 connects a paho.mqtt.golang (MQTT 3.1.1) client.

@@ -3,6 +3,7 @@ package auth
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -90,7 +91,10 @@ func (p IdentityPolicy) Decide(req *Request, res Result) (proven bool, refusal R
 	}
 	certNamesID := CertNamesClient(req.PeerIdentity, req.ClientID)
 	if len(req.PeerIdentity) > 0 && !certNamesID {
-		return false, refuse(ReasonNotAuthorized, msgCertOtherID), false
+		// The names are the operator's to see: which device's
+		// certificate claimed which client id.
+		return false, refuse(ReasonNotAuthorized, msgCertOtherID+": certificate "+
+			strings.Join(req.PeerIdentity, ",")+", CONNECT "+strconv.Quote(req.ClientID)), false
 	}
 	proven = (p&IdentityCert != 0 && req.TLS && certNamesID) ||
 		(p&IdentityToken != 0 && req.TLS && res.OK && res.Proven)
