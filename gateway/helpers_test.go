@@ -3,16 +3,23 @@ package gateway
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,21 +90,54 @@ func clientTLS(t testing.TB, g *Gateway) *tls.Config {
 	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 }
 
-// deviceCert issues a client certificate for id from the gateway's
-// generated development CA, as `dualgate certs client --dir <data>/certs id`
-// does: what a device presents to prove its id (--secure-identity cert).
-func deviceCert(t testing.TB, g *Gateway, id string) tls.Certificate {
+// gatewayCA signs client certificates with a gateway's generated
+// development CA, in memory, all on one key (cheap enough for a thousand
+// devices): what `dualgate certs client --dir <data>/certs` issues, or,
+// with another template, what a careless operator might.
+type gatewayCA struct {
+	ca  tls.Certificate
+	key *ecdsa.PrivateKey
+}
+
+func newGatewayCA(t testing.TB, g *Gateway) *gatewayCA {
 	t.Helper()
 	dir := filepath.Join(g.cfg.Data, "certs")
-	if _, err := certs.IssueClients(dir, []string{id}, certs.WithOverwrite()); err != nil {
-		t.Fatalf("issue a certificate for %s: %v", id, err)
-	}
-	certFile, keyFile := certs.ClientFiles(dir, id)
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, certs.CAFile), filepath.Join(dir, certs.CAKeyFile))
 	if err != nil {
-		t.Fatalf("certificate of %s: %v", id, err)
+		t.Fatalf("the gateway's development CA: %v", err)
 	}
-	return pair
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &gatewayCA{ca: ca, key: key}
+}
+
+var testSerial atomic.Int64
+
+// issue signs tmpl (subject and SANs; the rest is filled in).
+func (gc *gatewayCA) issue(t testing.TB, tmpl *x509.Certificate) tls.Certificate {
+	t.Helper()
+	tmpl.SerialNumber = big.NewInt(testSerial.Add(1))
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, gc.ca.Leaf, gc.key.Public(), gc.ca.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: gc.key}
+}
+
+// device issues the certificate of a device: CN and URI SAN naming id.
+func (gc *gatewayCA) device(t testing.TB, id string) tls.Certificate {
+	return gc.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: id}, URIs: []*url.URL{certs.ClientURI(id)}})
+}
+
+// deviceCert is the certificate of device id from the gateway's CA.
+func deviceCert(t testing.TB, g *Gateway, id string) tls.Certificate {
+	t.Helper()
+	return newGatewayCA(t, g).device(t, id)
 }
 
 // deviceTLS trusts the gateway's development CA and presents a certificate
