@@ -101,6 +101,9 @@ func (s *Server) handshake(slot int, c net.Conn) {
 	if len(st.VerifiedChains) > 0 && len(st.PeerCertificates) > 0 {
 		info.PeerIdentity = peerIdentity(st.PeerCertificates[0])
 	}
+	// What the certificate proves is in info; an idle connection need not
+	// keep the certificate itself.
+	ReleasePeerCertificates(tc)
 
 	s.mu.Lock()
 	s.inflight[slot] = nil
