@@ -308,7 +308,17 @@ func TestKill9KeepsCommands(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
-	conn, err := tls.Dial("tcp", tlsAddr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	// The device proves its client id with a certificate from the
+	// gateway's CA (--secure-identity cert), issued as an operator would.
+	certDir := filepath.Join(data, "certs")
+	if out, err := exec.Command(binary, "certs", "client", "--dir", certDir, "parked").CombinedOutput(); err != nil {
+		t.Fatalf("certs client: %v\n%s", err, out)
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(certDir, "parked.pem"), filepath.Join(certDir, "parked-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tls.Dial("tcp", tlsAddr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", Certificates: []tls.Certificate{pair}})
 	if err != nil {
 		t.Fatal(err)
 	}
