@@ -21,6 +21,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/mqttcodec"
 )
 
 // impostor is a hostile device that knows its victim's client id and
@@ -401,5 +402,71 @@ func TestSecureIdentityConfig(t *testing.T) {
 	}
 	if Defaults().SecureIdentity != "cert" {
 		t.Fatalf("default --secure-identity %q, want cert", Defaults().SecureIdentity)
+	}
+}
+
+// countingConn counts the bytes a TLS client sends and receives (the TLS
+// payload of its TCP connection).
+type countingConn struct {
+	net.Conn
+	up, down int
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.down += n
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.up += n
+	return n, err
+}
+
+// A device's proof holds on a resumed TLS session: the ticket carries the
+// certificate of the full handshake. The test also logs the TLS bytes of a
+// session (handshake, CONNECT, CONNACK) with and without the certificate,
+// the figures of docs/benchmarks.md section 8.
+func TestResumedSessionKeepsProof(t *testing.T) {
+	for _, policy := range []string{"none", "cert"} {
+		g := startGateway(t, func(c *Config) { c.SecureIdentity, c.TLSCurves = policy, "x25519" })
+		for _, withCert := range []bool{false, true} {
+			id := fmt.Sprintf("resume-%s-%v", policy, withCert)
+			tc := clientTLS(t, g)
+			tc.CurvePreferences = []tls.CurveID{tls.X25519}
+			tc.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+			if withCert {
+				tc.Certificates = []tls.Certificate{deviceCert(t, g, id)}
+			}
+			for _, resumed := range []bool{false, true} {
+				raw, err := net.Dial("tcp", g.TLSAddr())
+				if err != nil {
+					t.Fatal(err)
+				}
+				cc := &countingConn{Conn: raw}
+				c := tls.Client(cc, tc)
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := c.Write(mqttcodec.AppendConnect(nil, &mqttcodec.Connect{
+					ProtocolVersion: 4, CleanStart: true, KeepAlive: 60, ClientID: []byte(id)})); err != nil {
+					t.Fatal(err)
+				}
+				ack := make([]byte, 4)
+				if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+					t.Fatalf("%s: CONNACK % x, %v", id, ack, err)
+				}
+				if c.ConnectionState().DidResume != resumed {
+					t.Fatalf("%s: resumed %v, want %v", id, c.ConnectionState().DidResume, resumed)
+				}
+				wantProven := policy == "none" || withCert
+				if mode, proven := clientProven(t, g, id); mode != "tls" || proven == nil || *proven != wantProven {
+					t.Fatalf("%s, resumed %v: mode %s, proven %v; want tls, %v", id, resumed, mode, proven, wantProven)
+				}
+				t.Logf("--secure-identity %-4s certificate %-5v resumed %-5v: TLS bytes up %4d, down %4d, total %4d",
+					policy, withCert, resumed, cc.up, cc.down, cc.up+cc.down)
+				_ = c.Close()
+				eventually(t, 5*time.Second, id+" gone", func() bool { _, ok := g.Registry().Get(id); return !ok })
+			}
+		}
 	}
 }
