@@ -7,6 +7,13 @@
 // its device secret with a time-bound HMAC-SHA256 token, or, optionally, that
 // presents a client certificate naming its client id.
 //
+// [IdentityPolicy] (--secure-identity) decides, after an Authenticator
+// accepted a TLS CONNECT, whether the connection proved its client id, so
+// that secure commands may be written to it: a verified client certificate
+// naming the id ([CertNamesClient]), a channel-bound token
+// (Result.Proven), either, or nothing at all. A certificate naming another
+// id is refused with 0x87 under every policy but none.
+//
 // # Tokens
 //
 // A device authenticates with
