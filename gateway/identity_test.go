@@ -470,3 +470,23 @@ func TestResumedSessionKeepsProof(t *testing.T) {
 		}
 	}
 }
+
+// With --auth token, a client certificate replaces the token only when it
+// names the client id by CN or urn:dualgate:client URI SAN: a DNS SAN
+// naming it opens nothing.
+func TestTokenAuthCertificateByCNOrURIOnly(t *testing.T) {
+	path := writeSecrets(t, map[string]string{"car-t": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"})
+	g := startGateway(t, func(c *Config) { c.Auth, c.Secrets = "token", path })
+	im := newImpostor(t, g, "car-t", 5)
+	dnsOnly := clientTLS(t, g)
+	dnsOnly.Certificates = []tls.Certificate{forgeCert(t, g, "", "car-t")}
+	if rc := im.connect(dnsOnly); rc != 0x87 {
+		t.Fatalf("a DNS SAN naming the client id, no token: CONNACK %#x, want 0x87", rc)
+	}
+	if rc := im.connect(deviceTLS(t, g, "car-t")); rc != 0 {
+		t.Fatalf("the device's own certificate: CONNACK %#x, want accepted", rc)
+	}
+	if mode, proven := clientProven(t, g, "car-t"); mode != "tls" || proven == nil || !*proven {
+		t.Fatalf("mode %s, proven %v; want tls, true", mode, proven)
+	}
+}
