@@ -37,6 +37,13 @@ type DualgateConfig struct {
 	SecureIdleFixed bool
 	// TLSCurves is --tls-curves; empty keeps the gateway's default.
 	TLSCurves string
+	// SecureIdentity is --secure-identity; empty means none. dualbench's
+	// devices present no client certificate, and what it measures is the
+	// transport (memory, bytes, the upgrade's latency), not who may
+	// receive a command: under the gateway's default (cert) their secure
+	// commands would wait for a proof they cannot give. Args may still
+	// say --secure-identity cert.
+	SecureIdentity string
 	// Args are more flags for `dualgate serve`.
 	Args []string
 	// Output receives the gateway's log; nil keeps only its tail, for
@@ -128,6 +135,11 @@ func StartDualgate(ctx context.Context, cfg DualgateConfig) (*Dualgate, error) {
 	if cfg.TLSCurves != "" {
 		args = append(args, "--tls-curves", cfg.TLSCurves)
 	}
+	identity := cfg.SecureIdentity
+	if identity == "" {
+		identity = "none"
+	}
+	args = append(args, "--secure-identity", identity)
 	args = append(args, cfg.Args...)
 	d.tail = &tailWriter{max: 4096, next: cfg.Output}
 	d.srv, err = SpawnServer(ShellJoin(args), d.tail)

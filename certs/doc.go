@@ -9,6 +9,9 @@
 //     afterwards (`dualgate serve` without --tls-cert). It renews a server
 //     certificate that no longer names every host or is close to expiry, from
 //     the same CA, so devices that trust the CA keep working.
+//   - IssueClients issues device certificates from the CA in a directory,
+//     DIR/ID.pem and DIR/ID-key.pem (`dualgate certs client`): what a device
+//     presents on TLS to prove its client id (--secure-identity cert).
 //   - NewTestPKI builds the same chain in memory for tests across the project,
 //     without touching the disk.
 //
@@ -24,6 +27,12 @@
 // a device presents.
 //
 // # Files
+//
+// The CA is ca.pem and ca-key.pem, the server certificate server.pem and
+// server-key.pem, and a client certificate is named by its client id,
+// ID.pem and ID-key.pem (ClientFiles; Init's is dev-client.pem unless
+// WithClientID says otherwise). A client id that cannot be a file name
+// there is refused (CheckClientFileID).
 //
 // Key files are written 0600, certificate files 0644, each through a
 // temporary file and a rename, so a crash never leaves half a file. A

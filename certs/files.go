@@ -8,17 +8,19 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
-// Names of the files Init and EnsureDev write.
+// Names of the files Init and EnsureDev write. A client certificate is
+// named by its client id: see ClientFiles.
 const (
 	CAFile        = "ca.pem"
 	CAKeyFile     = "ca-key.pem"
 	ServerFile    = "server.pem"
 	ServerKeyFile = "server-key.pem"
-	ClientFile    = "client.pem"
-	ClientKeyFile = "client-key.pem"
 )
 
 // Permissions of what Init and EnsureDev write.
@@ -38,21 +40,62 @@ type Paths struct {
 	CAKey     string
 	Server    string // server certificate, the gateway's --tls-cert
 	ServerKey string
-	Client    string // client certificate for mTLS tests and tools
+	Client    string // client certificate of DefaultClientID (or WithClientID's), see ClientFiles
 	ClientKey string
 }
 
-// PathsIn returns the paths of the PKI files in dir.
+// PathsIn returns the paths of the PKI files in dir, the client
+// certificate's for DefaultClientID.
 func PathsIn(dir string) Paths {
-	return Paths{
+	p := Paths{
 		Dir:       dir,
 		CA:        filepath.Join(dir, CAFile),
 		CAKey:     filepath.Join(dir, CAKeyFile),
 		Server:    filepath.Join(dir, ServerFile),
 		ServerKey: filepath.Join(dir, ServerKeyFile),
-		Client:    filepath.Join(dir, ClientFile),
-		ClientKey: filepath.Join(dir, ClientKeyFile),
 	}
+	p.Client, p.ClientKey = ClientFiles(dir, DefaultClientID)
+	return p
+}
+
+// ClientFiles returns where the client certificate and key of clientID live
+// in dir: DIR/ID.pem and DIR/ID-key.pem. CheckClientFileID tells whether
+// clientID can be named so.
+func ClientFiles(dir, clientID string) (cert, key string) {
+	return filepath.Join(dir, clientID+".pem"), filepath.Join(dir, clientID+"-key.pem")
+}
+
+// CheckClientFileID reports why a client certificate for clientID cannot be
+// written as ClientFiles names it, or nil. A client id is a file name
+// here: not empty, at most 200 bytes of printable UTF-8, no '/' or '\', not
+// starting with '.', not ending in "-key" (that file is another id's key),
+// and not "ca" or "server" (the CA's and the server's files).
+func CheckClientFileID(clientID string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("%w %q: %s", ErrBadClientID, clientID, why)
+	}
+	switch {
+	case clientID == "":
+		return fmt.Errorf("%w: empty", ErrBadClientID)
+	case len(clientID) > 200:
+		return bad("longer than 200 bytes")
+	case !utf8.ValidString(clientID):
+		return bad("not UTF-8")
+	case strings.ContainsAny(clientID, "/\\"):
+		return bad("a '/' or '\\' cannot be in a file name")
+	case strings.HasPrefix(clientID, "."):
+		return bad("starts with '.'")
+	case strings.HasSuffix(clientID, "-key"):
+		return bad("ends in -key, the suffix of key files")
+	case clientID == "ca" || clientID == "server":
+		return bad("the name of the CA's or the server's files")
+	}
+	for _, r := range clientID {
+		if !unicode.IsPrint(r) || r == ' ' {
+			return bad("a space or a control character")
+		}
+	}
+	return nil
 }
 
 // Option adjusts Init.
@@ -90,9 +133,10 @@ func Init(dir string, hosts []string, opts ...Option) (Paths, error) {
 	if _, _, err := sanHosts(hosts); err != nil {
 		return p, err
 	}
-	if o.clientID == "" {
-		return p, errors.New("certs: empty client id")
+	if err := CheckClientFileID(o.clientID); err != nil {
+		return p, err
 	}
+	p.Client, p.ClientKey = ClientFiles(dir, o.clientID)
 	if !o.overwrite {
 		for _, f := range []string{p.CA, p.CAKey} {
 			if _, err := os.Stat(f); err == nil {
@@ -118,7 +162,7 @@ func Init(dir string, hosts []string, opts ...Option) (Paths, error) {
 	if err := writeServer(p, ca, hosts, now); err != nil {
 		return p, err
 	}
-	if err := writeClient(p, ca, o.clientID, now); err != nil {
+	if err := writeClient(dir, ca, o.clientID, now); err != nil {
 		return p, err
 	}
 	return p, nil
@@ -167,7 +211,7 @@ func ensureDev(dir string, hosts []string, now time.Time) (Paths, bool, error) {
 		created = true
 	}
 	if !usable(p.Client, p.ClientKey, ca, x509.ExtKeyUsageClientAuth, nil, now) {
-		if err := writeClient(p, ca, DefaultClientID, now); err != nil {
+		if err := writeClient(dir, ca, DefaultClientID, now); err != nil {
 			return p, created, err
 		}
 		created = true
@@ -225,12 +269,79 @@ func writeServer(p Paths, ca authority, hosts []string, now time.Time) error {
 	return writePair(p.Server, p.ServerKey, l)
 }
 
-func writeClient(p Paths, ca authority, clientID string, now time.Time) error {
+// ErrBadClientID reports a client id that cannot name certificate files.
+var ErrBadClientID = errors.New("certs: bad client id")
+
+// ErrNoCA reports a directory without a CA to issue from.
+var ErrNoCA = errors.New("certs: no CA")
+
+// IssueClients writes a client certificate and key for each client id into
+// dir, as ClientFiles names them, signed by the CA in dir (ca.pem and
+// ca-key.pem, as Init or a gateway's first start wrote them). Each
+// certificate carries the subject common name ID and the URI SAN
+// urn:dualgate:client:ID. It checks every id and the CA before it writes
+// anything; an existing certificate is an error wrapping fs.ErrExist unless
+// WithOverwrite is given. It returns the certificate files written, in the
+// order of ids.
+func IssueClients(dir string, ids []string, opts ...Option) ([]string, error) {
+	o := options{now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if len(ids) == 0 {
+		return nil, errors.New("certs: no client id given")
+	}
+	seen := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		if err := CheckClientFileID(id); err != nil {
+			return nil, err
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("%w %q: given twice", ErrBadClientID, id)
+		}
+		seen[id] = true
+		if cert, _ := ClientFiles(dir, id); !o.overwrite {
+			if _, err := os.Stat(cert); err == nil {
+				return nil, fmt.Errorf("certs: %s: %w (give --force to issue a new one)", cert, fs.ErrExist)
+			}
+		}
+	}
+	p := PathsIn(dir)
+	caPEM, errCert := os.ReadFile(p.CA)
+	caKeyPEM, errKey := os.ReadFile(p.CAKey)
+	if err := errors.Join(errCert, errKey); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w in %s: want %s and %s (dualgate certs init, or a gateway's first start, writes them): %w",
+				ErrNoCA, dir, CAFile, CAKeyFile, err)
+		}
+		return nil, fmt.Errorf("certs: CA in %s: %w", dir, err)
+	}
+	ca, err := parseAuthority(caPEM, caKeyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("certs: CA in %s: %w", dir, err)
+	}
+	now := o.now()
+	if !now.Before(ca.cert.NotAfter) {
+		return nil, fmt.Errorf("certs: CA %s expired on %s", p.CA, ca.cert.NotAfter.Format(time.DateOnly))
+	}
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if err := writeClient(dir, ca, id, now); err != nil {
+			return out, err
+		}
+		cert, _ := ClientFiles(dir, id)
+		out = append(out, cert)
+	}
+	return out, nil
+}
+
+func writeClient(dir string, ca authority, clientID string, now time.Time) error {
 	l, err := ca.issueClient(clientID, now)
 	if err != nil {
 		return err
 	}
-	return writePair(p.Client, p.ClientKey, l)
+	cert, key := ClientFiles(dir, clientID)
+	return writePair(cert, key, l)
 }
 
 // writePair writes the key first, so a certificate on disk never names a

@@ -71,8 +71,10 @@ func TestInitWritesVerifiableChains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p != PathsIn(dir) {
-		t.Fatalf("paths = %+v, want %+v", p, PathsIn(dir))
+	want := PathsIn(dir)
+	want.Client, want.ClientKey = filepath.Join(dir, "car-42.pem"), filepath.Join(dir, "car-42-key.pem")
+	if p != want {
+		t.Fatalf("paths = %+v, want %+v", p, want)
 	}
 	ca := readCert(t, p.CA)
 	srv := readCert(t, p.Server)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -56,8 +57,14 @@ type Config struct {
 	// CAFile is a PEM file of CAs to trust instead of TLS.RootCAs, e.g. the
 	// gateway's generated development CA.
 	CAFile string
-	// CertFile and KeyFile are a PEM client certificate and key, for
-	// gateways that want mutual TLS. Both or neither.
+	// CertFile and KeyFile are a PEM client certificate and key, presented
+	// on every TLS connection. Both or neither. The certificate proves the
+	// device's client id to the gateway: its subject common name or its URI
+	// SAN urn:dualgate:client:<ClientID> must be ClientID (New refuses one
+	// that names another id; the gateway would refuse the CONNECT with
+	// 0x87). Under the gateway's default --secure-identity cert, a device
+	// without one may use TLS but is sent no secure command. `dualgate
+	// certs client --dir DIR ID` issues it from the gateway's CA.
 	CertFile, KeyFile string
 	// CurvePreferences are the TLS key exchange groups, most preferred
 	// first; nil: Go's default (X25519MLKEM768, a post-quantum hybrid,
@@ -195,6 +202,30 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// clientURIPrefix starts the URI SAN naming a client id in a device
+// certificate; the id follows, path-escaped.
+const clientURIPrefix = "urn:dualgate:client:"
+
+// certNames reports whether a device certificate names clientID the way
+// the gateway reads it: subject common name, or a URI SAN
+// urn:dualgate:client:<id>. DNS SANs do not count.
+func certNames(leaf *x509.Certificate, clientID string) bool {
+	if leaf == nil || clientID == "" {
+		return false
+	}
+	if leaf.Subject.CommonName == clientID {
+		return true
+	}
+	for _, u := range leaf.URIs {
+		if rest, ok := strings.CutPrefix(u.String(), clientURIPrefix); ok {
+			if id, err := url.PathUnescape(rest); err == nil && id == clientID {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // tlsConfig builds the base TLS client configuration: the given one, the
 // CA and client certificate files, the curves, and a session cache that
 // lives as long as the Device.
@@ -220,6 +251,10 @@ func (c *Config) tlsConfig() (*tls.Config, error) {
 		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("device: client certificate: %w", err)
+		}
+		if !certNames(cert.Leaf, c.ClientID) {
+			return nil, fmt.Errorf("device: client certificate %s names %q, not the client id %q (its CN or URI SAN %s<id> must be the client id)",
+				c.CertFile, cert.Leaf.Subject.CommonName, c.ClientID, clientURIPrefix)
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	}

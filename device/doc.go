@@ -32,6 +32,12 @@
 //   - With Config.Secret set, every CONNECT carries a fresh time-bound
 //     HMAC token (user name: the client id; password: control.MakeToken with
 //     a new random nonce).
+//   - With Config.CertFile and KeyFile set, every TLS handshake presents
+//     that client certificate, which must name the client id (subject CN or
+//     URI SAN urn:dualgate:client:<id>; New checks it). It is the device's
+//     proof of its client id under the gateway's default --secure-identity
+//     cert: without it the device may use TLS, but the gateway writes no
+//     secure command to it. A resumed TLS session keeps the proof.
 //
 // # TLS costs
 //

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/certs"
 	"github.com/dualgate/dualgate/device"
 	"github.com/dualgate/dualgate/gateway"
 )
@@ -20,12 +22,25 @@ func Example() {
 	g, stopGateway := exampleGateway()
 	defer stopGateway()
 
+	// The car's certificate, from the gateway's development CA, as
+	// `dualgate certs client --dir <data>/certs car-0042` issues it: on
+	// TLS the car presents it to prove its client id, without which the
+	// gateway writes no secure command to it (--secure-identity cert).
+	dir := filepath.Dir(g.CAFile())
+	if _, err := certs.IssueClients(dir, []string{"car-0042"}); err != nil {
+		fmt.Println(err)
+		return
+	}
+	certFile, keyFile := certs.ClientFiles(dir, "car-0042")
+
 	commands := make(chan device.Command, 1)
 	car, err := device.New(device.Config{
 		ClientID:  "car-0042",
 		PlainAddr: g.PlainAddr(),
 		TLSAddr:   g.TLSAddr(),
 		CAFile:    g.CAFile(), // the gateway's generated development CA
+		CertFile:  certFile,
+		KeyFile:   keyFile,
 		OnCommand: func(c device.Command) { commands <- c },
 		OnModeChange: func(from, to device.Mode, reason string) {
 			fmt.Printf("moved from %s to %s: %s\n", from, to, reason)

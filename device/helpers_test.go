@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/certs"
 	"github.com/dualgate/dualgate/device"
 	"github.com/dualgate/dualgate/gateway"
 )
@@ -153,18 +155,35 @@ func (r *recorder) waitEvent(t *testing.T, kind device.EventKind, within time.Du
 }
 
 // testConfig is a device configuration for gateway g with quick backoff.
+// The device presents a certificate for id issued from the gateway's
+// development CA, as `dualgate certs client` issues it, so that its secure
+// commands are delivered under the default --secure-identity cert.
 func testConfig(t *testing.T, g *gateway.Gateway, id string, version byte) device.Config {
 	t.Helper()
+	certFile, keyFile := deviceCertFiles(t, g, id)
 	return device.Config{
 		ClientID:       id,
 		PlainAddr:      g.PlainAddr(),
 		TLSAddr:        g.TLSAddr(),
 		CAFile:         g.CAFile(),
+		CertFile:       certFile,
+		KeyFile:        keyFile,
 		Version:        version,
 		KeepAlive:      30 * time.Second,
 		ConnectTimeout: 5 * time.Second,
 		Backoff:        device.Backoff{Initial: 50 * time.Millisecond, Max: 500 * time.Millisecond},
 	}
+}
+
+// deviceCertFiles issues a certificate for id from the gateway's
+// development CA into its certificate directory and returns the files.
+func deviceCertFiles(t *testing.T, g *gateway.Gateway, id string) (certFile, keyFile string) {
+	t.Helper()
+	dir := filepath.Dir(g.CAFile())
+	if _, err := certs.IssueClients(dir, []string{id}, certs.WithOverwrite()); err != nil {
+		t.Fatalf("device certificate for %s: %v", id, err)
+	}
+	return certs.ClientFiles(dir, id)
 }
 
 // startDevice builds and starts a device, stopped at the end of the test.

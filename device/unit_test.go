@@ -3,9 +3,12 @@ package device
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	mrand "math/rand/v2"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -200,6 +203,37 @@ func TestConfigDefaultsCopy(t *testing.T) {
 	}
 }
 
+// certNames reads a certificate's client id as the gateway does: the
+// subject common name or a urn:dualgate:client:<id> URI SAN, never a DNS
+// SAN.
+func TestCertNames(t *testing.T) {
+	uri := func(s string) *url.URL {
+		u, err := url.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	for _, tc := range []struct {
+		name string
+		cert *x509.Certificate
+		id   string
+		want bool
+	}{
+		{"CN", &x509.Certificate{Subject: pkix.Name{CommonName: "car-1"}}, "car-1", true},
+		{"URI SAN", &x509.Certificate{URIs: []*url.URL{uri("urn:dualgate:client:car-1")}}, "car-1", true},
+		{"escaped URI SAN", &x509.Certificate{URIs: []*url.URL{certs.ClientURI("meter/3")}}, "meter/3", true},
+		{"DNS SAN only", &x509.Certificate{DNSNames: []string{"car-1"}}, "car-1", false},
+		{"another CN", &x509.Certificate{Subject: pkix.Name{CommonName: "car-2"}}, "car-1", false},
+		{"foreign URI", &x509.Certificate{URIs: []*url.URL{uri("spiffe://fleet/car-1")}}, "car-1", false},
+		{"no certificate", nil, "car-1", false},
+	} {
+		if got := certNames(tc.cert, tc.id); got != tc.want {
+			t.Errorf("%s: certNames = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 func TestTLSConfig(t *testing.T) {
 	dir := t.TempDir()
 	paths, err := certs.Init(dir, []string{"127.0.0.1"})
@@ -225,6 +259,7 @@ func TestTLSConfig(t *testing.T) {
 			}
 		}, ""},
 		{"CA file and client certificate", func(c *Config) {
+			c.ClientID = certs.DefaultClientID
 			c.CAFile, c.CertFile, c.KeyFile = paths.CA, paths.Client, paths.ClientKey
 		}, func(t *testing.T, tc *tls.Config) {
 			if tc.RootCAs == nil || len(tc.Certificates) != 1 {
@@ -251,6 +286,8 @@ func TestTLSConfig(t *testing.T) {
 		{"missing CA file", func(c *Config) { c.CAFile = filepath.Join(dir, "none.pem") }, nil, "CA file"},
 		{"CA file without PEM", func(c *Config) { c.CAFile = notPEM }, nil, "no PEM"},
 		{"bad key pair", func(c *Config) { c.CertFile, c.KeyFile = paths.Client, paths.CAKey }, nil, "client certificate"},
+		{"client certificate of another id", func(c *Config) { c.CertFile, c.KeyFile = paths.Client, paths.ClientKey }, nil,
+			`names "dev-client", not the client id "d1"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := base

@@ -230,6 +230,10 @@ type clientView struct {
 	Instructions  int  `json:"instructions"`
 	LoopProtected bool `json:"loop_protected"`
 	TLSOnly       bool `json:"tls_only,omitempty"`
+	// Proven, for a TLS session only, says whether its client id was
+	// proven on that connection (--secure-identity), so that secure
+	// commands may be written to it.
+	Proven *bool `json:"proven,omitempty"`
 }
 
 func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
@@ -247,7 +251,11 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 		v.Connected = true
 		v.Mode = e.Mode.String()
 		v.Protocol = e.Protocol
-		v.Remote = remoteOf(s)
+		facts := factsOf(s)
+		v.Remote = facts.remote
+		if e.Mode == registry.ModeTLS {
+			v.Proven = &facts.proven
+		}
 		v.Since = e.Since().UTC().Truncate(time.Millisecond)
 		v.LastActivity = e.LastActive().UTC().Truncate(time.Millisecond)
 	} else if !known && pending == 0 {
@@ -259,19 +267,26 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, v)
 }
 
-// remoteOf asks the session's owner for the device's address: sessions do
-// not keep it (it costs memory on every idle connection, and the API asks
-// for it rarely). It returns "" if the owner does not answer within a second.
-func remoteOf(s *session.Session) string {
-	ch := make(chan string, 1)
-	s.Exec(func(s *session.Session) { ch <- s.Remote() })
+// sessionFacts are what the API reads from a session in its owner context.
+type sessionFacts struct {
+	remote string
+	proven bool
+}
+
+// factsOf asks the session's owner for the device's address, which
+// sessions do not keep (it costs memory on every idle connection, and the
+// API asks for it rarely), and whether its client id is proven. It returns
+// the zero value if the owner does not answer within a second.
+func factsOf(s *session.Session) sessionFacts {
+	ch := make(chan sessionFacts, 1)
+	s.Exec(func(s *session.Session) { ch <- sessionFacts{remote: s.Remote(), proven: s.IdentityProven()} })
 	t := time.NewTimer(time.Second)
 	defer t.Stop()
 	select {
-	case r := <-ch:
-		return r
+	case f := <-ch:
+		return f
 	case <-t.C:
-		return ""
+		return sessionFacts{}
 	}
 }
 
@@ -333,6 +348,9 @@ func (g *Gateway) getStats(w http.ResponseWriter, _ *http.Request) {
 			"deliveries":         st.Deliveries.Load(),
 			"instructions":       st.Instructions.Load(),
 			"panics":             st.Panics.Load(),
+			// Secure payloads CheckTransport kept off a socket.
+			"secure_refused_on_plain": st.RefusedOnPlain.Load(),
+			"secure_refused_unproven": st.RefusedUnproven.Load(),
 		},
 		Memory: map[string]uint64{
 			"rss_bytes":        readRSS(),
@@ -382,6 +400,8 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	counter("dualgate_instructions_total", "Reconnect instructions sent.", st.Instructions.Load)
 	counter("dualgate_session_panics_total", "Session panics contained to their connection.", st.Panics.Load)
 	counter("dualgate_slow_reader_disconnects_total", "Devices disconnected because what waited to be sent to them passed --max-outbound-bytes.", st.SlowReaderClosed.Load)
+	counter("dualgate_secure_refused_on_plain_total", "Secure commands and secure data kept off a plain connection.", st.RefusedOnPlain.Load)
+	counter("dualgate_secure_refused_unproven_total", "Secure commands kept off a TLS session whose client id was not proven (--secure-identity).", st.RefusedUnproven.Load)
 	counter("dualgate_memory_releases_total", "Times the gateway returned its free heap memory to the OS after a burst.", g.mem.released.Load)
 	ds := g.dispatcher.Stats()
 	counter("dualgate_commands_accepted_total", "Commands stored for delivery.", ds.Accepted.Load)

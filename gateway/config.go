@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/dualgate/dualgate/gateway/auth"
 )
 
 // Config is every setting of a gateway. Each field has a command-line flag,
@@ -70,9 +72,10 @@ type Config struct {
 	APITLSKey        string        `yaml:"api-tls-key" help:"private key (PEM) of --api-tls-cert"`
 	MetricsPublic    bool          `yaml:"metrics-public" help:"serve /metrics without --api-token"`
 
-	Auth        string        `yaml:"auth" help:"device authentication: allow-all or token"`
-	Secrets     string        `yaml:"secrets" help:"per-device secrets file for --auth token"`
-	TokenWindow time.Duration `yaml:"token-window" help:"how far a device token's time may be from the gateway's"`
+	Auth           string        `yaml:"auth" help:"device authentication: allow-all or token"`
+	SecureIdentity string        `yaml:"secure-identity" help:"what proves a TLS device's client id before secure commands are written to it: cert (a client certificate whose CN or URI SAN urn:dualgate:client:<id> is the id), token (a channel-bound token, needs --auth token), cert,token (either) or none (anyone claiming the id; not for production)"`
+	Secrets        string        `yaml:"secrets" help:"per-device secrets file for --auth token"`
+	TokenWindow    time.Duration `yaml:"token-window" help:"how far a device token's time may be from the gateway's"`
 
 	ConnectTimeout   time.Duration `yaml:"connect-timeout" help:"time a new connection has to send CONNECT"`
 	MaxPacketSize    int           `yaml:"max-packet-size" help:"largest MQTT packet accepted from a device, bytes"`
@@ -118,6 +121,7 @@ func Defaults() Config {
 		TLSMin:           "1.2",
 		SecureIdle:       30 * time.Second,
 		Auth:             "allow-all",
+		SecureIdentity:   "cert",
 		TokenWindow:      5 * time.Minute,
 		ConnectTimeout:   10 * time.Second,
 		MaxPacketSize:    1 << 20,
@@ -174,6 +178,9 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("--auth %q: want allow-all or token", c.Auth)
 	}
+	if err := c.validateIdentity(); err != nil {
+		return err
+	}
 	if c.MaxPacketSize < 64 || c.MaxPacketSize > 268435460 {
 		return fmt.Errorf("--max-packet-size %d: want 64..268435460", c.MaxPacketSize)
 	}
@@ -221,6 +228,21 @@ func (c *Config) Validate() error {
 	if c.Upstream != "" && !strings.HasPrefix(c.Upstream, "tcp://") && !strings.HasPrefix(c.Upstream, "tls://") &&
 		!strings.HasPrefix(c.Upstream, "mqtt://") && !strings.HasPrefix(c.Upstream, "mqtts://") && !strings.HasPrefix(c.Upstream, "ssl://") {
 		return fmt.Errorf("--upstream %q: want tcp://host:port or tls://host:port", c.Upstream)
+	}
+	return nil
+}
+
+// validateIdentity checks --secure-identity against what can prove an id.
+func (c *Config) validateIdentity() error {
+	p, err := auth.ParseIdentityPolicy(c.SecureIdentity)
+	if err != nil {
+		return err
+	}
+	if p&auth.IdentityToken != 0 && c.Auth != "token" {
+		return fmt.Errorf("--secure-identity %s: a token proof needs --auth token (device tokens are checked there); give --auth token, or --secure-identity cert", p)
+	}
+	if p&auth.IdentityCert != 0 && c.TLSCert != "" && c.ClientCA == "" {
+		return fmt.Errorf("--secure-identity %s with --tls-cert: no CA to verify device certificates; give --client-ca FILE (the CA that signs them), or --secure-identity token or none", p)
 	}
 	return nil
 }

@@ -143,7 +143,7 @@ type device311 struct {
 }
 
 func newDevice311(t *testing.T, g *Gateway, id string) *device311 {
-	d := &device311{t: t, id: id, g: g, tlsCfg: clientTLS(t, g), obey: true,
+	d := &device311{t: t, id: id, g: g, tlsCfg: deviceTLS(t, g, id), obey: true,
 		cmds: make(chan command, 100), controls: make(chan control.Instruction, 100), followers: newFollowers()}
 	t.Cleanup(d.close)
 	return d
@@ -241,10 +241,11 @@ func (d *device311) close() {
 // device5 is the same device on paho.golang (MQTT 5): it follows DISCONNECT
 // 0x9C and its Server Reference.
 type device5 struct {
-	t     *testing.T
-	id    string
-	g     *Gateway
-	plain wire
+	t      *testing.T
+	id     string
+	g      *Gateway
+	tlsCfg *tls.Config // presents a certificate for id
+	plain  wire
 
 	mu     sync.Mutex
 	client *paho.Client
@@ -256,7 +257,7 @@ type device5 struct {
 }
 
 func newDevice5(t *testing.T, g *Gateway, id string) *device5 {
-	d := &device5{t: t, id: id, g: g, cmds: make(chan command, 100), refs: make(chan string, 100),
+	d := &device5{t: t, id: id, g: g, tlsCfg: deviceTLS(t, g, id), cmds: make(chan command, 100), refs: make(chan string, 100),
 		gone: make(chan byte, 10), followers: newFollowers()}
 	t.Cleanup(d.close)
 	return d
@@ -267,7 +268,7 @@ func (d *device5) connect(overTLS bool, addr string) {
 	var conn net.Conn
 	var err error
 	if overTLS {
-		conn, err = tls.Dial("tcp", addr, clientTLS(d.t, d.g))
+		conn, err = tls.Dial("tcp", addr, d.tlsCfg)
 	} else {
 		conn, err = net.Dial("tcp", addr)
 		if err == nil {

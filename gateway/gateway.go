@@ -80,7 +80,10 @@ type Gateway struct {
 	tlsLn    net.Listener
 	tlsConns tlsSet
 	caPath   string // the generated dev CA, when there is one
-	certs    *tlsmux.CertReloader
+	// identityPolicy is --secure-identity; with cert and no --client-ca,
+	// the generated dev CA verifies device certificates.
+	identityPolicy auth.IdentityPolicy
+	certs          *tlsmux.CertReloader
 
 	api      *http.Server
 	apiLn    net.Listener
@@ -127,6 +130,10 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	if g.acl, err = newAuthorizer(&cfg); err != nil {
 		return nil, err
 	}
+	identity, err := g.identity()
+	if err != nil {
+		return nil, err
+	}
 	g.router = newRouter(g.acl, sampled(logger), &g.routes)
 	sink := session.Sink(g.router)
 	var limiter *rate.Limiter
@@ -144,6 +151,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		Logger:            logger,
 		Registry:          g.reg,
 		Auth:              authn,
+		Identity:          identity,
 		Sink:              sink,
 		ACL:               g.acl,
 		Sessions:          session.NewStore(sink),
@@ -195,6 +203,23 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 		g.logger.Warn("device authentication is off (--auth allow-all): any device may connect with any client id")
 		return auth.AllowAll(), nil
 	}
+}
+
+// identity is the session's Env.Identity hook for --secure-identity: nil
+// for none (every TLS session may receive secure commands), which is
+// logged as the warning it is.
+func (g *Gateway) identity() (func(*auth.Request, auth.Result) (bool, auth.Result, bool), error) {
+	p, err := auth.ParseIdentityPolicy(g.cfg.SecureIdentity)
+	if err != nil {
+		return nil, err
+	}
+	g.identityPolicy = p
+	if p == auth.IdentityNone {
+		g.logger.Warn("secure commands go to any TLS session that claims the client id (--secure-identity none): " +
+			"a device that knows another's id receives its secure commands; use --secure-identity cert or token")
+		return nil, nil
+	}
+	return p.Decide, nil
 }
 
 // Start opens the listeners and returns once all accept connections.
@@ -266,6 +291,13 @@ func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
 		g.logger.Warn("no --tls-cert given: "+verb+" a development CA; devices must trust "+paths.CA,
 			zap.String("ca", paths.CA), zap.String("server_cert", paths.Server))
 	}
+	clientCA := g.cfg.ClientCA
+	if clientCA == "" && g.caPath != "" && (g.identityPolicy&auth.IdentityCert != 0 || g.cfg.RequireCert) {
+		// Devices prove their id with certificates from the development
+		// CA (dualgate certs client --dir <data>/certs ID); asked for,
+		// not required, unless --require-client-cert.
+		clientCA = g.caPath
+	}
 	reloader, err := tlsmux.NewCertReloader(cert, key, g.logger)
 	if err != nil {
 		return nil, err
@@ -297,7 +329,7 @@ func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
 	}
 	return tlsmux.ServerTLSConfig(tlsmux.TLSOptions{
 		GetCertificate:    reloader.GetCertificate,
-		ClientCAFile:      g.cfg.ClientCA,
+		ClientCAFile:      clientCA,
 		RequireClientCert: g.cfg.RequireCert,
 		MinVersion:        minVersion,
 		CurvePreferences:  curves,

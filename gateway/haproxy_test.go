@@ -254,13 +254,14 @@ func startBehindHAProxy(t *testing.T) ([]*Gateway, *haproxy) {
 		// the first failure: devices move after it has.
 		c.DrainDelay = 600 * time.Millisecond
 	}
-	// The gateways behind one balancer serve the same certificate: the
-	// first one's development certificate.
+	// The gateways behind one balancer serve the same certificate, the
+	// first one's development certificate, and verify device certificates
+	// against the same CA.
 	g1 := startGateway(t, base)
 	dev := certs.PathsIn(filepath.Dir(g1.CAFile()))
 	g2 := startGateway(t, func(c *Config) {
 		base(c)
-		c.TLSCert, c.TLSKey = dev.Server, dev.ServerKey
+		c.TLSCert, c.TLSKey, c.ClientCA = dev.Server, dev.ServerKey, dev.CA
 	})
 	gws := []*Gateway{g1, g2}
 	setup := lbSetup{Plain: lbPlain, TLS: lbTLS, Socket: filepath.Join(t.TempDir(), "admin.sock")}

@@ -3,15 +3,23 @@ package gateway
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +29,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/certs"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -79,6 +88,65 @@ func clientTLS(t testing.TB, g *Gateway) *tls.Config {
 		t.Fatal("CA file holds no certificate")
 	}
 	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+}
+
+// gatewayCA signs client certificates with a gateway's generated
+// development CA, in memory, all on one key (cheap enough for a thousand
+// devices): what `dualgate certs client --dir <data>/certs` issues, or,
+// with another template, what a careless operator might.
+type gatewayCA struct {
+	ca  tls.Certificate
+	key *ecdsa.PrivateKey
+}
+
+func newGatewayCA(t testing.TB, g *Gateway) *gatewayCA {
+	t.Helper()
+	dir := filepath.Join(g.cfg.Data, "certs")
+	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, certs.CAFile), filepath.Join(dir, certs.CAKeyFile))
+	if err != nil {
+		t.Fatalf("the gateway's development CA: %v", err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &gatewayCA{ca: ca, key: key}
+}
+
+var testSerial atomic.Int64
+
+// issue signs tmpl (subject and SANs; the rest is filled in).
+func (gc *gatewayCA) issue(t testing.TB, tmpl *x509.Certificate) tls.Certificate {
+	t.Helper()
+	tmpl.SerialNumber = big.NewInt(testSerial.Add(1))
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, gc.ca.Leaf, gc.key.Public(), gc.ca.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: gc.key}
+}
+
+// device issues the certificate of a device: CN and URI SAN naming id.
+func (gc *gatewayCA) device(t testing.TB, id string) tls.Certificate {
+	return gc.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: id}, URIs: []*url.URL{certs.ClientURI(id)}})
+}
+
+// deviceCert is the certificate of device id from the gateway's CA.
+func deviceCert(t testing.TB, g *Gateway, id string) tls.Certificate {
+	t.Helper()
+	return newGatewayCA(t, g).device(t, id)
+}
+
+// deviceTLS trusts the gateway's development CA and presents a certificate
+// naming id, so that secure commands for id may be delivered on it.
+func deviceTLS(t testing.TB, g *Gateway, id string) *tls.Config {
+	t.Helper()
+	tc := clientTLS(t, g)
+	tc.Certificates = []tls.Certificate{deviceCert(t, g, id)}
+	return tc
 }
 
 // v3 connects a paho.mqtt.golang (MQTT 3.1.1) client.
@@ -280,7 +348,7 @@ func getJSON(t *testing.T, g *Gateway, path, token string, into any) int {
 }
 
 // eventually polls cond until it holds or the time is up.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {

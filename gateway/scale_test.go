@@ -113,14 +113,19 @@ func (d *compactDevice) session(conn net.Conn, ready chan<- struct{}, deadline t
 func TestThousandDevicesUpgrade(t *testing.T) {
 	const n = 1000
 	g := startGateway(t, func(c *Config) { c.SecureIdle = time.Minute })
-	tlsCfg := clientTLS(t, g)
+	// Every device presents its own certificate from the gateway's CA
+	// (--secure-identity cert).
+	ca := newGatewayCA(t, g)
 	devices := make([]*compactDevice, n)
 	ready := make(chan struct{}, n)
 	errs := make(chan error, n)
 	deadline := time.Now().Add(90 * time.Second)
 	var wg sync.WaitGroup
 	for i := range devices {
-		d := &compactDevice{id: fmt.Sprintf("fleet-%04d", i), plain: g.PlainAddr(), tlsCfg: tlsCfg}
+		id := fmt.Sprintf("fleet-%04d", i)
+		tlsCfg := clientTLS(t, g)
+		tlsCfg.Certificates = []tls.Certificate{ca.device(t, id)}
+		d := &compactDevice{id: id, plain: g.PlainAddr(), tlsCfg: tlsCfg}
 		devices[i] = d
 		wg.Add(1)
 		go func() {

@@ -61,7 +61,8 @@ func TestCertReloadLive(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
 	writePair(t, certFile, keyFile, pki.ServerPEM, pki.ServerKeyPEM)
-	g := startGateway(t, func(c *Config) { c.TLSCert, c.TLSKey = certFile, keyFile })
+	// About the server certificate only: no device identity.
+	g := startGateway(t, func(c *Config) { c.TLSCert, c.TLSKey, c.SecureIdentity = certFile, keyFile, "none" })
 	if g.CAFile() != "" {
 		t.Fatalf("a development CA was made although a certificate was given: %s", g.CAFile())
 	}
@@ -187,7 +188,10 @@ func TestTicketResumption(t *testing.T) {
 		certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
 		writePair(t, certFile, keyFile, pki.ServerPEM, pki.ServerKeyPEM)
 		tickets := filepath.Join(dir, "ticket-keys")
-		shared := func(c *Config) { c.TLSCert, c.TLSKey, c.TicketKeys = certFile, keyFile, tickets }
+		// About tickets only: no device identity.
+		shared := func(c *Config) {
+			c.TLSCert, c.TLSKey, c.TicketKeys, c.SecureIdentity = certFile, keyFile, tickets, "none"
+		}
 		a, b := startGateway(t, shared), startGateway(t, shared)
 		tlsCfg := &tls.Config{RootCAs: pki.Pool, ServerName: "localhost", MinVersion: tls.VersionTLS12,
 			ClientSessionCache: tls.NewLRUClientSessionCache(8)}

@@ -3,6 +3,7 @@ package tlsmux
 import (
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"reflect"
 	"unsafe"
 )
@@ -21,6 +22,11 @@ import (
 var connBuffers struct {
 	ok                    bool
 	rawInput, input, hand uintptr // offsets in tls.Conn
+	// The client certificate a server-side tls.Conn keeps parsed for its
+	// whole life (about 4 KiB for a P-256 device certificate), for
+	// ConnectionState: see ReleasePeerCertificates.
+	certsOK             bool
+	peerCerts, verified uintptr
 }
 
 func init() {
@@ -35,6 +41,29 @@ func init() {
 	connBuffers.input, ok2 = offset("input", rd)
 	connBuffers.hand, ok3 = offset("hand", buf)
 	connBuffers.ok = ok1 && ok2 && ok3
+	var ok4, ok5 bool
+	connBuffers.peerCerts, ok4 = offset("peerCertificates", reflect.TypeFor[[]*x509.Certificate]())
+	connBuffers.verified, ok5 = offset("verifiedChains", reflect.TypeFor[[][]*x509.Certificate]())
+	connBuffers.certsOK = ok4 && ok5
+}
+
+// PeerCertificatesReleasable reports whether ReleasePeerCertificates works
+// with this Go release's crypto/tls.
+func PeerCertificatesReleasable() bool { return connBuffers.certsOK }
+
+// ReleasePeerCertificates drops the parsed client certificate and its
+// verified chains that c keeps after the handshake, once what it proves
+// was read (ConnInfo.PeerIdentity); c.ConnectionState() then reports none.
+// crypto/tls needs them only during the handshake, when it also puts them
+// into the session tickets it sends, so a resumed session still knows
+// them. Call it only before anyone else uses c after the handshake.
+func ReleasePeerCertificates(c *tls.Conn) {
+	if !connBuffers.certsOK {
+		return
+	}
+	base := unsafe.Pointer(c)
+	*(*[]*x509.Certificate)(unsafe.Add(base, connBuffers.peerCerts)) = nil
+	*(*[][]*x509.Certificate)(unsafe.Add(base, connBuffers.verified)) = nil
 }
 
 // BuffersReleasable reports whether ReleaseBuffers works with this Go

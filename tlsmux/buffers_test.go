@@ -96,3 +96,55 @@ func TestReleaseBuffers(t *testing.T) {
 		})
 	}
 }
+
+// This Go release's crypto/tls still has the fields ReleasePeerCertificates
+// clears. If this fails after a Go upgrade, find the new names of
+// tls.Conn's peer certificates and verified chains.
+func TestPeerCertificatesReleasable(t *testing.T) {
+	if !PeerCertificatesReleasable() {
+		t.Fatal("crypto/tls.Conn no longer has peerCertificates and verifiedChains: idle TLS connections keep their device certificate")
+	}
+}
+
+// After the handshake the Handler gets what the client certificate proves,
+// and the connection no longer holds the certificate; a resumed session
+// proves the same from its ticket.
+func TestReleasePeerCertificates(t *testing.T) {
+	pki := newPKI(t)
+	caFile := t.TempDir() + "/clients-ca.pem"
+	writeAtomic(t, caFile, pki.CAPEM)
+	type seen struct {
+		ids   []string
+		certs int
+	}
+	got := make(chan seen, 2)
+	_, addr := startServer(t, Config{
+		TLS: serverTLS(t, pki, TLSOptions{ClientCAFile: caFile}),
+		Handler: func(c *tls.Conn, info ConnInfo) {
+			got <- seen{ids: info.PeerIdentity, certs: len(c.ConnectionState().PeerCertificates) + len(c.ConnectionState().VerifiedChains)}
+			_, _ = io.WriteString(c, greeting)
+			_, _ = io.Copy(io.Discard, c)
+		},
+	})
+	cert, err := pki.ClientCert("car-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg := clientTLS(pki)
+	ccfg.Certificates = []tls.Certificate{cert}
+	ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	for _, resumed := range []bool{false, true} {
+		c, err := dialTLS(t, addr, ccfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := <-got
+		if c.ConnectionState().DidResume != resumed {
+			t.Fatalf("resumed %v, want %v", c.ConnectionState().DidResume, resumed)
+		}
+		_ = c.Close()
+		if strings.Join(s.ids, ",") != "car-7" || s.certs != 0 {
+			t.Fatalf("resumed %v: PeerIdentity %q and %d certificates kept; want car-7 and none", resumed, s.ids, s.certs)
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/certs"
 )
 
 // pending is a connection waiting for a handshake worker.
@@ -99,6 +101,9 @@ func (s *Server) handshake(slot int, c net.Conn) {
 	if len(st.VerifiedChains) > 0 && len(st.PeerCertificates) > 0 {
 		info.PeerIdentity = peerIdentity(st.PeerCertificates[0])
 	}
+	// What the certificate proves is in info; an idle connection need not
+	// keep the certificate itself.
+	ReleasePeerCertificates(tc)
 
 	s.mu.Lock()
 	s.inflight[slot] = nil
@@ -137,21 +142,24 @@ func (s *Server) serveConn(tc *tls.Conn, info ConnInfo) {
 	s.cfg.Handler(tc, info)
 }
 
-// peerIdentity lists the subject common name, DNS SANs and URI SANs of a
-// verified client certificate, without duplicates.
+// peerIdentity lists the client ids a verified client certificate names,
+// without duplicates: its subject common name, then the id of each URI SAN
+// urn:dualgate:client:<id> (certs.ClientURI). DNS SANs and other URIs name
+// hosts and services, never a device's client id, so they are left out:
+// a certificate issued for a host name must not prove a client id that
+// happens to equal it.
 func peerIdentity(cert *x509.Certificate) []string {
-	ids := make([]string, 0, 1+len(cert.DNSNames)+len(cert.URIs))
+	ids := make([]string, 0, 1+len(cert.URIs))
 	add := func(s string) {
 		if s != "" && !slices.Contains(ids, s) {
 			ids = append(ids, s)
 		}
 	}
 	add(cert.Subject.CommonName)
-	for _, n := range cert.DNSNames {
-		add(n)
-	}
 	for _, u := range cert.URIs {
-		add(u.String())
+		if id, ok := certs.ClientIDFromURI(u.String()); ok {
+			add(id)
+		}
 	}
 	return slices.Clip(ids)
 }

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/dualgate/dualgate/certs"
 )
 
 func TestFIFO(t *testing.T) {
@@ -77,18 +79,28 @@ func TestPeerIdentity(t *testing.T) {
 		want []string
 	}{
 		{
-			name: "CN, DNS and URI",
+			name: "CN and its URI once; DNS and foreign URIs left out",
 			cert: &x509.Certificate{
 				Subject:  pkix.Name{CommonName: "car-1"},
-				DNSNames: []string{"car-1.fleet.example.com"},
-				URIs:     []*url.URL{mustURL("urn:dualgate:client:car-1"), mustURL("spiffe://fleet/car-1")},
+				DNSNames: []string{"car-9", "car-1.fleet.example.com"},
+				URIs:     []*url.URL{mustURL("urn:dualgate:client:car-1"), mustURL("spiffe://fleet/car-2"), mustURL("urn:other:car-3")},
 			},
-			want: []string{"car-1", "car-1.fleet.example.com", "urn:dualgate:client:car-1", "spiffe://fleet/car-1"},
+			want: []string{"car-1"},
 		},
 		{
-			name: "duplicates once, empty CN skipped",
+			name: "escaped URI id, empty CN skipped",
+			cert: &x509.Certificate{URIs: []*url.URL{certs.ClientURI("meter/3"), mustURL("urn:dualgate:client:")}},
+			want: []string{"meter/3"},
+		},
+		{
+			name: "CN and a different URI id: both",
+			cert: &x509.Certificate{Subject: pkix.Name{CommonName: "a"}, URIs: []*url.URL{certs.ClientURI("b")}},
+			want: []string{"a", "b"},
+		},
+		{
+			name: "only DNS names: no client id",
 			cert: &x509.Certificate{DNSNames: []string{"m.example.com", "m.example.com"}},
-			want: []string{"m.example.com"},
+			want: []string{},
 		},
 		{name: "nothing", cert: &x509.Certificate{}, want: []string{}},
 	} {

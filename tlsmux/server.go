@@ -84,9 +84,11 @@ type ConnInfo struct {
 	Resumed bool
 	// Version is the TLS version (tls.VersionTLS12, tls.VersionTLS13).
 	Version uint16
-	// PeerIdentity lists the subject common name, the DNS SANs and the URI
-	// SANs of the client certificate, in that order without duplicates,
-	// when one was sent and verified; nil otherwise.
+	// PeerIdentity lists the client ids the client certificate names, when
+	// one was sent and verified (nil otherwise): its subject common name and
+	// the id of each URI SAN urn:dualgate:client:<id>, in that order
+	// without duplicates. DNS SANs and other URIs are not client ids and
+	// are not listed.
 	PeerIdentity []string
 	// HandshakeDuration is the time the handshake took on its worker,
 	// without the wait for a worker.

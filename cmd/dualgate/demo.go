@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/bench"
+	"github.com/dualgate/dualgate/certs"
 	"github.com/dualgate/dualgate/device"
 )
 
@@ -187,17 +188,34 @@ func (d *demoRun) stopGateway() {
 }
 
 func (d *demoRun) startDevices(ctx context.Context) ([]*device.Device, error) {
-	var devs []*device.Device
-	for _, spec := range []struct {
+	specs := []struct {
 		id      string
 		version byte
-	}{{"meter-1", 4}, {"car-2", 4}, {"car-3", 5}, {"lock-4", 5}} {
+	}{{"meter-1", 4}, {"car-2", 4}, {"car-3", 5}, {"lock-4", 5}}
+	// Each device proves its client id on TLS with a certificate from the
+	// gateway's CA, as `dualgate certs client --dir <data>/certs ID...`
+	// issues them: the gateway writes secure commands only to a device
+	// that did (--secure-identity cert).
+	certDir := filepath.Join(d.dir, "certs")
+	ids := make([]string, len(specs))
+	for i, spec := range specs {
+		ids[i] = spec.id
+	}
+	if _, err := certs.IssueClients(certDir, ids); err != nil {
+		return nil, err
+	}
+	d.say("certs", "issued device certificates for %s in %s", strings.Join(ids, ", "), certDir)
+	var devs []*device.Device
+	for _, spec := range specs {
 		id := spec.id
+		certFile, keyFile := certs.ClientFiles(certDir, id)
 		dv, err := device.New(device.Config{
 			ClientID:  id,
 			PlainAddr: d.plain,
 			TLSAddr:   d.tls,
-			CAFile:    filepath.Join(d.dir, "certs", "ca.pem"),
+			CAFile:    filepath.Join(certDir, certs.CAFile),
+			CertFile:  certFile,
+			KeyFile:   keyFile,
 			Version:   spec.version,
 			OnCommand: func(c device.Command) {
 				over := "plain"

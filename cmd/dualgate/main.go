@@ -2,6 +2,7 @@
 //
 //	dualgate serve [flags]                      run the gateway
 //	dualgate certs init --dir DIR --hosts h1,h2 write a development CA, server and client certificates
+//	dualgate certs client --dir DIR ID [ID...]  issue device certificates DIR/ID.pem, DIR/ID-key.pem from DIR's CA
 //	dualgate demo                               a gateway and devices through the on-demand TLS cycle
 //	dualgate version                            print the version
 package main
@@ -61,6 +62,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   dualgate serve [flags]                       run the gateway (dualgate serve -h lists the flags)
   dualgate certs init --dir DIR --hosts h1,h2  write a development CA, server and client certificates
+  dualgate certs client --dir DIR ID [ID...]   issue device certificates DIR/ID.pem and DIR/ID-key.pem from DIR's CA
   dualgate demo                                run a gateway and a few devices through the on-demand TLS cycle
   dualgate version                             print the version
 `)
@@ -161,9 +163,16 @@ func newLogger(format, level string) (*zap.Logger, error) {
 	return zc.Build()
 }
 
+const certsUsage = `usage:
+  dualgate certs init --dir DIR --hosts h1,h2 [--client-id ID] [--force]
+  dualgate certs client --dir DIR [--force] ID [ID...]`
+
 func certsCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "client" {
+		return certsClient(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "init" {
-		fmt.Fprintln(stderr, "usage: dualgate certs init --dir DIR --hosts h1,h2 [--client-id ID] [--force]")
+		fmt.Fprintln(stderr, certsUsage)
 		return 2
 	}
 	fs := flag.NewFlagSet("certs init", flag.ContinueOnError)
@@ -195,5 +204,44 @@ func certsCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "CA:                 %s\nserver certificate: %s\nserver key:         %s\nclient certificate: %s\nclient key:         %s\n",
 		p.CA, p.Server, p.ServerKey, p.Client, p.ClientKey)
+	return 0
+}
+
+// certsClient issues device certificates from the CA in --dir: the files a
+// device presents on TLS so that the gateway's default --secure-identity
+// cert lets its secure commands through.
+func certsClient(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("certs client", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "./dualgate-certs", "directory holding ca.pem and ca-key.pem (a gateway's is <data>/certs); the certificates are written there")
+	force := fs.Bool("force", false, "replace existing certificates")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ids := fs.Args()
+	if len(ids) == 0 {
+		fmt.Fprintln(stderr, "dualgate certs client: give at least one client id")
+		fmt.Fprintln(stderr, certsUsage)
+		return 2
+	}
+	for _, id := range ids {
+		if strings.HasPrefix(id, "-") {
+			fmt.Fprintf(stderr, "dualgate certs client: flag %s after the client ids: give flags first\n", id)
+			return 2
+		}
+	}
+	var opts []certs.Option
+	if *force {
+		opts = append(opts, certs.WithOverwrite())
+	}
+	files, err := certs.IssueClients(*dir, ids, opts...)
+	if err != nil {
+		fmt.Fprintln(stderr, "dualgate certs client:", err)
+		return 1
+	}
+	for i, f := range files {
+		_, key := certs.ClientFiles(*dir, ids[i])
+		fmt.Fprintf(stdout, "%s: certificate %s, key %s\n", ids[i], f, key)
+	}
 	return 0
 }

@@ -56,7 +56,7 @@ func TestCertsInit(t *testing.T) {
 	if err != nil {
 		t.Fatalf("certs init: %v\n%s", err, out)
 	}
-	for _, f := range []string{"ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem"} {
+	for _, f := range []string{"ca.pem", "server.pem", "server-key.pem", "dev-client.pem", "dev-client-key.pem"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Fatalf("%s missing: %v", f, err)
 		}
@@ -74,6 +74,60 @@ func TestCertsInit(t *testing.T) {
 	}
 	if err := leaf.VerifyHostname("10.1.2.3"); err != nil {
 		t.Fatalf("server certificate: %v", err)
+	}
+}
+
+func TestCertsClient(t *testing.T) {
+	dir := t.TempDir()
+	// No CA yet: a clear error that says how to make one.
+	out, err := exec.Command(binary, "certs", "client", "--dir", dir, "car-1").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no CA") || !strings.Contains(string(out), "certs init") {
+		t.Fatalf("certs client without a CA: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(binary, "certs", "init", "--dir", dir).CombinedOutput(); err != nil {
+		t.Fatalf("certs init: %v\n%s", err, out)
+	}
+	out, err = exec.Command(binary, "certs", "client", "--dir", dir, "car-1", "lock-2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("certs client: %v\n%s", err, out)
+	}
+	pool := x509.NewCertPool()
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil || !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatalf("CA: %v", err)
+	}
+	for _, id := range []string{"car-1", "lock-2"} {
+		pair, err := tls.LoadX509KeyPair(filepath.Join(dir, id+".pem"), filepath.Join(dir, id+"-key.pem"))
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		leaf, err := x509.ParseCertificate(pair.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		if leaf.Subject.CommonName != id || len(leaf.URIs) != 1 || leaf.URIs[0].String() != "urn:dualgate:client:"+id {
+			t.Fatalf("%s: CN %q, URIs %v", id, leaf.Subject.CommonName, leaf.URIs)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"certs", "client", "--dir", dir}, "at least one client id"},
+		{[]string{"certs", "client", "--dir", dir, "a/b"}, "bad client id"},
+		{[]string{"certs", "client", "--dir", dir, "car-1"}, "--force"},
+		{[]string{"certs", "client", "car-3", "--dir", dir}, "give flags first"},
+	} {
+		out, err := exec.Command(binary, tc.args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("%v: %v\n%s; want an error saying %q", tc.args, err, out, tc.want)
+		}
+	}
+	if out, err := exec.Command(binary, "certs", "client", "--dir", dir, "--force", "car-1").CombinedOutput(); err != nil {
+		t.Fatalf("certs client --force: %v\n%s", err, out)
 	}
 }
 
@@ -254,7 +308,17 @@ func TestKill9KeepsCommands(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
-	conn, err := tls.Dial("tcp", tlsAddr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	// The device proves its client id with a certificate from the
+	// gateway's CA (--secure-identity cert), issued as an operator would.
+	certDir := filepath.Join(data, "certs")
+	if out, err := exec.Command(binary, "certs", "client", "--dir", certDir, "parked").CombinedOutput(); err != nil {
+		t.Fatalf("certs client: %v\n%s", err, out)
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(certDir, "parked.pem"), filepath.Join(certDir, "parked-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tls.Dial("tcp", tlsAddr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", Certificates: []tls.Certificate{pair}})
 	if err != nil {
 		t.Fatal(err)
 	}

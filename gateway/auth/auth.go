@@ -24,8 +24,10 @@ type Request struct {
 	Password []byte
 	Remote   string // the device's address, host:port
 	TLS      bool   // the connection arrived over TLS
-	// PeerIdentity holds the identities (subject common name and DNS SANs)
-	// of a client certificate the TLS layer verified; empty otherwise.
+	// PeerIdentity holds the client ids a client certificate the TLS layer
+	// verified names: its subject common name and the ids of its URI SANs
+	// urn:dualgate:client:<id> (never its DNS SANs); empty otherwise. See
+	// CertNamesClient.
 	PeerIdentity []string
 	// ChannelBinding is keying material exported from the TLS connection
 	// the CONNECT arrived on (RFC 5705/9266, see ExporterLabel); nil on

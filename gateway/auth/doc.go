@@ -7,6 +7,13 @@
 // its device secret with a time-bound HMAC-SHA256 token, or, optionally, that
 // presents a client certificate naming its client id.
 //
+// [IdentityPolicy] (--secure-identity) decides, after an Authenticator
+// accepted a TLS CONNECT, whether the connection proved its client id, so
+// that secure commands may be written to it: a verified client certificate
+// naming the id ([CertNamesClient]), a channel-bound token
+// (Result.Proven), either, or nothing at all. A certificate naming another
+// id is refused with 0x87 under every policy but none.
+//
 // # Tokens
 //
 // A device authenticates with
@@ -64,8 +71,10 @@
 //     token is bound to a client id, so a server-assigned id cannot carry one.
 //  2. The user name is empty or equal to the client id, else 0x86 (bad user
 //     name or password).
-//  3. With TokenConfig.AcceptClientCert, a TLS CONNECT whose client id is one
-//     of Request.PeerIdentity is accepted; the password is not looked at.
+//  3. With TokenConfig.AcceptClientCert, a TLS CONNECT whose verified client
+//     certificate names the client id (its subject common name or a URI SAN
+//     urn:dualgate:client:<id>; DNS SANs never count, see [CertNamesClient])
+//     is accepted; the password is not looked at.
 //  4. A password is present, else 0x87 (not authorized).
 //  5. The password has the syntax above, else 0x86.
 //  6. |now - ts| <= window (default 300 s; now in whole unix seconds), else

@@ -31,9 +31,9 @@ type TokenConfig struct {
 	// Window is how far a token's time may lie from the gateway's clock,
 	// either way; rounded up to whole seconds. Default DefaultWindow.
 	Window time.Duration
-	// AcceptClientCert accepts, without a token, a TLS CONNECT whose client
-	// id is one of the identities of its verified client certificate
-	// (Request.PeerIdentity).
+	// AcceptClientCert accepts, without a token, a TLS CONNECT whose
+	// verified client certificate names its client id (CertNamesClient:
+	// the subject common name or a urn:dualgate:client:<id> URI SAN).
 	AcceptClientCert bool
 	// ReplayCapacity bounds the accepted tokens remembered to refuse
 	// replays. Default DefaultReplayCapacity. When it is reached, new tokens
@@ -155,7 +155,7 @@ func (t *Tokens) Authenticate(req *Request) Result {
 	if req.Username != "" && req.Username != req.ClientID {
 		return refuse(ReasonBadUserNameOrPassword, msgUsername)
 	}
-	if t.acceptCert && req.TLS && slices.Contains(req.PeerIdentity, req.ClientID) {
+	if t.acceptCert && req.TLS && CertNamesClient(req.PeerIdentity, req.ClientID) {
 		return Result{OK: true, Reason: ReasonSuccess, Msg: msgOKCert}
 	}
 	if len(req.Password) == 0 {

@@ -4,9 +4,15 @@
 //
 // Against a gateway started with `go run ./cmd/dualgate serve` in the
 // repository root (it writes its development CA to
-// ./dualgate-data/certs/ca.pem):
+// ./dualgate-data/certs/ca.pem), issue the device its certificate from
+// that CA, which it presents on TLS to prove its client id (the gateway's
+// default --secure-identity cert), and run it:
 //
+//	go run ./cmd/dualgate certs client --dir dualgate-data/certs car-0042
 //	go run ./device/example/basic -id car-0042
+//
+// Without -cert and -key it uses <ID>.pem and <ID>-key.pem next to the CA
+// file when they exist.
 //
 // then send it a secure command:
 //
@@ -24,6 +30,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -53,8 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		plain     = fs.String("plain", "127.0.0.1:1883", "gateway plain endpoint host:port")
 		tlsAddr   = fs.String("tls", "127.0.0.1:8883", "gateway TLS endpoint host:port")
 		ca        = fs.String("ca", "dualgate-data/certs/ca.pem", "CA file to trust (the gateway's development CA by default)")
-		cert      = fs.String("cert", "", "client certificate file, for mutual TLS")
-		key       = fs.String("key", "", "client key file, for mutual TLS")
+		cert      = fs.String("cert", "", "client certificate file naming the client id (default: <ID>.pem next to the CA file, when there)")
+		key       = fs.String("key", "", "client key file (default: <ID>-key.pem next to the CA file, when there)")
 		secret    = fs.String("secret", "", "device secret in hex, for gateways run with --auth token")
 		version   = fs.Uint("version", 4, "MQTT version: 4 (3.1.1) or 5")
 		curves    = fs.String("curves", "", "TLS key exchange: empty for Go's default (post-quantum hybrid), or x25519 (about 2.3 KB less per full handshake)")
@@ -67,6 +74,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *version != 4 && *version != 5 {
 		return fmt.Errorf("-version %d: want 4 or 5", *version)
+	}
+	if *cert == "" && *key == "" {
+		*cert, *key = deviceCertFiles(*ca, *id)
 	}
 	cfg := device.Config{
 		ClientID:  *id,
@@ -95,6 +105,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logger := newLogger(stderr, *verbose)
 	defer func() { _ = logger.Sync() }()
 	cfg.Logger = logger
+
+	if cfg.CertFile == "" {
+		logger.Warn("no client certificate: the gateway sends secure commands only to a device that proves its client id; "+
+			"issue one with `dualgate certs client --dir DIR ID` from the gateway's CA", zap.String("client", *id))
+	}
 
 	var mu sync.Mutex // one line at a time on stdout
 	say := func(format string, a ...any) {
@@ -153,6 +168,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			logger.Warn("telemetry not sent", zap.Error(err))
 		}
 	}
+}
+
+// deviceCertFiles returns the certificate and key of id that `dualgate
+// certs client` writes next to the CA file, or empty names when they are
+// not there.
+func deviceCertFiles(caFile, id string) (cert, key string) {
+	dir := filepath.Dir(caFile)
+	cert, key = filepath.Join(dir, id+".pem"), filepath.Join(dir, id+"-key.pem")
+	if _, err := os.Stat(cert); err != nil {
+		return "", ""
+	}
+	if _, err := os.Stat(key); err != nil {
+		return "", ""
+	}
+	return cert, key
 }
 
 // newLogger logs in the console format to w, at debug level when verbose.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/certs"
 	"github.com/dualgate/dualgate/gateway"
 
 	"github.com/dualgate/dualgate/internal/testutil"
@@ -46,13 +48,23 @@ func TestRunAgainstGateway(t *testing.T) {
 	for _, version := range []string{"4", "5"} {
 		t.Run("v"+version, func(t *testing.T) {
 			id := "example-" + version
+			// The device's certificate, as `dualgate certs client --dir
+			// <data>/certs ID` issues it: version 4 finds it next to the CA
+			// file, version 5 is given it.
+			dir := filepath.Dir(g.CAFile())
+			if _, err := certs.IssueClients(dir, []string{id}); err != nil {
+				t.Fatal(err)
+			}
+			args := []string{"-id", id, "-plain", g.PlainAddr(), "-tls", g.TLSAddr(),
+				"-ca", g.CAFile(), "-version", version, "-interval", "50ms", "-curves", "x25519"}
+			if version == "5" {
+				cert, key := certs.ClientFiles(dir, id)
+				args = append(args, "-cert", cert, "-key", key)
+			}
 			var out, errs testutil.Buffer
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
-			go func() {
-				done <- run(ctx, []string{"-id", id, "-plain", g.PlainAddr(), "-tls", g.TLSAddr(),
-					"-ca", g.CAFile(), "-version", version, "-interval", "50ms", "-curves", "x25519"}, &out, &errs)
-			}()
+			go func() { done <- run(ctx, args, &out, &errs) }()
 			waitFor(t, &out, "connected to "+g.PlainAddr()+" over plain")
 			body := `{"topic":"devices/` + id + `/commands/unlock","payload":"open"}`
 			resp, err := http.Post("http://"+g.APIAddr()+"/v1/clients/"+id+"/commands", "application/json", strings.NewReader(body))
