@@ -40,11 +40,12 @@ type tlsConn struct {
 	// The outbound queue: the session appends, a writer goroutine that
 	// exists only while there is something to send drains it, so no
 	// session, event loop or bridge ever waits on this socket.
-	wmu      sync.Mutex // guards out, sending, writing, closeReq
-	out      []byte     // waiting to be written
-	sending  int        // bytes of the write in progress
-	writing  bool       // the writer goroutine runs
-	closeReq bool       // close once out is written
+	wmu      sync.Mutex    // guards out, sending, writing, closeReq
+	out      []byte        // waiting to be written
+	sending  int           // bytes of the write in progress
+	writing  bool          // the writer goroutine runs
+	wdone    chan struct{} // closed when that writer ends
+	closeReq bool          // close once out is written
 }
 
 // tlsSet is the set of live TLS connections, for the deadline sweep and
@@ -113,6 +114,9 @@ func (g *Gateway) serveTLS(c *tls.Conn, info tlsmux.ConnInfo) {
 			break
 		}
 	}
+	// What the session wrote last (a refusing CONNACK, a DISCONNECT) goes
+	// out before the connection closes, within the close's own bound.
+	tc.waitWritten(2 * time.Second)
 	_ = c.Close()
 	tc.onSession(done, func() {
 		tc.closed = true
@@ -231,18 +235,41 @@ func (tc *tlsConn) Write(b []byte) error {
 	}
 	tc.out = append(tc.out, b...)
 	start := !tc.writing
-	tc.writing = true
+	if start {
+		tc.writing = true
+		tc.wdone = make(chan struct{})
+	}
 	tc.wmu.Unlock()
 	if start {
-		go tc.flush()
+		go tc.flush(tc.wdone)
 	}
 	return nil
+}
+
+// waitWritten waits, at most limit, until the writer has sent what is
+// queued: the connection's own goroutine calls it before closing, so that
+// a last packet (a refusing CONNACK, a DISCONNECT) is not cut off.
+func (tc *tlsConn) waitWritten(limit time.Duration) {
+	tc.wmu.Lock()
+	done := tc.wdone
+	writing := tc.writing
+	tc.wmu.Unlock()
+	if !writing {
+		return
+	}
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
 }
 
 // flush writes what is queued until nothing is, then ends; it closes the
 // connection once asked to and the queue is empty, or at once on a write
 // error (the reader then sees the connection end).
-func (tc *tlsConn) flush() {
+func (tc *tlsConn) flush(done chan struct{}) {
+	defer close(done)
 	var buf []byte
 	for {
 		tc.wmu.Lock()
