@@ -3,6 +3,7 @@
 //	dualgate serve [flags]                      run the gateway
 //	dualgate certs init --dir DIR --hosts h1,h2 write a development CA, server and client certificates
 //	dualgate demo                               a gateway and devices through the on-demand TLS cycle
+//	dualgate store check [--data DIR]           report the health of the command store
 //	dualgate version                            print the version
 package main
 
@@ -45,6 +46,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return certsCmd(args[1:], stdout, stderr)
 	case "demo":
 		return demo(args[1:], stdout, stderr)
+	case "store":
+		return storeCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "dualgate", version)
 		return 0
@@ -62,6 +65,7 @@ func usage(w io.Writer) {
   dualgate serve [flags]                       run the gateway (dualgate serve -h lists the flags)
   dualgate certs init --dir DIR --hosts h1,h2  write a development CA, server and client certificates
   dualgate demo                                run a gateway and a few devices through the on-demand TLS cycle
+  dualgate store check [--data DIR]            report the health of the command store (pending commands)
   dualgate version                             print the version
 `)
 }
