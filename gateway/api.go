@@ -343,6 +343,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		counter("dualgate_upstream_dropped_qos0_total", "QoS 0 device messages dropped while the broker was away.", func() uint64 { return up().DroppedQoS0 })
 		counter("dualgate_upstream_commands_total", "Commands taken from the broker.", func() uint64 { return up().Commands })
 		counter("dualgate_upstream_reconnects_total", "Reconnections to the broker.", func() uint64 { return up().Reconnects })
+		registerSpillMetrics(reg, up)
 	}
 	return reg
 }
