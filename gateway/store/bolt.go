@@ -175,15 +175,23 @@ func (b *Bolt) run(txf func(func(*bbolt.Tx) error) error, fn func(bk buckets) er
 		return ErrClosed
 	}
 	var fnErr error
+	// Guarded twice: around the transaction, and inside it. Inside, a
+	// fault becomes an error that fn returns, so bbolt rolls back in
+	// memory and releases its writer lock (a panic through Update would
+	// roll back by re-reading the freelist page from the damaged file and
+	// leave the lock held); and with batching bbolt may run fn on its own
+	// timer goroutine, where a fault would otherwise kill the process.
 	err := guard(b.path, func() error {
 		return txf(func(tx *bbolt.Tx) error {
-			bk, err := bucketsOf(tx)
-			if err != nil {
-				fnErr = err
-				return err
-			}
-			fnErr = fn(bk)
-			return fnErr
+			return guard(b.path, func() error {
+				bk, err := bucketsOf(tx)
+				if err != nil {
+					fnErr = err
+					return err
+				}
+				fnErr = fn(bk)
+				return fnErr
+			})
 		})
 	})
 	switch {
