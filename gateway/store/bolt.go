@@ -76,7 +76,10 @@ func OpenBolt(path string, opts Options) (*Bolt, error) {
 		db.MaxBatchDelay = o.BatchDelay
 	}
 	b := &Bolt{db: db, path: path, limit: o.Limit, batched: o.BatchDelay > 0, log: o.Logger}
-	if err := guard(path, func() error { return db.Update(setup) }); err != nil {
+	err = guard(path, func() error {
+		return db.Update(func(tx *bbolt.Tx) error { return guard(path, func() error { return setup(tx) }) })
+	})
+	if err != nil {
 		return nil, errors.Join(openError(path, err), db.Close())
 	}
 	counts, err := b.Stats()
