@@ -101,3 +101,28 @@ func TestFullSpillKeepsCommands(t *testing.T) {
 		})
 	}
 }
+
+// The spill settings come from flags and the environment, have their
+// defaults, and bad values are refused with the setting's name.
+func TestSpillConfig(t *testing.T) {
+	env := map[string]string{"DUALGATE_UPSTREAM_SPILL_DIR": "/var/spool/dualgate"}
+	cfg, err := LoadConfig([]string{"--upstream-spill-bytes", "1048576"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.UpstreamSpillDir != "/var/spool/dualgate" || cfg.UpstreamSpillBytes != 1<<20 ||
+		cfg.UpstreamSpillMessages != 250000 || cfg.UpstreamSpillKeepFree != 64<<20 {
+		t.Fatalf("config %+v", cfg)
+	}
+	for _, args := range [][]string{
+		{"--upstream-spill-bytes", "-1"},
+		{"--upstream-spill-messages", "-5"},
+		{"--upstream-spill-keep-free", "-1"},
+		{"--upstream-spill-dir", "/srv/dg", "--data", "/srv/dg/"},
+	} {
+		_, err := LoadConfig(args, func(string) string { return "" })
+		if err == nil || !strings.Contains(err.Error(), args[0]) {
+			t.Errorf("%v: %v, want an error naming %s", args, err, args[0])
+		}
+	}
+}
