@@ -488,6 +488,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		counter("dualgate_upstream_reconnects_total", "Reconnections to the broker.", func() uint64 { return up().Reconnects })
 		counter("dualgate_upstream_commands_retained_total", "Retained messages on the command topic, dropped: a retained message is never a command.", func() uint64 { return up().CommandsRetained })
 		counter("dualgate_upstream_commands_duplicate_total", "Broker redeliveries of commands already stored, dropped.", func() uint64 { return up().CommandsDuplicate })
+		registerSpillMetrics(reg, up)
 	}
 	g.topicMetrics(counter)
 	return reg

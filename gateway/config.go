@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -65,12 +66,17 @@ type Config struct {
 	UpstreamPlain    string        `yaml:"upstream-plain-commands" help:"comma-separated filters of commands from the broker that need no TLS"`
 	ACL              string        `yaml:"acl" help:"topic authorization file in Mosquitto's acl_file format (topic/pattern/user lines; %c client id, %u user name); anything it does not grant is denied; re-read on SIGHUP (none: built-in rules only)"`
 	SecureTopics     string        `yaml:"secure-topics" help:"comma-separated topic filters whose messages are written to TLS sessions only and refused when published over plain"`
-	UpstreamBuffer   int           `yaml:"upstream-buffer" help:"QoS 1 messages held in memory while the broker is away (then spilled to the data dir)"`
+	UpstreamBuffer   int           `yaml:"upstream-buffer" help:"QoS 1 messages held in memory while the broker is away (then spilled to --upstream-spill-dir)"`
 	APIToken         string        `yaml:"api-token" help:"bearer token required by every /v1 request, /metrics and /debug/pprof"`
 	APIInsecure      bool          `yaml:"api-insecure" help:"allow --api on a non-loopback address without --api-token (anyone who reaches it can send commands)"`
 	APITLSCert       string        `yaml:"api-tls-cert" help:"certificate (PEM) that makes the API serve HTTPS; reloaded when the file changes"`
 	APITLSKey        string        `yaml:"api-tls-key" help:"private key (PEM) of --api-tls-cert"`
 	MetricsPublic    bool          `yaml:"metrics-public" help:"serve /metrics without --api-token"`
+
+	UpstreamSpillDir      string `yaml:"upstream-spill-dir" help:"directory where QoS 1 device messages wait for the broker once --upstream-buffer is full, and across restarts (default <data>/bridge); a file system apart from --data keeps them from ever filling the command store's"`
+	UpstreamSpillBytes    int    `yaml:"upstream-spill-bytes" help:"most bytes of device messages in the spill directory; beyond, QoS 1 publishes are refused (MQTT 5 PUBACK 0x97, 3.1.1 disconnect) and devices send again later"`
+	UpstreamSpillMessages int    `yaml:"upstream-spill-messages" help:"most device messages in the spill directory"`
+	UpstreamSpillKeepFree int    `yaml:"upstream-spill-keep-free" help:"bytes the spill always leaves free on its file system, for the command store when they share a disk"`
 
 	Auth           string        `yaml:"auth" help:"device authentication: allow-all or token"`
 	SecureIdentity string        `yaml:"secure-identity" help:"what proves a TLS device's client id before secure commands are written to it: cert (a client certificate whose CN or URI SAN urn:dualgate:client:<id> is the id), token (a channel-bound token, needs --auth token), cert,token (either) or none (anyone claiming the id; not for production)"`
@@ -143,6 +149,10 @@ func Defaults() Config {
 		UpstreamBuffer:   10000,
 		LogFormat:        "console",
 		LogLevel:         "info",
+
+		UpstreamSpillBytes:    256 << 20,
+		UpstreamSpillMessages: 250000,
+		UpstreamSpillKeepFree: 64 << 20,
 	}
 }
 
@@ -228,6 +238,15 @@ func (c *Config) Validate() error {
 	if c.Upstream != "" && !strings.HasPrefix(c.Upstream, "tcp://") && !strings.HasPrefix(c.Upstream, "tls://") &&
 		!strings.HasPrefix(c.Upstream, "mqtt://") && !strings.HasPrefix(c.Upstream, "mqtts://") && !strings.HasPrefix(c.Upstream, "ssl://") {
 		return fmt.Errorf("--upstream %q: want tcp://host:port or tls://host:port", c.Upstream)
+	}
+	for name, v := range map[string]int{"upstream-spill-bytes": c.UpstreamSpillBytes, "upstream-spill-messages": c.UpstreamSpillMessages,
+		"upstream-spill-keep-free": c.UpstreamSpillKeepFree, "upstream-buffer": c.UpstreamBuffer} {
+		if v < 0 {
+			return fmt.Errorf("--%s %d: want 1 or more", name, v)
+		}
+	}
+	if c.UpstreamSpillDir != "" && c.Data != "" && filepath.Clean(c.UpstreamSpillDir) == filepath.Clean(c.Data) {
+		return fmt.Errorf("--upstream-spill-dir %q: want a directory of its own, not the data directory", c.UpstreamSpillDir)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/gateway/bridge"
@@ -32,7 +33,10 @@ func (g *Gateway) startUpstream() error {
 		TopicPrefix:     g.cfg.UpstreamPrefix,
 		PlainAllowed:    splitList(g.cfg.UpstreamPlain),
 		BufferMessages:  g.cfg.UpstreamBuffer,
-		BufferDir:       filepath.Join(g.cfg.Data, "bridge"),
+		BufferDir:       g.spillDir(),
+		SpillMessages:   g.cfg.UpstreamSpillMessages,
+		SpillBytes:      int64(g.cfg.UpstreamSpillBytes),
+		SpillKeepFree:   int64(g.cfg.UpstreamSpillKeepFree),
 		Logger:          g.logger.Named("upstream"),
 		Deliver:         g.router.fromUpstream,
 		DeliverRetained: g.router.retainedFromUpstream,
@@ -51,6 +55,27 @@ func (g *Gateway) startUpstream() error {
 	}
 	g.upstream, g.router.upstream = b, b
 	return nil
+}
+
+// spillDir is where device messages wait for the broker on disk:
+// --upstream-spill-dir, else <data>/bridge. It is a directory of its own,
+// locked by the bridge, apart from the command store's file.
+func (g *Gateway) spillDir() string {
+	if g.cfg.UpstreamSpillDir != "" {
+		return g.cfg.UpstreamSpillDir
+	}
+	return filepath.Join(g.cfg.Data, "bridge")
+}
+
+// registerSpillMetrics exports the spill's fill and its refusals.
+func registerSpillMetrics(reg *prometheus.Registry, up func() bridge.Stats) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_upstream_spilled_bytes", Help: "Bytes of device messages waiting for the broker in the spill directory.",
+	}, func() float64 { return float64(up().SpilledBytes) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "dualgate_upstream_spill_full_total",
+		Help: "QoS 1 device publishes refused because the spill directory was at its cap or its disk short of space.",
+	}, func() float64 { return float64(up().SpillFull) }))
 }
 
 func (g *Gateway) stopUpstream() {

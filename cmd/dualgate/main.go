@@ -4,6 +4,7 @@
 //	dualgate certs init --dir DIR --hosts h1,h2 write a development CA, server and client certificates
 //	dualgate certs client --dir DIR ID [ID...]  issue device certificates DIR/ID.pem, DIR/ID-key.pem from DIR's CA
 //	dualgate demo                               a gateway and devices through the on-demand TLS cycle
+//	dualgate store check [--data DIR]           report the health of the command store
 //	dualgate version                            print the version
 package main
 
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return certsCmd(args[1:], stdout, stderr)
 	case "demo":
 		return demo(args[1:], stdout, stderr)
+	case "store":
+		return storeCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "dualgate", version)
 		return 0
@@ -64,6 +67,7 @@ func usage(w io.Writer) {
   dualgate certs init --dir DIR --hosts h1,h2  write a development CA, server and client certificates
   dualgate certs client --dir DIR ID [ID...]   issue device certificates DIR/ID.pem and DIR/ID-key.pem from DIR's CA
   dualgate demo                                run a gateway and a few devices through the on-demand TLS cycle
+  dualgate store check [--data DIR]            report the health of the command store (pending commands)
   dualgate version                             print the version
 `)
 }

@@ -104,7 +104,7 @@ func (b *Bridge) Start(ctx context.Context) error {
 		return errors.New("bridge: already started")
 	}
 	if dir := b.cfg.BufferDir; dir != "" {
-		sp, recs, err := openSpool(ctx, dir, b.cfg.SpillMessages, b.cfg.SpillBytes, b.log)
+		sp, recs, err := openSpool(ctx, dir, b.cfg.SpillMessages, b.cfg.SpillBytes, b.cfg.SpillKeepFree, b.log)
 		if err != nil {
 			b.started.Store(false)
 			return err
@@ -336,6 +336,10 @@ type Stats struct {
 	// QuotaExceeded counts QoS 1 publishes pushed back because the buffer
 	// was full (0x97).
 	QuotaExceeded uint64
+	// SpillFull counts the part of QuotaExceeded refused because the spill
+	// files were at a cap (SpillMessages, SpillBytes) or their file system
+	// short of space (SpillKeepFree, or full).
+	SpillFull uint64
 	// Abandoned counts QoS 1 messages given up and refused to their device
 	// (0x80): resent too often, unreadable spill record, or stopped
 	// without a BufferDir.
@@ -359,6 +363,7 @@ type counters struct {
 	commandCycles                           atomic.Uint64
 	commandsRetained, commandsDuplicate     atomic.Uint64
 	droppedQoS0, refused, quotaExceeded     atomic.Uint64
+	spillFull                               atomic.Uint64
 	abandoned, saved, replayed              atomic.Uint64
 	reconnects, losses, subscribeFailures   atomic.Uint64
 }
@@ -396,6 +401,7 @@ func (b *Bridge) Stats() Stats {
 	s.DroppedQoS0 = c.droppedQoS0.Load()
 	s.Refused = c.refused.Load()
 	s.QuotaExceeded = c.quotaExceeded.Load()
+	s.SpillFull = c.spillFull.Load()
 	s.Abandoned = c.abandoned.Load()
 	s.Saved = c.saved.Load()
 	s.Replayed = c.replayed.Load()

@@ -78,9 +78,14 @@ type Config struct {
 	// the next start. Empty: memory only.
 	BufferDir string
 	// SpillMessages and SpillBytes bound the spill files (defaults
-	// 1,000,000 and 1 GiB).
+	// 250,000 and 256 MiB). Each spilled message also holds about 200
+	// bytes of memory while it waits.
 	SpillMessages int
 	SpillBytes    int64
+	// SpillKeepFree is the free space the spill leaves on its file
+	// system, which it may share with the command store (default 64 MiB).
+	// Past a cap or short of space, QoS 1 publishes get QuotaExceeded.
+	SpillKeepFree int64
 
 	// MaxInflight bounds the publishes one connection has sent and the
 	// broker has not acknowledged yet (default 256).
@@ -141,8 +146,9 @@ const (
 	maxPoolSize           = 64
 	defaultBufferMessages = 10_000
 	defaultBufferBytes    = 64 << 20
-	defaultSpillMessages  = 1_000_000
-	defaultSpillBytes     = 1 << 30
+	defaultSpillMessages  = 250_000
+	defaultSpillBytes     = 256 << 20
+	defaultSpillKeepFree  = 64 << 20
 	defaultMaxInflight    = 256
 	defaultRetainedWindow = 10 * time.Second
 	defaultCommandRetry   = 10 * time.Second
@@ -180,6 +186,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SpillBytes <= 0 {
 		c.SpillBytes = defaultSpillBytes
+	}
+	if c.SpillKeepFree <= 0 {
+		c.SpillKeepFree = defaultSpillKeepFree
 	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = defaultMaxInflight

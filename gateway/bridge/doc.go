@@ -36,7 +36,12 @@
 // The buffer holds up to Config.BufferMessages messages and
 // Config.BufferBytes bytes in memory. Past that, with Config.BufferDir set,
 // QoS 1 messages spill to append-only segment files there (up to
-// Config.SpillMessages and Config.SpillBytes). An append-only log suits a
+// Config.SpillMessages and Config.SpillBytes, and leaving
+// Config.SpillKeepFree bytes free on the file system, which the command
+// store may share). Past a bound, or on a full disk, the newest publish is
+// refused with QuotaExceeded and counted (Stats.SpillFull); a failed
+// write leaves a segment that is never appended to again, so nothing
+// after it depends on it. An append-only log suits a
 // first-in, first-out buffer: writes and reads are sequential, no
 // transaction or fsync is paid per message, and a segment file is deleted
 // as soon as the broker acknowledged all of it, so the disk is given back

@@ -52,6 +52,10 @@ var (
 	errSpoolCorrupt = errors.New("bridge: corrupt spill record")
 )
 
+// statEvery is how many bytes the spool appends between two looks at the
+// free space of its file system.
+const statEvery = 1 << 20
+
 // checksum is the CRC-32C of b (crc32 caches the table).
 func checksum(b []byte) uint32 { return crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli)) }
 
@@ -82,6 +86,7 @@ type spool struct {
 	lock     *os.File
 	maxCount int
 	maxBytes int64
+	keepFree int64 // bytes to leave free on the file system; 0: no check
 	log      *zap.Logger
 
 	mu     sync.Mutex // guards everything below
@@ -90,11 +95,15 @@ type spool struct {
 	nextID uint64
 	count  int
 	bytes  int64
+	// free is the file system's free space at the last look, and since
+	// the bytes appended after it; stat: a look was made.
+	free, since int64
+	stat        bool
 }
 
 // openSpool opens dir (creating it), takes its lock, and returns the records
 // left by the previous run, oldest first.
-func openSpool(ctx context.Context, dir string, maxCount int, maxBytes int64, log *zap.Logger) (*spool, []spooled, error) {
+func openSpool(ctx context.Context, dir string, maxCount int, maxBytes, keepFree int64, log *zap.Logger) (*spool, []spooled, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("bridge: spill directory: %w", err)
 	}
@@ -106,7 +115,7 @@ func openSpool(ctx context.Context, dir string, maxCount int, maxBytes int64, lo
 		_ = lock.Close()
 		return nil, nil, fmt.Errorf("bridge: spill directory %s is in use by another process: %w", dir, err)
 	}
-	s := &spool{dir: dir, lock: lock, maxCount: maxCount, maxBytes: maxBytes, log: log, segs: make(map[uint64]*segment)}
+	s := &spool{dir: dir, lock: lock, maxCount: maxCount, maxBytes: maxBytes, keepFree: keepFree, log: log, segs: make(map[uint64]*segment)}
 	out, err := s.load(ctx)
 	if err != nil {
 		s.close()
@@ -271,8 +280,11 @@ func (s *spool) path(id uint64) string {
 	return filepath.Join(s.dir, fmt.Sprintf("%016x%s", id, segmentExt))
 }
 
-// write appends a record, or fails with errSpoolFull when the bounds are
-// reached.
+// write appends a record, or fails with errSpoolFull when a bound is
+// reached: the count or bytes cap, the free space to leave on the file
+// system, or the file system itself full (ENOSPC, EDQUOT). A failed write
+// leaves nothing behind that a later one depends on: the segment it tore
+// is not appended to again, and deleted if it holds nothing else.
 func (s *spool) write(clientID, topic string, payload []byte, qos byte, retain bool) (spoolRef, error) {
 	if len(clientID) > 0xFFFF || len(topic) > 0xFFFF {
 		return spoolRef{}, errors.New("bridge: client id or topic too long to spill")
@@ -281,11 +293,16 @@ func (s *spool) write(clientID, topic string, payload []byte, qos byte, retain b
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.count+1 > s.maxCount || s.bytes+n > s.maxBytes {
-		return spoolRef{}, errSpoolFull
+		return spoolRef{}, fmt.Errorf("%w: %d messages, %d bytes held (caps %d messages, %d bytes)",
+			errSpoolFull, s.count, s.bytes, s.maxCount, s.maxBytes)
+	}
+	if !s.roomOnDisk(n) {
+		return spoolRef{}, fmt.Errorf("%w: %d bytes free on the file system of %s, and %d are kept free",
+			errSpoolFull, s.free, s.dir, s.keepFree)
 	}
 	if s.cur == nil || (s.cur.size > 0 && s.cur.size+n > segmentBytes) {
 		if err := s.rotate(); err != nil {
-			return spoolRef{}, err
+			return spoolRef{}, diskFull(err)
 		}
 	}
 	rec := appendRecord(make([]byte, 0, n), clientID, topic, payload, qos, retain)
@@ -295,14 +312,41 @@ func (s *spool) write(clientID, topic string, payload []byte, qos byte, retain b
 			s.drop(s.cur)
 		}
 		s.cur = nil
-		return spoolRef{}, fmt.Errorf("bridge: spill write: %w", err)
+		return spoolRef{}, diskFull(fmt.Errorf("bridge: spill write: %w", err))
 	}
+	s.since += n
 	ref := spoolRef{seg: s.cur.id, off: s.cur.size, n: n}
 	s.cur.size += n
 	s.cur.live++
 	s.count++
 	s.bytes += n
 	return ref, nil
+}
+
+// roomOnDisk reports whether n more bytes leave keepFree bytes free on the
+// spool's file system, which it may share with the command store. It looks
+// (statfs) every statEvery bytes appended, and at every write once the
+// space is short. Called with mu held.
+func (s *spool) roomOnDisk(n int64) bool {
+	if s.keepFree <= 0 {
+		return true
+	}
+	if !s.stat || s.since+n > statEvery || s.free-s.since-n < s.keepFree {
+		var st unix.Statfs_t
+		if err := unix.Statfs(s.dir, &st); err != nil {
+			return true // cannot tell: the write itself will say
+		}
+		s.free, s.since, s.stat = int64(st.Bavail)*int64(st.Bsize), 0, true
+	}
+	return s.free-s.since-n >= s.keepFree
+}
+
+// diskFull marks a write that failed for want of space as errSpoolFull.
+func diskFull(err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return fmt.Errorf("%w: %w", errSpoolFull, err)
+	}
+	return err
 }
 
 // rotate starts a new segment. Called with mu held.

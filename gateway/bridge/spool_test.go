@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 
 	"go.uber.org/zap"
@@ -14,7 +15,7 @@ import (
 
 func openTestSpool(t *testing.T, dir string, maxCount int, maxBytes int64) (*spool, []spooled) {
 	t.Helper()
-	s, recs, err := openSpool(context.Background(), dir, maxCount, maxBytes, zap.NewNop())
+	s, recs, err := openSpool(context.Background(), dir, maxCount, maxBytes, 0, zap.NewNop())
 	if err != nil {
 		t.Fatalf("openSpool: %v", err)
 	}
@@ -237,10 +238,65 @@ func filepathBase(s *spool, id uint64) string { return filepath.Base(s.path(id))
 func TestSpoolLock(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := openTestSpool(t, dir, 10, 1<<20)
-	if _, _, err := openSpool(context.Background(), dir, 10, 1<<20, zap.NewNop()); err == nil {
+	if _, _, err := openSpool(context.Background(), dir, 10, 1<<20, 0, zap.NewNop()); err == nil {
 		t.Fatal("a second process could open the same spill directory")
 	}
 	s.close()
 	s2, _ := openTestSpool(t, dir, 10, 1<<20)
 	s2.close()
+}
+
+// The spool leaves the free space asked for on its file system: short of
+// it, a write fails with errSpoolFull and leaves nothing on disk; with
+// room, writes go on, and the space is looked at again as they add up.
+func TestSpoolKeepsFreeSpace(t *testing.T) {
+	dir := t.TempDir()
+	s, _, err := openSpool(context.Background(), dir, 100, 1<<30, 1<<62, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.write("car1", "devices/car1/a", []byte("x"), 1, false)
+	if !errors.Is(err, errSpoolFull) {
+		t.Fatalf("write with no room: %v, want errSpoolFull", err)
+	}
+	if n, b := s.usage(); n != 0 || b != 0 {
+		t.Fatalf("usage %d, %d after a refused write", n, b)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "*"+segmentExt))
+	if len(segs) != 0 {
+		t.Fatalf("a refused write left %v", segs)
+	}
+	s.close()
+
+	s, _, err = openSpool(context.Background(), dir, 100, 1<<30, 1, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	payload := bytes.Repeat([]byte{1}, 300<<10)
+	for i := range 8 { // 2.4 MiB: past statEvery twice
+		if _, err := s.write("car1", "devices/car1/a", payload, 1, false); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	if s.since >= statEvery || !s.stat {
+		t.Fatalf("free space not looked at again: %d bytes since the last look", s.since)
+	}
+}
+
+// diskFull tells a write that failed for want of space from other
+// failures.
+func TestDiskFull(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		full bool
+	}{
+		{&os.PathError{Op: "write", Path: "x", Err: syscall.ENOSPC}, true},
+		{&os.PathError{Op: "write", Path: "x", Err: syscall.EDQUOT}, true},
+		{&os.PathError{Op: "write", Path: "x", Err: syscall.EIO}, false},
+	} {
+		if got := errors.Is(diskFull(tc.err), errSpoolFull); got != tc.full {
+			t.Errorf("%v: full %v, want %v", tc.err, got, tc.full)
+		}
+	}
 }

@@ -75,7 +75,13 @@ func (b *Bridge) spill(e *entry, topic string, payload []byte) bool {
 		e.spilled, e.ref = true, ref
 		return true
 	case errors.Is(err, errSpoolFull):
-		b.quota(e)
+		// The newest message is the one refused: what waits keeps its
+		// order, and the device sends this one again later.
+		b.stats.spillFull.Add(1)
+		b.stats.quotaExceeded.Add(1)
+		b.hot.Warn("upstream spill full; device publish refused until the broker takes what waits",
+			zap.String("client", e.clientID), zap.Error(err))
+		reply(e.ack, mqttcodec.QuotaExceeded)
 	default:
 		b.hot.Error("cannot spill a message; refusing it", zap.String("client", e.clientID), zap.Error(err))
 		b.stats.abandoned.Add(1)

@@ -42,23 +42,34 @@ type Bolt struct {
 	batched bool
 	log     *zap.Logger
 
-	closed atomic.Bool
+	closed       atomic.Bool
+	damageLogged atomic.Bool // the first ErrDamaged of a call was logged
 }
 
 var _ Store = (*Bolt)(nil)
 
 // OpenBolt opens or creates the store file at path (conventionally
 // FileName in the data directory). It fails with ErrLocked when another
-// process holds the file for longer than opts.Timeout.
+// process holds the file for longer than opts.Timeout, with ErrEmptyFile
+// when the file exists but is empty, and with ErrDamaged when it is cut
+// short or its pages cannot be read; it never crashes on a damaged file.
 func OpenBolt(path string, opts Options) (*Bolt, error) {
 	o := opts.withDefaults()
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
+	if err := prepareFile(path, o.Timeout); err != nil {
+		return nil, err
+	}
+	db, err := openGuarded(path, &bbolt.Options{
 		Timeout:      o.Timeout,
 		FreelistType: bbolt.FreelistMapType,
 	})
 	if err != nil {
-		if errors.Is(err, berrors.ErrTimeout) {
-			return nil, fmt.Errorf("store: open %s: %w (waited %s; is another gateway using this data directory?): %w", path, ErrLocked, o.Timeout, err)
+		switch {
+		case errors.Is(err, berrors.ErrTimeout):
+			return nil, fmt.Errorf("%w: %w", lockedError(path, o.Timeout), err)
+		case errors.Is(err, ErrDamaged):
+			return nil, err
+		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+			return nil, damaged(path, err)
 		}
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
@@ -66,12 +77,15 @@ func OpenBolt(path string, opts Options) (*Bolt, error) {
 		db.MaxBatchDelay = o.BatchDelay
 	}
 	b := &Bolt{db: db, path: path, limit: o.Limit, batched: o.BatchDelay > 0, log: o.Logger}
-	if err := db.Update(setup); err != nil {
-		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
+	err = guard(path, func() error {
+		return db.Update(func(tx *bbolt.Tx) error { return guard(path, func() error { return setup(tx) }) })
+	})
+	if err != nil {
+		return nil, errors.Join(openError(path, err), db.Close())
 	}
 	counts, err := b.Stats()
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("store: open %s: %w", path, err), db.Close())
+		return nil, errors.Join(openError(path, err), db.Close())
 	}
 	b.log.Info("command store opened",
 		zap.String("path", path),
@@ -80,6 +94,13 @@ func OpenBolt(path string, opts Options) (*Bolt, error) {
 		zap.Int("limit", b.limit),
 		zap.Duration("batch_delay", o.BatchDelay))
 	return b, nil
+}
+
+func openError(path string, err error) error {
+	if errors.Is(err, ErrDamaged) {
+		return err
+	}
+	return fmt.Errorf("store: open %s: %w", path, err)
 }
 
 // setup creates the buckets of a new file and checks the layout version of
@@ -159,20 +180,35 @@ func (b *Bolt) run(txf func(func(*bbolt.Tx) error) error, fn func(bk buckets) er
 		return ErrClosed
 	}
 	var fnErr error
-	err := txf(func(tx *bbolt.Tx) error {
-		bk, err := bucketsOf(tx)
-		if err != nil {
-			fnErr = err
-			return err
-		}
-		fnErr = fn(bk)
-		return fnErr
+	// Guarded twice: around the transaction, and inside it. Inside, a
+	// fault becomes an error that fn returns, so bbolt rolls back in
+	// memory and releases its writer lock (a panic through Update would
+	// roll back by re-reading the freelist page from the damaged file and
+	// leave the lock held); and with batching bbolt may run fn on its own
+	// timer goroutine, where a fault would otherwise kill the process.
+	err := guard(b.path, func() error {
+		return txf(func(tx *bbolt.Tx) error {
+			return guard(b.path, func() error {
+				bk, err := bucketsOf(tx)
+				if err != nil {
+					fnErr = err
+					return err
+				}
+				fnErr = fn(bk)
+				return fnErr
+			})
+		})
 	})
 	switch {
 	case err == nil || err == fnErr:
 		return err
 	case errors.Is(err, berrors.ErrDatabaseNotOpen):
 		return ErrClosed
+	case errors.Is(err, ErrDamaged):
+		if !b.damageLogged.Swap(true) {
+			b.log.Error("the command store file is damaged; commands cannot be read or stored", zap.Error(err))
+		}
+		return err
 	}
 	// bbolt failed to begin or commit: a full disk, an I/O error.
 	return fmt.Errorf("store: %s: %w", b.path, err)

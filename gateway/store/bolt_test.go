@@ -215,8 +215,8 @@ func TestBoltLockedByOtherProcess(t *testing.T) {
 	if waited := time.Since(start); waited < timeout/2 {
 		t.Errorf("gave up after %s, long before the %s timeout", waited, timeout)
 	}
-	if !strings.Contains(err.Error(), path) {
-		t.Errorf("error %q does not name the file", err)
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "another gateway") {
+		t.Errorf("error %q does not name the file and the likely cause", err)
 	}
 
 	child.release(t)

@@ -73,6 +73,24 @@
 // bounds-checked decoder cost about a tenth of encoding/json's time
 // (BenchmarkRecord). The leading version byte leaves room to change it.
 //
+// # A damaged file
+//
+// bbolt maps the file into memory and trusts its meta pages: a file cut
+// short behind them used to crash the process with SIGBUS at the first read
+// of a missing page. OpenBolt first reads the meta pages with plain reads,
+// checks their checksums, that the file holds every page the last
+// transaction uses, and the root and freelist pages; it fails with
+// ErrDamaged, naming the file and what to do, instead of mapping it. Every
+// bbolt call then runs with the runtime's panic-on-fault set and a recover,
+// so damage found later (a page of junk, a file cut short under a running
+// gateway) is an ErrDamaged error from that call, not a crash. An existing
+// file of 0 bytes is refused with ErrEmptyFile rather than initialised:
+// taking it for a new store would drop the commands it held without a word.
+// A new file is created under a temporary name and linked into place, so a
+// crash during creation never leaves such a file behind. Check (dualgate
+// store check) reads a file without changing it and reports its health,
+// bbolt's page check included.
+//
 // OpenBolt fails with ErrLocked when another process holds the file: bbolt takes
 // an exclusive flock, released by the kernel when the holder exits, even by
 // kill -9, so a crashed gateway never leaves a stale lock behind.

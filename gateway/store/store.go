@@ -18,6 +18,11 @@ var (
 	ErrClosed        = errors.New("store: closed")
 	ErrLocked        = errors.New("store: database file is locked by another process")
 	ErrCorrupt       = errors.New("store: corrupt record")
+	// ErrDamaged is a store file that is cut short or whose pages cannot
+	// be read; ErrEmptyFile an existing store file of 0 bytes. Both name
+	// the file and what to do.
+	ErrDamaged   = errors.New("store: damaged file")
+	ErrEmptyFile = errors.New("store: existing file is empty")
 )
 
 // Store keeps commands until they are delivered, expire or fail. Every
