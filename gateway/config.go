@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/dualgate/dualgate/gateway/auth"
 )
 
 // Config is every setting of a gateway. Each field has a command-line flag,
@@ -65,7 +67,7 @@ type Config struct {
 
 	Auth        string        `yaml:"auth" help:"device authentication: allow-all or token"`
 	Secrets     string        `yaml:"secrets" help:"per-device secrets file for --auth token"`
-	TokenWindow time.Duration `yaml:"token-window" help:"how far a device token's time may be from the gateway's"`
+	TokenWindow time.Duration `yaml:"token-window" help:"how far a device token's time may be from the gateway's, either way; accepted plain tokens are remembered (in the data dir) until then"`
 
 	ConnectTimeout   time.Duration `yaml:"connect-timeout" help:"time a new connection has to send CONNECT"`
 	MaxPacketSize    int           `yaml:"max-packet-size" help:"largest MQTT packet accepted from a device, bytes"`
@@ -108,7 +110,7 @@ func Defaults() Config {
 		TLSMin:           "1.2",
 		SecureIdle:       30 * time.Second,
 		Auth:             "allow-all",
-		TokenWindow:      5 * time.Minute,
+		TokenWindow:      auth.DefaultWindow,
 		ConnectTimeout:   10 * time.Second,
 		MaxPacketSize:    1 << 20,
 		ConnectBurst:     100,
@@ -158,6 +160,9 @@ func (c *Config) Validate() error {
 	case "token":
 		if c.Secrets == "" {
 			return errors.New("--auth token needs --secrets FILE")
+		}
+		if c.TokenWindow < time.Second || c.TokenWindow > 10*time.Minute {
+			return fmt.Errorf("--token-window %s: want 1s to 10m (a captured plain token is good for twice the window)", c.TokenWindow)
 		}
 	default:
 		return fmt.Errorf("--auth %q: want allow-all or token", c.Auth)

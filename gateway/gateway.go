@@ -64,6 +64,10 @@ type Gateway struct {
 	plainAt atomic.Pointer[string]
 	tlsAt   atomic.Pointer[string]
 
+	// tokens is the token Authenticator (--auth token), closed last so
+	// that its replay log is complete; nil otherwise.
+	tokens *auth.Tokens
+
 	tlsSrv   *tlsmux.Server
 	tlsLn    net.Listener
 	tlsConns tlsSet
@@ -121,6 +125,11 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		g.sources = newSourceLimiter(cfg.PerIPRate, cfg.PerIPBurst)
 		sources = g.sources
 	}
+	defer func() {
+		if err != nil && g.tokens != nil {
+			_ = g.tokens.Close()
+		}
+	}()
 	g.env, err = session.NewEnv(session.Env{
 		Logger:            logger,
 		Registry:          g.reg,
@@ -160,11 +169,17 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 		if err != nil {
 			return nil, err
 		}
-		return auth.NewTokens(auth.TokenConfig{
+		tokens, err := auth.NewTokens(auth.TokenConfig{
 			Secrets:          secrets,
 			Window:           g.cfg.TokenWindow,
 			AcceptClientCert: true,
+			Dir:              g.cfg.Data, // the replay log: a restart does not reopen a token's window
 		})
+		if err != nil {
+			return nil, err
+		}
+		g.tokens = tokens
+		return tokens, nil
 	default:
 		g.logger.Warn("device authentication is off (--auth allow-all): any device may connect with any client id")
 		return auth.AllowAll(), nil
@@ -172,7 +187,12 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 }
 
 // Start opens the listeners and returns once all accept connections.
-func (g *Gateway) Start() error {
+func (g *Gateway) Start() (err error) {
+	defer func() {
+		if err != nil && g.tokens != nil {
+			_ = g.tokens.Close() // a failed start leaves the replay log closed cleanly
+		}
+	}()
 	g.start = time.Now()
 	if err := os.MkdirAll(g.cfg.Data, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -517,6 +537,11 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.wg.Wait()
 		g.stopUpstream()
 		g.stopDispatch()
+		if g.tokens != nil {
+			if e := g.tokens.Close(); e != nil {
+				err = errors.Join(err, e)
+			}
+		}
 	})
 	return err
 }
