@@ -30,8 +30,11 @@
 //     default), so a fleet does not reconnect all at once after a gateway
 //     restart. A reconnect that obeys an instruction is immediate.
 //   - With Config.Secret set, every CONNECT carries a fresh time-bound
-//     HMAC token (user name: the client id; password: control.MakeToken with
-//     a new random nonce).
+//     HMAC token (user name: the client id): on plain an unbound v1 token
+//     (control.MakeToken with a new random nonce), over TLS a v2 token bound
+//     to that TLS connection by its exported keying material
+//     (control.MakeBoundToken), which a copy cannot replay anywhere else and
+//     which proves the client id for secure commands.
 //
 // # TLS costs
 //
