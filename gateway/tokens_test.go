@@ -350,10 +350,10 @@ func TestTokenWindow(t *testing.T) {
 // device, through real sockets.
 func TestTokenFloodDoesNotBlockOthers(t *testing.T) {
 	g := startTokenGateway(t, tokenSecrets(t), t.TempDir(), nil)
-	const bulk, wire = 20000, 300
+	const bulk, onWire = 20000, 300
 	now := time.Now()
 	accepted := 0
-	for i := range bulk - wire {
+	for i := range bulk - onWire {
 		res := g.tokens.Authenticate(&auth.Request{
 			ClientID: "flooder", Username: "flooder", Remote: "127.0.0.1:40000", Now: now,
 			Password: []byte(control.MakeToken(flooderSecret, "flooder", now, fmt.Sprintf("flood%07d", i))),
@@ -380,13 +380,13 @@ func TestTokenFloodDoesNotBlockOthers(t *testing.T) {
 			t.Fatalf("victim over TLS after %d flood CONNECTs: CONNACK 0x%02x", i, got)
 		}
 	}
-	for i := range wire {
+	for i := range onWire {
 		got := (attempt{version: 4, id: "flooder", password: []byte(control.MakeToken(flooderSecret, "flooder", time.Now(), rand.Text()))}).connack(t, g)
 		if got != rc311Unavailable {
-			t.Fatalf("flood CONNECT %d on the wire: CONNACK 0x%02x, want 0x%02x (server unavailable)", bulk-wire+i, got, rc311Unavailable)
+			t.Fatalf("flood CONNECT %d on the wire: CONNACK 0x%02x, want 0x%02x (server unavailable)", bulk-onWire+i, got, rc311Unavailable)
 		}
 		if i%100 == 0 {
-			victimOK(bulk - wire + i)
+			victimOK(bulk - onWire + i)
 		}
 	}
 	victimOK(bulk)

@@ -113,9 +113,10 @@ func TestReplayCacheMemory(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	perDev := float64(after.HeapAlloc-before.HeapAlloc) / devices
 	t.Logf("%.0f bytes of heap per device with %d remembered tokens (%d devices)", perDev, perDevice, devices)
-	if perDev > 400 {
-		t.Fatalf("%.0f bytes per device with %d tokens, want at most 400", perDev, perDevice)
+	if perDev > 256 {
+		t.Fatalf("%.0f bytes per device with %d tokens, want at most 256", perDev, perDevice)
 	}
 	runtime.KeepAlive(c)
 	runtime.KeepAlive(ids)
+	runtime.KeepAlive(keys)
 }

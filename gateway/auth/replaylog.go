@@ -84,6 +84,7 @@ type replayLog struct {
 	lock      *os.File
 	size      int64 // bytes in f
 	compactAt int64
+	swept     int64 // when flush last dropped expired entries from the cache
 	buf       []byte
 
 	stop      chan struct{}
@@ -277,8 +278,9 @@ func (l *replayLog) run(every time.Duration) {
 }
 
 // flush writes the pending tokens and, when any were pending or the lease
-// runs short, a new mark; then fsyncs. It drops expired entries from the
-// cache, and compacts the file when it has grown.
+// runs short, a new mark; then fsyncs. Every eighth of a window it drops
+// expired entries from the cache, and it compacts the file when it has
+// grown.
 func (l *replayLog) flush() error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
@@ -287,7 +289,10 @@ func (l *replayLog) flush() error {
 	batch := l.pending
 	l.pending = nil
 	l.mu.Unlock()
-	l.cache.sweep(now)
+	if now-l.swept >= max(1, l.window/8) {
+		l.cache.sweep(now)
+		l.swept = now
+	}
 	if l.size >= l.compactAt {
 		// The batch is in the cache, so in the new file.
 		if err := l.compact(now); err != nil {
@@ -336,7 +341,11 @@ func (l *replayLog) write(b []byte) error {
 // puts it in place of the log, then appends to it.
 func (l *replayLog) compact(now int64) error {
 	l.buf = append(l.buf[:0], replayHeader...)
-	l.cache.each(func(id string, e replayEntry) { l.buf = appendToken(l.buf, id, e) })
+	l.cache.each(func(id string, e replayEntry) {
+		if e.expiry+replayGrace >= now {
+			l.buf = appendToken(l.buf, id, e)
+		}
+	})
 	h := l.mark(now)
 	l.buf = appendInt(l.buf, recMark, h)
 	path := filepath.Join(l.dir, ReplayLogFile)
