@@ -229,9 +229,11 @@ func appendInt(dst []byte, typ byte, v int64) []byte {
 	return appendRecord(dst, typ, binary.BigEndian.AppendUint64(nil, uint64(v)))
 }
 
-// mark is the high-water mark to write at now.
+// mark is the high-water mark to write at now. It never goes down, even
+// when the clock steps back: a token accepted under an earlier mark must
+// stay covered by the last mark in the file, compacted or not.
 func (l *replayLog) mark(now int64) int64 {
-	return max(now+l.window+replayLease, l.floor)
+	return max(now+l.window+replayLease, l.floor, l.durable.Load())
 }
 
 // afterFloor reports whether an unbound token of time ts is later than the

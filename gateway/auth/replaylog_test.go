@@ -279,3 +279,31 @@ func fileSize(t *testing.T, dir string) int64 {
 	}
 	return st.Size()
 }
+
+// The mark never goes down when the clock steps back, also through a
+// compaction: a token accepted under the higher mark stays covered by the
+// file's last mark, which the next run's floor comes from.
+func TestReplayLogMarkMonotonic(t *testing.T) {
+	dir := t.TempDir()
+	clock := newTestClock(epoch)
+	tk := newLoggedTokens(t, dir, clock)
+	high := tk.log.durable.Load()
+	if got := plainAuth(tk, "dev-a", secretA, epoch.Add(DefaultWindow), "ahead0001"); !got.OK {
+		t.Fatal(got)
+	}
+	clock.add(-100 * time.Second)
+	tk.log.wmu.Lock()
+	tk.log.compactAt = 0
+	tk.log.wmu.Unlock()
+	if err := tk.log.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if m := tk.log.durable.Load(); m < high {
+		t.Fatalf("mark went down from %d to %d with the clock", high, m)
+	}
+	crash(tk)
+	tk2 := newLoggedTokens(t, dir, clock)
+	if tk2.log.floor < high {
+		t.Fatalf("floor %d after the crash is below the mark %d the token was accepted under", tk2.log.floor, high)
+	}
+}
