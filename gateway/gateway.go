@@ -174,9 +174,16 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 			Window:           g.cfg.TokenWindow,
 			AcceptClientCert: true,
 			Dir:              g.cfg.Data, // the replay log: a restart does not reopen a token's window
+			OnLogError: func(err error) {
+				g.logger.Error("device token replay log cannot be written: plain devices will be refused (0x89) once its last mark passes", zap.Error(err))
+			},
 		})
 		if err != nil {
 			return nil, err
+		}
+		if floor := tokens.ReplayFloor(); time.Until(floor) > 0 {
+			g.logger.Warn("the last run stopped without writing its token replay log (a crash?): plain devices' tokens dated up to the floor are refused with 0x89 until then",
+				zap.Time("floor", floor))
 		}
 		g.tokens = tokens
 		return tokens, nil

@@ -127,6 +127,7 @@ func captureToken(t *testing.T, g *Gateway, id string, secret []byte, version by
 // attempt is one hand-made CONNECT on a fresh connection.
 type attempt struct {
 	tls      bool
+	tls12    bool // TLS 1.2 (with the extended master secret, as Go always offers)
 	version  byte
 	id       string
 	password []byte
@@ -144,7 +145,11 @@ func (a attempt) connack(t *testing.T, g *Gateway) mqttcodec.ReasonCode {
 	password := a.password
 	if a.tls {
 		var tc *tls.Conn
-		tc, err = tls.Dial("tcp", g.TLSAddr(), clientTLS(t, g))
+		cfg := clientTLS(t, g)
+		if a.tls12 {
+			cfg.MaxVersion = tls.VersionTLS12
+		}
+		tc, err = tls.Dial("tcp", g.TLSAddr(), cfg)
 		if err == nil && a.bind != nil {
 			st := tc.ConnectionState()
 			exp, xerr := st.ExportKeyingMaterial(control.ExporterLabel, nil, control.ExporterLen)
@@ -201,11 +206,20 @@ func TestTokenCapturedOnPlainRefusedOverTLS(t *testing.T) {
 			{"5 over TLS", attempt{tls: true, version: 5, id: "victim", password: captured}, rc5NotAuthorized},
 			{"relabelled v2 over TLS", attempt{tls: true, version: 5, id: "victim", password: append([]byte("v2"), captured[2:]...)}, rc5BadPassword},
 			{"replayed on plain", attempt{version: 4, id: "victim", password: captured}, rc311NotAuthorize},
+			{"relabelled v2 over TLS 1.2", attempt{tls: true, tls12: true, version: 4, id: "victim", password: append([]byte("v2"), captured[2:]...)}, rc311BadPassword},
 		} {
 			if got := a.a.connack(t, g); got != a.want {
 				t.Errorf("version %d, captured token %s: CONNACK 0x%02x, want 0x%02x", version, a.name, got, a.want)
 			}
 		}
+	}
+
+	// The secret's holder binds a token to TLS 1.2 as well as 1.3.
+	bound12 := attempt{tls: true, tls12: true, version: 4, id: "victim", bind: func(exp []byte) []byte {
+		return []byte(control.MakeBoundToken(victimSecret, "victim", time.Now(), rand.Text(), exp))
+	}}
+	if got := bound12.connack(t, g); got != 0 {
+		t.Fatalf("bound token over TLS 1.2: CONNACK 0x%02x", got)
 	}
 
 	// The device itself, with its secret: the upgrade's TLS CONNECT carries

@@ -66,10 +66,11 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 // token and a clean-stop record, and the next run has no floor (but keeps
 // a floor still in force).
 type replayLog struct {
-	dir    string
-	window int64
-	clock  func() time.Time
-	cache  *replayCache
+	dir     string
+	window  int64
+	clock   func() time.Time
+	cache   *replayCache
+	onError func(error) // may be nil; called by the flusher only
 
 	mu      sync.Mutex     // guards pending
 	pending []pendingToken // accepted, not yet written
@@ -101,7 +102,7 @@ type pendingToken struct {
 
 // openReplayLog locks the log in dir, reads it into cache and starts a new
 // file for this run with a durable mark, then starts the flusher.
-func openReplayLog(dir string, window int64, cache *replayCache, clock func() time.Time, every time.Duration) (*replayLog, error) {
+func openReplayLog(dir string, window int64, cache *replayCache, clock func() time.Time, every time.Duration, onError func(error)) (*replayLog, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("auth: replay log: %w", err)
 	}
@@ -114,14 +115,15 @@ func openReplayLog(dir string, window int64, cache *replayCache, clock func() ti
 		return nil, fmt.Errorf("auth: replay log %s is in use by another gateway (one process per data directory): %w", filepath.Join(dir, ReplayLogFile), err)
 	}
 	l := &replayLog{
-		dir:    dir,
-		window: window,
-		clock:  clock,
-		cache:  cache,
-		lock:   lock,
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
-		kick:   make(chan struct{}, 1),
+		dir:     dir,
+		window:  window,
+		clock:   clock,
+		cache:   cache,
+		lock:    lock,
+		onError: onError,
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		kick:    make(chan struct{}, 1),
 	}
 	now := clock().Unix()
 	floor, err := l.read(now)
@@ -265,6 +267,7 @@ func (l *replayLog) run(every time.Duration) {
 	defer close(l.done)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	failing := false // the last write failed: report the next failure only after a success
 	for {
 		select {
 		case <-l.stop:
@@ -275,7 +278,11 @@ func (l *replayLog) run(every time.Duration) {
 		// A failed write is retried at the next tick; meanwhile the durable
 		// mark stays where it was, so no token is accepted that a crash
 		// could lose beyond it.
-		_ = l.flush()
+		err := l.flush()
+		if err != nil && !failing && l.onError != nil {
+			l.onError(err)
+		}
+		failing = err != nil
 	}
 }
 

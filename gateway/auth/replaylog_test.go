@@ -307,3 +307,42 @@ func TestReplayLogMarkMonotonic(t *testing.T) {
 		t.Fatalf("floor %d after the crash is below the mark %d the token was accepted under", tk2.log.floor, high)
 	}
 }
+
+// A write that fails is reported once, the tokens it held are kept for the
+// next write, and the durable mark stays where the disk has it.
+func TestReplayLogWriteFailure(t *testing.T) {
+	clock := newTestClock(epoch)
+	errs := make(chan error, 4)
+	tk := newTestTokens(t, TokenConfig{
+		Secrets:       map[string][]byte{"dev-a": secretA},
+		Dir:           t.TempDir(),
+		FlushInterval: time.Hour,
+		Clock:         clock.now,
+		OnLogError:    func(err error) { errs <- err },
+	})
+	mark := tk.log.durable.Load()
+	tk.log.wmu.Lock()
+	_ = tk.log.f.Close() // the disk goes away under the writer
+	tk.log.wmu.Unlock()
+	if got := plainAuth(tk, "dev-a", secretA, epoch, "pending01"); !got.OK {
+		t.Fatal(got)
+	}
+	tk.log.wake()
+	select {
+	case err := <-errs:
+		if !strings.Contains(err.Error(), "replay log") {
+			t.Fatalf("reported error %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the failed write was not reported")
+	}
+	tk.log.mu.Lock()
+	pending := len(tk.log.pending)
+	tk.log.mu.Unlock()
+	if pending != 1 || tk.log.durable.Load() != mark {
+		t.Fatalf("after a failed write: %d pending (want 1), mark %d (want %d)", pending, tk.log.durable.Load(), mark)
+	}
+	if err := tk.Close(); err == nil {
+		t.Fatal("Close on a failed disk reported no error")
+	}
+}

@@ -57,6 +57,10 @@ type TokenConfig struct {
 	// FlushInterval is how often the replay log is written. Default
 	// DefaultFlushInterval.
 	FlushInterval time.Duration
+	// OnLogError, when set, is told when a write of the replay log fails
+	// (once, until a write succeeds again). Meanwhile unbound tokens dated
+	// beyond the last mark on disk are refused with ReasonServerBusy.
+	OnLogError func(error)
 	// Clock tells the time when a Request has none. Default time.Now.
 	Clock func() time.Time
 }
@@ -153,13 +157,23 @@ func NewTokens(cfg TokenConfig) (*Tokens, error) {
 		return nil, err
 	}
 	if cfg.Dir != "" {
-		log, err := openReplayLog(cfg.Dir, secs, t.replay, clock, every)
+		log, err := openReplayLog(cfg.Dir, secs, t.replay, clock, every, cfg.OnLogError)
 		if err != nil {
 			return nil, err
 		}
 		t.log = log
 	}
 	return t, nil
+}
+
+// ReplayFloor returns the time up to which unbound tokens are refused
+// because the previous run stopped without writing its replay log (a
+// crash), or the zero Time when there is no such floor.
+func (t *Tokens) ReplayFloor() time.Time {
+	if t.log == nil || t.log.floor == 0 {
+		return time.Time{}
+	}
+	return time.Unix(t.log.floor, 0)
 }
 
 // Close writes the replay log completely, marks it cleanly stopped and
