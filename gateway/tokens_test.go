@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -404,4 +405,29 @@ func TestTokenFloodDoesNotBlockOthers(t *testing.T) {
 		}
 	}
 	victimOK(bulk)
+}
+
+// --token-window defaults to 60 s; outside 1 s to 10 min it is refused
+// with an error naming the flag.
+func TestTokenWindowConfig(t *testing.T) {
+	if d := Defaults().TokenWindow; d != time.Minute || auth.DefaultWindow != time.Minute {
+		t.Fatalf("default token window %v, want 1m0s (auth.DefaultWindow %v)", d, auth.DefaultWindow)
+	}
+	for _, tc := range []struct {
+		window time.Duration
+		ok     bool
+	}{
+		{0, true}, // the default
+		{time.Second, true},
+		{10 * time.Minute, true},
+		{500 * time.Millisecond, false},
+		{11 * time.Minute, false},
+		{-time.Minute, false},
+	} {
+		cfg := Config{Auth: "token", Secrets: "secrets", TokenWindow: tc.window}.withDefaults()
+		err := cfg.Validate()
+		if tc.ok != (err == nil) || err != nil && !strings.Contains(err.Error(), "--token-window") {
+			t.Errorf("--token-window %v: Validate() = %v", tc.window, err)
+		}
+	}
 }
