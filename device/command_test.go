@@ -65,7 +65,9 @@ func TestAckAfterOnCommand(t *testing.T) {
 
 // With token authentication every CONNECT carries a new token: the
 // gateway refuses a token it has seen, so the upgrade's second CONNECT
-// proves it. A wrong secret, or none, is refused.
+// proves it, and over TLS it takes only a token bound to the connection, so
+// the command arriving over TLS proves the SDK binds it. A wrong secret, or
+// none, is refused.
 func TestTokenAuth(t *testing.T) {
 	secret := []byte("0123456789abcdef0123456789abcdef")
 	dir := t.TempDir()

@@ -34,8 +34,13 @@ const minSecretLen = 16
 type Config struct {
 	// ClientID is the MQTT client identifier; commands are addressed to it.
 	ClientID string
-	// Secret is the device secret. With it every CONNECT carries a fresh
-	// HMAC token (user name ClientID); nil: no user name or password.
+	// Secret is the device secret (at least 16 bytes; 32 random bytes
+	// recommended). With it every CONNECT carries a fresh HMAC token (user
+	// name ClientID): on plain an unbound (v1) token, over TLS one bound to
+	// the TLS connection (v2, from its exported keying material), which a
+	// captured copy cannot replay and which proves the client id for secure
+	// commands. The device's clock must be within the gateway's token window
+	// (60 s by default). nil: no user name or password.
 	Secret []byte
 
 	// PlainAddr is the gateway's plain MQTT endpoint, host:port. The Device

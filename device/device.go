@@ -411,7 +411,11 @@ func (d *Device) connect(m Mode, addr string) (link, *tls.ConnectionState, error
 		st := tc.ConnectionState()
 		state, conn = &st, tc
 	}
-	user, pass := d.credentials()
+	user, pass, err := d.credentials(state)
+	if err != nil {
+		_ = conn.Close()
+		return nil, nil, fmt.Errorf("device: %s: %w", addr, err)
+	}
 	var l link
 	if d.cfg.Version == 5 {
 		l, err = dial5(ctx, &d.cfg, m, addr, conn, user, pass)
@@ -447,12 +451,25 @@ func (d *Device) tlsFor(addr string) *tls.Config {
 }
 
 // credentials are the CONNECT user name and password: the client id and a
-// fresh token, or nothing without a secret.
-func (d *Device) credentials() (string, string) {
+// fresh token, or nothing without a secret. Over TLS (state non-nil) the
+// token is bound to the connection by its exported keying material, so
+// that nobody who sees it can use it on another connection; on plain it is
+// an unbound one, which the gateway takes on plain only.
+func (d *Device) credentials(state *tls.ConnectionState) (string, string, error) {
 	if d.cfg.Secret == nil {
-		return "", ""
+		return "", "", nil
 	}
-	return d.cfg.ClientID, control.MakeToken(d.cfg.Secret, d.cfg.ClientID, time.Now(), rand.Text())
+	now, nonce := time.Now(), rand.Text()
+	if state == nil {
+		return d.cfg.ClientID, control.MakeToken(d.cfg.Secret, d.cfg.ClientID, now, nonce), nil
+	}
+	exporter, err := state.ExportKeyingMaterial(control.ExporterLabel, nil, control.ExporterLen)
+	if err != nil {
+		// crypto/tls refuses to export from TLS 1.2 without the extended
+		// master secret; the gateway would refuse the token anyway.
+		return "", "", fmt.Errorf("TLS connection exports no keying material for the token (TLS 1.2 without extended master secret?): %w", err)
+	}
+	return d.cfg.ClientID, control.MakeBoundToken(d.cfg.Secret, d.cfg.ClientID, now, nonce, exporter), nil
 }
 
 // queryPayload is the query's body (control.Version); the gateway ignores

@@ -30,14 +30,18 @@
 //     default), so a fleet does not reconnect all at once after a gateway
 //     restart. A reconnect that obeys an instruction is immediate.
 //   - With Config.Secret set, every CONNECT carries a fresh time-bound
-//     HMAC token (user name: the client id; password: control.MakeToken with
-//     a new random nonce).
+//     HMAC token (user name: the client id): on plain an unbound v1 token
+//     (control.MakeToken with a new random nonce), over TLS a v2 token bound
+//     to that TLS connection by its exported keying material
+//     (control.MakeBoundToken), which a copy cannot replay anywhere else and
+//     which proves the client id for secure commands.
 //   - With Config.CertFile and KeyFile set, every TLS handshake presents
 //     that client certificate, which must name the client id (subject CN or
 //     URI SAN urn:dualgate:client:<id>; New checks it). It is the device's
 //     proof of its client id under the gateway's default --secure-identity
-//     cert: without it the device may use TLS, but the gateway writes no
-//     secure command to it. A resumed TLS session keeps the proof.
+//     cert: without it (or a bound token under --secure-identity token) the
+//     device may use TLS, but the gateway writes no secure command to it. A
+//     resumed TLS session keeps the proof.
 //
 // # TLS costs
 //

@@ -53,6 +53,10 @@ func TestProtocolVectors(t *testing.T) {
 	d.Properties.SetServerReference([]byte(control.ServerReference(control.ModeTLS, "gw.example.com:8883")))
 	d.Properties.SetReasonString([]byte(control.ReasonSecureCommand))
 	secret, _ := hex.DecodeString("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+	exporter := make([]byte, control.ExporterLen) // a0 a1 ... bf
+	for i := range exporter {
+		exporter[i] = byte(0xa0 + i)
+	}
 	want := map[string]string{
 		"control311": dump(mqttcodec.AppendPublish(nil, mqttcodec.V311, &mqttcodec.Publish{
 			Topic: []byte(control.ControlTopic), QoS: 1, PacketID: 1, Payload: in.Marshal()})),
@@ -62,6 +66,10 @@ func TestProtocolVectors(t *testing.T) {
 		"token": "secret (hex) 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n" +
 			"client id    car-0042\nts           1767225600\nnonce        k3Jd9QxA2mPz\n" +
 			"password     " + control.MakeToken(secret, "car-0042", time.Unix(1767225600, 0), "k3Jd9QxA2mPz") + "\n",
+		"tokenbound": "secret (hex)   000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n" +
+			"client id      car-0042\nts             1767225600\nnonce          k3Jd9QxA2mPz\n" +
+			"exporter (hex) " + hex.EncodeToString(exporter) + "\n" +
+			"password       " + control.MakeBoundToken(secret, "car-0042", time.Unix(1767225600, 0), "k3Jd9QxA2mPz", exporter) + "\n",
 	}
 	for name, w := range want {
 		got, ok := v[name]

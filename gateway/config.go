@@ -81,7 +81,7 @@ type Config struct {
 	Auth           string        `yaml:"auth" help:"device authentication: allow-all or token"`
 	SecureIdentity string        `yaml:"secure-identity" help:"what proves a TLS device's client id before secure commands are written to it: cert (a client certificate whose CN or URI SAN urn:dualgate:client:<id> is the id), token (a channel-bound token, needs --auth token), cert,token (either) or none (anyone claiming the id; not for production)"`
 	Secrets        string        `yaml:"secrets" help:"per-device secrets file for --auth token"`
-	TokenWindow    time.Duration `yaml:"token-window" help:"how far a device token's time may be from the gateway's"`
+	TokenWindow    time.Duration `yaml:"token-window" help:"how far a device token's time may be from the gateway's, either way; accepted plain tokens are remembered (in the data dir) until then"`
 
 	ConnectTimeout   time.Duration `yaml:"connect-timeout" help:"time a new connection has to send CONNECT"`
 	MaxPacketSize    int           `yaml:"max-packet-size" help:"largest MQTT packet accepted from a device, bytes"`
@@ -128,7 +128,7 @@ func Defaults() Config {
 		SecureIdle:       30 * time.Second,
 		Auth:             "allow-all",
 		SecureIdentity:   "cert",
-		TokenWindow:      5 * time.Minute,
+		TokenWindow:      auth.DefaultWindow,
 		ConnectTimeout:   10 * time.Second,
 		MaxPacketSize:    1 << 20,
 		ConnectBurst:     100,
@@ -184,6 +184,9 @@ func (c *Config) Validate() error {
 	case "token":
 		if c.Secrets == "" {
 			return errors.New("--auth token needs --secrets FILE")
+		}
+		if c.TokenWindow < time.Second || c.TokenWindow > 10*time.Minute {
+			return fmt.Errorf("--token-window %s: want 1s to 10m (a captured plain token is good for twice the window)", c.TokenWindow)
 		}
 	default:
 		return fmt.Errorf("--auth %q: want allow-all or token", c.Auth)

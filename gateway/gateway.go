@@ -76,6 +76,10 @@ type Gateway struct {
 	plainAt atomic.Pointer[string]
 	tlsAt   atomic.Pointer[string]
 
+	// tokens is the token Authenticator (--auth token), closed last so
+	// that its replay log is complete; nil otherwise.
+	tokens *auth.Tokens
+
 	tlsSrv   *tlsmux.Server
 	tlsLn    net.Listener
 	tlsConns tlsSet
@@ -147,6 +151,11 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		g.sources = newSourceLimiter(cfg.PerIPRate, cfg.PerIPBurst)
 		sources = g.sources
 	}
+	defer func() {
+		if err != nil && g.tokens != nil {
+			_ = g.tokens.Close()
+		}
+	}()
 	g.env, err = session.NewEnv(session.Env{
 		Logger:            logger,
 		Registry:          g.reg,
@@ -194,11 +203,24 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 		if err != nil {
 			return nil, err
 		}
-		return auth.NewTokens(auth.TokenConfig{
+		tokens, err := auth.NewTokens(auth.TokenConfig{
 			Secrets:          secrets,
 			Window:           g.cfg.TokenWindow,
 			AcceptClientCert: true,
+			Dir:              g.cfg.Data, // the replay log: a restart does not reopen a token's window
+			OnLogError: func(err error) {
+				g.logger.Error("device token replay log cannot be written: plain devices will be refused (0x89) once its last mark passes", zap.Error(err))
+			},
 		})
+		if err != nil {
+			return nil, err
+		}
+		if floor := tokens.ReplayFloor(); time.Until(floor) > 0 {
+			g.logger.Warn("the last run stopped without writing its token replay log (a crash?): plain devices' tokens dated up to the floor are refused with 0x89 until then",
+				zap.Time("floor", floor))
+		}
+		g.tokens = tokens
+		return tokens, nil
 	default:
 		g.logger.Warn("device authentication is off (--auth allow-all): any device may connect with any client id")
 		return auth.AllowAll(), nil
@@ -223,7 +245,12 @@ func (g *Gateway) identity() (func(*auth.Request, auth.Result) (bool, auth.Resul
 }
 
 // Start opens the listeners and returns once all accept connections.
-func (g *Gateway) Start() error {
+func (g *Gateway) Start() (err error) {
+	defer func() {
+		if err != nil && g.tokens != nil {
+			_ = g.tokens.Close() // a failed start leaves the replay log closed cleanly
+		}
+	}()
 	g.start = time.Now()
 	if err := os.MkdirAll(g.cfg.Data, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -617,6 +644,11 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.wg.Wait()
 		g.stopUpstream()
 		g.stopDispatch()
+		if g.tokens != nil {
+			if e := g.tokens.Close(); e != nil {
+				err = errors.Join(err, e)
+			}
+		}
 	})
 	return err
 }

@@ -1,142 +1,194 @@
 package auth
 
-import "sync"
+import (
+	"hash/maphash"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
 
-// replayKey identifies an accepted token: the first half of its HMAC. Two
-// tokens share it only if they are the same (client id, time, nonce) under
-// the same secret, or by a 2^-128 chance; it is uniformly distributed, so
-// its first byte also picks the shard.
+// replayKey identifies an accepted token of a client id: the first half of
+// its HMAC. Two tokens of one client id share it only if they are the same
+// (time, nonce) under the same secret, or by a 2^-128 chance.
 type replayKey [16]byte
 
-// maxReplayShards is the number of shards of a cache with room enough.
-const maxReplayShards = 64
+// replayShards is the number of shards of the cache. A shard is chosen by
+// a keyed hash of the client id (the key is random per process), so shards
+// only spread lock contention: no bound is kept per shard.
+const replayShards = 64
 
-// bucketsPerWindow is how many buckets one window spans; more buckets free
-// memory closer to the moment entries expire, fewer cost less per call.
-const bucketsPerWindow = 8
+// replayGrace is how long, in seconds, an entry is kept past its expiry,
+// for callers whose clock lags the one that would drop it.
+const replayGrace = 2
 
-// replayCache remembers accepted tokens until they expire, in bounded memory.
+// replayCache remembers, per client id, the unbound tokens it accepted,
+// until they expire, in bounded memory.
 //
-// An entry lives until expiry = token time + window (in unix seconds), after
-// which the window check refuses the token anyway. Each shard files its
-// entries into a ring of buckets by expiry: bucket slot = expiry / gran. A
-// token's expiry follows from the token, so a lookup reads one bucket; a
-// bucket whose slot lies wholly in the past is dropped as a whole, so expiry
-// costs O(buckets) per call, never a scan of the entries.
-//
-// When a shard holds its share of the capacity, add refuses new tokens
-// instead of forgetting live ones: forgetting would let a recorded token be
-// replayed within its window.
+// An entry lives until expiry = token time + window (unix seconds), after
+// which the window check refuses the token anyway. A client id holds at
+// most perDevice live entries and the cache at most about capacity in all;
+// at either bound add refuses the new token instead of forgetting a live
+// one (forgetting would let a recorded token be replayed within its
+// window). Only tokens whose HMAC verified reach the cache, so a client id
+// fills its own entries only, and only with its own secret: one device can
+// block itself, never another.
 type replayCache struct {
-	gran     int64 // seconds of expiry per bucket, >= 1
-	perShard int   // capacity of one shard
-	shards   []replayShard
+	perDevice int
+	capacity  int64
+	n         atomic.Int64 // live and not yet dropped entries, all shards
+	lastSweep atomic.Int64 // the second of the last sweep add made
+	seed      maphash.Seed
+	shards    [replayShards]replayShard
 }
 
 type replayShard struct {
-	mu      sync.Mutex
-	n       int            // entries in buckets; guarded by mu
-	buckets []replayBucket // ring indexed by slot mod len; guarded by mu
+	mu sync.Mutex
+	// devices maps a client id to its entries, oldest first; a client id
+	// with none is deleted. Guarded by mu.
+	devices map[string][]replayEntry
 }
 
-type replayBucket struct {
-	slot int64
-	m    map[replayKey]struct{} // nil when empty
+type replayEntry struct {
+	expiry int64
+	key    replayKey
 }
 
 // addResult is the outcome of replayCache.add.
 type addResult uint8
 
 const (
-	addAccepted     addResult = iota // first sight of the token: recorded
-	addReplayed                      // seen before and not yet expired
-	addFull                          // not seen, but the shard is full
-	addClockStepped                  // not seen, but its bucket is held by another slot
+	addAccepted   addResult = iota // first sight of the token: recorded
+	addReplayed                    // seen before and not yet expired
+	addDeviceFull                  // not seen, but the client id holds perDevice tokens
+	addFull                        // not seen, but the cache holds capacity tokens
 )
 
-// newReplayCache returns a cache for tokens of a window of window seconds
-// (>= 1) holding at most about capacity (>= 1) entries.
-func newReplayCache(window int64, capacity int) *replayCache {
-	shards := maxReplayShards
-	for shards > 1 && shards > capacity {
-		shards /= 2
-	}
-	gran := (window + bucketsPerWindow - 1) / bucketsPerWindow
-	// A bucket is kept one slot past its own (see expireLocked), and new
-	// expiries reach now+2*window. With callers' clocks at most gran apart,
-	// the slots held span floor((now+gran+2*window)/gran) - floor(now/gran)
-	// + 2 <= ceil(2*window/gran) + 3 values: a ring that long never maps two
-	// held slots to one bucket.
-	ring := int((2*window+gran-1)/gran) + 3
-	c := &replayCache{
-		gran:     gran,
-		perShard: (capacity + shards - 1) / shards,
-		shards:   make([]replayShard, shards),
-	}
+// newReplayCache returns a cache holding at most perDevice (>= 1) entries
+// per client id and about capacity (>= 1) in all.
+func newReplayCache(perDevice, capacity int) *replayCache {
+	c := &replayCache{perDevice: perDevice, capacity: int64(capacity), seed: maphash.MakeSeed()}
 	for i := range c.shards {
-		c.shards[i].buckets = make([]replayBucket, ring)
+		c.shards[i].devices = make(map[string][]replayEntry)
 	}
 	return c
 }
 
-// add records the token key, valid until expiry (unix seconds, >= now), as
-// seen at now.
-func (c *replayCache) add(key replayKey, expiry, now int64) addResult {
-	s := &c.shards[int(key[0])%len(c.shards)]
-	slot := expiry / c.gran
+func (c *replayCache) shard(id string) *replayShard {
+	return &c.shards[maphash.String(c.seed, id)%replayShards]
+}
+
+// add records the token key of client id, valid until expiry (unix
+// seconds), as seen at now. At the global bound it sweeps the expired
+// entries of every client id, at most once a second, before it refuses.
+func (c *replayCache) add(id string, key replayKey, expiry, now int64) addResult {
+	res := c.addOnce(id, key, expiry, now)
+	if res == addFull && c.lastSweep.Swap(now) != now {
+		c.sweep(now)
+		res = c.addOnce(id, key, expiry, now)
+	}
+	return res
+}
+
+func (c *replayCache) addOnce(id string, key replayKey, expiry, now int64) addResult {
+	s := c.shard(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.expireLocked(now / c.gran)
-	b := &s.buckets[slot%int64(len(s.buckets))]
-	if b.m != nil {
-		if b.slot != slot {
-			// A held bucket of another slot: the clock stepped back by more
-			// than gran seconds since that bucket was filed. Filing the key
-			// there would drop it at the wrong time; refuse until that
-			// bucket expires.
-			return addClockStepped
-		}
-		if _, seen := b.m[key]; seen {
-			return addReplayed
+	list, held := s.devices[id]
+	list = c.pruneLocked(list, now)
+	res := addAccepted
+	for _, e := range list {
+		if e.key == key {
+			res = addReplayed
+			break
 		}
 	}
-	if s.n >= c.perShard {
-		return addFull
+	switch {
+	case res != addAccepted:
+	case len(list) >= c.perDevice:
+		res = addDeviceFull
+	case c.n.Load() >= c.capacity:
+		res = addFull
+	default:
+		list = append(list, replayEntry{expiry: expiry, key: key})
+		c.n.Add(1)
 	}
-	if b.m == nil {
-		b.slot = slot
-		b.m = make(map[replayKey]struct{})
+	switch {
+	case len(list) == 0 && held:
+		delete(s.devices, id)
+	case len(list) > 0 && held:
+		s.devices[id] = list
+	case len(list) > 0:
+		s.devices[strings.Clone(id)] = list // id may be a view of a read buffer
 	}
-	b.m[key] = struct{}{}
-	s.n++
-	return addAccepted
+	return res
 }
 
-// expireLocked drops every bucket whose slot ended a whole slot (at least
-// gran seconds) before the slot of now. Its tokens expired at least gran
-// seconds ago, so a caller whose clock lags by up to gran seconds, and would
-// still take such a token as fresh, finds it here.
-func (s *replayShard) expireLocked(nowSlot int64) {
-	for i := range s.buckets {
-		b := &s.buckets[i]
-		if b.m != nil && b.slot+1 < nowSlot {
-			s.n -= len(b.m)
-			b.m = nil
+// pruneLocked drops the entries of list that expired more than replayGrace
+// seconds before now, in place. The shard's mu is held.
+func (c *replayCache) pruneLocked(list []replayEntry, now int64) []replayEntry {
+	kept := list[:0]
+	for _, e := range list {
+		if e.expiry+replayGrace >= now {
+			kept = append(kept, e)
 		}
 	}
+	if dropped := len(list) - len(kept); dropped > 0 {
+		c.n.Add(-int64(dropped))
+		clear(list[len(kept):])
+	}
+	return kept
 }
 
-// len drops the expired buckets of every shard as of now and returns the
-// number of entries left. Between calls, a shard drops its expired buckets
-// when add next touches it.
-func (c *replayCache) len(now int64) int {
-	n := 0
+// load puts an entry read back from disk, as of now: an expired one or one
+// already held is skipped, and no bound applies (the entry was within the
+// bounds when it was accepted).
+func (c *replayCache) load(id string, key replayKey, expiry, now int64) {
+	if expiry+replayGrace < now {
+		return
+	}
+	s := c.shard(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := s.devices[id]
+	for _, e := range list {
+		if e.key == key {
+			return
+		}
+	}
+	s.devices[id] = append(list, replayEntry{expiry: expiry, key: key})
+	c.n.Add(1)
+}
+
+// sweep drops the expired entries of every client id as of now and returns
+// the number of entries left. Between sweeps, a client id's entries are
+// pruned when add next touches it.
+func (c *replayCache) sweep(now int64) int {
 	for i := range c.shards {
 		s := &c.shards[i]
 		s.mu.Lock()
-		s.expireLocked(now / c.gran)
-		n += s.n
+		for id, list := range s.devices {
+			if list = c.pruneLocked(list, now); len(list) == 0 {
+				delete(s.devices, id)
+			} else {
+				s.devices[id] = list
+			}
+		}
 		s.mu.Unlock()
 	}
-	return n
+	return int(c.n.Load())
+}
+
+// each calls f for every entry held, one shard at a time under its lock: f
+// must not block.
+func (c *replayCache) each(f func(id string, e replayEntry)) {
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		for id, list := range s.devices {
+			for _, e := range list {
+				f(id, e)
+			}
+		}
+		s.mu.Unlock()
+	}
 }

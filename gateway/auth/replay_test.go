@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"testing"
@@ -14,175 +15,108 @@ func randomKey(rng *rand.Rand) replayKey {
 	return k
 }
 
-func TestReplayCacheGeometry(t *testing.T) {
-	tests := []struct {
-		window     int64
-		capacity   int
-		wantGran   int64
-		wantRing   int
-		wantShards int
-		wantPer    int
-	}{
-		{window: 300, capacity: 1 << 20, wantGran: 38, wantRing: 19, wantShards: 64, wantPer: 1 << 14},
-		{window: 1, capacity: 1, wantGran: 1, wantRing: 5, wantShards: 1, wantPer: 1},
-		{window: 8, capacity: 3, wantGran: 1, wantRing: 19, wantShards: 2, wantPer: 2},
-		{window: 60, capacity: 100, wantGran: 8, wantRing: 18, wantShards: 64, wantPer: 2},
-	}
-	for _, tt := range tests {
-		c := newReplayCache(tt.window, tt.capacity)
-		if c.gran != tt.wantGran || len(c.shards[0].buckets) != tt.wantRing || len(c.shards) != tt.wantShards || c.perShard != tt.wantPer {
-			t.Errorf("newReplayCache(%d, %d): gran %d, ring %d, %d shards of %d; want %d, %d, %d of %d",
-				tt.window, tt.capacity, c.gran, len(c.shards[0].buckets), len(c.shards), c.perShard,
-				tt.wantGran, tt.wantRing, tt.wantShards, tt.wantPer)
-		}
-	}
-}
-
-// TestReplayCacheModel drives the cache the way Tokens does, over many
-// windows of simulated time, with callers whose clocks lag by up to one
-// bucket, and compares every answer with an exact model: a token is a replay
-// if and only if it was accepted before and has not expired.
-func TestReplayCacheModel(t *testing.T) {
-	tests := []struct {
-		name   string
-		window int64
-		steps  int
-	}{
-		{name: "one second window", window: 1, steps: 20000},
-		{name: "short window", window: 10, steps: 20000},
-		{name: "default window", window: 300, steps: 20000},
-		{name: "uneven buckets", window: 61, steps: 20000},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(uint64(tt.window), 1))
-			c := newReplayCache(tt.window, 1<<30)
-			type accepted struct {
-				key    replayKey
-				expiry int64
-			}
-			model := make(map[replayKey]int64) // key -> expiry
-			var history []accepted
-			now := int64(1_700_000_000)
-			replays := 0
-			for step := range tt.steps {
-				now += int64(rng.IntN(3)) // time moves on by 0, 1 or 2 seconds
-				caller := now - rng.Int64N(c.gran+1)
-				var key replayKey
-				var expiry int64
-				if len(history) > 0 && rng.IntN(3) == 0 {
-					h := history[len(history)-1-rng.IntN(min(len(history), 64))]
-					key, expiry = h.key, h.expiry
-				} else {
-					key = randomKey(rng)
-					ts := caller - tt.window + rng.Int64N(2*tt.window+1)
-					expiry = ts + tt.window
-				}
-				if expiry < caller {
-					continue // the window check refuses it before the cache is asked
-				}
-				_, seen := model[key]
-				want := addAccepted
-				if seen {
-					want = addReplayed
-					replays++
-				}
-				if got := c.add(key, expiry, caller); got != want {
-					t.Fatalf("step %d: add(expiry %d, now %d) = %d, want %d", step, expiry, caller, got, want)
-				}
-				if !seen {
-					model[key] = expiry
-					history = append(history, accepted{key: key, expiry: expiry})
-				}
-			}
-			if replays == 0 {
-				t.Fatal("the run tried no replays")
-			}
-			// Memory is given back: well after the last expiry nothing is held.
-			if n := c.len(now + 2*tt.window + 2*c.gran + 1); n != 0 {
-				t.Fatalf("%d entries held after everything expired", n)
-			}
-		})
-	}
-}
-
-func TestReplayCacheFull(t *testing.T) {
-	const window = 10
-	c := newReplayCache(window, 2) // 2 shards of 1
-	rng := rand.New(rand.NewPCG(3, 4))
+// TestReplayCachePerDevice fills one client id to its bound: its next
+// token is refused, another client id's are not, and the first has room
+// again once its oldest tokens expire.
+func TestReplayCachePerDevice(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	const perDevice = 4
+	c := newReplayCache(perDevice, 1000)
 	now := int64(1_000_000)
-	keys := make(map[int]replayKey) // shard -> a key of it
-	for len(keys) < 2 {
+	var first replayKey
+	for i := range perDevice {
 		k := randomKey(rng)
-		keys[int(k[0])%2] = k
-	}
-	for shard, k := range keys {
-		if got := c.add(k, now+window, now); got != addAccepted {
-			t.Fatalf("shard %d: first key: %d", shard, got)
+		if i == 0 {
+			first = k
 		}
-		other := randomKey(rng)
-		for int(other[0])%2 != shard {
-			other = randomKey(rng)
-		}
-		if got := c.add(other, now+window, now); got != addFull {
-			t.Fatalf("shard %d: key beyond the capacity: %d, want full", shard, got)
-		}
-		// A replay is still recognised when full.
-		if got := c.add(k, now+window, now); got != addReplayed {
-			t.Fatalf("shard %d: replay when full: %d, want replayed", shard, got)
+		// Expiries spread over the window: now+10, now+20, ...
+		if got := c.add("flood", k, now+int64(10*(i+1)), now); got != addAccepted {
+			t.Fatalf("token %d of flood: %d, want accepted", i, got)
 		}
 	}
-	// After the remembered keys expire, there is room again.
-	later := now + window + 2*c.gran + 1
-	if got := c.add(randomKey(rng), later+window, later); got != addAccepted {
-		t.Fatalf("after expiry: %d", got)
+	steps := []struct {
+		name   string
+		id     string
+		key    replayKey
+		expiry int64
+		now    int64
+		want   addResult
+	}{
+		{name: "a replay at the bound is still a replay", id: "flood", key: first, expiry: now + 10, now: now, want: addReplayed},
+		{name: "flood's next token is refused", id: "flood", key: randomKey(rng), expiry: now + 60, now: now, want: addDeviceFull},
+		{name: "another device is not affected", id: "victim", key: randomKey(rng), expiry: now + 60, now: now, want: addAccepted},
+		{name: "the same key under another id is another token", id: "victim", key: first, expiry: now + 10, now: now, want: addAccepted},
+		{name: "within the grace the oldest still counts", id: "flood", key: randomKey(rng), expiry: now + 70, now: now + 10 + replayGrace, want: addDeviceFull},
+		{name: "past it, there is room for one", id: "flood", key: randomKey(rng), expiry: now + 70, now: now + 11 + replayGrace, want: addAccepted},
+		{name: "an expired key is forgotten (the window check refuses its token first)", id: "flood", key: first, expiry: now + 10, now: now + 21 + replayGrace, want: addAccepted},
+	}
+	for _, s := range steps {
+		if got := c.add(s.id, s.key, s.expiry, s.now); got != s.want {
+			t.Fatalf("%s: add = %d, want %d", s.name, got, s.want)
+		}
+	}
+	// Everything expires: the client ids themselves are forgotten.
+	if n := c.sweep(now + 1000); n != 0 {
+		t.Fatalf("sweep after every expiry left %d entries", n)
+	}
+	for i := range c.shards {
+		if len(c.shards[i].devices) != 0 {
+			t.Fatalf("shard %d still holds %d client ids", i, len(c.shards[i].devices))
+		}
 	}
 }
 
-func TestReplayCacheClockStepBack(t *testing.T) {
-	const window = 80 // gran 10
-	c := newReplayCache(window, 100)
-	rng := rand.New(rand.NewPCG(5, 6))
+// TestReplayCacheCapacity: at the global bound a new token is refused, not
+// let in by forgetting another.
+func TestReplayCacheCapacity(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	c := newReplayCache(8, 3)
 	now := int64(1_000_000)
-	if got := c.add(randomKey(rng), now+2*window, now); got != addAccepted {
-		t.Fatalf("first key: %d", got)
-	}
-	// The clock steps back by more than the ring covers: the new token's
-	// bucket is held by the earlier, still live, slot.
-	back := now - int64(len(c.shards[0].buckets))*c.gran
-	for range 200 {
-		if got := c.add(randomKey(rng), back+2*window, back); got == addClockStepped {
-			return
+	for i := range 3 {
+		if got := c.add(fmt.Sprintf("dev-%d", i), randomKey(rng), now+60, now); got != addAccepted {
+			t.Fatalf("dev-%d: %d", i, got)
 		}
 	}
-	t.Fatal("a token whose bucket another live slot holds was filed")
+	if got := c.add("dev-9", randomKey(rng), now+60, now); got != addFull {
+		t.Fatalf("token beyond the capacity: %d, want full", got)
+	}
+	if got := c.add("dev-9", randomKey(rng), now+200, now+100); got != addAccepted {
+		t.Fatalf("token after the others expired: %d, want accepted", got)
+	}
 }
 
-// TestReplayCacheMemory measures the heap each remembered token costs; the
-// package documentation quotes the figure.
+// TestReplayCacheMemory measures the heap a remembered token costs with
+// many devices of a few tokens each; the package documentation quotes the
+// figure.
 func TestReplayCacheMemory(t *testing.T) {
-	const n = 1 << 18
+	const devices, perDevice = 1 << 15, 4
 	rng := rand.New(rand.NewPCG(7, 8))
-	keys := make([]replayKey, n)
+	ids := make([]string, devices)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("meter-%08d", i)
+	}
+	keys := make([]replayKey, devices*perDevice)
 	for i := range keys {
 		keys[i] = randomKey(rng)
 	}
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	c := newReplayCache(300, 2*n) // room for uneven shards
+	c := newReplayCache(DefaultReplayPerDevice, DefaultReplayCapacity)
 	now := int64(1_000_000)
 	for i, k := range keys {
-		if got := c.add(k, now+int64(i%600), now); got != addAccepted {
+		if got := c.add(ids[i%devices], k, now+int64(i%60), now); got != addAccepted {
 			t.Fatalf("key %d: %d", i, got)
 		}
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	perEntry := float64(after.HeapAlloc-before.HeapAlloc) / n
-	t.Logf("%.1f bytes of heap per remembered token (%d tokens)", perEntry, n)
-	if perEntry > 64 {
-		t.Fatalf("%.1f bytes per remembered token, want at most 64", perEntry)
+	perDev := float64(after.HeapAlloc-before.HeapAlloc) / devices
+	t.Logf("%.0f bytes of heap per device with %d remembered tokens (%d devices)", perDev, perDevice, devices)
+	if perDev > 256 {
+		t.Fatalf("%.0f bytes per device with %d tokens, want at most 256", perDev, perDevice)
 	}
 	runtime.KeepAlive(c)
+	runtime.KeepAlive(ids)
+	runtime.KeepAlive(keys)
 }

@@ -10,8 +10,12 @@ import (
 
 // Token format constants; doc.go is the specification.
 const (
-	// TokenVersion is the first field of every token.
+	// TokenVersion is the first field of an unbound token, taken on plain
+	// TCP only.
 	TokenVersion = control.TokenVersion
+	// TokenVersionBound is the first field of a token bound to its TLS
+	// connection, taken over TLS only.
+	TokenVersionBound = control.TokenVersionBound
 	// MinNonceLen and MaxNonceLen bound the nonce's length in characters.
 	MinNonceLen = 8
 	MaxNonceLen = 32
@@ -19,19 +23,19 @@ const (
 	// in bytes.
 	MinSecretLen = 16
 	// DefaultWindow is how far a token's time may be from the gateway's.
-	DefaultWindow = 300 * time.Second
+	DefaultWindow = 60 * time.Second
 
 	maxTimestampDigits = 12
 	macHexLen          = 2 * sha256.Size
 	// maxTokenLen is the longest well-formed token:
-	// "v1" "." 12 digits "." 32 nonce characters "." 64 hex digits.
+	// "v1" or "v2" "." 12 digits "." 32 nonce characters "." 64 hex digits.
 	maxTokenLen = len(TokenVersion) + 1 + maxTimestampDigits + 1 + MaxNonceLen + 1 + macHexLen
 )
 
 // Why a password is not a well-formed token. The texts are Result.Msg values.
 var (
-	errTokenShape     = errors.New("password is not a token: want v1.<unix-seconds>.<nonce>.<hex hmac>")
-	errTokenVersion   = errors.New("token version is not v1")
+	errTokenShape     = errors.New("password is not a token: want v1 or v2.<unix-seconds>.<nonce>.<hex hmac>")
+	errTokenVersion   = errors.New("token version is neither v1 nor v2")
 	errTokenTimestamp = errors.New("token time is not a decimal number of seconds (1 to 12 digits, no sign, no leading zero)")
 	errTokenNonce     = errors.New("token nonce is not 8 to 32 characters of [A-Za-z0-9]")
 	errTokenMAC       = errors.New("token hmac is not 64 lowercase hex digits")
@@ -39,10 +43,11 @@ var (
 
 // token is a parsed password.
 type token struct {
-	ts     int64
-	tsText string // the digits as sent; they are what the hmac covers
-	nonce  string
-	mac    [sha256.Size]byte
+	version string // TokenVersion or TokenVersionBound
+	ts      int64
+	tsText  string // the digits as sent; they are what the hmac covers
+	nonce   string
+	mac     [sha256.Size]byte
 }
 
 // parseToken checks the syntax of a password and splits it. It copies what it
@@ -69,7 +74,12 @@ func parseToken(p []byte) (token, error) {
 	if n != len(fields) {
 		return t, errTokenShape
 	}
-	if string(fields[0]) != TokenVersion {
+	switch string(fields[0]) {
+	case TokenVersion:
+		t.version = TokenVersion
+	case TokenVersionBound:
+		t.version = TokenVersionBound
+	default:
 		return t, errTokenVersion
 	}
 

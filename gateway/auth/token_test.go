@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"cmp"
 	"encoding/hex"
 	"strings"
 	"testing"
@@ -20,6 +21,15 @@ const (
 	vectorUnix      = 1767225600 // 2026-01-01T00:00:00Z
 	vectorNonce     = "k3Jd9QxA2mPz"
 	vectorToken     = "v1.1767225600.k3Jd9QxA2mPz.b565bfeea5a5a11a2e5e8815cee73d678c25fb0ecbc56231df292852069efbf2"
+
+	// The bound (v2) example: the same secret, client id, time and nonce on
+	// a TLS connection whose exporter is the bytes a0 a1 ... bf, checked
+	// with
+	//
+	//	(printf 'v2\ncar-0042\n1767225600\nk3Jd9QxA2mPz\n'; printf a0a1...bf | xxd -r -p) |
+	//	    openssl dgst -sha256 -mac HMAC -macopt hexkey:000102...1e1f
+	vectorExporterHex = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+	vectorBoundToken  = "v2.1767225600.k3Jd9QxA2mPz.ed1880c72e5d776853fc39b1ebb8a22149e8b01fe3c82710360070131e7ac16b"
 
 	vectorMasterHex  = "6d61737465722d6b65792d666f722d746573742d766563746f72732d30303031" // "master-key-for-test-vectors-0001"
 	vectorDerivedHex = "18501038028d11fc36623049168f8d1e57ba1e443adb3ad8b46857a9d8718dd6"
@@ -56,6 +66,26 @@ func TestMakeTokenVector(t *testing.T) {
 	}
 }
 
+func TestMakeBoundTokenVector(t *testing.T) {
+	got := control.MakeBoundToken(mustHex(t, vectorSecretHex), vectorClientID, time.Unix(vectorUnix, 0), vectorNonce, mustHex(t, vectorExporterHex))
+	if got != vectorBoundToken {
+		t.Fatalf("control.MakeBoundToken() = %s\nwant                 %s", got, vectorBoundToken)
+	}
+	// The vector verifies on a TLS request carrying that exporter, and is
+	// Proven; on another exporter it does not.
+	tk := newTestTokens(t, TokenConfig{Secrets: map[string][]byte{vectorClientID: mustHex(t, vectorSecretHex)}, Clock: func() time.Time { return time.Unix(vectorUnix, 0) }})
+	res := tk.Authenticate(&Request{ClientID: vectorClientID, Password: []byte(vectorBoundToken), TLS: true, ChannelBinding: mustHex(t, vectorExporterHex)})
+	if want := (Result{OK: true, Msg: msgOKBound, Proven: true}); res != want {
+		t.Fatalf("Authenticate(vector) = %+v, want %+v", res, want)
+	}
+	other := mustHex(t, vectorExporterHex)
+	other[31] ^= 1
+	res = tk.Authenticate(&Request{ClientID: vectorClientID, Password: []byte(vectorBoundToken), TLS: true, ChannelBinding: other})
+	if want := (Result{Reason: ReasonBadUserNameOrPassword, Msg: msgBadMAC}); res != want {
+		t.Fatalf("Authenticate(vector, other exporter) = %+v, want %+v", res, want)
+	}
+}
+
 func TestDeriveSecretVector(t *testing.T) {
 	master := mustHex(t, vectorMasterHex)
 	if string(master) != "master-key-for-test-vectors-0001" {
@@ -78,6 +108,8 @@ func TestParseToken(t *testing.T) {
 		wantErr   error
 		wantTS    int64
 		wantNonce string
+		// wantVersion is TokenVersion when empty.
+		wantVersion string
 	}{
 		{name: "vector", password: vectorToken, wantTS: vectorUnix, wantNonce: vectorNonce},
 		{name: "shortest nonce", password: "v1.1.abcdefgh." + mac, wantTS: 1, wantNonce: "abcdefgh"},
@@ -90,7 +122,8 @@ func TestParseToken(t *testing.T) {
 		{name: "trailing dot", password: vectorToken + ".", wantErr: errTokenShape},
 		{name: "longer than any token", password: "v1.1767225600." + strings.Repeat("a", 40) + "." + mac, wantErr: errTokenShape},
 
-		{name: "version v2", password: "v2.1767225600.k3Jd9QxA2mPz." + mac, wantErr: errTokenVersion},
+		{name: "bound vector", password: vectorBoundToken, wantTS: vectorUnix, wantNonce: vectorNonce, wantVersion: TokenVersionBound},
+		{name: "version v3", password: "v3.1767225600.k3Jd9QxA2mPz." + mac, wantErr: errTokenVersion},
 		{name: "version upper case", password: "V1.1767225600.k3Jd9QxA2mPz." + mac, wantErr: errTokenVersion},
 		{name: "version empty", password: ".1767225600.k3Jd9QxA2mPz." + mac, wantErr: errTokenVersion},
 
@@ -129,6 +162,9 @@ func TestParseToken(t *testing.T) {
 			if tok.ts != tt.wantTS || tok.nonce != tt.wantNonce || tok.tsText != tt.password[3:3+len(tok.tsText)] {
 				t.Fatalf("parseToken(%q) = ts %d (%q), nonce %q; want ts %d, nonce %q",
 					tt.password, tok.ts, tok.tsText, tok.nonce, tt.wantTS, tt.wantNonce)
+			}
+			if want := cmp.Or(tt.wantVersion, TokenVersion); tok.version != want {
+				t.Fatalf("parseToken(%q) version = %q, want %q", tt.password, tok.version, want)
 			}
 			if got := hex.EncodeToString(tok.mac[:]); got != tt.password[len(tt.password)-64:] {
 				t.Fatalf("parseToken(%q) mac = %s", tt.password, got)

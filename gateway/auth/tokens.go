@@ -14,9 +14,14 @@ import (
 	"github.com/dualgate/dualgate/internal/control"
 )
 
-// DefaultReplayCapacity is the default bound on remembered tokens: about
-// 1,000,000 CONNECTs per window, some 40 MB at most.
-const DefaultReplayCapacity = 1 << 20
+// Defaults of the replay cache's bounds: DefaultReplayPerDevice unbound
+// tokens per client id within its window (a device connecting on plain a
+// few times a minute uses two or three), and DefaultReplayCapacity in all,
+// some 60 MB at most.
+const (
+	DefaultReplayPerDevice = 32
+	DefaultReplayCapacity  = 1 << 20
+)
 
 // TokenConfig configures Tokens. The zero value of every field but Secrets
 // and MasterKey means its default.
@@ -35,10 +40,27 @@ type TokenConfig struct {
 	// verified client certificate names its client id (CertNamesClient:
 	// the subject common name or a urn:dualgate:client:<id> URI SAN).
 	AcceptClientCert bool
-	// ReplayCapacity bounds the accepted tokens remembered to refuse
-	// replays. Default DefaultReplayCapacity. When it is reached, new tokens
-	// are refused with ReasonServerBusy until remembered ones expire.
+	// ReplayPerDevice bounds the unbound tokens remembered per client id.
+	// Default DefaultReplayPerDevice. When a client id holds that many
+	// live tokens, its new ones are refused with ReasonServerBusy until
+	// the oldest expire; other client ids are not affected.
+	ReplayPerDevice int
+	// ReplayCapacity bounds the unbound tokens remembered in all. Default
+	// DefaultReplayCapacity. When it is reached, new tokens are refused
+	// with ReasonServerBusy until remembered ones expire.
 	ReplayCapacity int
+	// Dir, when set, is the directory of the replay log (ReplayLogFile),
+	// so that an unbound token accepted before a restart is refused after
+	// it. The directory is created if needed and locked: one Tokens per
+	// directory. Close the Tokens to write the log completely.
+	Dir string
+	// FlushInterval is how often the replay log is written. Default
+	// DefaultFlushInterval.
+	FlushInterval time.Duration
+	// OnLogError, when set, is told when a write of the replay log fails
+	// (once, until a write succeeds again). Meanwhile unbound tokens dated
+	// beyond the last mark on disk are refused with ReasonServerBusy.
+	OnLogError func(error)
 	// Clock tells the time when a Request has none. Default time.Now.
 	Clock func() time.Time
 }
@@ -53,6 +75,7 @@ type Tokens struct {
 	acceptCert bool
 	clock      func() time.Time
 	replay     *replayCache
+	log        *replayLog // nil without TokenConfig.Dir
 	// decoy keys the HMAC computed for an unknown client id, so that an
 	// unknown id costs the same time as a known one with a bad token.
 	decoy []byte
@@ -61,17 +84,23 @@ type Tokens struct {
 // Result messages of Tokens, for the operator's log.
 const (
 	msgOKToken       = "token"
+	msgOKBound       = "token bound to the TLS connection"
 	msgOKCert        = "client certificate"
 	msgEmptyClientID = "empty client id: a token is bound to a client id"
 	msgUsername      = "user name is neither empty nor the client id"
 	msgNoPassword    = "no password and no client certificate naming the client id"
+	msgUnboundTLS    = "unbound (v1) token over TLS: a token sent on plain could be replayed; over TLS the device must send a v2 token bound to the connection"
+	msgBoundPlain    = "bound (v2) token on plain TCP: there is no TLS connection to bind to; on plain the device sends a v1 token"
+	msgNoExporter    = "the TLS connection exports no keying material (TLS 1.2 without extended master secret): a bound token cannot be checked; use TLS 1.3, or TLS 1.2 with extended master secret"
 	msgExpired       = "token expired"
 	msgFuture        = "token time is ahead of the gateway clock by more than the window"
 	msgUnknownClient = "unknown client id"
 	msgBadMAC        = "token hmac does not match"
 	msgReplayed      = "token replayed"
+	msgDeviceFull    = "too many tokens of this client id within the window"
 	msgReplayFull    = "replay cache full"
-	msgClockStepBack = "gateway clock stepped back: token cannot be remembered yet"
+	msgBeforeFloor   = "token dated before the end of a gateway run that stopped without saving its replay cache: retry with a new token later"
+	msgNotDurable    = "replay log behind (disk slow or failing): token time beyond its saved mark"
 )
 
 // NewTokens returns a Tokens for cfg, or an error if cfg is unusable.
@@ -81,6 +110,12 @@ func NewTokens(cfg TokenConfig) (*Tokens, error) {
 	}
 	if cfg.ReplayCapacity < 0 {
 		return nil, fmt.Errorf("auth: replay capacity %d is negative", cfg.ReplayCapacity)
+	}
+	if cfg.ReplayPerDevice < 0 {
+		return nil, fmt.Errorf("auth: replay bound per device %d is negative", cfg.ReplayPerDevice)
+	}
+	if cfg.FlushInterval < 0 {
+		return nil, fmt.Errorf("auth: flush interval %v is negative", cfg.FlushInterval)
 	}
 	if cfg.MasterKey != nil && len(cfg.MasterKey) < MinSecretLen {
 		return nil, fmt.Errorf("auth: master key is %d bytes, want at least %d", len(cfg.MasterKey), MinSecretLen)
@@ -96,6 +131,14 @@ func NewTokens(cfg TokenConfig) (*Tokens, error) {
 	if capacity == 0 {
 		capacity = DefaultReplayCapacity
 	}
+	perDevice := cfg.ReplayPerDevice
+	if perDevice == 0 {
+		perDevice = DefaultReplayPerDevice
+	}
+	every := cfg.FlushInterval
+	if every == 0 {
+		every = DefaultFlushInterval
+	}
 	clock := cfg.Clock
 	if clock == nil {
 		clock = time.Now
@@ -106,14 +149,42 @@ func NewTokens(cfg TokenConfig) (*Tokens, error) {
 		window:     secs,
 		acceptCert: cfg.AcceptClientCert,
 		clock:      clock,
-		replay:     newReplayCache(secs, capacity),
+		replay:     newReplayCache(perDevice, capacity),
 		decoy:      make([]byte, sha256.Size),
 	}
 	rand.Read(t.decoy) // crypto/rand.Read never returns an error; it crashes the process instead
 	if err := t.SetSecrets(cfg.Secrets); err != nil {
 		return nil, err
 	}
+	if cfg.Dir != "" {
+		log, err := openReplayLog(cfg.Dir, secs, t.replay, clock, every, cfg.OnLogError)
+		if err != nil {
+			return nil, err
+		}
+		t.log = log
+	}
 	return t, nil
+}
+
+// ReplayFloor returns the time up to which unbound tokens are refused
+// because the previous run stopped without writing its replay log (a
+// crash), or the zero Time when there is no such floor.
+func (t *Tokens) ReplayFloor() time.Time {
+	if t.log == nil || t.log.floor == 0 {
+		return time.Time{}
+	}
+	return time.Unix(t.log.floor, 0)
+}
+
+// Close writes the replay log completely, marks it cleanly stopped and
+// releases it; after Close, unbound tokens are refused. Call it once no
+// more CONNECTs arrive. It is safe to call twice, and does nothing without
+// TokenConfig.Dir.
+func (t *Tokens) Close() error {
+	if t.log == nil {
+		return nil
+	}
+	return t.log.close()
 }
 
 // SetSecrets replaces the per-device secrets, for example after the secrets
@@ -135,11 +206,12 @@ func (t *Tokens) SetSecrets(m map[string][]byte) error {
 	return nil
 }
 
-// ReplayLen returns the number of accepted tokens remembered, for a gauge.
-// It also frees the memory of those that expired, by the configured clock;
-// call it now and then (every metrics scrape does) so that memory returns
-// even when few devices connect.
-func (t *Tokens) ReplayLen() int { return t.replay.len(t.clock().Unix()) }
+// ReplayLen returns the number of unbound tokens remembered, for a gauge.
+// It also frees the memory of those that expired, by the configured clock.
+// With TokenConfig.Dir the log's writer does this at every write; without,
+// call it now and then so that memory returns even when few devices
+// connect.
+func (t *Tokens) ReplayLen() int { return t.replay.sweep(t.clock().Unix()) }
 
 // Window returns the accepted distance between a token's time and the
 // gateway's clock.
@@ -165,6 +237,15 @@ func (t *Tokens) Authenticate(req *Request) Result {
 	if err != nil {
 		return refuse(ReasonBadUserNameOrPassword, err.Error())
 	}
+	bound := tok.version == TokenVersionBound
+	switch {
+	case req.TLS && !bound:
+		return refuse(ReasonNotAuthorized, msgUnboundTLS)
+	case !req.TLS && bound:
+		return refuse(ReasonNotAuthorized, msgBoundPlain)
+	case bound && len(req.ChannelBinding) != control.ExporterLen:
+		return refuse(ReasonNotAuthorized, msgNoExporter)
+	}
 
 	now := req.Now
 	if now.IsZero() {
@@ -186,21 +267,40 @@ func (t *Tokens) Authenticate(req *Request) Result {
 		secret = t.decoy
 	}
 	var sum [sha256.Size]byte
-	control.TokenMAC(hmac.New(sha256.New, secret), req.ClientID, tok.tsText, tok.nonce, sum[:0])
+	control.TokenMAC(hmac.New(sha256.New, secret), tok.version, req.ClientID, tok.tsText, tok.nonce, req.ChannelBinding, sum[:0])
 	if !hmac.Equal(sum[:], tok.mac[:]) || !known {
 		if !known {
 			return refuse(ReasonBadUserNameOrPassword, msgUnknownClient)
 		}
 		return refuse(ReasonBadUserNameOrPassword, msgBadMAC)
 	}
+	if bound {
+		// Bound to this TLS connection, which carries one CONNECT: a copy
+		// fails its hmac on any other, so it needs no replay memory.
+		return Result{OK: true, Reason: ReasonSuccess, Msg: msgOKBound, Proven: true}
+	}
 
-	switch t.replay.add(replayKey(sum[:16]), tok.ts+t.window, sec) {
+	if t.log != nil {
+		if !t.log.afterFloor(tok.ts) {
+			return refuse(ReasonServerBusy, msgBeforeFloor)
+		}
+		if !t.log.belowMark(tok.ts) {
+			t.log.wake()
+			return refuse(ReasonServerBusy, msgNotDurable)
+		}
+	}
+	key := replayKey(sum[:16])
+	expiry := tok.ts + t.window
+	switch t.replay.add(req.ClientID, key, expiry, sec) {
 	case addAccepted:
+		if t.log != nil {
+			t.log.record(req.ClientID, replayEntry{expiry: expiry, key: key})
+		}
 		return Result{OK: true, Reason: ReasonSuccess, Msg: msgOKToken}
 	case addReplayed:
 		return refuse(ReasonNotAuthorized, msgReplayed)
-	case addClockStepped:
-		return refuse(ReasonServerBusy, msgClockStepBack)
+	case addDeviceFull:
+		return refuse(ReasonServerBusy, msgDeviceFull)
 	default:
 		return refuse(ReasonServerBusy, msgReplayFull)
 	}
