@@ -42,6 +42,7 @@ type world struct {
 	// secret holds the secure commands' ids, for the checks on writes.
 	secret map[string]bool
 	wills  int // wills published
+	ids    int // commands made
 }
 
 type task struct {
@@ -444,7 +445,8 @@ func (w *world) read(c *conn) received {
 
 // submit puts a command for id through the dispatcher.
 func (w *world) submit(id string, secure bool, ttl time.Duration) (string, error) {
-	cid := store.NewID(w.now)
+	w.ids++
+	cid := fmt.Sprintf("c%06d", w.ids) // in submission order, and the same in every run
 	c := &store.Command{ID: cid, ClientID: id, Topic: "devices/" + id + "/commands/x",
 		Payload: []byte("cmd:" + cid), QoS: 1, Secure: secure, CreatedAt: w.now}
 	if ttl > 0 {
