@@ -493,6 +493,10 @@ func (d *Dispatcher) Tick() {
 		}
 	}
 	d.mu.Unlock()
+	// In a stable order, so that a simulation replays exactly.
+	slices.Sort(resume)
+	slices.Sort(retry)
+	slices.Sort(quiet)
 	for _, id := range resume {
 		d.on(id, func() { d.resume(id) })
 	}
