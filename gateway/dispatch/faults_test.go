@@ -5,7 +5,9 @@ import (
 	"time"
 
 	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/gateway/store"
+	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -202,4 +204,27 @@ func TestDeviceHistoryBounded(t *testing.T) {
 	if got := w.d.Stats().Upgrades.Load(); got != 50 {
 		t.Fatalf("upgrades counted %d, want 50", got)
 	}
+}
+
+// With its own workers and ticker (no Executor), the dispatcher takes a
+// command for an offline device, answers pending, and leaves no goroutine
+// behind after Stop.
+func TestWorkersStartStop(t *testing.T) {
+	mem := store.NewMemory(store.Options{})
+	reg := registry.New[*session.Session]()
+	d, err := New(Config{Store: mem, Registry: reg, Tick: time.Millisecond,
+		Advertise: func(*session.Session, control.Mode) string { return "gw:8883" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &store.Command{ID: "c1", ClientID: "away", Topic: "devices/away/commands/x", QoS: 1, Secure: true, CreatedAt: time.Now()}
+	st, err := d.Submit(c)
+	if err != nil || st != store.StatusPending {
+		t.Fatalf("Submit: %s, %v", st, err)
+	}
+	d.Stop()
+	d.Stop() // twice is harmless
 }
