@@ -135,6 +135,11 @@ type Env struct {
 	// ControlGrace is how long a 3.1.1 device has to leave after a
 	// reconnect instruction before the gateway closes the connection.
 	ControlGrace time.Duration
+	// MoveGrace is how long the will of a device whose connection the
+	// gateway closed to move it (reconnect instruction, drain) is held:
+	// dropped if the device connects again in time, published otherwise.
+	// A move is not an outage.
+	MoveGrace time.Duration
 }
 
 // DefaultEnv fills the zero settings of e with the defaults and returns it.
@@ -171,6 +176,9 @@ func (e Env) withDefaults() Env {
 	}
 	if e.ControlGrace <= 0 {
 		e.ControlGrace = 5 * time.Second
+	}
+	if e.MoveGrace <= 0 {
+		e.MoveGrace = 30 * time.Second
 	}
 	return e
 }
@@ -237,6 +245,7 @@ const (
 	flagInstructed // a reconnect instruction is outstanding
 	flagRegistered // CONNECT put the session in the registry
 	flagProven     // the client id was proven on this TLS connection (--secure-identity)
+	flagMoved      // the gateway ends the connection to move the device (instruction, drain)
 )
 
 // rareState is allocated on first need, so an idle session does not pay for it.
@@ -560,7 +569,16 @@ func (s *Session) Closed() {
 		// The will waits for its delay, or until the session ends if
 		// that is sooner [MQTT-3.1.3-9].
 		delay := min(will.Delay, expiry)
-		s.env.Sessions.ScheduleWill(s.entry.ClientID, will, now, now.Add(delay))
+		if s.flags&flagMoved != 0 {
+			// The gateway closed the connection to move the device:
+			// the will waits at least MoveGrace for the device to
+			// connect again, and is dropped if it does, whatever its
+			// Clean Start. Only a device that does not come back is
+			// offline.
+			s.env.Sessions.HoldWill(s.entry.ClientID, will, now, now.Add(max(delay, s.env.MoveGrace)))
+		} else {
+			s.env.Sessions.ScheduleWill(s.entry.ClientID, will, now, now.Add(delay))
+		}
 	}
 	if s.env.Hooks != nil {
 		s.env.Hooks.Offline(s, unacked)
