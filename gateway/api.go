@@ -116,6 +116,9 @@ type clientView struct {
 	Instructions  int  `json:"instructions"`
 	LoopProtected bool `json:"loop_protected"`
 	TLSOnly       bool `json:"tls_only,omitempty"`
+	// State is the dispatcher's on-demand state of the device; empty for
+	// a device it does not track (idle on plain, or gone long ago).
+	State string `json:"state,omitempty"`
 }
 
 func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
@@ -128,6 +131,9 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 	dev, known := g.dispatcher.Device(id)
 	v := clientView{ClientID: id, Mode: "offline", Pending: pending,
 		Instructions: dev.Instructions, LoopProtected: dev.LoopProtected, TLSOnly: dev.TLSOnly}
+	if known {
+		v.State = dev.State.String()
+	}
 	if s, ok := g.reg.Get(id); ok {
 		e := s.RegistryEntry()
 		v.Connected = true

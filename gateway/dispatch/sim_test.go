@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -153,8 +154,13 @@ func (s *sim) fail(format string, args ...any) {
 	}
 }
 
-func (s *sim) run() error {
+func (s *sim) run() (err error) {
 	defer s.w.stop()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
 	for i := 0; i < s.steps && s.err == nil; i++ {
 		s.step()
 		s.check()
@@ -494,7 +500,14 @@ func (s *sim) settlePhase() {
 		if !d.following || sc.pruned {
 			continue
 		}
-		c := w.status(sc.id)
+		c, err := w.mem.Get(sc.id)
+		if errors.Is(err, store.ErrNotFound) && sc.status.Final() {
+			continue // final, and pruned past the retention
+		}
+		if err != nil {
+			s.fail("command %s: %v", sc.id, err)
+			continue
+		}
 		switch {
 		case c.Status == store.StatusDelivered:
 		case c.Status.Final():
