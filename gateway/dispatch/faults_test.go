@@ -228,3 +228,49 @@ func TestWorkersStartStop(t *testing.T) {
 	d.Stop()
 	d.Stop() // twice is harmless
 }
+
+// A device that needs TLS in bursts stays on TLS longer with the adaptive
+// quiet period, so it goes through fewer upgrades than with a fixed one.
+func TestAdaptiveQuietReducesChurn(t *testing.T) {
+	upgrades := func(fixed bool) uint64 {
+		cfg := simConfig()
+		cfg.FixedQuiet = fixed
+		w := newWorld(cfg)
+		defer w.stop()
+		c := w.dial("bursty", registry.ModePlain, mqttcodec.V311, true, false)
+		// follow runs the device for dt in 100 ms steps: it obeys
+		// instructions, queries after connecting and acknowledges.
+		follow := func(dt time.Duration) {
+			for end := w.now.Add(dt); w.now.Before(end); w.advance(100 * time.Millisecond) {
+				w.settle()
+				r := w.read(c)
+				for _, d := range r.commands {
+					w.ack(c, d.pid)
+				}
+				if r.instruction != nil {
+					mode := registry.ModePlain
+					if *r.instruction == "tls" {
+						mode = registry.ModeTLS
+					}
+					w.disconnect(c)
+					c = w.dial("bursty", mode, mqttcodec.V311, true, false)
+					w.query(c)
+				}
+				w.settle()
+			}
+		}
+		for range 6 {
+			cid, _ := w.submit("bursty", true, 0)
+			follow(2 * time.Second)
+			if st := w.status(cid).Status; st != store.StatusDelivered {
+				t.Fatalf("command %s", st)
+			}
+			follow(5 * time.Second) // longer than the base quiet period with what came before
+		}
+		return w.d.Stats().Upgrades.Load()
+	}
+	fixed, adaptive := upgrades(true), upgrades(false)
+	if fixed != 6 || adaptive > 3 {
+		t.Fatalf("upgrades for 6 bursts: fixed %d (want 6), adaptive %d (want at most 3)", fixed, adaptive)
+	}
+}
