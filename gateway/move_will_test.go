@@ -122,3 +122,35 @@ func next[T any](t *testing.T, ch chan T, what string) T {
 		panic("unreachable")
 	}
 }
+
+// Session A has a secure command in flight on TLS (not acknowledged); the
+// device connects again on TLS (B takes over) and queries at once. Whatever
+// order the gateway handles A's end and B's query in, B gets the command
+// within 5 s (it used to wait for its TTL when A's end came last).
+func TestTakeoverOnTLSDeliversInFlightCommand(t *testing.T) {
+	g := startGateway(t, nil)
+	tc := clientTLS(t, g)
+	got := make(chan string, 10)
+	handler := func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) }
+	v3(t, "ssl://"+g.TLSAddr(), "taken", tc, func(o *mqtt.ClientOptions) {
+		o.SetAutoAckDisabled(true).SetDefaultPublishHandler(handler) // A never acknowledges
+	})
+	id, _ := postCommand(t, g, "taken", `{"topic":"devices/taken/commands/unlock","payload":"in-flight"}`)
+	if p := next(t, got, "the command on A"); p != "in-flight" {
+		t.Fatalf("A got %q", p)
+	}
+	waitStatus(t, g, id, "sent")
+	b := v3(t, "ssl://"+g.TLSAddr(), "taken", tc, func(o *mqtt.ClientOptions) { o.SetDefaultPublishHandler(handler) })
+	if tok := b.Publish(control.QueryTopic, 1, false, `{"v":1}`); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	select {
+	case p := <-got:
+		if p != "in-flight" {
+			t.Fatalf("B got %q", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the command in flight on A did not reach B within 5 s")
+	}
+	waitStatus(t, g, id, "delivered")
+}
