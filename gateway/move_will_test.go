@@ -67,7 +67,7 @@ func TestMoveFiresNoWillUpstream(t *testing.T) {
 
 	d := &movingDevice{t: t, g: g, id: "car-will", controls: make(chan control.Instruction, 10),
 		cmds: make(chan string, 10), lost: make(chan error, 10)}
-	c := d.connect(control.Instruction{Mode: control.ModePlain, Addr: g.PlainAddr()})
+	d.connect(control.Instruction{Mode: control.ModePlain, Addr: g.PlainAddr()})
 	// The will works: a probe device that just drops publishes one.
 	probe := &movingDevice{t: t, g: g, id: "probe", controls: make(chan control.Instruction, 10),
 		cmds: make(chan string, 10), lost: make(chan error, 10)}
@@ -85,7 +85,7 @@ func TestMoveFiresNoWillUpstream(t *testing.T) {
 		t.Fatalf("instruction %+v", in)
 	}
 	next(t, d.lost, "the gateway closing the plain connection after the grace")
-	c = d.connect(in)
+	c := d.connect(in)
 	if tok := c.Publish(control.QueryTopic, 1, false, `{"v":1}`); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}

@@ -54,11 +54,6 @@ func (s State) String() string {
 	return "unknown"
 }
 
-// onTLS reports whether the state means the device holds a TLS session.
-func (s State) onTLS() bool {
-	return s == StateSecure || s == StateUnproven || s == StateTLSOnly
-}
-
 // Event is something that happened to a device, fed to step.
 type Event uint8
 

@@ -392,3 +392,42 @@ func TestBackoffTable(t *testing.T) {
 		}
 	}
 }
+
+// A command that was already pending when the device arrived on TLS
+// without proof gets its note at the first instruction round: the store
+// records moves only, so the note comes with the move from upgrading back
+// to pending.
+func TestUnprovenNoteForEarlierCommand(t *testing.T) {
+	w := newWorld(simConfig())
+	defer w.stop()
+	cid, _ := w.submit("dev", true, 0) // the device is away
+	u := w.dial("dev", registry.ModeTLS, mqttcodec.V311, false, false)
+	w.query(u)
+	w.settle()
+	if r := w.read(u); len(r.commands) != 0 || r.instruction != nil {
+		t.Fatalf("unproven session got %+v", r)
+	}
+	w.advance(w.cfg.SecureIdle)
+	w.settle()
+	if r := w.read(u); r.instruction == nil || *r.instruction != "plain" {
+		t.Fatalf("no plain instruction: %+v", r)
+	}
+	w.disconnect(u)
+	p := w.dial("dev", registry.ModePlain, mqttcodec.V311, false, false)
+	w.query(p)
+	w.settle()
+	if r := w.read(p); r.instruction == nil || *r.instruction != "tls" {
+		t.Fatalf("no TLS instruction: %+v", r)
+	}
+	w.disconnect(p)
+	u = w.dial("dev", registry.ModeTLS, mqttcodec.V311, false, false)
+	w.query(u)
+	w.settle()
+	c := w.status(cid)
+	if c.Status != store.StatusPending || hasNote(c, NoteUnproven) != 1 {
+		t.Fatalf("command %s, history %+v", c.Status, c.History)
+	}
+	if writtenTo(u, "cmd:"+cid) {
+		t.Fatal("written to an unproven session")
+	}
+}

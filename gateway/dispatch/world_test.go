@@ -191,14 +191,6 @@ func (f *faultyStore) Expire(now time.Time) ([]*store.Command, error) {
 // Close leaves the memory store open: a restart reopens it.
 func (f *faultyStore) Close() error { return nil }
 
-type nopSink struct{ w *world }
-
-func (s nopSink) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
-	if ack != nil {
-		ack(mqttcodec.Success)
-	}
-}
-
 // willSink counts wills.
 type willSink struct{ w *world }
 
