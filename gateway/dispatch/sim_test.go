@@ -57,7 +57,7 @@ func TestSim(t *testing.T) {
 	}
 	t.Logf("%d seeds in %s; %v", *simSeeds, time.Since(start).Round(time.Millisecond), stats)
 	// The schedules must reach the situations they are there for.
-	for _, k := range []string{"delivered", "expired", "restart", "takeover", "crash", "unproven", "loop", "store-fault", "upgrade", "downgrade", "late-ack"} {
+	for _, k := range []string{"delivered", "expired", "restart", "takeover", "crash", "unproven", "loop", "store-fault", "upgrade", "downgrade", "late-ack", "will"} {
 		if stats[k] == 0 {
 			t.Errorf("no seed reached %q", k)
 		}
@@ -357,7 +357,7 @@ func (s *sim) connect(d *simDevice, mode registry.Mode) {
 		s.counts["unproven"]++
 	}
 	s.trace("%s connects on %s", d.id, mode)
-	d.c = s.w.dial(d.id, mode, d.version, d.proven, false)
+	d.c = s.w.dial(d.id, mode, d.version, d.proven, true)
 }
 
 func (s *sim) submit() {
@@ -462,6 +462,14 @@ func (s *sim) settlePhase() {
 			d.away = true
 		}
 	}
+	// What the faults caused (crashes, wills held past their grace) is
+	// published by now; from here on the following devices only move
+	// when told, and a move fires no will.
+	w.settle()
+	wills := map[string]int{}
+	for _, d := range s.devs {
+		wills[d.id] = w.wills[d.id]
+	}
 	start := w.now
 	for w.now.Sub(start) < settleBound && s.err == nil {
 		for range 20 {
@@ -494,6 +502,14 @@ func (s *sim) settlePhase() {
 		}
 		w.advance(time.Second)
 		s.checkRetention()
+	}
+	for _, d := range s.devs {
+		if d.following && w.wills[d.id] != wills[d.id] {
+			s.fail("following device %s fired %d wills while only moved by the gateway", d.id, w.wills[d.id]-wills[d.id])
+		}
+		if w.wills[d.id] > 0 {
+			s.counts["will"]++
+		}
 	}
 	for _, sc := range s.cmds {
 		d := sc.dev

@@ -41,7 +41,7 @@ type world struct {
 	violations []string
 	// secret holds the secure commands' ids, for the checks on writes.
 	secret map[string]bool
-	wills  int // wills published
+	wills  map[string]int // wills published, by client id
 	ids    int // commands made
 }
 
@@ -195,7 +195,7 @@ func (f *faultyStore) Close() error { return nil }
 type willSink struct{ w *world }
 
 func (s willSink) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
-	s.w.wills++
+	s.w.wills[m.ClientID]++
 	if ack != nil {
 		ack(mqttcodec.Success)
 	}
@@ -229,7 +229,8 @@ var epoch = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // newWorld builds a gateway over a memory store, started.
 func newWorld(cfg Config) *world {
-	w := &world{now: epoch, mem: store.NewMemory(store.Options{Limit: 1000}), secret: make(map[string]bool), cfg: cfg}
+	w := &world{now: epoch, mem: store.NewMemory(store.Options{Limit: 1000}), secret: make(map[string]bool), cfg: cfg,
+		wills: make(map[string]int)}
 	w.st = &faultyStore{Store: w.mem}
 	if err := w.start(); err != nil {
 		panic(err)

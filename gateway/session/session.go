@@ -555,9 +555,11 @@ func (s *Session) Closed() {
 		}
 		will = s.rare.will
 	}
-	if s.flags&flagGracefulEnd != 0 {
+	if s.flags&flagGracefulEnd != 0 || !stillOwner {
 		// A normal DISCONNECT discards the will [MQTT-3.1.2-10]; a session
-		// taken over leaves it to its successor.
+		// taken over leaves it to its successor, also when its end is
+		// handled before the takeover's Kick reached it (a device moved
+		// by the gateway that is back already).
 		will = nil
 	}
 	now := s.env.Now()

@@ -164,3 +164,29 @@ func TestObeyedInstructionDiscardsWill(t *testing.T) {
 		t.Fatalf("wills published: %d, want 0", n)
 	}
 }
+
+// A device moved by the gateway that is back before the gateway handled
+// the old connection's end fires no will: the new session already owns
+// the client id.
+func TestMovedDeviceBackBeforeCloseHandled(t *testing.T) {
+	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	env := newTestEnv(t, clk)
+	s, ft := connectWithWill(t, env, registry.ModePlain, mqttcodec.V5, "car", 0, 0)
+	if err := s.Instruct(control.ModeTLS, "gw:8883", control.ReasonSecureCommand); err != nil {
+		t.Fatal(err)
+	}
+	if !ft.closed {
+		t.Fatal("not closed")
+	}
+	// The device is back on TLS; the old session's Closed comes after.
+	// (Its Kick runs at once here: the fake transport's Exec is
+	// synchronous, so reset the flag it set to model the other order.)
+	newConnected(t, env, registry.ModeTLS, mqttcodec.V5, "car")
+	s.flags &^= flagGracefulEnd
+	s.Closed()
+	clk.now = clk.now.Add(time.Hour)
+	env.Sessions.Sweep(clk.now)
+	if n := wills(env); n != 0 {
+		t.Fatalf("wills published: %d, want 0", n)
+	}
+}
