@@ -42,7 +42,7 @@ type world struct {
 	// secret holds the secure commands' ids, for the checks on writes.
 	secret map[string]bool
 	wills  map[string]int // wills published, by client id
-	ids    int // commands made
+	ids    int            // commands made
 }
 
 type task struct {
