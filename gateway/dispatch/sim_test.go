@@ -78,6 +78,7 @@ type simDevice struct {
 
 	c    *conn
 	plan *control.Mode // told to reconnect in this mode
+	mode control.Mode  // the mode of the last instruction it obeyed
 	held []uint16      // PUBACKs held back, for late sending
 	away bool          // settle phase: stays offline
 
@@ -254,7 +255,7 @@ func (s *sim) react(d *simDevice, settling bool) {
 		}
 		if d.obeys {
 			m := *r.instruction
-			d.plan = &m
+			d.plan, d.mode = &m, m
 			if !c.closed {
 				s.w.disconnect(c)
 			}
@@ -304,21 +305,14 @@ func (s *sim) act(d *simDevice) {
 		d.c = nil
 	}
 	if d.c == nil {
-		mode := registry.ModePlain
-		if d.plan != nil && *d.plan == control.ModeTLS || d.plan == nil && s.rng.IntN(3) == 0 {
-			mode = registry.ModeTLS
-		}
-		s.connect(d, mode)
+		s.connect(d, s.reconnectMode(d))
 		return
 	}
 	switch r := s.rng.IntN(10); {
 	case r < 2:
 		s.trace("%s takes over", d.id)
 		s.counts["takeover"]++
-		mode := registry.ModePlain
-		if s.rng.IntN(2) == 0 {
-			mode = registry.ModeTLS
-		}
+		mode := s.reconnectMode(d)
 		d.c = nil
 		s.connect(d, mode)
 	case r < 4:
@@ -345,6 +339,25 @@ func (s *sim) act(d *simDevice) {
 		p.Dup = true
 		w.send(d.c, mqttcodec.AppendPublish(nil, d.version, p))
 	}
+}
+
+// reconnectMode is the transport a device connects on: where it was told,
+// else, for a following device, the mode of the last instruction
+// (protocol.md section 6), and for the others either.
+func (s *sim) reconnectMode(d *simDevice) registry.Mode {
+	m := d.mode
+	switch {
+	case d.plan != nil:
+		m = *d.plan
+	case !d.following && s.rng.IntN(3) == 0:
+		m = control.ModeTLS
+	case !d.following:
+		m = control.ModePlain
+	}
+	if m == control.ModeTLS {
+		return registry.ModeTLS
+	}
+	return registry.ModePlain
 }
 
 func (s *sim) connect(d *simDevice, mode registry.Mode) {
@@ -487,11 +500,7 @@ func (s *sim) settlePhase() {
 					if d.c != nil {
 						s.react(d, true)
 					}
-					mode := registry.ModePlain
-					if d.plan != nil && *d.plan == control.ModeTLS {
-						mode = registry.ModeTLS
-					}
-					s.connect(d, mode)
+					s.connect(d, s.reconnectMode(d))
 					busy = true
 				}
 			}
@@ -531,7 +540,10 @@ func (s *sim) settlePhase() {
 				s.fail("command %s ended %s without a reason", sc.id, c.Status)
 			}
 		case sc.secure && s.loopProtected(d.id):
-			// Waits for the device on TLS: reported, not flooded.
+			// Waits for the device on TLS: reported, not flooded. (Only
+			// faults make a following device loop-protected: crashes
+			// that lost its instructions.)
+			s.counts["waits-loop-protected"]++
 		case !c.ExpiresAt.IsZero() && c.ExpiresAt.Before(start.Add(settleBound)):
 			// It may expire soon; the ticker marks it.
 		default:
