@@ -234,6 +234,9 @@ type clientView struct {
 	// proven on that connection (--secure-identity), so that secure
 	// commands may be written to it.
 	Proven *bool `json:"proven,omitempty"`
+	// State is the dispatcher's on-demand state of the device; empty for
+	// a device it does not track (idle on plain, or gone long ago).
+	State string `json:"state,omitempty"`
 }
 
 func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
@@ -246,6 +249,9 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 	dev, known := g.dispatcher.Device(id)
 	v := clientView{ClientID: id, Mode: "offline", Pending: pending,
 		Instructions: dev.Instructions, LoopProtected: dev.LoopProtected, TLSOnly: dev.TLSOnly}
+	if known {
+		v.State = dev.State.String()
+	}
 	if s, ok := g.reg.Get(id); ok {
 		e := s.RegistryEntry()
 		v.Connected = true

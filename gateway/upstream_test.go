@@ -258,11 +258,14 @@ func TestUpstreamGatewayRestart(t *testing.T) {
 
 	g = startGateway(t, func(c *Config) { *c = cfg })
 	waitUpstream(t, g)
-	d := newDevice311(t, g, "van-3")
-	d.connect(false, g.PlainAddr())
 	eventually(t, 10*time.Second, "the command taken from the broker", func() bool {
 		return g.upstream.Stats().Commands == 1
 	})
+	// The device connects after the command is stored: it is told to move
+	// in answer to its query. (Connected before, it would be told at once
+	// and its own query would race with its move.)
+	d := newDevice311(t, g, "van-3")
+	d.connect(false, g.PlainAddr())
 	d.query()
 	if c := nextCommand(t, d.cmds); !c.tls || c.payload != "while-you-were-away" {
 		t.Fatalf("command %+v", c)

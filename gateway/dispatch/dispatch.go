@@ -43,6 +43,10 @@ type Config struct {
 	// Retention is how long delivered, expired and failed commands stay
 	// readable through the API (default 24 h).
 	Retention time.Duration
+	// DeviceRetention is how long the dispatcher remembers a device that
+	// is gone, in whatever state (default 10 x SecureIdle + MaxBackoff +
+	// 1 h). Its commands stay in the store regardless.
+	DeviceRetention time.Duration
 	// Tick is how often quiet periods, backoffs and TTLs are checked
 	// (default 1 s).
 	Tick time.Duration
@@ -52,6 +56,12 @@ type Config struct {
 	// WaitSession bounds how long a worker waits for a session to run a
 	// delivery or an instruction (default 2 s).
 	WaitSession time.Duration
+	// Executor, if set, runs the dispatcher's work instead of its worker
+	// goroutines and ticker: it must run each fn later, in the order given
+	// for the same client id, never from inside a session's owner context.
+	// The caller then calls Tick itself, and Submit does not wait for the
+	// dispatch (it reports pending). Deterministic simulation uses it.
+	Executor func(clientID string, fn func())
 	// OnDelivered, if set, is told the latency of each delivered command
 	// (from acceptance to the device's acknowledgement).
 	OnDelivered func(c *store.Command, latency time.Duration)
@@ -85,6 +95,9 @@ func (c Config) withDefaults() Config {
 	if c.Workers <= 0 {
 		c.Workers = 128
 	}
+	if c.DeviceRetention <= 0 {
+		c.DeviceRetention = 10*c.SecureIdle + c.MaxBackoff + time.Hour
+	}
 	if c.WaitSession <= 0 {
 		c.WaitSession = 2 * time.Second
 	}
@@ -107,11 +120,14 @@ type Stats struct {
 // Start, stop it with Stop.
 type Dispatcher struct {
 	cfg     Config
+	rules   rules
 	stats   Stats
 	workers []*worker
 
 	mu      sync.Mutex // guards devices
 	devices map[string]*device
+
+	lastPrune time.Time // Tick's only
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -122,26 +138,6 @@ type Dispatcher struct {
 	stopped bool
 }
 
-// device is the dispatcher's memory of one device. Fields are read and
-// written by the device's worker; the API reads a copy under Dispatcher.mu.
-type device struct {
-	// TLS instructions since the device was last seen on TLS.
-	tries        int
-	nextInstruct time.Time
-	instructed   bool // told to use TLS, not arrived yet
-	stuck        bool // loop protection tripped
-
-	tls        *session.Session // its live TLS session, if any
-	lastSecure time.Time        // later of the TLS CONNECT and the last secure PUBACK
-	upgrades   []time.Time      // recent arrivals on TLS after an instruction
-
-	toldPlain    bool // told to go plain, not arrived on plain yet
-	ignoredPlain int  // arrivals on TLS right after being told plain
-	tlsOnly      bool
-
-	lastSeen time.Time
-}
-
 // New builds a dispatcher.
 func New(cfg Config) (*Dispatcher, error) {
 	if cfg.Store == nil || cfg.Registry == nil || cfg.Advertise == nil {
@@ -149,7 +145,15 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	cfg = cfg.withDefaults()
 	d := &Dispatcher{
-		cfg:     cfg,
+		cfg: cfg,
+		rules: rules{
+			secureIdle:      cfg.SecureIdle,
+			fixedQuiet:      cfg.FixedQuiet,
+			maxInstructions: cfg.MaxInstructions,
+			instructBackoff: cfg.InstructBackoff,
+			maxBackoff:      cfg.MaxBackoff,
+			retention:       cfg.DeviceRetention,
+		},
 		devices: make(map[string]*device),
 		stop:    make(chan struct{}),
 	}
@@ -180,8 +184,10 @@ func (d *Dispatcher) Start() error {
 			}
 		}
 	}
-	d.wg.Add(1)
-	go d.ticker()
+	if d.cfg.Executor == nil {
+		d.wg.Add(1)
+		go d.ticker()
+	}
 	return nil
 }
 
@@ -203,11 +209,19 @@ func (d *Dispatcher) Stats() *Stats { return &d.stats }
 // Submit stores a new command durably, then dispatches it, and returns the
 // status it reached: pending, upgrading, sent (or delivered for QoS 0).
 func (d *Dispatcher) Submit(c *store.Command) (store.Status, error) {
+	if c.Secure && len(c.History) == 0 && d.waitsUnproven(c.ClientID) {
+		// Said once, where the API shows it: the command's first entry.
+		c.History = []store.Transition{{Status: store.StatusPending, At: c.CreatedAt, Note: NoteUnproven}}
+	}
 	if err := d.cfg.Store.Put(c); err != nil {
 		return "", err
 	}
 	d.stats.Accepted.Add(1)
 	status := store.StatusPending
+	if d.cfg.Executor != nil {
+		d.on(c.ClientID, func() { d.reconcile(c.ClientID, trigNew) })
+		return status, nil
+	}
 	d.do(c.ClientID, func() {
 		d.reconcile(c.ClientID, trigNew)
 		if got, err := d.cfg.Store.Get(c.ID); err == nil {
@@ -219,7 +233,8 @@ func (d *Dispatcher) Submit(c *store.Command) (store.Status, error) {
 
 // DeviceInfo is what the dispatcher knows of a device, for the API.
 type DeviceInfo struct {
-	Instructions  int // TLS instructions since it was last on TLS
+	State         State
+	Instructions  int // TLS instructions not answered by a proven TLS arrival
 	LoopProtected bool
 	TLSOnly       bool
 	LastSeen      time.Time
@@ -233,7 +248,13 @@ func (d *Dispatcher) Device(id string) (DeviceInfo, bool) {
 	if !ok {
 		return DeviceInfo{}, false
 	}
-	return DeviceInfo{Instructions: dev.tries, LoopProtected: dev.stuck, TLSOnly: dev.tlsOnly, LastSeen: dev.lastSeen}, true
+	return DeviceInfo{
+		State:         dev.state,
+		Instructions:  dev.tries,
+		LoopProtected: dev.state == StateLoopProtected,
+		TLSOnly:       dev.state == StateTLSOnly,
+		LastSeen:      dev.lastSeen,
+	}, true
 }
 
 // LoopProtected counts devices whose secure commands wait for them on TLS
@@ -243,24 +264,11 @@ func (d *Dispatcher) LoopProtected() int {
 	defer d.mu.Unlock()
 	n := 0
 	for _, dev := range d.devices {
-		if dev.stuck {
+		if dev.state == StateLoopProtected {
 			n++
 		}
 	}
 	return n
-}
-
-// update runs fn on the device's state under the lock, so the API reads a
-// consistent copy.
-func (d *Dispatcher) update(id string, fn func(dv *device)) {
-	d.mu.Lock()
-	dv, ok := d.devices[id]
-	if !ok {
-		dv = new(device)
-		d.devices[id] = dv
-	}
-	fn(dv)
-	d.mu.Unlock()
 }
 
 // worker is a queue of functions run in order by one goroutine, which is
@@ -315,6 +323,10 @@ func (d *Dispatcher) workerFor(id string) *worker {
 // on queues fn on the device's worker, starting its goroutine if it has
 // none. After Stop, fn is dropped.
 func (d *Dispatcher) on(id string, fn func()) {
+	if d.cfg.Executor != nil {
+		d.cfg.Executor(id, fn)
+		return
+	}
 	w := d.workerFor(id)
 	d.runMu.RLock()
 	defer d.runMu.RUnlock()
@@ -345,7 +357,14 @@ func (d *Dispatcher) exec(s *session.Session, fn func(s *session.Session) error)
 	select {
 	case err := <-ch:
 		return err, true
-	case <-time.After(d.cfg.WaitSession):
+	default:
+	}
+	t := time.NewTimer(d.cfg.WaitSession)
+	defer t.Stop()
+	select {
+	case err := <-ch:
+		return err, true
+	case <-t.C:
 		return nil, false
 	case <-d.stop:
 		return nil, false

@@ -19,6 +19,10 @@
 //
 // # The rules, per device
 //
+// Each tracked device is in one State (machine.go); rules.step is the only
+// code that changes it, from an Event and the time it happened, and
+// returns the Actions that Dispatcher.perform carries out. In outline:
+//
 //   - New command: on TLS, or not secure, deliver now. Secure for a plain
 //     device: reconnect instruction (mode tls), status upgrading. Offline:
 //     pending.
@@ -37,4 +41,18 @@
 //     SecureIdle, so a device that needs TLS often stays on it longer.
 //   - A device told to go plain that comes back on TLS twice in a row
 //     (a client that cannot switch) is left on TLS.
+//   - A TLS session that did not prove the client id (--secure-identity)
+//     gets no secure command: they stay pending, with the reason once in
+//     their history; the device is sent back to plain after the quiet
+//     period, and its arrival counts as an ignored instruction.
+//   - A session that ends with commands unacknowledged while a newer one
+//     is live hands them to it at once; a command in flight on an older
+//     session holds back those after it, so commands arrive in order.
+//   - A device gone longer than DeviceRetention is forgotten, in any state.
+//
+// # Deterministic tests
+//
+// With Config.Executor the dispatcher runs no goroutine of its own: the
+// caller runs its work and calls Tick, which is how the simulation in the
+// tests drives it step by step from a seed.
 package dispatch

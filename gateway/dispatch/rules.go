@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"errors"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -12,6 +13,10 @@ import (
 	"github.com/dualgate/dualgate/internal/control"
 )
 
+// NoteUnproven is the history note of a secure command that waits because
+// its device is on a TLS session that did not prove its client id.
+const NoteUnproven = "waiting: the TLS session did not prove client id (see --secure-identity)"
+
 // trigger is why a device's commands are looked at.
 type trigger uint8
 
@@ -20,15 +25,16 @@ const (
 	trigQuery                    // the device published on the query topic
 	trigSubscribe                // the device subscribed (on TLS)
 	trigAck                      // the device acknowledged a command
-	trigTick                     // a backoff may have elapsed
+	trigTick                     // a backoff may have elapsed: instruct only
+	trigResume                   // an older session ended, or a store operation failed
 )
 
 // Hooks, called by sessions in owner context: they only queue work.
 
 // Online is called when a session is connected.
 func (d *Dispatcher) Online(s *session.Session) {
-	id, mode, now := s.ClientID(), s.Mode(), d.cfg.Now()
-	d.on(id, func() { d.online(s, id, mode, now) })
+	id, mode, proven, now := s.ClientID(), s.Mode(), s.IdentityProven(), d.cfg.Now()
+	d.on(id, func() { d.online(s, id, mode, proven, now) })
 }
 
 // Query is called when a device publishes on the query topic.
@@ -61,67 +67,172 @@ func (d *Dispatcher) Offline(s *session.Session, unacked []string) {
 
 // Worker context from here on.
 
-func (d *Dispatcher) online(s *session.Session, id string, mode registry.Mode, now time.Time) {
-	if mode != registry.ModeTLS {
-		// An idle plain device costs the dispatcher nothing: only devices
-		// it already tracks are updated.
-		d.mu.Lock()
-		if dv, ok := d.devices[id]; ok {
-			dv.lastSeen = now
-			dv.toldPlain, dv.ignoredPlain, dv.tlsOnly = false, 0, false
+// step feeds in to the device's state machine under the lock and returns
+// the actions to perform and the device's TLS session after the step. An
+// untracked device is created only when create is set; ok is false when it
+// was not.
+func (d *Dispatcher) step(id string, in input, create bool) (act Action, tls *session.Session, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dv := d.devices[id]
+	if dv == nil {
+		if !create {
+			return 0, nil, false
 		}
-		d.mu.Unlock()
-		return
+		dv = new(device)
+		d.devices[id] = dv
 	}
-	d.update(id, func(dv *device) {
-		dv.lastSeen = now
-		if dv.instructed {
-			d.stats.Upgrades.Add(1)
-			dv.upgrades = append(dv.upgrades, now)
-			if len(dv.upgrades) > 8 {
-				dv.upgrades = dv.upgrades[len(dv.upgrades)-8:]
+	act = d.rules.step(dv, in)
+	return act, dv.tls, true
+}
+
+// perform does what a transition asked for. It is the one place where the
+// state machine's decisions become instructions, store transitions, logs
+// and counters; s is the device's live session.
+func (d *Dispatcher) perform(id string, s *session.Session, act Action, cmds []*store.Command, now time.Time) {
+	if act&ActCountUpgrade != 0 {
+		d.stats.Upgrades.Add(1)
+	}
+	if act&ActReportTLSOnly != 0 {
+		d.cfg.Logger.Info("device returns on TLS when told to use plain; leaving it on TLS",
+			zap.String("client", id))
+	}
+	if act&ActReportLoop != 0 {
+		d.stats.LoopProtected.Add(1)
+		d.cfg.Logger.Warn("device keeps returning on plain after being told to use TLS; its secure commands wait for it on TLS",
+			zap.String("client", id), zap.Int("instructions", d.cfg.MaxInstructions))
+	}
+	if act&ActNoteUnproven != 0 {
+		d.cfg.Logger.Info("device arrived on TLS without proving its client id; secure commands wait",
+			zap.String("client", id))
+		if cmds == nil {
+			var err error
+			if cmds, err = d.cfg.Store.Pending(id); err != nil {
+				d.storeFailed(id, err)
 			}
 		}
-		if dv.toldPlain {
-			dv.ignoredPlain++
-			if dv.ignoredPlain >= 2 && !dv.tlsOnly {
-				dv.tlsOnly = true
-				d.cfg.Logger.Info("device returns on TLS when told to use plain; leaving it on TLS",
-					zap.String("client", id))
-			}
+		d.noteUnproven(id, cmds, now)
+	}
+	if act&ActInstructTLS != 0 && s != nil {
+		d.instructTLS(s, id, cmds, now)
+	}
+	if act&ActInstructPlain != 0 && s != nil {
+		d.instructPlain(s, id, now)
+	}
+}
+
+func (d *Dispatcher) online(s *session.Session, id string, mode registry.Mode, proven bool, now time.Time) {
+	ev := EvOnlinePlain
+	if mode == registry.ModeTLS {
+		ev = EvOnlineTLS
+		if !proven {
+			ev = EvOnlineUnproven
 		}
-		dv.tries, dv.instructed, dv.stuck, dv.toldPlain = 0, false, false, false
-		dv.nextInstruct = time.Time{}
-		dv.tls, dv.lastSecure = s, now
-	})
+	}
+	// An idle plain device costs the dispatcher nothing: only devices it
+	// already tracks are updated.
+	act, _, ok := d.step(id, input{ev: ev, now: now, s: s}, ev != EvOnlinePlain)
+	if ok {
+		d.perform(id, s, act, nil, now)
+	}
 }
 
 func (d *Dispatcher) offline(s *session.Session, id string, unacked []string, now time.Time) {
+	var failed []string
 	for _, cid := range unacked {
 		if _, err := d.cfg.Store.Transition(cid, store.StatusPending, now, "connection closed before PUBACK"); err != nil &&
 			!errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
 			d.cfg.Logger.Error("store", zap.String("command", cid), zap.Error(err))
+			failed = append(failed, cid)
 		}
 	}
 	d.mu.Lock()
-	if dv, ok := d.devices[id]; ok {
-		dv.lastSeen = now
-		if dv.tls == s {
-			dv.tls = nil
-		}
+	dv := d.devices[id]
+	if dv == nil && len(failed) > 0 {
+		dv = new(device)
+		d.devices[id] = dv
+	}
+	if dv != nil {
+		d.rules.step(dv, input{ev: EvOffline, now: now, s: s})
+		dv.addRetry(failed)
 	}
 	d.mu.Unlock()
+	// A newer session may already have queried while these commands were
+	// still in flight on this one: it gets them now, not at its next query.
+	if live, online := d.cfg.Registry.Get(id); online && live != s && len(unacked) > 0 {
+		d.reconcile(id, trigResume)
+	}
+}
+
+// addRetry remembers commands whose move back to pending failed.
+func (dv *device) addRetry(ids []string) {
+	for _, cid := range ids {
+		if !slices.Contains(dv.retry, cid) {
+			dv.retry = append(dv.retry, cid)
+		}
+	}
+}
+
+// storeFailed logs a failed store operation and marks the device for the
+// ticker to look at its commands again.
+func (d *Dispatcher) storeFailed(id string, err error) {
+	d.cfg.Logger.Error("store", zap.String("client", id), zap.Error(err))
+	d.mu.Lock()
+	dv := d.devices[id]
+	if dv == nil {
+		dv = &device{lastSeen: d.cfg.Now()}
+		d.devices[id] = dv
+	}
+	dv.dirty = true
+	d.mu.Unlock()
+}
+
+// resume retries what failed for a device: commands left in flight by an
+// ended session go back to pending, and its commands are looked at again.
+func (d *Dispatcher) resume(id string) {
+	now := d.cfg.Now()
+	d.mu.Lock()
+	var ids []string
+	if dv := d.devices[id]; dv != nil {
+		ids, dv.retry, dv.dirty = dv.retry, nil, false
+	}
+	d.mu.Unlock()
+	var failed []string
+	for _, cid := range ids {
+		if _, err := d.cfg.Store.Transition(cid, store.StatusPending, now, "connection closed before PUBACK"); err != nil &&
+			!errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
+			failed = append(failed, cid)
+		}
+	}
+	if len(failed) > 0 {
+		d.mu.Lock()
+		if dv := d.devices[id]; dv != nil {
+			dv.addRetry(failed)
+		}
+		d.mu.Unlock()
+	}
+	d.reconcile(id, trigResume)
 }
 
 func (d *Dispatcher) acked(id, cid string, now time.Time) {
 	c, err := d.cfg.Store.Transition(cid, store.StatusDelivered, now, "PUBACK")
 	if errors.Is(err, store.ErrBadTransition) {
-		// The write went out after its waiter gave up: record both steps.
+		// The write went out after its waiter gave up, or its move to
+		// sent failed: record both steps.
 		if _, err2 := d.cfg.Store.Transition(cid, store.StatusSent, now, "written late"); err2 == nil {
 			c, err = d.cfg.Store.Transition(cid, store.StatusDelivered, now, "PUBACK")
 		}
 	}
 	if err != nil {
+		if !errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
+			// Not recorded: the command goes back to pending and out
+			// again (at least once).
+			d.storeFailed(id, err)
+			d.mu.Lock()
+			d.devices[id].addRetry([]string{cid})
+			d.mu.Unlock()
+			return
+		}
 		d.cfg.Logger.Debug("acknowledgement for a command that is not in flight",
 			zap.String("client", id), zap.String("command", cid), zap.Error(err))
 		return
@@ -133,11 +244,29 @@ func (d *Dispatcher) acked(id, cid string, now time.Time) {
 func (d *Dispatcher) delivered(c *store.Command, now time.Time) {
 	d.stats.Delivered.Add(1)
 	if c.Secure {
-		d.update(c.ClientID, func(dv *device) { dv.lastSecure = now })
+		d.step(c.ClientID, input{ev: EvSecureAcked, now: now}, false)
 	}
 	if d.cfg.OnDelivered != nil {
 		d.cfg.OnDelivered(c, now.Sub(c.CreatedAt))
 	}
+}
+
+// provenOn reports whether s is the device's TLS session and proved the
+// client id, as far as the dispatcher was told (Online).
+func (d *Dispatcher) provenOn(id string, s *session.Session) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dv := d.devices[id]
+	return dv != nil && dv.tls == s && dv.proven
+}
+
+// waitsUnproven reports whether the device is on a TLS session that did not
+// prove its client id.
+func (d *Dispatcher) waitsUnproven(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dv := d.devices[id]
+	return dv != nil && dv.tls != nil && !dv.proven
 }
 
 // reconcile looks at a device's waiting commands and its connection, and
@@ -149,38 +278,84 @@ func (d *Dispatcher) reconcile(id string, why trigger) {
 	}
 	cmds, err := d.cfg.Store.Pending(id)
 	if err != nil {
-		d.cfg.Logger.Error("store", zap.String("client", id), zap.Error(err))
+		d.storeFailed(id, err)
 		return
 	}
 	now := d.cfg.Now()
+	onTLS := s.Mode() == registry.ModeTLS
+	proven := onTLS && d.provenOn(id, s)
 	var ready []*store.Command
-	secureWaiting := false
+	writable, secureWaiting, unproven := false, false, false
 	for _, c := range cmds {
 		switch {
+		case c.Status == store.StatusSent && c.QoS == 0:
+			d.finishQoS0(c, now)
 		case c.Status == store.StatusSent:
-			continue // in flight
+			// In flight: on s it is skipped, elsewhere it holds back
+			// what follows (deliver decides, in owner context).
+			ready = append(ready, c)
 		case !c.ExpiresAt.IsZero() && !now.Before(c.ExpiresAt):
 			continue // the ticker marks it expired
-		case c.Secure && s.Mode() != registry.ModeTLS:
+		case c.Secure && !onTLS:
 			secureWaiting = true
+		case c.Secure && !proven:
+			unproven = true
 		default:
 			ready = append(ready, c)
+			writable = true
 		}
 	}
-	if len(ready) > 0 && why != trigTick {
+	if writable && why != trigTick {
 		d.deliver(s, ready, now)
 	}
-	if secureWaiting && why != trigAck && why != trigSubscribe {
-		d.instruct(s, id, cmds, now)
+	if unproven {
+		d.noteUnproven(id, cmds, now)
+	}
+	switch {
+	case secureWaiting && why != trigAck && why != trigSubscribe:
+		act, _, _ := d.step(id, input{ev: EvSecureWaiting, now: now}, true)
+		d.perform(id, s, act, cmds, now)
+	case !secureWaiting && !onTLS:
+		d.step(id, input{ev: EvNothingWaiting, now: now}, false)
+	}
+}
+
+// finishQoS0 completes a QoS 0 command whose move to delivered failed.
+func (d *Dispatcher) finishQoS0(c *store.Command, now time.Time) {
+	if dc, err := d.cfg.Store.Transition(c.ID, store.StatusDelivered, now, "QoS 0 written"); err == nil {
+		d.delivered(dc, now)
+	}
+}
+
+// noteUnproven moves the device's upgrading secure commands back to
+// pending, with the reason they wait: the device came on TLS but did not
+// prove its client id there. It is said once per instruction.
+func (d *Dispatcher) noteUnproven(id string, cmds []*store.Command, now time.Time) {
+	for _, c := range cmds {
+		if c.Secure && c.Status == store.StatusUpgrading {
+			if _, err := d.cfg.Store.Transition(c.ID, store.StatusPending, now, NoteUnproven); err != nil &&
+				!errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
+				d.storeFailed(id, err)
+			}
+		}
 	}
 }
 
 // deliver writes commands to the session in order, as far as its receive
-// maximum allows, and records them sent.
+// maximum allows, and records them sent. A command in flight on another
+// session stops it: what follows waits until that session's end puts it
+// back, so a device gets its commands in order.
 func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time.Time) {
 	var written []*store.Command
 	_, ok := d.exec(s, func(s *session.Session) error {
+		inflight := s.Inflight()
 		for _, c := range cmds {
+			if c.Status == store.StatusSent {
+				if slices.Contains(inflight, c.ID) {
+					continue
+				}
+				break
+			}
 			err := s.Deliver(&session.Delivery{
 				Topic: c.Topic, Payload: c.Payload, QoS: c.QoS,
 				Secure: c.Secure, Token: c.ID, Dup: c.Attempts > 0,
@@ -201,178 +376,56 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 	mode := s.Mode().String()
 	for _, c := range written {
 		if _, err := d.cfg.Store.Transition(c.ID, store.StatusSent, now, "written to the "+mode+" connection"); err != nil {
-			d.cfg.Logger.Error("store", zap.String("command", c.ID), zap.Error(err))
+			// Its PUBACK records it ("written late"); until then it may
+			// go out again.
+			d.storeFailed(c.ClientID, err)
 			continue
 		}
 		if c.QoS == 0 {
 			// No acknowledgement comes for QoS 0: written is delivered.
 			if dc, err := d.cfg.Store.Transition(c.ID, store.StatusDelivered, now, "QoS 0 written"); err == nil {
 				d.delivered(dc, now)
+			} else {
+				d.storeFailed(c.ClientID, err)
 			}
 		}
 	}
 }
 
-// instruct sends a plain device the reconnect instruction with mode tls,
-// within the loop-protection rules, and marks its secure commands
-// upgrading.
-func (d *Dispatcher) instruct(s *session.Session, id string, cmds []*store.Command, now time.Time) {
-	var stuck, early bool
-	var tries int
-	d.update(id, func(dv *device) {
-		stuck, tries = dv.stuck, dv.tries
-		early = now.Before(dv.nextInstruct)
-		if !stuck && !early && dv.tries >= d.cfg.MaxInstructions {
-			dv.stuck, stuck = true, true
-			d.stats.LoopProtected.Add(1)
-			d.cfg.Logger.Warn("device keeps returning on plain after being told to use TLS; its secure commands wait for it on TLS",
-				zap.String("client", id), zap.Int("instructions", dv.tries))
-		}
-	})
-	if stuck || early {
-		return
-	}
+// instructTLS sends a plain device the reconnect instruction with mode
+// tls and marks its secure commands upgrading.
+func (d *Dispatcher) instructTLS(s *session.Session, id string, cmds []*store.Command, now time.Time) {
 	err, ok := d.exec(s, func(s *session.Session) error {
-		// Recorded before the instruction leaves, so the device's arrival
-		// on TLS always finds it, and undone if it does not leave.
-		var was device
-		d.update(id, func(dv *device) {
-			was = *dv
-			dv.tries++
-			dv.instructed = true
-			dv.lastSeen = now
-			dv.nextInstruct = now.Add(d.backoff(dv.tries))
-		})
-		err := s.Instruct(control.ModeTLS, d.cfg.Advertise(s, control.ModeTLS), control.ReasonSecureCommand)
-		if err != nil {
-			d.update(id, func(dv *device) {
-				dv.tries, dv.instructed, dv.nextInstruct = was.tries, was.instructed, was.nextInstruct
-			})
-			return err
-		}
-		d.stats.Instructions.Add(1)
-		if tries > 0 {
-			d.stats.InstructionRetries.Add(1)
-		}
-		return nil
+		return s.Instruct(control.ModeTLS, d.cfg.Advertise(s, control.ModeTLS), control.ReasonSecureCommand)
 	})
 	if !ok || (err != nil && !errors.Is(err, session.ErrInstructed)) {
 		return
 	}
+	d.mu.Lock()
+	retry := false
+	if dv := d.devices[id]; dv != nil {
+		retry = dv.tries > 0
+		d.rules.step(dv, input{ev: EvInstructedTLS, now: now})
+	}
+	d.mu.Unlock()
+	if err == nil {
+		d.stats.Instructions.Add(1)
+		if retry {
+			d.stats.InstructionRetries.Add(1)
+		}
+	}
 	for _, c := range cmds {
 		if c.Secure && c.Status == store.StatusPending {
 			if _, err := d.cfg.Store.Transition(c.ID, store.StatusUpgrading, now, "reconnect instruction sent"); err != nil &&
-				!errors.Is(err, store.ErrBadTransition) {
+				!errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
 				d.cfg.Logger.Error("store", zap.String("command", c.ID), zap.Error(err))
 			}
 		}
 	}
 }
 
-// backoff is the wait after the n-th instruction before the next one.
-func (d *Dispatcher) backoff(n int) time.Duration {
-	b := d.cfg.InstructBackoff
-	for i := 1; i < n && b < d.cfg.MaxBackoff; i++ {
-		b *= 2
-	}
-	return min(b, d.cfg.MaxBackoff)
-}
-
-// QuietPeriod is how long a TLS device with nothing secure to do stays on
-// TLS: SecureIdle x (1 + its other upgrades within 10 x SecureIdle), at
-// most 3 x SecureIdle.
-func (d *Dispatcher) quietPeriod(upgrades []time.Time, now time.Time) time.Duration {
-	base := d.cfg.SecureIdle
-	if d.cfg.FixedQuiet {
-		return base
-	}
-	recent := 0
-	for _, t := range upgrades {
-		if now.Sub(t) <= 10*base {
-			recent++
-		}
-	}
-	k := max(recent-1, 0) // not counting the upgrade that brought it here
-	return base * time.Duration(min(1+k, 3))
-}
-
-// ticker expires commands, prunes old ones, re-instructs devices whose
-// backoff elapsed and sends quiet TLS devices back to plain.
-func (d *Dispatcher) ticker() {
-	defer d.wg.Done()
-	t := time.NewTicker(d.cfg.Tick)
-	defer t.Stop()
-	lastPrune := time.Time{}
-	for {
-		select {
-		case <-d.stop:
-			return
-		case <-t.C:
-		}
-		now := d.cfg.Now()
-		if expired, err := d.cfg.Store.Expire(now); err != nil {
-			d.cfg.Logger.Error("store expire", zap.Error(err))
-		} else if len(expired) > 0 {
-			d.stats.Expired.Add(uint64(len(expired)))
-			d.cfg.Logger.Info("commands expired", zap.Int("count", len(expired)))
-		}
-		if now.Sub(lastPrune) > time.Hour {
-			lastPrune = now
-			if _, err := d.cfg.Store.Prune(now.Add(-d.cfg.Retention)); err != nil {
-				d.cfg.Logger.Error("store prune", zap.Error(err))
-			}
-		}
-		var retry, quiet []string
-		d.mu.Lock()
-		for id, dv := range d.devices {
-			switch {
-			case dv.tls != nil && !dv.tlsOnly && !dv.toldPlain &&
-				now.Sub(dv.lastSecure) >= d.quietPeriod(dv.upgrades, now):
-				quiet = append(quiet, id)
-			case dv.instructed && !dv.stuck && !now.Before(dv.nextInstruct):
-				if s, online := d.cfg.Registry.Get(id); online && s.Mode() == registry.ModePlain {
-					retry = append(retry, id)
-				}
-			case dv.tls == nil && now.Sub(dv.lastSeen) > 10*d.cfg.SecureIdle+time.Hour:
-				// Gone for long: forget it (its commands stay in the store).
-				if _, online := d.cfg.Registry.Get(id); !online {
-					delete(d.devices, id)
-				}
-			}
-		}
-		d.mu.Unlock()
-		for _, id := range retry {
-			d.on(id, func() { d.reconcile(id, trigTick) })
-		}
-		for _, id := range quiet {
-			d.on(id, func() { d.downgrade(id) })
-		}
-	}
-}
-
-// downgrade sends a quiet TLS device back to plain, unless something
-// secure is pending or in flight for it.
-func (d *Dispatcher) downgrade(id string) {
-	now := d.cfg.Now()
-	var s *session.Session
-	d.mu.Lock()
-	if dv := d.devices[id]; dv != nil && dv.tls != nil && !dv.toldPlain &&
-		now.Sub(dv.lastSecure) >= d.quietPeriod(dv.upgrades, now) {
-		s = dv.tls
-	}
-	d.mu.Unlock()
-	if s == nil {
-		return
-	}
-	cmds, err := d.cfg.Store.Pending(id)
-	if err != nil {
-		return
-	}
-	for _, c := range cmds {
-		if c.Secure {
-			return // not quiet: it will be delivered, and the clock restarts
-		}
-	}
+// instructPlain sends a quiet TLS device back to plain, over TLS.
+func (d *Dispatcher) instructPlain(s *session.Session, id string, now time.Time) {
 	err, ok := d.exec(s, func(s *session.Session) error {
 		return s.Instruct(control.ModePlain, d.cfg.Advertise(s, control.ModePlain), control.ReasonSecureIdle)
 	})
@@ -380,5 +433,91 @@ func (d *Dispatcher) downgrade(id string) {
 		return
 	}
 	d.stats.Downgrades.Add(1)
-	d.update(id, func(dv *device) { dv.toldPlain = true })
+	d.step(id, input{ev: EvInstructedPlain, now: now}, false)
+}
+
+// quiet sends a TLS device whose quiet period is over back to plain,
+// unless something secure is pending or in flight for it that its session
+// may receive.
+func (d *Dispatcher) quiet(id string) {
+	now := d.cfg.Now()
+	cmds, err := d.cfg.Store.Pending(id)
+	if err != nil {
+		d.storeFailed(id, err)
+		return
+	}
+	secure := false
+	for _, c := range cmds {
+		secure = secure || c.Secure
+	}
+	act, s, ok := d.step(id, input{ev: EvQuiet, now: now, secureWaiting: secure}, false)
+	if ok {
+		d.perform(id, s, act, cmds, now)
+	}
+}
+
+// Tick expires commands, prunes old ones, forgets devices gone past the
+// retention, retries what failed, re-instructs devices whose backoff
+// elapsed and sends quiet TLS devices back to plain. The ticker calls it
+// every Config.Tick; with an Executor, the caller does.
+func (d *Dispatcher) Tick() {
+	now := d.cfg.Now()
+	if expired, err := d.cfg.Store.Expire(now); err != nil {
+		d.cfg.Logger.Error("store expire", zap.Error(err))
+	} else if len(expired) > 0 {
+		d.stats.Expired.Add(uint64(len(expired)))
+		d.cfg.Logger.Info("commands expired", zap.Int("count", len(expired)))
+	}
+	if now.Sub(d.lastPrune) > time.Hour {
+		if _, err := d.cfg.Store.Prune(now.Add(-d.cfg.Retention)); err != nil {
+			d.cfg.Logger.Error("store prune", zap.Error(err))
+		} else {
+			d.lastPrune = now
+		}
+	}
+	var retry, quiet, resume []string
+	d.mu.Lock()
+	for id, dv := range d.devices {
+		_, online := d.cfg.Registry.Get(id)
+		switch {
+		case !online && !dv.dirty && d.rules.forgettable(dv, now):
+			// Gone for long: forget it, whatever its state (its
+			// commands stay in the store).
+			delete(d.devices, id)
+		case dv.dirty || len(dv.retry) > 0:
+			resume = append(resume, id)
+		case dv.tls != nil && (dv.state == StateSecure || dv.state == StateUnproven) && d.rules.quietOver(dv, now):
+			quiet = append(quiet, id)
+		case online && d.rules.retryDue(dv, now):
+			retry = append(retry, id)
+		}
+	}
+	d.mu.Unlock()
+	// In a stable order, so that a simulation replays exactly.
+	slices.Sort(resume)
+	slices.Sort(retry)
+	slices.Sort(quiet)
+	for _, id := range resume {
+		d.on(id, func() { d.resume(id) })
+	}
+	for _, id := range retry {
+		d.on(id, func() { d.reconcile(id, trigTick) })
+	}
+	for _, id := range quiet {
+		d.on(id, func() { d.quiet(id) })
+	}
+}
+
+func (d *Dispatcher) ticker() {
+	defer d.wg.Done()
+	t := time.NewTicker(d.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+		}
+		d.Tick()
+	}
 }

@@ -6,7 +6,7 @@ import (
 )
 
 func TestBackoff(t *testing.T) {
-	d := &Dispatcher{cfg: Config{InstructBackoff: 2 * time.Second, MaxBackoff: 5 * time.Minute}}
+	d := &rules{instructBackoff: 2 * time.Second, maxBackoff: 5 * time.Minute}
 	for n, want := range map[int]time.Duration{
 		1: 2 * time.Second, 2: 4 * time.Second, 3: 8 * time.Second, 8: 256 * time.Second, 9: 5 * time.Minute, 40: 5 * time.Minute,
 	} {
@@ -28,7 +28,7 @@ func TestQuietPeriod(t *testing.T) {
 		}
 		return out
 	}
-	d := &Dispatcher{cfg: Config{SecureIdle: base}}
+	d := &rules{secureIdle: base}
 	for _, tc := range []struct {
 		name     string
 		upgrades []time.Time
@@ -45,7 +45,7 @@ func TestQuietPeriod(t *testing.T) {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
 		}
 	}
-	d.cfg.FixedQuiet = true
+	d.fixedQuiet = true
 	if got := d.quietPeriod(ago(8*time.Minute, 4*time.Minute, 0), now); got != base {
 		t.Errorf("fixed: %s, want %s", got, base)
 	}

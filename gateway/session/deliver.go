@@ -167,7 +167,7 @@ func (s *Session) Instruct(mode control.Mode, addr, reason string) error {
 	if s.flags&flagInstructed != 0 {
 		return ErrInstructed
 	}
-	s.flags |= flagInstructed
+	s.flags |= flagInstructed | flagMoved
 	s.env.Stats.Instructions.Add(1)
 	s.env.Logger.Debug("reconnect instruction", zap.String("client", s.entry.ClientID),
 		zap.String("mode", string(mode)), zap.String("addr", addr), zap.String("reason", reason))
@@ -176,7 +176,6 @@ func (s *Session) Instruct(mode control.Mode, addr, reason string) error {
 		d.Properties.SetServerReference([]byte(control.ServerReference(mode, addr)))
 		d.Properties.SetReasonString([]byte(reason))
 		s.write(func(dst []byte) []byte { return mqttcodec.AppendDisconnect(dst, mqttcodec.V5, &d) })
-		s.flags |= flagGracefulEnd
 		s.closeNow()
 		return nil
 	}
@@ -200,7 +199,7 @@ func (s *Session) Drain(ref string) {
 		s.closeNow()
 		return
 	}
-	s.flags |= flagGracefulEnd
+	s.flags |= flagMoved
 	if s.entry.Protocol == mqttcodec.V5 && ref != "" {
 		d := mqttcodec.Disconnect{ReasonCode: mqttcodec.UseAnotherServer}
 		d.Properties.SetServerReference([]byte(ref))

@@ -41,6 +41,8 @@ type keptSession struct {
 type dueWill struct {
 	will *Will
 	due  time.Time
+	// moved: held because the gateway moved the device (HoldWill).
+	moved bool
 }
 
 // NewStore returns an empty store that publishes wills to sink.
@@ -73,16 +75,26 @@ func (st *Store) Take(clientID string, now time.Time) ([]Subscription, bool) {
 }
 
 // Drop discards a kept session for a device starting clean. Ending the
-// session publishes a will still waiting for its delay.
+// session publishes a will still waiting for its delay, unless the will
+// was held for a move (HoldWill): the device is back.
 func (st *Store) Drop(clientID string, now time.Time) {
 	st.mu.Lock()
 	delete(st.sessions, clientID)
 	dw, ok := st.wills[clientID]
 	delete(st.wills, clientID)
 	st.mu.Unlock()
-	if ok {
+	if ok && !dw.moved {
 		st.publish(clientID, dw.will)
 	}
+}
+
+// HoldWill keeps the will of a device the gateway disconnected to move it
+// until due: a new connection with the same client id drops it (Take or
+// Drop), Sweep publishes it once due.
+func (st *Store) HoldWill(clientID string, w *Will, now, due time.Time) {
+	st.mu.Lock()
+	st.wills[clientID] = dueWill{will: w, due: due, moved: true}
+	st.mu.Unlock()
 }
 
 // ScheduleWill publishes w at due (at once when due is not in the future).

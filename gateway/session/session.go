@@ -155,6 +155,11 @@ type Env struct {
 	// when its queue would pass the bound, rather than anyone waiting on
 	// it.
 	MaxOutbound int
+	// MoveGrace is how long the will of a device whose connection the
+	// gateway closed to move it (reconnect instruction, drain) is held:
+	// dropped if the device connects again in time, published otherwise.
+	// A move is not an outage.
+	MoveGrace time.Duration
 }
 
 // DefaultMaxOutbound is the default bound on one device's outbound queue.
@@ -197,6 +202,9 @@ func (e Env) withDefaults() Env {
 	}
 	if e.MaxOutbound <= 0 {
 		e.MaxOutbound = max(DefaultMaxOutbound, 2*int(e.MaxPacketSize))
+	}
+	if e.MoveGrace <= 0 {
+		e.MoveGrace = 30 * time.Second
 	}
 	return e
 }
@@ -264,6 +272,7 @@ const (
 	flagRegistered // CONNECT put the session in the registry
 	flagProven     // the client id was proven on this TLS connection (--secure-identity)
 	flagUserIsID   // the CONNECT user name is the client id (kept for the acl file)
+	flagMoved      // the gateway ends the connection to move the device (instruction, drain)
 )
 
 // rareState is allocated on first need, so an idle session does not pay for it.
@@ -598,9 +607,11 @@ func (s *Session) Closed() {
 		}
 		will = s.rare.will
 	}
-	if s.flags&flagGracefulEnd != 0 {
+	if s.flags&flagGracefulEnd != 0 || !stillOwner {
 		// A normal DISCONNECT discards the will [MQTT-3.1.2-10]; a session
-		// taken over leaves it to its successor.
+		// taken over leaves it to its successor, also when its end is
+		// handled before the takeover's Kick reached it (a device moved
+		// by the gateway that is back already).
 		will = nil
 	}
 	now := s.env.Now()
@@ -612,7 +623,16 @@ func (s *Session) Closed() {
 		// The will waits for its delay, or until the session ends if
 		// that is sooner [MQTT-3.1.3-9].
 		delay := min(will.Delay, expiry)
-		s.env.Sessions.ScheduleWill(s.entry.ClientID, will, now, now.Add(delay))
+		if s.flags&flagMoved != 0 {
+			// The gateway closed the connection to move the device:
+			// the will waits at least MoveGrace for the device to
+			// connect again, and is dropped if it does, whatever its
+			// Clean Start. Only a device that does not come back is
+			// offline.
+			s.env.Sessions.HoldWill(s.entry.ClientID, will, now, now.Add(max(delay, s.env.MoveGrace)))
+		} else {
+			s.env.Sessions.ScheduleWill(s.entry.ClientID, will, now, now.Add(delay))
+		}
 	}
 	if s.env.Hooks != nil {
 		s.env.Hooks.Offline(s, unacked)

@@ -1,0 +1,364 @@
+package dispatch
+
+import (
+	"time"
+
+	"github.com/dualgate/dualgate/gateway/session"
+)
+
+// State is where one device stands in the on-demand protocol. Every device
+// the dispatcher tracks is in exactly one state; step is the only code that
+// changes it.
+type State uint8
+
+// The states of a device.
+const (
+	// StateIdle: on plain or offline, no instruction outstanding. A device
+	// that arrived on TLS without proving its client id waits here for its
+	// next instruction (tries > 0, not before nextInstruct).
+	StateIdle State = iota
+	// StateUpgrading: told to reconnect over TLS, not arrived yet. While it
+	// returns on plain it is told again after a backoff.
+	StateUpgrading
+	// StateLoopProtected: ignored MaxInstructions instructions in a row. It
+	// is told nothing more; its secure commands wait for it on TLS.
+	StateLoopProtected
+	// StateSecure: on TLS with its client id proven: secure commands are
+	// delivered; after the quiet period it is told to go back to plain.
+	StateSecure
+	// StateUnproven: on TLS without a proven client id (--secure-identity):
+	// secure commands wait; after the quiet period it is told to go back to
+	// plain, and told to use TLS again only after a backoff.
+	StateUnproven
+	// StateDowngrading: told to go back to plain, not arrived on plain yet.
+	StateDowngrading
+	// StateTLSOnly: returned on TLS twice in a row when told to use plain;
+	// left on TLS until it comes on plain by itself.
+	StateTLSOnly
+)
+
+var stateNames = [...]string{
+	StateIdle:          "idle",
+	StateUpgrading:     "upgrading",
+	StateLoopProtected: "loop-protected",
+	StateSecure:        "secure",
+	StateUnproven:      "unproven",
+	StateDowngrading:   "downgrading",
+	StateTLSOnly:       "tls-only",
+}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "unknown"
+}
+
+// Event is something that happened to a device, fed to step.
+type Event uint8
+
+// The events.
+const (
+	// EvOnlinePlain: a session on plain connected.
+	EvOnlinePlain Event = iota
+	// EvOnlineTLS: a TLS session with a proven client id connected.
+	EvOnlineTLS
+	// EvOnlineUnproven: a TLS session without a proven client id connected.
+	EvOnlineUnproven
+	// EvOffline: a session ended (its own, or an older one).
+	EvOffline
+	// EvSecureWaiting: the device is on plain and secure commands wait
+	// for it (a new command, its query, a backoff that elapsed).
+	EvSecureWaiting
+	// EvInstructedTLS: the reconnect instruction with mode tls was sent.
+	EvInstructedTLS
+	// EvSecureAcked: the device acknowledged a secure command.
+	EvSecureAcked
+	// EvQuiet: the quiet period may be over; input.secureWaiting says
+	// whether secure commands are pending or in flight.
+	EvQuiet
+	// EvInstructedPlain: the reconnect instruction with mode plain was sent.
+	EvInstructedPlain
+	// EvNothingWaiting: the device is on plain and no secure command waits
+	// for it any more (delivered, expired): instructions start afresh.
+	EvNothingWaiting
+)
+
+var eventNames = [...]string{
+	EvOnlinePlain:     "online-plain",
+	EvOnlineTLS:       "online-tls",
+	EvOnlineUnproven:  "online-unproven",
+	EvOffline:         "offline",
+	EvSecureWaiting:   "secure-waiting",
+	EvInstructedTLS:   "instructed-tls",
+	EvSecureAcked:     "secure-acked",
+	EvQuiet:           "quiet",
+	EvInstructedPlain: "instructed-plain",
+	EvNothingWaiting:  "nothing-waiting",
+}
+
+func (e Event) String() string {
+	if int(e) < len(eventNames) {
+		return eventNames[e]
+	}
+	return "unknown"
+}
+
+// Action is what a transition asks the dispatcher to do; perform does it.
+// Several may be set at once.
+type Action uint8
+
+// The actions.
+const (
+	// ActInstructTLS: send the reconnect instruction with mode tls, then
+	// feed EvInstructedTLS.
+	ActInstructTLS Action = 1 << iota
+	// ActInstructPlain: send the reconnect instruction with mode plain
+	// (over TLS), then feed EvInstructedPlain.
+	ActInstructPlain
+	// ActReportLoop: the device just tripped loop protection.
+	ActReportLoop
+	// ActCountUpgrade: the device arrived on TLS after an instruction.
+	ActCountUpgrade
+	// ActReportTLSOnly: the device was just found not to switch to plain.
+	ActReportTLSOnly
+	// ActNoteUnproven: its upgrading commands go back to pending with the
+	// reason they wait (the TLS session did not prove the client id).
+	ActNoteUnproven
+)
+
+// maxUpgrades bounds the upgrade times a device keeps: the quiet period
+// counts at most three.
+const maxUpgrades = 4
+
+// device is the dispatcher's memory of one device. Its fields change only
+// in step (state, counters, times) and in the worker that owns the device
+// (dirty, retry); the API reads a copy under Dispatcher.mu.
+type device struct {
+	state State
+
+	// tries counts TLS instructions not yet answered by an arrival on TLS
+	// with a proven client id; nextInstruct is the earliest next one.
+	tries        int
+	nextInstruct time.Time
+
+	// tls is its live TLS session, if any, and proven whether that
+	// session proved the client id.
+	tls    *session.Session
+	proven bool
+	// lastSecure is the later of the TLS CONNECT and the last secure
+	// PUBACK: the quiet period runs from it.
+	lastSecure time.Time
+	// upgrades are its latest arrivals on TLS after an instruction (at
+	// most maxUpgrades).
+	upgrades []time.Time
+	// ignoredPlain counts arrivals on TLS right after a plain instruction.
+	ignoredPlain int
+
+	lastSeen time.Time
+
+	// dirty: a store operation for the device failed; the ticker looks at
+	// its commands again. retry lists commands left in flight by a session
+	// that ended, whose move back to pending failed.
+	dirty bool
+	retry []string
+}
+
+// input is one event with what step needs to know about it.
+type input struct {
+	ev  Event
+	now time.Time
+	// s is the session of EvOnline* and EvOffline.
+	s *session.Session
+	// secureWaiting, for EvQuiet: secure commands are pending or in
+	// flight for the device.
+	secureWaiting bool
+}
+
+// rules are the settings step decides with.
+type rules struct {
+	secureIdle      time.Duration
+	fixedQuiet      bool
+	maxInstructions int
+	instructBackoff time.Duration
+	maxBackoff      time.Duration
+	// retention is how long a device that is gone is remembered.
+	retention time.Duration
+}
+
+// step is the transition function: it moves dv to its next state for in
+// and returns the actions the dispatcher must perform. It does no I/O and
+// reads no clock.
+func (r *rules) step(dv *device, in input) Action {
+	now := in.now
+	var act Action
+	switch in.ev {
+	case EvOnlinePlain:
+		dv.lastSeen = now
+		dv.tls, dv.proven = nil, false
+		switch dv.state {
+		case StateDowngrading, StateTLSOnly, StateSecure, StateUnproven:
+			// Back on plain as told, or by itself: whatever it did on
+			// TLS is over.
+			dv.state, dv.ignoredPlain = StateIdle, 0
+		}
+		// Idle, Upgrading and LoopProtected stay: the backoff and the
+		// count of instructions carry on.
+
+	case EvOnlineTLS, EvOnlineUnproven:
+		proven := in.ev == EvOnlineTLS
+		dv.lastSeen, dv.lastSecure = now, now
+		dv.tls, dv.proven = in.s, proven
+		if dv.state == StateUpgrading {
+			act |= ActCountUpgrade
+			dv.upgrades = append(dv.upgrades, now)
+			if n := len(dv.upgrades); n > maxUpgrades {
+				dv.upgrades = append(dv.upgrades[:0], dv.upgrades[n-maxUpgrades:]...)
+			}
+		}
+		next := StateSecure
+		switch {
+		case dv.state == StateTLSOnly:
+			next = StateTLSOnly
+		case dv.state == StateDowngrading:
+			dv.ignoredPlain++
+			if dv.ignoredPlain >= 2 {
+				next = StateTLSOnly
+				act |= ActReportTLSOnly
+			}
+		}
+		if proven {
+			dv.tries, dv.nextInstruct = 0, time.Time{}
+		} else {
+			// Arriving on TLS without proof answers no instruction: it
+			// counts as one ignored, and the next waits for the backoff.
+			if dv.state == StateUpgrading {
+				act |= ActNoteUnproven
+			}
+			if dv.tries > 0 {
+				dv.nextInstruct = later(dv.nextInstruct, now.Add(r.backoff(dv.tries)))
+			}
+			if next == StateSecure {
+				next = StateUnproven
+			}
+		}
+		dv.state = next
+
+	case EvOffline:
+		dv.lastSeen = now
+		if in.s == nil || in.s != dv.tls {
+			break // an older session, or a plain one: nothing changes
+		}
+		dv.tls, dv.proven = nil, false
+		if dv.state == StateSecure || dv.state == StateUnproven {
+			dv.state = StateIdle
+		}
+		// Downgrading waits for the device on plain; TLSOnly stays
+		// until the device comes on plain by itself.
+
+	case EvSecureWaiting:
+		switch {
+		case dv.state == StateLoopProtected:
+		case now.Before(dv.nextInstruct):
+			// Backing off.
+		case dv.tries >= r.maxInstructions:
+			dv.state = StateLoopProtected
+			act |= ActReportLoop
+		default:
+			act |= ActInstructTLS
+		}
+
+	case EvInstructedTLS:
+		dv.lastSeen = now
+		dv.tries++
+		dv.nextInstruct = now.Add(r.backoff(dv.tries))
+		dv.state = StateUpgrading
+
+	case EvSecureAcked:
+		if dv.tls != nil {
+			dv.lastSecure = now
+		}
+
+	case EvQuiet:
+		if dv.tls == nil || !r.quietOver(dv, now) {
+			break
+		}
+		switch dv.state {
+		case StateSecure:
+			if !in.secureWaiting {
+				act |= ActInstructPlain
+			}
+		case StateUnproven:
+			// Secure commands cannot reach it on this session: it
+			// costs TLS for nothing, and is told TLS again only after
+			// the backoff.
+			act |= ActInstructPlain
+		}
+
+	case EvInstructedPlain:
+		if dv.state == StateSecure || dv.state == StateUnproven {
+			dv.state = StateDowngrading
+		}
+
+	case EvNothingWaiting:
+		switch dv.state {
+		case StateIdle, StateUpgrading, StateLoopProtected:
+			// Loop protection and backoff are about commands that wait;
+			// none does.
+			dv.state, dv.tries, dv.nextInstruct = StateIdle, 0, time.Time{}
+		}
+	}
+	return act
+}
+
+// quietOver reports whether dv's quiet period is over at now.
+func (r *rules) quietOver(dv *device, now time.Time) bool {
+	return now.Sub(dv.lastSecure) >= r.quietPeriod(dv.upgrades, now)
+}
+
+// retryDue reports whether a device on plain or offline is due another
+// TLS instruction (the ticker then looks at its commands).
+func (r *rules) retryDue(dv *device, now time.Time) bool {
+	return (dv.state == StateUpgrading || dv.state == StateIdle) && dv.tries > 0 &&
+		!now.Before(dv.nextInstruct)
+}
+
+// forgettable reports whether a device not online may be forgotten: gone
+// past the retention, in whatever state, with nothing left to retry.
+func (r *rules) forgettable(dv *device, now time.Time) bool {
+	return dv.tls == nil && len(dv.retry) == 0 && now.Sub(dv.lastSeen) > r.retention
+}
+
+// backoff is the wait after the n-th instruction before the next one.
+func (r *rules) backoff(n int) time.Duration {
+	b := r.instructBackoff
+	for i := 1; i < n && b < r.maxBackoff; i++ {
+		b *= 2
+	}
+	return min(b, r.maxBackoff)
+}
+
+// quietPeriod is how long a TLS device with nothing secure to do stays on
+// TLS: secureIdle x (1 + its other upgrades within 10 x secureIdle), at
+// most 3 x secureIdle.
+func (r *rules) quietPeriod(upgrades []time.Time, now time.Time) time.Duration {
+	base := r.secureIdle
+	if r.fixedQuiet {
+		return base
+	}
+	recent := 0
+	for _, t := range upgrades {
+		if now.Sub(t) <= 10*base {
+			recent++
+		}
+	}
+	k := max(recent-1, 0) // not counting the upgrade that brought it here
+	return base * time.Duration(min(1+k, 3))
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
