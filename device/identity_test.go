@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/dualgate/dualgate/device"
+	"github.com/dualgate/dualgate/gateway"
 	"github.com/dualgate/dualgate/internal/control"
 )
 
@@ -63,8 +65,8 @@ func TestPresentsClientCertificate(t *testing.T) {
 		}
 		eventually(t, 10*time.Second, func() bool { return d2.Mode() == device.ModeTLS && clientMode(g, bare) == "tls" },
 			func() string { return "the device without a certificate did not reach TLS" })
-		eventually(t, 10*time.Second, func() bool { return g.Stats().RefusedUnproven.Load() > 0 },
-			func() string { return "no delivery refused to the unproven session" })
+		eventually(t, 10*time.Second, func() bool { return heldUnproven(t, g, cid2) },
+			func() string { return "the command's history does not say it waits for a proven session" })
 		if p := clientProven(t, g, bare); p == nil || *p {
 			t.Fatalf("proven %v without a certificate, want false", p)
 		}
@@ -77,4 +79,29 @@ func TestPresentsClientCertificate(t *testing.T) {
 		default:
 		}
 	})
+}
+
+// heldUnproven reports whether a command's history (GET /v1/commands/{id})
+// says it waits because the device's TLS session proved no client id.
+func heldUnproven(t *testing.T, g *gateway.Gateway, cid string) bool {
+	t.Helper()
+	resp, err := http.Get("http://" + g.APIAddr() + "/v1/commands/" + cid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		History []struct {
+			Note string `json:"note"`
+		} `json:"history"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range out.History {
+		if strings.Contains(h.Note, "did not prove client id") {
+			return true
+		}
+	}
+	return false
 }

@@ -417,6 +417,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	counter("dualgate_upgrade_instructions_total", "Reconnect instructions with mode tls.", ds.Instructions.Load)
 	counter("dualgate_instruction_retries_total", "TLS instructions repeated to a device that came back on plain.", ds.InstructionRetries.Load)
 	counter("dualgate_downgrades_total", "Reconnect instructions with mode plain.", ds.Downgrades.Load)
+	counter("dualgate_secure_commands_held_unproven_total", "Secure commands held, with the reason in their history, because their device's TLS session did not prove its client id (--secure-identity).", ds.HeldUnproven.Load)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "dualgate_loop_protected_devices", Help: "Devices whose secure commands wait for them on TLS after they ignored the instructions.",
 	}, func() float64 { return float64(g.dispatcher.LoopProtected()) }))

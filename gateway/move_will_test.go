@@ -26,7 +26,7 @@ type movingDevice struct {
 
 func (d *movingDevice) connect(in control.Instruction) mqtt.Client {
 	broker := "tcp://" + in.Addr
-	tc := clientTLS(d.t, d.g)
+	tc := deviceTLS(d.t, d.g, d.id) // its certificate proves its id: secure commands reach it
 	if in.Mode == control.ModeTLS {
 		broker = "ssl://" + in.Addr
 	}
@@ -129,7 +129,7 @@ func next[T any](t *testing.T, ch chan T, what string) T {
 // within 5 s (it used to wait for its TTL when A's end came last).
 func TestTakeoverOnTLSDeliversInFlightCommand(t *testing.T) {
 	g := startGateway(t, nil)
-	tc := clientTLS(t, g)
+	tc := deviceTLS(t, g, "taken")
 	got := make(chan string, 10)
 	handler := func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) }
 	v3(t, "ssl://"+g.TLSAddr(), "taken", tc, func(o *mqtt.ClientOptions) {

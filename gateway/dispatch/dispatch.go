@@ -114,6 +114,9 @@ type Stats struct {
 	Upgrades           atomic.Uint64 // devices that arrived on TLS after an instruction
 	Downgrades         atomic.Uint64 // reconnect instructions with mode plain
 	LoopProtected      atomic.Uint64 // devices that ignored MaxInstructions instructions
+	// HeldUnproven counts secure commands held (noted in their history)
+	// because their device's TLS session did not prove its client id.
+	HeldUnproven atomic.Uint64
 }
 
 // Dispatcher routes commands to devices. Create it with New, start it with
@@ -212,6 +215,7 @@ func (d *Dispatcher) Submit(c *store.Command) (store.Status, error) {
 	if c.Secure && len(c.History) == 0 && d.waitsUnproven(c.ClientID) {
 		// Said once, where the API shows it: the command's first entry.
 		c.History = []store.Transition{{Status: store.StatusPending, At: c.CreatedAt, Note: NoteUnproven}}
+		d.stats.HeldUnproven.Add(1)
 	}
 	if err := d.cfg.Store.Put(c); err != nil {
 		return "", err

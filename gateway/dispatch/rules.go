@@ -333,8 +333,10 @@ func (d *Dispatcher) finishQoS0(c *store.Command, now time.Time) {
 func (d *Dispatcher) noteUnproven(id string, cmds []*store.Command, now time.Time) {
 	for _, c := range cmds {
 		if c.Secure && c.Status == store.StatusUpgrading {
-			if _, err := d.cfg.Store.Transition(c.ID, store.StatusPending, now, NoteUnproven); err != nil &&
-				!errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
+			_, err := d.cfg.Store.Transition(c.ID, store.StatusPending, now, NoteUnproven)
+			if err == nil {
+				d.stats.HeldUnproven.Add(1)
+			} else if !errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
 				d.storeFailed(id, err)
 			}
 		}
