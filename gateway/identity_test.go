@@ -191,26 +191,6 @@ func forgeCert(t *testing.T, g *Gateway, cn string, dns ...string) tls.Certifica
 	return newGatewayCA(t, g).issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: cn}, DNSNames: dns})
 }
 
-func metricValue(t *testing.T, g *Gateway, name string) string {
-	t.Helper()
-	resp, err := http.Get("http://" + g.APIAddr() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return v
-		}
-	}
-	t.Fatalf("metric %s not exported", name)
-	return ""
-}
-
 func clientProven(t *testing.T, g *Gateway, id string) (mode string, proven *bool) {
 	t.Helper()
 	var v clientView
