@@ -274,3 +274,29 @@ func TestAdaptiveQuietReducesChurn(t *testing.T) {
 		t.Fatalf("upgrades for 6 bursts: fixed %d (want 6), adaptive %d (want at most 3)", fixed, adaptive)
 	}
 }
+
+// A device record is born seen: the ticker must not forget a device whose
+// first TLS instruction is on its way (its plain session may already have
+// ended as it obeys), or its arrival on TLS would not count as the upgrade
+// it is, and its backoff would be lost.
+func TestNewDeviceIsNotForgettable(t *testing.T) {
+	mem := store.NewMemory(store.Options{})
+	reg := registry.New[*session.Session]()
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	d, err := New(Config{Store: mem, Registry: reg, Now: func() time.Time { return now },
+		Executor:  func(_ string, fn func()) { fn() },
+		Advertise: func(*session.Session, control.Mode) string { return "gw:8883" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := d.step("fresh", input{ev: EvSecureWaiting, now: now}, true); !ok {
+		t.Fatal("no record created")
+	}
+	d.Tick() // the device is not online: only the retention protects it
+	d.mu.Lock()
+	_, kept := d.devices["fresh"]
+	d.mu.Unlock()
+	if !kept {
+		t.Fatal("a record created now was forgotten at the next tick")
+	}
+}

@@ -79,7 +79,9 @@ func (d *Dispatcher) step(id string, in input, create bool) (act Action, tls *se
 		if !create {
 			return 0, nil, false
 		}
-		dv = new(device)
+		// Seen now: a record is never born forgettable (the ticker would
+		// drop it while its first instruction is on its way).
+		dv = &device{lastSeen: in.now}
 		d.devices[id] = dv
 	}
 	act = d.rules.step(dv, in)
@@ -149,7 +151,7 @@ func (d *Dispatcher) offline(s *session.Session, id string, unacked []string, no
 	d.mu.Lock()
 	dv := d.devices[id]
 	if dv == nil && len(failed) > 0 {
-		dv = new(device)
+		dv = &device{lastSeen: now}
 		d.devices[id] = dv
 	}
 	if dv != nil {
@@ -404,11 +406,15 @@ func (d *Dispatcher) instructTLS(s *session.Session, id string, cmds []*store.Co
 		return
 	}
 	d.mu.Lock()
-	retry := false
-	if dv := d.devices[id]; dv != nil {
-		retry = dv.tries > 0
-		d.rules.step(dv, input{ev: EvInstructedTLS, now: now})
+	dv := d.devices[id]
+	if dv == nil {
+		// Forgotten while the instruction was on its way: the device
+		// must still be expected on TLS.
+		dv = &device{lastSeen: now}
+		d.devices[id] = dv
 	}
+	retry := dv.tries > 0
+	d.rules.step(dv, input{ev: EvInstructedTLS, now: now})
 	d.mu.Unlock()
 	if err == nil {
 		d.stats.Instructions.Add(1)
