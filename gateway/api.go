@@ -473,6 +473,9 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		return 1
 	}))
 	reg.MustRegister(refusalCollector{st})
+	if g.muxGate != nil {
+		registerMuxMetrics(reg, g.muxGate)
+	}
 	if g.upstream != nil {
 		up := func() bridge.Stats { return g.upstream.Stats() }
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
