@@ -118,3 +118,92 @@ func TestQoS0FlooderDoesNotDropOthers(t *testing.T) {
 		t.Fatalf("dualgate_upstream_dropped_total{reason=\"device_share\"} = %v", m)
 	}
 }
+
+// windowed publishes QoS 1 on topic from a new MQTT 5 device, keeping up
+// to window unacknowledged, until stop is closed; it returns the
+// acknowledgements received, by reason code.
+func windowed(t *testing.T, addr, clientID, topic string, window int, stop <-chan struct{}) <-chan map[mqttcodec.ReasonCode]int {
+	t.Helper()
+	d := dialRaw(t, addr)
+	d.connect(&mqttcodec.Connect{ProtocolVersion: mqttcodec.V5, CleanStart: true, KeepAlive: 60, ClientID: []byte(clientID)})
+	slots := make(chan struct{}, window)
+	acks := make(chan map[mqttcodec.ReasonCode]int, 1)
+	go func() {
+		got := map[mqttcodec.ReasonCode]int{}
+		defer func() { acks <- got }()
+		for {
+			p, err := d.next(10 * time.Second)
+			if err != nil {
+				return
+			}
+			if p.Type == mqttcodec.PUBACK {
+				got[p.Ack.ReasonCode]++
+				<-slots
+			}
+		}
+	}()
+	go func() {
+		// Closing ends the reader too.
+		defer func() { _ = d.conn.Close() }()
+		payload := []byte(strings.Repeat("s", 4096))
+		for pid := uint16(1); ; pid = pid%65535 + 1 {
+			select {
+			case slots <- struct{}{}:
+			case <-stop:
+				return
+			}
+			pub := mqttcodec.AppendPublish(nil, mqttcodec.V5, &mqttcodec.Publish{Topic: []byte(topic), QoS: 1, PacketID: pid, Payload: payload})
+			if _, err := d.conn.Write(pub); err != nil {
+				return
+			}
+		}
+	}()
+	return acks
+}
+
+// Publishers of QoS 1 keep the bridge's memory buffer full, so that the
+// flow goes through the spill files on disk (written, read back, sent):
+// a plain device's PINGREQ on the same event loop is not held up by
+// those disk writes, which happen on the spill writer's goroutine.
+func TestSpillDoesNotDelayPing(t *testing.T) {
+	br := testbroker.Start(t)
+	g := upstreamGateway(t, br, func(c *Config) {
+		c.EventLoops = 1
+		c.UpstreamBuffer = 4
+	})
+	waitUpstream(t, g)
+	stop := make(chan struct{})
+	var stopOnce sync.Once
+	stopAll := func() { stopOnce.Do(func() { close(stop) }) }
+	t.Cleanup(stopAll)
+	var results []<-chan map[mqttcodec.ReasonCode]int
+	for i := range 4 {
+		results = append(results, windowed(t, g.PlainAddr(), fmt.Sprintf("logger-%d", i), fmt.Sprintf("logs/logger-%d", i), 32, stop))
+	}
+	eventually(t, 10*time.Second, "messages spilled to disk", func() bool { return g.upstream.Stats().SpilledTotal > 100 })
+
+	pinger := dialRaw(t, g.PlainAddr())
+	pinger.connect(&mqttcodec.Connect{ProtocolVersion: 4, CleanStart: true, KeepAlive: 60, ClientID: []byte("pinger")})
+	before := g.upstream.Stats().SpilledTotal
+	rtts := pingRTTs(t, pinger, 100, nil)
+	spilled := g.upstream.Stats().SpilledTotal - before
+	stopAll()
+	acked := map[mqttcodec.ReasonCode]int{}
+	for _, r := range results {
+		for rc, n := range <-r {
+			acked[rc] += n
+		}
+	}
+	p99, worst := rtts[len(rtts)*99/100-1], rtts[len(rtts)-1]
+	t.Logf("PINGREQ round trips while %d messages went through the spill files (%v acknowledgements by reason): p50 %v, p99 %v, max %v",
+		spilled, acked, rtts[len(rtts)/2], p99, worst)
+	if spilled == 0 {
+		t.Fatal("nothing was spilled while the pings ran")
+	}
+	if acked[mqttcodec.Success] == 0 {
+		t.Fatalf("no publish acknowledged: %v", acked)
+	}
+	if worst > 2*time.Second {
+		t.Fatalf("a PINGREQ waited %v while the bridge spilled", worst)
+	}
+}

@@ -351,6 +351,8 @@ type Stats struct {
 	// refused with QuotaExceeded because the spiller was that far behind.
 	Handoff     int
 	HandoffFull uint64
+	// SpilledTotal counts messages written to the spill files.
+	SpilledTotal uint64
 	// Refused counts publishes refused for their topic (0x87, 0x90).
 	Refused uint64
 	// QuotaExceeded counts QoS 1 publishes pushed back because the buffer
@@ -384,7 +386,7 @@ type counters struct {
 	commandsRetained, commandsDuplicate     atomic.Uint64
 	dropped                                 [dropReasonCount]atomic.Uint64
 	refused, quotaExceeded                  atomic.Uint64
-	spillFull, handoffFull                  atomic.Uint64
+	spillFull, handoffFull, spilledTotal    atomic.Uint64
 	abandoned, saved, replayed              atomic.Uint64
 	reconnects, losses, subscribeFailures   atomic.Uint64
 }
@@ -429,6 +431,7 @@ func (b *Bridge) Stats() Stats {
 	s.DroppedStopping = c.dropped[dropStopping].Load()
 	s.DroppedQoS0 = s.DroppedDisconnected + s.DroppedDeviceShare + s.DroppedBufferFull + s.DroppedStopping
 	s.HandoffFull = c.handoffFull.Load()
+	s.SpilledTotal = c.spilledTotal.Load()
 	s.Refused = c.refused.Load()
 	s.QuotaExceeded = c.quotaExceeded.Load()
 	s.SpillFull = c.spillFull.Load()

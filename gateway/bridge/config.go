@@ -150,6 +150,9 @@ type Config struct {
 	// dropCommandAcks, a test seam, leaves stored commands unacknowledged,
 	// as a crash between SubmitCommand and the PUBACK would.
 	dropCommandAcks bool
+	// spillGate, a test seam, holds the spiller before each write until
+	// it receives, as a slow disk would.
+	spillGate chan struct{}
 }
 
 // Defaults of Config.

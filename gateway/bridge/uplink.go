@@ -135,6 +135,13 @@ func (b *Bridge) spillOne(e *entry) {
 	if taken {
 		return // sent from memory, which MaxInflight bounds
 	}
+	if b.cfg.spillGate != nil {
+		select {
+		case <-b.cfg.spillGate:
+		case <-b.stop:
+			return
+		}
+	}
 	sp := b.spool.Load()
 	ref, err := sp.write(e.clientID, e.topic, e.payload, e.qos, e.retain)
 	l.mu.Lock()
@@ -149,6 +156,7 @@ func (b *Bridge) spillOne(e *entry) {
 		e.spilled, e.ref, e.handoff = true, ref, false
 		e.topic, e.payload = "", nil
 		l.mu.Unlock()
+		b.stats.spilledTotal.Add(1)
 		return
 	}
 	e.refused = true

@@ -318,3 +318,59 @@ func TestDeviceShareOfTheBuffer(t *testing.T) {
 		t.Fatalf("after releasing everything: %d messages, %d bytes, %d devices", c, b, len(m.devices))
 	}
 }
+
+// Publish never waits on the disk: with the spill writer held (a slow
+// disk), publishes past the memory buffer return at once, handed off;
+// past the hand-off they are pushed back (0x97) at once; once the writer
+// goes on, the handed-off messages are spilled and all reach the broker
+// in order.
+func TestPublishDoesNotWaitForTheSpill(t *testing.T) {
+	br, in := subscribedThenDown(t, "devices/#")
+	cfg := testConfig(t, br.URL())
+	cfg.BufferMessages = 2
+	cfg.BufferDir = t.TempDir()
+	cfg.SpillQueue = 3
+	cfg.spillGate = make(chan struct{})
+	b := startBridge(t, cfg)
+	a := newAcks()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 7 {
+			publish(b, "car1", "devices/car1/seq", strconv.Itoa(i), 1, a.fn(t, i))
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Publish waited for the spill writer")
+	}
+	for i := 5; i < 7; i++ {
+		if rc, ok := a.get(i); !ok || rc != mqttcodec.QuotaExceeded {
+			t.Fatalf("message %d past the hand-off: %v (%v), want QuotaExceeded at once", i, rc, ok)
+		}
+	}
+	if s := b.Stats(); s.Handoff != 3 || s.Spilled != 0 || s.Buffered != 5 || s.HandoffFull != 2 {
+		t.Fatalf("stats %+v: want 3 handed off, none spilled, 5 buffered, 2 refused", s)
+	}
+	for range 3 {
+		cfg.spillGate <- struct{}{}
+	}
+	waitFor(t, 5*time.Second, "the spill writer to write", func() bool {
+		s := b.Stats()
+		return s.Handoff == 0 && s.Spilled == 3
+	})
+	br.Start()
+	msgs := in.waitN(t, 5, 20*time.Second)
+	for i, m := range msgs {
+		if string(m.Payload()) != strconv.Itoa(i) {
+			t.Fatalf("message %d is %q: order lost", i, m.Payload())
+		}
+	}
+	a.waitN(t, 7, 10*time.Second)
+	for i := range 5 {
+		if rc, _ := a.get(i); rc != mqttcodec.Success {
+			t.Errorf("message %d: ack %v, want Success", i, rc)
+		}
+	}
+}
