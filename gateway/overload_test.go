@@ -207,3 +207,33 @@ func TestSpillDoesNotDelayPing(t *testing.T) {
 		t.Fatalf("a PINGREQ waited %v while the bridge spilled", worst)
 	}
 }
+
+// The overload settings come from flags and the environment, have their
+// defaults, and bad values are refused with the setting's name.
+func TestOverloadConfig(t *testing.T) {
+	cfg, err := LoadConfig(nil, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MuxPending != 4096 || cfg.UpstreamDeviceBuffer != 0 {
+		t.Fatalf("defaults: --mux-pending %d, --upstream-device-buffer %d", cfg.MuxPending, cfg.UpstreamDeviceBuffer)
+	}
+	env := map[string]string{"DUALGATE_MUX_PENDING": "100"}
+	cfg, err = LoadConfig([]string{"--upstream-device-buffer", "50"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MuxPending != 100 || cfg.UpstreamDeviceBuffer != 50 {
+		t.Fatalf("config %+v", cfg)
+	}
+	for _, args := range [][]string{
+		{"--mux-pending", "-1"},
+		{"--upstream-device-buffer", "-1"},
+		{"--upstream-device-buffer", "20000", "--upstream-buffer", "10000"},
+	} {
+		_, err := LoadConfig(args, func(string) string { return "" })
+		if err == nil || !strings.Contains(err.Error(), args[0]) {
+			t.Errorf("%v: %v, want an error naming %s", args, err, args[0])
+		}
+	}
+}
