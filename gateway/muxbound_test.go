@@ -58,7 +58,9 @@ func TestMuxFirstByteBounds(t *testing.T) {
 		c.ListenMux = "127.0.0.1:0"
 		c.TLSHelloPerIP = 8
 		c.MuxPending = 12
-		c.TLSHello = 2 * time.Second
+		// Long enough for the steps below on a loaded machine, before
+		// the silent sockets time out.
+		c.TLSHello = 5 * time.Second
 	})
 	mux := g.MuxAddr()
 	var silent []net.Conn

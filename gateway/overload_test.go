@@ -125,7 +125,11 @@ func TestQoS0FlooderDoesNotDropOthers(t *testing.T) {
 func windowed(t *testing.T, addr, clientID, topic string, window int, stop <-chan struct{}) <-chan map[mqttcodec.ReasonCode]int {
 	t.Helper()
 	d := dialRaw(t, addr)
-	d.connect(&mqttcodec.Connect{ProtocolVersion: mqttcodec.V5, CleanStart: true, KeepAlive: 60, ClientID: []byte(clientID)})
+	ack := d.connect(&mqttcodec.Connect{ProtocolVersion: mqttcodec.V5, CleanStart: true, KeepAlive: 60, ClientID: []byte(clientID)})
+	if ack.Properties.Has(mqttcodec.PropReceiveMaximum) {
+		// Never past what the gateway advertised [MQTT-3.3.4-9].
+		window = min(window, int(ack.Properties.ReceiveMaximum))
+	}
 	slots := make(chan struct{}, window)
 	acks := make(chan map[mqttcodec.ReasonCode]int, 1)
 	go func() {
