@@ -71,8 +71,11 @@ func (b *Bridge) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
 		}
 		if why := b.mem.reserveShared(m.ClientID, size); why != dropNone {
 			b.stats.dropped[why].Add(1)
-			b.hot.Info("QoS 0 device message dropped", zap.String("client", m.ClientID),
-				zap.String("reason", dropReasons[why]))
+			// Check first: a flood drops hundreds of thousands a second,
+			// and the sampler lets a handful through.
+			if ce := b.hot.Check(zap.InfoLevel, "QoS 0 device message dropped"); ce != nil {
+				ce.Write(zap.String("client", m.ClientID), zap.String("reason", dropReasons[why]))
+			}
 			return
 		}
 		e.shared = true
