@@ -480,6 +480,9 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		return 1
 	}))
 	reg.MustRegister(refusalCollector{st})
+	if g.muxGate != nil {
+		registerMuxMetrics(reg, g.muxGate)
+	}
 	if g.upstream != nil {
 		up := func() bridge.Stats { return g.upstream.Stats() }
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -490,7 +493,14 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		}, func() float64 { return float64(up().Buffered) }))
 		counter("dualgate_upstream_forwarded_up_total", "Device messages the broker took.", func() uint64 { return up().ForwardedUp })
 		counter("dualgate_upstream_forwarded_down_total", "Broker messages handed to local subscribers.", func() uint64 { return up().ForwardedDown })
-		counter("dualgate_upstream_dropped_qos0_total", "QoS 0 device messages dropped while the broker was away.", func() uint64 { return up().DroppedQoS0 })
+		for reason := range (bridge.Stats{}).DropReasons() {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name:        "dualgate_upstream_dropped_total",
+				Help:        "QoS 0 device messages dropped on their way to the broker, by reason (disconnected: the broker connection was down; device_share: the device held its whole share of the buffer, i.e. it publishes faster than the broker takes; buffer_full; stopping).",
+				ConstLabels: prometheus.Labels{"reason": reason},
+			}, func() float64 { return float64(up().DropReasons()[reason]) }))
+		}
+		counter("dualgate_upstream_quota_exceeded_total", "QoS 1 device publishes pushed back (MQTT 5 PUBACK 0x97, 3.1.1 disconnect) because the buffer, the hand-off to the spill writer or the spill was full.", func() uint64 { return up().QuotaExceeded })
 		counter("dualgate_upstream_commands_total", "Commands taken from the broker.", func() uint64 { return up().Commands })
 		counter("dualgate_upstream_reconnects_total", "Reconnections to the broker.", func() uint64 { return up().Reconnects })
 		counter("dualgate_upstream_commands_retained_total", "Retained messages on the command topic, dropped: a retained message is never a command.", func() uint64 { return up().CommandsRetained })

@@ -77,6 +77,8 @@ type Config struct {
 	UpstreamSpillBytes    int    `yaml:"upstream-spill-bytes" help:"most bytes of device messages in the spill directory; beyond, QoS 1 publishes are refused (MQTT 5 PUBACK 0x97, 3.1.1 disconnect) and devices send again later"`
 	UpstreamSpillMessages int    `yaml:"upstream-spill-messages" help:"most device messages in the spill directory"`
 	UpstreamSpillKeepFree int    `yaml:"upstream-spill-keep-free" help:"bytes the spill always leaves free on its file system, for the command store when they share a disk"`
+	UpstreamDeviceBuffer  int    `yaml:"upstream-device-buffer" help:"QoS 0 messages one device may hold in the upstream buffer; past it that device's QoS 0 messages are dropped (reason device_share), not the others' (0: --upstream-buffer/16)"`
+	MuxPending            int    `yaml:"mux-pending" help:"connections on --listen-mux that may wait for their first byte at once (also bounded per source by --tls-hello-per-source, and in time by --tls-hello-timeout)"`
 
 	Auth           string        `yaml:"auth" help:"device authentication: allow-all or token"`
 	SecureIdentity string        `yaml:"secure-identity" help:"what proves a TLS device's client id before secure commands are written to it: cert (a client certificate whose CN or URI SAN urn:dualgate:client:<id> is the id), token (a channel-bound token, needs --auth token), cert,token (either) or none (anyone claiming the id; not for production)"`
@@ -153,6 +155,7 @@ func Defaults() Config {
 		UpstreamSpillBytes:    256 << 20,
 		UpstreamSpillMessages: 250000,
 		UpstreamSpillKeepFree: 64 << 20,
+		MuxPending:            4096,
 	}
 }
 
@@ -243,10 +246,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--upstream %q: want tcp://host:port or tls://host:port", c.Upstream)
 	}
 	for name, v := range map[string]int{"upstream-spill-bytes": c.UpstreamSpillBytes, "upstream-spill-messages": c.UpstreamSpillMessages,
-		"upstream-spill-keep-free": c.UpstreamSpillKeepFree, "upstream-buffer": c.UpstreamBuffer} {
+		"upstream-spill-keep-free": c.UpstreamSpillKeepFree, "upstream-buffer": c.UpstreamBuffer,
+		"upstream-device-buffer": c.UpstreamDeviceBuffer, "mux-pending": c.MuxPending} {
 		if v < 0 {
 			return fmt.Errorf("--%s %d: want 1 or more", name, v)
 		}
+	}
+	if c.UpstreamBuffer > 0 && c.UpstreamDeviceBuffer > c.UpstreamBuffer {
+		return fmt.Errorf("--upstream-device-buffer %d: want at most --upstream-buffer (%d)", c.UpstreamDeviceBuffer, c.UpstreamBuffer)
 	}
 	if c.UpstreamSpillDir != "" && c.Data != "" && filepath.Clean(c.UpstreamSpillDir) == filepath.Clean(c.Data) {
 		return fmt.Errorf("--upstream-spill-dir %q: want a directory of its own, not the data directory", c.UpstreamSpillDir)

@@ -100,6 +100,7 @@ type Gateway struct {
 	tickets  *tlsmux.TicketKeys
 	muxLn    net.Listener
 	muxTLS   *chanListener
+	muxGate  *muxGate
 
 	draining atomic.Bool
 	stop     chan struct{}

@@ -144,6 +144,10 @@ func (r *router) secureFromUpstream(m bridge.Message) bool {
 // fanout delivers to every local subscriber with a matching filter, once
 // per session however many of its filters match, at the lower of the
 // message's QoS and the highest matching subscription's [MQTT-3.3.5-1].
+// It runs on the bridge's receive goroutine (or, without an upstream, on
+// the publishing device's event loop) and never waits on a subscriber:
+// Exec queues each delivery to the subscriber's owner (its event loop,
+// or its TLS connection's queue), so a slow device slows nobody else.
 func (r *router) fanout(topic string, payload []byte, qos byte, tlsOnly bool) {
 	targets := map[*session.Session]byte{}
 	tb := []byte(topic)

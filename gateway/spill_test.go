@@ -46,8 +46,14 @@ func TestFullSpillKeepsCommands(t *testing.T) {
 					Topic: []byte("telemetry/meter-9"), QoS: 1, PacketID: uint16(i + 1),
 					Payload: []byte(fmt.Sprintf("%03d:%s", i, strings.Repeat("m", 300)))}))
 			}
+			// Past the memory buffer, the spill writer takes or refuses
+			// each publish on its own goroutine.
+			eventually(t, 10*time.Second, "every publish taken or refused", func() bool {
+				st := g.upstream.Stats()
+				return st.Handoff == 0 && st.Buffered+int(st.SpillFull) == n
+			})
 			refused := map[uint16]bool{}
-			for len(refused) < n-int(g.upstream.Stats().Buffered) || len(refused) == 0 {
+			for len(refused) < int(g.upstream.Stats().SpillFull) {
 				p := dev.read(10 * time.Second)
 				if p.Type != mqttcodec.PUBACK || p.Ack.ReasonCode != mqttcodec.QuotaExceeded {
 					t.Fatalf("got %s %s, want PUBACK 0x97", p.Type, p.Ack.ReasonCode)

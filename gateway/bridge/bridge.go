@@ -34,6 +34,10 @@ type Bridge struct {
 
 	mem   budget
 	spool atomic.Pointer[spool] // nil: memory only
+	// handoff bounds the QoS 1 messages waiting in spillq for the
+	// spiller, which writes them to the spool off the devices' loops.
+	handoff budget
+	spillq  chan *entry
 
 	life     sync.Mutex // serialises Start and Stop
 	started  atomic.Bool
@@ -67,7 +71,10 @@ func New(cfg Config) (*Bridge, error) {
 		up:   up,
 		log:  c.Logger.Named("bridge"),
 		stop: make(chan struct{}),
-		mem:  budget{maxCount: c.BufferMessages, maxBytes: c.BufferBytes},
+		mem: budget{maxCount: c.BufferMessages, maxBytes: c.BufferBytes,
+			shareCount: c.DeviceBufferMessages, shareBytes: c.DeviceBufferBytes},
+		handoff: budget{maxCount: c.SpillQueue, maxBytes: c.SpillQueueBytes},
+		spillq:  make(chan *entry, c.SpillQueue),
 	}
 	b.hot = b.log.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
 		return zapcore.NewSamplerWithOptions(core, time.Second, 5, 1000)
@@ -111,6 +118,8 @@ func (b *Bridge) Start(ctx context.Context) error {
 		}
 		b.replay(recs)
 		b.spool.Store(sp)
+		b.wg.Add(1)
+		go b.spiller()
 	}
 	for _, l := range b.lanes {
 		l.start()
@@ -212,7 +221,7 @@ func (b *Bridge) save(left []*entry) error {
 	keep := left[:0]
 	for _, e := range left {
 		if e.qos == 0 {
-			b.stats.droppedQoS0.Add(1)
+			b.stats.dropped[dropStopping].Add(1)
 			b.release(e)
 			continue
 		}
@@ -328,9 +337,22 @@ type Stats struct {
 	// counts redeliveries of commands already stored, dropped.
 	CommandsRetained, CommandsDuplicate uint64
 
-	// DroppedQoS0 counts QoS 0 messages dropped: no connection, or the
-	// memory buffer full.
-	DroppedQoS0 uint64
+	// DroppedQoS0 counts QoS 0 messages dropped, the sum of the reasons
+	// below. DroppedDisconnected: the device's connection to the broker
+	// was down. DroppedDeviceShare: the device held its whole share of the
+	// memory buffer (it publishes faster than the broker takes).
+	// DroppedBufferFull: the memory buffer was full. DroppedStopping: the
+	// bridge was stopping.
+	DroppedQoS0                             uint64
+	DroppedDisconnected, DroppedDeviceShare uint64
+	DroppedBufferFull, DroppedStopping      uint64
+	// Handoff counts QoS 1 messages waiting for the spiller to write them
+	// to the spill files (part of Buffered); HandoffFull the publishes
+	// refused with QuotaExceeded because the spiller was that far behind.
+	Handoff     int
+	HandoffFull uint64
+	// SpilledTotal counts messages written to the spill files.
+	SpilledTotal uint64
 	// Refused counts publishes refused for their topic (0x87, 0x90).
 	Refused uint64
 	// QuotaExceeded counts QoS 1 publishes pushed back because the buffer
@@ -362,8 +384,9 @@ type counters struct {
 	commands, commandErrors, commandsReject atomic.Uint64
 	commandCycles                           atomic.Uint64
 	commandsRetained, commandsDuplicate     atomic.Uint64
-	droppedQoS0, refused, quotaExceeded     atomic.Uint64
-	spillFull                               atomic.Uint64
+	dropped                                 [dropReasonCount]atomic.Uint64
+	refused, quotaExceeded                  atomic.Uint64
+	spillFull, handoffFull, spilledTotal    atomic.Uint64
 	abandoned, saved, replayed              atomic.Uint64
 	reconnects, losses, subscribeFailures   atomic.Uint64
 }
@@ -378,6 +401,10 @@ func (b *Bridge) Stats() Stats {
 		s.InFlight += l.box.len()
 	}
 	s.Buffered, s.BufferedBytes = b.mem.usage()
+	var hb int64
+	s.Handoff, hb = b.handoff.usage()
+	s.Buffered += s.Handoff
+	s.BufferedBytes += hb
 	if sp := b.spool.Load(); sp != nil {
 		s.Spilled, s.SpilledBytes = sp.usage()
 		s.Buffered += s.Spilled
@@ -398,7 +425,13 @@ func (b *Bridge) Stats() Stats {
 	s.CommandCycles = c.commandCycles.Load()
 	s.CommandsRetained = c.commandsRetained.Load()
 	s.CommandsDuplicate = c.commandsDuplicate.Load()
-	s.DroppedQoS0 = c.droppedQoS0.Load()
+	s.DroppedDisconnected = c.dropped[dropDisconnected].Load()
+	s.DroppedDeviceShare = c.dropped[dropDeviceShare].Load()
+	s.DroppedBufferFull = c.dropped[dropBufferFull].Load()
+	s.DroppedStopping = c.dropped[dropStopping].Load()
+	s.DroppedQoS0 = s.DroppedDisconnected + s.DroppedDeviceShare + s.DroppedBufferFull + s.DroppedStopping
+	s.HandoffFull = c.handoffFull.Load()
+	s.SpilledTotal = c.spilledTotal.Load()
 	s.Refused = c.refused.Load()
 	s.QuotaExceeded = c.quotaExceeded.Load()
 	s.SpillFull = c.spillFull.Load()
@@ -411,13 +444,48 @@ func (b *Bridge) Stats() Stats {
 	return s
 }
 
-// budget bounds the messages held in memory.
+// Why a QoS 0 message was dropped.
+const (
+	dropNone = iota
+	dropDisconnected
+	dropDeviceShare
+	dropBufferFull
+	dropStopping
+	dropReasonCount
+)
+
+// dropReasons names the reasons, as in dualgate_upstream_dropped_total.
+var dropReasons = [dropReasonCount]string{"", "disconnected", "device_share", "buffer_full", "stopping"}
+
+// DropReasons lists the reasons a QoS 0 message is dropped, with their
+// counts in s, for metrics.
+func (s Stats) DropReasons() map[string]uint64 {
+	return map[string]uint64{
+		dropReasons[dropDisconnected]: s.DroppedDisconnected,
+		dropReasons[dropDeviceShare]:  s.DroppedDeviceShare,
+		dropReasons[dropBufferFull]:   s.DroppedBufferFull,
+		dropReasons[dropStopping]:     s.DroppedStopping,
+	}
+}
+
+// budget bounds the messages held in memory, in total and, for QoS 0,
+// per device.
 type budget struct {
-	mu       sync.Mutex // guards count and bytes
+	mu       sync.Mutex // guards count, bytes and devices
 	count    int
 	bytes    int64
 	maxCount int
 	maxBytes int64
+	// shareCount and shareBytes bound what one device's QoS 0 messages
+	// hold; devices counts them, for the devices holding any.
+	shareCount int
+	shareBytes int64
+	devices    map[string]*share
+}
+
+type share struct {
+	count int
+	bytes int64
 }
 
 func (m *budget) reserve(n int64) bool {
@@ -436,6 +504,49 @@ func (m *budget) release(n int64) {
 	m.count--
 	m.bytes -= n
 	m.mu.Unlock()
+}
+
+// reserveShared takes room for a QoS 0 message of client, within its
+// share; it returns why not, or dropNone.
+func (m *budget) reserveShared(client string, n int64) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d := m.devices[client]
+	if d != nil && (d.count+1 > m.shareCount || d.bytes+n > m.shareBytes) {
+		return dropDeviceShare
+	}
+	if m.count+1 > m.maxCount || m.bytes+n > m.maxBytes {
+		return dropBufferFull
+	}
+	if d == nil {
+		if n > m.shareBytes {
+			return dropDeviceShare
+		}
+		if m.devices == nil {
+			m.devices = make(map[string]*share)
+		}
+		d = &share{}
+		m.devices[client] = d
+	}
+	d.count++
+	d.bytes += n
+	m.count++
+	m.bytes += n
+	return dropNone
+}
+
+func (m *budget) releaseShared(client string, n int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.count--
+	m.bytes -= n
+	if d := m.devices[client]; d != nil {
+		if d.count--; d.count <= 0 {
+			delete(m.devices, client)
+			return
+		}
+		d.bytes -= n
+	}
 }
 
 func (m *budget) usage() (int, int64) {

@@ -73,6 +73,12 @@ type Config struct {
 	// waiting for the broker (defaults 10,000 and 64 MiB).
 	BufferMessages int
 	BufferBytes    int64
+	// DeviceBufferMessages and DeviceBufferBytes are one device's share of
+	// the memory buffer for QoS 0: past it, that device's QoS 0 messages
+	// are dropped (DroppedDeviceShare) while the others' still go
+	// (defaults BufferMessages/16 and BufferBytes/16).
+	DeviceBufferMessages int
+	DeviceBufferBytes    int64
 	// BufferDir, when set, is where QoS 1 messages spill once the memory
 	// bound is reached, and where those still waiting at Stop are kept for
 	// the next start. Empty: memory only.
@@ -86,6 +92,12 @@ type Config struct {
 	// system, which it may share with the command store (default 64 MiB).
 	// Past a cap or short of space, QoS 1 publishes get QuotaExceeded.
 	SpillKeepFree int64
+	// SpillQueue and SpillQueueBytes bound the QoS 1 messages handed to
+	// the spiller, the goroutine that writes the spill files so that no
+	// device's event loop waits on the disk (defaults 1,024 and 16 MiB).
+	// Past them, QoS 1 publishes get QuotaExceeded (HandoffFull).
+	SpillQueue      int
+	SpillQueueBytes int64
 
 	// MaxInflight bounds the publishes one connection has sent and the
 	// broker has not acknowledged yet (default 256).
@@ -138,6 +150,9 @@ type Config struct {
 	// dropCommandAcks, a test seam, leaves stored commands unacknowledged,
 	// as a crash between SubmitCommand and the PUBACK would.
 	dropCommandAcks bool
+	// spillGate, a test seam, holds the spiller before each write until
+	// it receives, as a slow disk would.
+	spillGate chan struct{}
 }
 
 // Defaults of Config.
@@ -149,6 +164,9 @@ const (
 	defaultSpillMessages  = 250_000
 	defaultSpillBytes     = 256 << 20
 	defaultSpillKeepFree  = 64 << 20
+	defaultSpillQueue     = 1024
+	defaultSpillQueueB    = 16 << 20
+	deviceShareDivisor    = 16
 	defaultMaxInflight    = 256
 	defaultRetainedWindow = 10 * time.Second
 	defaultCommandRetry   = 10 * time.Second
@@ -180,6 +198,18 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BufferBytes <= 0 {
 		c.BufferBytes = defaultBufferBytes
+	}
+	if c.DeviceBufferMessages <= 0 {
+		c.DeviceBufferMessages = max(1, c.BufferMessages/deviceShareDivisor)
+	}
+	if c.DeviceBufferBytes <= 0 {
+		c.DeviceBufferBytes = max(1, c.BufferBytes/deviceShareDivisor)
+	}
+	if c.SpillQueue <= 0 {
+		c.SpillQueue = defaultSpillQueue
+	}
+	if c.SpillQueueBytes <= 0 {
+		c.SpillQueueBytes = defaultSpillQueueB
 	}
 	if c.SpillMessages <= 0 {
 		c.SpillMessages = defaultSpillMessages

@@ -28,8 +28,17 @@
 //   - When the buffer is full, the device is pushed back: its ack gets
 //     0x97 (quota exceeded) at once. Nothing is dropped silently.
 //   - QoS 0: sent when the device's connection to the broker is up,
-//     dropped and counted (Stats.DroppedQoS0) when it is down or the
-//     memory buffer is full.
+//     dropped and counted by reason (Stats.DroppedQoS0 and the Dropped*
+//     fields) when it is down, when the device already holds its share
+//     of the memory buffer (Config.DeviceBufferMessages and
+//     DeviceBufferBytes, 1/16 of it by default), or when the buffer is
+//     full. A device that floods thus loses its own messages, and the
+//     others keep their room: no device's telemetry is dropped because
+//     another publishes faster than the broker takes.
+//
+// Publish runs on the publishing device's event loop, so it never
+// touches the disk and never waits on the network: see the spill writer
+// below.
 //
 // # The buffer and the spill files
 //
@@ -47,6 +56,16 @@
 // as soon as the broker acknowledged all of it, so the disk is given back
 // (a B+tree such as bbolt would pay copy-on-write pages and a sync per
 // commit and never shrink its file).
+//
+// The spill writer, a goroutine of the Bridge, does every spill write:
+// Publish only puts the message in its lane's queue, in its place, with
+// its bytes in a bounded hand-off (Config.SpillQueue and
+// SpillQueueBytes), and the writer moves the bytes to disk. If the sender
+// reaches the message first, it goes from memory. When the hand-off is
+// full (the disk is slow), the publish is refused with QuotaExceeded at
+// once (Stats.HandoffFull): a device is pushed back, never an event loop
+// made to wait. A spill refusal (a cap, a full disk) is answered by the
+// writer, and the message is skipped in the queue.
 //
 // What survives a gateway restart: a buffered message has not been
 // acknowledged to its device, so the device still owes it and sends it

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -277,7 +278,7 @@ func (l *lane) stopTimers() {
 func (l *lane) close() []*entry {
 	l.mu.Lock()
 	l.closed = true
-	q := l.queue.drain()
+	q := slices.DeleteFunc(l.queue.drain(), func(e *entry) bool { return e.refused })
 	l.mu.Unlock()
 	return append(l.box.drain(), q...)
 }

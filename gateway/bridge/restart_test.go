@@ -141,6 +141,7 @@ func TestSpoolSurvivesBridgeRestart(t *testing.T) {
 	for i := range n {
 		publish(first, "car1", "devices/car1/seq", strconv.Itoa(i), 1, a.fn(t, i))
 	}
+	waitFor(t, 5*time.Second, "the spiller to catch up", func() bool { return first.Stats().Handoff == 0 })
 	if s := first.Stats(); s.Buffered != n || s.Spilled != n-3 {
 		t.Fatalf("stats %+v: want %d buffered, %d spilled", s, n, n-3)
 	}

@@ -99,7 +99,13 @@ type spool struct {
 	// the bytes appended after it; stat: a look was made.
 	free, since int64
 	stat        bool
+	// wbuf is reused by write to encode a record (kept up to
+	// maxWriteBuffer bytes).
+	wbuf []byte
 }
+
+// maxWriteBuffer is the largest record buffer the spool keeps for reuse.
+const maxWriteBuffer = 256 << 10
 
 // openSpool opens dir (creating it), takes its lock, and returns the records
 // left by the previous run, oldest first.
@@ -305,7 +311,10 @@ func (s *spool) write(clientID, topic string, payload []byte, qos byte, retain b
 			return spoolRef{}, diskFull(err)
 		}
 	}
-	rec := appendRecord(make([]byte, 0, n), clientID, topic, payload, qos, retain)
+	rec := appendRecord(s.wbuf[:0], clientID, topic, payload, qos, retain)
+	if cap(rec) <= maxWriteBuffer {
+		s.wbuf = rec
+	}
 	if _, err := s.cur.f.Write(rec); err != nil {
 		// The segment may end in a torn record now: append no more to it.
 		if s.cur.live == 0 {

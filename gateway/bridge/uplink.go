@@ -11,70 +11,160 @@ import (
 )
 
 // entry is one device message on its way to the broker.
+//
+// Until the sender takes it (taken, under its lane's mu), an entry queued
+// for the spiller may change under the lane's mu: the spiller moves its
+// bytes to disk (spilled) or refuses it (refused). After that, only the
+// goroutine holding it (sender, outbox, Stop) touches it.
 type entry struct {
 	ack      func(mqttcodec.ReasonCode) // nil: QoS 0, or replayed from the spill files
 	clientID string
 	topic    string // as sent upstream (prefix included); empty when spilled
 	payload  []byte // nil when spilled
 	ref      spoolRef
-	size     int64 // bytes counted against the memory budget
+	size     int64 // bytes counted against the memory budget or the hand-off
 	qos      byte  // 0 or 1 upstream
 	retain   bool
 	spilled  bool
+	// handoff: the entry waits for the spiller, its bytes counted
+	// against Bridge.handoff, not the memory budget.
+	handoff bool
+	// shared: a QoS 0 entry counted against its device's share.
+	shared  bool
+	taken   bool // popped by the sender
+	refused bool // refused by the spiller; skipped by the sender
 }
 
 // Publish implements session.Sink: it takes a device's message for the
-// broker without blocking. QoS 0 is sent if the device's connection to the
-// broker is up and dropped (and counted) otherwise. QoS 1 and 2 are sent at
-// QoS 1, and ack is called with Success once the broker acknowledged; while
-// the broker is unreachable they wait in the buffer, and when the buffer is
-// full ack gets QuotaExceeded (0x97) at once. Which topics a device may
-// publish on is decided before, by the gateway's topic authorization
-// (package acl) in front of the Bridge.
+// broker without blocking, and never touches the disk or waits on the
+// network: it runs on the publishing device's event loop.
+//
+// QoS 0 is queued if the device's connection to the broker is up and the
+// device is within its share of the memory buffer (Config.DeviceBufferMessages,
+// DeviceBufferBytes), and dropped and counted by reason otherwise: a
+// device that floods loses its own messages, not the others'. QoS 1 and 2
+// are sent at QoS 1, and ack is called with Success once the broker
+// acknowledged; while the broker is unreachable they wait in the memory
+// buffer, then in the hand-off to the spiller, which writes them to the
+// spill files on its own goroutine; when all are full, ack gets
+// QuotaExceeded (0x97) at once. Which topics a device may publish on is
+// decided before, by the gateway's topic authorization (package acl) in
+// front of the Bridge.
 func (b *Bridge) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
 	if rc := b.check(m); rc != mqttcodec.Success {
+		if m.QoS == 0 && rc == mqttcodec.UnspecifiedError {
+			b.stats.dropped[dropStopping].Add(1)
+		}
 		b.refuse(m, ack, rc)
 		return
 	}
 	l := b.lanes[b.laneIndex(m.ClientID)]
 	topic := b.cfg.TopicPrefix + m.Topic
 	size := int64(len(topic) + len(m.Payload))
-	e := &entry{ack: ack, clientID: m.ClientID, qos: min(m.QoS, 1), retain: m.Retain}
+	e := &entry{ack: ack, clientID: m.ClientID, qos: min(m.QoS, 1), retain: m.Retain,
+		topic: topic, payload: m.Payload, size: size}
 	switch {
 	case e.qos == 0:
-		if !l.cli.IsConnectionOpen() || !b.mem.reserve(size) {
-			b.stats.droppedQoS0.Add(1)
+		if !l.cli.IsConnectionOpen() {
+			b.stats.dropped[dropDisconnected].Add(1)
 			return
 		}
-		e.topic, e.payload, e.size = topic, m.Payload, size
+		if why := b.mem.reserveShared(m.ClientID, size); why != dropNone {
+			b.stats.dropped[why].Add(1)
+			// Check first: a flood drops hundreds of thousands a second,
+			// and the sampler lets a handful through.
+			if ce := b.hot.Check(zap.InfoLevel, "QoS 0 device message dropped"); ce != nil {
+				ce.Write(zap.String("client", m.ClientID), zap.String("reason", dropReasons[why]))
+			}
+			return
+		}
+		e.shared = true
 	case b.mem.reserve(size):
-		e.topic, e.payload, e.size = topic, m.Payload, size
+	case b.spool.Load() == nil:
+		b.quota(e)
+		return
+	case b.handoff.reserve(size):
+		e.handoff = true
 	default:
-		if !b.spill(e, topic, m.Payload) {
-			return
-		}
+		// The spiller is behind: push the device back rather than wait.
+		b.stats.handoffFull.Add(1)
+		b.quota(e)
+		return
 	}
 	if !l.push(e) {
-		b.release(e)
+		if e.handoff {
+			b.handoff.release(size)
+		} else {
+			b.release(e)
+		}
 		reply(ack, mqttcodec.UnspecifiedError)
 		return
+	}
+	if e.handoff {
+		// Never blocks: the channel holds as many entries as the
+		// hand-off budget admits.
+		b.spillq <- e
 	}
 	signal(l.wake)
 }
 
-// spill writes e to the spill files, or pushes its device back.
-func (b *Bridge) spill(e *entry, topic string, payload []byte) bool {
-	sp := b.spool.Load()
-	if sp == nil {
-		b.quota(e)
-		return false
+// spiller writes the entries handed off by Publish to the spill files, on
+// its own goroutine, so that no event loop waits on the disk.
+func (b *Bridge) spiller() {
+	defer b.wg.Done()
+	for {
+		select {
+		case e := <-b.spillq:
+			b.spillOne(e)
+		case <-b.stop:
+			return
+		}
 	}
-	ref, err := sp.write(e.clientID, topic, payload, e.qos, e.retain)
-	switch {
-	case err == nil:
-		e.spilled, e.ref = true, ref
-		return true
-	case errors.Is(err, errSpoolFull):
+}
+
+// spillOne moves one handed-off entry to the spill files, or refuses it.
+// The entry stays in its lane's queue meanwhile; if the sender takes it
+// first, it goes from memory and the spiller leaves it alone.
+//
+// The spiller alone gives an entry's room in the hand-off back, once it
+// has read it from spillq: so spillq never holds more entries than the
+// hand-off admits, and Publish's send on it never blocks.
+func (b *Bridge) spillOne(e *entry) {
+	defer b.handoff.release(e.size)
+	l := b.lanes[b.laneIndex(e.clientID)]
+	l.mu.Lock()
+	taken := e.taken
+	l.mu.Unlock()
+	if taken {
+		return // sent from memory, which MaxInflight bounds
+	}
+	if b.cfg.spillGate != nil {
+		select {
+		case <-b.cfg.spillGate:
+		case <-b.stop:
+			return
+		}
+	}
+	sp := b.spool.Load()
+	ref, err := sp.write(e.clientID, e.topic, e.payload, e.qos, e.retain)
+	l.mu.Lock()
+	if e.taken {
+		l.mu.Unlock()
+		if err == nil {
+			sp.release(ref)
+		}
+		return
+	}
+	if err == nil {
+		e.spilled, e.ref, e.handoff = true, ref, false
+		e.topic, e.payload = "", nil
+		l.mu.Unlock()
+		b.stats.spilledTotal.Add(1)
+		return
+	}
+	e.refused = true
+	l.mu.Unlock()
+	if errors.Is(err, errSpoolFull) {
 		// The newest message is the one refused: what waits keeps its
 		// order, and the device sends this one again later.
 		b.stats.spillFull.Add(1)
@@ -82,12 +172,11 @@ func (b *Bridge) spill(e *entry, topic string, payload []byte) bool {
 		b.hot.Warn("upstream spill full; device publish refused until the broker takes what waits",
 			zap.String("client", e.clientID), zap.Error(err))
 		reply(e.ack, mqttcodec.QuotaExceeded)
-	default:
-		b.hot.Error("cannot spill a message; refusing it", zap.String("client", e.clientID), zap.Error(err))
-		b.stats.abandoned.Add(1)
-		reply(e.ack, mqttcodec.UnspecifiedError)
+		return
 	}
-	return false
+	b.hot.Error("cannot spill a message; refusing it", zap.String("client", e.clientID), zap.Error(err))
+	b.stats.abandoned.Add(1)
+	reply(e.ack, mqttcodec.UnspecifiedError)
 }
 
 func (b *Bridge) quota(e *entry) {
@@ -146,13 +235,18 @@ func (b *Bridge) finish(e *entry, rc mqttcodec.ReasonCode) {
 }
 
 func (b *Bridge) release(e *entry) {
-	if e.spilled {
+	switch {
+	case e.spilled:
 		if sp := b.spool.Load(); sp != nil {
 			sp.release(e.ref)
 		}
-		return
+	case e.handoff:
+		// The spiller gives the hand-off's room back (spillOne).
+	case e.shared:
+		b.mem.releaseShared(e.clientID, e.size)
+	default:
+		b.mem.release(e.size)
 	}
-	b.mem.release(e.size)
 }
 
 // push queues e unless the lane is closed.
@@ -237,7 +331,7 @@ func (l *lane) next() *entry {
 	var dropped []*entry
 	defer func() {
 		for _, e := range dropped {
-			l.b.stats.droppedQoS0.Add(1)
+			l.b.stats.dropped[dropDisconnected].Add(1)
 			l.b.release(e)
 		}
 	}()
@@ -247,6 +341,10 @@ func (l *lane) next() *entry {
 		e := l.queue.peek()
 		if e == nil {
 			return nil
+		}
+		if e.refused {
+			l.queue.pop() // the spiller answered its device
+			continue
 		}
 		if open {
 			break
@@ -268,7 +366,9 @@ func (l *lane) next() *entry {
 	if l.box.len() >= l.b.cfg.MaxInflight {
 		return nil
 	}
-	return l.queue.pop()
+	e := l.queue.pop()
+	e.taken = true
+	return e
 }
 
 // publish hands one message to paho.

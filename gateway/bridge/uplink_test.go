@@ -147,13 +147,16 @@ func TestUplinkBufferFull(t *testing.T) {
 				publish(b, "car1", "devices/car1/seq", strconv.Itoa(i), 1, a.fn(t, i))
 			}
 			room := tc.memory + tc.spill
+			// The spiller writes (or refuses) past the memory buffer on
+			// its own goroutine.
+			waitFor(t, 5*time.Second, "the spiller to catch up", func() bool { return b.Stats().Handoff == 0 })
 			for i := range tc.publishes {
 				rc, ok := a.get(i)
 				switch {
 				case i < room && ok:
 					t.Fatalf("message %d answered %v while the broker is down", i, rc)
 				case i >= room && (!ok || rc != mqttcodec.QuotaExceeded):
-					t.Fatalf("message %d past the buffer: ack %v (%v), want QuotaExceeded at once", i, rc, ok)
+					t.Fatalf("message %d past the buffer: ack %v (%v), want QuotaExceeded", i, rc, ok)
 				}
 			}
 			s := b.Stats()
@@ -275,5 +278,99 @@ func TestUplinkSpreadsDevices(t *testing.T) {
 	}
 	if len(used) != 4 {
 		t.Fatalf("100 devices use %d of 4 connections", len(used))
+	}
+}
+
+// One device's QoS 0 messages hold at most its share of the memory
+// buffer: past it, its own messages are dropped (device_share) while
+// another device still gets room; past the whole buffer, buffer_full.
+func TestDeviceShareOfTheBuffer(t *testing.T) {
+	m := budget{maxCount: 6, maxBytes: 1 << 20, shareCount: 4, shareBytes: 100}
+	for i := range 4 {
+		if why := m.reserveShared("flood", 10); why != dropNone {
+			t.Fatalf("flood message %d: %s", i, dropReasons[why])
+		}
+	}
+	if why := m.reserveShared("flood", 10); why != dropDeviceShare {
+		t.Fatalf("flood past its share: %q, want device_share", dropReasons[why])
+	}
+	if why := m.reserveShared("flood2", 101); why != dropDeviceShare {
+		t.Fatalf("a message larger than a share: %q, want device_share", dropReasons[why])
+	}
+	for _, c := range []string{"good", "other"} {
+		if why := m.reserveShared(c, 10); why != dropNone {
+			t.Fatalf("%s within its share: %s", c, dropReasons[why])
+		}
+	}
+	if why := m.reserveShared("third", 10); why != dropBufferFull {
+		t.Fatalf("buffer full: %q, want buffer_full", dropReasons[why])
+	}
+	m.releaseShared("flood", 10)
+	if why := m.reserveShared("flood", 10); why != dropNone {
+		t.Fatalf("flood after one left: %s", dropReasons[why])
+	}
+	for range 4 {
+		m.releaseShared("flood", 10)
+	}
+	m.releaseShared("good", 10)
+	m.releaseShared("other", 10)
+	if c, b := m.usage(); c != 0 || b != 0 || len(m.devices) != 0 {
+		t.Fatalf("after releasing everything: %d messages, %d bytes, %d devices", c, b, len(m.devices))
+	}
+}
+
+// Publish never waits on the disk: with the spill writer held (a slow
+// disk), publishes past the memory buffer return at once, handed off;
+// past the hand-off they are pushed back (0x97) at once; once the writer
+// goes on, the handed-off messages are spilled and all reach the broker
+// in order.
+func TestPublishDoesNotWaitForTheSpill(t *testing.T) {
+	br, in := subscribedThenDown(t, "devices/#")
+	cfg := testConfig(t, br.URL())
+	cfg.BufferMessages = 2
+	cfg.BufferDir = t.TempDir()
+	cfg.SpillQueue = 3
+	cfg.spillGate = make(chan struct{})
+	b := startBridge(t, cfg)
+	a := newAcks()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 7 {
+			publish(b, "car1", "devices/car1/seq", strconv.Itoa(i), 1, a.fn(t, i))
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Publish waited for the spill writer")
+	}
+	for i := 5; i < 7; i++ {
+		if rc, ok := a.get(i); !ok || rc != mqttcodec.QuotaExceeded {
+			t.Fatalf("message %d past the hand-off: %v (%v), want QuotaExceeded at once", i, rc, ok)
+		}
+	}
+	if s := b.Stats(); s.Handoff != 3 || s.Spilled != 0 || s.Buffered != 5 || s.HandoffFull != 2 {
+		t.Fatalf("stats %+v: want 3 handed off, none spilled, 5 buffered, 2 refused", s)
+	}
+	for range 3 {
+		cfg.spillGate <- struct{}{}
+	}
+	waitFor(t, 5*time.Second, "the spill writer to write", func() bool {
+		s := b.Stats()
+		return s.Handoff == 0 && s.Spilled == 3
+	})
+	br.Start()
+	msgs := in.waitN(t, 5, 20*time.Second)
+	for i, m := range msgs {
+		if string(m.Payload()) != strconv.Itoa(i) {
+			t.Fatalf("message %d is %q: order lost", i, m.Payload())
+		}
+	}
+	a.waitN(t, 7, 10*time.Second)
+	for i := range 5 {
+		if rc, _ := a.get(i); rc != mqttcodec.Success {
+			t.Errorf("message %d: ack %v, want Success", i, rc)
+		}
 	}
 }
