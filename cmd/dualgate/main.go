@@ -100,12 +100,15 @@ func serve(args []string, stderr io.Writer) int {
 		logger.Error("cannot configure the gateway", zap.Error(err))
 		return 1
 	}
+	// Signals are taken before the listeners open: a SIGHUP sent as soon
+	// as /readyz answers must reload, not end the process.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	if err := g.Start(); err != nil {
 		logger.Error("cannot start the gateway", zap.Error(err))
 		return 1
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	var sig os.Signal
 	for sig == nil || sig == syscall.SIGHUP {
 		if sig == syscall.SIGHUP {
