@@ -138,6 +138,10 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 			w.Delay = time.Duration(c.WillProperties.WillDelay) * time.Second
 		}
 		w.Username, w.TLS = s.Username(), s.t.Mode() == registry.ModeTLS
+		if len(w.Topic) > s.env.MaxTopicLen {
+			s.refuse(mqttcodec.TopicNameInvalid, "will topic longer than the gateway accepts")
+			return
+		}
 		if s.env.ACL != nil && s.env.ACL.Publish(id, w.Username, w.Topic, w.TLS) != acl.Allowed {
 			// The Will is checked again when it is published, under the
 			// rules in force then.
