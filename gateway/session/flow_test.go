@@ -1,0 +1,70 @@
+package session
+
+import (
+	"testing"
+	"time"
+
+	"github.com/dualgate/dualgate/gateway/auth"
+	"github.com/dualgate/dualgate/gateway/registry"
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// holdingSink keeps the acks of QoS 1/2 messages, to give them later: a
+// broker that acknowledges after a while.
+type holdingSink struct{ acks []func(mqttcodec.ReasonCode) }
+
+func (h *holdingSink) Publish(_ *Message, ack func(mqttcodec.ReasonCode)) {
+	if ack != nil {
+		h.acks = append(h.acks, ack)
+	}
+}
+
+// A 3.1.1 device with more QoS 1 publishes in flight than the window is
+// not closed: Feed stops at the publish that fills the window and the
+// transport stops reading; the keepalive does not run out while the
+// gateway is the one not reading; half the window acknowledged reads on.
+func TestV311WindowPausesReading(t *testing.T) {
+	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	sink := &holdingSink{}
+	env, err := NewEnv(Env{Registry: registry.New[*Session](), Auth: auth.AllowAll(), Sink: sink,
+		Sessions: NewStore(sink, StoreLimits{}), Now: clk.Now, ReceiveMaximum: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ft := newConnected(t, env, registry.ModePlain, mqttcodec.V311, "flusher")
+	var b []byte
+	var firstEight int
+	for pid := uint16(1); pid <= 20; pid++ {
+		b = mqttcodec.AppendPublish(b, mqttcodec.V311, &mqttcodec.Publish{Topic: []byte("t"), Payload: []byte("x"), QoS: 1, PacketID: pid})
+		if pid == 8 {
+			firstEight = len(b)
+		}
+	}
+	used, closeConn := s.Feed(b)
+	if closeConn || used != firstEight || !ft.paused || !s.ReadingPaused() {
+		t.Fatalf("Feed = %d, %v, paused %v; want %d, false, paused", used, closeConn, ft.paused, firstEight)
+	}
+	clk.now = clk.now.Add(10 * time.Minute) // far past 1.5 x 60 s
+	if s.Tick(clk.now) || ft.closed {
+		t.Fatal("keepalive ran out while the gateway was not reading")
+	}
+	for _, ack := range sink.acks[:3] {
+		ack(mqttcodec.Success)
+	}
+	if !ft.paused {
+		t.Fatal("resumed with 5 of 8 still waiting")
+	}
+	sink.acks[3](mqttcodec.Success)
+	if ft.paused || s.ReadingPaused() {
+		t.Fatal("still paused with half the window free")
+	}
+	if ps := ft.packets(t, mqttcodec.V311); len(ps) != 4 || ps[0].Type != mqttcodec.PUBACK {
+		t.Fatalf("got %d packets, want 4 PUBACKs", len(ps))
+	}
+	if s.Tick(clk.now.Add(80 * time.Second)) {
+		t.Fatal("the keepalive should count from the resume")
+	}
+	if used, closeConn = s.Feed(b[used:]); closeConn || used == 0 {
+		t.Fatalf("Feed after resume = %d, %v", used, closeConn)
+	}
+}
