@@ -181,3 +181,54 @@ func TestV311QoS2UnreleasedBound(t *testing.T) {
 		t.Errorf("dualgate_qos2_unreleased_closed_total %v, want 1", v)
 	}
 }
+
+// Where at-least-once toward a device holds: the broker's (or a local
+// publisher's) message is acknowledged once the gateway has it in the
+// subscriber's session; a device whose connection ends before its PUBACK
+// gets it again, marked DUP, when it resumes its session, and what waited
+// for its window too, in order.
+func TestUnackedMessagesKeptWithSession(t *testing.T) {
+	g := startGateway(t, nil)
+	connect := func() (*raw, *mqttcodec.Connack) {
+		sub := dialRaw(t, g.PlainAddr())
+		c := &mqttcodec.Connect{ProtocolVersion: mqttcodec.V5, ClientID: []byte("alo-dev"), KeepAlive: 60}
+		c.Properties.SetReceiveMaximum(1)
+		c.Properties.SetSessionExpiry(3600)
+		return sub, sub.connect(c)
+	}
+	sub, _ := connect()
+	sub.send(mqttcodec.AppendSubscribe(nil, mqttcodec.V5, &mqttcodec.Subscribe{PacketID: 1,
+		Subscriptions: []mqttcodec.Subscription{{Filter: []byte("alo/#"), QoS: 1}}}))
+	if p := sub.read(5 * time.Second); p.Type != mqttcodec.SUBACK {
+		t.Fatalf("got %s, want SUBACK", p.Type)
+	}
+	pub := v3(t, "tcp://"+g.PlainAddr(), "alo-pub", nil, nil)
+	for i := range 3 {
+		if tok := pub.Publish("alo/x", 1, false, fmt.Sprint("m", i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
+	if p := sub.read(5 * time.Second); p.Type != mqttcodec.PUBLISH || string(p.Publish.Payload) != "m0" {
+		t.Fatalf("got %s %q, want PUBLISH m0", p.Type, p.Publish.Payload)
+	}
+	eventually(t, 5*time.Second, "two messages waiting for the window", func() bool {
+		return metric(t, g, "dualgate_deliveries_queued_total") == 2
+	})
+	_ = sub.conn.Close() // gone before its PUBACK
+
+	eventually(t, 5*time.Second, "the session kept", func() bool { return metric(t, g, "dualgate_kept_sessions") == 1 })
+	sub, ack := connect()
+	if !ack.SessionPresent {
+		t.Fatal("session not present")
+	}
+	for i := range 3 {
+		p := sub.read(5 * time.Second)
+		if p.Type != mqttcodec.PUBLISH || string(p.Publish.Payload) != fmt.Sprint("m", i) {
+			t.Fatalf("got %s %q, want PUBLISH m%d", p.Type, p.Publish.Payload, i)
+		}
+		if p.Publish.Dup != (i == 0) {
+			t.Errorf("m%d: DUP %v, want %v", i, p.Publish.Dup, i == 0)
+		}
+		sub.send(mqttcodec.AppendAck(nil, mqttcodec.V5, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: p.Publish.PacketID}))
+	}
+}

@@ -113,7 +113,12 @@ func (s *Session) send(d *Delivery) error {
 	}
 	if pub.QoS > 0 {
 		r := s.rareState()
-		r.inflight = append(r.inflight, inflight{pid: pub.PacketID, token: d.Token})
+		f := inflight{pid: pub.PacketID, token: d.Token}
+		if d.Token == "" {
+			m := *d
+			f.msg = &m
+		}
+		r.inflight = append(r.inflight, f)
 	}
 	s.env.Stats.Deliveries.Add(1)
 	return nil

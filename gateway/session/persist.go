@@ -58,6 +58,7 @@ type StoreLimits struct {
 type keptSession struct {
 	due
 	subs []Subscription
+	msgs []Delivery // routed QoS 1 messages not acknowledged, to send again
 	size int
 }
 
@@ -74,23 +75,28 @@ func NewStore(sink Sink, lim StoreLimits) *Store {
 }
 
 // keptSize is roughly what a kept session costs the heap: the map entry
-// and struct, the client id, and per filter its string and slice slot.
-func keptSize(clientID string, subs []Subscription) int {
+// and struct, the client id, per filter its string and slice slot, per
+// message its topic, payload and slot.
+func keptSize(clientID string, subs []Subscription, msgs []Delivery) int {
 	n := 160 + len(clientID)
 	for _, s := range subs {
 		n += 40 + len(s.Filter)
 	}
+	for _, m := range msgs {
+		n += 120 + len(m.Topic) + len(m.Payload)
+	}
 	return n
 }
 
-// Keep holds a disconnected session's subscriptions until expires. Past
-// the store's limits, the sessions that expire soonest make room (this
-// one too, if it is that one).
-func (st *Store) Keep(clientID string, subs []Subscription, expires time.Time) {
+// Keep holds a disconnected session's subscriptions, and the routed
+// messages it had not had acknowledged, until expires. Past the store's
+// limits, the sessions that expire soonest make room (this one too, if it
+// is that one).
+func (st *Store) Keep(clientID string, subs []Subscription, msgs []Delivery, expires time.Time) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.removeSession(clientID)
-	k := &keptSession{due: due{id: clientID, at: expires}, subs: subs, size: keptSize(clientID, subs)}
+	k := &keptSession{due: due{id: clientID, at: expires}, subs: subs, msgs: msgs, size: keptSize(clientID, subs, msgs)}
 	st.sessions[clientID] = k
 	st.bytes += k.size
 	heap.Push(&st.byExpiry, &k.due)
@@ -124,17 +130,18 @@ func (st *Store) removeWill(clientID string) (*dueWill, bool) {
 	return w, true
 }
 
-// Take returns and removes a kept session for a device resuming it. A will
-// still waiting for its delay is cancelled [MQTT-3.1.3-9].
-func (st *Store) Take(clientID string, now time.Time) ([]Subscription, bool) {
+// Take returns and removes a kept session for a device resuming it: its
+// subscriptions and the messages to send it again. A will still waiting
+// for its delay is cancelled [MQTT-3.1.3-9].
+func (st *Store) Take(clientID string, now time.Time) (subs []Subscription, msgs []Delivery, ok bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.removeWill(clientID)
 	k, ok := st.removeSession(clientID)
 	if !ok || !now.Before(k.at) {
-		return nil, false
+		return nil, nil, false
 	}
-	return k.subs, true
+	return k.subs, k.msgs, true
 }
 
 // Drop discards a kept session for a device starting clean. Ending the

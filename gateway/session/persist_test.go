@@ -16,17 +16,17 @@ func TestStoreHeaps(t *testing.T) {
 	// 100 sessions expiring at t0+1s .. t0+100s, kept in a shuffled order.
 	for i := range 100 {
 		j := (i * 37) % 100
-		st.Keep(fmt.Sprint("c", j), []Subscription{{Filter: "f"}}, t0.Add(time.Duration(j+1)*time.Second))
+		st.Keep(fmt.Sprint("c", j), []Subscription{{Filter: "f"}}, nil, t0.Add(time.Duration(j+1)*time.Second))
 	}
 	s := st.Stats()
 	if s.Sessions != 50 || s.Evicted != 50 {
 		t.Fatalf("kept %d, evicted %d; want 50 and 50", s.Sessions, s.Evicted)
 	}
 	// The 50 left are those that expire last (c50..c99).
-	if _, ok := st.Take("c49", t0); ok {
+	if _, _, ok := st.Take("c49", t0); ok {
 		t.Fatal("c49 expires sooner than all kept, yet it was kept")
 	}
-	if _, ok := st.Take("c60", t0); !ok {
+	if _, _, ok := st.Take("c60", t0); !ok {
 		t.Fatal("c60 was evicted, yet 49 others expire sooner")
 	}
 	st.Drop("c61", t0)
@@ -40,7 +40,7 @@ func TestStoreHeaps(t *testing.T) {
 	if n := wills(&Env{Sink: sink}); n != 1 {
 		t.Fatalf("%d wills published, want the one due", n)
 	}
-	if _, ok := st.Take("c80", t0.Add(75*time.Second)); !ok {
+	if _, _, ok := st.Take("c80", t0.Add(75*time.Second)); !ok {
 		t.Fatal("c80 is not due yet")
 	}
 	st.Sweep(t0.Add(200 * time.Second))
@@ -55,24 +55,24 @@ func TestStoreHeaps(t *testing.T) {
 // A session kept again under the same client id replaces the first, in
 // the heap too, and the byte bound counts what the sessions hold.
 func TestStoreBytes(t *testing.T) {
-	st := NewStore(&recordingSink{}, StoreLimits{Bytes: 3 * keptSize("cX", []Subscription{{Filter: string(make([]byte, 1000))}})})
+	st := NewStore(&recordingSink{}, StoreLimits{Bytes: 3 * keptSize("cX", []Subscription{{Filter: string(make([]byte, 1000))}}, nil)})
 	t0 := time.Unix(1_000_000, 0)
 	big := []Subscription{{Filter: string(make([]byte, 1000))}}
 	for i := range 3 {
-		st.Keep(fmt.Sprint("c", i), big, t0.Add(time.Duration(i+1)*time.Minute))
+		st.Keep(fmt.Sprint("c", i), big, nil, t0.Add(time.Duration(i+1)*time.Minute))
 	}
-	st.Keep("c0", big, t0.Add(time.Hour)) // replaced: now expires last
+	st.Keep("c0", big, nil, t0.Add(time.Hour)) // replaced: now expires last
 	if s := st.Stats(); s.Sessions != 3 || s.Evicted != 0 {
 		t.Fatalf("%+v, want 3 kept and none evicted", s)
 	}
-	st.Keep("c3", big, t0.Add(30*time.Minute))
+	st.Keep("c3", big, nil, t0.Add(30*time.Minute))
 	if s := st.Stats(); s.Sessions != 3 || s.Evicted != 1 {
 		t.Fatalf("%+v, want 3 kept, 1 evicted", s)
 	}
-	if _, ok := st.Take("c1", t0); ok {
+	if _, _, ok := st.Take("c1", t0); ok {
 		t.Fatal("c1 expires soonest and should have made room")
 	}
-	if _, ok := st.Take("c0", t0); !ok {
+	if _, _, ok := st.Take("c0", t0); !ok {
 		t.Fatal("c0 was kept again to expire last")
 	}
 }

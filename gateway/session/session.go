@@ -362,6 +362,23 @@ func (s *Session) tooLarge(size int) bool {
 type inflight struct {
 	pid   uint16
 	token string
+	// msg is a routed message (no token), kept to be sent again when the
+	// connection ends before its PUBACK and the session is kept.
+	msg *Delivery
+}
+
+// unsent lists the routed QoS 1 messages the device has not acknowledged:
+// those in flight (marked Dup), then those queued, in order.
+func (r *rareState) unsent() []Delivery {
+	var out []Delivery
+	for _, f := range r.inflight {
+		if f.msg != nil {
+			d := *f.msg
+			d.Dup = true
+			out = append(out, d)
+		}
+	}
+	return append(out, r.queued...)
 }
 
 // Init makes s a new session on transport t, with the CONNECT deadline set.
@@ -661,11 +678,15 @@ func (s *Session) Closed() {
 	s.env.Stats.Disconnects.Add(1)
 	var unacked []string
 	var will *Will
+	var unsent []Delivery
 	if s.rare != nil {
 		for _, f := range s.rare.inflight {
-			unacked = append(unacked, f.token)
+			if f.token != "" {
+				unacked = append(unacked, f.token)
+			}
 		}
 		will = s.rare.will
+		unsent = s.rare.unsent()
 	}
 	if s.flags&flagGracefulEnd != 0 || !stillOwner {
 		// A normal DISCONNECT discards the will [MQTT-3.1.2-10]; a session
@@ -677,7 +698,9 @@ func (s *Session) Closed() {
 	now := s.env.Now()
 	expiry := time.Duration(s.sessionExpiry) * time.Second
 	if stillOwner && expiry > 0 {
-		s.env.Sessions.Keep(s.entry.ClientID, s.Subscriptions(), now.Add(expiry))
+		// Routed QoS 1 messages not acknowledged stay with the session
+		// and go out again when the device resumes it [MQTT-4.4.0-1].
+		s.env.Sessions.Keep(s.entry.ClientID, s.Subscriptions(), unsent, now.Add(expiry))
 	}
 	if will != nil {
 		// The will waits for its delay, or until the session ends if
