@@ -117,6 +117,7 @@ func (s *Session) send(d *Delivery) error {
 		if d.Token == "" {
 			m := *d
 			f.msg = &m
+			r.inflightBytes += deliverySize(d)
 		}
 		r.inflight = append(r.inflight, f)
 	}

@@ -73,17 +73,31 @@ func (s *Session) ReadingPaused() bool { return s.flags&flagReadPaused != 0 }
 
 // windowFull reports whether a QoS 1 delivery must wait: the device's
 // Receive Maximum is reached, or, for a routed message (no token), all
-// but the slot kept for commands.
+// but the slot kept for commands. Routed messages in flight are kept
+// until their PUBACK (to be sent again), so they are also bounded by the
+// gateway: MaxQueued of them, MaxOutbound bytes, whatever window the
+// device claims.
 func (s *Session) windowFull(d *Delivery) bool {
-	if s.rare == nil {
+	r := s.rare
+	if r == nil {
 		return false
 	}
-	limit := s.rare.clientRecvMax()
-	if d.Token == "" && limit > 1 {
-		limit--
+	limit := r.clientRecvMax()
+	if d.Token == "" {
+		if limit > 1 {
+			limit--
+		}
+		limit = min(limit, s.env.MaxQueued)
+		if r.inflightBytes > 0 && r.inflightBytes+deliverySize(d) > s.env.MaxOutbound {
+			return true
+		}
 	}
-	return len(s.rare.inflight) >= limit
+	return len(r.inflight) >= limit
 }
+
+// deliverySize is what a kept message costs in the bounds: topic and
+// payload.
+func deliverySize(d *Delivery) int { return len(d.Topic) + len(d.Payload) }
 
 // enqueue keeps a routed QoS 1 message until the device's window has
 // room. Past MaxQueued messages or MaxOutbound bytes it is dropped,
@@ -91,7 +105,7 @@ func (s *Session) windowFull(d *Delivery) bool {
 // they come.
 func (s *Session) enqueue(d *Delivery) error {
 	r := s.rareState()
-	size := len(d.Topic) + len(d.Payload)
+	size := deliverySize(d)
 	if len(r.queued) >= s.env.MaxQueued || r.queuedBytes+size > s.env.MaxOutbound {
 		s.env.Stats.QueueDropped.Add(1)
 		if s.env.Stats.QueueDropped.Load()&(s.env.Stats.QueueDropped.Load()-1) == 0 {
@@ -117,7 +131,7 @@ func (s *Session) sendQueued() {
 			return
 		}
 		dd := *d
-		r.queuedBytes -= len(d.Topic) + len(d.Payload)
+		r.queuedBytes -= deliverySize(d)
 		r.queued[0] = Delivery{}
 		r.queued = r.queued[1:]
 		if len(r.queued) == 0 {

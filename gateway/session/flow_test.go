@@ -1,6 +1,7 @@
 package session
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -66,5 +67,40 @@ func TestV311WindowPausesReading(t *testing.T) {
 	}
 	if used, closeConn = s.Feed(b[used:]); closeConn || used == 0 {
 		t.Fatalf("Feed after resume = %d, %v", used, closeConn)
+	}
+}
+
+// A device that reads but never acknowledges cannot make the gateway keep
+// without bound what it routes to it: MaxQueued messages in flight,
+// MaxQueued more queued, then drops, counted; a PUBACK lets the next
+// queued one out.
+func TestRoutedDeliveriesBounded(t *testing.T) {
+	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	sink := new(recordingSink)
+	env, err := NewEnv(Env{Registry: registry.New[*Session](), Auth: auth.AllowAll(), Sink: sink,
+		Sessions: NewStore(sink, StoreLimits{}), Now: clk.Now, MaxQueued: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ft := newConnected(t, env, registry.ModePlain, mqttcodec.V5, "never-acks")
+	var dropped int
+	for i := range 10 {
+		switch err := s.Deliver(&Delivery{Topic: "t", Payload: []byte{byte(i)}, QoS: 1}); {
+		case errors.Is(err, ErrQueueFull):
+			dropped++
+		case err != nil:
+			t.Fatal(err)
+		}
+	}
+	ps := ft.packets(t, mqttcodec.V5)
+	if len(ps) != 4 || s.Queued() != 4 || dropped != 2 || env.Stats.QueueDropped.Load() != 2 {
+		t.Fatalf("%d sent, %d queued, %d dropped; want 4, 4, 2", len(ps), s.Queued(), dropped)
+	}
+	ack := mqttcodec.AppendAck(nil, mqttcodec.V5, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: ps[0].Publish.PacketID})
+	if _, closeConn := s.Feed(ack); closeConn {
+		t.Fatal("closed on PUBACK")
+	}
+	if ps = ft.packets(t, mqttcodec.V5); len(ps) != 1 || ps[0].Publish.Payload[0] != 4 || s.Queued() != 3 {
+		t.Fatalf("after a PUBACK: %d sent, %d queued; want message 4 out, 3 queued", len(ps), s.Queued())
 	}
 }

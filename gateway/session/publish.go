@@ -236,6 +236,9 @@ func (s *Session) handlePuback(a *mqttcodec.Ack) {
 		if len(s.rare.inflight) == 0 {
 			s.rare.inflight = nil
 		}
+		if f.msg != nil {
+			s.rare.inflightBytes -= deliverySize(f.msg)
+		}
 		if f.token != "" && s.env.Hooks != nil {
 			s.env.Hooks.Acked(s, f.token)
 		}

@@ -336,6 +336,8 @@ type rareState struct {
 	// topics.
 	queued      []Delivery
 	queuedBytes int
+	// inflightBytes sums deliverySize of the routed messages in flight.
+	inflightBytes int
 	// pauses is why reading is paused (flagReadPaused): pauseFlow and
 	// the reasons of PauseReading.
 	pauses ReadPause
