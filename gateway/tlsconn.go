@@ -103,18 +103,31 @@ func (g *Gateway) serveTLS(c *tls.Conn, info tlsmux.ConnInfo) {
 		tlsmux.ReleaseBuffers(c)
 		pkt, err := readPacket(c, g.env.MaxPacketSize)
 		if len(pkt) > 0 {
-			closeConn := false
-			tc.onSession(done, func() {
-				if closeConn = tc.closed; !closeConn {
+			closeConn, fed := false, false
+			for !fed && !closeConn {
+				tc.onSession(done, func() {
+					if closeConn = tc.closed; closeConn {
+						return
+					}
+					if tc.sess.ReadingPaused() && tc.sess.Connected() {
+						// Paused while this packet was read (PauseUpstream
+						// from another goroutine): it waits its turn.
+						return
+					}
+					fed = true
 					_, closeConn = safeFeed(g.logger, g.env.Stats, &tc.sess, pkt)
+				})
+				if !fed && !closeConn {
+					// A connection closing (a failed write) ends the wait.
+					closeConn = tc.waitResumed()
 				}
-			})
+			}
 			putPacketBuf(pkt)
 			if closeConn {
 				break
 			}
 			// Flow control: while the session holds the device back,
-			// nothing is read; TCP stalls the device's sending.
+			// nothing more is read; TCP stalls the device's sending.
 			tc.waitResumed()
 		}
 		if err != nil {
@@ -339,14 +352,18 @@ func (tc *tlsConn) resumeLocked() {
 	}
 }
 
-// waitResumed blocks the reader goroutine while reading is paused.
-func (tc *tlsConn) waitResumed() {
+// waitResumed blocks the reader goroutine while reading is paused, and
+// reports whether the connection is closing.
+func (tc *tlsConn) waitResumed() (closing bool) {
 	tc.wmu.Lock()
 	ch := tc.resumed
 	tc.wmu.Unlock()
 	if ch != nil {
 		<-ch
 	}
+	tc.wmu.Lock()
+	defer tc.wmu.Unlock()
+	return tc.closeReq
 }
 
 // Buffered is what the device has not taken yet: queued and being written.

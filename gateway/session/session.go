@@ -473,6 +473,11 @@ func (s *Session) feed(b []byte) (used int, closeConn bool) {
 	p := packetPool.Get().(*mqttcodec.Packet)
 	defer packetPool.Put(p)
 	for used < len(b) {
+		if s.flags&flagReadPaused != 0 {
+			// Held back (flow control): the rest waits with the
+			// transport until ResumeRead.
+			break
+		}
 		n, err := mqttcodec.Decode(b[used:], s.entry.Protocol, s.env.MaxPacketSize, p)
 		if err != nil {
 			s.decodeError(p, err)
@@ -486,10 +491,6 @@ func (s *Session) feed(b []byte) (used int, closeConn bool) {
 		s.handle(p)
 		if s.state >= stateClosing {
 			return len(b), true
-		}
-		if s.flags&flagReadPaused != 0 {
-			// The rest waits with the transport until ResumeRead.
-			break
 		}
 	}
 	return used, false
