@@ -104,3 +104,32 @@ func TestRoutedDeliveriesBounded(t *testing.T) {
 		t.Fatalf("after a PUBACK: %d sent, %d queued; want message 4 out, 3 queued", len(ps), s.Queued())
 	}
 }
+
+// A pause for another reason (the bridge's) holds the device back from
+// the next packet on, keeps the session's own reason apart, and reading
+// resumes only when no reason is left.
+func TestPauseReasonsAdd(t *testing.T) {
+	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	env := newTestEnv(t, clk)
+	s, ft := newConnected(t, env, registry.ModePlain, mqttcodec.V311, "held")
+	s.PauseReading(PauseUpstream)
+	ping := mqttcodec.AppendPingreq(nil)
+	if used, closeConn := s.Feed(ping); used != 0 || closeConn || !ft.paused {
+		t.Fatalf("Feed while paused = %d, %v; want 0 (kept for later), paused", used, closeConn)
+	}
+	s.PauseReading(pauseInbound)
+	s.ResumeReading(PauseUpstream)
+	if !ft.paused {
+		t.Fatal("resumed with a reason left")
+	}
+	s.ResumeReading(pauseInbound)
+	if ft.paused {
+		t.Fatal("still paused with no reason left")
+	}
+	if used, _ := s.Feed(ping); used != len(ping) {
+		t.Fatalf("Feed after resume = %d, want %d", used, len(ping))
+	}
+	if ps := ft.packets(t, mqttcodec.V311); len(ps) != 1 || ps[0].Type != mqttcodec.PINGRESP {
+		t.Fatalf("want one PINGRESP, got %d packets", len(ps))
+	}
+}
