@@ -165,3 +165,25 @@ func TestSessionExpiry(t *testing.T) {
 		t.Fatal("the session outlived --session-expiry")
 	}
 }
+
+// --max-subscriptions bounds one session's filters: past it, MQTT 5
+// devices get 0x97 Quota exceeded for the filter (3.1.1: 0x80); a filter
+// already held may be subscribed to again.
+func TestSubscriptionsBound(t *testing.T) {
+	g := startGateway(t, func(c *Config) { c.MaxSubscriptions = 2 })
+	for _, v := range []byte{mqttcodec.V311, mqttcodec.V5} {
+		dev := dialRaw(t, g.PlainAddr())
+		dev.connect(&mqttcodec.Connect{ProtocolVersion: v, CleanStart: true, ClientID: []byte(fmt.Sprint("many-subs-", v)), KeepAlive: 60})
+		dev.send(mqttcodec.AppendSubscribe(nil, v, &mqttcodec.Subscribe{PacketID: 1, Subscriptions: []mqttcodec.Subscription{
+			{Filter: []byte("a/1")}, {Filter: []byte("a/2")}, {Filter: []byte("a/3")}, {Filter: []byte("a/1"), QoS: 1},
+		}}))
+		p := dev.read(5 * time.Second)
+		want := []mqttcodec.ReasonCode{0, 0, 0x80, 1}
+		if v == mqttcodec.V5 {
+			want[2] = mqttcodec.QuotaExceeded
+		}
+		if p.Type != mqttcodec.SUBACK || fmt.Sprint(p.Suback.ReasonCodes) != fmt.Sprint(want) {
+			t.Fatalf("v%d: got %s %v, want SUBACK %v", v, p.Type, p.Suback.ReasonCodes, want)
+		}
+	}
+}
