@@ -406,6 +406,20 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	counter("dualgate_instructions_total", "Reconnect instructions sent.", st.Instructions.Load)
 	counter("dualgate_session_panics_total", "Session panics contained to their connection.", st.Panics.Load)
 	counter("dualgate_slow_reader_disconnects_total", "Devices disconnected because what waited to be sent to them passed --max-outbound-bytes.", st.SlowReaderClosed.Load)
+	counter("dualgate_subscriptions_too_long_total", "Filters refused for passing --max-topic-length.", st.SubscribeTooLong.Load)
+	counter("dualgate_kept_sessions_expired_total", "Kept sessions of disconnected devices that expired (--session-expiry).", func() uint64 { return g.env.Sessions.Stats().Expired })
+	counter("dualgate_kept_sessions_evicted_total", "Kept sessions dropped, soonest to expire first, to stay within --max-kept-sessions and --max-kept-session-bytes.", func() uint64 { return g.env.Sessions.Stats().Evicted })
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_kept_sessions", Help: "Sessions of disconnected devices whose state is kept.",
+	}, func() float64 { return float64(g.env.Sessions.Stats().Sessions) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_kept_session_bytes", Help: "Approximate bytes held by kept sessions (client ids, filters).",
+	}, func() float64 { return float64(g.env.Sessions.Stats().Bytes) }))
+	counter("dualgate_read_pauses_total", "Times the gateway stopped reading a device to hold it back (flow control), resumed as acknowledgements return.", st.ReadPauses.Load)
+	counter("dualgate_receive_maximum_exceeded_total", "MQTT 5 devices disconnected (0x93) for more QoS 1/2 publishes in flight than the Receive Maximum advertised.", st.ReceiveMaximumExceeded.Load)
+	counter("dualgate_qos2_unreleased_closed_total", "MQTT 3.1.1 devices closed for leaving more QoS 2 publishes unreleased than --max-qos2-unreleased.", st.QoS2Unreleased.Load)
+	counter("dualgate_deliveries_queued_total", "Routed QoS 1 messages that waited for room in a device's Receive Maximum.", st.Queued.Load)
+	counter("dualgate_deliveries_dropped_total", "Routed messages dropped because the device's queue was full (--max-queued-messages, --max-outbound-bytes).", st.QueueDropped.Load)
 	counter("dualgate_secure_refused_on_plain_total", "Secure commands and secure data kept off a plain connection.", st.RefusedOnPlain.Load)
 	counter("dualgate_secure_refused_unproven_total", "Secure commands kept off a TLS session whose client id was not proven (--secure-identity).", st.RefusedUnproven.Load)
 	counter("dualgate_memory_releases_total", "Times the gateway returned its free heap memory to the OS after a burst.", g.mem.released.Load)

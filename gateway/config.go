@@ -85,29 +85,38 @@ type Config struct {
 	Secrets        string        `yaml:"secrets" help:"per-device secrets file for --auth token"`
 	TokenWindow    time.Duration `yaml:"token-window" help:"how far a device token's time may be from the gateway's, either way; accepted plain tokens are remembered (in the data dir) until then"`
 
-	ConnectTimeout   time.Duration `yaml:"connect-timeout" help:"time a new connection has to send CONNECT"`
-	MaxPacketSize    int           `yaml:"max-packet-size" help:"largest MQTT packet accepted from a device, bytes"`
-	MaxOutbound      int           `yaml:"max-outbound-bytes" help:"bytes that may wait to be sent to one device; a device that does not read is disconnected past it (0: 2 MiB or twice max-packet-size)"`
-	MaxKeepAlive     int           `yaml:"max-keepalive" help:"cap on an MQTT 5 device's keepalive, seconds (0: none)"`
-	MaxConnections   int           `yaml:"max-connections" help:"maximum live device sessions (0: no limit)"`
-	MaxPlain         int           `yaml:"max-plain-connections" help:"maximum live sessions on the plain listener (0: no limit)"`
-	MaxTLS           int           `yaml:"max-tls-connections" help:"maximum live sessions on the TLS listener (0: no limit)"`
-	PerIPRate        float64       `yaml:"per-ip-connect-rate" help:"CONNECTs per second from one source address, the PROXY header's when there is one (0: no limit)"`
-	PerIPBurst       int           `yaml:"per-ip-connect-burst" help:"burst of CONNECTs from one source address"`
-	ConnectRate      float64       `yaml:"connect-rate" help:"accepted CONNECTs per second (0: no limit)"`
-	ConnectBurst     int           `yaml:"connect-burst" help:"burst of CONNECTs above connect-rate"`
-	ControlGrace     time.Duration `yaml:"control-grace" help:"time a 3.1.1 device has to leave after a reconnect instruction"`
-	EventLoops       int           `yaml:"event-loops" help:"gnet event loops for the plain listener (0: one per CPU)"`
-	MaxHandshakes    int           `yaml:"max-handshakes" help:"concurrent TLS handshakes (0: 4 per CPU)"`
-	HandshakeTimeout time.Duration `yaml:"handshake-timeout" help:"time a TLS handshake may take"`
-	HandshakeQueue   time.Duration `yaml:"handshake-queue-timeout" help:"time a new TLS connection may wait for a handshake slot before it is closed"`
-	TLSHello         time.Duration `yaml:"tls-hello-timeout" help:"time a new TLS connection may take to send its first TLS record (waiting holds no handshake slot)"`
-	TLSHelloPerIP    int           `yaml:"tls-hello-per-source" help:"new TLS connections from one source address that may wait for their first record at once (-1: no bound; behind a balancer without PROXY protocol every device shares its address)"`
-	ShutdownTimeout  time.Duration `yaml:"shutdown-timeout" help:"time to close sessions on SIGINT before exiting"`
-	DrainTo          string        `yaml:"drain-to" help:"where SIGTERM sends MQTT 5 devices on TLS: tls://host:port (empty: DISCONNECT 0x8B); devices on plain are closed and reconnect through the balancer"`
-	DrainDelay       time.Duration `yaml:"drain-delay" help:"time between /readyz failing and the first device being moved, so the balancer stops sending new connections first"`
-	DrainRate        float64       `yaml:"drain-rate" help:"devices moved off per second while draining"`
-	DrainTimeout     time.Duration `yaml:"drain-timeout" help:"longest drain on SIGTERM before the gateway exits anyway"`
+	ConnectTimeout time.Duration `yaml:"connect-timeout" help:"time a new connection has to send CONNECT"`
+	MaxPacketSize  int           `yaml:"max-packet-size" help:"largest MQTT packet accepted from a device, bytes"`
+	MaxOutbound    int           `yaml:"max-outbound-bytes" help:"bytes that may wait to be sent to one device; a device that does not read is disconnected past it (0: 2 MiB or twice max-packet-size)"`
+	MaxKeepAlive   int           `yaml:"max-keepalive" help:"cap on an MQTT 5 device's keepalive, seconds (0: none)"`
+
+	ReceiveMaximum     int           `yaml:"receive-maximum" help:"QoS 1/2 publishes a device may have in flight toward the gateway: advertised to MQTT 5 devices (one more gets DISCONNECT 0x93); an MQTT 3.1.1 device past it is not read until acknowledgements return"`
+	MaxQoS2Unreleased  int           `yaml:"max-qos2-unreleased" help:"QoS 2 publishes an MQTT 3.1.1 device may leave unreleased (no PUBREL yet) before it is closed"`
+	MaxQueued          int           `yaml:"max-queued-messages" help:"routed QoS 1 messages that may wait for room in one device's Receive Maximum; past it (or past max-outbound-bytes) new ones are dropped and counted"`
+	MaxSubscriptions   int           `yaml:"max-subscriptions" help:"subscriptions one session may hold"`
+	MaxTopicLen        int           `yaml:"max-topic-length" help:"longest topic a device may publish on and longest filter it may subscribe to, bytes"`
+	SessionExpiry      time.Duration `yaml:"session-expiry" help:"how long the state of a disconnected session is kept: the expiry of an MQTT 3.1.1 clean-session-0 session and the cap on what an MQTT 5 device asks for"`
+	MaxKeptSessions    int           `yaml:"max-kept-sessions" help:"disconnected sessions whose state is kept; past it the one that expires soonest is dropped"`
+	MaxKeptSessionSize int           `yaml:"max-kept-session-bytes" help:"bytes of state (client ids, filters) all kept sessions may hold together; past it the ones that expire soonest are dropped"`
+	MaxConnections     int           `yaml:"max-connections" help:"maximum live device sessions (0: no limit)"`
+	MaxPlain           int           `yaml:"max-plain-connections" help:"maximum live sessions on the plain listener (0: no limit)"`
+	MaxTLS             int           `yaml:"max-tls-connections" help:"maximum live sessions on the TLS listener (0: no limit)"`
+	PerIPRate          float64       `yaml:"per-ip-connect-rate" help:"CONNECTs per second from one source address, the PROXY header's when there is one (0: no limit)"`
+	PerIPBurst         int           `yaml:"per-ip-connect-burst" help:"burst of CONNECTs from one source address"`
+	ConnectRate        float64       `yaml:"connect-rate" help:"accepted CONNECTs per second (0: no limit)"`
+	ConnectBurst       int           `yaml:"connect-burst" help:"burst of CONNECTs above connect-rate"`
+	ControlGrace       time.Duration `yaml:"control-grace" help:"time a 3.1.1 device has to leave after a reconnect instruction"`
+	EventLoops         int           `yaml:"event-loops" help:"gnet event loops for the plain listener (0: one per CPU)"`
+	MaxHandshakes      int           `yaml:"max-handshakes" help:"concurrent TLS handshakes (0: 4 per CPU)"`
+	HandshakeTimeout   time.Duration `yaml:"handshake-timeout" help:"time a TLS handshake may take"`
+	HandshakeQueue     time.Duration `yaml:"handshake-queue-timeout" help:"time a new TLS connection may wait for a handshake slot before it is closed"`
+	TLSHello           time.Duration `yaml:"tls-hello-timeout" help:"time a new TLS connection may take to send its first TLS record (waiting holds no handshake slot)"`
+	TLSHelloPerIP      int           `yaml:"tls-hello-per-source" help:"new TLS connections from one source address that may wait for their first record at once (-1: no bound; behind a balancer without PROXY protocol every device shares its address)"`
+	ShutdownTimeout    time.Duration `yaml:"shutdown-timeout" help:"time to close sessions on SIGINT before exiting"`
+	DrainTo            string        `yaml:"drain-to" help:"where SIGTERM sends MQTT 5 devices on TLS: tls://host:port (empty: DISCONNECT 0x8B); devices on plain are closed and reconnect through the balancer"`
+	DrainDelay         time.Duration `yaml:"drain-delay" help:"time between /readyz failing and the first device being moved, so the balancer stops sending new connections first"`
+	DrainRate          float64       `yaml:"drain-rate" help:"devices moved off per second while draining"`
+	DrainTimeout       time.Duration `yaml:"drain-timeout" help:"longest drain on SIGTERM before the gateway exits anyway"`
 
 	GCPercent  int           `yaml:"gc-percent" help:"Go garbage collector target (GOGC): the heap of an idle fleet is long-lived session state, so a low value saves memory for little CPU; the GOGC environment variable wins"`
 	MemRelease time.Duration `yaml:"mem-release" help:"how long the gateway must be quiet after a burst (connections, handshakes) before it returns its free heap memory to the OS at once; negative: never (the Go runtime then returns it over minutes)"`
@@ -121,18 +130,28 @@ type Config struct {
 // nothing.
 func Defaults() Config {
 	return Config{
-		Plain:            ":1883",
-		TLS:              ":8883",
-		API:              "127.0.0.1:8080",
-		Data:             "./dualgate-data",
-		TLSHosts:         "localhost,127.0.0.1,::1",
-		TLSMin:           "1.2",
-		SecureIdle:       30 * time.Second,
-		Auth:             "allow-all",
-		SecureIdentity:   "cert",
-		TokenWindow:      auth.DefaultWindow,
-		ConnectTimeout:   10 * time.Second,
-		MaxPacketSize:    1 << 20,
+		Plain:          ":1883",
+		TLS:            ":8883",
+		API:            "127.0.0.1:8080",
+		Data:           "./dualgate-data",
+		TLSHosts:       "localhost,127.0.0.1,::1",
+		TLSMin:         "1.2",
+		SecureIdle:     30 * time.Second,
+		Auth:           "allow-all",
+		SecureIdentity: "cert",
+		TokenWindow:    auth.DefaultWindow,
+		ConnectTimeout: 10 * time.Second,
+		MaxPacketSize:  1 << 20,
+
+		ReceiveMaximum:     64,
+		MaxQoS2Unreleased:  1024,
+		MaxQueued:          1000,
+		MaxSubscriptions:   64,
+		MaxTopicLen:        1024,
+		SessionExpiry:      24 * time.Hour,
+		MaxKeptSessions:    100000,
+		MaxKeptSessionSize: 64 << 20,
+
 		ConnectBurst:     100,
 		ControlGrace:     5 * time.Second,
 		HandshakeTimeout: 10 * time.Second,
@@ -203,6 +222,9 @@ func (c *Config) Validate() error {
 	if c.MaxKeepAlive < 0 || c.MaxKeepAlive > 65535 {
 		return fmt.Errorf("--max-keepalive %d: want 0..65535", c.MaxKeepAlive)
 	}
+	if err := c.validateBounds(); err != nil {
+		return err
+	}
 	if c.SecureIdle < 100*time.Millisecond {
 		return fmt.Errorf("--secure-idle %s: want at least 100ms", c.SecureIdle)
 	}
@@ -257,6 +279,26 @@ func (c *Config) Validate() error {
 	}
 	if c.UpstreamSpillDir != "" && c.Data != "" && filepath.Clean(c.UpstreamSpillDir) == filepath.Clean(c.Data) {
 		return fmt.Errorf("--upstream-spill-dir %q: want a directory of its own, not the data directory", c.UpstreamSpillDir)
+	}
+	return nil
+}
+
+// validateBounds checks the flow-control and state bounds.
+func (c *Config) validateBounds() error {
+	if c.ReceiveMaximum < 1 || c.ReceiveMaximum > 65535 {
+		return fmt.Errorf("--receive-maximum %d: want 1..65535", c.ReceiveMaximum)
+	}
+	if c.MaxTopicLen < 16 || c.MaxTopicLen > 65535 {
+		return fmt.Errorf("--max-topic-length %d: want 16..65535", c.MaxTopicLen)
+	}
+	if c.SessionExpiry < time.Second || c.SessionExpiry > time.Duration(1<<32-1)*time.Second {
+		return fmt.Errorf("--session-expiry %s: want 1s to 136 years (MQTT's largest)", c.SessionExpiry)
+	}
+	for name, v := range map[string]int{"max-qos2-unreleased": c.MaxQoS2Unreleased, "max-queued-messages": c.MaxQueued,
+		"max-subscriptions": c.MaxSubscriptions, "max-kept-sessions": c.MaxKeptSessions, "max-kept-session-bytes": c.MaxKeptSessionSize} {
+		if v < 1 {
+			return fmt.Errorf("--%s %d: want 1 or more", name, v)
+		}
 	}
 	return nil
 }

@@ -164,7 +164,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		Identity:          identity,
 		Sink:              sink,
 		ACL:               g.acl,
-		Sessions:          session.NewStore(sink),
+		Sessions:          session.NewStore(sink, session.StoreLimits{Sessions: cfg.MaxKeptSessions, Bytes: cfg.MaxKeptSessionSize}),
 		Now:               opts.Now,
 		ConnectTimeout:    cfg.ConnectTimeout,
 		MaxPacketSize:     uint32(cfg.MaxPacketSize),
@@ -176,7 +176,12 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		ConnectLimiter:    limiter,
 		SourceLimiter:     sources,
 		ControlGrace:      cfg.ControlGrace,
-		ReceiveMaximum:    64,
+		ReceiveMaximum:    uint16(cfg.ReceiveMaximum),
+		MaxQoS2Unreleased: cfg.MaxQoS2Unreleased,
+		MaxQueued:         cfg.MaxQueued,
+		MaxSubscriptions:  cfg.MaxSubscriptions,
+		MaxTopicLen:       cfg.MaxTopicLen,
+		MaxSessionExpiry:  cfg.SessionExpiry,
 		TopicAliasMaximum: 16,
 	})
 	if err != nil {

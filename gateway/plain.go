@@ -326,6 +326,24 @@ func (pc *plainConn) Buffered() int {
 	return pc.c.OutboundBuffered()
 }
 
+// PauseRead stops gnet polling the socket for reads (third_party/gnet
+// patch 5): the device's bytes wait in the kernel and then its sending
+// stalls. What gnet had read already stays in its inbound buffer, at
+// most one read more than the session took.
+func (pc *plainConn) PauseRead() {
+	if !pc.closed {
+		_ = pc.c.PauseRead()
+	}
+}
+
+// ResumeRead polls the socket again; gnet calls OnTraffic at once for
+// bytes it kept, so they are fed even if the device sends nothing more.
+func (pc *plainConn) ResumeRead() {
+	if !pc.closed {
+		_ = pc.c.ResumeRead()
+	}
+}
+
 func (pc *plainConn) Close() {
 	if !pc.closed {
 		_ = pc.c.Close()

@@ -40,12 +40,16 @@ type tlsConn struct {
 	// The outbound queue: the session appends, a writer goroutine that
 	// exists only while there is something to send drains it, so no
 	// session, event loop or bridge ever waits on this socket.
-	wmu      sync.Mutex    // guards out, sending, writing, closeReq
+	wmu      sync.Mutex    // guards out, sending, writing, closeReq, resumed
 	out      []byte        // waiting to be written
 	sending  int           // bytes of the write in progress
 	writing  bool          // the writer goroutine runs
 	wdone    chan struct{} // closed when that writer ends
 	closeReq bool          // close once out is written
+	// resumed is set while the session holds the device back
+	// (PauseRead): the reader goroutine reads nothing until it is
+	// closed, by ResumeRead, Close or a failed write.
+	resumed chan struct{}
 }
 
 // tlsSet is the set of live TLS connections, for the deadline sweep and
@@ -99,16 +103,32 @@ func (g *Gateway) serveTLS(c *tls.Conn, info tlsmux.ConnInfo) {
 		tlsmux.ReleaseBuffers(c)
 		pkt, err := readPacket(c, g.env.MaxPacketSize)
 		if len(pkt) > 0 {
-			closeConn := false
-			tc.onSession(done, func() {
-				if closeConn = tc.closed; !closeConn {
+			closeConn, fed := false, false
+			for !fed && !closeConn {
+				tc.onSession(done, func() {
+					if closeConn = tc.closed; closeConn {
+						return
+					}
+					if tc.sess.ReadingPaused() && tc.sess.Connected() {
+						// Paused while this packet was read (PauseUpstream
+						// from another goroutine): it waits its turn.
+						return
+					}
+					fed = true
 					_, closeConn = safeFeed(g.logger, g.env.Stats, &tc.sess, pkt)
+				})
+				if !fed && !closeConn {
+					// A connection closing (a failed write) ends the wait.
+					closeConn = tc.waitResumed()
 				}
-			})
+			}
 			putPacketBuf(pkt)
 			if closeConn {
 				break
 			}
+			// Flow control: while the session holds the device back,
+			// nothing more is read; TCP stalls the device's sending.
+			tc.waitResumed()
 		}
 		if err != nil {
 			break
@@ -296,6 +316,7 @@ func (tc *tlsConn) flush(done chan struct{}) {
 		if _, err := tc.conn.Write(buf); err != nil {
 			tc.wmu.Lock()
 			tc.out, tc.sending, tc.writing, tc.closeReq = nil, 0, false, true
+			tc.resumeLocked() // a paused reader must see the end
 			tc.wmu.Unlock()
 			_ = tc.conn.NetConn().Close()
 			return
@@ -304,6 +325,45 @@ func (tc *tlsConn) flush(done chan struct{}) {
 			buf = nil // do not keep what a burst needed
 		}
 	}
+}
+
+// PauseRead makes the reader goroutine stop after the packet it is
+// feeding, until ResumeRead.
+func (tc *tlsConn) PauseRead() {
+	tc.wmu.Lock()
+	if tc.resumed == nil && !tc.closeReq {
+		tc.resumed = make(chan struct{})
+	}
+	tc.wmu.Unlock()
+}
+
+// ResumeRead lets the reader goroutine read again.
+func (tc *tlsConn) ResumeRead() {
+	tc.wmu.Lock()
+	tc.resumeLocked()
+	tc.wmu.Unlock()
+}
+
+// resumeLocked wakes a paused reader; wmu held.
+func (tc *tlsConn) resumeLocked() {
+	if tc.resumed != nil {
+		close(tc.resumed)
+		tc.resumed = nil
+	}
+}
+
+// waitResumed blocks the reader goroutine while reading is paused, and
+// reports whether the connection is closing.
+func (tc *tlsConn) waitResumed() (closing bool) {
+	tc.wmu.Lock()
+	ch := tc.resumed
+	tc.wmu.Unlock()
+	if ch != nil {
+		<-ch
+	}
+	tc.wmu.Lock()
+	defer tc.wmu.Unlock()
+	return tc.closeReq
 }
 
 // Buffered is what the device has not taken yet: queued and being written.
@@ -318,6 +378,7 @@ func (tc *tlsConn) Buffered() int {
 func (tc *tlsConn) Close() {
 	tc.wmu.Lock()
 	tc.closeReq = true
+	tc.resumeLocked() // a paused reader must see the end
 	writing := tc.writing
 	tc.wmu.Unlock()
 	if writing {

@@ -113,6 +113,11 @@ func (c *conn) ChannelBinding() []byte { return nil }
 // Buffered: the simulated device takes every byte at once.
 func (c *conn) Buffered() int { return 0 }
 
+// PauseRead and ResumeRead: simulated devices send no more QoS 1/2
+// publishes than the gateway takes at once.
+func (c *conn) PauseRead()  {}
+func (c *conn) ResumeRead() {}
+
 // checkWrite checks what the gateway writes, before the device can read
 // it: no secure command on plain or on an unproven session, and no plain
 // instruction on plain.
@@ -267,7 +272,7 @@ func (w *world) start() error {
 			return slices.Contains(req.PeerIdentity, req.ClientID), auth.Result{}, true
 		},
 		Sink:         sink,
-		Sessions:     session.NewStore(sink),
+		Sessions:     session.NewStore(sink, session.StoreLimits{}),
 		Hooks:        hooks{d: d},
 		Now:          func() time.Time { return w.now },
 		ControlGrace: 2 * time.Second,

@@ -138,6 +138,10 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 			w.Delay = time.Duration(c.WillProperties.WillDelay) * time.Second
 		}
 		w.Username, w.TLS = s.Username(), s.t.Mode() == registry.ModeTLS
+		if len(w.Topic) > s.env.MaxTopicLen {
+			s.refuse(mqttcodec.TopicNameInvalid, "will topic longer than the gateway accepts")
+			return
+		}
 		if s.env.ACL != nil && s.env.ACL.Publish(id, w.Username, w.Topic, w.TLS) != acl.Allowed {
 			// The Will is checked again when it is published, under the
 			// rules in force then.
@@ -154,6 +158,7 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 	prev := s.env.Registry.Register(s)
 	s.flags |= flagRegistered
 	var subs []Subscription
+	var resend []Delivery
 	present := false
 	if prev != nil {
 		if !c.CleanStart {
@@ -163,8 +168,8 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 	}
 	if c.CleanStart {
 		s.env.Sessions.Drop(id, now)
-	} else if kept, ok := s.env.Sessions.Take(id, now); ok && prev == nil {
-		subs, present = kept, true
+	} else if kept, msgs, ok := s.env.Sessions.Take(id, now); ok && prev == nil {
+		subs, resend, present = kept, msgs, true
 	}
 	if len(subs) > 0 {
 		s.subs.Store(&subs)
@@ -198,6 +203,13 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 	}
 	if s.write(func(dst []byte) []byte { return mqttcodec.AppendConnack(dst, s.entry.Protocol, &ack) }) {
 		s.env.Stats.Connects.Add(1)
+	}
+	// What the kept session had not had acknowledged goes out again,
+	// first [MQTT-4.4.0-1], through the device's window and queue.
+	for i := range resend {
+		if err := s.Deliver(&resend[i]); err != nil {
+			s.env.Logger.Debug("kept message not sent again", zap.String("client", id), zap.Error(err))
+		}
 	}
 }
 

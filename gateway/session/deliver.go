@@ -20,8 +20,12 @@ var (
 	// (--secure-identity). It never is; the command stays pending.
 	ErrIdentityUnproven = errors.New("session: secure command refused: the client id is not proven on this TLS connection")
 	ErrNotConnected     = errors.New("session: not connected")
-	// ErrInflightFull: the device's receive maximum is reached.
+	// ErrInflightFull: the device's receive maximum is reached (commands;
+	// routed messages wait in the session's queue instead).
 	ErrInflightFull = errors.New("session: device's receive maximum reached")
+	// ErrQueueFull: a routed message found the device's queue full
+	// (Env.MaxQueued, Env.MaxOutbound) and was dropped.
+	ErrQueueFull = errors.New("session: device's queue is full")
 	// ErrTooLarge: the packet exceeds the device's maximum packet size.
 	ErrTooLarge = errors.New("session: packet exceeds the device's maximum packet size")
 	// ErrDowngradeOnPlain: a plain instruction may only travel over TLS.
@@ -81,11 +85,27 @@ func (s *Session) Deliver(d *Delivery) error {
 	if s.state != stateConnected {
 		return ErrNotConnected
 	}
+	if d.QoS > 0 {
+		switch {
+		case d.Token != "" && s.windowFull(d):
+			return ErrInflightFull
+		case d.Token == "" && (s.Queued() > 0 || s.windowFull(d)):
+			// In order behind what waits already [MQTT-4.6.0-6].
+			return s.enqueue(d)
+		}
+	}
+	return s.send(d)
+}
+
+// send writes d, which has room in the device's window. What may be
+// written to the socket was decided by Deliver (CheckTransport); it is
+// asked again for a message that waited, at no cost.
+func (s *Session) send(d *Delivery) error {
+	if err := CheckTransport(s.t.Mode(), s.IdentityProven(), d); err != nil {
+		return err
+	}
 	pub := mqttcodec.Publish{Topic: []byte(d.Topic), Payload: d.Payload, QoS: min(d.QoS, 1), Dup: d.Dup && d.QoS > 0, Retain: d.Retain}
 	if pub.QoS > 0 {
-		if s.rare != nil && len(s.rare.inflight) >= s.rare.clientRecvMax() {
-			return ErrInflightFull
-		}
 		pub.PacketID = s.allocPID()
 	}
 	if !s.writePublish(&pub) {
@@ -93,7 +113,13 @@ func (s *Session) Deliver(d *Delivery) error {
 	}
 	if pub.QoS > 0 {
 		r := s.rareState()
-		r.inflight = append(r.inflight, inflight{pid: pub.PacketID, token: d.Token})
+		f := inflight{pid: pub.PacketID, token: d.Token}
+		if d.Token == "" {
+			m := *d
+			f.msg = &m
+			r.inflightBytes += deliverySize(d)
+		}
+		r.inflight = append(r.inflight, f)
 	}
 	s.env.Stats.Deliveries.Add(1)
 	return nil

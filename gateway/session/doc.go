@@ -22,4 +22,16 @@
 // A session keeps one deadline (CONNECT, keepalive, or the grace period after
 // a reconnect instruction) as an int. The transport's periodic sweep calls
 // Tick; there is no timer per connection.
+//
+// # Flow control
+//
+// A device is held back by not reading it, never by closing it over a
+// window it was not told of: Transport.PauseRead and ResumeRead, driven by
+// Session.PauseReading and ResumeReading with a ReadPause reason (the
+// session's own, for an MQTT 3.1.1 device with Env.ReceiveMaximum
+// publishes waiting; PauseUpstream, for the bridge). Toward a device,
+// routed QoS 1 messages beyond its Receive Maximum wait in a bounded queue
+// and stay with a kept session until acknowledged; commands are refused
+// with ErrInflightFull and retried by the dispatcher. flow.go has the
+// rules.
 package session

@@ -16,6 +16,10 @@ func (s *Session) handlePublish(p *mqttcodec.Publish) {
 	if !ok {
 		return
 	}
+	if len(topic) > s.env.MaxTopicLen {
+		s.protocolError("topic longer than the gateway accepts", mqttcodec.TopicNameInvalid)
+		return
+	}
 	s.env.Stats.PublishesIn.Add(1)
 
 	if topic == control.QueryTopic {
@@ -30,20 +34,22 @@ func (s *Session) handlePublish(p *mqttcodec.Publish) {
 	case 0:
 		s.env.Sink.Publish(s.message(p, topic), nil)
 	case 1:
-		if !s.takeInbound() {
+		if !s.takeInbound(1) {
 			return
 		}
 		s.sinkWithAck(s.message(p, topic), mqttcodec.PUBACK, p.PacketID)
+		s.holdBackInbound()
 	case 2:
 		if _, dup := s.rareState().qos2[p.PacketID]; dup {
 			// Already taken: answer again, deliver once [MQTT-4.3.3-9].
 			s.writeAck(mqttcodec.PUBREC, p.PacketID, mqttcodec.Success)
 			return
 		}
-		if !s.takeInbound() {
+		if !s.takeInbound(2) {
 			return
 		}
 		s.sinkWithAck(s.message(p, topic), mqttcodec.PUBREC, p.PacketID)
+		s.holdBackInbound()
 	}
 }
 
@@ -81,7 +87,13 @@ func (s *Session) handleQuery(p *mqttcodec.Publish) {
 	case 1:
 		s.writeAck(mqttcodec.PUBACK, p.PacketID, mqttcodec.Success)
 	case 2:
-		s.rareState().qos2Add(p.PacketID)
+		if _, dup := s.rareState().qos2[p.PacketID]; !dup {
+			if !s.takeInbound(2) {
+				return
+			}
+			s.inboundQoS-- // answered at once: only the release is awaited
+			s.rare.qos2Add(p.PacketID)
+		}
 		s.writeAck(mqttcodec.PUBREC, p.PacketID, mqttcodec.Success)
 	}
 	if s.env.Hooks != nil && s.state == stateConnected {
@@ -89,15 +101,49 @@ func (s *Session) handleQuery(p *mqttcodec.Publish) {
 	}
 }
 
-// takeInbound counts a QoS 1/2 publish against the receive maximum
-// [MQTT-3.3.4-9].
-func (s *Session) takeInbound() bool {
-	if s.inboundQoS >= s.env.ReceiveMaximum {
-		s.protocolError("receive maximum exceeded", mqttcodec.ReceiveMaximumExceeded)
+// takeInbound counts a QoS 1/2 publish in flight from the device.
+//
+// An MQTT 5 device was told the Receive Maximum in CONNACK: its QoS 1
+// publishes count until their PUBACK, its QoS 2 ones until the PUBCOMP
+// (their PUBREL arrived), and one more than advertised is a protocol
+// error, DISCONNECT 0x93 [MQTT-3.3.4-9].
+//
+// An MQTT 3.1.1 device was told nothing: it is never closed for the
+// number it sends. Past ReceiveMaximum publishes waiting for the Sink the
+// gateway stops reading it (holdBackInbound) until acknowledgements
+// return. Its unreleased QoS 2 publishes are state only the device can
+// free (its PUBRELs may sit behind publishes the gateway would not read),
+// so they are bounded apart, by MaxQoS2Unreleased, past which it is closed.
+func (s *Session) takeInbound(qos byte) bool {
+	unreleased := 0
+	if s.rare != nil {
+		unreleased = len(s.rare.qos2)
+	}
+	switch {
+	case s.entry.Protocol == mqttcodec.V5:
+		if int(s.inboundQoS)+unreleased >= int(s.env.ReceiveMaximum) {
+			s.env.Stats.ReceiveMaximumExceeded.Add(1)
+			s.protocolError("receive maximum exceeded", mqttcodec.ReceiveMaximumExceeded)
+			return false
+		}
+	case qos == 2 && unreleased >= s.env.MaxQoS2Unreleased:
+		s.env.Stats.QoS2Unreleased.Add(1)
+		s.env.Logger.Info("device leaves too many QoS 2 publishes unreleased; closing",
+			zap.String("client", s.entry.ClientID), zap.Int("unreleased", unreleased))
+		s.closeNow()
 		return false
 	}
 	s.inboundQoS++
 	return true
+}
+
+// holdBackInbound stops reading an MQTT 3.1.1 device that has
+// ReceiveMaximum publishes waiting for the Sink (TCP backpressure); the
+// acknowledgements that return resume it (finishInbound).
+func (s *Session) holdBackInbound() {
+	if s.entry.Protocol != mqttcodec.V5 && s.inboundQoS >= s.env.ReceiveMaximum && s.state == stateConnected {
+		s.PauseReading(pauseInbound)
+	}
 }
 
 func (s *Session) message(p *mqttcodec.Publish, topic string) *Message {
@@ -145,7 +191,14 @@ func (s *Session) finishInbound(t mqttcodec.Type, pid uint16, rc mqttcodec.Reaso
 	if s.inboundQoS > 0 {
 		s.inboundQoS--
 	}
+	if s.rare != nil && s.rare.pauses&pauseInbound != 0 && s.inboundQoS <= s.env.ReceiveMaximum/2 {
+		// Half the window is free: read on. Waiting for half rather
+		// than one slot spares the poller a change per message.
+		s.ResumeReading(pauseInbound)
+	}
 	if t == mqttcodec.PUBREC && rc < 0x80 {
+		// Until its PUBREL the QoS 2 publish still counts toward the
+		// device's window (MQTT 5), as an unreleased one (3.1.1).
 		s.rareState().qos2Add(pid)
 	}
 	if rc >= 0x80 && s.entry.Protocol != mqttcodec.V5 {
@@ -169,7 +222,8 @@ func (s *Session) handlePubrel(a *mqttcodec.Ack) {
 	s.writeAck(mqttcodec.PUBCOMP, a.PacketID, rc)
 }
 
-// handlePuback completes an outbound QoS 1 delivery.
+// handlePuback completes an outbound QoS 1 delivery; the freed slot goes
+// to the next queued message.
 func (s *Session) handlePuback(a *mqttcodec.Ack) {
 	if s.rare == nil {
 		return
@@ -182,9 +236,13 @@ func (s *Session) handlePuback(a *mqttcodec.Ack) {
 		if len(s.rare.inflight) == 0 {
 			s.rare.inflight = nil
 		}
+		if f.msg != nil {
+			s.rare.inflightBytes -= deliverySize(f.msg)
+		}
 		if f.token != "" && s.env.Hooks != nil {
 			s.env.Hooks.Acked(s, f.token)
 		}
+		s.sendQueued()
 		return
 	}
 	s.env.Logger.Debug("PUBACK for an unknown packet id", zap.String("client", s.entry.ClientID),

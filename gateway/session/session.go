@@ -40,6 +40,20 @@ type Transport interface {
 	Local() string
 	// PeerIdentity lists the names of a verified client certificate (TLS only).
 	PeerIdentity() []string
+	// PauseRead stops reading from the device until ResumeRead: the
+	// bytes it sends wait in the kernel, then its own sending stalls (TCP
+	// flow control). Whatever the transport had already read stays with
+	// it and is fed to the session after ResumeRead, in order; Feed
+	// stops at the packet that paused. Keepalive does not run out while
+	// reading is paused. Owner only; pausing twice is pausing once.
+	//
+	// The session pauses an MQTT 3.1.1 device that has Env.ReceiveMaximum
+	// QoS 1/2 publishes waiting for the Sink; any owner of a reason to hold
+	// a device back (the bridge's QoS 0 backpressure) may call it through
+	// Session.PauseReading, which keeps the reasons apart.
+	PauseRead()
+	// ResumeRead reads from the device again after PauseRead. Owner only.
+	ResumeRead()
 	// ChannelBinding is the connection's exported keying material
 	// (control.ExporterLabel, control.ExporterLen bytes); nil on plain or
 	// when the TLS connection cannot export it safely (TLS 1.2 without
@@ -133,6 +147,19 @@ type Env struct {
 	MaxSessionExpiry time.Duration
 	// MaxSubscriptions bounds the subscriptions of one session.
 	MaxSubscriptions int
+	// MaxTopicLen bounds, in bytes, the topics a device publishes on
+	// (and its Will topic) and the filters it subscribes to (0: 1024).
+	MaxTopicLen int
+	// MaxQoS2Unreleased bounds the QoS 2 publishes an MQTT 3.1.1 device
+	// may leave unreleased (PUBREC sent, no PUBREL yet): state only the
+	// device can free, so past it the connection is closed. MQTT 5
+	// devices count them against ReceiveMaximum.
+	MaxQoS2Unreleased int
+	// MaxQueued bounds the messages waiting for room in one device's
+	// Receive Maximum (0: DefaultMaxQueued); their bytes count against
+	// MaxOutbound. Past either bound a routed message is dropped and
+	// counted (Stats.QueueDropped).
+	MaxQueued int
 	// MaxConnections bounds live sessions (0: no bound); past it CONNECT is
 	// refused with Server busy (3.1.1: Server unavailable).
 	MaxConnections int
@@ -165,6 +192,13 @@ type Env struct {
 // DefaultMaxOutbound is the default bound on one device's outbound queue.
 const DefaultMaxOutbound = 2 << 20
 
+// Defaults of the flow-control bounds.
+const (
+	DefaultMaxQueued         = 1000
+	DefaultMaxQoS2Unreleased = 1024
+	DefaultMaxTopicLen       = 1024
+)
+
 // DefaultEnv fills the zero settings of e with the defaults and returns it.
 func (e Env) withDefaults() Env {
 	if e.Logger == nil {
@@ -196,6 +230,15 @@ func (e Env) withDefaults() Env {
 	}
 	if e.MaxSubscriptions <= 0 {
 		e.MaxSubscriptions = 64
+	}
+	if e.MaxTopicLen <= 0 {
+		e.MaxTopicLen = DefaultMaxTopicLen
+	}
+	if e.MaxQoS2Unreleased <= 0 {
+		e.MaxQoS2Unreleased = DefaultMaxQoS2Unreleased
+	}
+	if e.MaxQueued <= 0 {
+		e.MaxQueued = DefaultMaxQueued
 	}
 	if e.ControlGrace <= 0 {
 		e.ControlGrace = 5 * time.Second
@@ -273,6 +316,7 @@ const (
 	flagProven     // the client id was proven on this TLS connection (--secure-identity)
 	flagUserIsID   // the CONNECT user name is the client id (kept for the acl file)
 	flagMoved      // the gateway ends the connection to move the device (instruction, drain)
+	flagReadPaused // the transport was told to stop reading (flow control)
 )
 
 // rareState is allocated on first need, so an idle session does not pay for it.
@@ -287,7 +331,17 @@ type rareState struct {
 	aliases  map[uint16]string // MQTT 5 inbound topic aliases
 	qos2     map[uint16]struct{}
 	inflight []inflight // outbound QoS 1 deliveries waiting for PUBACK
-	will     *Will
+	// queued holds routed QoS 1 messages waiting for room in the
+	// device's Receive Maximum, in order; queuedBytes their payloads and
+	// topics.
+	queued      []Delivery
+	queuedBytes int
+	// inflightBytes sums deliverySize of the routed messages in flight.
+	inflightBytes int
+	// pauses is why reading is paused (flagReadPaused): pauseFlow and
+	// the reasons of PauseReading.
+	pauses ReadPause
+	will   *Will
 	// username is the CONNECT user name, kept only while an acl file is
 	// in force and when it is not the client id (flagUserIsID).
 	username string
@@ -310,6 +364,23 @@ func (s *Session) tooLarge(size int) bool {
 type inflight struct {
 	pid   uint16
 	token string
+	// msg is a routed message (no token), kept to be sent again when the
+	// connection ends before its PUBACK and the session is kept.
+	msg *Delivery
+}
+
+// unsent lists the routed QoS 1 messages the device has not acknowledged:
+// those in flight (marked Dup), then those queued, in order.
+func (r *rareState) unsent() []Delivery {
+	var out []Delivery
+	for _, f := range r.inflight {
+		if f.msg != nil {
+			d := *f.msg
+			d.Dup = true
+			out = append(out, d)
+		}
+	}
+	return append(out, r.queued...)
 }
 
 // Init makes s a new session on transport t, with the CONNECT deadline set.
@@ -402,6 +473,11 @@ func (s *Session) feed(b []byte) (used int, closeConn bool) {
 	p := packetPool.Get().(*mqttcodec.Packet)
 	defer packetPool.Put(p)
 	for used < len(b) {
+		if s.flags&flagReadPaused != 0 {
+			// Held back (flow control): the rest waits with the
+			// transport until ResumeRead.
+			break
+		}
 		n, err := mqttcodec.Decode(b[used:], s.entry.Protocol, s.env.MaxPacketSize, p)
 		if err != nil {
 			s.decodeError(p, err)
@@ -496,6 +572,10 @@ func (s *Session) Tick(now time.Time) bool {
 		s.env.Logger.Info("device did not leave after a reconnect instruction; closing",
 			zap.String("client", s.entry.ClientID))
 		s.closeNow()
+	case s.flags&flagReadPaused != 0:
+		// The gateway is not reading: the device's PINGREQs wait unread.
+		// Its keepalive runs again from ResumeRead.
+		return false
 	default:
 		s.env.Stats.KeepAliveTimeouts.Add(1)
 		s.env.Logger.Debug("keepalive expired", zap.String("client", s.entry.ClientID))
@@ -601,11 +681,15 @@ func (s *Session) Closed() {
 	s.env.Stats.Disconnects.Add(1)
 	var unacked []string
 	var will *Will
+	var unsent []Delivery
 	if s.rare != nil {
 		for _, f := range s.rare.inflight {
-			unacked = append(unacked, f.token)
+			if f.token != "" {
+				unacked = append(unacked, f.token)
+			}
 		}
 		will = s.rare.will
+		unsent = s.rare.unsent()
 	}
 	if s.flags&flagGracefulEnd != 0 || !stillOwner {
 		// A normal DISCONNECT discards the will [MQTT-3.1.2-10]; a session
@@ -617,7 +701,9 @@ func (s *Session) Closed() {
 	now := s.env.Now()
 	expiry := time.Duration(s.sessionExpiry) * time.Second
 	if stillOwner && expiry > 0 {
-		s.env.Sessions.Keep(s.entry.ClientID, s.Subscriptions(), now.Add(expiry))
+		// Routed QoS 1 messages not acknowledged stay with the session
+		// and go out again when the device resumes it [MQTT-4.4.0-1].
+		s.env.Sessions.Keep(s.entry.ClientID, s.Subscriptions(), unsent, now.Add(expiry))
 	}
 	if will != nil {
 		// The will waits for its delay, or until the session ends if

@@ -22,6 +22,8 @@ type fakeTransport struct {
 	closed bool
 	// stalled: the device reads nothing; what it is sent stays queued.
 	stalled bool
+	// paused: the session told the transport to stop reading.
+	paused bool
 }
 
 func (f *fakeTransport) Write(b []byte) error {
@@ -44,6 +46,8 @@ func (f *fakeTransport) Buffered() int {
 	return 0
 }
 func (f *fakeTransport) Local() string { return "192.0.2.9:1883" }
+func (f *fakeTransport) PauseRead()    { f.paused = true }
+func (f *fakeTransport) ResumeRead()   { f.paused = false }
 
 // packets decodes and drains what the session wrote.
 func (f *fakeTransport) packets(t *testing.T, version byte) []mqttcodec.Packet {
@@ -86,7 +90,7 @@ func newTestEnv(t *testing.T, clk *clock) *Env {
 		Registry:       registry.New[*Session](),
 		Auth:           auth.AllowAll(),
 		Sink:           sink,
-		Sessions:       NewStore(sink),
+		Sessions:       NewStore(sink, StoreLimits{}),
 		Now:            clk.Now,
 		ConnectTimeout: 10 * time.Second,
 	})

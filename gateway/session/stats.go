@@ -19,12 +19,18 @@ type Stats struct {
 	BytesIn, BytesOut      [2]atomic.Uint64 // MQTT bytes by transport, indexed by registry.Mode
 	PublishesIn            atomic.Uint64
 	SubscribeRefused       atomic.Uint64 // filters refused by the topic authorization
+	SubscribeTooLong       atomic.Uint64 // filters refused for passing Env.MaxTopicLen
 	WillRefused            atomic.Uint64 // CONNECTs refused for their Will topic
 	Deliveries             atomic.Uint64 // commands written to devices
 	Instructions           atomic.Uint64 // reconnect instructions sent
 	InstructionGraceClosed atomic.Uint64 // 3.1.1 devices closed after the grace period
 	Panics                 atomic.Uint64 // session panics contained to their connection
 	SlowReaderClosed       atomic.Uint64 // devices disconnected for not reading (Env.MaxOutbound)
+	ReadPauses             atomic.Uint64 // times the gateway stopped reading a device (flow control)
+	ReceiveMaximumExceeded atomic.Uint64 // MQTT 5 devices disconnected (0x93) for more QoS 1/2 in flight than advertised
+	QoS2Unreleased         atomic.Uint64 // MQTT 3.1.1 devices closed past Env.MaxQoS2Unreleased
+	Queued                 atomic.Uint64 // routed messages that waited for room in a device's Receive Maximum
+	QueueDropped           atomic.Uint64 // routed messages dropped: the device's queue was full
 	// RefusedOnPlain counts secure commands and secure data that
 	// CheckTransport kept off a plain socket.
 	RefusedOnPlain atomic.Uint64

@@ -32,6 +32,11 @@ func (s *Session) handleSubscribe(p *mqttcodec.Subscribe) {
 		case strings.HasPrefix(f, "$share/"):
 			codes[i] = pick(v5, mqttcodec.SharedSubscriptionsNotSupported, failure)
 			continue
+		case len(f) > s.env.MaxTopicLen:
+			// Filters are kept for as long as the session: bounded.
+			s.env.Stats.SubscribeTooLong.Add(1)
+			codes[i] = pick(v5, mqttcodec.TopicFilterInvalid, failure)
+			continue
 		case s.env.ACL != nil && !s.env.ACL.Subscribe(s.entry.ClientID, s.Username(), f):
 			// Another device's commands, the gateway's $dualgate/ topics
 			// (control messages need no subscription), or what the acl

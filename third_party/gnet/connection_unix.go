@@ -50,6 +50,7 @@ type conn struct {
 	isTCP          bool                   // TCP protocol
 	opened         bool                   // connection opened event fired
 	isEOF          bool                   // whether the connection has reached EOF
+	readPaused     bool                   // PauseRead: not polled for reads
 }
 
 // connAddrs are the addresses a connection keeps. A stream connection
@@ -91,9 +92,45 @@ func newUDPConn(fd int, el *eventloop, localAddr net.Addr, sa unix.Sockaddr, con
 	return
 }
 
+// pollWrites sets what the poller watches the connection for: writes or
+// not, and reads unless PauseRead stopped them.
+func (c *conn) pollWrites(write bool) error {
+	return c.loop.poller.ModInterest(&c.pollAttachment, !c.readPaused, write, c.loop.engine.opts.EdgeTriggeredIO)
+}
+
+func (c *conn) PauseRead() error {
+	if c.readPaused || !c.opened || c.isDatagram {
+		return nil
+	}
+	c.readPaused = true
+	return c.pollWrites(!c.outboundBuffer.IsEmpty() || c.loop.engine.opts.EdgeTriggeredIO)
+}
+
+func (c *conn) ResumeRead() error {
+	if !c.readPaused || !c.opened {
+		return nil
+	}
+	c.readPaused = false
+	if err := c.pollWrites(!c.outboundBuffer.IsEmpty() || c.loop.engine.opts.EdgeTriggeredIO); err != nil {
+		return err
+	}
+	if c.inboundBuffer.IsEmpty() && !c.loop.engine.opts.EdgeTriggeredIO {
+		return nil // level-triggered: bytes in the socket are reported again
+	}
+	// Bytes already read, or (edge-triggered) in the socket with no new
+	// edge to come: handle them on the next turn of the loop.
+	return c.loop.poller.Trigger(queue.LowPriority, func(any) error {
+		if c.inboundBuffer.IsEmpty() {
+			return c.loop.read(c)
+		}
+		return c.loop.wake(c)
+	}, nil)
+}
+
 func (c *conn) release() {
 	c.opened = false
 	c.isEOF = false
+	c.readPaused = false
 	c.ctx = nil
 	c.buffer = nil
 	if a := c.addrs; a != nil {
@@ -170,7 +207,7 @@ loop:
 		if err == unix.EAGAIN {
 			_, err = c.outboundBuffer.Write(data)
 			if !isET {
-				err = c.loop.poller.ModReadWrite(&c.pollAttachment, isET)
+				err = c.pollWrites(true)
 			}
 			return
 		}
@@ -183,7 +220,7 @@ loop:
 	// Failed to send all data back to the remote, buffer the leftover data for the next round.
 	if len(data) > 0 {
 		_, _ = c.outboundBuffer.Write(data)
-		err = c.loop.poller.ModReadWrite(&c.pollAttachment, isET)
+		err = c.pollWrites(true)
 	}
 
 	return
@@ -220,7 +257,7 @@ loop:
 		if err == unix.EAGAIN {
 			_, err = c.outboundBuffer.Writev(bs)
 			if !isET {
-				err = c.loop.poller.ModReadWrite(&c.pollAttachment, isET)
+				err = c.pollWrites(true)
 			}
 			return
 		}
@@ -246,7 +283,7 @@ loop:
 	// Failed to send all data back to the remote, buffer the leftover data for the next round.
 	if remaining > 0 {
 		_, _ = c.outboundBuffer.Writev(bs)
-		err = c.loop.poller.ModReadWrite(&c.pollAttachment, isET)
+		err = c.pollWrites(true)
 	}
 
 	return

@@ -278,6 +278,12 @@ func (c *conn) Flush() error {
 	return nil
 }
 
+// PauseRead is not supported on Windows.
+func (*conn) PauseRead() error { return errorx.ErrUnsupportedOp }
+
+// ResumeRead is not supported on Windows.
+func (*conn) ResumeRead() error { return errorx.ErrUnsupportedOp }
+
 func (c *conn) InboundBuffered() int {
 	if c.buffer == nil {
 		return 0

@@ -242,7 +242,7 @@ func (el *eventloop) open(c *conn) error {
 	}
 
 	if !c.outboundBuffer.IsEmpty() && !el.engine.opts.EdgeTriggeredIO {
-		if err := el.poller.ModReadWrite(&c.pollAttachment, false); err != nil {
+		if err := c.pollWrites(true); err != nil {
 			return err
 		}
 	}
@@ -287,6 +287,9 @@ loop:
 	_, _ = c.inboundBuffer.Write(c.buffer)
 	c.buffer = c.buffer[:0]
 
+	if c.readPaused {
+		return nil // PauseRead in OnTraffic: read nothing more
+	}
 	if c.isEOF || (isET && recv < chunk) {
 		goto loop
 	}
@@ -348,7 +351,7 @@ loop:
 	// All data have been sent, it's no need to monitor the writable events for LT mode,
 	// remove the writable event from poller to help the future event-loops if necessary.
 	if !isET && c.outboundBuffer.IsEmpty() {
-		return el.poller.ModRead(&c.pollAttachment, false)
+		return c.pollWrites(false)
 	}
 
 	// To prevent infinite writing in ET mode and starving other events,

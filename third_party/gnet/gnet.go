@@ -254,6 +254,21 @@ type Reader interface {
 
 	// InboundBuffered returns the number of bytes that can be read from the current buffer.
 	InboundBuffered() int
+
+	// PauseRead stops reading from the connection: the event loop no longer
+	// polls it for reads, so what the peer sends waits in the kernel's
+	// socket buffer and, once that is full, the peer's sending stalls (TCP
+	// flow control). Bytes already read stay in the inbound buffer (at most
+	// one read's worth more than OnTraffic left). Writes go on as before, and
+	// a connection reset or hang-up is still reported. Not concurrency-safe:
+	// call it on the connection's event loop.
+	PauseRead() error
+
+	// ResumeRead undoes PauseRead: the connection is polled for reads again,
+	// and OnTraffic is triggered once if the inbound buffer holds bytes, so
+	// that they are handled even when the peer sends nothing more. Not
+	// concurrency-safe: call it on the connection's event loop.
+	ResumeRead() error
 }
 
 // Writer is an interface that consists of a number of methods for writing that Conn must implement.

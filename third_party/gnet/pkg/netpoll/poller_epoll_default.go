@@ -235,6 +235,24 @@ func (p *Poller) ModReadWrite(pa *PollAttachment, edgeTriggered bool) error {
 		unix.EpollCtl(p.fd, unix.EPOLL_CTL_MOD, pa.FD, &unix.EpollEvent{Fd: int32(pa.FD), Events: ev}))
 }
 
+// ModInterest sets the events the poller watches the given file descriptor
+// for: reads, writes, both or neither (errors and hang-ups are reported
+// whatever is asked).
+func (p *Poller) ModInterest(pa *PollAttachment, read, write, edgeTriggered bool) error {
+	var ev uint32
+	if read {
+		ev |= ReadEvents
+	}
+	if write {
+		ev |= WriteEvents
+	}
+	if edgeTriggered {
+		ev |= unix.EPOLLET | unix.EPOLLRDHUP
+	}
+	return os.NewSyscallError("epoll_ctl mod",
+		unix.EpollCtl(p.fd, unix.EPOLL_CTL_MOD, pa.FD, &unix.EpollEvent{Fd: int32(pa.FD), Events: ev}))
+}
+
 // Delete removes the given file descriptor from the poller.
 func (p *Poller) Delete(fd int) error {
 	return os.NewSyscallError("epoll_ctl del", unix.EpollCtl(p.fd, unix.EPOLL_CTL_DEL, fd, nil))

@@ -242,6 +242,24 @@ func (p *Poller) ModReadWrite(pa *PollAttachment, edgeTriggered bool) error {
 	return os.NewSyscallError("epoll_ctl mod", epollCtl(p.fd, unix.EPOLL_CTL_MOD, pa.FD, &ev))
 }
 
+// ModInterest sets the events the poller watches the given file descriptor
+// for: reads, writes, both or neither (errors and hang-ups are reported
+// whatever is asked).
+func (p *Poller) ModInterest(pa *PollAttachment, read, write, edgeTriggered bool) error {
+	var ev epollevent
+	if read {
+		ev.events |= ReadEvents
+	}
+	if write {
+		ev.events |= WriteEvents
+	}
+	if edgeTriggered {
+		ev.events |= unix.EPOLLET | unix.EPOLLRDHUP
+	}
+	convertPollAttachment(unsafe.Pointer(&ev.data), pa)
+	return os.NewSyscallError("epoll_ctl mod", epollCtl(p.fd, unix.EPOLL_CTL_MOD, pa.FD, &ev))
+}
+
 // Delete removes the given file descriptor from the poller.
 func (p *Poller) Delete(fd int) error {
 	return os.NewSyscallError("epoll_ctl del", epollCtl(p.fd, unix.EPOLL_CTL_DEL, fd, nil))

@@ -218,6 +218,31 @@ func (p *Poller) ModReadWrite(pa *PollAttachment, edgeTriggered bool) error {
 	return os.NewSyscallError("kevent add", err)
 }
 
+// ModInterest sets the filters the poller watches the given file descriptor
+// with: reads, writes, both or neither. Deleting a filter that is not
+// there is not an error.
+func (p *Poller) ModInterest(pa *PollAttachment, read, write, edgeTriggered bool) error {
+	for _, f := range [...]struct {
+		filter IOEvent
+		on     bool
+	}{{unix.EVFILT_READ, read}, {unix.EVFILT_WRITE, write}} {
+		var flags IOFlags = unix.EV_DELETE
+		if f.on {
+			flags = unix.EV_ADD
+			if edgeTriggered {
+				flags |= unix.EV_CLEAR
+			}
+		}
+		_, err := unix.Kevent(p.fd, []unix.Kevent_t{
+			{Ident: keventIdent(pa.FD), Flags: flags, Filter: f.filter},
+		}, nil, nil)
+		if err != nil && !(err == unix.ENOENT && !f.on) {
+			return os.NewSyscallError("kevent", err)
+		}
+	}
+	return nil
+}
+
 // Delete removes the given file descriptor from the poller.
 func (*Poller) Delete(_ int) error {
 	return nil

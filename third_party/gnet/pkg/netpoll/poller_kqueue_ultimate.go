@@ -231,6 +231,33 @@ func (p *Poller) ModReadWrite(pa *PollAttachment, edgeTriggered bool) error {
 	return os.NewSyscallError("kevent add", err)
 }
 
+// ModInterest sets the filters the poller watches the given file descriptor
+// with: reads, writes, both or neither. Deleting a filter that is not
+// there is not an error.
+func (p *Poller) ModInterest(pa *PollAttachment, read, write, edgeTriggered bool) error {
+	for _, f := range [...]struct {
+		filter IOEvent
+		on     bool
+	}{{unix.EVFILT_READ, read}, {unix.EVFILT_WRITE, write}} {
+		var evs [1]unix.Kevent_t
+		evs[0].Ident = keventIdent(pa.FD)
+		evs[0].Filter = f.filter
+		evs[0].Flags = unix.EV_DELETE
+		if f.on {
+			evs[0].Flags = unix.EV_ADD
+			if edgeTriggered {
+				evs[0].Flags |= unix.EV_CLEAR
+			}
+			convertPollAttachment(unsafe.Pointer(&evs[0].Udata), pa)
+		}
+		_, err := unix.Kevent(p.fd, evs[:], nil, nil)
+		if err != nil && !(err == unix.ENOENT && !f.on) {
+			return os.NewSyscallError("kevent", err)
+		}
+	}
+	return nil
+}
+
 // Delete removes the given file descriptor from the poller.
 func (p *Poller) Delete(_ int) error {
 	return nil
