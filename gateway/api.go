@@ -514,6 +514,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 				ConstLabels: prometheus.Labels{"reason": reason},
 			}, func() float64 { return float64(up().DropReasons()[reason]) }))
 		}
+		counter("dualgate_upstream_backpressure_total", "Times a device was paused (not read) because its QoS 0 messages filled three quarters of its share of the uplink buffer.", func() uint64 { return up().Throttled })
 		counter("dualgate_upstream_quota_exceeded_total", "QoS 1 device publishes pushed back (MQTT 5 PUBACK 0x97, 3.1.1 disconnect) because the buffer, the hand-off to the spill writer or the spill was full.", func() uint64 { return up().QuotaExceeded })
 		counter("dualgate_upstream_commands_total", "Commands taken from the broker.", func() uint64 { return up().Commands })
 		counter("dualgate_upstream_reconnects_total", "Reconnections to the broker.", func() uint64 { return up().Reconnects })

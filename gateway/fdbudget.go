@@ -28,8 +28,8 @@ type fdBudget struct {
 	acceptErrors atomic.Uint64 // accept(2) failures the listeners backed off from
 
 	logger  *zap.Logger
-	logMu   sync.Mutex // guards lastLog
-	lastLog time.Time
+	logMu   sync.Mutex   // guards lastLog
+	lastLog [2]time.Time // by kind: shed, accept error
 }
 
 // fdReserve is how many descriptors are kept from devices: 2 % of the
@@ -56,7 +56,7 @@ func (b *fdBudget) admit() bool {
 	if n := b.open.Add(1); b.limit > 0 && n > b.limit {
 		b.open.Add(-1)
 		b.shed.Add(1)
-		b.warn("descriptor budget for devices reached: new connection closed",
+		b.warn(logShed, "descriptor budget for devices reached: new connection closed",
 			zap.Int64("device_sockets", b.limit), zap.Int64("reserved", b.reserve))
 		return false
 	}
@@ -69,19 +69,26 @@ func (b *fdBudget) release() { b.open.Add(-1) }
 // acceptError counts an accept(2) failure that the listener backs off from.
 func (b *fdBudget) acceptError(err error) {
 	b.acceptErrors.Add(1)
-	b.warn("accept failed; backing off and accepting again", zap.Error(err),
+	b.warn(logAcceptError, "accept failed; backing off and accepting again", zap.Error(err),
 		zap.Int64("device_sockets_open", b.open.Load()))
 }
 
-// warn logs at most once a second, so that a storm cannot flood the log.
-func (b *fdBudget) warn(msg string, fields ...zap.Field) {
+// Kinds of fdBudget log lines, each limited on its own.
+const (
+	logShed = iota
+	logAcceptError
+)
+
+// warn logs a kind of line at most once a second, so that a storm cannot
+// flood the log, and one kind cannot hide the other.
+func (b *fdBudget) warn(kind int, msg string, fields ...zap.Field) {
 	b.logMu.Lock()
 	now := time.Now()
-	if now.Sub(b.lastLog) < time.Second {
+	if now.Sub(b.lastLog[kind]) < time.Second {
 		b.logMu.Unlock()
 		return
 	}
-	b.lastLog = now
+	b.lastLog[kind] = now
 	b.logMu.Unlock()
 	b.logger.Warn(msg, fields...)
 }

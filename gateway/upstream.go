@@ -39,6 +39,7 @@ func (g *Gateway) startUpstream() error {
 		SpillBytes:           int64(g.cfg.UpstreamSpillBytes),
 		SpillKeepFree:        int64(g.cfg.UpstreamSpillKeepFree),
 		Logger:               g.logger.Named("upstream"),
+		Throttle:             g.throttleDevice,
 		Deliver:              g.router.fromUpstream,
 		DeliverRetained:      g.router.retainedFromUpstream,
 	}
@@ -121,4 +122,22 @@ func (g *Gateway) submitFromUpstream(bc bridge.Command) error {
 		return err
 	}
 	return nil
+}
+
+// throttleDevice pauses or resumes reading a device for the bridge's QoS 0
+// backpressure, in the device's session's own context. A device that
+// reconnected meanwhile is a new session, not paused for this: resuming it
+// does nothing.
+func (g *Gateway) throttleDevice(clientID string, pause bool) {
+	s, ok := g.reg.Get(clientID)
+	if !ok {
+		return
+	}
+	s.Exec(func(s *session.Session) {
+		if pause {
+			s.PauseReading(session.PauseUpstream)
+		} else {
+			s.ResumeReading(session.PauseUpstream)
+		}
+	})
 }

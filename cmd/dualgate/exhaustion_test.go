@@ -69,6 +69,8 @@ func TestDescriptorExhaustion(t *testing.T) {
 		}
 		hogs = append(hogs, c)
 	}
+	// Every descriptor is taken once the API cannot accept any more.
+	waitLog(t, logs, "too many open files")
 	// A device arrives while accept(2) fails: it waits in the kernel's
 	// queue, the plain listener backs off and keeps running.
 	waiting, err := net.Dial("tcp", plain)
@@ -79,6 +81,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 	if _, err := waiting.Write(connectPacket("waiting")); err != nil {
 		t.Fatal(err)
 	}
+	waitLog(t, logs, "accept failed; backing off and accepting again")
 	for _, c := range hogs {
 		_ = c.Close()
 	}

@@ -351,6 +351,9 @@ type Stats struct {
 	// refused with QuotaExceeded because the spiller was that far behind.
 	Handoff     int
 	HandoffFull uint64
+	// Throttled counts the times a device was paused for filling its QoS
+	// 0 share (Config.Throttle).
+	Throttled uint64
 	// SpilledTotal counts messages written to the spill files.
 	SpilledTotal uint64
 	// Refused counts publishes refused for their topic (0x87, 0x90).
@@ -387,6 +390,7 @@ type counters struct {
 	dropped                                 [dropReasonCount]atomic.Uint64
 	refused, quotaExceeded                  atomic.Uint64
 	spillFull, handoffFull, spilledTotal    atomic.Uint64
+	throttled                               atomic.Uint64
 	abandoned, saved, replayed              atomic.Uint64
 	reconnects, losses, subscribeFailures   atomic.Uint64
 }
@@ -431,6 +435,7 @@ func (b *Bridge) Stats() Stats {
 	s.DroppedStopping = c.dropped[dropStopping].Load()
 	s.DroppedQoS0 = s.DroppedDisconnected + s.DroppedDeviceShare + s.DroppedBufferFull + s.DroppedStopping
 	s.HandoffFull = c.handoffFull.Load()
+	s.Throttled = c.throttled.Load()
 	s.SpilledTotal = c.spilledTotal.Load()
 	s.Refused = c.refused.Load()
 	s.QuotaExceeded = c.quotaExceeded.Load()
@@ -486,6 +491,27 @@ type budget struct {
 type share struct {
 	count int
 	bytes int64
+	// throttled: the device was asked to pause (Config.Throttle) and not
+	// yet to resume.
+	throttled bool
+}
+
+// Throttle marks returned by reserveShared and releaseShared: what to tell
+// Config.Throttle, outside the budget's lock.
+const (
+	throttleNone = iota
+	throttlePause
+	throttleResume
+)
+
+// high reports a share at three quarters of its bound, low one down to a
+// quarter: the hysteresis of the backpressure.
+func (m *budget) high(d *share) bool {
+	return d.count*4 >= m.shareCount*3 || d.bytes*4 >= m.shareBytes*3
+}
+
+func (m *budget) low(d *share) bool {
+	return d.count*4 <= m.shareCount && d.bytes*4 <= m.shareBytes
 }
 
 func (m *budget) reserve(n int64) bool {
@@ -507,20 +533,25 @@ func (m *budget) release(n int64) {
 }
 
 // reserveShared takes room for a QoS 0 message of client, within its
-// share; it returns why not, or dropNone.
-func (m *budget) reserveShared(client string, n int64) int {
+// share; it returns why not (or dropNone), and whether the device must now
+// be paused.
+func (m *budget) reserveShared(client string, n int64) (why, throttle int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	d := m.devices[client]
 	if d != nil && (d.count+1 > m.shareCount || d.bytes+n > m.shareBytes) {
-		return dropDeviceShare
+		if !d.throttled {
+			d.throttled = true
+			return dropDeviceShare, throttlePause
+		}
+		return dropDeviceShare, throttleNone
 	}
 	if m.count+1 > m.maxCount || m.bytes+n > m.maxBytes {
-		return dropBufferFull
+		return dropBufferFull, throttleNone
 	}
 	if d == nil {
 		if n > m.shareBytes {
-			return dropDeviceShare
+			return dropDeviceShare, throttleNone
 		}
 		if m.devices == nil {
 			m.devices = make(map[string]*share)
@@ -532,21 +563,37 @@ func (m *budget) reserveShared(client string, n int64) int {
 	d.bytes += n
 	m.count++
 	m.bytes += n
-	return dropNone
+	if !d.throttled && m.high(d) {
+		d.throttled = true
+		return dropNone, throttlePause
+	}
+	return dropNone, throttleNone
 }
 
-func (m *budget) releaseShared(client string, n int64) {
+// releaseShared gives back a QoS 0 message's room, and reports whether its
+// device may now be read again.
+func (m *budget) releaseShared(client string, n int64) int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.count--
 	m.bytes -= n
-	if d := m.devices[client]; d != nil {
-		if d.count--; d.count <= 0 {
-			delete(m.devices, client)
-			return
-		}
-		d.bytes -= n
+	d := m.devices[client]
+	if d == nil {
+		return throttleNone
 	}
+	d.count--
+	d.bytes -= n
+	resume := d.throttled && m.low(d)
+	if resume {
+		d.throttled = false
+	}
+	if d.count <= 0 {
+		delete(m.devices, client)
+	}
+	if resume {
+		return throttleResume
+	}
+	return throttleNone
 }
 
 func (m *budget) usage() (int, int64) {
@@ -561,4 +608,15 @@ func signal(ch chan struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
+}
+
+// throttle tells Config.Throttle to pause or resume reading a device.
+func (b *Bridge) throttle(client string, pause bool) {
+	if b.cfg.Throttle == nil {
+		return
+	}
+	if pause {
+		b.stats.throttled.Add(1)
+	}
+	b.cfg.Throttle(client, pause)
 }

@@ -79,6 +79,14 @@ type Config struct {
 	// (defaults BufferMessages/16 and BufferBytes/16).
 	DeviceBufferMessages int
 	DeviceBufferBytes    int64
+	// Throttle, when set, is the backpressure before the drop: it is
+	// called with pause true when a device's QoS 0 messages fill three
+	// quarters of its share, and with pause false once they are down to a
+	// quarter, so that the gateway stops reading that device meanwhile
+	// (TCP flow control) and its messages wait in its own socket rather
+	// than being dropped. It must not block; it is called from the
+	// publishing device's event loop and from the bridge's senders.
+	Throttle func(clientID string, pause bool)
 	// BufferDir, when set, is where QoS 1 messages spill once the memory
 	// bound is reached, and where those still waiting at Stop are kept for
 	// the next start. Empty: memory only.

@@ -42,7 +42,9 @@ type entry struct {
 // QoS 0 is queued if the device's connection to the broker is up and the
 // device is within its share of the memory buffer (Config.DeviceBufferMessages,
 // DeviceBufferBytes), and dropped and counted by reason otherwise: a
-// device that floods loses its own messages, not the others'. QoS 1 and 2
+// device that floods loses its own messages, not the others'. Before
+// that, at three quarters of its share, Config.Throttle pauses reading it
+// until its share is down to a quarter: backpressure first, drop last. QoS 1 and 2
 // are sent at QoS 1, and ack is called with Success once the broker
 // acknowledged; while the broker is unreachable they wait in the memory
 // buffer, then in the hand-off to the spiller, which writes them to the
@@ -69,7 +71,13 @@ func (b *Bridge) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
 			b.stats.dropped[dropDisconnected].Add(1)
 			return
 		}
-		if why := b.mem.reserveShared(m.ClientID, size); why != dropNone {
+		why, throttle := b.mem.reserveShared(m.ClientID, size)
+		if throttle == throttlePause {
+			// Backpressure first: stop reading the device before its
+			// share is full, so that what it sends waits in its socket.
+			b.throttle(m.ClientID, true)
+		}
+		if why != dropNone {
 			b.stats.dropped[why].Add(1)
 			// Check first: a flood drops hundreds of thousands a second,
 			// and the sampler lets a handful through.
@@ -243,7 +251,9 @@ func (b *Bridge) release(e *entry) {
 	case e.handoff:
 		// The spiller gives the hand-off's room back (spillOne).
 	case e.shared:
-		b.mem.releaseShared(e.clientID, e.size)
+		if b.mem.releaseShared(e.clientID, e.size) == throttleResume {
+			b.throttle(e.clientID, false)
+		}
 	default:
 		b.mem.release(e.size)
 	}

@@ -286,27 +286,31 @@ func TestUplinkSpreadsDevices(t *testing.T) {
 // another device still gets room; past the whole buffer, buffer_full.
 func TestDeviceShareOfTheBuffer(t *testing.T) {
 	m := budget{maxCount: 6, maxBytes: 1 << 20, shareCount: 4, shareBytes: 100}
+	reserve := func(c string, n int64) int {
+		why, _ := m.reserveShared(c, n)
+		return why
+	}
 	for i := range 4 {
-		if why := m.reserveShared("flood", 10); why != dropNone {
+		if why := reserve("flood", 10); why != dropNone {
 			t.Fatalf("flood message %d: %s", i, dropReasons[why])
 		}
 	}
-	if why := m.reserveShared("flood", 10); why != dropDeviceShare {
+	if why := reserve("flood", 10); why != dropDeviceShare {
 		t.Fatalf("flood past its share: %q, want device_share", dropReasons[why])
 	}
-	if why := m.reserveShared("flood2", 101); why != dropDeviceShare {
+	if why := reserve("flood2", 101); why != dropDeviceShare {
 		t.Fatalf("a message larger than a share: %q, want device_share", dropReasons[why])
 	}
 	for _, c := range []string{"good", "other"} {
-		if why := m.reserveShared(c, 10); why != dropNone {
+		if why := reserve(c, 10); why != dropNone {
 			t.Fatalf("%s within its share: %s", c, dropReasons[why])
 		}
 	}
-	if why := m.reserveShared("third", 10); why != dropBufferFull {
+	if why := reserve("third", 10); why != dropBufferFull {
 		t.Fatalf("buffer full: %q, want buffer_full", dropReasons[why])
 	}
 	m.releaseShared("flood", 10)
-	if why := m.reserveShared("flood", 10); why != dropNone {
+	if why := reserve("flood", 10); why != dropNone {
 		t.Fatalf("flood after one left: %s", dropReasons[why])
 	}
 	for range 4 {
@@ -316,6 +320,38 @@ func TestDeviceShareOfTheBuffer(t *testing.T) {
 	m.releaseShared("other", 10)
 	if c, b := m.usage(); c != 0 || b != 0 || len(m.devices) != 0 {
 		t.Fatalf("after releasing everything: %d messages, %d bytes, %d devices", c, b, len(m.devices))
+	}
+}
+
+// Backpressure before the drop: a device is paused once, at three quarters
+// of its share, and resumed once, when it is down to a quarter; a device
+// within its share is never paused.
+func TestDeviceShareThrottle(t *testing.T) {
+	m := budget{maxCount: 100, maxBytes: 1 << 20, shareCount: 8, shareBytes: 1 << 10}
+	var marks []int
+	for range 8 {
+		_, th := m.reserveShared("flood", 10)
+		marks = append(marks, th)
+	}
+	// The 6th message reaches 6/8: pause, once.
+	want := []int{throttleNone, throttleNone, throttleNone, throttleNone, throttleNone, throttlePause, throttleNone, throttleNone}
+	if fmt.Sprint(marks) != fmt.Sprint(want) {
+		t.Fatalf("throttle marks while filling %v, want %v", marks, want)
+	}
+	if why, th := m.reserveShared("flood", 10); why != dropDeviceShare || th != throttleNone {
+		t.Fatalf("past the share: %s, mark %d; want device_share, no second pause", dropReasons[why], th)
+	}
+	if _, th := m.reserveShared("calm", 10); th != throttleNone {
+		t.Fatal("a device within its share was paused")
+	}
+	marks = marks[:0]
+	for range 8 {
+		marks = append(marks, m.releaseShared("flood", 10))
+	}
+	// Down to 2 of 8 (a quarter): resume, once.
+	want = []int{throttleNone, throttleNone, throttleNone, throttleNone, throttleNone, throttleResume, throttleNone, throttleNone}
+	if fmt.Sprint(marks) != fmt.Sprint(want) {
+		t.Fatalf("throttle marks while draining %v, want %v", marks, want)
 	}
 }
 
