@@ -1,0 +1,234 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/gateway/store"
+)
+
+// Cluster mode, this far: with --cluster the pending commands live in Redis
+// (store.Redis), so a gateway that dies leaves them to the next one that
+// starts, and every node that shares the Redis reads and writes the same
+// commands. The node's name (--node-id) is held in Redis by a lease that
+// the node renews, so two running gateways cannot take the same name.
+// Still per node: the registry of connected devices, routing a command to
+// the node that holds its device, takeover, draining to peers; see
+// docs/operations.md, "Cluster mode (Redis)".
+
+// Node leases.
+const (
+	nodeLeaseTTL   = 15 * time.Second
+	nodeLeaseRenew = 5 * time.Second
+	maxNodeIDLen   = 64
+)
+
+// validateCluster checks the cluster settings, without connecting.
+func (c *Config) validateCluster() error {
+	if c.Cluster == "" {
+		switch {
+		case c.ClusterWaitReplicas != 0:
+			return errors.New("--cluster-wait-replicas needs --cluster")
+		case c.NodeID != "":
+			return errors.New("--node-id needs --cluster")
+		}
+		return nil
+	}
+	if err := store.CheckRedisURL(c.Cluster); err != nil {
+		return fmt.Errorf("--cluster: %w", err)
+	}
+	if c.NodeID != "" {
+		if err := checkNodeID(c.NodeID); err != nil {
+			return fmt.Errorf("--node-id %q: %w", c.NodeID, err)
+		}
+	}
+	if c.ClusterPrefix == "" || strings.ContainsAny(c.ClusterPrefix, "{}") {
+		return fmt.Errorf("--cluster-prefix %q: want a non-empty prefix without braces", c.ClusterPrefix)
+	}
+	if c.ClusterWaitReplicas < 0 || c.ClusterWaitReplicas > 16 {
+		return fmt.Errorf("--cluster-wait-replicas %d: want 0..16", c.ClusterWaitReplicas)
+	}
+	if c.ClusterWaitTimeout < 10*time.Millisecond || c.ClusterWaitTimeout > time.Minute {
+		return fmt.Errorf("--cluster-wait-timeout %s: want 10ms to 1m", c.ClusterWaitTimeout)
+	}
+	if c.ClusterTimeout < 100*time.Millisecond || c.ClusterTimeout > time.Minute {
+		return fmt.Errorf("--cluster-timeout %s: want 100ms to 1m", c.ClusterTimeout)
+	}
+	return nil
+}
+
+// checkNodeID allows what a host name, a pod name or a Redis key can hold
+// without quoting: letters, digits, '.', '-', '_'.
+func checkNodeID(id string) error {
+	if id == "" || len(id) > maxNodeIDLen {
+		return fmt.Errorf("want 1 to %d characters", maxNodeIDLen)
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return fmt.Errorf("character %q: want letters, digits, '.', '-' or '_'", r)
+		}
+	}
+	return nil
+}
+
+// nodeID is --node-id, or the host name.
+func (c *Config) nodeID() (string, error) {
+	if c.NodeID != "" {
+		return c.NodeID, nil
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("--node-id not given and no host name: %w", err)
+	}
+	if err := checkNodeID(host); err != nil {
+		return "", fmt.Errorf("--node-id not given and the host name %q cannot be one (%w): give --node-id", host, err)
+	}
+	return host, nil
+}
+
+// clusterNode is this gateway's membership of the cluster: the lease on its
+// name, renewed until close.
+type clusterNode struct {
+	id    string
+	key   string
+	token string // this process's value of the lease
+	rdb   redis.UniversalClient
+	log   *zap.Logger
+
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+// renewLease extends the lease if this process still holds it; 0 means
+// another process holds the name.
+var renewLease = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+`)
+
+// releaseLease deletes the lease if this process holds it.
+var releaseLease = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// openCluster connects to --cluster, takes the node's name and opens the
+// command store on the same Redis. On success the store owns the client
+// and must be closed after the node.
+func (g *Gateway) openCluster() (*clusterNode, store.Store, error) {
+	cfg := g.cfg
+	id, err := cfg.nodeID()
+	if err != nil {
+		return nil, nil, err
+	}
+	rdb, err := store.NewRedisClient(cfg.Cluster, cfg.ClusterWaitTimeout)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--cluster: %w", err)
+	}
+	var tok [16]byte
+	_, _ = rand.Read(tok[:])
+	n := &clusterNode{
+		id:    id,
+		key:   cfg.ClusterPrefix + ":node:" + id,
+		token: hex.EncodeToString(tok[:]),
+		rdb:   rdb,
+		log:   g.logger,
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ClusterTimeout)
+	defer cancel()
+	ok, err := rdb.SetNX(ctx, n.key, n.token, nodeLeaseTTL).Result()
+	if err != nil {
+		_ = rdb.Close()
+		return nil, nil, fmt.Errorf("cluster: redis at %s does not answer: %w", redactURL(cfg.Cluster), err)
+	}
+	if !ok {
+		_ = rdb.Close()
+		return nil, nil, fmt.Errorf("cluster: node id %q is held by another running gateway (its lease ends within %s of that gateway stopping); give each node its own --node-id", id, nodeLeaseTTL)
+	}
+	st, err := store.OpenRedis(rdb, store.Options{Limit: cfg.CommandLimit, Logger: g.logger}, store.RedisOptions{
+		Prefix:       cfg.ClusterPrefix,
+		Timeout:      cfg.ClusterTimeout,
+		WaitReplicas: cfg.ClusterWaitReplicas,
+		WaitTimeout:  cfg.ClusterWaitTimeout,
+	})
+	if err != nil {
+		_ = releaseLease.Run(ctx, rdb, []string{n.key}, n.token).Err()
+		_ = rdb.Close()
+		return nil, nil, fmt.Errorf("command store: %w", err)
+	}
+	go n.renew(cfg.ClusterTimeout)
+	g.logger.Info("cluster mode: pending commands in redis",
+		zap.String("node", id), zap.String("redis", redactURL(cfg.Cluster)))
+	return n, st, nil
+}
+
+// renew keeps the lease until close; a Redis away longer than the lease
+// lets another process take the name, which is logged when seen.
+func (n *clusterNode) renew(timeout time.Duration) {
+	defer close(n.done)
+	t := time.NewTicker(nodeLeaseRenew)
+	defer t.Stop()
+	lost := false
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		res, err := renewLease.Run(ctx, n.rdb, []string{n.key}, n.token, nodeLeaseTTL.Milliseconds()).Int()
+		if err == nil && res == 0 {
+			// Expired while Redis was away: take it again if free.
+			var ok bool
+			ok, err = n.rdb.SetNX(ctx, n.key, n.token, nodeLeaseTTL).Result()
+			if err == nil && !ok && !lost {
+				n.log.Error("cluster: another gateway took this node id while redis was away; give each node its own --node-id",
+					zap.String("node", n.id))
+			}
+			lost = err == nil && !ok
+		}
+		cancel()
+		if err != nil {
+			n.log.Warn("cluster: node lease not renewed, redis unavailable", zap.String("node", n.id), zap.Error(err))
+		}
+	}
+}
+
+// close stops renewing and gives the name back; the store, which owns the
+// client, is closed after.
+func (n *clusterNode) close(timeout time.Duration) {
+	n.once.Do(func() {
+		close(n.stop)
+		<-n.done
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if err := releaseLease.Run(ctx, n.rdb, []string{n.key}, n.token).Err(); err != nil {
+			n.log.Warn("cluster: node lease not released; it ends by itself", zap.String("node", n.id), zap.Error(err))
+		}
+	})
+}
+
+// redactURL is a Redis URL without its password.
+func redactURL(s string) string {
+	if i := strings.Index(s, "://"); i >= 0 {
+		if j := strings.LastIndex(s, "@"); j > i {
+			if k := strings.Index(s[i+3:j], ":"); k >= 0 {
+				return s[:i+3+k+1] + "xxxxx" + s[j:]
+			}
+		}
+	}
+	return s
+}
