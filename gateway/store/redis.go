@@ -90,8 +90,9 @@ type redisGlobalKeys struct {
 
 // OpenRedis returns a store on the Redis client rdb, which it closes on
 // Close. It checks that Redis answers, refuses a Redis Cluster (the store's
-// scripts touch a client's keys and the shared indexes together) and warns
-// when Redis keeps nothing on disk.
+// scripts touch a client's keys and the shared indexes together) and a
+// Redis that evicts any key when its memory is full, and warns when Redis
+// keeps no append-only file.
 func OpenRedis(rdb redis.UniversalClient, opts Options, ropts RedisOptions) (*Redis, error) {
 	o := opts.withDefaults()
 	ro := ropts.withDefaults()
@@ -108,13 +109,16 @@ func OpenRedis(rdb redis.UniversalClient, opts Options, ropts RedisOptions) (*Re
 	}
 	ctx, cancel := r.ctx()
 	defer cancel()
-	info, err := rdb.Info(ctx, "server", "persistence", "cluster", "replication").Result()
+	info, err := rdb.Info(ctx, "server", "persistence", "cluster", "replication", "memory").Result()
 	if err != nil {
 		return nil, r.unavailable("open", err)
 	}
 	fields := parseInfo(info)
 	if fields["cluster_enabled"] == "1" {
 		return nil, errors.New("store: this Redis runs in cluster mode; the command store needs one primary (standalone or Sentinel): see docs/operations.md, Cluster mode")
+	}
+	if policy := fields["maxmemory_policy"]; strings.HasPrefix(policy, "allkeys-") {
+		return nil, fmt.Errorf("store: this Redis evicts any key when full (maxmemory-policy %s), pending commands included; set maxmemory-policy noeviction: see docs/operations.md, Cluster mode", policy)
 	}
 	if fields["aof_enabled"] != "1" {
 		r.log.Warn("redis keeps no append-only file (appendonly no): pending commands are lost if Redis restarts; see docs/operations.md, Cluster mode",

@@ -152,6 +152,41 @@ func TestRedisKeys(t *testing.T) {
 	}
 }
 
+// Through Sentinel, the store finds the primary and works on it.
+func TestRedisSentinel(t *testing.T) {
+	primary := testredis.Start(t)
+	sentinel := testredis.StartSentinel(t, primary, "dg")
+	rdb, err := NewRedisClient(fmt.Sprintf("redis+sentinel://%s/0?master_name=dg", sentinel.Addr()), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenRedis(rdb, Options{}, RedisOptions{})
+	if err != nil {
+		_ = rdb.Close()
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mustPut(t, s, newCmd("a", "dev", 0, time.Hour))
+	if got := primary.Do("HGET", "dg:ids", "a"); got != "dev" {
+		t.Fatalf("command not on the primary: %q", got)
+	}
+}
+
+// A Redis that may evict any key when full would drop pending commands:
+// the store refuses it.
+func TestRedisRefusesEviction(t *testing.T) {
+	srv := testredis.Start(t, "maxmemory 64mb", "maxmemory-policy allkeys-lru")
+	rdb, err := NewRedisClient(srv.URL(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	_, err = OpenRedis(rdb, Options{}, RedisOptions{})
+	if err == nil || !strings.Contains(err.Error(), "maxmemory-policy noeviction") {
+		t.Fatalf("OpenRedis on allkeys-lru: %v", err)
+	}
+}
+
 func TestNewRedisClient(t *testing.T) {
 	good := []string{
 		"redis://127.0.0.1:6379/0",

@@ -29,7 +29,8 @@ type Server struct {
 	conf string
 	dir  string
 	// Port is the loopback port the server listens on.
-	Port int
+	Port     int
+	sentinel bool
 
 	mu     sync.Mutex // guards cmd, done and paused
 	cmd    *exec.Cmd
@@ -79,6 +80,28 @@ func New(t testing.TB, extra ...string) *Server {
 	return s
 }
 
+// StartSentinel returns a running Redis Sentinel (redis-server
+// --sentinel) that watches primary under the name master.
+func StartSentinel(t testing.TB, primary *Server, master string) *Server {
+	t.Helper()
+	s := &Server{t: t, bin: Bin(t), Port: testutil.FreePort(t), dir: t.TempDir(), sentinel: true}
+	s.conf = filepath.Join(s.dir, "sentinel.conf")
+	lines := []string{
+		"port " + strconv.Itoa(s.Port),
+		"bind 127.0.0.1",
+		"daemonize no",
+		"dir " + s.dir,
+		"logfile " + filepath.Join(s.dir, "sentinel.log"),
+		fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 1", master, primary.Port),
+	}
+	if err := os.WriteFile(s.conf, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatalf("write sentinel.conf: %v", err)
+	}
+	t.Cleanup(s.Stop)
+	s.Start()
+	return s
+}
+
 // Start returns a running server.
 func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
@@ -105,7 +128,11 @@ func (s *Server) Start() {
 	if s.cmd != nil {
 		s.t.Fatalf("redis-server already running")
 	}
-	cmd := exec.Command(s.bin, s.conf)
+	args := []string{s.conf}
+	if s.sentinel {
+		args = append(args, "--sentinel")
+	}
+	cmd := exec.Command(s.bin, args...)
 	out, err := os.OpenFile(filepath.Join(s.dir, "stderr.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		s.t.Fatalf("redis log: %v", err)
