@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/gateway/store"
+	"github.com/dualgate/dualgate/tlsmux"
 )
 
 // Cluster mode, this far: with --cluster the pending commands live in Redis
@@ -22,15 +24,20 @@ import (
 // starts, and every node that shares the Redis reads and writes the same
 // commands. The node's name (--node-id) is held in Redis by a lease that
 // the node renews, so two running gateways cannot take the same name.
-// Still per node: the registry of connected devices, routing a command to
+// Without --tls-ticket-keys, the TLS session ticket keys live in Redis too,
+// so a device resumes its TLS session on any node. Still per node: the registry of connected devices, routing a command to
 // the node that holds its device, takeover, draining to peers; see
 // docs/operations.md, "Cluster mode (Redis)".
 
-// Node leases.
+// Node leases and shared ticket keys.
 const (
 	nodeLeaseTTL   = 15 * time.Second
-	nodeLeaseRenew = 5 * time.Second
+	nodeLeaseRenew = 5 * time.Second // also how often ticket keys are read
 	maxNodeIDLen   = 64
+	// defaultClusterTicketRotate is the rotation of the shared ticket keys
+	// without --tls-ticket-rotate.
+	defaultClusterTicketRotate = time.Hour
+	minClusterTicketRotate     = time.Minute
 )
 
 // validateCluster checks the cluster settings, without connecting.
@@ -63,6 +70,9 @@ func (c *Config) validateCluster() error {
 	}
 	if c.ClusterTimeout < 100*time.Millisecond || c.ClusterTimeout > time.Minute {
 		return fmt.Errorf("--cluster-timeout %s: want 100ms to 1m", c.ClusterTimeout)
+	}
+	if c.TicketKeys == "" && c.TicketRotate != 0 && c.TicketRotate < minClusterTicketRotate {
+		return fmt.Errorf("--tls-ticket-rotate %s: the ticket keys shared through --cluster rotate at most once a minute", c.TicketRotate)
 	}
 	return nil
 }
@@ -105,9 +115,73 @@ type clusterNode struct {
 	rdb   redis.UniversalClient
 	log   *zap.Logger
 
+	// tickets, when not nil, are the TLS session ticket keys kept in
+	// Redis under ticketKey, rotated every rotate by whichever node sees
+	// the time first.
+	tickets   *tlsmux.TicketKeys
+	ticketKey string
+	rotate    time.Duration
+
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
+}
+
+// syncTickets is the ticket keys' one script: it makes the keys if there
+// are none, rotates them when the last rotation (by Redis' clock) is a
+// period old, and returns them, newest first, as 32-byte keys back to back.
+// The newest key is the next one: nodes decrypt with it but encrypt with
+// the second, so that every node has a key for a while before any node
+// encrypts with it, and a ticket resumes on a node that has not yet read
+// the latest rotation.
+var syncTickets = redis.NewScript(`
+-- KEYS: the ticket keys hash (keys, at)
+-- ARGV: 64 random bytes (two keys, for a first set or one rotation), rotation period ms, keys kept
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keys = redis.call('HGET', KEYS[1], 'keys')
+local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
+if not keys or #keys < 64 or #keys % 32 ~= 0 then
+  keys = ARGV[1]
+  redis.call('HSET', KEYS[1], 'keys', keys, 'at', now)
+elseif now - at >= tonumber(ARGV[2]) then
+  keys = string.sub(ARGV[1], 1, 32) .. keys
+  local keep = tonumber(ARGV[3]) * 32
+  if #keys > keep then keys = string.sub(keys, 1, keep) end
+  redis.call('HSET', KEYS[1], 'keys', keys, 'at', now)
+end
+return keys
+`)
+
+// newClusterTickets makes the placeholder ticket keys a cluster node's TLS
+// config starts with; openCluster replaces them with the shared ones
+// before any listener opens.
+func newClusterTickets(log *zap.Logger) (*tlsmux.TicketKeys, error) {
+	var k [32]byte
+	_, _ = rand.Read(k[:])
+	return tlsmux.NewTicketKeys([][32]byte{k}, log)
+}
+
+// syncTickets reads (and when due, rotates) the shared ticket keys and
+// applies them.
+func (n *clusterNode) syncTickets(ctx context.Context) error {
+	var fresh [64]byte
+	_, _ = rand.Read(fresh[:])
+	raw, err := syncTickets.Run(ctx, n.rdb, []string{n.ticketKey},
+		fresh[:], n.rotate.Milliseconds(), tlsmux.DefaultTicketKeysKept+1).Text()
+	if err != nil {
+		return fmt.Errorf("cluster: session ticket keys: %w", err)
+	}
+	if len(raw) < 64 || len(raw)%32 != 0 || len(raw) > 32*tlsmux.MaxTicketKeys {
+		return fmt.Errorf("cluster: session ticket keys in redis are %d bytes", len(raw))
+	}
+	keys := make([][32]byte, len(raw)/32)
+	for i := range keys {
+		copy(keys[i][:], raw[32*i:])
+	}
+	// Encrypt with the second, decrypt with all: see syncTickets.
+	keys[0], keys[1] = keys[1], keys[0]
+	return n.tickets.Set(keys)
 }
 
 // renewLease extends the lease if this process still holds it; 0 means
@@ -169,6 +243,15 @@ func (g *Gateway) openCluster() (*clusterNode, store.Store, error) {
 		_ = rdb.Close()
 		return nil, nil, fmt.Errorf("command store: %w", err)
 	}
+	if g.clusterTickets != nil {
+		n.tickets, n.ticketKey = g.clusterTickets, cfg.ClusterPrefix+":tls:ticket-keys"
+		n.rotate = cmp.Or(cfg.TicketRotate, defaultClusterTicketRotate)
+		if err := n.syncTickets(ctx); err != nil {
+			_ = releaseLease.Run(ctx, rdb, []string{n.key}, n.token).Err()
+			_ = st.Close()
+			return nil, nil, err
+		}
+	}
 	go n.renew(cfg.ClusterTimeout)
 	g.logger.Info("cluster mode: pending commands in redis",
 		zap.String("node", id), zap.String("redis", redactURL(cfg.Cluster)))
@@ -200,10 +283,14 @@ func (n *clusterNode) renew(timeout time.Duration) {
 			}
 			lost = err == nil && !ok
 		}
-		cancel()
 		if err != nil {
 			n.log.Warn("cluster: node lease not renewed, redis unavailable", zap.String("node", n.id), zap.Error(err))
+		} else if n.tickets != nil {
+			if err := n.syncTickets(ctx); err != nil {
+				n.log.Warn("cluster: session ticket keys not read; keeping the current ones", zap.Error(err))
+			}
 		}
+		cancel()
 	}
 }
 

@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/dualgate/dualgate/gateway/store"
 	"github.com/dualgate/dualgate/internal/testbroker"
 	"github.com/dualgate/dualgate/internal/testredis"
+	"github.com/dualgate/dualgate/mqttcodec"
 )
 
 // clusterGateway runs a gateway whose commands live in srv.
@@ -192,4 +195,74 @@ func TestClusterNodeIDUnique(t *testing.T) {
 		t.Fatal(err)
 	}
 	clusterGateway(t, srv, "gw-1", nil)
+}
+
+// resumes connects over TLS with tc, sends CONNECT and reads the CONNACK
+// (by then a TLS 1.3 session ticket has arrived), and reports whether the
+// handshake resumed a session.
+func resumes(t *testing.T, addr string, tc *tls.Config, id string) bool {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, tc)
+	if err != nil {
+		t.Fatalf("TLS to %s: %v", addr, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(mqttcodec.AppendConnect(nil, &mqttcodec.Connect{ProtocolVersion: 4, CleanStart: true,
+		KeepAlive: 60, ClientID: []byte(id)})); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil || ack[3] != 0 {
+		t.Fatalf("CONNACK % x, %v", ack, err)
+	}
+	return c.ConnectionState().DidResume
+}
+
+// Without --tls-ticket-keys, the nodes of a cluster share their session
+// ticket keys through Redis: a session made on one node resumes on another,
+// also right after a rotation that the other node has not read yet; a
+// gateway outside the cluster cannot resume it.
+func TestClusterTLSResumesOnAnotherNode(t *testing.T) {
+	srv := testredis.Start(t)
+	data := t.TempDir() // one server certificate and CA for all
+	g1 := clusterGateway(t, srv, "gw-1", func(c *Config) { c.Data = data })
+	g2 := clusterGateway(t, srv, "gw-2", func(c *Config) { c.Data = data })
+	alone := startGateway(t, func(c *Config) { c.Data = data })
+
+	tc := deviceTLS(t, g1, "car-1")
+	tc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	if resumes(t, g1.TLSAddr(), tc, "car-1") {
+		t.Fatal("the first handshake resumed")
+	}
+	if !resumes(t, g2.TLSAddr(), tc, "car-1") {
+		t.Fatal("a session made on gw-1 did not resume on gw-2")
+	}
+	if resumes(t, alone.TLSAddr(), tc, "car-1") {
+		t.Fatal("a gateway outside the cluster resumed the session")
+	}
+
+	// gw-1 rotates (the last rotation made as old as can be) and encrypts
+	// with the key that was next; gw-2, which has not read the rotation,
+	// already decrypts with it.
+	if got := srv.Do("HSET", "dg:tls:ticket-keys", "at", "0"); got != ":0" {
+		t.Fatalf("HSET at: %s", got)
+	}
+	before := g1.clusterTickets.Keys()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g1.cluster.syncTickets(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after := g1.clusterTickets.Keys()
+	if len(after) != len(before)+1 || after[0] != before[1] || after[1] == before[0] {
+		t.Fatalf("rotation: %d keys -> %d", len(before), len(after))
+	}
+	tc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	if resumes(t, g1.TLSAddr(), tc, "car-1") {
+		t.Fatal("a fresh cache resumed")
+	}
+	if !resumes(t, g2.TLSAddr(), tc, "car-1") {
+		t.Fatal("a session made with the rotated key on gw-1 did not resume on gw-2")
+	}
 }

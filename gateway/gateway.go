@@ -55,7 +55,12 @@ type Gateway struct {
 
 	store      store.Store
 	dispatcher *dispatch.Dispatcher
-	cluster    *clusterNode // with --cluster: this node's lease; nil alone
+
+	// With --cluster: this node's lease, and the session ticket keys
+	// shared through Redis (without --tls-ticket-keys); nil otherwise.
+	cluster        *clusterNode
+	clusterTickets *tlsmux.TicketKeys
+
 	upstream   *bridge.Bridge
 	latency    prometheus.Histogram
 	handshakes *prometheus.HistogramVec
@@ -355,6 +360,14 @@ func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
 			return nil, fmt.Errorf("--tls-ticket-keys: %w", err)
 		}
 	}
+	tickets := g.tickets
+	if tickets == nil && g.cfg.Cluster != "" {
+		// Shared through Redis, read before the listeners open.
+		if g.clusterTickets, err = newClusterTickets(g.logger); err != nil {
+			return nil, err
+		}
+		tickets = g.clusterTickets
+	}
 	return tlsmux.ServerTLSConfig(tlsmux.TLSOptions{
 		GetCertificate:    reloader.GetCertificate,
 		ClientCAFile:      clientCA,
@@ -362,7 +375,7 @@ func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
 		MinVersion:        minVersion,
 		CurvePreferences:  curves,
 		CipherSuites:      ciphers,
-		TicketKeys:        g.tickets,
+		TicketKeys:        tickets,
 	})
 }
 
