@@ -512,12 +512,16 @@ func (r *Redis) Expire(now time.Time) ([]*Command, error) {
 	if err != nil {
 		return nil, r.unavailable("expire", err)
 	}
+	// Each command gets the whole timeout: a thousand commands expiring at
+	// once are a thousand calls.
 	var out []*Command
 	for _, m := range members {
 		if len(m) <= hexTimeLen {
 			return out, fmt.Errorf("%w: expiry member %q", ErrCorrupt, m)
 		}
+		ctx, cancel := r.ctx()
 		c, err := r.transition(ctx, m[hexTimeLen:], StatusExpired, now, noteExpired)
+		cancel()
 		switch {
 		case errors.Is(err, ErrBadTransition), errors.Is(err, ErrNotFound):
 			// Finished by another caller meanwhile.
@@ -551,26 +555,37 @@ func (r *Redis) Prune(before time.Time) (int, error) {
 		if len(m) <= hexTimeLen {
 			return n, fmt.Errorf("%w: finished member %q", ErrCorrupt, m)
 		}
-		id := m[hexTimeLen:]
-		c, _, err := r.load(ctx, id)
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
+		deleted, err := r.prune(m)
 		if err != nil {
 			return n, err
 		}
-		g := r.global
-		res, err := pruneScript.Run(ctx, r.rdb,
-			[]string{r.recordKey(c.ClientID, id), g.fin, g.ids, g.origins, g.counts},
-			m, id, c.Origin, string(c.Status)).Result()
-		if err != nil {
-			return n, r.unavailable("prune", err)
-		}
-		if res == int64(1) {
+		if deleted {
 			n++
 		}
 	}
 	return n, nil
+}
+
+// prune deletes the final command of a member of the finished index.
+func (r *Redis) prune(member string) (bool, error) {
+	ctx, cancel := r.ctx()
+	defer cancel()
+	id := member[hexTimeLen:]
+	c, _, err := r.load(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	g := r.global
+	res, err := pruneScript.Run(ctx, r.rdb,
+		[]string{r.recordKey(c.ClientID, id), g.fin, g.ids, g.origins, g.counts},
+		member, id, c.Origin, string(c.Status)).Result()
+	if err != nil {
+		return false, r.unavailable("prune", err)
+	}
+	return res == int64(1), nil
 }
 
 // Stats implements Store.
