@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -310,12 +311,9 @@ func (n *clusterNode) close(timeout time.Duration) {
 
 // redactURL is a Redis URL without its password.
 func redactURL(s string) string {
-	if i := strings.Index(s, "://"); i >= 0 {
-		if j := strings.LastIndex(s, "@"); j > i {
-			if k := strings.Index(s[i+3:j], ":"); k >= 0 {
-				return s[:i+3+k+1] + "xxxxx" + s[j:]
-			}
-		}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable url)"
 	}
-	return s
+	return u.Redacted()
 }

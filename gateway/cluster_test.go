@@ -60,6 +60,9 @@ func TestClusterConfig(t *testing.T) {
 			t.Errorf("%q: error %v, want %q", tc.args, err, tc.want)
 		}
 	}
+	if got := redactURL("redis://gw:s3cret@redis.internal:6379/0"); strings.Contains(got, "s3cret") || !strings.Contains(got, "redis.internal:6379") {
+		t.Errorf("redactURL = %q", got)
+	}
 	// Without --cluster nothing changes: the commands are in the bbolt file.
 	g := startGateway(t, nil)
 	if _, ok := g.store.(*store.Bolt); !ok || g.cluster != nil {

@@ -25,9 +25,10 @@ const (
 //	redis+sentinel://[user:pass@]host:port/db?master_name=NAME[&addr=host:port...]
 //	rediss+sentinel://...                        Sentinel, primary over TLS
 //
-// With Sentinel, host:port and each addr are sentinels, the user and
-// password are the sentinels' (the primary's go in the password query
-// parameter... see go-redis ParseFailoverURL for the other parameters).
+// With Sentinel, host:port and each addr are sentinels and the user and
+// password those of the sentinels; the primary's go in the username and
+// password query parameters. Other query parameters are go-redis' own
+// (ParseURL, ParseFailoverURL): dial_timeout, pool_size...
 // Commands are never retried by the client: a Lua script whose answer was
 // lost may have run, and running it again would not be the same call.
 //
@@ -98,6 +99,4 @@ func or(v, def time.Duration, set bool) time.Duration {
 }
 
 // redact is u without its password, for messages.
-func redact(u *url.URL) string {
-	return u.Redacted()
-}
+func redact(u *url.URL) string { return u.Redacted() }
