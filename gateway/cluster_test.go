@@ -269,3 +269,30 @@ func TestClusterTLSResumesOnAnotherNode(t *testing.T) {
 		t.Fatal("a session made with the rotated key on gw-1 did not resume on gw-2")
 	}
 }
+
+// Two nodes on one Redis share the commands: one posted on gw-1 for a
+// device that is offline is seen pending on gw-2; the device connects to
+// gw-2, is moved to TLS there and gets it; gw-1 then reports it delivered.
+func TestClusterCommandAcrossNodes(t *testing.T) {
+	srv := testredis.Start(t)
+	g1 := clusterGateway(t, srv, "gw-1", nil)
+	g2 := clusterGateway(t, srv, "gw-2", nil)
+	id, status := postCommand(t, g1, "car-9", `{"topic":"devices/car-9/commands/unlock","payload":"open"}`)
+	if status != "pending" {
+		t.Fatalf("status %q", status)
+	}
+	if v := commandStatus(t, g2, id); v.Status != store.StatusPending || v.ClientID != "car-9" {
+		t.Fatalf("gw-2 sees %+v", v)
+	}
+	var view clientView
+	if code := getJSON(t, g2, "/v1/clients/car-9", "", &view); code != http.StatusOK || view.Pending != 1 {
+		t.Fatalf("gw-2 client view %d %+v", code, view)
+	}
+	d := newDevice311(t, g2, "car-9")
+	d.connect(false, g2.PlainAddr())
+	d.query()
+	if c := nextCommand(t, d.cmds); c.payload != "open" || !c.tls {
+		t.Fatalf("command %+v", c)
+	}
+	waitStatus(t, g1, id, "delivered")
+}

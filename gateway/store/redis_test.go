@@ -187,6 +187,21 @@ func TestRedisRefusesEviction(t *testing.T) {
 	}
 }
 
+// The store's scripts span a client's keys and the shared indexes: it
+// refuses a Redis Cluster at once rather than failing every write.
+func TestRedisRefusesCluster(t *testing.T) {
+	srv := testredis.Start(t, "cluster-enabled yes", "cluster-config-file nodes.conf")
+	rdb, err := NewRedisClient(srv.URL(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	_, err = OpenRedis(rdb, Options{}, RedisOptions{})
+	if err == nil || !strings.Contains(err.Error(), "cluster mode") {
+		t.Fatalf("OpenRedis on a Redis Cluster node: %v", err)
+	}
+}
+
 func TestNewRedisClient(t *testing.T) {
 	good := []string{
 		"redis://127.0.0.1:6379/0",
