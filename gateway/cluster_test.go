@@ -296,3 +296,28 @@ func TestClusterCommandAcrossNodes(t *testing.T) {
 	}
 	waitStatus(t, g1, id, "delivered")
 }
+
+// With --cluster-wait-replicas 1, a POST is answered 202 once the replica
+// has the command, and 503 naming the replicas when it does not confirm.
+func TestClusterWaitReplicas(t *testing.T) {
+	primary := testredis.Start(t)
+	replica := testredis.Start(t, fmt.Sprint("replicaof 127.0.0.1 ", primary.Port))
+	eventually(t, 10*time.Second, "replica in sync", func() bool {
+		return replica.Info("replication")["master_link_status"] == "up"
+	})
+	g := clusterGateway(t, primary, "gw-1", func(c *Config) {
+		c.ClusterWaitReplicas = 1
+		c.ClusterWaitTimeout = 2 * time.Second // a fresh replica may be slow
+	})
+	id, _ := postCommand(t, g, "car-3", `{"topic":"devices/car-3/commands/a","payload":"x"}`)
+	if got := replica.Do("HGET", "dg:ids", id); got != "car-3" {
+		t.Fatalf("replica does not have the command answered 202: %q", got)
+	}
+	replica.Pause()
+	code, out := post(t, g, "/v1/clients/car-3/commands", `{"topic":"devices/car-3/commands/b","payload":"y"}`, "")
+	if code != http.StatusServiceUnavailable || !strings.Contains(out["error"], "replicas") {
+		t.Fatalf("POST with the replica hung: %d %v", code, out)
+	}
+	replica.Resume()
+	postCommand(t, g, "car-3", `{"topic":"devices/car-3/commands/c","payload":"z"}`)
+}

@@ -110,7 +110,7 @@ type Config struct {
 	Cluster             string        `yaml:"cluster" help:"Redis shared by the gateways of a cluster, which keeps their pending commands: redis://[user:pass@]host:port/db, rediss://... (TLS) or redis+sentinel://host:port/db?master_name=NAME (empty: one node, commands in the data dir)"`
 	NodeID              string        `yaml:"node-id" help:"this gateway's name in the cluster, unique among its nodes (default: the host name)"`
 	ClusterPrefix       string        `yaml:"cluster-prefix" help:"prefix of every Redis key of the cluster; two fleets sharing one Redis database use two prefixes"`
-	ClusterTimeout      time.Duration `yaml:"cluster-timeout" help:"longest a Redis call may take, reconnecting included; past it a new command is refused with 503"`
+	ClusterTimeout      time.Duration `yaml:"cluster-timeout" help:"longest a Redis call may take, reconnecting included (plus --cluster-wait-timeout for a write that waits for replicas); past it a new command is refused with 503"`
 	ClusterWaitReplicas int           `yaml:"cluster-wait-replicas" help:"Redis replicas that must have a new command before the API accepts it (Redis WAIT; 0: the primary's answer is enough)"`
 	ClusterWaitTimeout  time.Duration `yaml:"cluster-wait-timeout" help:"longest wait for --cluster-wait-replicas; past it a new command is refused with 503"`
 

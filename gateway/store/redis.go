@@ -35,8 +35,9 @@ type RedisOptions struct {
 	// fleets sharing one Redis database use two prefixes. No braces.
 	Prefix string
 	// Timeout bounds each call of the store, reconnection included
-	// (default DefaultRedisTimeout): past it the call fails with
-	// ErrUnavailable instead of waiting for Redis.
+	// (default DefaultRedisTimeout), plus WaitTimeout with WaitReplicas:
+	// past it the call fails with ErrUnavailable instead of waiting for
+	// Redis.
 	Timeout time.Duration
 	// WaitReplicas, when above zero, makes every Put and Transition wait
 	// (Redis WAIT) until this many replicas have the change, at most
@@ -156,8 +157,14 @@ func parseInfo(info string) map[string]string {
 	return out
 }
 
+// ctx bounds one call: Timeout, plus WaitTimeout when a write may wait for
+// replicas (the WAIT's own answer must not be cut short).
 func (r *Redis) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), r.opts.Timeout)
+	d := r.opts.Timeout
+	if r.opts.WaitReplicas > 0 {
+		d += r.opts.WaitTimeout
+	}
+	return context.WithTimeout(context.Background(), d)
 }
 
 // unavailable wraps an error of the Redis client.

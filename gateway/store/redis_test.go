@@ -84,13 +84,15 @@ func TestRedisUnavailable(t *testing.T) {
 
 // With WaitReplicas, a Put returns once a replica has the command; with
 // the replica hung, the Put fails with ErrUnavailable after WaitTimeout
+// (generous: a replica that has just synchronised rewrites its AOF, slowly
+// on a busy machine)
 // (the command is on the primary: a retry may deliver it twice, never
 // lose it).
 func TestRedisWaitReplicas(t *testing.T) {
 	primary := testredis.Start(t)
 	replica := testredis.Start(t, "replicaof 127.0.0.1 "+fmt.Sprint(primary.Port))
 	waitLink(t, replica)
-	s := openRedis(t, primary, Options{}, RedisOptions{WaitReplicas: 1, WaitTimeout: 300 * time.Millisecond})
+	s := openRedis(t, primary, Options{}, RedisOptions{WaitReplicas: 1, WaitTimeout: 2 * time.Second})
 	mustPut(t, s, newCmd("a", "dev", 0, time.Hour))
 	mustMove(t, s, "a", at(time.Second), StatusSent)
 	if got := replica.Do("EXISTS", s.recordKey("dev", "a")); got != ":1" {

@@ -71,6 +71,8 @@ func New(t testing.TB, extra ...string) *Server {
 		"appendonly yes",
 		"appendfsync always",
 		"databases 4",
+		// A replica's first sync starts at once, not after 5 s.
+		"repl-diskless-sync-delay 0",
 	}
 	lines = append(lines, extra...)
 	if err := os.WriteFile(s.conf, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
