@@ -55,6 +55,12 @@ type Gateway struct {
 
 	store      store.Store
 	dispatcher *dispatch.Dispatcher
+
+	// With --cluster: this node's lease, and the session ticket keys
+	// shared through Redis (without --tls-ticket-keys); nil otherwise.
+	cluster        *clusterNode
+	clusterTickets *tlsmux.TicketKeys
+
 	upstream   *bridge.Bridge
 	latency    prometheus.Histogram
 	handshakes *prometheus.HistogramVec
@@ -360,6 +366,14 @@ func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
 			return nil, fmt.Errorf("--tls-ticket-keys: %w", err)
 		}
 	}
+	tickets := g.tickets
+	if tickets == nil && g.cfg.Cluster != "" {
+		// Shared through Redis, read before the listeners open.
+		if g.clusterTickets, err = newClusterTickets(g.logger); err != nil {
+			return nil, err
+		}
+		tickets = g.clusterTickets
+	}
 	return tlsmux.ServerTLSConfig(tlsmux.TLSOptions{
 		GetCertificate:    reloader.GetCertificate,
 		ClientCAFile:      clientCA,
@@ -367,7 +381,7 @@ func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
 		MinVersion:        minVersion,
 		CurvePreferences:  curves,
 		CipherSuites:      ciphers,
-		TicketKeys:        g.tickets,
+		TicketKeys:        tickets,
 	})
 }
 
@@ -394,14 +408,9 @@ func parseCurves(s string) ([]tls.CurveID, error) {
 // startDispatch opens the command store and starts the dispatcher; the
 // sessions' hooks are wired to it before any listener opens.
 func (g *Gateway) startDispatch() error {
-	st, err := store.OpenBolt(filepath.Join(g.cfg.Data, store.FileName), store.Options{
-		Limit: g.cfg.CommandLimit,
-		// Commands and transitions of different devices share disk syncs.
-		BatchDelay: 2 * time.Millisecond,
-		Logger:     g.logger,
-	})
+	st, err := g.openStore()
 	if err != nil {
-		return fmt.Errorf("command store: %w", err)
+		return err
 	}
 	g.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "dualgate_command_delivery_seconds",
@@ -429,7 +438,7 @@ func (g *Gateway) startDispatch() error {
 		err = d.Start()
 	}
 	if err != nil {
-		_ = st.Close()
+		g.closeStore(st)
 		return err
 	}
 	g.store, g.dispatcher = st, d
@@ -442,9 +451,41 @@ func (g *Gateway) stopDispatch() {
 		g.dispatcher.Stop()
 	}
 	if g.store != nil {
-		if err := g.store.Close(); err != nil {
-			g.logger.Warn("command store close", zap.Error(err))
+		g.closeStore(g.store)
+	}
+}
+
+// openStore opens the command store: the bbolt file in the data directory,
+// or with --cluster the Redis shared by the cluster's nodes.
+func (g *Gateway) openStore() (store.Store, error) {
+	if g.cfg.Cluster != "" {
+		node, st, err := g.openCluster()
+		if err != nil {
+			return nil, err
 		}
+		g.cluster = node
+		return st, nil
+	}
+	st, err := store.OpenBolt(filepath.Join(g.cfg.Data, store.FileName), store.Options{
+		Limit: g.cfg.CommandLimit,
+		// Commands and transitions of different devices share disk syncs.
+		BatchDelay: 2 * time.Millisecond,
+		Logger:     g.logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("command store: %w", err)
+	}
+	return st, nil
+}
+
+// closeStore closes the store, after giving back the cluster node's name
+// (the node shares the store's Redis client).
+func (g *Gateway) closeStore(st store.Store) {
+	if g.cluster != nil {
+		g.cluster.close(g.cfg.ClusterTimeout)
+	}
+	if err := st.Close(); err != nil {
+		g.logger.Warn("command store close", zap.Error(err))
 	}
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs dualgate's whole test suite on a fresh machine with Go installed:
-# installs the programs the end-to-end tests drive (Mosquitto, HAProxy) when
+# installs the programs the end-to-end tests drive (Mosquitto, HAProxy, redis-server) when
 # they are missing, then checks formatting, vet, staticcheck and runs every
 # test with the race detector. Tests start their own services on free
 # loopback ports.
@@ -11,6 +11,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""

@@ -5,8 +5,9 @@
 // step of its delivery here, so that no command is lost across reconnects,
 // gateway restarts or crashes. Store is the interface the gateway uses; Bolt
 // (one bbolt file, commands.db, in the data directory) is the production
-// implementation and Memory the in-memory one with the same semantics, for
-// tests.
+// implementation of a gateway alone, Redis the one of a cluster of gateways
+// (--cluster), and Memory the in-memory one with the same semantics, for
+// tests. All three pass one conformance suite.
 //
 // # States
 //
@@ -90,6 +91,41 @@
 // crash during creation never leaves such a file behind. Check (dualgate
 // store check) reads a file without changing it and reports its health,
 // bbolt's page check included.
+//
+// # Redis
+//
+// Redis keeps the same records (the binary encoding above) and indexes, as
+// keys under a prefix P (default "dg"). A client's keys carry its id as the
+// Redis Cluster hash tag, after the id's length so that no id, whatever
+// bytes it holds, can reach another client's keys:
+//
+//	P:<len>:{<client>}:q          zset, score 0, member time(created) id: the client's non-final commands, oldest first
+//	P:<len>:{<client>}:c:<id>     string: the record
+//	P:ids                          hash: id -> client id (Get and Transition know only the id; ids are unique across clients)
+//	P:exp                          zset, score 0, member time(expires) id: non-final with a TTL
+//	P:fin                          zset, score 0, member time(finished) id: final commands, for Prune
+//	P:counts                       hash: status -> count
+//	P:clients                      zset, score 0, member client id: clients with non-final commands
+//	P:origins                      hash: origin -> number of commands holding it
+//
+// time is 16 hex digits of Unix nanoseconds with the sign bit flipped:
+// members of equal score sort by their bytes (ZRANGEBYLEX), so by time,
+// then id, to the nanosecond (a float score could not hold nanoseconds).
+// Put is one Lua script (check id and limit, write record, indexes and
+// counts: atomic in Redis). Transition reads the record, applies the move
+// in Go, and writes it with a script that first checks the record's SHA-1
+// is still the one read (compare and set: two gateways moving one command
+// at once cannot both win; the loser reads again). Expire and Prune walk
+// their index and move or delete each command the same way. With
+// RedisOptions.WaitReplicas every change is followed, on the same
+// connection, by WAIT.
+//
+// The shared indexes (P:ids, P:exp...) make every change touch two hash
+// slots, so the store runs on one Redis primary (alone or under Sentinel)
+// and refuses a Redis Cluster; the per-client hash tags are there for the
+// day the shared indexes are split by slot. Nothing has a Redis TTL: a
+// command leaves Redis by Prune, so the store refuses a Redis whose
+// maxmemory-policy could evict any key (allkeys-*).
 //
 // OpenBolt fails with ErrLocked when another process holds the file: bbolt takes
 // an exclusive flock, released by the kernel when the holder exits, even by

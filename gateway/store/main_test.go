@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/dualgate/dualgate/internal/testredis"
 	"go.uber.org/zap"
 )
 
@@ -43,6 +45,9 @@ func factories() []factory {
 		{name: "bolt", open: func(t testing.TB, opts Options) Store {
 			return openBolt(t, filepath.Join(t.TempDir(), FileName), opts)
 		}},
+		{name: "redis", open: func(t testing.TB, opts Options) Store {
+			return openRedis(t, testredis.Start(t), opts, RedisOptions{})
+		}},
 		{name: "bolt batched", open: func(t testing.TB, opts Options) Store {
 			opts.BatchDelay = time.Millisecond
 			return openBolt(t, filepath.Join(t.TempDir(), FileName), opts)
@@ -58,6 +63,25 @@ func openBolt(t testing.TB, path string, opts Options) *Bolt {
 	s, err := OpenBolt(path, opts)
 	if err != nil {
 		t.Fatalf("OpenBolt: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// openRedis opens a Redis store on srv, closed at the end of the test.
+func openRedis(t testing.TB, srv *testredis.Server, opts Options, ropts RedisOptions) *Redis {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	rdb, err := NewRedisClient(srv.URL(), ropts.WaitTimeout)
+	if err != nil {
+		t.Fatalf("NewRedisClient: %v", err)
+	}
+	s, err := OpenRedis(rdb, opts, ropts)
+	if err != nil {
+		_ = rdb.Close()
+		t.Fatalf("OpenRedis: %v", err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s

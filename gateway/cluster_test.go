@@ -1,0 +1,323 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/gateway/store"
+	"github.com/dualgate/dualgate/internal/testbroker"
+	"github.com/dualgate/dualgate/internal/testredis"
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// clusterGateway runs a gateway whose commands live in srv.
+func clusterGateway(t *testing.T, srv *testredis.Server, node string, mod func(*Config)) *Gateway {
+	t.Helper()
+	return startGateway(t, func(c *Config) {
+		c.Cluster = srv.URL()
+		c.NodeID = node
+		c.SecureIdle = time.Minute
+		if mod != nil {
+			mod(c)
+		}
+	})
+}
+
+func TestClusterConfig(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string // in the error; empty: valid
+	}{
+		{args: nil},
+		{args: []string{"--cluster", "redis://127.0.0.1:6379/0", "--node-id", "gw-1"}},
+		{args: []string{"--cluster", "rediss://u:p@redis.example.com:6380/1"}},
+		{args: []string{"--cluster", "redis+sentinel://s1:26379/0?master_name=dg&addr=s2:26379", "--node-id", "gw.a_2"}},
+		{args: []string{"--cluster", "redis://h:1/0", "--cluster-wait-replicas", "1", "--cluster-wait-timeout", "250ms"}},
+		{args: []string{"--cluster", "http://h:1"}, want: "--cluster"},
+		{args: []string{"--cluster", "redis+sentinel://s1:26379/0"}, want: "master_name"},
+		{args: []string{"--cluster", "redis://h:1/0", "--node-id", "gw 1"}, want: "--node-id"},
+		{args: []string{"--cluster", "redis://h:1/0", "--node-id", strings.Repeat("n", 65)}, want: "--node-id"},
+		{args: []string{"--node-id", "gw-1"}, want: "needs --cluster"},
+		{args: []string{"--cluster-wait-replicas", "1"}, want: "needs --cluster"},
+		{args: []string{"--cluster", "redis://h:1/0", "--cluster-wait-replicas", "-1"}, want: "--cluster-wait-replicas"},
+		{args: []string{"--cluster", "redis://h:1/0", "--cluster-prefix", "a{b}"}, want: "--cluster-prefix"},
+		{args: []string{"--cluster", "redis://h:1/0", "--cluster-timeout", "1ms"}, want: "--cluster-timeout"},
+	}
+	for _, tc := range cases {
+		_, err := LoadConfig(tc.args, func(string) string { return "" })
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%q: %v", tc.args, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%q: error %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	if got := redactURL("redis://gw:s3cret@redis.internal:6379/0"); strings.Contains(got, "s3cret") || !strings.Contains(got, "redis.internal:6379") {
+		t.Errorf("redactURL = %q", got)
+	}
+	// Without --cluster nothing changes: the commands are in the bbolt file.
+	g := startGateway(t, nil)
+	if _, ok := g.store.(*store.Bolt); !ok || g.cluster != nil {
+		t.Fatalf("store without --cluster: %T", g.store)
+	}
+}
+
+// Commands posted for an offline device through a gateway on --cluster
+// survive Redis being killed (AOF on) and the gateway being replaced by one
+// with an empty data directory: the device connects to the new gateway,
+// upgrades and gets every one, in order.
+func TestClusterRestartKeepsCommands(t *testing.T) {
+	srv := testredis.Start(t)
+	g1 := clusterGateway(t, srv, "gw-1", nil)
+	if _, ok := g1.store.(*store.Redis); !ok {
+		t.Fatalf("store on --cluster: %T", g1.store)
+	}
+	var ids []string
+	for i := range 5 {
+		id, status := postCommand(t, g1, "car-7", fmt.Sprintf(`{"topic":"devices/car-7/commands/n","payload":"%c"}`, 'a'+i))
+		if status != "pending" {
+			t.Fatalf("status %q for an offline device", status)
+		}
+		ids = append(ids, id)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g1.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	srv.Start()
+
+	g2 := clusterGateway(t, srv, "gw-1", nil)
+	if v := commandStatus(t, g2, ids[0]); v.Status != store.StatusPending {
+		t.Fatalf("command after the restarts: %+v", v)
+	}
+	d := newDevice311(t, g2, "car-7")
+	d.connect(false, g2.PlainAddr())
+	d.query()
+	for i := range 5 {
+		c := nextCommand(t, d.cmds)
+		if want := string(rune('a' + i)); c.payload != want || !c.tls {
+			t.Fatalf("command %d: %+v, want %s over TLS", i, c, want)
+		}
+	}
+	for _, id := range ids {
+		waitStatus(t, g2, id, "delivered")
+	}
+}
+
+// Redis away (hung, then killed): devices keep their connections and
+// their telemetry reaches the broker, a new command is refused with 503
+// and a JSON error that says Redis is unavailable; once Redis is back,
+// commands are accepted and delivered again, without restarting the
+// gateway.
+func TestClusterRedisAway(t *testing.T) {
+	srv := testredis.Start(t)
+	br := testbroker.Start(t)
+	g := clusterGateway(t, srv, "gw-1", func(c *Config) {
+		c.Upstream = br.URL()
+		c.UpstreamClientID = "gw-cluster-test"
+		c.ClusterTimeout = 300 * time.Millisecond
+	})
+	waitUpstream(t, g)
+	up := newCounter()
+	app := cloudApp(t, br, "cloud-app", true)
+	if tok := app.Subscribe("tele/#", 1, up.handler); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	dev := newDevice311(t, g, "sensor-1")
+	dev.connect(false, g.PlainAddr())
+	publish := func(n int) {
+		t.Helper()
+		if tok := dev.client.Publish("tele/sensor-1", 1, false, fmt.Sprint("m", n)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("device publish: %v", tok.Error())
+		}
+	}
+	n := 0
+	for _, away := range []struct {
+		name        string
+		stop, start func()
+	}{
+		{name: "hung", stop: srv.Pause, start: srv.Resume},
+		{name: "killed", stop: srv.Kill, start: srv.Start},
+	} {
+		away.stop()
+		for range 3 {
+			code, out := post(t, g, "/v1/clients/sensor-1/commands", `{"topic":"devices/sensor-1/commands/x","payload":"p","secure":false}`, "")
+			if code != http.StatusServiceUnavailable || !strings.Contains(out["error"], "redis unavailable") {
+				t.Fatalf("%s: POST answered %d %v, want 503 naming redis", away.name, code, out)
+			}
+			publish(n)
+			n++
+		}
+		want := n
+		eventually(t, 10*time.Second, "telemetry at the broker while redis is "+away.name, func() bool { return up.distinct() == want })
+		if !dev.client.IsConnectionOpen() || g.reg.Len() != 1 {
+			t.Fatalf("%s: the device lost its connection", away.name)
+		}
+		away.start()
+		id, _ := postCommand(t, g, "sensor-1", `{"topic":"devices/sensor-1/commands/x","payload":"back-`+away.name+`","secure":false}`)
+		if c := nextCommand(t, dev.cmds); c.payload != "back-"+away.name {
+			t.Fatalf("%s: command after redis came back: %+v", away.name, c)
+		}
+		waitStatus(t, g, id, "delivered")
+	}
+}
+
+// Two running gateways cannot share a node id; the id is free again once
+// its gateway stops.
+func TestClusterNodeIDUnique(t *testing.T) {
+	srv := testredis.Start(t)
+	g1 := clusterGateway(t, srv, "gw-1", nil)
+	cfg := Config{Plain: "127.0.0.1:0", TLS: "127.0.0.1:0", API: "127.0.0.1:0", Data: t.TempDir(),
+		EventLoops: 1, Cluster: srv.URL(), NodeID: "gw-1"}
+	g2, err := New(cfg, Options{Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = g2.Start()
+	if err == nil {
+		_ = g2.Shutdown(context.Background())
+		t.Fatal("a second gateway started with the same node id")
+	}
+	if !strings.Contains(err.Error(), `node id "gw-1" is held by another running gateway`) {
+		t.Fatalf("error %v", err)
+	}
+	clusterGateway(t, srv, "gw-2", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g1.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clusterGateway(t, srv, "gw-1", nil)
+}
+
+// resumes connects over TLS with tc, sends CONNECT and reads the CONNACK
+// (by then a TLS 1.3 session ticket has arrived), and reports whether the
+// handshake resumed a session.
+func resumes(t *testing.T, addr string, tc *tls.Config, id string) bool {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, tc)
+	if err != nil {
+		t.Fatalf("TLS to %s: %v", addr, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(mqttcodec.AppendConnect(nil, &mqttcodec.Connect{ProtocolVersion: 4, CleanStart: true,
+		KeepAlive: 60, ClientID: []byte(id)})); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil || ack[3] != 0 {
+		t.Fatalf("CONNACK % x, %v", ack, err)
+	}
+	return c.ConnectionState().DidResume
+}
+
+// Without --tls-ticket-keys, the nodes of a cluster share their session
+// ticket keys through Redis: a session made on one node resumes on another,
+// also right after a rotation that the other node has not read yet; a
+// gateway outside the cluster cannot resume it.
+func TestClusterTLSResumesOnAnotherNode(t *testing.T) {
+	srv := testredis.Start(t)
+	data := t.TempDir() // one server certificate and CA for all
+	g1 := clusterGateway(t, srv, "gw-1", func(c *Config) { c.Data = data })
+	g2 := clusterGateway(t, srv, "gw-2", func(c *Config) { c.Data = data })
+	alone := startGateway(t, func(c *Config) { c.Data = data })
+
+	tc := deviceTLS(t, g1, "car-1")
+	tc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	if resumes(t, g1.TLSAddr(), tc, "car-1") {
+		t.Fatal("the first handshake resumed")
+	}
+	if !resumes(t, g2.TLSAddr(), tc, "car-1") {
+		t.Fatal("a session made on gw-1 did not resume on gw-2")
+	}
+	if resumes(t, alone.TLSAddr(), tc, "car-1") {
+		t.Fatal("a gateway outside the cluster resumed the session")
+	}
+
+	// gw-1 rotates (the last rotation made as old as can be) and encrypts
+	// with the key that was next; gw-2, which has not read the rotation,
+	// already decrypts with it.
+	if got := srv.Do("HSET", "dg:tls:ticket-keys", "at", "0"); got != ":0" {
+		t.Fatalf("HSET at: %s", got)
+	}
+	before := g1.clusterTickets.Keys()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g1.cluster.syncTickets(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after := g1.clusterTickets.Keys()
+	if len(after) != len(before)+1 || after[0] != before[1] || after[1] == before[0] {
+		t.Fatalf("rotation: %d keys -> %d", len(before), len(after))
+	}
+	tc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	if resumes(t, g1.TLSAddr(), tc, "car-1") {
+		t.Fatal("a fresh cache resumed")
+	}
+	if !resumes(t, g2.TLSAddr(), tc, "car-1") {
+		t.Fatal("a session made with the rotated key on gw-1 did not resume on gw-2")
+	}
+}
+
+// Two nodes on one Redis share the commands: one posted on gw-1 for a
+// device that is offline is seen pending on gw-2; the device connects to
+// gw-2, is moved to TLS there and gets it; gw-1 then reports it delivered.
+func TestClusterCommandAcrossNodes(t *testing.T) {
+	srv := testredis.Start(t)
+	g1 := clusterGateway(t, srv, "gw-1", nil)
+	g2 := clusterGateway(t, srv, "gw-2", nil)
+	id, status := postCommand(t, g1, "car-9", `{"topic":"devices/car-9/commands/unlock","payload":"open"}`)
+	if status != "pending" {
+		t.Fatalf("status %q", status)
+	}
+	if v := commandStatus(t, g2, id); v.Status != store.StatusPending || v.ClientID != "car-9" {
+		t.Fatalf("gw-2 sees %+v", v)
+	}
+	var view clientView
+	if code := getJSON(t, g2, "/v1/clients/car-9", "", &view); code != http.StatusOK || view.Pending != 1 {
+		t.Fatalf("gw-2 client view %d %+v", code, view)
+	}
+	d := newDevice311(t, g2, "car-9")
+	d.connect(false, g2.PlainAddr())
+	d.query()
+	if c := nextCommand(t, d.cmds); c.payload != "open" || !c.tls {
+		t.Fatalf("command %+v", c)
+	}
+	waitStatus(t, g1, id, "delivered")
+}
+
+// With --cluster-wait-replicas 1, a POST is answered 202 once the replica
+// has the command, and 503 naming the replicas when it does not confirm.
+func TestClusterWaitReplicas(t *testing.T) {
+	primary := testredis.Start(t)
+	replica := testredis.Start(t, fmt.Sprint("replicaof 127.0.0.1 ", primary.Port))
+	eventually(t, 10*time.Second, "replica in sync", func() bool {
+		return replica.Info("replication")["master_link_status"] == "up"
+	})
+	g := clusterGateway(t, primary, "gw-1", func(c *Config) {
+		c.ClusterWaitReplicas = 1
+		c.ClusterWaitTimeout = 2 * time.Second // a fresh replica may be slow
+	})
+	id, _ := postCommand(t, g, "car-3", `{"topic":"devices/car-3/commands/a","payload":"x"}`)
+	if got := replica.Do("HGET", "dg:ids", id); got != "car-3" {
+		t.Fatalf("replica does not have the command answered 202: %q", got)
+	}
+	replica.Pause()
+	code, out := post(t, g, "/v1/clients/car-3/commands", `{"topic":"devices/car-3/commands/b","payload":"y"}`, "")
+	if code != http.StatusServiceUnavailable || !strings.Contains(out["error"], "replicas") {
+		t.Fatalf("POST with the replica hung: %d %v", code, out)
+	}
+	replica.Resume()
+	postCommand(t, g, "car-3", `{"topic":"devices/car-3/commands/c","payload":"z"}`)
+}
