@@ -363,7 +363,7 @@ loop:
 }
 
 func (el *eventloop) close(c *conn, err error) error {
-	if !c.opened || el.connections.getConn(c.fd) == nil {
+	if !c.opened || el.connections.getConn(c.fd) != c {
 		return nil // ignore stale connections
 	}
 
@@ -406,7 +406,7 @@ func (el *eventloop) close(c *conn, err error) error {
 }
 
 func (el *eventloop) wake(c *conn) error {
-	if !c.opened || el.connections.getConn(c.fd) == nil {
+	if !c.opened || el.connections.getConn(c.fd) != c {
 		return nil // ignore stale connections
 	}
 
