@@ -685,9 +685,9 @@ func (r *PubReport) WriteFiles(dir string, e2e, ack *Latency) error {
 	if err := writeReportFiles(dir, r, r.WriteMarkdown); err != nil {
 		return err
 	}
-	series := []LatencySeries{{Name: "end to end (send -> subscriber)", Quantiles: e2e.Distribution(DistributionPercentiles())}}
+	series := []LatencySeries{{Name: "end to end (send -> subscriber)", Quantiles: e2e.ChartQuantiles()}}
 	if r.QoS > 0 {
-		series = append(series, LatencySeries{Name: fmt.Sprintf("publisher's QoS %d acknowledgement", r.QoS), Quantiles: ack.Distribution(DistributionPercentiles())})
+		series = append(series, LatencySeries{Name: fmt.Sprintf("publisher's QoS %d acknowledgement", r.QoS), Quantiles: ack.ChartQuantiles()})
 	}
 	err := LatencyChart(filepath.Join(dir, "latency.png"), "Publish latency: "+r.path()+", "+r.shape(), series)
 	if errors.Is(err, ErrEmptyChart) {
