@@ -24,8 +24,9 @@ import (
 )
 
 // connPageSize is the number of descriptors a page of the index covers:
-// 512 slots of 8 bytes, one 4 KiB allocation.
-const connPageSize = 512
+// 511 slots of 8 bytes and the page's count make one 4 KiB allocation
+// (512 slots would take the next size class, 4.75 KiB).
+const connPageSize = 511
 
 // connIndex maps a file descriptor to its connection for a whole engine.
 // Descriptors are unique in the process, so one index serves every event

@@ -5,6 +5,7 @@ package gnet
 import (
 	"sync"
 	"testing"
+	"unsafe"
 )
 
 func indexPages(ix *connIndex) (dir, pages int) {
@@ -57,8 +58,8 @@ func TestConnIndexSharedAndShrinks(t *testing.T) {
 		seen++
 		return true
 	})
-	if seen != n/2 {
-		t.Fatalf("iterate saw %d, want %d", seen, n/2)
+	if seen != (n+1)/2 {
+		t.Fatalf("iterate saw %d, want %d", seen, (n+1)/2)
 	}
 	// A stale connection on a reused descriptor does not clear the slot.
 	stale := &conn{fd: 7, loop: b}
@@ -131,5 +132,12 @@ func TestConnIndexConcurrent(t *testing.T) {
 	wg.Wait()
 	if dir, pages := indexPages(eng.connIndex); dir != 0 || pages != 0 {
 		t.Fatalf("empty index: directory %d, pages %d", dir, pages)
+	}
+}
+
+// A page is one 4 KiB allocation, not the next size class.
+func TestConnPageSize(t *testing.T) {
+	if n := unsafe.Sizeof(connPage{}); n != 4096 {
+		t.Fatalf("connPage is %d bytes, want 4096", n)
 	}
 }
