@@ -85,6 +85,17 @@
 // memory per connection, the fleet ratios, and device bytes per day side by
 // side.
 //
+// # Publishing
+//
+// [RunPub] measures publish throughput and latency, as emqtt-bench's pub
+// and sub do: a few publishers, each a plain goroutine-driven connection,
+// send at a rate (QoS 0, 1 or 2, an in-flight window bounded by the
+// server's Receive Maximum) to one server, and one subscriber receives on
+// the same or another server (through a gateway to its broker). Every
+// payload starts with its send time on this process's monotonic clock,
+// its publisher and its sequence number, so the subscriber counts losses
+// and duplicates and records the end-to-end latency.
+//
 // # Reports
 //
 // With an output directory every measurement writes report.md, report.json

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -149,4 +150,20 @@ func (l *Latency) Distribution(ps []float64) []Quantile {
 // chart: denser towards the tail.
 func DistributionPercentiles() []float64 {
 	return []float64{0, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 92.5, 95, 96, 97, 98, 99, 99.5, 99.9, 100}
+}
+
+// ChartQuantiles is the distribution a chart draws: DistributionPercentiles
+// without the percentiles the samples cannot support. A percentile p
+// needs 100/(100-p) samples (p90: 10, p99: 100, p99.9: 1,000) to be more
+// than the maximum under another name; the minimum and the maximum need
+// one.
+func (l *Latency) ChartQuantiles() []Quantile {
+	n := l.Count()
+	var ps []float64
+	for _, p := range DistributionPercentiles() {
+		if p <= 0 || p >= 100 || float64(n) >= math.Ceil(100/(100-p)-1e-9) {
+			ps = append(ps, p)
+		}
+	}
+	return l.Distribution(ps)
 }

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -161,5 +162,27 @@ func TestLatencySummaryString(t *testing.T) {
 	want := "p50 1.000 ms  p90 2.000 ms  p99 2.500 ms  max 3.000 ms  (n=2)"
 	if s.String() != want {
 		t.Fatalf("String = %q, want %q", s.String(), want)
+	}
+}
+
+// A chart draws no percentile from fewer samples than it needs.
+func TestChartQuantiles(t *testing.T) {
+	l := NewLatency()
+	for i := range 50 {
+		l.Record(time.Duration(i+1) * time.Millisecond)
+	}
+	var got []float64
+	for _, q := range l.ChartQuantiles() {
+		got = append(got, q.Percentile)
+	}
+	want := []float64{0, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 92.5, 95, 96, 97, 98, 100}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("50 samples: percentiles %v, want %v", got, want)
+	}
+	for i := range 950 {
+		l.Record(time.Duration(i+1) * time.Microsecond)
+	}
+	if n := len(l.ChartQuantiles()); n != len(DistributionPercentiles()) {
+		t.Fatalf("1,000 samples: %d percentiles, want all %d", n, len(DistributionPercentiles()))
 	}
 }

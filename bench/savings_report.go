@@ -166,7 +166,7 @@ func (r *SavingsReport) WriteFiles(dir string, latency *Latency) error {
 	}
 	if latency != nil && latency.Count() > 0 {
 		title := fmt.Sprintf("Secure commands through the upgrade: %d of %d devices at once", r.SecureDevices, r.Devices)
-		series := []LatencySeries{{Name: "POST to device PUBACK", Quantiles: latency.Distribution(DistributionPercentiles())}}
+		series := []LatencySeries{{Name: "POST to device PUBACK", Quantiles: latency.ChartQuantiles()}}
 		if err := LatencyChart(filepath.Join(dir, "latency.png"), title, series); err != nil {
 			errs = append(errs, err)
 		}

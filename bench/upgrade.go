@@ -575,10 +575,10 @@ func (r *UpgradeReport) WriteFiles(dir string, device, gateway *Latency) error {
 	var errs []error
 	var series []LatencySeries
 	if device != nil && device.Count() > 0 {
-		series = append(series, LatencySeries{Name: "POST to device PUBACK (devices)", Quantiles: device.Distribution(DistributionPercentiles())})
+		series = append(series, LatencySeries{Name: "POST to device PUBACK (devices)", Quantiles: device.ChartQuantiles()})
 	}
 	if gateway != nil && gateway.Count() > 0 {
-		series = append(series, LatencySeries{Name: "accepted to PUBACK (gateway record)", Quantiles: gateway.Distribution(DistributionPercentiles())})
+		series = append(series, LatencySeries{Name: "accepted to PUBACK (gateway record)", Quantiles: gateway.ChartQuantiles()})
 	}
 	title := fmt.Sprintf("Secure command latency through the upgrade: %d devices, %d rounds", r.Devices, r.Rounds)
 	if err := LatencyChart(filepath.Join(dir, "latency.png"), title, series); err != nil && !errors.Is(err, ErrEmptyChart) {

@@ -375,14 +375,14 @@ func (pc *plainConn) Remote() string {
 func (pc *plainConn) PeerIdentity() []string { return nil }
 func (pc *plainConn) ChannelBinding() []byte { return nil }
 
+// Local is the address the device reached, read from the socket (see
+// socketLocal), so it is the same with released gnet, whose LocalAddr is
+// the listener's (e.g. "[::]:1883").
 func (pc *plainConn) Local() string {
 	if pc.closed {
 		return ""
 	}
-	if a := pc.c.LocalAddr(); a != nil {
-		return a.String()
-	}
-	return ""
+	return socketLocal(pc.c.Fd())
 }
 
 // gnetLogger routes gnet's own log lines into zap.

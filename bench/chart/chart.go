@@ -1,8 +1,8 @@
 // Package chart draws dualbench's charts with gonum/plot. Importing it
 // registers it with package bench (bench.RegisterCharts), the way image
 // decoders register with package image: the plotting code and its fonts
-// (~5 MB) are linked only into programs that draw, not into `dualgate`,
-// whose demo measures with package bench too.
+// (~5 MB) are linked only into programs that draw. Legends sit in a strip
+// below the plotted area, never over the data.
 package chart
 
 import (
@@ -14,6 +14,8 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 
 	"github.com/dualgate/dualgate/bench"
 )
@@ -61,8 +63,7 @@ func (Renderer) Bar(title, yLabel string, groups []string, series []bench.BarSer
 		p.Legend.Add(s.Name, bars)
 	}
 	p.NominalX(groups...)
-	// Room above the bars for the legend.
-	p.Y.Max = top * (1 + 0.12*float64(len(series)+1))
+	p.Y.Max = top * 1.05
 	p.Add(plotter.NewGrid())
 	return encodePNG(p)
 }
@@ -147,14 +148,29 @@ func (Renderer) Time(title, yLabel string, series []bench.TimeSeries) ([]byte, e
 	return encodePNG(p)
 }
 
+// encodePNG draws p with its legend in a strip below the plotted area,
+// never over the data, and encodes it as PNG.
 func encodePNG(p *plot.Plot) ([]byte, error) {
-	wt, err := p.WriterTo(chartWidth, chartHeight, "png")
-	if err != nil {
-		return nil, fmt.Errorf("chart: %w", err)
+	img := vgimg.New(chartWidth, chartHeight)
+	dc := draw.New(img)
+	legend := p.Legend
+	p.Legend = plot.NewLegend() // p.Draw would put the legend over the data
+	legend.Top, legend.Left = true, true
+	strip := vg.Length(0)
+	if r := legend.Rectangle(dc); r.Max.Y > r.Min.Y {
+		strip = r.Max.Y - r.Min.Y + legendGap
+	}
+	p.Draw(draw.Crop(dc, 0, 0, strip, 0))
+	if strip > 0 {
+		legend.XOffs = legendGap
+		legend.Draw(draw.Crop(dc, 0, 0, 0, -(chartHeight - strip + legendGap/2)))
 	}
 	var buf bytes.Buffer
-	if _, err := wt.WriteTo(&buf); err != nil {
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(&buf); err != nil {
 		return nil, fmt.Errorf("chart: %w", err)
 	}
 	return buf.Bytes(), nil
 }
+
+// legendGap separates the legend from the plot and the image's edge.
+const legendGap = 6 * vg.Millimeter

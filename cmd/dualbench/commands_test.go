@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -238,5 +239,86 @@ func TestUpgradeCommandEndToEnd(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Fatalf("%s: %v", f, err)
 		}
+	}
+}
+
+func TestParsePub(t *testing.T) {
+	fake := filepath.Join(t.TempDir(), "dualgate")
+	c, err := parsePub(strings.Fields("--port 1884 --sub-port 1885 -c 2 -n 10 --qos 2 --rate 50"), io.Discard)
+	if err != nil || c.cfg.PubAddr != "127.0.0.1:1884" || c.cfg.SubAddr != "127.0.0.1:1885" || c.cfg.QoS != 2 || c.spawn != nil ||
+		c.cfg.Publishers != 2 || c.cfg.Count != 10 || c.cfg.Rate != 50 {
+		t.Fatalf("%+v %v", c.cfg, err)
+	}
+	c, err = parsePub([]string{"--through-dualgate", "--dualgate", fake, "--upstream", "tcp://127.0.0.1:1999"}, io.Discard)
+	if err != nil || c.spawn == nil || c.spawn.Binary != fake || strings.Join(c.spawn.Args, " ") != "--upstream tcp://127.0.0.1:1999" ||
+		c.cfg.SubAddr != "127.0.0.1:1999" || c.subToGateway || c.cfg.Label != "dualgate -> 127.0.0.1:1999" {
+		t.Fatalf("%+v %+v %v", c.cfg, c.spawn, err)
+	}
+	c, err = parsePub([]string{"--through-dualgate", "--dualgate", fake}, io.Discard)
+	if err != nil || !c.subToGateway {
+		t.Fatalf("local routing: %+v %v", c, err)
+	}
+	for args, want := range map[string]string{
+		"--qos 3":                     "--qos",
+		"--payload 8":                 "--payload",
+		"--upstream tcp://x:1":        "--through-dualgate",
+		"--through-dualgate --port 1": "--port",
+		"--through-dualgate --dualgate " + fake + " --upstream http://x": "--upstream",
+		"-n 0": "-n 0",
+	} {
+		if _, err := parsePub(strings.Fields(args), io.Discard); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error about %s", args, err, want)
+		}
+	}
+}
+
+// Every sub-command's -h has a description, an example and a run time.
+func TestHelpHasExampleAndRunTime(t *testing.T) {
+	for _, name := range []string{"conn", "mem", "traffic", "upgrade", "savings", "pub"} {
+		var out strings.Builder
+		if code := run([]string{name, "-h"}, &out, &out); code != 0 {
+			t.Fatalf("%s -h: exit %d", name, code)
+		}
+		for _, want := range []string{"usage: dualbench " + name, "example", "run time:", "flags:"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%s -h lacks %q:\n%s", name, want, out.String())
+			}
+		}
+	}
+}
+
+// dualbench pub through a started dualgate, routed locally, and straight
+// to Mosquitto.
+func TestPubCommandEndToEnd(t *testing.T) {
+	var gw gatewayBinary
+	bin := gw.get(t)
+	if gw.dir != "" {
+		t.Cleanup(func() { _ = os.RemoveAll(gw.dir) })
+	}
+	dir := t.TempDir()
+	cmd, out := dualbench("pub", "--through-dualgate", "--dualgate", bin, "-c", "2", "-n", "200", "--qos", "1", "--out", dir, "--max-duration", "60s")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("dualbench pub: %v\n%s", err, out.String())
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep bench.PubReport
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Sent != 400 || rep.Acked != 400 || rep.Received != 400 || !rep.Complete || rep.Label != "dualgate" ||
+		rep.EndToEnd.P50 > rep.EndToEnd.P99 || rep.EndToEnd.P99 > rep.EndToEnd.Max {
+		t.Fatalf("report %+v\n%s", rep, out.String())
+	}
+
+	port, _ := mosquitto(t, true)
+	cmd, out = dualbench("pub", "--port", strconv.Itoa(port), "-c", "2", "-n", "200", "--qos", "0", "--mqtt", "5")
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("dualbench pub: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "sent 400") {
+		t.Fatalf("output:\n%s", out.String())
 	}
 }

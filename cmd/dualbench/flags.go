@@ -182,6 +182,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 func parseConn(args []string, stderr io.Writer) (bench.ConnConfig, string, error) {
 	fs := flag.NewFlagSet("dualbench conn", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describe(fs, "conn")
 	var (
 		cf    clientFlags
 		count int
@@ -212,6 +213,7 @@ func parseConn(args []string, stderr io.Writer) (bench.ConnConfig, string, error
 func parseMem(args []string, stderr io.Writer) (bench.MemConfig, string, error) {
 	fs := flag.NewFlagSet("dualbench mem", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describe(fs, "mem")
 	var (
 		cf     clientFlags
 		cfg    bench.MemConfig

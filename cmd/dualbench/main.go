@@ -1,7 +1,8 @@
 // Command dualbench measures an MQTT server from outside: idle connections
 // (conn), server memory per connection (mem), a device's bytes on the wire
-// (traffic), secure command latency through the upgrade (upgrade), and the
-// same fleet three ways (savings). See package bench.
+// (traffic), secure command latency through the upgrade (upgrade), the
+// same fleet three ways (savings), and publish throughput and latency
+// (pub). See package bench.
 package main
 
 import (
@@ -30,6 +31,7 @@ Usage:
   dualbench traffic [flags]   a device's bytes on the wire through dualgate: keepalive, commands, upgrade cycles, per day
   dualbench upgrade [flags]   secure command latency through the upgrade, POST to device PUBACK
   dualbench savings [flags]   the same fleet three ways: dualgate on demand, dualgate all TLS, a peer broker all TLS
+  dualbench pub [flags]       publish throughput and end-to-end latency, QoS 0/1/2, straight to a broker or through dualgate
 
 Run "dualbench COMMAND -h" for the flags of a command.
 `
@@ -66,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runUpgrade(ctx, args[1:], stdout, stderr)
 	case "savings":
 		err = runSavings(ctx, args[1:], stdout, stderr)
+	case "pub":
+		err = runPub(ctx, args[1:], stdout, stderr)
 	case "worker":
 		err = runWorker(ctx, args[1:], stderr)
 	case "help", "-h", "--help":

@@ -23,6 +23,7 @@ type savingsCmd struct {
 func parseSavings(args []string, stderr io.Writer) (savingsCmd, error) {
 	fs := flag.NewFlagSet("dualbench savings", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describe(fs, "savings")
 	var (
 		c        savingsCmd
 		cf       clientFlags

@@ -23,6 +23,7 @@ type trafficCmd struct {
 func parseTraffic(args []string, stderr io.Writer) (trafficCmd, error) {
 	fs := flag.NewFlagSet("dualbench traffic", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describe(fs, "traffic")
 	var (
 		c         trafficCmd
 		gf        gatewayFlags

@@ -23,6 +23,7 @@ type upgradeCmd struct {
 func parseUpgrade(args []string, stderr io.Writer) (upgradeCmd, error) {
 	fs := flag.NewFlagSet("dualbench upgrade", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describe(fs, "upgrade")
 	var (
 		c        upgradeCmd
 		gf       gatewayFlags

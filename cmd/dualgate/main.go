@@ -3,7 +3,6 @@
 //	dualgate serve [flags]                      run the gateway
 //	dualgate certs init --dir DIR --hosts h1,h2 write a development CA, server and client certificates
 //	dualgate certs client --dir DIR ID [ID...]  issue device certificates DIR/ID.pem, DIR/ID-key.pem from DIR's CA
-//	dualgate demo                               a gateway and devices through the on-demand TLS cycle
 //	dualgate store check [--data DIR]           report the health of the command store
 //	dualgate version                            print the version
 package main
@@ -46,7 +45,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "certs":
 		return certsCmd(args[1:], stdout, stderr)
 	case "demo":
-		return demo(args[1:], stdout, stderr)
+		// The demo links the device SDK and the bench; the gateway does not.
+		fmt.Fprintln(stderr, "dualgate: the demo is its own command now: go run ./cmd/dualdemo (or build it: go build -o bin/ ./cmd/dualgate ./cmd/dualdemo && bin/dualdemo)")
+		return 2
 	case "store":
 		return storeCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
@@ -66,7 +67,6 @@ func usage(w io.Writer) {
   dualgate serve [flags]                       run the gateway (dualgate serve -h lists the flags)
   dualgate certs init --dir DIR --hosts h1,h2  write a development CA, server and client certificates
   dualgate certs client --dir DIR ID [ID...]   issue device certificates DIR/ID.pem and DIR/ID-key.pem from DIR's CA
-  dualgate demo                                run a gateway and a few devices through the on-demand TLS cycle
   dualgate store check [--data DIR]            report the health of the command store (pending commands)
   dualgate version                             print the version
 `)

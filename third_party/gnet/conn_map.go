@@ -17,32 +17,148 @@
 package gnet
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"github.com/panjf2000/gnet/v2/internal/gfd"
 )
 
-// connMatrix holds an event loop's connections in a slice indexed by file
-// descriptor: the kernel hands out the lowest free descriptor, so the slice
-// stays dense, and a slot costs 8 bytes where a map entry costs several
-// times that.
-type connMatrix struct {
-	connCount int32
-	conns     []*conn // indexed by fd
+// connPageSize is the number of descriptors a page of the index covers:
+// 511 slots of 8 bytes and the page's count make one 4 KiB allocation
+// (512 slots would take the next size class, 4.75 KiB).
+const connPageSize = 511
+
+// connIndex maps a file descriptor to its connection for a whole engine.
+// Descriptors are unique in the process, so one index serves every event
+// loop: a connection costs one 8-byte slot whatever the number of loops.
+// The kernel hands out the lowest free descriptor, so live descriptors
+// stay dense; the index is split into pages of connPageSize slots, a page
+// is allocated when its first connection arrives and dropped when its
+// last one leaves, so the index shrinks after a burst of connections.
+//
+// Lookups (every poller event) take no lock: the directory and the slots
+// are read atomically. Adding and removing a connection take mu, which
+// guards page allocation and release and the pages' counts.
+type connIndex struct {
+	mu  sync.Mutex
+	dir atomic.Pointer[[]*connPage] // copied on change, never modified in place
 }
 
-func (cm *connMatrix) init() {
-	cm.conns = nil
+type connPage struct {
+	live  int // connections in the page; guarded by connIndex.mu
+	slots [connPageSize]atomic.Pointer[conn]
 }
 
-func (cm *connMatrix) iterate(f func(*conn) bool) {
-	for _, c := range cm.conns {
-		if c != nil {
-			if !f(c) {
+func (ix *connIndex) page(fd int) *connPage {
+	d := ix.dir.Load()
+	if d == nil || fd/connPageSize >= len(*d) {
+		return nil
+	}
+	return (*d)[fd/connPageSize]
+}
+
+func (ix *connIndex) get(fd int) *conn {
+	if fd < 0 {
+		return nil
+	}
+	if p := ix.page(fd); p != nil {
+		return p.slots[fd%connPageSize].Load()
+	}
+	return nil
+}
+
+func (ix *connIndex) add(c *conn) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	p := ix.page(c.fd)
+	if p == nil {
+		var d []*connPage
+		if old := ix.dir.Load(); old != nil {
+			d = *old
+		}
+		n := c.fd/connPageSize + 1
+		if n < len(d) {
+			n = len(d)
+		}
+		nd := make([]*connPage, n)
+		copy(nd, d)
+		p = new(connPage)
+		nd[c.fd/connPageSize] = p
+		ix.dir.Store(&nd)
+	}
+	if p.slots[c.fd%connPageSize].Swap(c) == nil {
+		p.live++
+	}
+}
+
+// del clears c's slot if it still holds c, and drops the page, and the
+// directory's empty tail, once nothing is left in them.
+func (ix *connIndex) del(c *conn) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	p := ix.page(c.fd)
+	if p == nil || !p.slots[c.fd%connPageSize].CompareAndSwap(c, nil) {
+		return
+	}
+	p.live--
+	if p.live > 0 {
+		return
+	}
+	d := *ix.dir.Load()
+	end := len(d)
+	if c.fd/connPageSize == end-1 {
+		end--
+	}
+	for end > 0 && d[end-1] == nil {
+		end--
+	}
+	nd := make([]*connPage, end)
+	copy(nd, d)
+	if c.fd/connPageSize < end {
+		nd[c.fd/connPageSize] = nil
+	}
+	ix.dir.Store(&nd)
+}
+
+// iterate calls f for every connection in the index until f returns false.
+func (ix *connIndex) iterate(f func(*conn) bool) {
+	d := ix.dir.Load()
+	if d == nil {
+		return
+	}
+	for _, p := range *d {
+		if p == nil {
+			continue
+		}
+		for i := range p.slots {
+			if c := p.slots[i].Load(); c != nil && !f(c) {
 				return
 			}
 		}
 	}
+}
+
+// connMatrix is an event loop's view of its engine's connIndex: the
+// loop's own connections and their count.
+type connMatrix struct {
+	connCount int32
+	el        *eventloop
+	index     *connIndex // shared by the engine's loops
+}
+
+// init attaches the loop to its engine's index, made by the first loop.
+// Loops are set up one after another before any of them runs.
+func (cm *connMatrix) init(el *eventloop) {
+	if el.engine.connIndex == nil {
+		el.engine.connIndex = new(connIndex)
+	}
+	cm.el, cm.index = el, el.engine.connIndex
+}
+
+func (cm *connMatrix) iterate(f func(*conn) bool) {
+	cm.index.iterate(func(c *conn) bool {
+		return c.loop != cm.el || f(c)
+	})
 }
 
 func (cm *connMatrix) incCount(_ int, delta int32) {
@@ -55,25 +171,23 @@ func (cm *connMatrix) loadCount() (n int32) {
 
 func (cm *connMatrix) addConn(c *conn, index int) {
 	c.gfd = gfd.NewGFD(c.fd, index, 0, 0)
-	if c.fd >= len(cm.conns) {
-		cm.conns = append(cm.conns, make([]*conn, c.fd+1-len(cm.conns))...)
-	}
-	cm.conns[c.fd] = c
+	cm.index.add(c)
 	cm.incCount(0, 1)
 }
 
 func (cm *connMatrix) delConn(c *conn) {
-	if c.fd < len(cm.conns) && cm.conns[c.fd] == c {
-		cm.conns[c.fd] = nil
-	}
+	cm.index.del(c)
 	cm.incCount(0, -1)
 }
 
+// getConn returns the loop's connection on fd, nil if fd holds none or
+// one of another loop (an event of a descriptor closed here and already
+// reused elsewhere).
 func (cm *connMatrix) getConn(fd int) *conn {
-	if fd < 0 || fd >= len(cm.conns) {
-		return nil
+	if c := cm.index.get(fd); c != nil && c.loop == cm.el {
+		return c
 	}
-	return cm.conns[fd]
+	return nil
 }
 
 /*

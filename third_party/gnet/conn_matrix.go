@@ -31,7 +31,11 @@ type connMatrix struct {
 	fd2gfd         map[int]gfd.GFD               // fd -> gfd.GFD
 }
 
-func (cm *connMatrix) init() {
+// connIndex is the default build's shared descriptor index (conn_map.go);
+// this build keeps its own table per event loop.
+type connIndex struct{}
+
+func (cm *connMatrix) init(_ *eventloop) {
 	cm.fd2gfd = make(map[int]gfd.GFD)
 }
 

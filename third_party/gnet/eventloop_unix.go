@@ -366,7 +366,7 @@ loop:
 }
 
 func (el *eventloop) close(c *conn, err error) error {
-	if !c.opened || el.connections.getConn(c.fd) == nil {
+	if !c.opened || el.connections.getConn(c.fd) != c {
 		return nil // ignore stale connections
 	}
 
@@ -409,7 +409,7 @@ func (el *eventloop) close(c *conn, err error) error {
 }
 
 func (el *eventloop) wake(c *conn) error {
-	if !c.opened || el.connections.getConn(c.fd) == nil {
+	if !c.opened || el.connections.getConn(c.fd) != c {
 		return nil // ignore stale connections
 	}
 

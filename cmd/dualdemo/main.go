@@ -1,3 +1,11 @@
+// Command dualdemo runs a dualgate gateway on temporary loopback ports, a
+// handful of devices built on the device SDK, sends them commands through
+// the HTTP API, prints the timeline of the on-demand TLS cycle, measures
+// the gateway's memory per idle connection by mode, and cleans up. It
+// lives apart from dualgate so that the gateway binary links neither the
+// SDK nor the bench.
+//
+//	go build -o bin/ ./cmd/dualgate ./cmd/dualdemo && bin/dualdemo
 package main
 
 import (
@@ -5,6 +13,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -25,12 +34,32 @@ import (
 	"github.com/dualgate/dualgate/device"
 )
 
-// demo starts a gateway on temporary loopback ports, a handful of SDK
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run starts a gateway on temporary loopback ports, a handful of SDK
 // devices, sends them commands through the HTTP API, prints the timeline,
 // measures the gateway's memory per idle connection by mode, and cleans up.
-func demo(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("dualdemo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `usage: dualdemo [flags]
+
+Runs a dualgate gateway and a few SDK devices through the on-demand TLS
+cycle on loopback ports, prints every transition, then measures the
+gateway's memory per idle connection by mode. Takes 10-20 s.
+The gateway is the dualgate executable next to dualdemo, else on PATH,
+else built with "go build" when run inside the source tree.
+
+example: go build -o bin/ ./cmd/dualgate ./cmd/dualdemo && bin/dualdemo
+
+flags:
+`)
+		fs.PrintDefaults()
+	}
+	gw := fs.String("dualgate", "", "the dualgate executable (default: next to dualdemo, on PATH, or built from source)")
 	idlePlain := fs.Int("idle-plain", 2000, "idle plain connections opened to measure memory per connection")
 	idleTLS := fs.Int("idle-tls", 200, "idle TLS connections opened to measure memory per connection")
 	quiet := fs.Duration("secure-idle", 2*time.Second, "the gateway's quiet period before a TLS device goes back to plain")
@@ -40,9 +69,9 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *limit)
 	defer cancel()
-	d := &demoRun{out: stdout, start: time.Now()}
+	d := &demoRun{out: stdout, start: time.Now(), exe: *gw}
 	if err := d.run(ctx, *quiet, *idlePlain, *idleTLS); err != nil {
-		fmt.Fprintln(stderr, "dualgate demo:", err)
+		fmt.Fprintln(stderr, "dualdemo:", err)
 		return 1
 	}
 	return 0
@@ -53,6 +82,7 @@ type demoRun struct {
 	start time.Time
 	mu    sync.Mutex // serializes output lines
 
+	exe        string // the dualgate executable
 	dir        string
 	plain, tls string
 	api        string
@@ -147,11 +177,12 @@ func (d *demoRun) startGateway(ctx context.Context, quiet time.Duration) error {
 			return err
 		}
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return err
+	if d.exe == "" {
+		if d.exe, err = findGateway(ctx, d.dir); err != nil {
+			return err
+		}
 	}
-	d.gw = exec.Command(exe, "serve", "--plain", d.plain, "--tls", d.tls, "--api", d.api, "--data", d.dir,
+	d.gw = exec.Command(d.exe, "serve", "--plain", d.plain, "--tls", d.tls, "--api", d.api, "--data", d.dir,
 		"--secure-idle", quiet.String(), "--secure-idle-fixed", "--log-level", "error")
 	d.gw.Stderr = os.Stderr
 	if err := d.gw.Start(); err != nil {
@@ -349,4 +380,22 @@ func (d *demoRun) measure(ctx context.Context, nPlain, nTLS int) error {
 			perConn["plain"], perConn["tls"], perConn["tls"]/perConn["plain"])
 	}
 	return nil
+}
+
+// findGateway returns the dualgate executable next to this one or on
+// PATH; failing both, it builds one into dir with the go command (for
+// "go run ./cmd/dualdemo" in the source tree).
+func findGateway(ctx context.Context, dir string) (string, error) {
+	if p, err := bench.FindDualgate(); err == nil {
+		return p, nil
+	}
+	if _, err := exec.LookPath("go"); err != nil {
+		return "", errors.New("no dualgate executable next to dualdemo nor on PATH, and no go command to build one: give --dualgate")
+	}
+	p := filepath.Join(dir, "dualgate")
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", p, "github.com/dualgate/dualgate/cmd/dualgate").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("no dualgate executable next to dualdemo nor on PATH, and building one failed (run inside the source tree or give --dualgate): %v\n%s", err, out)
+	}
+	return p, nil
 }
