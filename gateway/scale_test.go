@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dualgate/dualgate/gateway/store"
 	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
@@ -174,6 +176,7 @@ func TestThousandDevicesUpgrade(t *testing.T) {
 		}
 	}
 	var lat []time.Duration
+	stages := stageTimes{}
 	eventually(t, 30*time.Second, "all commands delivered", func() bool {
 		return g.dispatcher.Stats().Delivered.Load() == n
 	})
@@ -183,11 +186,38 @@ func TestThousandDevicesUpgrade(t *testing.T) {
 			t.Fatalf("command %s: %s after %d attempts", id, v.Status, v.Attempts)
 		}
 		lat = append(lat, v.DeliveredAt.Sub(v.CreatedAt))
+		stages.add(v)
 	}
+	stages.log(t)
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	t.Logf("%d devices upgraded and acknowledged in %s; POST->PUBACK p50 %s p99 %s max %s",
 		n, took.Round(time.Millisecond), lat[n/2].Round(time.Millisecond), lat[n*99/100].Round(time.Millisecond), lat[n-1].Round(time.Millisecond))
 	if up := g.dispatcher.Stats().Upgrades.Load(); up != n {
 		t.Fatalf("upgrades %d, want %d (instructions %d)", up, n, g.dispatcher.Stats().Instructions.Load())
+	}
+}
+
+// stageTimes collects, per status, how long commands took to reach it from
+// their previous one: where a round's time goes (acceptance to the
+// instruction, the instruction to the write on TLS, the write to PUBACK).
+type stageTimes map[store.Status][]time.Duration
+
+func (st stageTimes) add(v commandView) {
+	prev := v.CreatedAt
+	for _, h := range v.History {
+		st[h.Status] = append(st[h.Status], h.At.Sub(prev))
+		prev = h.At
+	}
+}
+
+func (st stageTimes) log(t *testing.T) {
+	for _, s := range []store.Status{store.StatusUpgrading, store.StatusSent, store.StatusDelivered} {
+		l := st[s]
+		if len(l) == 0 {
+			continue
+		}
+		slices.Sort(l)
+		t.Logf("to %s: p50 %s p99 %s max %s", s, l[len(l)/2].Round(time.Millisecond),
+			l[len(l)*99/100].Round(time.Millisecond), l[len(l)-1].Round(time.Millisecond))
 	}
 }

@@ -56,7 +56,9 @@ func (d *Dispatcher) Subscribed(s *session.Session, _ string, _ byte) {
 // Acked is called when a device acknowledges a command.
 func (d *Dispatcher) Acked(s *session.Session, token string) {
 	id, now := s.ClientID(), d.cfg.Now()
-	d.on(id, func() { d.acked(id, token, now) })
+	// The acknowledgement is recorded behind the device's write of sent
+	// (writeBehind keeps their order), not behind its other events.
+	d.queue(id, func() { d.acked(id, token, now) })
 }
 
 // Offline is called when a session ends.
@@ -214,7 +216,19 @@ func (d *Dispatcher) resume(id string) {
 	d.reconcile(id, trigResume)
 }
 
+// acked records a PUBACK, behind the device's other status writes; the
+// next waiting command then goes out from the device's worker.
 func (d *Dispatcher) acked(id, cid string, now time.Time) {
+	d.writeBehind(id, func() {
+		if d.recordAck(id, cid, now) {
+			d.on(id, func() { d.reconcile(id, trigAck) })
+		}
+	})
+}
+
+// recordAck moves an acknowledged command to delivered and reports whether
+// it did.
+func (d *Dispatcher) recordAck(id, cid string, now time.Time) bool {
 	c, err := d.cfg.Store.Transition(cid, store.StatusDelivered, now, "PUBACK")
 	if errors.Is(err, store.ErrBadTransition) {
 		// The write went out after its waiter gave up, or its move to
@@ -231,14 +245,14 @@ func (d *Dispatcher) acked(id, cid string, now time.Time) {
 			d.mu.Lock()
 			d.devices[id].addRetry([]string{cid})
 			d.mu.Unlock()
-			return
+			return false
 		}
 		d.cfg.Logger.Debug("acknowledgement for a command that is not in flight",
 			zap.String("client", id), zap.String("command", cid), zap.Error(err))
-		return
+		return false
 	}
 	d.delivered(c, now)
-	d.reconcile(id, trigAck)
+	return true
 }
 
 func (d *Dispatcher) delivered(c *store.Command, now time.Time) {
@@ -370,26 +384,28 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 		}
 		return nil
 	})
-	if !ok {
+	if !ok || len(written) == 0 {
 		return
 	}
-	mode := s.Mode().String()
-	for _, c := range written {
-		if _, err := d.cfg.Store.Transition(c.ID, store.StatusSent, now, "written to the "+mode+" connection"); err != nil {
-			// Its PUBACK records it ("written late"); until then it may
-			// go out again.
-			d.storeFailed(c.ClientID, err)
-			continue
-		}
-		if c.QoS == 0 {
-			// No acknowledgement comes for QoS 0: written is delivered.
-			if dc, err := d.cfg.Store.Transition(c.ID, store.StatusDelivered, now, "QoS 0 written"); err == nil {
-				d.delivered(dc, now)
-			} else {
+	note := "written to the " + s.Mode().String() + " connection"
+	d.writeBehind(s.ClientID(), func() {
+		for _, c := range written {
+			if _, err := d.cfg.Store.Transition(c.ID, store.StatusSent, now, note); err != nil {
+				// Its PUBACK records it ("written late"); until then it
+				// may go out again.
 				d.storeFailed(c.ClientID, err)
+				continue
+			}
+			if c.QoS == 0 {
+				// No acknowledgement comes for QoS 0: written is delivered.
+				if dc, err := d.cfg.Store.Transition(c.ID, store.StatusDelivered, now, "QoS 0 written"); err == nil {
+					d.delivered(dc, now)
+				} else {
+					d.storeFailed(c.ClientID, err)
+				}
 			}
 		}
-	}
+	})
 }
 
 // instructTLS sends a plain device the reconnect instruction with mode
@@ -414,14 +430,16 @@ func (d *Dispatcher) instructTLS(s *session.Session, id string, cmds []*store.Co
 			d.stats.InstructionRetries.Add(1)
 		}
 	}
-	for _, c := range cmds {
-		if c.Secure && c.Status == store.StatusPending {
-			if _, err := d.cfg.Store.Transition(c.ID, store.StatusUpgrading, now, "reconnect instruction sent"); err != nil &&
-				!errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
-				d.cfg.Logger.Error("store", zap.String("command", c.ID), zap.Error(err))
+	d.writeBehind(id, func() {
+		for _, c := range cmds {
+			if c.Secure && c.Status == store.StatusPending {
+				if _, err := d.cfg.Store.Transition(c.ID, store.StatusUpgrading, now, "reconnect instruction sent"); err != nil &&
+					!errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
+					d.cfg.Logger.Error("store", zap.String("command", c.ID), zap.Error(err))
+				}
 			}
 		}
-	}
+	})
 }
 
 // instructPlain sends a quiet TLS device back to plain, over TLS.
