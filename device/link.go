@@ -33,6 +33,9 @@ type link interface {
 	// lost is closed when the connection has ended, for any reason.
 	lost() <-chan struct{}
 	lostErr() error
+	// sessionPresent reports the CONNACK's Session Present: the gateway
+	// kept the device's session, subscriptions included.
+	sessionPresent() bool
 	// instructions carries the reconnect instructions received on it.
 	instructions() <-chan instruction
 }
@@ -48,9 +51,10 @@ type instruction struct {
 
 // linkState is what both link implementations share.
 type linkState struct {
-	m     Mode
-	at    string
-	instr chan instruction
+	m       Mode
+	at      string
+	present bool // CONNACK Session Present; set before the link is used
+	instr   chan instruction
 	// life ends when the connection has ended, for any reason.
 	life    context.Context
 	endLife context.CancelFunc
@@ -66,6 +70,7 @@ func newLinkState(m Mode, addr string) linkState {
 
 func (s *linkState) mode() Mode                       { return s.m }
 func (s *linkState) addr() string                     { return s.at }
+func (s *linkState) sessionPresent() bool             { return s.present }
 func (s *linkState) lost() <-chan struct{}            { return s.life.Done() }
 func (s *linkState) instructions() <-chan instruction { return s.instr }
 

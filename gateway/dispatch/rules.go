@@ -24,6 +24,7 @@ const (
 	trigNew       trigger = iota // a command arrived
 	trigQuery                    // the device published on the query topic
 	trigSubscribe                // the device subscribed (on TLS)
+	trigOnline                   // a TLS session proved the client id
 	trigAck                      // the device acknowledged a command
 	trigTick                     // a backoff may have elapsed: instruct only
 	trigResume                   // an older session ended, or a store operation failed
@@ -136,6 +137,12 @@ func (d *Dispatcher) online(s *session.Session, id string, mode registry.Mode, p
 	act, _, ok := d.step(id, input{ev: ev, now: now, s: s}, ev != EvOnlinePlain)
 	if ok {
 		d.perform(id, s, act, nil, now)
+	}
+	if ev == EvOnlineTLS {
+		// A device that proved its client id on TLS gets what waits at
+		// once: it came for it, and a query would cost it a PUBLISH and
+		// a PUBACK more on the wire (docs/protocol.md).
+		d.reconcile(id, trigOnline)
 	}
 }
 
@@ -326,7 +333,7 @@ func (d *Dispatcher) reconcile(id string, why trigger) {
 		d.noteUnproven(id, cmds, now)
 	}
 	switch {
-	case secureWaiting && why != trigAck && why != trigSubscribe:
+	case secureWaiting && why != trigAck && why != trigSubscribe && why != trigOnline:
 		act, _, _ := d.step(id, input{ev: EvSecureWaiting, now: now}, true)
 		d.perform(id, s, act, cmds, now)
 	case !secureWaiting && !onTLS:
