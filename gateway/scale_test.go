@@ -64,6 +64,9 @@ func (d *compactDevice) session(conn net.Conn, ready chan<- struct{}, deadline t
 	r := bufio.NewReader(conn)
 	var p mqttcodec.Packet
 	var buf []byte
+	// On TLS the command may come before the query's PUBACK: the gateway
+	// delivers as soon as the session is online.
+	queryAcked, commanded := false, false
 	for {
 		b, err := r.ReadByte()
 		if err != nil {
@@ -80,6 +83,7 @@ func (d *compactDevice) session(conn net.Conn, ready chan<- struct{}, deadline t
 		buf = buf[:0]
 		switch p.Type {
 		case mqttcodec.PUBACK:
+			queryAcked = true
 			if ready != nil {
 				ready <- struct{}{}
 				ready = nil
@@ -94,11 +98,17 @@ func (d *compactDevice) session(conn net.Conn, ready chan<- struct{}, deadline t
 				_, _ = conn.Write(append(ack, mqttcodec.AppendDisconnect(nil, 4, &mqttcodec.Disconnect{})...))
 				return &in, nil
 			}
+			if commanded {
+				return nil, fmt.Errorf("%s: a second command", d.id)
+			}
+			commanded = true
 			d.commands.Add(1)
 			d.payload.Store(string(p.Publish.Payload))
 			if _, err := conn.Write(ack); err != nil {
 				return nil, err
 			}
+		}
+		if commanded && queryAcked {
 			// Stay a moment: a duplicate would show up now.
 			_ = conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 			if _, err := r.ReadByte(); err == nil {

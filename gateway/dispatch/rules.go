@@ -371,10 +371,12 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 	_, ok := d.exec(s, func(s *session.Session) error {
 		inflight := s.Inflight()
 		for _, c := range cmds {
+			if slices.Contains(inflight, c.ID) {
+				// Written to this session already, whatever the store
+				// says yet (a write the dispatcher stopped waiting for).
+				continue
+			}
 			if c.Status == store.StatusSent {
-				if slices.Contains(inflight, c.ID) {
-					continue
-				}
 				break
 			}
 			err := s.Deliver(&session.Delivery{
