@@ -45,7 +45,8 @@
 //   - A device told to go plain that comes back on TLS twice in a row
 //     (a client that cannot switch) is left on TLS.
 //   - A TLS session that did not prove the client id (--secure-identity)
-//     gets no secure command: they stay pending, with the reason once in
+//     gets no secure command (its session refuses them, counted as
+//     RefusedUnproven): they stay pending, with the reason once in
 //     their history; the device is sent back to plain after the quiet
 //     period, and its arrival counts as an ignored instruction.
 //   - A session that ends with commands unacknowledged while a newer one

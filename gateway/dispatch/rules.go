@@ -24,7 +24,7 @@ const (
 	trigNew       trigger = iota // a command arrived
 	trigQuery                    // the device published on the query topic
 	trigSubscribe                // the device subscribed (on TLS)
-	trigOnline                   // a TLS session proved the client id
+	trigOnline                   // a TLS session came online
 	trigAck                      // the device acknowledged a command
 	trigTick                     // a backoff may have elapsed: instruct only
 	trigResume                   // an older session ended, or a store operation failed
@@ -138,10 +138,11 @@ func (d *Dispatcher) online(s *session.Session, id string, mode registry.Mode, p
 	if ok {
 		d.perform(id, s, act, nil, now)
 	}
-	if ev == EvOnlineTLS {
+	if ev != EvOnlinePlain {
 		// A device that proved its client id on TLS gets what waits at
 		// once: it came for it, and a query would cost it a PUBLISH and
-		// a PUBACK more on the wire (docs/protocol.md).
+		// a PUBACK more on the wire (docs/protocol.md). One that did not
+		// has what is secure refused by its session, and counted.
 		d.reconcile(id, trigOnline)
 	}
 }
@@ -305,7 +306,7 @@ func (d *Dispatcher) reconcile(id string, why trigger) {
 	now := d.cfg.Now()
 	onTLS := s.Mode() == registry.ModeTLS
 	proven := onTLS && d.provenOn(id, s)
-	var ready []*store.Command
+	var ready, held []*store.Command
 	writable, secureWaiting, unproven := false, false, false
 	for _, c := range cmds {
 		switch {
@@ -321,6 +322,7 @@ func (d *Dispatcher) reconcile(id string, why trigger) {
 			secureWaiting = true
 		case c.Secure && !proven:
 			unproven = true
+			held = append(held, c)
 		default:
 			ready = append(ready, c)
 			writable = true
@@ -331,6 +333,9 @@ func (d *Dispatcher) reconcile(id string, why trigger) {
 	}
 	if unproven {
 		d.noteUnproven(id, cmds, now)
+		if why != trigTick {
+			d.refuse(s, held)
+		}
 	}
 	switch {
 	case secureWaiting && why != trigAck && why != trigSubscribe && why != trigOnline:
@@ -414,6 +419,27 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 				}
 			}
 		}
+	})
+}
+
+// refuse offers the secure commands held for a TLS session that did not
+// prove the client id to that session, which refuses each one before a
+// byte is encoded (session.CheckTransport) and counts it in
+// RefusedUnproven: the operator sees the commands kept off, and the rule
+// is enforced where it always is. A session that proves the client id
+// after all is offered nothing here (the next reconcile delivers).
+func (d *Dispatcher) refuse(s *session.Session, held []*store.Command) {
+	if len(held) == 0 {
+		return
+	}
+	d.exec(s, func(s *session.Session) error {
+		if s.Mode() != registry.ModeTLS || s.IdentityProven() {
+			return nil
+		}
+		for _, c := range held {
+			_ = s.Deliver(&session.Delivery{Topic: c.Topic, Payload: c.Payload, QoS: c.QoS, Secure: true, Token: c.ID})
+		}
+		return nil
 	})
 }
 
