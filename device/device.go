@@ -351,6 +351,7 @@ func (d *Device) run(up chan<- struct{}) {
 		}
 		prev = l.mode()
 		d.emit(Event{Kind: EventConnected, Mode: l.mode(), Addr: l.addr(), TLS: state})
+		l.ready()
 		d.setup(l)
 		if up != nil {
 			close(up)

@@ -38,6 +38,10 @@ type link interface {
 	sessionPresent() bool
 	// instructions carries the reconnect instructions received on it.
 	instructions() <-chan instruction
+	// ready lets commands through to OnCommand: the Device calls it once
+	// it has announced the connection (OnModeChange, EventConnected), so
+	// a command delivered at once on a new connection is seen after them.
+	ready()
 }
 
 // instruction is a reconnect instruction as received.
@@ -55,6 +59,9 @@ type linkState struct {
 	at      string
 	present bool // CONNACK Session Present; set before the link is used
 	instr   chan instruction
+	// up is closed by ready; commands wait for it.
+	up     chan struct{}
+	upOnce sync.Once
 	// life ends when the connection has ended, for any reason.
 	life    context.Context
 	endLife context.CancelFunc
@@ -65,7 +72,18 @@ type linkState struct {
 
 func newLinkState(m Mode, addr string) linkState {
 	life, end := context.WithCancel(context.Background())
-	return linkState{m: m, at: addr, instr: make(chan instruction, 4), life: life, endLife: end}
+	return linkState{m: m, at: addr, instr: make(chan instruction, 4), up: make(chan struct{}), life: life, endLife: end}
+}
+
+func (s *linkState) ready() { s.upOnce.Do(func() { close(s.up) }) }
+
+// waitReady holds a command until the Device has announced the
+// connection, or the connection has ended.
+func (s *linkState) waitReady() {
+	select {
+	case <-s.up:
+	case <-s.life.Done():
+	}
 }
 
 func (s *linkState) mode() Mode                       { return s.m }

@@ -95,6 +95,7 @@ func (l *link311) message(_ mqtt.Client, msg mqtt.Message) {
 	if strings.HasPrefix(topic, control.ReservedPrefix) || l.onCommand == nil {
 		return
 	}
+	l.waitReady()
 	l.onCommand(Command{
 		Topic: topic, Payload: msg.Payload(), QoS: msg.Qos(),
 		OverTLS: l.m == ModeTLS, Dup: msg.Duplicate(),

@@ -138,6 +138,7 @@ func (l *link5) message(pr paho.PublishReceived) (bool, error) {
 	if strings.HasPrefix(p.Topic, control.ReservedPrefix) || l.onCommand == nil {
 		return true, nil
 	}
+	l.waitReady()
 	l.onCommand(Command{
 		Topic: p.Topic, Payload: p.Payload, QoS: p.QoS,
 		OverTLS: l.m == ModeTLS, Dup: p.Duplicate(),
