@@ -484,10 +484,6 @@ func (d *Device) credentials(state *tls.ConnectionState) (string, string, error)
 	return d.cfg.ClientID, control.MakeBoundToken(d.cfg.Secret, d.cfg.ClientID, now, nonce, exporter), nil
 }
 
-// queryPayload is the query's body (control.Version); the gateway ignores
-// it.
-const queryPayload = `{"v":1}`
-
 // setup subscribes on a new connection when it must. A failure is
 // reported; a connection that ended meanwhile is left to serve.
 //
