@@ -24,6 +24,7 @@ const (
 	DefaultConnectTimeout = 10 * time.Second
 	DefaultBackoffInitial = 500 * time.Millisecond
 	DefaultBackoffMax     = 60 * time.Second
+	DefaultSessionExpiry  = 10 * time.Minute
 )
 
 // minSecretLen is the shortest device secret the gateway accepts, in bytes.
@@ -89,9 +90,20 @@ type Config struct {
 	// CONNECT/CONNACK) and the SUBSCRIBE and query that follow it
 	// (default 10 s).
 	ConnectTimeout time.Duration
-	// Subscriptions are subscribed to after every connect. Commands need
-	// none: the gateway delivers them to the client id.
+	// Subscriptions are subscribed to on the first connection, and again
+	// on any connection where the gateway kept no session (CONNACK Session
+	// Present 0). Commands need none: the gateway delivers them to the
+	// client id.
 	Subscriptions []Subscription
+	// SessionExpiry is how long the gateway keeps the device's session
+	// (its subscriptions) after a connection ends: MQTT 5 Session Expiry
+	// Interval, and for 3.1.1 clean session 0 (the gateway then keeps it up
+	// to its own maximum). A move between plain and TLS then needs no new
+	// SUBSCRIBE. Default 10 minutes.
+	SessionExpiry time.Duration
+	// CleanSession starts every connection with a clean session: the
+	// device subscribes after each connect, and the gateway keeps nothing.
+	CleanSession bool
 	// Backoff spaces reconnection attempts after a lost connection or a
 	// failed attempt.
 	Backoff Backoff
@@ -146,6 +158,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Backoff.Max == 0 {
 		c.Backoff.Max = max(DefaultBackoffMax, c.Backoff.Initial)
+	}
+	if c.SessionExpiry <= 0 {
+		c.SessionExpiry = DefaultSessionExpiry
 	}
 	if c.Dial == nil {
 		var d net.Dialer

@@ -68,6 +68,11 @@ type Device struct {
 	sensitive int
 	tlsAddr   string // the last TLS address that worked, else Config.TLSAddr
 	lastErr   error  // the last connection attempt's error, for Start
+
+	// subscribed: Config.Subscriptions were subscribed to on a connection
+	// of this Device, so a later one that finds its session kept (Session
+	// Present) need not again. The connection goroutine's only.
+	subscribed bool
 }
 
 // New checks cfg and builds a Device. It connects nowhere yet.
@@ -346,6 +351,7 @@ func (d *Device) run(up chan<- struct{}) {
 		}
 		prev = l.mode()
 		d.emit(Event{Kind: EventConnected, Mode: l.mode(), Addr: l.addr(), TLS: state})
+		l.ready()
 		d.setup(l)
 		if up != nil {
 			close(up)
@@ -400,16 +406,22 @@ func (d *Device) connect(m Mode, addr string) (link, *tls.ConnectionState, error
 	if err != nil {
 		return nil, nil, fmt.Errorf("device: dial %s: %w", addr, err)
 	}
+	delayAcks(raw)
 	conn := raw
 	var state *tls.ConnectionState
 	if m == ModeTLS {
-		tc := tls.Client(raw, d.tlsFor(addr))
+		// The handshake's last flight leaves with the CONNECT.
+		fc := newFlightConn(raw)
+		tc := tls.Client(fc, d.tlsFor(addr))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = raw.Close()
 			return nil, nil, fmt.Errorf("device: TLS handshake with %s: %w", addr, err)
 		}
+		fc.release()
 		st := tc.ConnectionState()
-		state, conn = &st, tc
+		state, conn = &st, &closeRaw{Conn: tc, raw: raw}
+	} else {
+		conn = &firstWriteConn{Conn: raw, extra: queryPacket(d.cfg.Version)}
 	}
 	user, pass, err := d.credentials(state)
 	if err != nil {
@@ -418,9 +430,9 @@ func (d *Device) connect(m Mode, addr string) (link, *tls.ConnectionState, error
 	}
 	var l link
 	if d.cfg.Version == 5 {
-		l, err = dial5(ctx, &d.cfg, m, addr, conn, user, pass)
+		l, err = dial5(ctx, &d.cfg, m, addr, conn, user, pass, d.subscribed)
 	} else {
-		l, err = dial311(ctx, &d.cfg, m, addr, conn, user, pass)
+		l, err = dial311(ctx, &d.cfg, m, addr, conn, user, pass, d.subscribed)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -472,20 +484,27 @@ func (d *Device) credentials(state *tls.ConnectionState) (string, string, error)
 	return d.cfg.ClientID, control.MakeBoundToken(d.cfg.Secret, d.cfg.ClientID, now, nonce, exporter), nil
 }
 
-// queryPayload is the query's body (control.Version); the gateway ignores
-// it.
-const queryPayload = `{"v":1}`
-
-// setup subscribes and queries on a new connection. Failures are reported;
-// a connection that ended meanwhile is left to serve.
+// setup subscribes on a new connection when it must. A failure is
+// reported; a connection that ended meanwhile is left to serve.
+//
+// It subscribes on the Device's first connection and wherever the gateway
+// kept no session; a move between plain and TLS keeps it (SessionExpiry),
+// so the SUBSCRIBE and its SUBACK are not paid per move. The query needs
+// no round trip of its own: on plain it left with the CONNECT (QoS 0, in
+// the same segment), and on TLS the gateway delivers what waits as soon
+// as the CONNECT proves the client id (docs/protocol.md).
 func (d *Device) setup(l link) {
+	if d.subscribed && l.sessionPresent() && !d.cfg.CleanSession {
+		return
+	}
 	ctx, cancel := context.WithTimeout(d.life, d.cfg.ConnectTimeout)
 	defer cancel()
-	if err := l.subscribe(ctx, d.cfg.Subscriptions); err != nil && l.lostErr() == nil && d.life.Err() == nil {
+	err := l.subscribe(ctx, d.cfg.Subscriptions)
+	switch {
+	case err == nil:
+		d.subscribed = !d.cfg.CleanSession
+	case l.lostErr() == nil && d.life.Err() == nil:
 		d.emit(Event{Kind: EventSubscribeFailed, Mode: l.mode(), Addr: l.addr(), Err: err})
-	}
-	if err := l.publish(ctx, control.QueryTopic, []byte(queryPayload), 1, false); err != nil && l.lostErr() == nil && d.life.Err() == nil {
-		d.emit(Event{Kind: EventQueryFailed, Mode: l.mode(), Addr: l.addr(), Err: err})
 	}
 }
 

@@ -131,15 +131,18 @@ func (fc *fakeConn) send(b []byte) {
 	}
 }
 
-// expectQuery serves the device until its query, acknowledging it, and
-// returns the filters it subscribed to first.
-func (fc *fakeConn) expectQuery() []string {
+// expectQuery serves the device until its query (a QoS 0 PUBLISH that
+// follows the CONNECT), then until it has subscribed subs times, and
+// returns the filters it subscribed to.
+func (fc *fakeConn) expectQuery(subs int) []string {
 	fc.t.Helper()
 	var filters []string
-	for {
+	queried := false
+	for !queried || subs > 0 {
 		p := fc.read(5 * time.Second)
 		switch p.Type {
 		case mqttcodec.SUBSCRIBE:
+			subs--
 			for _, s := range p.Subscribe.Subscriptions {
 				filters = append(filters, string(s.Filter))
 			}
@@ -159,11 +162,15 @@ func (fc *fakeConn) expectQuery() []string {
 			if string(p.Publish.Topic) != control.QueryTopic {
 				fc.t.Fatalf("fake broker: PUBLISH on %s before the query", p.Publish.Topic)
 			}
-			return filters
+			if queried {
+				fc.t.Fatal("fake broker: a second query")
+			}
+			queried = true
 		default:
 			fc.t.Fatalf("fake broker: unexpected %s before the query", p.Type)
 		}
 	}
+	return filters
 }
 
 // publish sends a QoS 1 PUBLISH and returns its packet id.

@@ -33,8 +33,15 @@ type link interface {
 	// lost is closed when the connection has ended, for any reason.
 	lost() <-chan struct{}
 	lostErr() error
+	// sessionPresent reports the CONNACK's Session Present: the gateway
+	// kept the device's session, subscriptions included.
+	sessionPresent() bool
 	// instructions carries the reconnect instructions received on it.
 	instructions() <-chan instruction
+	// ready lets commands through to OnCommand: the Device calls it once
+	// it has announced the connection (OnModeChange, EventConnected), so
+	// a command delivered at once on a new connection is seen after them.
+	ready()
 }
 
 // instruction is a reconnect instruction as received.
@@ -48,9 +55,13 @@ type instruction struct {
 
 // linkState is what both link implementations share.
 type linkState struct {
-	m     Mode
-	at    string
-	instr chan instruction
+	m       Mode
+	at      string
+	present bool // CONNACK Session Present; set before the link is used
+	instr   chan instruction
+	// up is closed by ready; commands wait for it.
+	up     chan struct{}
+	upOnce sync.Once
 	// life ends when the connection has ended, for any reason.
 	life    context.Context
 	endLife context.CancelFunc
@@ -61,11 +72,23 @@ type linkState struct {
 
 func newLinkState(m Mode, addr string) linkState {
 	life, end := context.WithCancel(context.Background())
-	return linkState{m: m, at: addr, instr: make(chan instruction, 4), life: life, endLife: end}
+	return linkState{m: m, at: addr, instr: make(chan instruction, 4), up: make(chan struct{}), life: life, endLife: end}
+}
+
+func (s *linkState) ready() { s.upOnce.Do(func() { close(s.up) }) }
+
+// waitReady holds a command until the Device has announced the
+// connection, or the connection has ended.
+func (s *linkState) waitReady() {
+	select {
+	case <-s.up:
+	case <-s.life.Done():
+	}
 }
 
 func (s *linkState) mode() Mode                       { return s.m }
 func (s *linkState) addr() string                     { return s.at }
+func (s *linkState) sessionPresent() bool             { return s.present }
 func (s *linkState) lost() <-chan struct{}            { return s.life.Done() }
 func (s *linkState) instructions() <-chan instruction { return s.instr }
 

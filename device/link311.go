@@ -28,14 +28,16 @@ type link311 struct {
 
 // dial311 runs CONNECT/CONNACK on conn, an open plain or TLS connection to
 // addr. The link owns conn from here on, also on error.
-func dial311(ctx context.Context, cfg *Config, m Mode, addr string, conn net.Conn, user, pass string) (*link311, error) {
+func dial311(ctx context.Context, cfg *Config, m Mode, addr string, conn net.Conn, user, pass string, resume bool) (*link311, error) {
 	l := &link311{linkState: newLinkState(m, addr), onCommand: cfg.OnCommand}
 	var handed atomic.Bool
 	o := mqtt.NewClientOptions().
 		AddBroker("tcp://" + addr). // only a label: the connection is conn
 		SetClientID(cfg.ClientID).
 		SetProtocolVersion(4).
-		SetCleanSession(true).
+		// Clean session 0 keeps the session across moves; the Device's
+		// first connection starts clean.
+		SetCleanSession(cfg.CleanSession || !resume).
 		SetAutoReconnect(false). // the Device owns reconnection
 		SetConnectRetry(false).
 		SetResumeSubs(false).
@@ -72,6 +74,9 @@ func dial311(ctx context.Context, cfg *Config, m Mode, addr string, conn net.Con
 		l.close()
 		return nil, fmt.Errorf("device: MQTT connect to %s: %w", addr, err)
 	}
+	if ct, ok := tok.(*mqtt.ConnectToken); ok {
+		l.present = ct.SessionPresent()
+	}
 	return l, nil
 }
 
@@ -90,6 +95,7 @@ func (l *link311) message(_ mqtt.Client, msg mqtt.Message) {
 	if strings.HasPrefix(topic, control.ReservedPrefix) || l.onCommand == nil {
 		return
 	}
+	l.waitReady()
 	l.onCommand(Command{
 		Topic: topic, Payload: msg.Payload(), QoS: msg.Qos(),
 		OverTLS: l.m == ModeTLS, Dup: msg.Duplicate(),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -50,14 +51,23 @@ func (w *watchSession) ConnectionLost(dp *packets.Disconnect) error {
 
 // dial5 runs CONNECT/CONNACK on conn, an open plain or TLS connection to
 // addr. The link owns conn from here on, also on error.
-func dial5(ctx context.Context, cfg *Config, m Mode, addr string, conn net.Conn, user, pass string) (*link5, error) {
+func dial5(ctx context.Context, cfg *Config, m Mode, addr string, conn net.Conn, user, pass string, resume bool) (*link5, error) {
 	l := &link5{linkState: newLinkState(m, addr), onCommand: cfg.OnCommand}
 	l.sess = &watchSession{SessionManager: state.NewInMemory(), l: l}
+	// paho counts neither the CONNECT nor the CONNACK as traffic, so its
+	// pinger would send a PINGREQ as soon as the connection is up: a
+	// PINGREQ, a PINGRESP and their segments for nothing on every
+	// connection. Counted here, the first PINGREQ waits a keepalive.
+	pinger := paho.NewDefaultPinger()
+	pinger.PacketSent()
+	pinger.PacketReceived()
 	l.client = paho.NewClient(paho.ClientConfig{
-		ClientID: cfg.ClientID,
-		// paho writes from several goroutines; tls.Conn needs them
-		// serialized.
-		Conn:              packets.NewThreadSafeConn(conn),
+		PingHandler: pinger,
+		ClientID:    cfg.ClientID,
+		// paho writes from several goroutines, each packet between
+		// Lock and Unlock; packetConn serializes them and sends each
+		// packet in one write.
+		Conn:              &packetConn{Conn: conn},
 		Session:           l.sess,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){l.message},
 		OnServerDisconnect: func(d *paho.Disconnect) {
@@ -73,6 +83,13 @@ func dial5(ctx context.Context, cfg *Config, m Mode, addr string, conn net.Conn,
 		KeepAlive:  uint16(cfg.KeepAlive / time.Second),
 		CleanStart: true,
 	}
+	if !cfg.CleanSession {
+		// Clean Start stays set on the Device's first connection (what
+		// a gateway kept from an earlier run is not ours to trust).
+		expiry := uint32(min(cfg.SessionExpiry/time.Second, math.MaxUint32))
+		cp.CleanStart = !resume
+		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: &expiry}
+	}
 	if user != "" {
 		cp.Username, cp.UsernameFlag = user, true
 		cp.Password, cp.PasswordFlag = []byte(pass), true
@@ -87,6 +104,7 @@ func dial5(ctx context.Context, cfg *Config, m Mode, addr string, conn net.Conn,
 		}
 		return nil, fmt.Errorf("device: MQTT connect to %s: %w", addr, err)
 	}
+	l.present = ack.SessionPresent
 	return l, nil
 }
 
@@ -120,6 +138,7 @@ func (l *link5) message(pr paho.PublishReceived) (bool, error) {
 	if strings.HasPrefix(p.Topic, control.ReservedPrefix) || l.onCommand == nil {
 		return true, nil
 	}
+	l.waitReady()
 	l.onCommand(Command{
 		Topic: p.Topic, Payload: p.Payload, QoS: p.QoS,
 		OverTLS: l.m == ModeTLS, Dup: p.Duplicate(),

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"errors"
 	mrand "math/rand/v2"
 	"net/url"
@@ -414,12 +413,5 @@ func TestEventKindString(t *testing.T) {
 		if got := k.String(); got != want {
 			t.Errorf("%d: %q, want %q", int(k), got, want)
 		}
-	}
-}
-
-func TestQueryPayload(t *testing.T) {
-	var q struct{ V int }
-	if err := json.Unmarshal([]byte(queryPayload), &q); err != nil || q.V != control.Version {
-		t.Errorf("query payload %s: v %d, %v; want v %d", queryPayload, q.V, err, control.Version)
 	}
 }

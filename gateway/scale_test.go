@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dualgate/dualgate/gateway/store"
 	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
@@ -62,6 +64,9 @@ func (d *compactDevice) session(conn net.Conn, ready chan<- struct{}, deadline t
 	r := bufio.NewReader(conn)
 	var p mqttcodec.Packet
 	var buf []byte
+	// On TLS the command may come before the query's PUBACK: the gateway
+	// delivers as soon as the session is online.
+	queryAcked, commanded := false, false
 	for {
 		b, err := r.ReadByte()
 		if err != nil {
@@ -78,6 +83,7 @@ func (d *compactDevice) session(conn net.Conn, ready chan<- struct{}, deadline t
 		buf = buf[:0]
 		switch p.Type {
 		case mqttcodec.PUBACK:
+			queryAcked = true
 			if ready != nil {
 				ready <- struct{}{}
 				ready = nil
@@ -92,11 +98,17 @@ func (d *compactDevice) session(conn net.Conn, ready chan<- struct{}, deadline t
 				_, _ = conn.Write(append(ack, mqttcodec.AppendDisconnect(nil, 4, &mqttcodec.Disconnect{})...))
 				return &in, nil
 			}
+			if commanded {
+				return nil, fmt.Errorf("%s: a second command", d.id)
+			}
+			commanded = true
 			d.commands.Add(1)
 			d.payload.Store(string(p.Publish.Payload))
 			if _, err := conn.Write(ack); err != nil {
 				return nil, err
 			}
+		}
+		if commanded && queryAcked {
 			// Stay a moment: a duplicate would show up now.
 			_ = conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 			if _, err := r.ReadByte(); err == nil {
@@ -174,6 +186,7 @@ func TestThousandDevicesUpgrade(t *testing.T) {
 		}
 	}
 	var lat []time.Duration
+	stages := stageTimes{}
 	eventually(t, 30*time.Second, "all commands delivered", func() bool {
 		return g.dispatcher.Stats().Delivered.Load() == n
 	})
@@ -183,11 +196,50 @@ func TestThousandDevicesUpgrade(t *testing.T) {
 			t.Fatalf("command %s: %s after %d attempts", id, v.Status, v.Attempts)
 		}
 		lat = append(lat, v.DeliveredAt.Sub(v.CreatedAt))
+		stages.add(v)
 	}
+	stages.log(t)
+	// The round: from the first command accepted to the last PUBACK.
+	var first, last time.Time
+	for _, id := range ids {
+		v := commandStatus(t, g, id)
+		if first.IsZero() || v.CreatedAt.Before(first) {
+			first = v.CreatedAt
+		}
+		if v.DeliveredAt.After(last) {
+			last = *v.DeliveredAt
+		}
+	}
+	t.Logf("round: first command accepted to last PUBACK %s", last.Sub(first).Round(time.Millisecond))
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	t.Logf("%d devices upgraded and acknowledged in %s; POST->PUBACK p50 %s p99 %s max %s",
 		n, took.Round(time.Millisecond), lat[n/2].Round(time.Millisecond), lat[n*99/100].Round(time.Millisecond), lat[n-1].Round(time.Millisecond))
 	if up := g.dispatcher.Stats().Upgrades.Load(); up != n {
 		t.Fatalf("upgrades %d, want %d (instructions %d)", up, n, g.dispatcher.Stats().Instructions.Load())
+	}
+}
+
+// stageTimes collects, per status, how long commands took to reach it from
+// their previous one: where a round's time goes (acceptance to the
+// instruction, the instruction to the write on TLS, the write to PUBACK).
+type stageTimes map[store.Status][]time.Duration
+
+func (st stageTimes) add(v commandView) {
+	prev := v.CreatedAt
+	for _, h := range v.History {
+		st[h.Status] = append(st[h.Status], h.At.Sub(prev))
+		prev = h.At
+	}
+}
+
+func (st stageTimes) log(t *testing.T) {
+	for _, s := range []store.Status{store.StatusUpgrading, store.StatusSent, store.StatusDelivered} {
+		l := st[s]
+		if len(l) == 0 {
+			continue
+		}
+		slices.Sort(l)
+		t.Logf("to %s: p50 %s p99 %s max %s", s, l[len(l)/2].Round(time.Millisecond),
+			l[len(l)*99/100].Round(time.Millisecond), l[len(l)-1].Round(time.Millisecond))
 	}
 }

@@ -130,6 +130,11 @@ type Dispatcher struct {
 	mu      sync.Mutex // guards devices
 	devices map[string]*device
 
+	wmu sync.Mutex // guards writes
+	// writes holds, per device with status writes under way (writeBehind),
+	// a channel closed when the last of them is done.
+	writes map[string]chan struct{}
+
 	lastPrune time.Time // Tick's only
 
 	stop chan struct{}
@@ -158,6 +163,7 @@ func New(cfg Config) (*Dispatcher, error) {
 			retention:       cfg.DeviceRetention,
 		},
 		devices: make(map[string]*device),
+		writes:  make(map[string]chan struct{}),
 		stop:    make(chan struct{}),
 	}
 	for range cfg.Workers {
@@ -209,8 +215,12 @@ func (d *Dispatcher) Stop() {
 // Stats are the dispatcher's counters.
 func (d *Dispatcher) Stats() *Stats { return &d.stats }
 
-// Submit stores a new command durably, then dispatches it, and returns the
-// status it reached: pending, upgrading, sent (or delivered for QoS 0).
+// Submit stores a new command durably and queues its dispatch; it returns
+// once the command is on disk, with the status it has there (pending). The
+// instruction, the delivery and their status writes follow on the device's
+// worker: a caller that waited for them would hold a store round trip and a
+// session write per command, and a burst of commands would queue behind
+// each other's disk syncs (docs/architecture.md, "Dispatcher").
 func (d *Dispatcher) Submit(c *store.Command) (store.Status, error) {
 	if c.Secure && len(c.History) == 0 && d.waitsUnproven(c.ClientID) {
 		// Said once, where the API shows it: the command's first entry.
@@ -221,17 +231,11 @@ func (d *Dispatcher) Submit(c *store.Command) (store.Status, error) {
 		return "", err
 	}
 	d.stats.Accepted.Add(1)
-	status := store.StatusPending
-	if d.cfg.Executor != nil {
-		d.on(c.ClientID, func() { d.reconcile(c.ClientID, trigNew) })
-		return status, nil
+	status := c.Status
+	if status == "" {
+		status = store.StatusPending
 	}
-	d.do(c.ClientID, func() {
-		d.reconcile(c.ClientID, trigNew)
-		if got, err := d.cfg.Store.Get(c.ID); err == nil {
-			status = got.Status
-		}
-	})
+	d.on(c.ClientID, func() { d.reconcile(c.ClientID, trigNew) })
 	return status, nil
 }
 
@@ -325,8 +329,15 @@ func (d *Dispatcher) workerFor(id string) *worker {
 }
 
 // on queues fn on the device's worker, starting its goroutine if it has
-// none. After Stop, fn is dropped.
+// none. fn runs after the device's status writes under way (writeBehind)
+// are done, so it reads the store as the device's earlier events left it.
+// After Stop, fn is dropped.
 func (d *Dispatcher) on(id string, fn func()) {
+	d.queue(id, func() { d.settle(id); fn() })
+}
+
+// queue is on without waiting for the device's writes.
+func (d *Dispatcher) queue(id string, fn func()) {
 	if d.cfg.Executor != nil {
 		d.cfg.Executor(id, fn)
 		return
@@ -343,13 +354,52 @@ func (d *Dispatcher) on(id string, fn func()) {
 	}
 }
 
-// do queues fn on the device's worker and waits for it (or for Stop).
-func (d *Dispatcher) do(id string, fn func()) {
+// writeBehind runs fn, status writes of device id, without holding the
+// device's worker: the worker goes on with other devices' events while
+// the store gathers the writes of many devices into one transaction and
+// one disk sync (store.Options.BatchDelay). A device's writes run in the
+// order given, and its next event waits for them (on). With an Executor,
+// fn runs at once: the simulation sees the order the workers keep.
+func (d *Dispatcher) writeBehind(id string, fn func()) {
+	if d.cfg.Executor != nil {
+		fn()
+		return
+	}
+	d.runMu.RLock()
+	if d.stopped {
+		d.runMu.RUnlock()
+		fn()
+		return
+	}
+	d.wg.Add(1)
+	d.runMu.RUnlock()
 	done := make(chan struct{})
-	d.on(id, func() { defer close(done); fn() })
-	select {
-	case <-done:
-	case <-d.stop:
+	d.wmu.Lock()
+	prev := d.writes[id]
+	d.writes[id] = done
+	d.wmu.Unlock()
+	go func() {
+		defer d.wg.Done()
+		if prev != nil {
+			<-prev
+		}
+		fn()
+		d.wmu.Lock()
+		if d.writes[id] == done {
+			delete(d.writes, id)
+		}
+		d.wmu.Unlock()
+		close(done)
+	}()
+}
+
+// settle waits until the device's status writes under way are done.
+func (d *Dispatcher) settle(id string) {
+	d.wmu.Lock()
+	w := d.writes[id]
+	d.wmu.Unlock()
+	if w != nil {
+		<-w
 	}
 }
 

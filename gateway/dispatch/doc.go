@@ -15,7 +15,9 @@
 // writes to disk. So every event is queued on one of a fixed set of
 // workers, chosen by client id: a device's events are handled in order,
 // different devices' in parallel, and store writes from concurrent workers
-// share disk syncs.
+// share disk syncs. Submit returns once the command is stored; status
+// writes run behind the worker (writeBehind), in order per device, and a
+// device's next event waits for them.
 //
 // # The rules, per device
 //
@@ -26,7 +28,8 @@
 //   - New command: on TLS, or not secure, deliver now. Secure for a plain
 //     device: reconnect instruction (mode tls), status upgrading. Offline:
 //     pending.
-//   - Query, or (on TLS) a SUBSCRIBE: deliver what the transport allows, in
+//   - A TLS session that proved the client id comes online, a query, or
+//     (on TLS) a SUBSCRIBE: deliver what the transport allows, in
 //     order; on plain with secure commands waiting, instruct.
 //   - PUBACK: delivered; the next waiting command goes out.
 //   - Connection lost with commands unacknowledged: back to pending, sent
@@ -42,7 +45,8 @@
 //   - A device told to go plain that comes back on TLS twice in a row
 //     (a client that cannot switch) is left on TLS.
 //   - A TLS session that did not prove the client id (--secure-identity)
-//     gets no secure command: they stay pending, with the reason once in
+//     gets no secure command (its session refuses them, counted as
+//     RefusedUnproven): they stay pending, with the reason once in
 //     their history; the device is sent back to plain after the quiet
 //     period, and its arrival counts as an ignored instruction.
 //   - A session that ends with commands unacknowledged while a newer one

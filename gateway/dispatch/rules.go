@@ -24,6 +24,7 @@ const (
 	trigNew       trigger = iota // a command arrived
 	trigQuery                    // the device published on the query topic
 	trigSubscribe                // the device subscribed (on TLS)
+	trigOnline                   // a TLS session came online
 	trigAck                      // the device acknowledged a command
 	trigTick                     // a backoff may have elapsed: instruct only
 	trigResume                   // an older session ended, or a store operation failed
@@ -56,7 +57,9 @@ func (d *Dispatcher) Subscribed(s *session.Session, _ string, _ byte) {
 // Acked is called when a device acknowledges a command.
 func (d *Dispatcher) Acked(s *session.Session, token string) {
 	id, now := s.ClientID(), d.cfg.Now()
-	d.on(id, func() { d.acked(id, token, now) })
+	// The acknowledgement is recorded behind the device's write of sent
+	// (writeBehind keeps their order), not behind its other events.
+	d.queue(id, func() { d.acked(id, token, now) })
 }
 
 // Offline is called when a session ends.
@@ -137,6 +140,13 @@ func (d *Dispatcher) online(s *session.Session, id string, mode registry.Mode, p
 	if ok {
 		d.perform(id, s, act, nil, now)
 	}
+	if ev != EvOnlinePlain {
+		// A device that proved its client id on TLS gets what waits at
+		// once: it came for it, and a query would cost it a PUBLISH and
+		// a PUBACK more on the wire (docs/protocol.md). One that did not
+		// has what is secure refused by its session, and counted.
+		d.reconcile(id, trigOnline)
+	}
 }
 
 func (d *Dispatcher) offline(s *session.Session, id string, unacked []string, now time.Time) {
@@ -216,7 +226,19 @@ func (d *Dispatcher) resume(id string) {
 	d.reconcile(id, trigResume)
 }
 
+// acked records a PUBACK, behind the device's other status writes; the
+// next waiting command then goes out from the device's worker.
 func (d *Dispatcher) acked(id, cid string, now time.Time) {
+	d.writeBehind(id, func() {
+		if d.recordAck(id, cid, now) {
+			d.on(id, func() { d.reconcile(id, trigAck) })
+		}
+	})
+}
+
+// recordAck moves an acknowledged command to delivered and reports whether
+// it did.
+func (d *Dispatcher) recordAck(id, cid string, now time.Time) bool {
 	c, err := d.cfg.Store.Transition(cid, store.StatusDelivered, now, "PUBACK")
 	if errors.Is(err, store.ErrBadTransition) {
 		// The write went out after its waiter gave up, or its move to
@@ -233,14 +255,14 @@ func (d *Dispatcher) acked(id, cid string, now time.Time) {
 			d.mu.Lock()
 			d.devices[id].addRetry([]string{cid})
 			d.mu.Unlock()
-			return
+			return false
 		}
 		d.cfg.Logger.Debug("acknowledgement for a command that is not in flight",
 			zap.String("client", id), zap.String("command", cid), zap.Error(err))
-		return
+		return false
 	}
 	d.delivered(c, now)
-	d.reconcile(id, trigAck)
+	return true
 }
 
 func (d *Dispatcher) delivered(c *store.Command, now time.Time) {
@@ -286,7 +308,7 @@ func (d *Dispatcher) reconcile(id string, why trigger) {
 	now := d.cfg.Now()
 	onTLS := s.Mode() == registry.ModeTLS
 	proven := onTLS && d.provenOn(id, s)
-	var ready []*store.Command
+	var ready, held []*store.Command
 	writable, secureWaiting, unproven := false, false, false
 	for _, c := range cmds {
 		switch {
@@ -302,6 +324,7 @@ func (d *Dispatcher) reconcile(id string, why trigger) {
 			secureWaiting = true
 		case c.Secure && !proven:
 			unproven = true
+			held = append(held, c)
 		default:
 			ready = append(ready, c)
 			writable = true
@@ -312,9 +335,12 @@ func (d *Dispatcher) reconcile(id string, why trigger) {
 	}
 	if unproven {
 		d.noteUnproven(id, cmds, now)
+		if why != trigTick {
+			d.refuse(s, held)
+		}
 	}
 	switch {
-	case secureWaiting && why != trigAck && why != trigSubscribe:
+	case secureWaiting && why != trigAck && why != trigSubscribe && why != trigOnline:
 		act, _, _ := d.step(id, input{ev: EvSecureWaiting, now: now}, true)
 		d.perform(id, s, act, cmds, now)
 	case !secureWaiting && !onTLS:
@@ -354,10 +380,12 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 	_, ok := d.exec(s, func(s *session.Session) error {
 		inflight := s.Inflight()
 		for _, c := range cmds {
+			if slices.Contains(inflight, c.ID) {
+				// Written to this session already, whatever the store
+				// says yet (a write the dispatcher stopped waiting for).
+				continue
+			}
 			if c.Status == store.StatusSent {
-				if slices.Contains(inflight, c.ID) {
-					continue
-				}
 				break
 			}
 			err := s.Deliver(&session.Delivery{
@@ -374,26 +402,49 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 		}
 		return nil
 	})
-	if !ok {
+	if !ok || len(written) == 0 {
 		return
 	}
-	mode := s.Mode().String()
-	for _, c := range written {
-		if _, err := d.cfg.Store.Transition(c.ID, store.StatusSent, now, "written to the "+mode+" connection"); err != nil {
-			// Its PUBACK records it ("written late"); until then it may
-			// go out again.
-			d.storeFailed(c.ClientID, err)
-			continue
-		}
-		if c.QoS == 0 {
-			// No acknowledgement comes for QoS 0: written is delivered.
-			if dc, err := d.cfg.Store.Transition(c.ID, store.StatusDelivered, now, "QoS 0 written"); err == nil {
-				d.delivered(dc, now)
-			} else {
+	note := "written to the " + s.Mode().String() + " connection"
+	d.writeBehind(s.ClientID(), func() {
+		for _, c := range written {
+			if _, err := d.cfg.Store.Transition(c.ID, store.StatusSent, now, note); err != nil {
+				// Its PUBACK records it ("written late"); until then it
+				// may go out again.
 				d.storeFailed(c.ClientID, err)
+				continue
+			}
+			if c.QoS == 0 {
+				// No acknowledgement comes for QoS 0: written is delivered.
+				if dc, err := d.cfg.Store.Transition(c.ID, store.StatusDelivered, now, "QoS 0 written"); err == nil {
+					d.delivered(dc, now)
+				} else {
+					d.storeFailed(c.ClientID, err)
+				}
 			}
 		}
+	})
+}
+
+// refuse offers the secure commands held for a TLS session that did not
+// prove the client id to that session, which refuses each one before a
+// byte is encoded (session.CheckTransport) and counts it in
+// RefusedUnproven: the operator sees the commands kept off, and the rule
+// is enforced where it always is. A session that proves the client id
+// after all is offered nothing here (the next reconcile delivers).
+func (d *Dispatcher) refuse(s *session.Session, held []*store.Command) {
+	if len(held) == 0 {
+		return
 	}
+	d.exec(s, func(s *session.Session) error {
+		if s.Mode() != registry.ModeTLS || s.IdentityProven() {
+			return nil
+		}
+		for _, c := range held {
+			_ = s.Deliver(&session.Delivery{Topic: c.Topic, Payload: c.Payload, QoS: c.QoS, Secure: true, Token: c.ID})
+		}
+		return nil
+	})
 }
 
 // instructTLS sends a plain device the reconnect instruction with mode
@@ -422,14 +473,16 @@ func (d *Dispatcher) instructTLS(s *session.Session, id string, cmds []*store.Co
 			d.stats.InstructionRetries.Add(1)
 		}
 	}
-	for _, c := range cmds {
-		if c.Secure && c.Status == store.StatusPending {
-			if _, err := d.cfg.Store.Transition(c.ID, store.StatusUpgrading, now, "reconnect instruction sent"); err != nil &&
-				!errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
-				d.cfg.Logger.Error("store", zap.String("command", c.ID), zap.Error(err))
+	d.writeBehind(id, func() {
+		for _, c := range cmds {
+			if c.Secure && c.Status == store.StatusPending {
+				if _, err := d.cfg.Store.Transition(c.ID, store.StatusUpgrading, now, "reconnect instruction sent"); err != nil &&
+					!errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
+					d.cfg.Logger.Error("store", zap.String("command", c.ID), zap.Error(err))
+				}
 			}
 		}
-	}
+	})
 }
 
 // instructPlain sends a quiet TLS device back to plain, over TLS.
