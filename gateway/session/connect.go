@@ -256,9 +256,12 @@ func (s *Session) badClientID(id string) string {
 	return ""
 }
 
-// CheckClientID says whether id can name a device. Client ids end up in
-// topics (devices/{client}/...) and URLs, so topic separators, wildcards,
-// spaces and control characters are refused along with overlong ids.
+// CheckClientID says whether id can name a device. Every UTF-8 id that is
+// valid as one topic level is accepted, spaces included (MQTT lets a
+// server allow them, and Mosquitto does): client ids are substituted into
+// topic templates (devices/{client}/...), so only what cannot stand in
+// one level is refused: the separator and wildcards, NUL and other
+// control characters, invalid UTF-8, and overlong ids.
 func CheckClientID(id string, maxLen int) error {
 	if id == "" || len(id) > maxLen {
 		return fmt.Errorf("client id must be 1..%d bytes", maxLen)
@@ -267,8 +270,8 @@ func CheckClientID(id string, maxLen int) error {
 		switch {
 		case r == '/' || r == '+' || r == '#':
 			return fmt.Errorf("client id must not contain %q", r)
-		case r == utf8.RuneError || unicode.IsControl(r) || unicode.IsSpace(r):
-			return errors.New("client id must not contain spaces, control characters or invalid UTF-8")
+		case r == utf8.RuneError || unicode.IsControl(r):
+			return errors.New("client id must not contain control characters or invalid UTF-8")
 		}
 	}
 	return nil

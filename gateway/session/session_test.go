@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -516,5 +517,20 @@ func TestSlowReaderDisconnected(t *testing.T) {
 	}
 	if err := s.Deliver(&Delivery{Topic: "t", Payload: payload, QoS: 1, Token: "late"}); err == nil {
 		t.Fatal("delivered to a disconnected slow reader")
+	}
+}
+
+// Client ids: every id valid as one topic level is accepted, spaces
+// included; what cannot be substituted into a topic template is refused.
+func TestCheckClientID(t *testing.T) {
+	for _, id := range []string{"car-7", "car 7", " leading and trailing ", "voiture-é", "a\u00a0b", "x.y:z@w"} {
+		if err := CheckClientID(id, 128); err != nil {
+			t.Errorf("CheckClientID(%q) = %v, want accepted", id, err)
+		}
+	}
+	for _, id := range []string{"", "a/b", "a+b", "a#b", "a\x00b", "a\tb", "a\nb", "a\x7fb", "a\u0085b", string([]byte{'a', 0xff}), strings.Repeat("x", 129)} {
+		if err := CheckClientID(id, 128); err == nil {
+			t.Errorf("CheckClientID(%q) accepted", id)
+		}
 	}
 }
