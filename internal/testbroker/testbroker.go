@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -30,9 +29,8 @@ type Broker struct {
 	// Port is the loopback port the broker listens on.
 	Port int
 
-	mu   sync.Mutex // guards cmd and done
-	cmd  *exec.Cmd
-	done chan struct{}
+	mu   sync.Mutex // guards proc
+	proc *testutil.Process
 }
 
 // Bin finds the mosquitto program; the tests need it and say so.
@@ -99,45 +97,18 @@ func (b *Broker) Start() {
 	b.t.Helper()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.cmd != nil {
+	if b.proc != nil {
 		b.t.Fatalf("broker already running")
 	}
-	cmd := exec.Command(b.bin, "-c", b.conf)
-	out, err := os.OpenFile(filepath.Join(b.dir, "stderr.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		b.t.Fatalf("broker log: %v", err)
-	}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		_ = out.Close()
-		b.t.Fatalf("start mosquitto: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		_ = out.Close()
-		close(done)
-	}()
-	b.cmd, b.done = cmd, done
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	ready := func() error {
 		c, err := net.DialTimeout("tcp", b.Addr(), time.Second)
 		if err == nil {
 			_ = c.Close()
-			return
 		}
-		select {
-		case <-done:
-			log, _ := os.ReadFile(filepath.Join(b.dir, "stderr.log"))
-			mlog, _ := os.ReadFile(filepath.Join(b.dir, "mosquitto.log"))
-			b.t.Fatalf("mosquitto exited at start:\n%s\n%s", log, mlog)
-		default:
-		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("mosquitto does not accept connections on port %d: %v", b.Port, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return err
 	}
+	b.proc = testutil.StartProcess(b.t, filepath.Join(b.dir, "stderr.log"),
+		[]string{filepath.Join(b.dir, "mosquitto.log")}, ready, b.bin, "-c", b.conf)
 }
 
 // Stop ends the broker gracefully (SIGTERM: it saves its persistence file),
@@ -145,15 +116,9 @@ func (b *Broker) Start() {
 func (b *Broker) Stop() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.cmd == nil {
+	if b.proc == nil {
 		return
 	}
-	_ = b.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-b.done:
-	case <-time.After(10 * time.Second):
-		_ = b.cmd.Process.Kill()
-		<-b.done
-	}
-	b.cmd, b.done = nil, nil
+	b.proc.Stop()
+	b.proc = nil
 }

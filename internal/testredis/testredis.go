@@ -32,9 +32,8 @@ type Server struct {
 	Port     int
 	sentinel bool
 
-	mu     sync.Mutex // guards cmd, done and paused
-	cmd    *exec.Cmd
-	done   chan struct{}
+	mu     sync.Mutex // guards proc and paused
+	proc   *testutil.Process
 	paused bool
 }
 
@@ -127,48 +126,15 @@ func (s *Server) Start() {
 	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd != nil {
+	if s.proc != nil {
 		s.t.Fatalf("redis-server already running")
 	}
 	args := []string{s.conf}
 	if s.sentinel {
 		args = append(args, "--sentinel")
 	}
-	cmd := exec.Command(s.bin, args...)
-	out, err := os.OpenFile(filepath.Join(s.dir, "stderr.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		s.t.Fatalf("redis log: %v", err)
-	}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		_ = out.Close()
-		s.t.Fatalf("start redis-server: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		_ = out.Close()
-		close(done)
-	}()
-	s.cmd, s.done = cmd, done
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := s.ping()
-		if err == nil {
-			return
-		}
-		select {
-		case <-done:
-			log, _ := os.ReadFile(filepath.Join(s.dir, "stderr.log"))
-			rlog, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			s.t.Fatalf("redis-server exited at start:\n%s\n%s", log, rlog)
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server does not answer on port %d: %v", s.Port, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	s.proc = testutil.StartProcess(s.t, filepath.Join(s.dir, "stderr.log"),
+		[]string{filepath.Join(s.dir, "redis.log")}, s.ping, s.bin, args...)
 }
 
 // ping sends PING and wants +PONG (not -LOADING).
@@ -253,10 +219,10 @@ func (s *Server) signal(sig syscall.Signal, paused bool) {
 	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.proc == nil {
 		s.t.Fatalf("redis-server not running")
 	}
-	if err := s.cmd.Process.Signal(sig); err != nil {
+	if err := s.proc.Signal(sig); err != nil {
 		s.t.Fatalf("signal redis-server: %v", err)
 	}
 	s.paused = paused
@@ -267,12 +233,11 @@ func (s *Server) signal(sig syscall.Signal, paused bool) {
 func (s *Server) Kill() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.proc == nil {
 		return
 	}
-	_ = s.cmd.Process.Kill()
-	<-s.done
-	s.cmd, s.done, s.paused = nil, nil, false
+	s.proc.Kill()
+	s.proc, s.paused = nil, false
 }
 
 // Stop ends the server gracefully (SIGTERM), by its PID, and kills it if
@@ -280,18 +245,12 @@ func (s *Server) Kill() {
 func (s *Server) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.proc == nil {
 		return
 	}
 	if s.paused {
-		_ = s.cmd.Process.Signal(syscall.SIGCONT)
+		_ = s.proc.Signal(syscall.SIGCONT)
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
-	}
-	s.cmd, s.done, s.paused = nil, nil, false
+	s.proc.Stop()
+	s.proc, s.paused = nil, false
 }
