@@ -3,6 +3,7 @@ package gateway
 import (
 	"github.com/dualgate/dualgate/gateway/dispatch"
 	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/mqttcodec"
 )
 
 // hooks routes the sessions' events to the parts of the gateway that care:
@@ -19,9 +20,12 @@ func (h hooks) Online(s *session.Session) {
 
 func (h hooks) Query(s *session.Session) { h.dispatcher.Query(s) }
 
-func (h hooks) Subscribed(s *session.Session, filter string, qos byte) {
-	h.router.subscribe(s, filter, qos)
-	h.dispatcher.Subscribed(s, filter, qos)
+func (h hooks) Subscribed(s *session.Session, subs []session.SubscribeEvent, ready func([]mqttcodec.ReasonCode)) {
+	for _, ev := range subs {
+		h.router.subscribe(s, ev.Sub.Filter, ev.Sub.QoS)
+		h.dispatcher.Subscribed(s, ev.Sub.Filter, ev.Sub.QoS)
+	}
+	ready(nil)
 }
 
 func (h hooks) Unsubscribed(s *session.Session, filter string) {

@@ -61,7 +61,7 @@ func (r *router) subscribe(s *session.Session, filter string, qos byte) {
 	m[s] = qos
 	r.mu.Unlock()
 	if r.upstream != nil {
-		r.upstream.Subscribe(s, filter, qos)
+		r.upstream.Subscribe(s, session.Subscription{Filter: filter, QoS: qos}, true, nil)
 	}
 }
 

@@ -115,7 +115,7 @@ func BenchmarkDownlink(b *testing.B) {
 			}
 			bg := startBridge(b, cfg)
 			waitReady(b, bg)
-			bg.Subscribe(&handle{"bench"}, "bench/#", 1)
+			bg.Subscribe(&handle{"bench"}, session.Subscription{Filter: "bench/#", QoS: 1}, true, nil)
 			app := peer(b, br.URL(), "bench-source", true, nil)
 			waitFor(b, 10*time.Second, "the subscription", func() bool {
 				mustToken(b, app.Publish("bench/marker", 1, false, "m"), "marker")

@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -19,23 +20,42 @@ type Message struct {
 	// Topic is the topic as devices see it (TopicPrefix removed).
 	Topic   string
 	Payload []byte
-	// QoS is the QoS the broker sent it at (0 or 1).
+	// QoS is the QoS the broker sent it at.
 	QoS byte
 	// Retain is set on retained messages handed to DeliverRetained.
 	Retain bool
+	// Retained reports that a live message was published with the retain
+	// flag (known from an MQTT 5 broker: Retain As Published upstream).
+	Retained bool
+	// Props are its MQTT 5 properties (nil: none); Expires when it
+	// expires (zero: never).
+	Props   *session.MessageProps
+	Expires time.Time
+	// Shared, when set, is the shared subscription ("$share/group/filter",
+	// as devices sent it) this copy was sent for: it goes to one member
+	// of that group, and not to other subscribers (the broker sends them
+	// their own copy).
+	Shared string
 }
 
 // subChunk bounds the filters of one SUBSCRIBE or UNSUBSCRIBE.
 const subChunk = 128
 
 // Subscribe records that subscriber (an opaque, comparable handle: the
-// gateway passes its *session.Session) subscribed to filter, a filter as
-// the device sent it. The first subscriber of a filter makes the bridge
-// subscribe upstream; a later one makes it subscribe again, so that the
-// broker sends its retained messages, which go to DeliverRetained for the
-// new subscriber(s) only. Filters starting with '$' are not forwarded. It
-// does not block: the SUBSCRIBE is sent by the bridge's own goroutine.
-func (b *Bridge) Subscribe(subscriber any, filter string, qos byte) {
+// gateway passes its *session.Session) subscribed with sub, whose filter
+// is as the device sent it. The first subscriber of a filter makes the
+// bridge subscribe upstream; a later one makes it subscribe again when
+// retained is set, so that the broker sends its retained messages, which
+// go to DeliverRetained for the new subscriber(s) only. Filters starting
+// with '$' are not forwarded. It does not block: the SUBSCRIBE is sent by
+// the bridge's own goroutine. done, when not nil, is called exactly once,
+// from any goroutine, with the granted QoS once the subscription is in
+// place upstream, or a failure reason code (>= 0x80).
+func (b *Bridge) Subscribe(subscriber any, sub session.Subscription, retained bool, done func(mqttcodec.ReasonCode)) {
+	filter, qos := sub.Filter, sub.QoS
+	if done != nil {
+		defer done(mqttcodec.ReasonCode(min(qos, 1)))
+	}
 	if err := mqttcodec.ValidTopicFilter([]byte(filter)); err != nil || strings.HasPrefix(filter, "$") {
 		// '$' topics ($SYS, $share) are the broker's business, not the
 		// devices'.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/dualgate/dualgate/gateway/session"
 )
 
 // handle stands for a gateway session.
@@ -82,10 +84,10 @@ func TestSubscriptionRefcount(t *testing.T) {
 	app := peer(t, br.URL(), "app", true, nil)
 
 	a, bb, ctl := &handle{"a"}, &handle{"b"}, &handle{"control"}
-	b.Subscribe(ctl, "ctl/#", 1)
-	b.Subscribe(a, "fleet/+/config", 1)
-	b.Subscribe(bb, "fleet/+/config", 1)
-	b.Subscribe(a, "fleet/+/config", 1) // again: still one subscriber
+	b.Subscribe(ctl, session.Subscription{Filter: "ctl/#", QoS: 1}, true, nil)
+	b.Subscribe(a, session.Subscription{Filter: "fleet/+/config", QoS: 1}, true, nil)
+	b.Subscribe(bb, session.Subscription{Filter: "fleet/+/config", QoS: 1}, true, nil)
+	b.Subscribe(a, session.Subscription{Filter: "fleet/+/config", QoS: 1}, true, nil) // again: still one subscriber
 	syncDelivery(t, app, d, "ctl/sync")
 	if n := b.Stats().Subscriptions; n != 2 {
 		t.Fatalf("%d filters held, want 2", n)
@@ -145,9 +147,9 @@ func TestOverlappingFiltersDeliverOnce(t *testing.T) {
 	b := startBridge(t, cfg)
 	waitReady(t, b)
 	app := peer(t, br.URL(), "app", true, nil)
-	b.Subscribe(&handle{"a"}, "ov/#", 1)
-	b.Subscribe(&handle{"b"}, "ov/+/x", 0)
-	b.Subscribe(&handle{"c"}, "ov/car1/x", 1)
+	b.Subscribe(&handle{"a"}, session.Subscription{Filter: "ov/#", QoS: 1}, true, nil)
+	b.Subscribe(&handle{"b"}, session.Subscription{Filter: "ov/+/x", QoS: 0}, true, nil)
+	b.Subscribe(&handle{"c"}, session.Subscription{Filter: "ov/car1/x", QoS: 1}, true, nil)
 	syncDelivery(t, app, d, "ov/sync")
 	mustToken(t, app.Publish("ov/car1/x", 1, false, "once"), "publish")
 	syncDelivery(t, app, d, "ov/sync")
@@ -168,7 +170,7 @@ func TestRetainedGoesToNewSubscribersOnly(t *testing.T) {
 	mustToken(t, app.Publish("cfg/a", 1, true, "ra"), "retain cfg/a")
 	mustToken(t, app.Publish("cfg/b", 1, true, "rb"), "retain cfg/b")
 	mark := &handle{"marker"}
-	b.Subscribe(mark, "mark/#", 1)
+	b.Subscribe(mark, session.Subscription{Filter: "mark/#", QoS: 1}, true, nil)
 	syncDelivery(t, app, d, "mark/sync")
 
 	x, y, z := &handle{"x"}, &handle{"y"}, &handle{"z"}
@@ -184,7 +186,7 @@ func TestRetainedGoesToNewSubscribersOnly(t *testing.T) {
 	}
 	seen := 0
 	for _, st := range steps {
-		b.Subscribe(st.sub, st.filter, 1)
+		b.Subscribe(st.sub, session.Subscription{Filter: st.filter, QoS: 1}, true, nil)
 		_, ret := d.waitFor(t, 10*time.Second, st.name, func(_ []Message, ret []retainedCall) bool {
 			return len(ret) >= seen+len(st.want)
 		})
@@ -287,7 +289,7 @@ func TestCommandSpaceNotDelivered(t *testing.T) {
 	waitReady(t, b)
 	waitFor(t, 10*time.Second, "the command subscription", func() bool { return b.Stats().CommandsSubscribed })
 	app := peer(t, br.URL(), "app", true, nil)
-	b.Subscribe(&handle{"car1"}, "devices/car1/#", 1)
+	b.Subscribe(&handle{"car1"}, session.Subscription{Filter: "devices/car1/#", QoS: 1}, true, nil)
 	syncDelivery(t, app, d, "devices/car1/sync")
 	mustToken(t, app.Publish("devices/car1/commands/unlock", 1, false, "secret"), "publish command")
 	cmds.waitN(t, 1)
@@ -310,12 +312,12 @@ func TestSubscribeFiltersNotForwarded(t *testing.T) {
 	defer stopBridge(t, b)
 	h := &handle{"h"}
 	for _, f := range []string{"$SYS/#", "$share/g/a", "a/#/b", ""} {
-		b.Subscribe(h, f, 1)
+		b.Subscribe(h, session.Subscription{Filter: f, QoS: 1}, true, nil)
 	}
 	if n := b.Stats().Subscriptions; n != 0 {
 		t.Fatalf("%d filters held, want none", n)
 	}
-	b.Subscribe(h, "a/+", 2)
+	b.Subscribe(h, session.Subscription{Filter: "a/+", QoS: 2}, true, nil)
 	if st := b.subLane.subs.held["a/+"]; st == nil || st.qos != 1 {
 		t.Fatalf("a/+ held as %+v, want QoS 1 (devices get at most 1)", st)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -25,7 +26,7 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 	cfg.Deliver = d.deliver
 	b := startBridge(t, cfg)
 	waitReady(t, b)
-	b.Subscribe(&handle{"car"}, "cloud/#", 1)
+	b.Subscribe(&handle{"car"}, session.Subscription{Filter: "cloud/#", QoS: 1}, true, nil)
 	syncDelivery(t, source, d, "cloud/sync")
 
 	const n = 300

@@ -212,12 +212,17 @@ func (s willSink) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
 // hooks passes session events to the dispatcher.
 type hooks struct{ d *Dispatcher }
 
-func (h hooks) Online(s *session.Session)                       { h.d.Online(s) }
-func (h hooks) Query(s *session.Session)                        { h.d.Query(s) }
-func (h hooks) Subscribed(s *session.Session, f string, q byte) { h.d.Subscribed(s, f, q) }
-func (h hooks) Unsubscribed(*session.Session, string)           {}
-func (h hooks) Acked(s *session.Session, token string)          { h.d.Acked(s, token) }
-func (h hooks) Offline(s *session.Session, unacked []string)    { h.d.Offline(s, unacked) }
+func (h hooks) Online(s *session.Session) { h.d.Online(s) }
+func (h hooks) Query(s *session.Session)  { h.d.Query(s) }
+func (h hooks) Subscribed(s *session.Session, subs []session.SubscribeEvent, ready func([]mqttcodec.ReasonCode)) {
+	for _, ev := range subs {
+		h.d.Subscribed(s, ev.Sub.Filter, ev.Sub.QoS)
+	}
+	ready(nil)
+}
+func (h hooks) Unsubscribed(*session.Session, string)        {}
+func (h hooks) Acked(s *session.Session, token string)       { h.d.Acked(s, token) }
+func (h hooks) Offline(s *session.Session, unacked []string) { h.d.Offline(s, unacked) }
 
 // simConfig is the dispatcher configuration of the tests: short periods,
 // so that everything happens within a few simulated minutes.

@@ -2,6 +2,7 @@ package session
 
 import (
 	"errors"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -49,8 +50,33 @@ type Delivery struct {
 	Token string
 	// Dup marks a delivery that may have reached the device before.
 	Dup bool
-	// Retain marks a retained message sent because of a new subscription.
+	// Retain marks a retained message sent because of a new subscription
+	// (Filter's): always written with the retain flag [MQTT-3.3.1-8].
 	Retain bool
+	// Retained reports that the message was published with the retain
+	// flag: a live message keeps the flag only for subscriptions with
+	// Retain As Published [MQTT-3.3.1-12, MQTT-3.3.1-13].
+	Retained bool
+	// Filter, when set, names the one subscription of the session this
+	// delivery is for: the subscription whose SUBSCRIBE caused a retained
+	// message, or the shared subscription ("$share/group/filter") the
+	// message was given to. Empty: every matching non-shared subscription
+	// of the session (Session.Route).
+	Filter string
+	// Publisher is the client id of the device of this gateway that
+	// published the message, when known ("": another publisher), for No
+	// Local.
+	Publisher string
+	// Props are the message's MQTT 5 properties (nil: none), Expires when
+	// it expires (zero: never).
+	Props   *MessageProps
+	Expires time.Time
+	// SubIDs are the identifiers of the subscriptions the delivery
+	// answers (set by Route; written to MQTT 5 devices).
+	SubIDs []uint32
+	// PacketID is the packet identifier a kept message had, to be sent
+	// again with it [MQTT-4.4.0-1]; 0: a new one.
+	PacketID uint16
 }
 
 // CheckTransport is the one rule that decides what may be written to a

@@ -21,6 +21,11 @@ type Will struct {
 	// and the secure-data rule when the Will is published.
 	Username string
 	TLS      bool
+	// Props are the Will's MQTT 5 properties (nil: none); Expiry its
+	// Message Expiry Interval in seconds (0: none), counted from when it
+	// is published.
+	Props  *MessageProps
+	Expiry uint32
 }
 
 // Store keeps the state of persistent sessions while their devices are

@@ -74,7 +74,32 @@ type Message struct {
 	// TLS reports that the device published it over TLS: it is then
 	// written to TLS sessions only.
 	TLS bool
+	// Props are the message's MQTT 5 properties that travel with it to
+	// the broker and to subscribers (nil: none).
+	Props *MessageProps
+	// Expires is when the message's Message Expiry Interval runs out
+	// (zero: it does not expire).
+	Expires time.Time
 }
+
+// MessageProps are the MQTT 5 properties of an application message that
+// travel, unchanged, from its publisher to its subscribers
+// [MQTT-3.3.2-4, MQTT-3.3.2-15, MQTT-3.3.2-16, MQTT-3.3.2-17, MQTT-3.3.2-20].
+// The Message Expiry Interval travels as an absolute time beside them
+// (Message.Expires, Delivery.Expires), so that what a subscriber gets is
+// the time left. Shared between the copies of a message: never modified
+// once built.
+type MessageProps struct {
+	PayloadFormat    byte // 1: the payload is UTF-8; meaningful with HasPayloadFormat
+	HasPayloadFormat bool
+	ContentType      string
+	ResponseTopic    string
+	CorrelationData  []byte
+	User             []UserProp // in the order sent, repeated keys kept
+}
+
+// UserProp is one MQTT 5 User Property.
+type UserProp struct{ Key, Value string }
 
 // Sink receives what devices publish. Publish must not block. For QoS 1 and 2
 // it calls ack exactly once, from any goroutine, when the message is safely
@@ -95,8 +120,17 @@ type Hooks interface {
 	Online(s *Session)
 	// Query: the device published on control.QueryTopic.
 	Query(s *Session)
-	// Subscribed: the device subscribed to filter, granted qos.
-	Subscribed(s *Session, filter string, qos byte)
+	// Subscribed: the device subscribed to subs (each new, or replacing
+	// one with the same filter). The session holds them already (local
+	// routes find them) and stops reading the device until ready is
+	// called: then the SUBACK is written, with failures[i] (a reason code
+	// >= 0x80) for subs[i] the routes could not be put in place for (the
+	// upstream broker refused, or did not answer in time), 0 for the
+	// others. ready is called exactly once, from any goroutine; failures
+	// may be nil (every one in place). So a device that publishes right
+	// after its SUBSCRIBE, even before the SUBACK, gets its own message
+	// back.
+	Subscribed(s *Session, subs []SubscribeEvent, ready func(failures []mqttcodec.ReasonCode))
 	// Unsubscribed: the device removed filter.
 	Unsubscribed(s *Session, filter string)
 	// Acked: the device acknowledged the delivery with this token.
@@ -262,10 +296,26 @@ func NewEnv(e Env) (*Env, error) {
 	return &out, nil
 }
 
-// Subscription is one filter a device subscribed to.
+// Subscription is one filter a device subscribed to, with its options.
 type Subscription struct {
+	// Filter is as the device sent it: "$share/group/filter" for a shared
+	// subscription.
 	Filter string
-	QoS    byte
+	QoS    byte // granted
+	// MQTT 5 subscription options [MQTT-3.8.3-3..5].
+	NoLocal           bool
+	RetainAsPublished bool
+	RetainHandling    byte
+	// ID is the Subscription Identifier (0: none).
+	ID uint32
+}
+
+// SubscribeEvent is one subscription of a SUBSCRIBE, for Hooks.Subscribed.
+type SubscribeEvent struct {
+	Sub Subscription
+	// New: the session held no subscription with this filter before
+	// (Retain Handling 1 sends retained messages only then).
+	New bool
 }
 
 // state of a session, in order.

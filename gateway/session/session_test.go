@@ -223,8 +223,11 @@ func unread(s *Session) int { return len(s.t.(*fakeTransport).out) }
 
 func (h *recordingHooks) Online(s *Session) { h.online++; h.onlineAfter = unread(s) }
 func (h *recordingHooks) Query(*Session)    { h.queries++ }
-func (h *recordingHooks) Subscribed(s *Session, filter string, _ byte) {
-	h.subscribed = append(h.subscribed, fmt.Sprintf("%s after %d bytes", filter, unread(s)))
+func (h *recordingHooks) Subscribed(s *Session, subs []SubscribeEvent, ready func([]mqttcodec.ReasonCode)) {
+	for _, ev := range subs {
+		h.subscribed = append(h.subscribed, fmt.Sprintf("%s after %d bytes", ev.Sub.Filter, unread(s)))
+	}
+	ready(nil)
 }
 func (h *recordingHooks) Unsubscribed(s *Session, filter string) {
 	h.unsubscribed = append(h.unsubscribed, fmt.Sprintf("%s after %d bytes", filter, unread(s)))

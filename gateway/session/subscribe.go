@@ -66,12 +66,16 @@ func (s *Session) handleSubscribe(p *mqttcodec.Subscribe) {
 	// must get the message. What the hooks start for this session
 	// (deliveries, pending commands) comes through Exec, so after the
 	// SUBACK.
-	if s.env.Hooks != nil {
-		for _, sub := range added {
-			s.env.Hooks.Subscribed(s, sub.Filter, sub.QoS)
-		}
-	}
 	ack := mqttcodec.Suback{PacketID: p.PacketID, ReasonCodes: codes}
+	if s.env.Hooks == nil || len(added) == 0 {
+		s.write(func(dst []byte) []byte { return mqttcodec.AppendSuback(dst, s.entry.Protocol, &ack) })
+		return
+	}
+	evs := make([]SubscribeEvent, len(added))
+	for i, sub := range added {
+		evs[i] = SubscribeEvent{Sub: sub, New: true}
+	}
+	s.env.Hooks.Subscribed(s, evs, func([]mqttcodec.ReasonCode) {})
 	s.write(func(dst []byte) []byte { return mqttcodec.AppendSuback(dst, s.entry.Protocol, &ack) })
 }
 
