@@ -134,8 +134,16 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 			QoS:     c.WillQoS,
 			Retain:  c.WillRetain,
 		}
-		if v5 && c.WillProperties.Has(mqttcodec.PropWillDelay) {
-			w.Delay = time.Duration(c.WillProperties.WillDelay) * time.Second
+		if v5 {
+			wp := &c.WillProperties
+			if wp.Has(mqttcodec.PropWillDelay) {
+				w.Delay = time.Duration(wp.WillDelay) * time.Second
+			}
+			// Copied out of the packet buffer, which the codec reuses.
+			w.Props = messageProps(wp)
+			if wp.Has(mqttcodec.PropMessageExpiry) {
+				w.Expiry = wp.MessageExpiry
+			}
 		}
 		w.Username, w.TLS = s.Username(), s.t.Mode() == registry.ModeTLS
 		if len(w.Topic) > s.env.MaxTopicLen {
@@ -183,8 +191,12 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		pr.SetReceiveMaximum(s.env.ReceiveMaximum)
 		pr.SetTopicAliasMaximum(s.env.TopicAliasMaximum)
 		pr.SetMaximumPacketSize(s.env.MaxPacketSize)
-		pr.SetSubIDAvailable(0)
-		pr.SetSharedSubAvailable(0)
+		pr.SetSubIDAvailable(1)
+		if s.env.NoSharedSubscriptions {
+			pr.SetSharedSubAvailable(0)
+		} else {
+			pr.SetSharedSubAvailable(1)
+		}
 		if assigned {
 			pr.SetAssignedClientID([]byte(id))
 		}
@@ -205,9 +217,12 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		s.env.Stats.Connects.Add(1)
 	}
 	// What the kept session had not had acknowledged goes out again,
-	// first [MQTT-4.4.0-1], through the device's window and queue.
+	// first, with its packet identifiers (PUBLISH with DUP, or PUBREL
+	// for the QoS 2 ones whose PUBREC came) [MQTT-4.4.0-1]; then what
+	// was queued for the device while it was away, in order; through
+	// the device's window and queue.
 	for i := range resend {
-		if err := s.Deliver(&resend[i]); err != nil {
+		if err := s.resend(&resend[i]); err != nil {
 			s.env.Logger.Debug("kept message not sent again", zap.String("client", id), zap.Error(err))
 		}
 	}

@@ -2,6 +2,7 @@ package session
 
 import (
 	"errors"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -27,6 +28,10 @@ var (
 	// ErrQueueFull: a routed message found the device's queue full
 	// (Env.MaxQueued, Env.MaxOutbound) and was dropped.
 	ErrQueueFull = errors.New("session: device's queue is full")
+	// ErrExpired: the message's expiry passed before it could be
+	// written; it was dropped and counted (Stats.MessagesExpired)
+	// [MQTT-3.3.2-5].
+	ErrExpired = errors.New("session: message expired before it could be written")
 	// ErrTooLarge: the packet exceeds the device's maximum packet size.
 	ErrTooLarge = errors.New("session: packet exceeds the device's maximum packet size")
 	// ErrDowngradeOnPlain: a plain instruction may only travel over TLS.
@@ -77,6 +82,10 @@ type Delivery struct {
 	// PacketID is the packet identifier a kept message had, to be sent
 	// again with it [MQTT-4.4.0-1]; 0: a new one.
 	PacketID uint16
+
+	// released marks a kept QoS 2 exchange whose PUBREC came: only the
+	// PUBREL (PacketID) is sent again.
+	released bool
 }
 
 // CheckTransport is the one rule that decides what may be written to a
@@ -95,7 +104,19 @@ func CheckTransport(mode registry.Mode, proven bool, d *Delivery) error {
 }
 
 // Deliver writes d to the device. Owner context.
-func (s *Session) Deliver(d *Delivery) error {
+//
+// A command (Token set) goes out at QoS 0 or 1 (the dispatcher waits for
+// its PUBACK); it is refused with ErrInflightFull when the device's
+// window is full. A routed message (no Token) goes out at its QoS, 2
+// included, or waits in the session's bounded queue behind those already
+// waiting. A message whose Expires has passed is dropped (ErrExpired).
+// On a session not connected, ErrNotConnected, and nothing changes.
+func (s *Session) Deliver(d *Delivery) error { return s.deliver(d, false) }
+
+// deliver is Deliver; kept marks a message of a resumed or taken-over
+// session, which waits in the queue whatever its bounds: they were
+// counted where it was kept.
+func (s *Session) deliver(d *Delivery, kept bool) error {
 	if err := CheckTransport(s.t.Mode(), s.IdentityProven(), d); err != nil {
 		if errors.Is(err, ErrInsecureTransport) {
 			s.env.Stats.RefusedOnPlain.Add(1)
@@ -117,7 +138,7 @@ func (s *Session) Deliver(d *Delivery) error {
 			return ErrInflightFull
 		case d.Token == "" && (s.Queued() > 0 || s.windowFull(d)):
 			// In order behind what waits already [MQTT-4.6.0-6].
-			return s.enqueue(d)
+			return s.enqueue(d, kept)
 		}
 	}
 	return s.send(d)
@@ -130,18 +151,41 @@ func (s *Session) send(d *Delivery) error {
 	if err := CheckTransport(s.t.Mode(), s.IdentityProven(), d); err != nil {
 		return err
 	}
-	pub := mqttcodec.Publish{Topic: []byte(d.Topic), Payload: d.Payload, QoS: min(d.QoS, 1), Dup: d.Dup && d.QoS > 0, Retain: d.Retain}
-	if pub.QoS > 0 {
-		pub.PacketID = s.allocPID()
+	if d.released {
+		s.release(d.PacketID)
+		return nil
+	}
+	now := s.env.Now()
+	if expired(d.Expires, now) && !sentBefore(d) {
+		s.env.Stats.MessagesExpired.Add(1)
+		return ErrExpired
+	}
+	qos := min(d.QoS, 2)
+	if d.Token != "" {
+		// Commands stay QoS 1: the dispatcher records a PUBACK.
+		qos = min(qos, 1)
+	}
+	pub := mqttcodec.Publish{Topic: []byte(d.Topic), Payload: d.Payload, QoS: qos, Dup: d.Dup && qos > 0, Retain: d.Retain}
+	if qos > 0 {
+		// A kept message goes out again with its packet identifier
+		// [MQTT-4.4.0-1], unless another exchange holds it now.
+		pub.PacketID = d.PacketID
+		if pub.PacketID == 0 || (s.rare != nil && s.rare.pidInUse(pub.PacketID)) {
+			pub.PacketID = s.allocPID()
+		}
+	}
+	if s.entry.Protocol == mqttcodec.V5 {
+		setPublishProps(&pub.Properties, d, now)
 	}
 	if !s.writePublish(&pub) {
 		return ErrTooLarge
 	}
-	if pub.QoS > 0 {
+	if qos > 0 {
 		r := s.rareState()
-		f := inflight{pid: pub.PacketID, token: d.Token}
+		f := inflight{pid: pub.PacketID, token: d.Token, qos: qos}
 		if d.Token == "" {
 			m := *d
+			m.PacketID = pub.PacketID
 			f.msg = &m
 			r.inflightBytes += deliverySize(d)
 		}
@@ -150,6 +194,151 @@ func (s *Session) send(d *Delivery) error {
 	s.env.Stats.Deliveries.Add(1)
 	return nil
 }
+
+// sentBefore reports whether d is a QoS 2 message that went out on an
+// earlier connection of the session, its PUBREC not received. It is sent
+// again even past its expiry: once a QoS 2 PUBLISH has been sent, expiry
+// no longer applies to it [MQTT-4.3.3-7] (the device, which may hold its
+// packet identifier as received, would otherwise take the next message
+// given that identifier for a duplicate). Its Message Expiry Interval is
+// then written as 1.
+func sentBefore(d *Delivery) bool {
+	return d.QoS == 2 && d.Token == "" && d.Dup && d.PacketID != 0
+}
+
+// release sends PUBREL for an outbound QoS 2 exchange and waits for its
+// PUBCOMP: for a PUBREC that came, or again for a kept session's
+// exchange that had its PUBREC [MQTT-4.4.0-1].
+func (s *Session) release(pid uint16) {
+	s.writeAck(mqttcodec.PUBREL, pid, mqttcodec.Success)
+	r := s.rareState()
+	r.inflight = append(r.inflight, inflight{pid: pid, qos: 2, released: true})
+}
+
+// resend sends again a message a kept session, or a session taken over,
+// had not had acknowledged: with its packet identifier unless this
+// session uses it already, through the window and the queue, whatever
+// the queue's bounds. A session that is ending keeps it with its own.
+func (s *Session) resend(d *Delivery) error {
+	if d.PacketID != 0 && s.rare != nil && s.rare.pidInUse(d.PacketID) {
+		if d.released {
+			return nil // that exchange cannot be completed here
+		}
+		d.PacketID = 0
+	}
+	switch s.state {
+	case stateConnected:
+		if d.released {
+			s.release(d.PacketID)
+			return nil
+		}
+		return s.deliver(d, true)
+	case stateClosing:
+		if s.flags&flagRegistered != 0 {
+			s.rareState().push(d)
+			return nil
+		}
+	case stateClosed:
+		if s.Kept() && !d.released {
+			s.env.Sessions.Enqueue(s.entry.ClientID, d)
+			return nil
+		}
+	}
+	return ErrNotConnected
+}
+
+// Route writes a routed message (not a command: no Token) to the device
+// as its subscriptions ask (MatchDelivery): nothing when none of them
+// takes it, else one copy, whatever the number of matching subscriptions
+// (MQTT 5 allows one copy carrying every identifier [MQTT-3.3.4-4]), at
+// the highest QoS they granted, with their Subscription Identifiers and
+// the retain flag they call for. It goes through Deliver: CheckTransport
+// decides what may reach the socket. Owner context.
+//
+// A session that is no longer connected returns ErrNotConnected and
+// changes nothing: the message is the caller's to give to the store
+// (Store.Enqueue) if the session was kept. A session that is closing
+// (its end not handled yet) keeps a QoS 1/2 message with those it had not
+// sent, as a queued one: Closed keeps them with the session, or hands
+// them to the connection that took it over; nil.
+func (s *Session) Route(d *Delivery) error {
+	if s.state != stateConnected && (s.state != stateClosing || s.flags&flagRegistered == 0) {
+		return ErrNotConnected
+	}
+	m, ok := MatchDelivery(s.Subscriptions(), s.entry.ClientID, d)
+	if !ok {
+		return nil
+	}
+	if s.state == stateClosing {
+		if m.QoS == 0 {
+			return ErrNotConnected
+		}
+		return s.enqueue(&m, false)
+	}
+	return s.Deliver(&m)
+}
+
+// MatchDelivery is what a session with subs, of device clientID, makes of
+// a routed message d: false when none of its subscriptions takes it,
+// else the one copy to write.
+//
+// The subscriptions that take d: with d.Filter set, the one subscription
+// with exactly that filter (a retained message for a new subscription, or
+// a shared subscription's share); otherwise every subscription whose
+// filter matches d.Topic, shared ones excepted (a shared subscription
+// gets only what is given to it by name). Of those, a subscription with
+// No Local takes nothing its own device published (d.Publisher ==
+// clientID) [MQTT-3.8.3-3].
+//
+// The copy, one per session (MQTT 5 allows one copy carrying every
+// identifier [MQTT-3.3.4-4]): QoS the lower of d's and the highest QoS
+// granted among those subscriptions [MQTT-3.3.4-2]; SubIDs the non-zero
+// identifiers of those subscriptions [MQTT-3.3.4-3]; Retain d.Retain (a
+// retained message sent for a new subscription [MQTT-3.3.1-8]), or
+// d.Retained when one of them asked for Retain As Published
+// [MQTT-3.3.1-12, MQTT-3.3.1-13]. The rest of d is shared with the copy.
+func MatchDelivery(subs []Subscription, clientID string, d *Delivery) (Delivery, bool) {
+	var (
+		found bool
+		qos   byte
+		rap   bool
+		ids   []uint32
+	)
+	self := d.Publisher != "" && d.Publisher == clientID
+	for i := range subs {
+		sub := &subs[i]
+		if d.Filter != "" {
+			if sub.Filter != d.Filter {
+				continue
+			}
+		} else if isShared(sub.Filter) || !mqttcodec.MatchTopic([]byte(sub.Filter), []byte(d.Topic)) {
+			continue
+		}
+		if sub.NoLocal && self {
+			continue
+		}
+		found = true
+		qos = max(qos, sub.QoS)
+		rap = rap || sub.RetainAsPublished
+		if sub.ID != 0 {
+			ids = append(ids, sub.ID)
+		}
+	}
+	if !found {
+		return Delivery{}, false
+	}
+	m := *d
+	m.QoS = min(d.QoS, qos)
+	m.SubIDs = ids
+	m.Retain = d.Retain || (d.Retained && rap)
+	return m, true
+}
+
+// isShared reports whether filter names a shared subscription.
+func isShared(filter string) bool { return strings.HasPrefix(filter, sharePrefix) }
+
+// sharePrefix starts every shared subscription's filter.
+const sharePrefix = "$share/"
 
 // Inflight lists the tokens of deliveries the device has not acknowledged.
 func (s *Session) Inflight() []string {
@@ -180,7 +369,8 @@ func (s *Session) writePublish(pub *mqttcodec.Publish) bool {
 	return sent && !s.tooLarge(size)
 }
 
-// allocPID returns a packet identifier not in use by an outbound delivery.
+// allocPID returns a packet identifier not in use by an outbound
+// exchange, nor kept by a queued message of a resumed session.
 func (s *Session) allocPID() uint16 {
 	for {
 		s.nextPID++
@@ -197,6 +387,13 @@ func (r *rareState) pidInUse(pid uint16) bool {
 	for _, f := range r.inflight {
 		if f.pid == pid {
 			return true
+		}
+	}
+	if r.queuedPIDs > 0 {
+		for i := range r.queued {
+			if r.queued[i].PacketID == pid {
+				return true
+			}
 		}
 	}
 	return false
@@ -237,7 +434,7 @@ func (s *Session) Instruct(mode control.Mode, addr, reason string) error {
 		return ErrTooLarge
 	}
 	r := s.rareState()
-	r.inflight = append(r.inflight, inflight{pid: pub.PacketID})
+	r.inflight = append(r.inflight, inflight{pid: pub.PacketID, qos: 1})
 	s.deadline = s.env.Now().Add(s.env.ControlGrace).UnixNano()
 	return nil
 }

@@ -11,9 +11,10 @@ import (
 // Each reason to hold a device back is a ReadPause bit; reading resumes
 // when no reason is left.
 //
-// Outbound, a routed QoS 1 message that finds the device's Receive
+// Outbound, a routed QoS 1 or 2 message that finds the device's Receive
 // Maximum full waits in the session's queue (rareState.queued) and goes
-// out as PUBACKs free the window. Commands (a Delivery with a Token) are
+// out as PUBACKs and PUBCOMPs free the window (a QoS 2 message holds its
+// slot until its PUBCOMP). Commands (a Delivery with a Token) are
 // not queued: Deliver answers ErrInflightFull and the dispatcher, which
 // keeps them durably, sends them again later; one slot of a window of two
 // or more is left to them, so routed traffic alone never holds a command
@@ -30,6 +31,9 @@ const (
 	// PauseUpstream: where the device's messages go cannot take more of
 	// them now (the bridge's QoS 0 backpressure).
 	PauseUpstream
+	// pauseSubscribe: a SUBSCRIBE waits for its routes (Hooks.Subscribed's
+	// ready) before its SUBACK.
+	pauseSubscribe
 )
 
 // PauseReading stops reading the device for reason until ResumeReading
@@ -71,7 +75,7 @@ func (s *Session) ResumeReading(reason ReadPause) {
 // context.
 func (s *Session) ReadingPaused() bool { return s.flags&flagReadPaused != 0 }
 
-// windowFull reports whether a QoS 1 delivery must wait: the device's
+// windowFull reports whether a QoS 1 or 2 delivery must wait: the device's
 // Receive Maximum is reached, or, for a routed message (no token), all
 // but the slot kept for commands. Routed messages in flight are kept
 // until their PUBACK (to be sent again), so they are also bounded by the
@@ -95,18 +99,24 @@ func (s *Session) windowFull(d *Delivery) bool {
 	return len(r.inflight) >= limit
 }
 
-// deliverySize is what a kept message costs in the bounds: topic and
-// payload.
-func deliverySize(d *Delivery) int { return len(d.Topic) + len(d.Payload) }
+// deliverySize is what a kept message costs in the bounds: topic,
+// payload and properties.
+func deliverySize(d *Delivery) int { return len(d.Topic) + len(d.Payload) + propsSize(d.Props) }
 
-// enqueue keeps a routed QoS 1 message until the device's window has
+// enqueue keeps a routed QoS 1 or 2 message until the device's window has
 // room. Past MaxQueued messages or MaxOutbound bytes it is dropped,
 // counted and logged: the device takes its messages more slowly than
-// they come.
-func (s *Session) enqueue(d *Delivery) error {
+// they come. A message of a resumed session (kept) waits whatever the
+// bounds: it was counted in the bounds of the store or of the session it
+// comes from. An expired message is dropped (ErrExpired).
+func (s *Session) enqueue(d *Delivery, kept bool) error {
+	if expired(d.Expires, s.env.Now()) && !sentBefore(d) {
+		s.env.Stats.MessagesExpired.Add(1)
+		return ErrExpired
+	}
 	r := s.rareState()
 	size := deliverySize(d)
-	if len(r.queued) >= s.env.MaxQueued || r.queuedBytes+size > s.env.MaxOutbound {
+	if !kept && (len(r.queued) >= s.env.MaxQueued || r.queuedBytes+size > s.env.MaxOutbound) {
 		s.env.Stats.QueueDropped.Add(1)
 		if s.env.Stats.QueueDropped.Load()&(s.env.Stats.QueueDropped.Load()-1) == 0 {
 			// Logged at the 1st, 2nd, 4th, 8th... drop: a bounded rate.
@@ -116,10 +126,18 @@ func (s *Session) enqueue(d *Delivery) error {
 		}
 		return ErrQueueFull
 	}
-	r.queued = append(r.queued, *d)
-	r.queuedBytes += size
+	r.push(d)
 	s.env.Stats.Queued.Add(1)
 	return nil
+}
+
+// push appends d to the queue.
+func (r *rareState) push(d *Delivery) {
+	r.queued = append(r.queued, *d)
+	r.queuedBytes += deliverySize(d)
+	if d.PacketID != 0 {
+		r.queuedPIDs++
+	}
 }
 
 // sendQueued sends queued messages while the device's window has room.
@@ -132,10 +150,13 @@ func (s *Session) sendQueued() {
 		}
 		dd := *d
 		r.queuedBytes -= deliverySize(d)
+		if dd.PacketID != 0 {
+			r.queuedPIDs--
+		}
 		r.queued[0] = Delivery{}
 		r.queued = r.queued[1:]
 		if len(r.queued) == 0 {
-			r.queued, r.queuedBytes = nil, 0
+			r.queued, r.queuedBytes, r.queuedPIDs = nil, 0, 0
 		}
 		if err := s.send(&dd); err != nil {
 			s.env.Logger.Debug("queued message not sent", zap.String("client", s.entry.ClientID), zap.Error(err))

@@ -20,6 +20,11 @@ func (s *Session) handlePublish(p *mqttcodec.Publish) {
 		s.protocolError("topic longer than the gateway accepts", mqttcodec.TopicNameInvalid)
 		return
 	}
+	if p.Properties.Has(mqttcodec.PropSubscriptionID) {
+		// A device's PUBLISH carries none [MQTT-3.3.4-6].
+		s.protocolError("subscription identifier in a PUBLISH from a client", mqttcodec.ProtocolError)
+		return
+	}
 	s.env.Stats.PublishesIn.Add(1)
 
 	if topic == control.QueryTopic {
@@ -146,8 +151,10 @@ func (s *Session) holdBackInbound() {
 	}
 }
 
+// message copies an application message out of the packet (whose
+// slices the codec reuses), with its MQTT 5 properties and expiry.
 func (s *Session) message(p *mqttcodec.Publish, topic string) *Message {
-	return &Message{
+	m := &Message{
 		ClientID: s.entry.ClientID,
 		Username: s.Username(),
 		Topic:    topic,
@@ -156,6 +163,11 @@ func (s *Session) message(p *mqttcodec.Publish, topic string) *Message {
 		Retain:   p.Retain,
 		TLS:      s.t.Mode() == registry.ModeTLS,
 	}
+	if s.entry.Protocol == mqttcodec.V5 {
+		m.Props = messageProps(&p.Properties)
+		m.Expires = expiresAt(&p.Properties, s.env.Now())
+	}
+	return m
 }
 
 // ack states of sinkWithAck.
@@ -222,31 +234,107 @@ func (s *Session) handlePubrel(a *mqttcodec.Ack) {
 	s.writeAck(mqttcodec.PUBCOMP, a.PacketID, rc)
 }
 
+// Outbound QoS 1 and 2 toward the device. A QoS 1 delivery waits for its
+// PUBACK. A QoS 2 one waits for its PUBREC; then the gateway sends PUBREL
+// and waits for the PUBCOMP, the message itself let go (only the PUBREL
+// is sent again on a resumed session). A PUBREC with a failure reason
+// ends the exchange (its packet identifier is free again). The slot in the device's window is
+// freed at the end of the exchange and goes to the next queued message.
+
+// inflightIndex finds the outbound exchange with packet id pid (-1: none).
+func (s *Session) inflightIndex(pid uint16) int {
+	if s.rare == nil {
+		return -1
+	}
+	for i := range s.rare.inflight {
+		if s.rare.inflight[i].pid == pid {
+			return i
+		}
+	}
+	return -1
+}
+
 // handlePuback completes an outbound QoS 1 delivery; the freed slot goes
 // to the next queued message.
 func (s *Session) handlePuback(a *mqttcodec.Ack) {
-	if s.rare == nil {
+	i := s.inflightIndex(a.PacketID)
+	if i < 0 {
+		s.env.Logger.Debug("PUBACK for an unknown packet id", zap.String("client", s.entry.ClientID),
+			zap.Uint16("packet_id", a.PacketID))
 		return
 	}
-	for i, f := range s.rare.inflight {
-		if f.pid != a.PacketID {
-			continue
+	if s.rare.inflight[i].qos == 2 {
+		s.protocolError("PUBACK for a QoS 2 message", mqttcodec.ProtocolError)
+		return
+	}
+	s.finishOutbound(i)
+}
+
+// handlePubrec answers the device's receipt of a QoS 2 message: PUBREL,
+// or, for a refusal, the end of the exchange.
+func (s *Session) handlePubrec(a *mqttcodec.Ack) {
+	i := s.inflightIndex(a.PacketID)
+	if i < 0 {
+		// Not an exchange of this session (any more): release it, so the
+		// device can forget the identifier.
+		s.writeAck(mqttcodec.PUBREL, a.PacketID, mqttcodec.PacketIdentifierNotFound)
+		return
+	}
+	f := &s.rare.inflight[i]
+	if f.qos != 2 {
+		s.protocolError("PUBREC for a QoS 1 message", mqttcodec.ProtocolError)
+		return
+	}
+	if a.ReasonCode >= 0x80 {
+		// The device refused the message: no PUBREL follows.
+		if !f.released {
+			s.finishOutbound(i)
 		}
-		s.rare.inflight = append(s.rare.inflight[:i], s.rare.inflight[i+1:]...)
-		if len(s.rare.inflight) == 0 {
-			s.rare.inflight = nil
-		}
+		return
+	}
+	if !f.released {
+		f.released = true
 		if f.msg != nil {
 			s.rare.inflightBytes -= deliverySize(f.msg)
+			f.msg = nil
 		}
-		if f.token != "" && s.env.Hooks != nil {
-			s.env.Hooks.Acked(s, f.token)
-		}
-		s.sendQueued()
+	}
+	s.writeAck(mqttcodec.PUBREL, a.PacketID, mqttcodec.Success)
+}
+
+// handlePubcomp completes an outbound QoS 2 exchange; the freed slot goes
+// to the next queued message.
+func (s *Session) handlePubcomp(a *mqttcodec.Ack) {
+	i := s.inflightIndex(a.PacketID)
+	if i < 0 {
+		s.env.Logger.Debug("PUBCOMP for an unknown packet id", zap.String("client", s.entry.ClientID),
+			zap.Uint16("packet_id", a.PacketID))
 		return
 	}
-	s.env.Logger.Debug("PUBACK for an unknown packet id", zap.String("client", s.entry.ClientID),
-		zap.Uint16("packet_id", a.PacketID))
+	if !s.rare.inflight[i].released {
+		s.protocolError("PUBCOMP before the PUBREL", mqttcodec.ProtocolError)
+		return
+	}
+	s.finishOutbound(i)
+}
+
+// finishOutbound ends the outbound exchange at index i: the hooks learn
+// of an acknowledged command, and the freed slot goes to the next queued
+// message.
+func (s *Session) finishOutbound(i int) {
+	r := s.rare
+	f := r.inflight[i]
+	r.inflight = append(r.inflight[:i], r.inflight[i+1:]...)
+	if len(r.inflight) == 0 {
+		r.inflight = nil
+	}
+	if f.msg != nil {
+		r.inflightBytes -= deliverySize(f.msg)
+	}
+	if f.token != "" && s.env.Hooks != nil {
+		s.env.Hooks.Acked(s, f.token)
+	}
+	s.sendQueued()
 }
 
 // writeAck sends PUBACK, PUBREC, PUBREL or PUBCOMP. A 3.1.1 device only

@@ -216,6 +216,12 @@ type Env struct {
 	// when its queue would pass the bound, rather than anyone waiting on
 	// it.
 	MaxOutbound int
+	// NoSharedSubscriptions refuses "$share/group/filter" subscriptions
+	// (SUBACK 0x9E, 3.1.1: 0x80) and says so in CONNACK (Shared
+	// Subscription Available 0). By default they are accepted: the
+	// session holds them, and whoever routes gives each message to one
+	// member of the group with Delivery.Filter set.
+	NoSharedSubscriptions bool
 	// MoveGrace is how long the will of a device whose connection the
 	// gateway closed to move it (reconnect instruction, drain) is held:
 	// dropped if the device connects again in time, published otherwise.
@@ -350,7 +356,7 @@ type Session struct {
 	// inboundQoS counts device publishes waiting for the Sink's ack.
 	inboundQoS    uint16
 	state         uint8
-	flags         uint8
+	flags         uint16
 	sessionExpiry uint32
 
 	// rare holds what most idle sessions never need.
@@ -359,7 +365,7 @@ type Session struct {
 
 // flags bits.
 const (
-	flagCleanStart uint8 = 1 << iota
+	flagCleanStart uint16 = 1 << iota
 	flagGracefulEnd
 	flagInstructed // a reconnect instruction is outstanding
 	flagRegistered // CONNECT put the session in the registry
@@ -367,6 +373,7 @@ const (
 	flagUserIsID   // the CONNECT user name is the client id (kept for the acl file)
 	flagMoved      // the gateway ends the connection to move the device (instruction, drain)
 	flagReadPaused // the transport was told to stop reading (flow control)
+	flagKept       // Closed kept the session's state for resumption (Store.Keep)
 )
 
 // rareState is allocated on first need, so an idle session does not pay for it.
@@ -378,14 +385,18 @@ type rareState struct {
 	// limit).
 	maxPacket uint32
 
-	aliases  map[uint16]string // MQTT 5 inbound topic aliases
-	qos2     map[uint16]struct{}
-	inflight []inflight // outbound QoS 1 deliveries waiting for PUBACK
-	// queued holds routed QoS 1 messages waiting for room in the
+	aliases map[uint16]string // MQTT 5 inbound topic aliases
+	qos2    map[uint16]struct{}
+	// inflight are the outbound QoS 1 deliveries waiting for PUBACK and
+	// the QoS 2 ones waiting for PUBREC or PUBCOMP.
+	inflight []inflight
+	// queued holds routed QoS 1/2 messages waiting for room in the
 	// device's Receive Maximum, in order; queuedBytes their payloads and
-	// topics.
+	// topics; queuedPIDs how many of them keep the packet identifier of
+	// an earlier connection (kept sessions).
 	queued      []Delivery
 	queuedBytes int
+	queuedPIDs  int
 	// inflightBytes sums deliverySize of the routed messages in flight.
 	inflightBytes int
 	// pauses is why reading is paused (flagReadPaused): pauseFlow and
@@ -411,22 +422,32 @@ func (s *Session) tooLarge(size int) bool {
 	return s.rare != nil && s.rare.maxPacket != 0 && uint32(size) > s.rare.maxPacket
 }
 
+// inflight is one outbound QoS 1 or 2 exchange.
 type inflight struct {
 	pid   uint16
 	token string
 	// msg is a routed message (no token), kept to be sent again when the
-	// connection ends before its PUBACK and the session is kept.
+	// connection ends before its acknowledgement and the session is kept.
 	msg *Delivery
+	qos byte
+	// released: a QoS 2 message whose PUBREC came; the PUBREL was sent
+	// and the PUBCOMP is awaited. msg is let go then.
+	released bool
 }
 
-// unsent lists the routed QoS 1 messages the device has not acknowledged:
-// those in flight (marked Dup), then those queued, in order.
+// unsent lists the routed messages the device has not acknowledged: those
+// in flight, marked Dup and with their packet identifier (the released
+// QoS 2 ones as a PUBREL to send again), then those queued, in order.
 func (r *rareState) unsent() []Delivery {
 	var out []Delivery
 	for _, f := range r.inflight {
-		if f.msg != nil {
+		switch {
+		case f.released:
+			out = append(out, Delivery{QoS: 2, PacketID: f.pid, released: true})
+		case f.msg != nil:
 			d := *f.msg
 			d.Dup = true
+			d.PacketID = f.pid
 			out = append(out, d)
 		}
 	}
@@ -561,12 +582,11 @@ func (s *Session) handle(p *mqttcodec.Packet) {
 	case mqttcodec.PUBACK:
 		s.handlePuback(&p.Ack)
 	case mqttcodec.PUBREC:
-		// The gateway sends devices QoS 0 and 1 only.
-		s.protocolError("PUBREC for a QoS 2 message the gateway never sends", mqttcodec.PacketIdentifierNotFound)
+		s.handlePubrec(&p.Ack)
 	case mqttcodec.PUBREL:
 		s.handlePubrel(&p.Ack)
 	case mqttcodec.PUBCOMP:
-		s.protocolError("PUBCOMP for a QoS 2 message the gateway never sends", mqttcodec.PacketIdentifierNotFound)
+		s.handlePubcomp(&p.Ack)
 	case mqttcodec.SUBSCRIBE:
 		s.handleSubscribe(&p.Subscribe)
 	case mqttcodec.UNSUBSCRIBE:
@@ -715,8 +735,11 @@ func (s *Session) Kick(rc mqttcodec.ReasonCode, reason string) {
 
 // Closed is called by the transport, in owner context, once the connection
 // is gone, whoever closed it. It unregisters the session, publishes the will
-// if the end was not graceful, keeps a persistent session's state, and tells
-// the hooks which deliveries were left unacknowledged.
+// if the end was not graceful, tells the hooks which deliveries were left
+// unacknowledged, and keeps a persistent session's state: its
+// subscriptions and the routed messages not acknowledged, to send again
+// when the device resumes it (Kept). A session taken over by a connection
+// that resumed it hands those messages to its successor instead.
 func (s *Session) Closed() {
 	if s.state == stateClosed {
 		return
@@ -750,10 +773,9 @@ func (s *Session) Closed() {
 	}
 	now := s.env.Now()
 	expiry := time.Duration(s.sessionExpiry) * time.Second
-	if stillOwner && expiry > 0 {
-		// Routed QoS 1 messages not acknowledged stay with the session
-		// and go out again when the device resumes it [MQTT-4.4.0-1].
-		s.env.Sessions.Keep(s.entry.ClientID, s.Subscriptions(), unsent, now.Add(expiry))
+	kept := stillOwner && expiry > 0
+	if kept {
+		s.flags |= flagKept
 	}
 	if will != nil {
 		// The will waits for its delay, or until the session ends if
@@ -770,7 +792,50 @@ func (s *Session) Closed() {
 			s.env.Sessions.ScheduleWill(s.entry.ClientID, will, now, now.Add(delay))
 		}
 	}
+	// The hooks learn of the end first (Kept tells them whether the
+	// session stays), the store second: a kept session the store lets go
+	// at once (its bounds) is reported through Store.OnEnd after it.
 	if s.env.Hooks != nil {
 		s.env.Hooks.Offline(s, unacked)
 	}
+	switch {
+	case kept:
+		// Routed messages not acknowledged stay with the session and go
+		// out again when the device resumes it [MQTT-4.4.0-1].
+		s.env.Sessions.Keep(s.entry.ClientID, s.Subscriptions(), unsent, now.Add(expiry))
+	case !stillOwner && len(unsent) > 0:
+		s.handOver(unsent)
+	}
+}
+
+// Kept reports whether Closed kept this session's state for the device
+// to resume (Store.Keep): its subscriptions stand, and routed messages
+// for it go to the store (Store.Enqueue) until it comes back or
+// Store.OnEnd reports its end. Owner context, or after Closed.
+func (s *Session) Kept() bool { return s.flags&flagKept != 0 }
+
+// handOver gives the routed messages a session taken over had not had
+// acknowledged to the connection that took it over, if that one resumed
+// the session (Clean Start 0): the session goes on there [MQTT-4.4.0-1].
+// Each is sent again as a delivery that may have reached the device
+// (Dup), with its packet identifier when the successor has it free. A
+// successor that started clean discards them, as it discarded the rest
+// of the session.
+func (s *Session) handOver(msgs []Delivery) {
+	next, ok := s.env.Registry.Get(s.entry.ClientID)
+	if !ok || next == s {
+		return
+	}
+	next.Exec(func(n *Session) {
+		if n.flags&flagCleanStart != 0 {
+			return
+		}
+		for i := range msgs {
+			d := &msgs[i]
+			if err := n.resend(d); err != nil {
+				n.env.Logger.Debug("message of a session taken over not sent again",
+					zap.String("client", n.entry.ClientID), zap.Error(err))
+			}
+		}
+	})
 }

@@ -31,6 +31,7 @@ type Stats struct {
 	QoS2Unreleased         atomic.Uint64 // MQTT 3.1.1 devices closed past Env.MaxQoS2Unreleased
 	Queued                 atomic.Uint64 // routed messages that waited for room in a device's Receive Maximum
 	QueueDropped           atomic.Uint64 // routed messages dropped: the device's queue was full
+	MessagesExpired        atomic.Uint64 // messages dropped because their Message Expiry Interval passed before they were written
 	// RefusedOnPlain counts secure commands and secure data that
 	// CheckTransport kept off a plain socket.
 	RefusedOnPlain atomic.Uint64

@@ -2,81 +2,167 @@ package session
 
 import (
 	"slices"
-	"strings"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
-// maxGrantedQoS is the highest QoS the gateway delivers to devices.
-const maxGrantedQoS = 1
+// maxGrantedQoS is the highest QoS the gateway grants devices.
+const maxGrantedQoS = 2
 
 // handleSubscribe records filters and answers with one SUBACK code each
-// [MQTT-3.8.4-6]. The codec has already refused malformed filters.
+// [MQTT-3.8.4-6]. The codec has already refused malformed filters (and,
+// for MQTT 5, malformed shared ones, No Local on a shared subscription
+// and a Subscription Identifier of 0).
+//
+// The subscriptions are in force at once (local routes find them), and
+// the hooks are asked to put their routes in place (Hooks.Subscribed);
+// reading the device pauses until they are (ready), then the SUBACK
+// leaves with the failures they report, those subscriptions undone.
 func (s *Session) handleSubscribe(p *mqttcodec.Subscribe) {
 	v5 := s.entry.Protocol == mqttcodec.V5
-	if v5 && p.Properties.Has(mqttcodec.PropSubscriptionID) {
-		// CONNACK said Subscription Identifier Available = 0.
-		s.protocolError("subscription identifiers are not supported", mqttcodec.SubscriptionIdentifiersNotSupported)
-		return
+	var subID uint32
+	if v5 && p.Properties.Has(mqttcodec.PropSubscriptionID) && len(p.Properties.SubscriptionIDs) > 0 {
+		subID = p.Properties.SubscriptionIDs[0]
+		if subID == 0 {
+			s.protocolError("subscription identifier 0", mqttcodec.ProtocolError)
+			return
+		}
 	}
 	failure := mqttcodec.ReasonCode(0x80) // 3.1.1 SUBACK failure
 	next := slices.Clone(s.Subscriptions())
-	codes := make([]mqttcodec.ReasonCode, len(p.Subscriptions))
-	var added []Subscription
+	pend := &pendingSubscribe{packetID: p.PacketID, codes: make([]mqttcodec.ReasonCode, len(p.Subscriptions))}
 	for i := range p.Subscriptions {
 		sub := &p.Subscriptions[i]
 		f := string(sub.Filter)
+		_, inner, shared, err := mqttcodec.ParseShared(sub.Filter)
 		switch {
-		case strings.HasPrefix(f, "$share/"):
-			codes[i] = pick(v5, mqttcodec.SharedSubscriptionsNotSupported, failure)
-			continue
 		case len(f) > s.env.MaxTopicLen:
 			// Filters are kept for as long as the session: bounded.
 			s.env.Stats.SubscribeTooLong.Add(1)
-			codes[i] = pick(v5, mqttcodec.TopicFilterInvalid, failure)
+			pend.codes[i] = pick(v5, mqttcodec.TopicFilterInvalid, failure)
 			continue
-		case s.env.ACL != nil && !s.env.ACL.Subscribe(s.entry.ClientID, s.Username(), f):
+		case shared && s.env.NoSharedSubscriptions:
+			pend.codes[i] = pick(v5, mqttcodec.SharedSubscriptionsNotSupported, failure)
+			continue
+		case shared && (err != nil || mqttcodec.ValidTopicFilter(inner) != nil):
+			// An MQTT 3.1.1 filter the codec took for an ordinary one.
+			pend.codes[i] = pick(v5, mqttcodec.TopicFilterInvalid, failure)
+			continue
+		case shared && sub.NoLocal:
+			s.protocolError("No Local on a shared subscription", mqttcodec.ProtocolError) // [MQTT-3.8.3-4]
+			return
+		case s.env.ACL != nil && !s.env.ACL.Subscribe(s.entry.ClientID, s.Username(), string(inner)):
 			// Another device's commands, the gateway's $dualgate/ topics
 			// (control messages need no subscription), or what the acl
-			// file does not grant.
+			// file does not grant. A shared subscription is judged by
+			// the filter it shares.
 			s.env.Stats.SubscribeRefused.Add(1)
 			s.env.Logger.Info("subscription refused", zap.String("client", s.entry.ClientID), zap.String("filter", f))
-			codes[i] = pick(v5, mqttcodec.NotAuthorized, failure)
+			pend.codes[i] = pick(v5, mqttcodec.NotAuthorized, failure)
 			continue
 		}
-		qos := min(sub.QoS, maxGrantedQoS)
+		ns := Subscription{Filter: f, QoS: min(sub.QoS, maxGrantedQoS)}
+		if v5 {
+			ns.NoLocal, ns.RetainAsPublished, ns.RetainHandling, ns.ID = sub.NoLocal, sub.RetainAsPublished, sub.RetainHandling, subID
+		}
+		ev := pendingSub{at: i}
 		j := slices.IndexFunc(next, func(x Subscription) bool { return x.Filter == f })
 		switch {
 		case j >= 0:
-			next[j].QoS = qos // a repeated filter replaces the old one [MQTT-3.8.4-3]
+			// A repeated filter replaces the old subscription [MQTT-3.8.4-3].
+			ev.prev, ev.replaced = next[j], true
+			next[j] = ns
 		case len(next) >= s.env.MaxSubscriptions:
-			codes[i] = pick(v5, mqttcodec.QuotaExceeded, failure)
+			pend.codes[i] = pick(v5, mqttcodec.QuotaExceeded, failure)
 			continue
 		default:
-			next = append(next, Subscription{Filter: f, QoS: qos})
+			next = append(next, ns)
 		}
-		codes[i] = mqttcodec.ReasonCode(qos)
-		added = append(added, Subscription{Filter: f, QoS: qos})
+		pend.codes[i] = mqttcodec.ReasonCode(ns.QoS)
+		pend.subs = append(pend.subs, ev)
+		pend.events = append(pend.events, SubscribeEvent{Sub: ns, New: !ev.replaced})
 	}
 	s.subs.Store(&next)
 	// The subscriptions are in force before the SUBACK leaves: a device
 	// that publishes on another connection as soon as it has its SUBACK
 	// must get the message. What the hooks start for this session
 	// (deliveries, pending commands) comes through Exec, so after the
-	// SUBACK.
-	ack := mqttcodec.Suback{PacketID: p.PacketID, ReasonCodes: codes}
-	if s.env.Hooks == nil || len(added) == 0 {
-		s.write(func(dst []byte) []byte { return mqttcodec.AppendSuback(dst, s.entry.Protocol, &ack) })
+	// SUBACK unless the routes take longer.
+	if s.env.Hooks == nil || len(pend.events) == 0 {
+		s.finishSubscribe(pend, nil)
 		return
 	}
-	evs := make([]SubscribeEvent, len(added))
-	for i, sub := range added {
-		evs[i] = SubscribeEvent{Sub: sub, New: true}
+	s.PauseReading(pauseSubscribe)
+	var called atomic.Bool
+	var state atomic.Int32
+	var early []mqttcodec.ReasonCode
+	s.env.Hooks.Subscribed(s, pend.events, func(failures []mqttcodec.ReasonCode) {
+		if called.Swap(true) {
+			return // called once only
+		}
+		early = failures
+		if state.CompareAndSwap(ackWaiting, ackSync) {
+			return
+		}
+		s.t.Exec(func() { s.finishSubscribe(pend, failures) })
+	})
+	if !state.CompareAndSwap(ackWaiting, ackAsync) {
+		s.finishSubscribe(pend, early)
 	}
-	s.env.Hooks.Subscribed(s, evs, func([]mqttcodec.ReasonCode) {})
+}
+
+// pendingSubscribe is a SUBSCRIBE waiting for its routes.
+type pendingSubscribe struct {
+	packetID uint16
+	codes    []mqttcodec.ReasonCode // one per filter of the packet
+	events   []SubscribeEvent       // what the hooks were told
+	subs     []pendingSub           // one per event
+}
+
+// pendingSub is how to undo one subscription of a SUBSCRIBE.
+type pendingSub struct {
+	at       int          // its filter's index in the packet
+	prev     Subscription // what it replaced (replaced)
+	replaced bool
+}
+
+// finishSubscribe answers a SUBSCRIBE once its routes are in place:
+// subscriptions the hooks could not route are undone (the one each
+// replaced is back) and get the failure code in the SUBACK; reading
+// resumes. A session that ended meanwhile does nothing. Owner context.
+func (s *Session) finishSubscribe(p *pendingSubscribe, failures []mqttcodec.ReasonCode) {
+	if s.state != stateConnected {
+		return
+	}
+	v5 := s.entry.Protocol == mqttcodec.V5
+	var next []Subscription
+	for i := len(p.subs) - 1; i >= 0; i-- { // last first: a filter repeated in the packet comes back right
+		if i >= len(failures) || failures[i] < 0x80 {
+			continue
+		}
+		if next == nil {
+			next = slices.Clone(s.Subscriptions())
+		}
+		ps := &p.subs[i]
+		f := p.events[i].Sub.Filter
+		if j := slices.IndexFunc(next, func(x Subscription) bool { return x.Filter == f }); j >= 0 {
+			if ps.replaced {
+				next[j] = ps.prev
+			} else {
+				next = slices.Delete(next, j, j+1)
+			}
+		}
+		p.codes[ps.at] = pick(v5, failures[i], 0x80)
+	}
+	if next != nil {
+		s.subs.Store(&next)
+	}
+	ack := mqttcodec.Suback{PacketID: p.packetID, ReasonCodes: p.codes}
 	s.write(func(dst []byte) []byte { return mqttcodec.AppendSuback(dst, s.entry.Protocol, &ack) })
+	s.ResumeReading(pauseSubscribe)
 }
 
 // handleUnsubscribe removes filters; MQTT 5 devices learn which existed.
