@@ -110,13 +110,20 @@ func CheckTransport(mode registry.Mode, proven bool, d *Delivery) error {
 // window is full. A routed message (no Token) goes out at its QoS, 2
 // included, or waits in the session's bounded queue behind those already
 // waiting. A message whose Expires has passed is dropped (ErrExpired).
-// On a session not connected, ErrNotConnected, and nothing changes.
+// A session not connected answers ErrNotConnected before anything else,
+// and nothing changes. CheckTransport decides, before a byte is encoded,
+// what may be written to the socket.
 func (s *Session) Deliver(d *Delivery) error { return s.deliver(d, false) }
 
 // deliver is Deliver; kept marks a message of a resumed or taken-over
 // session, which waits in the queue whatever its bounds: they were
 // counted where it was kept.
 func (s *Session) deliver(d *Delivery, kept bool) error {
+	if s.state != stateConnected {
+		// Nothing is written, nothing counted: the caller may keep the
+		// message elsewhere (Store.Enqueue).
+		return ErrNotConnected
+	}
 	if err := CheckTransport(s.t.Mode(), s.IdentityProven(), d); err != nil {
 		if errors.Is(err, ErrInsecureTransport) {
 			s.env.Stats.RefusedOnPlain.Add(1)
@@ -128,9 +135,6 @@ func (s *Session) deliver(d *Delivery, kept bool) error {
 			s.env.Stats.RefusedUnproven.Add(1)
 		}
 		return err
-	}
-	if s.state != stateConnected {
-		return ErrNotConnected
 	}
 	if d.QoS > 0 {
 		switch {
@@ -257,10 +261,13 @@ func (s *Session) resend(d *Delivery) error {
 //
 // A session that is no longer connected returns ErrNotConnected and
 // changes nothing: the message is the caller's to give to the store
-// (Store.Enqueue) if the session was kept. A session that is closing
-// (its end not handled yet) keeps a QoS 1/2 message with those it had not
-// sent, as a queued one: Closed keeps them with the session, or hands
-// them to the connection that took it over; nil.
+// (Store.Enqueue) if the session was kept (Kept). A session that is
+// closing (its end not handled yet: Store.Enqueue would not find it)
+// keeps a QoS 1/2 message that matches with those it had not sent, as a
+// queued one, and returns nil: Closed keeps them with the session, hands
+// them to the connection that took it over, or drops them with a session
+// that is not kept, as it does the rest. A QoS 0 message for a closing
+// session is ErrNotConnected.
 func (s *Session) Route(d *Delivery) error {
 	if s.state != stateConnected && (s.state != stateClosing || s.flags&flagRegistered == 0) {
 		return ErrNotConnected

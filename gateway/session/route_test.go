@@ -90,8 +90,9 @@ func TestRoute(t *testing.T) {
 	if err := k.Route(&Delivery{Topic: "t", QoS: 1}); !errors.Is(err, ErrNotConnected) || k.Queued() != 1 || len(kft.out) != 0 {
 		t.Fatalf("Route after the end: %v, queued %d", err, k.Queued())
 	}
-	if err := k.Deliver(&Delivery{Topic: "t", QoS: 1}); !errors.Is(err, ErrNotConnected) {
-		t.Fatalf("Deliver after the end: %v", err)
+	refused := env.Stats.RefusedOnPlain.Load()
+	if err := k.Deliver(&Delivery{Topic: "t", QoS: 1, TLSOnly: true}); !errors.Is(err, ErrNotConnected) || env.Stats.RefusedOnPlain.Load() != refused {
+		t.Fatalf("Deliver after the end: %v (secure data for a plain session that ended is the caller's to keep)", err)
 	}
 	if st := env.Sessions.Stats(); st.Queued != 1 {
 		t.Fatalf("store holds %d messages, want the one routed while closing", st.Queued)
