@@ -167,6 +167,7 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 	s.flags |= flagRegistered
 	var subs []Subscription
 	var resend []Delivery
+	var received []uint16
 	present := false
 	if prev != nil {
 		if !c.CleanStart {
@@ -176,9 +177,10 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 	}
 	if c.CleanStart {
 		s.env.Sessions.Drop(id, now)
-	} else if kept, msgs, ok := s.env.Sessions.Take(id, now); ok && prev == nil {
-		subs, resend, present = kept, msgs, true
+	} else if kept, msgs, rcvd, ok := s.env.Sessions.take(id, now); ok && prev == nil {
+		subs, resend, received, present = kept, msgs, rcvd, true
 	}
+	s.restoreReceived(received)
 	if len(subs) > 0 {
 		s.subs.Store(&subs)
 	}

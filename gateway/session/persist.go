@@ -105,7 +105,10 @@ type keptSession struct {
 	// session: those its connection had not had acknowledged (sent, with
 	// their packet identifier, first), then those queued since.
 	msgs []Delivery
-	size int
+	// received are the packet identifiers of QoS 2 messages the device
+	// sent, acknowledged with PUBREC, whose PUBREL had not come.
+	received []uint16
+	size     int
 }
 
 type dueWill struct {
@@ -180,10 +183,18 @@ func (st *Store) tellEnded(ends []ended) {
 // limits, the sessions that expire soonest make room (this one too, if it
 // is that one), each reported to OnEnd.
 func (st *Store) Keep(clientID string, subs []Subscription, msgs []Delivery, expires time.Time) {
+	st.keep(clientID, subs, msgs, nil, expires)
+}
+
+// keep is Keep, with the packet identifiers of the QoS 2 messages the
+// device sent that wait for their PUBREL (received: not to be delivered
+// again if the device sends them again).
+func (st *Store) keep(clientID string, subs []Subscription, msgs []Delivery, received []uint16, expires time.Time) {
 	var ends []ended
 	st.mu.Lock()
 	st.removeSession(clientID)
-	k := &keptSession{due: due{id: clientID, at: expires}, subs: subs, msgs: msgs, size: keptSize(clientID, subs, msgs)}
+	k := &keptSession{due: due{id: clientID, at: expires}, subs: subs, msgs: msgs, received: received,
+		size: keptSize(clientID, subs, msgs) + 2*len(received)}
 	st.sessions[clientID] = k
 	st.bytes += k.size
 	st.msgs += len(msgs)
@@ -315,6 +326,13 @@ func (st *Store) removeWill(clientID string) (*dueWill, bool) {
 // [MQTT-4.3.3-7]. A will still waiting for its delay is cancelled
 // [MQTT-3.1.3-9]. A session found expired ends (OnEnd).
 func (st *Store) Take(clientID string, now time.Time) (subs []Subscription, msgs []Delivery, ok bool) {
+	subs, msgs, _, ok = st.take(clientID, now)
+	return subs, msgs, ok
+}
+
+// take is Take, with the identifiers of the device's QoS 2 messages
+// waiting for their PUBREL (keep).
+func (st *Store) take(clientID string, now time.Time) (subs []Subscription, msgs []Delivery, received []uint16, ok bool) {
 	st.mu.Lock()
 	st.removeWill(clientID)
 	k, ok := st.removeSession(clientID)
@@ -322,11 +340,11 @@ func (st *Store) Take(clientID string, now time.Time) (subs []Subscription, msgs
 		st.expired.Add(1)
 		st.mu.Unlock()
 		st.tellEnded([]ended{{k.id, k.subs}})
-		return nil, nil, false
+		return nil, nil, nil, false
 	}
 	st.mu.Unlock()
 	if !ok {
-		return nil, nil, false
+		return nil, nil, nil, false
 	}
 	msgs = k.msgs[:0]
 	for i := range k.msgs {
@@ -340,7 +358,7 @@ func (st *Store) Take(clientID string, now time.Time) (subs []Subscription, msgs
 	if len(msgs) == 0 {
 		msgs = nil
 	}
-	return k.subs, msgs, true
+	return k.subs, msgs, k.received, true
 }
 
 // Drop discards a kept session for a device starting clean (OnEnd is

@@ -307,3 +307,40 @@ func TestTakeoverHandsOver(t *testing.T) {
 		}
 	}
 }
+
+// A QoS 2 message the device sent, acknowledged with PUBREC, whose PUBREL
+// had not come, is not delivered twice when the device sends it again on
+// a resumed session [MQTT-4.3.3-10], nor on a connection that took the
+// session over.
+func TestReceivedQoS2Resumed(t *testing.T) {
+	for _, takeover := range []bool{false, true} {
+		clk := &clock{now: time.Unix(1_700_000_000, 0)}
+		env := newTestEnv(t, clk)
+		s, ft, _ := connectWith(t, env, registry.ModePlain, mqttcodec.V5, "pub", connectOpts{keep: true, expiry: 600})
+		pub := mqttcodec.AppendPublish(nil, mqttcodec.V5, &mqttcodec.Publish{Topic: []byte("t"), Payload: []byte("once"), QoS: 2, PacketID: 5})
+		s.Feed(pub)
+		if ps := ft.packets(t, mqttcodec.V5); len(ps) != 1 || ps[0].Type != mqttcodec.PUBREC {
+			t.Fatalf("want PUBREC, got %+v", ps)
+		}
+		var next *Session
+		var nft *fakeTransport
+		if takeover {
+			next, nft, _ = connectWith(t, env, registry.ModePlain, mqttcodec.V5, "pub", connectOpts{keep: true, expiry: 600})
+			s.Closed()
+		} else {
+			ft.closed = true
+			s.Closed()
+			next, nft, _ = connectWith(t, env, registry.ModePlain, mqttcodec.V5, "pub", connectOpts{keep: true, expiry: 600})
+		}
+		dup := mqttcodec.AppendPublish(nil, mqttcodec.V5, &mqttcodec.Publish{Topic: []byte("t"), Payload: []byte("once"), QoS: 2, PacketID: 5, Dup: true})
+		next.Feed(dup)
+		next.Feed(ack(mqttcodec.PUBREL, 5, 0))
+		ps := nft.packets(t, mqttcodec.V5)
+		if len(ps) != 2 || ps[0].Type != mqttcodec.PUBREC || ps[1].Type != mqttcodec.PUBCOMP || ps[1].Ack.ReasonCode != 0 {
+			t.Fatalf("takeover %v: %+v, want PUBREC and PUBCOMP 0", takeover, ps)
+		}
+		if n := len(sinkMessages(env)); n != 1 {
+			t.Fatalf("takeover %v: delivered %d times", takeover, n)
+		}
+	}
+}

@@ -755,6 +755,7 @@ func (s *Session) Closed() {
 	var unacked []string
 	var will *Will
 	var unsent []Delivery
+	var received []uint16
 	if s.rare != nil {
 		for _, f := range s.rare.inflight {
 			if f.token != "" {
@@ -763,6 +764,9 @@ func (s *Session) Closed() {
 		}
 		will = s.rare.will
 		unsent = s.rare.unsent()
+		for pid := range s.rare.qos2 {
+			received = append(received, pid)
+		}
 	}
 	if s.flags&flagGracefulEnd != 0 || !stillOwner {
 		// A normal DISCONNECT discards the will [MQTT-3.1.2-10]; a session
@@ -801,10 +805,23 @@ func (s *Session) Closed() {
 	switch {
 	case kept:
 		// Routed messages not acknowledged stay with the session and go
-		// out again when the device resumes it [MQTT-4.4.0-1].
-		s.env.Sessions.Keep(s.entry.ClientID, s.Subscriptions(), unsent, now.Add(expiry))
-	case !stillOwner && len(unsent) > 0:
-		s.handOver(unsent)
+		// out again when the device resumes it [MQTT-4.4.0-1]; so do
+		// the device's QoS 2 messages waiting for their PUBREL, not to
+		// be delivered twice when it sends them again.
+		s.env.Sessions.keep(s.entry.ClientID, s.Subscriptions(), unsent, received, now.Add(expiry))
+	case !stillOwner && len(unsent)+len(received) > 0:
+		s.handOver(unsent, received)
+	}
+}
+
+// restoreReceived takes over the identifiers of QoS 2 messages the device
+// sent on an earlier connection of the session, acknowledged with PUBREC,
+// whose PUBREL had not come: sent again, they are acknowledged, not
+// delivered twice [MQTT-4.3.3-10]; their PUBREL is answered. They count
+// as unreleased, within the same bounds as on the earlier connection.
+func (s *Session) restoreReceived(received []uint16) {
+	for _, pid := range received {
+		s.rareState().qos2Add(pid)
 	}
 }
 
@@ -815,13 +832,15 @@ func (s *Session) Closed() {
 func (s *Session) Kept() bool { return s.flags&flagKept != 0 }
 
 // handOver gives the routed messages a session taken over had not had
-// acknowledged to the connection that took it over, if that one resumed
-// the session (Clean Start 0): the session goes on there [MQTT-4.4.0-1].
+// acknowledged, and the identifiers of the device's QoS 2 messages
+// waiting for their PUBREL, to the connection that took it over, if that
+// one resumed the session (Clean Start 0): the session goes on there
+// [MQTT-4.4.0-1].
 // Each is sent again as a delivery that may have reached the device
 // (Dup), with its packet identifier when the successor has it free. A
 // successor that started clean discards them, as it discarded the rest
 // of the session.
-func (s *Session) handOver(msgs []Delivery) {
+func (s *Session) handOver(msgs []Delivery, received []uint16) {
 	next, ok := s.env.Registry.Get(s.entry.ClientID)
 	if !ok || next == s {
 		return
@@ -829,6 +848,9 @@ func (s *Session) handOver(msgs []Delivery) {
 	next.Exec(func(n *Session) {
 		if n.flags&flagCleanStart != 0 {
 			return
+		}
+		if n.state == stateConnected {
+			n.restoreReceived(received)
 		}
 		for i := range msgs {
 			d := &msgs[i]
