@@ -95,7 +95,6 @@ func (s *Session) handleSubscribe(p *mqttcodec.Subscribe) {
 		s.finishSubscribe(pend, nil)
 		return
 	}
-	s.PauseReading(pauseSubscribe)
 	var called atomic.Bool
 	var state atomic.Int32
 	var early []mqttcodec.ReasonCode
@@ -111,7 +110,12 @@ func (s *Session) handleSubscribe(p *mqttcodec.Subscribe) {
 	})
 	if !state.CompareAndSwap(ackWaiting, ackAsync) {
 		s.finishSubscribe(pend, early)
+		return
 	}
+	// The routes take a while: nothing more is read from the device
+	// until they are in place (the packet after this one waits with the
+	// transport). ready's answer runs in owner context, after this.
+	s.PauseReading(pauseSubscribe)
 }
 
 // pendingSubscribe is a SUBSCRIBE waiting for its routes.
