@@ -49,6 +49,12 @@ type Config struct {
 	// certificate. For tests against self-signed brokers only.
 	InsecureSkipVerify bool
 
+	// Protocol is the MQTT version spoken to the broker: Protocol5 ("5",
+	// the default) tries MQTT 5 and falls back to MQTT 3.1.1 for the whole
+	// bridge when the broker refuses the MQTT 5 CONNECT as an unsupported
+	// protocol version; Protocol311 ("3.1.1") forces MQTT 3.1.1.
+	Protocol string
+
 	// PoolSize is the number of connections to the broker (default 2, at
 	// most 64). Device publishes are spread over all of them by client id;
 	// connection 0 also holds the command subscription and the last one
@@ -113,6 +119,10 @@ type Config struct {
 	// RetainedWindow is how long after a SUBACK retained messages are
 	// attributed to the subscribers that caused the SUBSCRIBE (default 10 s).
 	RetainedWindow time.Duration
+	// SubscribeTimeout bounds the wait for the broker's SUBACK of a
+	// device subscription, the broker unreachable included: past it,
+	// Subscribe's done gets 0x80 (default 5 s).
+	SubscribeTimeout time.Duration
 	// CommandRetry is how long a command SubmitCommand failed on stays
 	// unacknowledged before the connection is cycled so that the broker
 	// sends it again (default 10 s).
@@ -177,6 +187,7 @@ const (
 	deviceShareDivisor    = 16
 	defaultMaxInflight    = 256
 	defaultRetainedWindow = 10 * time.Second
+	defaultSubscribeWait  = 5 * time.Second
 	defaultCommandRetry   = 10 * time.Second
 	defaultKeepAlive      = 30 * time.Second
 	defaultConnectTimeout = 10 * time.Second
@@ -233,6 +244,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RetainedWindow <= 0 {
 		c.RetainedWindow = defaultRetainedWindow
+	}
+	if c.Protocol == "" {
+		c.Protocol = Protocol5
+	}
+	if c.SubscribeTimeout <= 0 {
+		c.SubscribeTimeout = defaultSubscribeWait
 	}
 	if c.CommandRetry <= 0 {
 		c.CommandRetry = defaultCommandRetry
