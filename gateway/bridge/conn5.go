@@ -97,6 +97,9 @@ func (c *conn5) connect() error {
 		case <-ctx.Done():
 		}
 	}()
+	// The broker may send messages as soon as it answered, before
+	// Connect returns: they belong to this connection.
+	c.gen.Add(1)
 	ca, err := cli.Connect(ctx, cp)
 	if err != nil {
 		_ = nc.Close()
@@ -125,7 +128,6 @@ func (c *conn5) connect() error {
 	down := make(chan struct{})
 	c.mu.Lock()
 	c.cli, c.down = cli, down
-	c.gen.Add(1)
 	c.mu.Unlock()
 	c.up.Store(true)
 	go func() {
@@ -449,13 +451,10 @@ func (t *track) Ack(*packets.Publish) error { return nil }
 // go in the order the receiver handled the messages, the order they came,
 // except for a command left unacknowledged on purpose (Config.CommandRetry).
 func (t *track) ack(gen uint64, p *paho.Publish) {
-	c := t.c
-	c.mu.Lock()
-	same := c.gen.Load() == gen
-	c.mu.Unlock()
-	if !same || !c.open() {
+	if t.c.gen.Load() != gen {
 		return
 	}
+	// Without a connection, the State sends nothing.
 	_ = t.State.Ack(p.Packet())
 }
 

@@ -103,7 +103,9 @@ func (b *Bridge) Subscribe(subscriber any, sub session.Subscription, retained bo
 	var dw *doneWait
 	if done != nil {
 		dw = &doneWait{fn: done, qos: qos, sub: subscriber}
+		dw.mu.Lock()
 		dw.timer = time.AfterFunc(b.cfg.SubscribeTimeout, func() { dw.call(mqttcodec.UnspecifiedError) })
+		dw.mu.Unlock()
 	}
 	l := b.subLane
 	if now := l.subs.add(subscriber, filter, up, qos, retained && !shared, shared, b.exact(), dw); now {
@@ -161,14 +163,17 @@ type doneWait struct {
 	qos   byte
 	sub   any
 	once  sync.Once
+	mu    sync.Mutex // guards timer
 	timer *time.Timer
 }
 
 func (d *doneWait) call(rc mqttcodec.ReasonCode) {
 	d.once.Do(func() {
+		d.mu.Lock()
 		if d.timer != nil {
 			d.timer.Stop()
 		}
+		d.mu.Unlock()
 		d.fn(rc)
 	})
 }

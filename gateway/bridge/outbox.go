@@ -110,8 +110,9 @@ func (o *outbox) Get(key string) packets.ControlPacket {
 		o.l.givenUp(b.e)
 		return nil
 	}
+	pkt := b.pkt
 	o.mu.Unlock()
-	return b.pkt
+	return pkt
 }
 
 // All implements mqtt.Store: the keys in the order they were put. paho
