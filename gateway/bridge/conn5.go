@@ -1,11 +1,13 @@
 package bridge
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"errors"
 	"io"
 	"math"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -72,7 +74,7 @@ func (c *conn5) connect() error {
 	}
 	cli := paho.NewClient(paho.ClientConfig{
 		ClientID:          l.id,
-		Conn:              packets.NewThreadSafeConn(nc),
+		Conn:              packets.NewThreadSafeConn(bufferedConn{nc, bufio.NewReaderSize(nc, 32<<10)}),
 		Session:           c.ses,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){c.onPublish},
 		PacketTimeout:     cfg.ConnectTimeout,
@@ -480,3 +482,13 @@ func (t *track) drain() []*entry {
 	}
 	return out
 }
+
+// bufferedConn reads through a buffer: paho.golang reads a packet a few
+// bytes at a time (the fixed header byte by byte), which would otherwise
+// be a system call each. Only paho's reading goroutine reads.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }

@@ -227,9 +227,14 @@
 // DeliverRetained with exactly the subscribers of that fetch, never to
 // earlier ones. Messages on the fetch without the retain flag (live ones;
 // the fetch does not ask Retain As Published) are dropped: the devices'
-// subscription brings them. The fetch is unsubscribed once
-// Config.RetainedWindow is over (a later fetch of the same filter, which
-// replaces it at the broker, keeps it). Subscribers arriving before the
+// subscription brings them. The fetch is unsubscribed as soon as its
+// SUBACK came: the broker has then sent, or queued for the connection, the
+// retained messages it answers with (Mosquitto delivers what it queued),
+// and the live traffic of the filter is not sent twice for longer than a
+// round trip; its identifier attributes what is still on its way until
+// Config.RetainedWindow is over. The fetches go one after another on the
+// controller's goroutine, so a later fetch of the same filter is not
+// undone by an earlier one's UNSUBSCRIBE. Subscribers arriving before the
 // fetch is sent share it.
 //
 // Retained messages, MQTT 3.1.1 (and MQTT 5 without identifiers or with

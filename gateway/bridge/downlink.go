@@ -195,8 +195,8 @@ type subTable struct {
 	nextID int
 	byID   map[int]string        // Subscription Identifier -> filter
 	fetch  map[int]*retainedWait // Subscription Identifier -> retained fetch
-	// fetchUnsub are the broker filters of fetches whose window is over,
-	// to unsubscribe on the fetch connection.
+	// fetchUnsub are the broker filters of fetches whose UNSUBSCRIBE was
+	// not answered, to send again on the fetch connection.
 	fetchUnsub map[string]struct{}
 	// overlaps holds, for each non-shared filter, the other non-shared
 	// filters some topic matches together with it: a broker that sends
@@ -556,8 +556,7 @@ func (t *subTable) pending() bool {
 	return len(t.toSub) > 0 || len(t.toUnsub) > 0
 }
 
-// prune drops the waits whose time is over; the fetches among them are
-// to be unsubscribed, unless a later fetch holds the same broker filter.
+// prune drops the waits and fetches whose time is over.
 func (t *subTable) prune(now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -573,12 +572,16 @@ func (t *subTable) prune(now time.Time) {
 	for id, w := range t.fetch {
 		if now.After(w.expires) {
 			delete(t.fetch, id)
-			t.fetchUnsub[w.up] = struct{}{}
 		}
 	}
-	for _, w := range t.fetch {
-		delete(t.fetchUnsub, w.up) // a live fetch holds it
-	}
+}
+
+// unsubscribeFetchLater keeps a fetch filter whose UNSUBSCRIBE was not
+// answered, to send again.
+func (t *subTable) unsubscribeFetchLater(up string) {
+	t.mu.Lock()
+	t.fetchUnsub[up] = struct{}{}
+	t.mu.Unlock()
 }
 
 // fetchDone forgets a fetch the broker refused or did not answer.
@@ -848,7 +851,7 @@ func (l *lane) syncSubscriptions() {
 
 // syncFetches subscribes the retained fetches on the fetch connection
 // (Retain Handling 0: send the retained messages; each fetch has its own
-// identifier), and unsubscribes those whose window is over.
+// identifier), and unsubscribes each once answered.
 func (l *lane) syncFetches(fetches []*retainedWait) {
 	b := l.b
 	fc := b.fetchLane().c()
@@ -866,7 +869,20 @@ func (l *lane) syncFetches(fetches []*retainedWait) {
 		if err != nil || codes[0] >= 0x80 {
 			b.hot.Warn("retained messages could not be fetched", zap.String("filter", w.up), zap.Error(err))
 			l.subs.fetchDone(w)
+			if err == nil {
+				continue
+			}
 		}
+		// The broker has sent, or queued for this connection, the
+		// retained messages when it answers the SUBSCRIBE: unsubscribing
+		// now ends the copies of live messages the fetch would also get.
+		// The fetch's identifier keeps attributing what is still on its
+		// way until RetainedWindow is over.
+		cx, cancel = context.WithTimeout(context.Background(), b.cfg.ConnectTimeout)
+		if err := fc.unsubscribe(cx, []string{w.up}); err != nil {
+			l.subs.unsubscribeFetchLater(w.up)
+		}
+		cancel()
 	}
 }
 
