@@ -1,0 +1,90 @@
+package bridge
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+)
+
+// Records with properties, an expiry and QoS 2 come back whole, beside
+// records of the earlier format, which read as before.
+func TestSpoolRecordVersions(t *testing.T) {
+	dir := t.TempDir()
+	exp := time.Unix(1_800_000_000, 123)
+	old := appendRecord(nil, "car0", "t/old", []byte("v1"), 1, true)
+	if err := os.WriteFile(filepath.Join(dir, "0000000000000001"+segmentExt), old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, recs := openTestSpool(t, dir, 100, 1<<30)
+	defer s.close()
+	if len(recs) != 1 || recs[0].qos != 1 || !recs[0].retain || recs[0].clientID != "car0" {
+		t.Fatalf("old record replayed as %+v", recs)
+	}
+	topic, payload, meta, err := s.readMeta(recs[0].ref)
+	if err != nil || topic != "t/old" || string(payload) != "v1" || !meta.empty() {
+		t.Fatalf("old record: %q %q %+v %v", topic, payload, meta, err)
+	}
+	ref, err := s.writeMeta("car1", "t/new", []byte("v2"), 2, false, recMeta{props: testProps, expires: exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic, payload, meta, err = s.readMeta(ref)
+	if err != nil || topic != "t/new" || string(payload) != "v2" || !meta.expires.Equal(exp) {
+		t.Fatalf("new record: %q %q %+v %v", topic, payload, meta, err)
+	}
+	checkProps(t, "spilled", meta.props)
+	ref, err = s.writeMeta("car1", "t/exp", nil, 1, false, recMeta{expires: exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, meta, err := s.readMeta(ref); err != nil || meta.props != nil || !meta.expires.Equal(exp) {
+		t.Fatalf("expiry only: %+v %v", meta, err)
+	}
+	// Properties without correlation data keep it absent.
+	p := *testProps
+	p.CorrelationData, p.User = nil, nil
+	rec := appendRecordMeta(nil, "c", "t", []byte("x"), 2, false, recMeta{props: &p})
+	_, _, meta, err = decodeRecordMeta(rec)
+	if err != nil || meta.props.CorrelationData != nil || len(meta.props.User) != 0 || meta.props.ContentType != p.ContentType {
+		t.Fatalf("sparse properties: %+v %v", meta.props, err)
+	}
+	clientID, _, body, qos, _, err := decodeBody(rec[recordHeader:])
+	if err != nil || string(clientID) != "c" || qos != 2 || !bytes.Equal(body, []byte("x")) {
+		t.Fatalf("body: %q %d %q %v", clientID, qos, body, err)
+	}
+	// A torn extension is corrupt, not misread.
+	bad := slices.Clone(rec)
+	bad[recordHeader+bodyHeader+3] = 0xFF
+	if _, _, _, err := decodeRecordMeta(bad); err == nil {
+		t.Fatal("a corrupt record was read")
+	}
+	if _, err := decodeMeta(appendMeta(nil, recMeta{props: testProps})[:20]); err == nil {
+		t.Fatal("a truncated extension was read")
+	}
+}
+
+func TestFiltersOverlap(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"a/#", "a/b", true},
+		{"a/+", "a/b/c", false},
+		{"a/+/c", "a/b/+", true},
+		{"a/b", "a/c", false},
+		{"#", "x/y", true},
+		{"a/+", "a", false},
+		{"a/#", "a", true},
+		{"+/+", "a/b", true},
+	} {
+		if got := filtersOverlap(tc.a, tc.b); got != tc.want {
+			t.Errorf("filtersOverlap(%q, %q) = %v", tc.a, tc.b, got)
+		}
+		if got := filtersOverlap(tc.b, tc.a); got != tc.want {
+			t.Errorf("filtersOverlap(%q, %q) = %v", tc.b, tc.a, got)
+		}
+	}
+}
