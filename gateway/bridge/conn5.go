@@ -166,6 +166,11 @@ func (c *conn5) publish(e *entry, topic string, payload []byte) bool {
 	defer cancel()
 	if p.QoS == 0 {
 		_, err := cli.PublishWithOptions(ctx, p, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
+		if err == nil && e.qos > 0 {
+			// The broker's CONNACK said Maximum QoS 0: written is all
+			// it ever acknowledges.
+			c.l.acked(e)
+		}
 		return err == nil
 	}
 	c.pubMu.Lock()

@@ -211,7 +211,7 @@ type filterState struct {
 	up      string       // as the broker sees it
 	shared  bool
 	id      int  // MQTT 5 Subscription Identifier
-	sent    bool // a SUBSCRIBE went on the current connection
+	sent    bool // a SUBSCRIBE went (on this connection or an earlier one)
 	acked   bool // the broker granted it on the current connection
 	granted byte
 	dones   []*doneWait
@@ -412,7 +412,9 @@ func (t *subTable) size() int {
 func (t *subTable) resubscribeAll() {
 	t.mu.Lock()
 	for f, st := range t.held {
-		st.sent, st.acked = false, false
+		// sent stays: the broker may send what it queued in the session
+		// for the filter before the SUBSCRIBE goes again.
+		st.acked = false
 		t.toSub[f] = struct{}{}
 	}
 	t.mu.Unlock()

@@ -610,3 +610,34 @@ func TestFallbackTo311(t *testing.T) {
 		t.Fatalf("Stats.Protocol %q", got)
 	}
 }
+
+// Messages that went through the spill files keep their properties and
+// QoS 2 on their way to the broker.
+func TestSpilledPropertiesReachBroker(t *testing.T) {
+	br := startBroker(t)
+	app := newApp5(t, br.Addr(), "app5")
+	app.subscribe(t, "devices/#", 2)
+	cfg := testConfig(t, br.URL())
+	cfg.BufferDir = t.TempDir()
+	cfg.BufferMessages = 1
+	cfg.MaxInflight = 1
+	b := startBridge(t, cfg)
+	waitReady(t, b)
+	const n = 200
+	a := newAcks()
+	for i := range n {
+		b.Publish(&session.Message{ClientID: "car1", Topic: "devices/car1/up", Payload: []byte(strconv.Itoa(i)), QoS: 2,
+			Props: testProps, Expires: time.Now().Add(time.Hour)}, a.fn(t, i))
+	}
+	a.waitN(t, n, 30*time.Second)
+	if s := b.Stats(); s.SpilledTotal == 0 {
+		t.Fatalf("stats %+v: nothing went through the spill", s)
+	}
+	for i, p := range app.waitN(t, n) {
+		if string(p.Payload) != strconv.Itoa(i) || p.QoS != 2 {
+			t.Fatalf("message %d at the application: %q at QoS %d", i, p.Payload, p.QoS)
+		}
+		mp, _ := messageProps(p.Properties)
+		checkProps(t, "spilled message "+strconv.Itoa(i), mp)
+	}
+}

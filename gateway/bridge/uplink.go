@@ -451,13 +451,14 @@ func (l *lane) publish(e *entry) {
 		l.b.release(e)
 		return
 	}
-	if e.spilled {
-		e.props = nil // read again from the spill if it is sent again
-	}
 	if c.publish(e, topic, payload) {
 		// The client stored it: it is sent, or resent after a reconnect,
-		// until the broker acknowledges it.
+		// until the broker acknowledges it. e is no longer this
+		// goroutine's to touch.
 		return
+	}
+	if e.spilled {
+		e.props = nil // in the spill record; read again when sent again
 	}
 	// The client refused it before storing it (the connection went down).
 	l.b.hot.Debug("publish refused by the client; queued again", zap.String("client_id", l.id))
