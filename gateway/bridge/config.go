@@ -141,8 +141,9 @@ type Config struct {
 
 	// Deliver receives a message from the broker for the gateway's local
 	// subscribers to match and fan out. It is called from one goroutine
-	// per connection, in the broker's order; the broker's QoS 1 message is
-	// acknowledged when Deliver returns, so it should not block for long.
+	// per connection, in the broker's order; the broker's QoS 1 or 2
+	// message is acknowledged when Deliver returns, so it should not block
+	// for long.
 	// Nil: such messages are dropped.
 	Deliver func(m Message)
 	// DeliverRetained receives a retained message for the given

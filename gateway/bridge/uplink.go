@@ -47,8 +47,10 @@ type entry struct {
 // device that floods loses its own messages, not the others'. Before
 // that, at three quarters of its share, Config.Throttle pauses reading it
 // until its share is down to a quarter: backpressure first, drop last. QoS 1 and 2
-// are sent at QoS 1, and ack is called with Success once the broker
-// acknowledged; while the broker is unreachable they wait in the memory
+// are sent at their QoS, and ack is called with Success once the broker
+// acknowledged (PUBACK; PUBCOMP for QoS 2), or with the broker's failure
+// code; a message whose Expires passed before it could be sent is not
+// sent and ack gets Success (Stats.Expired); while the broker is unreachable they wait in the memory
 // buffer, then in the hand-off to the spiller, which writes them to the
 // spill files on its own goroutine; when all are full, ack gets
 // QuotaExceeded (0x97) at once. Which topics a device may publish on is
