@@ -72,9 +72,10 @@ func (c *conn5) connect() error {
 	if err != nil {
 		return err
 	}
+	bc := bufferedConn{Conn: nc, r: bufio.NewReaderSize(nc, 32<<10), head: &head{}}
 	cli := paho.NewClient(paho.ClientConfig{
 		ClientID:          l.id,
-		Conn:              packets.NewThreadSafeConn(bufferedConn{nc, bufio.NewReaderSize(nc, 32<<10)}),
+		Conn:              packets.NewThreadSafeConn(bc),
 		Session:           c.ses,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){c.onPublish},
 		PacketTimeout:     cfg.ConnectTimeout,
@@ -106,6 +107,11 @@ func (c *conn5) connect() error {
 	if err != nil {
 		_ = nc.Close()
 		if ca != nil && (ca.ReasonCode == byte(mqttcodec.UnsupportedProtocolVersion) || ca.ReasonCode == 0x01) {
+			return errUnsupportedProtocol
+		}
+		if bc.head.refused311() {
+			// A broker of MQTT 3.1.1 only answers with its own CONNACK,
+			// which paho cannot read as an MQTT 5 one.
 			return errUnsupportedProtocol
 		}
 		if b.isStopping() {
@@ -491,9 +497,38 @@ func (t *track) drain() []*entry {
 // bufferedConn reads through a buffer: paho.golang reads a packet a few
 // bytes at a time (the fixed header byte by byte), which would otherwise
 // be a system call each. Only paho's reading goroutine reads.
+// It also keeps the first bytes the broker sent, to recognise an MQTT
+// 3.1.1 CONNACK refusing the protocol version.
 type bufferedConn struct {
 	net.Conn
-	r *bufio.Reader
+	r    *bufio.Reader
+	head *head
 }
 
-func (c bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c bufferedConn) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.head.keep(p[:n])
+	return n, err
+}
+
+// head is the first four bytes read on a connection.
+type head struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (h *head) keep(p []byte) {
+	h.mu.Lock()
+	if len(h.b) < 4 {
+		h.b = append(h.b, p[:min(len(p), 4-len(h.b))]...)
+	}
+	h.mu.Unlock()
+}
+
+// refused311 reports an MQTT 3.1.1 CONNACK with return code 1,
+// unacceptable protocol version: 0x20 0x02, flags, 0x01.
+func (h *head) refused311() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.b) == 4 && h.b[0] == 0x20 && h.b[1] == 0x02 && h.b[3] == 0x01
+}

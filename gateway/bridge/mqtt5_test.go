@@ -502,9 +502,9 @@ func TestSharedSubscription(t *testing.T) {
 	}
 }
 
-// fakeV311Broker refuses MQTT 5 CONNECTs with 0x84 (unsupported protocol
-// version) and relays MQTT 3.1.1 connections to the real broker.
-func fakeV311Broker(t *testing.T, real string) string {
+// fakeV311Broker answers MQTT 5 CONNECTs with refuse and relays MQTT
+// 3.1.1 connections to the real broker.
+func fakeV311Broker(t *testing.T, real string, refuse []byte) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -535,9 +535,7 @@ func fakeV311Broker(t *testing.T, real string) string {
 					hdr++
 				}
 				if raw[hdr+6] == 5 {
-					ack := packets.NewControlPacket(packets.CONNACK)
-					ack.Content.(*packets.Connack).ReasonCode = 0x84
-					_, _ = ack.WriteTo(c)
+					_, _ = c.Write(refuse)
 					return
 				}
 				up, err := net.Dial("tcp", real)
@@ -585,8 +583,20 @@ func readRaw(r io.Reader) ([]byte, error) {
 // A broker that refuses MQTT 5 gets MQTT 3.1.1 on every connection; the
 // fallback is logged once.
 func TestFallbackTo311(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		refuse []byte
+	}{
+		{name: "MQTT 5 CONNACK 0x84", refuse: []byte{0x20, 0x03, 0x00, 0x84, 0x00}},
+		{name: "MQTT 3.1.1 CONNACK 1", refuse: []byte{0x20, 0x02, 0x00, 0x01}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testFallbackTo311(t, tc.refuse) })
+	}
+}
+
+func testFallbackTo311(t *testing.T, refuse []byte) {
 	br := startBroker(t)
-	addr := fakeV311Broker(t, br.Addr())
+	addr := fakeV311Broker(t, br.Addr(), refuse)
 	up := newInbox()
 	app := peer(t, br.URL(), "app", true, up.handler)
 	mustToken(t, app.Subscribe("devices/#", 1, nil), "subscribe")
