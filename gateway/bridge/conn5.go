@@ -41,9 +41,10 @@ type conn5 struct {
 	l   *lane
 	ses *track
 
-	mu   sync.Mutex // guards cli and down
+	mu   sync.Mutex // guards cli, down and ids
 	cli  *paho.Client
 	down chan struct{}
+	ids  *subIDReader // of the current connection
 
 	gen     atomic.Uint64 // counts connections: an acknowledgement goes on the connection its message came on
 	up      atomic.Bool
@@ -72,7 +73,7 @@ func (c *conn5) connect() error {
 	if err != nil {
 		return err
 	}
-	bc := bufferedConn{Conn: nc, r: bufio.NewReaderSize(nc, 32<<10), head: &head{}}
+	bc := bufferedConn{Conn: nc, r: bufio.NewReaderSize(nc, 32<<10), head: &head{}, ids: newSubIDReader()}
 	cli := paho.NewClient(paho.ClientConfig{
 		ClientID:          l.id,
 		Conn:              packets.NewThreadSafeConn(bc),
@@ -135,7 +136,7 @@ func (c *conn5) connect() error {
 	c.maxQoS.Store(mq)
 	down := make(chan struct{})
 	c.mu.Lock()
-	c.cli, c.down = cli, down
+	c.cli, c.down, c.ids = cli, down, bc.ids
 	c.mu.Unlock()
 	c.up.Store(true)
 	go func() {
@@ -316,6 +317,13 @@ func (c *conn5) onPublish(pr paho.PublishReceived) (bool, error) {
 	in.props, in.expires = messageProps(p.Properties)
 	if p.Properties != nil && p.Properties.SubscriptionIdentifier != nil {
 		in.subIDs = []int{*p.Properties.SubscriptionIdentifier}
+		// paho keeps the last identifier; the reader has them all.
+		c.mu.Lock()
+		ids := c.ids
+		c.mu.Unlock()
+		if all := ids.take(p.Topic, p.PacketID); all != nil {
+			in.subIDs = all
+		}
 	}
 	select {
 	case c.l.in <- in:
@@ -498,16 +506,19 @@ func (t *track) drain() []*entry {
 // bytes at a time (the fixed header byte by byte), which would otherwise
 // be a system call each. Only paho's reading goroutine reads.
 // It also keeps the first bytes the broker sent, to recognise an MQTT
-// 3.1.1 CONNACK refusing the protocol version.
+// 3.1.1 CONNACK refusing the protocol version, and follows the packets
+// for the Subscription Identifiers of each PUBLISH (subIDReader).
 type bufferedConn struct {
 	net.Conn
 	r    *bufio.Reader
 	head *head
+	ids  *subIDReader
 }
 
 func (c bufferedConn) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.head.keep(p[:n])
+	c.ids.feed(p[:n])
 	return n, err
 }
 

@@ -210,9 +210,14 @@
 // filters. The broker sends its messages to one member of the group, with
 // the shared subscription's identifier: they reach Deliver with
 // Message.Shared set to the device's filter, for that group only, apart
-// from the copy a plain subscription gets. (paho.golang keeps one
-// Subscription Identifier per received PUBLISH; Mosquitto sends one copy
-// per subscription, each with one.) On MQTT 3.1.1, or when the broker's
+// from the copy a plain subscription gets. A copy that carries the
+// identifiers of several subscriptions (a broker may send one copy for
+// overlapping ones) reaches Deliver once per shared subscription, with
+// Shared set, and once with Shared "" if a plain one is among them.
+// paho.golang's decoder keeps only the last identifier of a PUBLISH, so
+// the MQTT 5 connection reads through a small parser of the packet
+// framing (subIDReader) that keeps them all; Mosquitto 2 sends one copy
+// per subscription, each with one. On MQTT 3.1.1, or when the broker's
 // CONNACK says Shared Subscription Available 0
 // (Bridge.SharedSubscriptions), done gets 0x9E
 // (SharedSubscriptionsNotSupported) and nothing is sent.

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"encoding/binary"
 	"io"
 	"net"
 	"slices"
@@ -355,7 +356,10 @@ func testSubscribeDone(t *testing.T) {
 }
 
 // fakeV5Broker answers MQTT 5 CONNECT, SUBSCRIBE (refusing filters under
-// "closed/" with 0x87, not authorized), UNSUBSCRIBE and PINGREQ. Mosquitto
+// "closed/" with 0x87, not authorized), UNSUBSCRIBE and PINGREQ. A
+// SUBSCRIBE to "trigger/go" makes it send one QoS 0 PUBLISH on "multi/x"
+// carrying the identifiers of every subscription with "multi/" in its
+// filter, as a broker may [MQTT-3.3.4-3]. Mosquitto
 // 2.0.11 grants a SUBSCRIBE its ACL denies (it filters at delivery), so a
 // refusal takes a broker of the test's own.
 func fakeV5Broker(t *testing.T) string {
@@ -365,9 +369,10 @@ func fakeV5Broker(t *testing.T) string {
 		t.Fatal(err)
 	}
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		conns  []net.Conn
+		subIDs = map[string]int{}
 	)
 	t.Cleanup(func() {
 		_ = ln.Close()
@@ -403,6 +408,13 @@ func fakeV5Broker(t *testing.T) string {
 					case *packets.Connect:
 						out = packets.NewControlPacket(packets.CONNACK)
 					case *packets.Subscribe:
+						if p.Properties != nil && p.Properties.SubscriptionIdentifier != nil {
+							mu.Lock()
+							for _, s := range p.Subscriptions {
+								subIDs[s.Topic] = *p.Properties.SubscriptionIdentifier
+							}
+							mu.Unlock()
+						}
 						out = packets.NewControlPacket(packets.SUBACK)
 						sa := out.Content.(*packets.Suback)
 						sa.PacketID = p.PacketID
@@ -425,6 +437,21 @@ func fakeV5Broker(t *testing.T) string {
 					}
 					if out != nil {
 						if _, err := out.WriteTo(c); err != nil {
+							return
+						}
+					}
+					if sub, ok := cp.Content.(*packets.Subscribe); ok && sub.Subscriptions[0].Topic == "trigger/go" {
+						// One copy for every "multi" subscription, with all
+						// their identifiers.
+						mu.Lock()
+						var ids []int
+						for f, id := range subIDs {
+							if strings.Contains(f, "multi/") {
+								ids = append(ids, id)
+							}
+						}
+						mu.Unlock()
+						if _, err := c.Write(rawPublish("multi/x", []byte("both"), ids)); err != nil {
 							return
 						}
 					}
@@ -649,5 +676,61 @@ func TestSpilledPropertiesReachBroker(t *testing.T) {
 		}
 		mp, _ := messageProps(p.Properties)
 		checkProps(t, "spilled message "+strconv.Itoa(i), mp)
+	}
+}
+
+// rawPublish encodes a QoS 0 PUBLISH with Subscription Identifiers (paho's
+// encoder writes one at most).
+func rawPublish(topic string, payload []byte, ids []int) []byte {
+	vbi := func(dst []byte, v int) []byte {
+		for {
+			b := byte(v & 0x7f)
+			v >>= 7
+			if v > 0 {
+				b |= 0x80
+			}
+			dst = append(dst, b)
+			if v == 0 {
+				return dst
+			}
+		}
+	}
+	var props []byte
+	for _, id := range ids {
+		props = vbi(append(props, 0x0B), id)
+	}
+	body := binary.BigEndian.AppendUint16(nil, uint16(len(topic)))
+	body = append(body, topic...)
+	body = vbi(body, len(props))
+	body = append(body, props...)
+	body = append(body, payload...)
+	return append(vbi([]byte{0x30}, len(body)), body...)
+}
+
+// One broker copy carrying a shared and a plain subscription's
+// identifiers goes to Deliver once for each.
+func TestOneCopyForTwoSubscriptions(t *testing.T) {
+	addr := fakeV5Broker(t)
+	d := newDeliveries()
+	cfg := testConfig(t, "tcp://"+addr)
+	cfg.Deliver = d.deliver
+	b := startBridge(t, cfg)
+	waitReady(t, b)
+	done := make(chan mqttcodec.ReasonCode, 3)
+	answer := func(rc mqttcodec.ReasonCode) { done <- rc }
+	b.Subscribe(&handle{"plain"}, session.Subscription{Filter: "multi/#", QoS: 0}, false, answer)
+	b.Subscribe(&handle{"worker"}, session.Subscription{Filter: "$share/g/multi/#", QoS: 0}, false, answer)
+	for range 2 {
+		if rc := <-done; rc != 0 {
+			t.Fatalf("granted %v", rc)
+		}
+	}
+	b.Subscribe(&handle{"t"}, session.Subscription{Filter: "trigger/go", QoS: 0}, false, answer)
+	<-done
+	msgs, _ := d.waitFor(t, 10*time.Second, "two deliveries", func(msgs []Message, _ []retainedCall) bool { return len(msgs) >= 2 })
+	got := []string{msgs[0].Shared, msgs[1].Shared}
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"", "$share/g/multi/#"}) {
+		t.Fatalf("deliveries for %q, want one plain and one for the shared subscription", got)
 	}
 }

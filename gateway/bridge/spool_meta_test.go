@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -86,5 +87,51 @@ func TestFiltersOverlap(t *testing.T) {
 		if got := filtersOverlap(tc.b, tc.a); got != tc.want {
 			t.Errorf("filtersOverlap(%q, %q) = %v", tc.b, tc.a, got)
 		}
+	}
+}
+
+// The reader finds every Subscription Identifier of a PUBLISH, whatever
+// the sizes of the reads that bring it.
+func TestSubIDReaderSplitReads(t *testing.T) {
+	pub := rawPublish("a/b", bytes.Repeat([]byte("x"), 300), []int{7, 300000})
+	ping := []byte{0xD0, 0x00}
+	stream := append(append(slices.Clone(ping), pub...), ping...)
+	stream = append(stream, rawPublish("one/id", []byte("y"), []int{5})...)
+	stream = append(stream, pub...)
+	for _, chunk := range []int{1, 2, 3, 7, 64, len(stream)} {
+		r := newSubIDReader()
+		for p := stream; len(p) > 0; {
+			n := min(chunk, len(p))
+			r.feed(p[:n])
+			p = p[n:]
+		}
+		if got := r.take("one/id", 0); got != nil {
+			t.Fatalf("chunk %d: a single identifier recorded: %v", chunk, got)
+		}
+		for i := range 2 {
+			if got := r.take("a/b", 0); !slices.Equal(got, []int{7, 300000}) {
+				t.Fatalf("chunk %d: copy %d: identifiers %v", chunk, i, got)
+			}
+		}
+		if got := r.take("a/b", 0); got != nil {
+			t.Fatalf("chunk %d: left %v", chunk, got)
+		}
+	}
+}
+
+// Whatever the bytes, the reader never fails paho's reading goroutine.
+func TestSubIDReaderGarbage(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		b := make([]byte, rng.IntN(64))
+		for i := range b {
+			b[i] = byte(rng.UintN(256))
+		}
+		if len(b) > 0 && rng.IntN(2) == 0 {
+			b[0] = 0x30 | b[0]&0x0f // a PUBLISH header
+		}
+		r := newSubIDReader()
+		r.feed(b)
+		r.feed(b)
 	}
 }
