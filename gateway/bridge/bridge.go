@@ -348,7 +348,7 @@ type Stats struct {
 	CommandsSubscribed bool
 
 	// ForwardedUp counts device messages the broker took: acknowledged
-	// (QoS 1) or written (QoS 0).
+	// (QoS 1 and 2) or written (QoS 0).
 	ForwardedUp uint64
 	// ForwardedDown counts broker messages handed to Deliver and
 	// DeliverRetained.
@@ -395,7 +395,9 @@ type Stats struct {
 	Throttled uint64
 	// SpilledTotal counts messages written to the spill files.
 	SpilledTotal uint64
-	// Refused counts publishes refused for their topic (0x87, 0x90).
+	// Refused counts publishes refused for their topic (0x87, 0x90), by
+	// the bridge or, on MQTT 5, by the broker's acknowledgement (its
+	// reason goes to the device).
 	Refused uint64
 	// QuotaExceeded counts QoS 1 publishes pushed back because the buffer
 	// was full (0x97).

@@ -52,7 +52,9 @@
 //     what both clients report; the broker has the message from its
 //     PUBREC on, so this costs one round trip of latency, not safety). A
 //     broker's failure code (MQTT 5: a PUBACK or PUBREC >= 0x80, e.g. 0x87
-//     not authorized) is handed to the device as the reason. While the broker is
+//     not authorized) is handed to the device as the reason. A broker
+//     whose CONNACK gives a Maximum QoS below the message's gets it at
+//     that QoS (at 0, written counts as taken). While the broker is
 //     unreachable, messages wait in a bounded buffer and go out in order
 //     when it returns. After a reconnect, the publishes the broker had not
 //     acknowledged are resent first, in their order, before anything new.

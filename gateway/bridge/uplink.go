@@ -333,7 +333,7 @@ func (l *lane) acked(e *entry) {
 func (l *lane) nacked(e *entry, rc mqttcodec.ReasonCode) {
 	l.b.hot.Info("the broker refused a device message", zap.String("client_id", l.id),
 		zap.String("client", e.clientID), zap.Stringer("reason", rc))
-	l.b.stats.forwardedUp.Add(1)
+	l.b.stats.refused.Add(1)
 	l.b.finish(e, rc)
 	signal(l.wake)
 }
