@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -732,5 +734,33 @@ func TestOneCopyForTwoSubscriptions(t *testing.T) {
 	slices.Sort(got)
 	if !slices.Equal(got, []string{"", "$share/g/multi/#"}) {
 		t.Fatalf("deliveries for %q, want one plain and one for the shared subscription", got)
+	}
+}
+
+// A publish the broker refuses (its ACL) is refused to the device with the
+// broker's reason on MQTT 5; MQTT 3.1.1 has no way to say it.
+func TestPublishRefusedByBroker(t *testing.T) { bothProtocols(t, testPublishRefusedByBroker) }
+
+func testPublishRefusedByBroker(t *testing.T) {
+	acl := filepath.Join(t.TempDir(), "acl")
+	if err := os.WriteFile(acl, []byte("topic readwrite open/#\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	br := startBroker(t, "acl_file "+acl)
+	b := startBridge(t, testConfig(t, br.URL()))
+	waitReady(t, b)
+	a := newAcks()
+	publish(b, "car1", "open/x", "ok", 1, a.fn(t, 0))
+	publish(b, "car1", "closed/x", "no", 1, a.fn(t, 1))
+	publish(b, "car1", "closed/y", "no", 2, a.fn(t, 2))
+	a.waitN(t, 3, 10*time.Second)
+	want := mqttcodec.NotAuthorized
+	if protocolOf(t) == Protocol311 {
+		want = mqttcodec.Success
+	}
+	for i, w := range []mqttcodec.ReasonCode{mqttcodec.Success, want, want} {
+		if rc, _ := a.get(i); rc != w {
+			t.Fatalf("message %d: ack %v, want %v", i, rc, w)
+		}
 	}
 }
