@@ -73,7 +73,7 @@ func (c *conn5) connect() error {
 	if err != nil {
 		return err
 	}
-	bc := bufferedConn{Conn: nc, r: bufio.NewReaderSize(nc, 32<<10), head: &head{}, ids: newSubIDReader()}
+	bc := bufferedConn{Conn: newFlushConn(nc), r: bufio.NewReaderSize(nc, 32<<10), head: &head{}, ids: newSubIDReader()}
 	cli := paho.NewClient(paho.ClientConfig{
 		ClientID:          l.id,
 		Conn:              packets.NewThreadSafeConn(bc),
@@ -106,7 +106,7 @@ func (c *conn5) connect() error {
 	c.gen.Add(1)
 	ca, err := cli.Connect(ctx, cp)
 	if err != nil {
-		_ = nc.Close()
+		_ = bc.Conn.Close() // paho closed it too, unless it failed before writing
 		if ca != nil && (ca.ReasonCode == byte(mqttcodec.UnsupportedProtocolVersion) || ca.ReasonCode == 0x01) {
 			return errUnsupportedProtocol
 		}

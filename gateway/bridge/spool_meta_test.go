@@ -2,10 +2,13 @@ package bridge
 
 import (
 	"bytes"
+	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -134,4 +137,47 @@ func TestSubIDReaderGarbage(t *testing.T) {
 		r.feed(b)
 		r.feed(b)
 	}
+}
+
+// flushConn delivers what was written, in order, and what is buffered at
+// Close; after a failed write, writes fail.
+func TestFlushConn(t *testing.T) {
+	a, b := net.Pipe()
+	f := newFlushConn(a)
+	var want bytes.Buffer
+	got := make(chan []byte)
+	go func() {
+		all, _ := io.ReadAll(b)
+		got <- all
+	}()
+	for i := range 1000 {
+		p := []byte(strconv.Itoa(i) + ",")
+		want.Write(p)
+		if _, err := f.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if all := <-got; !bytes.Equal(all, want.Bytes()) {
+		t.Fatalf("read %d bytes, want %d in order", len(all), want.Len())
+	}
+	if _, err := f.Write([]byte("x")); err == nil {
+		t.Fatal("a write after Close succeeded")
+	}
+
+	c, d := net.Pipe()
+	_ = d.Close()
+	g := newFlushConn(c)
+	_, _ = g.Write([]byte("lost"))
+	select {
+	case <-g.done: // the writer met the error and left
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer did not see the failed connection")
+	}
+	if _, err := g.Write([]byte("x")); err == nil {
+		t.Fatal("a write after the connection failed succeeded")
+	}
+	_ = g.Close()
 }
