@@ -141,7 +141,12 @@
 // queue. This was preferred to the blocking Publish (a goroutine per
 // message in flight) and to autopaho's queue (a second buffer). The
 // resend limit (maxResends) applies to MQTT 3.1.1 only: paho's State
-// offers no hook to give a publish up.
+// offers no hook to give a publish up. paho writes each packet on the
+// caller's goroutine, a system call each; the connection's writes go
+// through a goroutine of its own (flushConn) that sends what accumulated
+// in one call, so the sender prepares the next publishes meanwhile (MQTT
+// 5 QoS 1 uplink went from about 50,000 to about 80,000 msg/s on the
+// benchmark), and its reads go through a buffer.
 //
 // The bridge acknowledges the broker's messages itself once handled: the
 // wrapper's Ack, which paho calls as soon as its handler returned, does
