@@ -33,6 +33,11 @@ func msg(client, topic string, qos byte) *session.Message {
 // contract of Publish); the others when a subscribed application received
 // every message (QoS 0 has no other proof of arrival).
 func BenchmarkUplink(b *testing.B) {
+	b.Run("v5", benchUplink)
+	b.Run("v3.1.1", benchUplink) // testConfig reads the protocol from the name
+}
+
+func benchUplink(b *testing.B) {
 	for _, tc := range []struct {
 		name       string
 		qos        byte
@@ -96,6 +101,11 @@ func BenchmarkUplink(b *testing.B) {
 }
 
 func BenchmarkDownlink(b *testing.B) {
+	b.Run("v5", benchDownlink)
+	b.Run("v3.1.1", benchDownlink)
+}
+
+func benchDownlink(b *testing.B) {
 	for _, qos := range []byte{0, 1} {
 		b.Run("qos"+strconv.Itoa(int(qos)), func(b *testing.B) {
 			br := startBroker(b)

@@ -19,7 +19,7 @@ import (
 var ErrClosed = errors.New("bridge: stopped")
 
 // Bridge connects the gateway to the upstream broker through a small pool
-// of MQTT 3.1.1 connections. Build it with New, then Start; Stop ends it.
+// of MQTT 5 or MQTT 3.1.1 connections. Build it with New, then Start; Stop ends it.
 // Its methods are safe for concurrent use.
 type Bridge struct {
 	cfg    Config
@@ -47,7 +47,40 @@ type Bridge struct {
 	stop     chan struct{} // closed by Stop
 	wg       sync.WaitGroup
 
+	proto    atomic.Value // string: the protocol of the latest CONNACK
+	fellBack atomic.Bool  // the broker refused MQTT 5: every connection speaks 3.1.1
+
 	stats counters
+}
+
+// Protocol is the MQTT version the bridge speaks to the broker,
+// Protocol5 or Protocol311, or "" before the first CONNACK.
+func (b *Bridge) Protocol() string {
+	p, _ := b.proto.Load().(string)
+	return p
+}
+
+// SharedSubscriptions reports whether devices' shared subscriptions can be
+// held upstream: the bridge speaks MQTT 5 and the broker's CONNACK did not
+// say Shared Subscription Available = 0.
+func (b *Bridge) SharedSubscriptions() bool {
+	return b.Protocol() == Protocol5 && b.subLane.c().sharedOK()
+}
+
+// fallBack makes every connection speak MQTT 3.1.1 from its next attempt.
+func (b *Bridge) fallBack() {
+	if b.fellBack.CompareAndSwap(false, true) {
+		b.log.Warn("the upstream broker refused MQTT 5 as an unsupported protocol version; the bridge speaks MQTT 3.1.1 to it")
+	}
+}
+
+func (b *Bridge) isStopping() bool {
+	select {
+	case <-b.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // New checks cfg and builds a Bridge; nothing is connected before Start.
@@ -56,6 +89,9 @@ func New(cfg Config) (*Bridge, error) {
 	up, err := parseUpstream(&c)
 	if err != nil {
 		return nil, err
+	}
+	if c.Protocol != Protocol5 && c.Protocol != Protocol311 {
+		return nil, fmt.Errorf("bridge: Protocol %q is neither %q nor %q", c.Protocol, Protocol5, Protocol311)
 	}
 	if c.PoolSize > maxPoolSize {
 		return nil, fmt.Errorf("bridge: PoolSize %d is more than %d", c.PoolSize, maxPoolSize)
@@ -178,7 +214,7 @@ func (b *Bridge) shutdown(ctx context.Context) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				l.cli.Disconnect(250)
+				l.c().disconnect()
 			}()
 		}
 		wg.Wait()
@@ -202,7 +238,7 @@ func (b *Bridge) drain(ctx context.Context) {
 		for _, l := range b.lanes {
 			if l.pending() {
 				pending = true
-				moving = moving || l.cli.IsConnectionOpen()
+				moving = moving || l.c().open()
 			}
 		}
 		if !pending || !moving {
@@ -244,7 +280,8 @@ func (b *Bridge) save(left []*entry) error {
 	saved := keep[:0]
 	for _, e := range keep {
 		if !e.spilled {
-			recs = append(recs, appendRecord(nil, e.clientID, e.topic, e.payload, e.qos, e.retain))
+			recs = append(recs, appendRecordMeta(nil, e.clientID, e.topic, e.payload, e.qos, e.retain,
+				recMeta{props: e.props, expires: e.expires}))
 			saved = append(saved, e)
 			continue
 		}
@@ -282,7 +319,7 @@ func (b *Bridge) Ready() bool {
 		return false
 	}
 	for _, l := range b.lanes {
-		if !l.cli.IsConnectionOpen() {
+		if !l.c().open() {
 			return false
 		}
 	}
@@ -293,6 +330,8 @@ func (b *Bridge) Ready() bool {
 type Stats struct {
 	// Pool is the number of connections; Connected how many are up.
 	Pool, Connected int
+	// Protocol is the MQTT version spoken to the broker (Bridge.Protocol).
+	Protocol string
 	// Buffered counts the messages waiting for the broker (queued or sent
 	// and not yet acknowledged), BufferedBytes their topics and payloads;
 	// Spilled and SpilledBytes the part of them in the spill files.
@@ -309,7 +348,7 @@ type Stats struct {
 	CommandsSubscribed bool
 
 	// ForwardedUp counts device messages the broker took: acknowledged
-	// (QoS 1) or written (QoS 0).
+	// (QoS 1 and 2) or written (QoS 0).
 	ForwardedUp uint64
 	// ForwardedDown counts broker messages handed to Deliver and
 	// DeliverRetained.
@@ -356,7 +395,9 @@ type Stats struct {
 	Throttled uint64
 	// SpilledTotal counts messages written to the spill files.
 	SpilledTotal uint64
-	// Refused counts publishes refused for their topic (0x87, 0x90).
+	// Refused counts publishes refused for their topic (0x87, 0x90), by
+	// the bridge or, on MQTT 5, by the broker's acknowledgement (its
+	// reason goes to the device).
 	Refused uint64
 	// QuotaExceeded counts QoS 1 publishes pushed back because the buffer
 	// was full (0x97).
@@ -378,6 +419,10 @@ type Stats struct {
 	Reconnects, ConnectionLosses uint64
 	// SubscribeFailures counts filters the broker refused in a SUBACK.
 	SubscribeFailures uint64
+	// Expired counts device messages whose Message Expiry Interval ran
+	// out before they could be sent: acknowledged to the device as taken,
+	// and not sent.
+	Expired uint64
 }
 
 type counters struct {
@@ -393,16 +438,17 @@ type counters struct {
 	throttled                               atomic.Uint64
 	abandoned, saved, replayed              atomic.Uint64
 	reconnects, losses, subscribeFailures   atomic.Uint64
+	expired                                 atomic.Uint64
 }
 
 // Stats returns a snapshot.
 func (b *Bridge) Stats() Stats {
-	s := Stats{Pool: len(b.lanes)}
+	s := Stats{Pool: len(b.lanes), Protocol: b.Protocol()}
 	for _, l := range b.lanes {
-		if l.cli.IsConnectionOpen() {
+		if l.c().open() {
 			s.Connected++
 		}
-		s.InFlight += l.box.len()
+		s.InFlight += l.c().inflight()
 	}
 	s.Buffered, s.BufferedBytes = b.mem.usage()
 	var hb int64
@@ -415,7 +461,7 @@ func (b *Bridge) Stats() Stats {
 		s.BufferedBytes += s.SpilledBytes
 	}
 	s.Subscriptions = b.subLane.subs.size()
-	s.CommandsSubscribed = b.cmd != nil && b.lanes[0].cmdHeld.Load() && b.lanes[0].cli.IsConnectionOpen()
+	s.CommandsSubscribed = b.cmd != nil && b.lanes[0].cmdHeld.Load() && b.lanes[0].c().open()
 	c := &b.stats
 	s.ForwardedUp = c.forwardedUp.Load()
 	s.ForwardedDown = c.forwardedDown.Load()
@@ -446,6 +492,7 @@ func (b *Bridge) Stats() Stats {
 	s.Reconnects = c.reconnects.Load()
 	s.ConnectionLosses = c.losses.Load()
 	s.SubscribeFailures = c.subscribeFailures.Load()
+	s.Expired = c.expired.Load()
 	return s
 }
 

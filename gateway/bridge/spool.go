@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -14,9 +15,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/dualgate/dualgate/gateway/session"
 )
 
 // The spool is the disk tier of the uplink buffer: append-only segment
@@ -25,8 +29,18 @@ import (
 //
 //	length  uint32, big endian: the bytes of the body
 //	crc     uint32, big endian: CRC-32C of the body
-//	body    flags (bit 0-1 QoS, bit 2 retain), client id length (uint16),
-//	        topic length (uint16), client id, topic, payload
+//	body    flags (bit 0-1 QoS, bit 2 retain, bit 3 extended), client id
+//	        length (uint16), topic length (uint16), [extension], client id,
+//	        topic, payload
+//
+// The extension, present when bit 3 is set (records of this version that
+// carry MQTT 5 properties or an expiry; records without it read as
+// before), is its length (uint32) and: the expiry in Unix nanoseconds
+// (int64, 0: none), a properties flag byte (bit 0 present, bit 1 payload
+// format present), the payload format byte, then content type and
+// response topic (uint16 length and bytes), correlation data (uint32
+// length, 0xFFFFFFFF for none, and bytes), and the user properties (uint16
+// count, then uint16 length and bytes of each key and value).
 //
 // Records are appended without fsync: a spilled message has not been
 // acknowledged to its device, which still holds it, so the spool only has
@@ -232,17 +246,41 @@ func scanSegment(f *os.File, id uint64) ([]spooled, int64, error) {
 	}
 }
 
+// recMeta is what a record carries beside its topic and payload: the
+// MQTT 5 properties and the expiry of the message.
+type recMeta struct {
+	props   *session.MessageProps
+	expires time.Time
+}
+
+func (m recMeta) empty() bool { return m.props == nil && m.expires.IsZero() }
+
 // appendRecord encodes one record onto dst.
 func appendRecord(dst []byte, clientID, topic string, payload []byte, qos byte, retain bool) []byte {
+	return appendRecordMeta(dst, clientID, topic, payload, qos, retain, recMeta{})
+}
+
+// appendRecordMeta encodes one record, with its extension when meta is
+// not empty.
+func appendRecordMeta(dst []byte, clientID, topic string, payload []byte, qos byte, retain bool, meta recMeta) []byte {
 	start := len(dst)
 	dst = append(dst, make([]byte, recordHeader)...)
 	flags := qos & 3
 	if retain {
 		flags |= 4
 	}
+	if !meta.empty() {
+		flags |= 8
+	}
 	dst = append(dst, flags)
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(clientID)))
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(topic)))
+	if !meta.empty() {
+		at := len(dst)
+		dst = append(dst, 0, 0, 0, 0)
+		dst = appendMeta(dst, meta)
+		binary.BigEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
+	}
 	dst = append(dst, clientID...)
 	dst = append(dst, topic...)
 	dst = append(dst, payload...)
@@ -252,34 +290,157 @@ func appendRecord(dst []byte, clientID, topic string, payload []byte, qos byte, 
 	return dst
 }
 
+func appendMeta(dst []byte, m recMeta) []byte {
+	var exp int64
+	if !m.expires.IsZero() {
+		exp = m.expires.UnixNano()
+	}
+	dst = binary.BigEndian.AppendUint64(dst, uint64(exp))
+	p := m.props
+	if p == nil {
+		return append(dst, 0)
+	}
+	f := byte(1)
+	if p.HasPayloadFormat {
+		f |= 2
+	}
+	dst = append(dst, f, p.PayloadFormat)
+	str := func(s string) {
+		dst = binary.BigEndian.AppendUint16(dst, uint16(len(s)))
+		dst = append(dst, s...)
+	}
+	str(p.ContentType)
+	str(p.ResponseTopic)
+	if p.CorrelationData == nil {
+		dst = binary.BigEndian.AppendUint32(dst, 0xFFFFFFFF)
+	} else {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(len(p.CorrelationData)))
+		dst = append(dst, p.CorrelationData...)
+	}
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(p.User)))
+	for _, u := range p.User {
+		str(u.Key)
+		str(u.Value)
+	}
+	return dst
+}
+
+// decodeMeta reads an extension.
+func decodeMeta(b []byte) (recMeta, error) {
+	var m recMeta
+	if len(b) < 9 {
+		return m, errSpoolCorrupt
+	}
+	if exp := int64(binary.BigEndian.Uint64(b)); exp != 0 {
+		m.expires = time.Unix(0, exp)
+	}
+	f := b[8]
+	b = b[9:]
+	if f&1 == 0 {
+		return m, nil
+	}
+	bad := false
+	take := func(n int) []byte {
+		if bad || n > len(b) {
+			bad = true
+			return nil
+		}
+		v := b[:n]
+		b = b[n:]
+		return v
+	}
+	u16 := func() int {
+		v := take(2)
+		if v == nil {
+			return 0
+		}
+		return int(binary.BigEndian.Uint16(v))
+	}
+	str := func() string { return string(take(u16())) }
+	p := &session.MessageProps{HasPayloadFormat: f&2 != 0}
+	if v := take(1); v != nil {
+		p.PayloadFormat = v[0]
+	}
+	p.ContentType = str()
+	p.ResponseTopic = str()
+	if v := take(4); v != nil {
+		if n := binary.BigEndian.Uint32(v); n != 0xFFFFFFFF {
+			p.CorrelationData = bytes.Clone(take(int(n)))
+			if p.CorrelationData == nil && !bad {
+				p.CorrelationData = []byte{}
+			}
+		}
+	}
+	for range u16() {
+		k := str()
+		v := str()
+		p.User = append(p.User, session.UserProp{Key: k, Value: v})
+	}
+	if bad {
+		return recMeta{}, errSpoolCorrupt
+	}
+	m.props = p
+	return m, nil
+}
+
 // decodeBody splits a record body; the results are views into body.
 func decodeBody(body []byte) (clientID, topic, payload []byte, qos byte, retain bool, err error) {
+	clientID, topic, payload, _, qos, retain, err = decodeBodyExt(body)
+	return
+}
+
+// decodeBodyExt splits a record body, its extension included (nil when
+// the record has none).
+func decodeBodyExt(body []byte) (clientID, topic, payload, ext []byte, qos byte, retain bool, err error) {
 	if len(body) < bodyHeader {
-		return nil, nil, nil, 0, false, errSpoolCorrupt
+		return nil, nil, nil, nil, 0, false, errSpoolCorrupt
 	}
 	cl := int(binary.BigEndian.Uint16(body[1:3]))
 	tl := int(binary.BigEndian.Uint16(body[3:5]))
-	if bodyHeader+cl+tl > len(body) || body[0]&3 == 3 {
-		return nil, nil, nil, 0, false, errSpoolCorrupt
-	}
 	rest := body[bodyHeader:]
-	return rest[:cl], rest[cl : cl+tl], rest[cl+tl:], body[0] & 3, body[0]&4 != 0, nil
+	if body[0]&8 != 0 {
+		if len(rest) < 4 {
+			return nil, nil, nil, nil, 0, false, errSpoolCorrupt
+		}
+		el := int(binary.BigEndian.Uint32(rest))
+		if 4+el > len(rest) {
+			return nil, nil, nil, nil, 0, false, errSpoolCorrupt
+		}
+		ext = rest[4 : 4+el]
+		rest = rest[4+el:]
+	}
+	if cl+tl > len(rest) || body[0]&3 == 3 || body[0]&0xF0 != 0 {
+		return nil, nil, nil, nil, 0, false, errSpoolCorrupt
+	}
+	return rest[:cl], rest[cl : cl+tl], rest[cl+tl:], ext, body[0] & 3, body[0]&4 != 0, nil
 }
 
 // decodeRecord checks a whole record read back and splits it.
 func decodeRecord(rec []byte) (topic string, payload []byte, err error) {
+	topic, payload, _, err = decodeRecordMeta(rec)
+	return
+}
+
+// decodeRecordMeta checks a whole record read back and splits it, its
+// properties and expiry included.
+func decodeRecordMeta(rec []byte) (topic string, payload []byte, meta recMeta, err error) {
 	if len(rec) < recordHeader+bodyHeader {
-		return "", nil, errSpoolCorrupt
+		return "", nil, meta, errSpoolCorrupt
 	}
 	body := rec[recordHeader:]
 	if int(binary.BigEndian.Uint32(rec[0:4])) != len(body) || checksum(body) != binary.BigEndian.Uint32(rec[4:8]) {
-		return "", nil, errSpoolCorrupt
+		return "", nil, meta, errSpoolCorrupt
 	}
-	_, t, p, _, _, err := decodeBody(body)
+	_, t, p, ext, _, _, err := decodeBodyExt(body)
 	if err != nil {
-		return "", nil, err
+		return "", nil, meta, err
 	}
-	return string(t), p, nil
+	if ext != nil {
+		if meta, err = decodeMeta(ext); err != nil {
+			return "", nil, meta, err
+		}
+	}
+	return string(t), p, meta, nil
 }
 
 func (s *spool) path(id uint64) string {
@@ -292,10 +453,22 @@ func (s *spool) path(id uint64) string {
 // leaves nothing behind that a later one depends on: the segment it tore
 // is not appended to again, and deleted if it holds nothing else.
 func (s *spool) write(clientID, topic string, payload []byte, qos byte, retain bool) (spoolRef, error) {
+	return s.writeMeta(clientID, topic, payload, qos, retain, recMeta{})
+}
+
+// writeMeta appends a record with its properties and expiry.
+func (s *spool) writeMeta(clientID, topic string, payload []byte, qos byte, retain bool, meta recMeta) (spoolRef, error) {
 	if len(clientID) > 0xFFFF || len(topic) > 0xFFFF {
 		return spoolRef{}, errors.New("bridge: client id or topic too long to spill")
 	}
+	var ext []byte
+	if !meta.empty() {
+		ext = appendMeta(nil, meta)
+	}
 	n := int64(recordHeader + bodyHeader + len(clientID) + len(topic) + len(payload))
+	if ext != nil {
+		n += 4 + int64(len(ext))
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.count+1 > s.maxCount || s.bytes+n > s.maxBytes {
@@ -311,7 +484,7 @@ func (s *spool) write(clientID, topic string, payload []byte, qos byte, retain b
 			return spoolRef{}, diskFull(err)
 		}
 	}
-	rec := appendRecord(s.wbuf[:0], clientID, topic, payload, qos, retain)
+	rec := appendRecordMeta(s.wbuf[:0], clientID, topic, payload, qos, retain, meta)
 	if cap(rec) <= maxWriteBuffer {
 		s.wbuf = rec
 	}
@@ -406,11 +579,18 @@ func (s *spool) readRaw(ref spoolRef) ([]byte, error) {
 
 // read returns the topic and payload of the record at ref.
 func (s *spool) read(ref spoolRef) (string, []byte, error) {
+	t, p, _, err := s.readMeta(ref)
+	return t, p, err
+}
+
+// readMeta returns the topic, payload, properties and expiry of the
+// record at ref.
+func (s *spool) readMeta(ref spoolRef) (string, []byte, recMeta, error) {
 	rec, err := s.readRaw(ref)
 	if err != nil {
-		return "", nil, err
+		return "", nil, recMeta{}, err
 	}
-	return decodeRecord(rec)
+	return decodeRecordMeta(rec)
 }
 
 // release forgets a record: the broker has it, or it was given up.

@@ -11,7 +11,9 @@ import (
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
-func TestTLSUpstream(t *testing.T) {
+func TestTLSUpstream(t *testing.T) { bothProtocols(t, testTLSUpstream) }
+
+func testTLSUpstream(t *testing.T) {
 	pki, err := certs.NewTestPKI()
 	if err != nil {
 		t.Fatalf("NewTestPKI: %v", err)

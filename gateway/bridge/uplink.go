@@ -23,8 +23,10 @@ type entry struct {
 	payload  []byte // nil when spilled
 	ref      spoolRef
 	size     int64 // bytes counted against the memory budget or the hand-off
-	qos      byte  // 0 or 1 upstream
+	qos      byte  // 0, 1 or 2 upstream
 	retain   bool
+	props    *session.MessageProps // MQTT 5 properties; nil when spilled
+	expires  time.Time             // zero: never
 	spilled  bool
 	// handoff: the entry waits for the spiller, its bytes counted
 	// against Bridge.handoff, not the memory budget.
@@ -45,8 +47,10 @@ type entry struct {
 // device that floods loses its own messages, not the others'. Before
 // that, at three quarters of its share, Config.Throttle pauses reading it
 // until its share is down to a quarter: backpressure first, drop last. QoS 1 and 2
-// are sent at QoS 1, and ack is called with Success once the broker
-// acknowledged; while the broker is unreachable they wait in the memory
+// are sent at their QoS, and ack is called with Success once the broker
+// acknowledged (PUBACK; PUBCOMP for QoS 2), or with the broker's failure
+// code; a message whose Expires passed before it could be sent is not
+// sent and ack gets Success (Stats.Expired); while the broker is unreachable they wait in the memory
 // buffer, then in the hand-off to the spiller, which writes them to the
 // spill files on its own goroutine; when all are full, ack gets
 // QuotaExceeded (0x97) at once. Which topics a device may publish on is
@@ -60,14 +64,18 @@ func (b *Bridge) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
 		b.refuse(m, ack, rc)
 		return
 	}
+	if !m.Expires.IsZero() && !time.Now().Before(m.Expires) {
+		b.expire(ack)
+		return
+	}
 	l := b.lanes[b.laneIndex(m.ClientID)]
 	topic := b.cfg.TopicPrefix + m.Topic
-	size := int64(len(topic) + len(m.Payload))
-	e := &entry{ack: ack, clientID: m.ClientID, qos: min(m.QoS, 1), retain: m.Retain,
-		topic: topic, payload: m.Payload, size: size}
+	size := int64(len(topic)+len(m.Payload)) + propsSize(m.Props)
+	e := &entry{ack: ack, clientID: m.ClientID, qos: min(m.QoS, 2), retain: m.Retain,
+		topic: topic, payload: m.Payload, size: size, props: m.Props, expires: m.Expires}
 	switch {
 	case e.qos == 0:
-		if !l.cli.IsConnectionOpen() {
+		if !l.c().open() {
 			b.stats.dropped[dropDisconnected].Add(1)
 			return
 		}
@@ -154,7 +162,7 @@ func (b *Bridge) spillOne(e *entry) {
 		}
 	}
 	sp := b.spool.Load()
-	ref, err := sp.write(e.clientID, e.topic, e.payload, e.qos, e.retain)
+	ref, err := sp.writeMeta(e.clientID, e.topic, e.payload, e.qos, e.retain, recMeta{props: e.props, expires: e.expires})
 	l.mu.Lock()
 	if e.taken {
 		l.mu.Unlock()
@@ -165,7 +173,7 @@ func (b *Bridge) spillOne(e *entry) {
 	}
 	if err == nil {
 		e.spilled, e.ref, e.handoff = true, ref, false
-		e.topic, e.payload = "", nil
+		e.topic, e.payload, e.props = "", nil, nil
 		l.mu.Unlock()
 		b.stats.spilledTotal.Add(1)
 		return
@@ -185,6 +193,25 @@ func (b *Bridge) spillOne(e *entry) {
 	b.hot.Error("cannot spill a message; refusing it", zap.String("client", e.clientID), zap.Error(err))
 	b.stats.abandoned.Add(1)
 	reply(e.ack, mqttcodec.UnspecifiedError)
+}
+
+// expire answers a device whose message expired before it could be sent:
+// taken, as the broker would have dropped it.
+func (b *Bridge) expire(ack func(mqttcodec.ReasonCode)) {
+	b.stats.expired.Add(1)
+	reply(ack, mqttcodec.Success)
+}
+
+// propsSize is what a message's properties count against the buffer.
+func propsSize(p *session.MessageProps) int64 {
+	if p == nil {
+		return 0
+	}
+	n := len(p.ContentType) + len(p.ResponseTopic) + len(p.CorrelationData) + 2
+	for _, u := range p.User {
+		n += len(u.Key) + len(u.Value)
+	}
+	return int64(n)
 }
 
 func (b *Bridge) quota(e *entry) {
@@ -301,6 +328,16 @@ func (l *lane) acked(e *entry) {
 	signal(l.wake)
 }
 
+// nacked is told that the broker refused e (a PUBACK, PUBREC or PUBCOMP
+// with a failure code): the device gets the broker's reason.
+func (l *lane) nacked(e *entry, rc mqttcodec.ReasonCode) {
+	l.b.hot.Info("the broker refused a device message", zap.String("client_id", l.id),
+		zap.String("client", e.clientID), zap.Stringer("reason", rc))
+	l.b.stats.refused.Add(1)
+	l.b.finish(e, rc)
+	signal(l.wake)
+}
+
 // givenUp is told by the outbox that e was resent too often.
 func (l *lane) givenUp(e *entry) {
 	l.b.stats.abandoned.Add(1)
@@ -337,7 +374,8 @@ func (l *lane) send() {
 
 // next returns the message to send now, if any.
 func (l *lane) next() *entry {
-	open := l.cli.IsConnectionOpen()
+	c := l.c()
+	open := c.open()
 	var dropped []*entry
 	defer func() {
 		for _, e := range dropped {
@@ -368,12 +406,12 @@ func (l *lane) next() *entry {
 		// What paho resends on a new connection goes first: new messages
 		// wait until the broker acknowledged it, so the order holds and
 		// nothing is sent twice.
-		if !l.box.settled() {
+		if !c.settled() {
 			return nil
 		}
 		l.gate = false
 	}
-	if l.box.len() >= l.b.cfg.MaxInflight {
+	if c.inflight() >= min(l.b.cfg.MaxInflight, c.window()) {
 		return nil
 	}
 	e := l.queue.pop()
@@ -381,34 +419,51 @@ func (l *lane) next() *entry {
 	return e
 }
 
-// publish hands one message to paho.
+// publish hands one message to the client.
 func (l *lane) publish(e *entry) {
 	topic, payload := e.topic, e.payload
 	if e.spilled {
-		var err error
-		if topic, payload, err = l.b.spool.Load().read(e.ref); err != nil {
+		var (
+			err  error
+			meta recMeta
+		)
+		if topic, payload, meta, err = l.b.spool.Load().readMeta(e.ref); err != nil {
 			l.b.log.Error("a spilled message cannot be read back; refusing it",
 				zap.String("client", e.clientID), zap.Error(err))
 			l.b.stats.abandoned.Add(1)
 			l.b.finish(e, mqttcodec.UnspecifiedError)
 			return
 		}
+		e.props, e.expires = meta.props, meta.expires
 	}
+	if !e.expires.IsZero() && !time.Now().Before(e.expires) {
+		ack := e.ack
+		e.ack = nil
+		l.b.release(e)
+		l.b.expire(ack)
+		return
+	}
+	c := l.c()
 	if e.qos == 0 {
-		l.cli.Publish(topic, 0, e.retain, payload)
-		l.b.stats.forwardedUp.Add(1)
+		if c.publish(e, topic, payload) {
+			l.b.stats.forwardedUp.Add(1)
+		} else {
+			l.b.stats.dropped[dropDisconnected].Add(1)
+		}
 		l.b.release(e)
 		return
 	}
-	l.box.expect(e)
-	tok := l.cli.Publish(topic, 1, e.retain, payload)
-	if l.box.taken(e) {
-		// paho stored it: it is sent, or resent after a reconnect, until
-		// the broker acknowledges it (outbox.Del).
+	if c.publish(e, topic, payload) {
+		// The client stored it: it is sent, or resent after a reconnect,
+		// until the broker acknowledges it. e is no longer this
+		// goroutine's to touch.
 		return
 	}
-	// paho refused it before storing it (the connection went down).
-	l.b.hot.Debug("publish refused by the client; queued again", zap.String("client_id", l.id), zap.Error(tok.Error()))
+	if e.spilled {
+		e.props = nil // in the spill record; read again when sent again
+	}
+	// The client refused it before storing it (the connection went down).
+	l.b.hot.Debug("publish refused by the client; queued again", zap.String("client_id", l.id))
 	l.requeue(e)
 	t := time.NewTimer(100 * time.Millisecond)
 	select {

@@ -11,7 +11,9 @@ import (
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
-func TestUplinkReachesBroker(t *testing.T) {
+func TestUplinkReachesBroker(t *testing.T) { bothProtocols(t, testUplinkReachesBroker) }
+
+func testUplinkReachesBroker(t *testing.T) {
 	br := startBroker(t)
 	for _, tc := range []struct {
 		name   string
@@ -79,6 +81,10 @@ func subscribedThenDown(t *testing.T, filter string) (*broker, *inbox) {
 }
 
 func TestUplinkBuffersWhileBrokerDown(t *testing.T) {
+	bothProtocols(t, testUplinkBuffersWhileBrokerDown)
+}
+
+func testUplinkBuffersWhileBrokerDown(t *testing.T) {
 	br, in := subscribedThenDown(t, "devices/#")
 	b := startBridge(t, testConfig(t, br.URL()))
 
@@ -123,7 +129,9 @@ func TestUplinkBuffersWhileBrokerDown(t *testing.T) {
 	}
 }
 
-func TestUplinkBufferFull(t *testing.T) {
+func TestUplinkBufferFull(t *testing.T) { bothProtocols(t, testUplinkBufferFull) }
+
+func testUplinkBufferFull(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		memory    int
@@ -182,7 +190,9 @@ func TestUplinkBufferFull(t *testing.T) {
 	}
 }
 
-func TestUplinkRefusals(t *testing.T) {
+func TestUplinkRefusals(t *testing.T) { bothProtocols(t, testUplinkRefusals) }
+
+func testUplinkRefusals(t *testing.T) {
 	// Topic authorization is the gateway's (package acl): the bridge takes
 	// any topic and refuses only what the broker cannot carry.
 	for _, tc := range []struct {
@@ -261,7 +271,9 @@ func TestPublishAfterStop(t *testing.T) {
 
 // TestUplinkSpreadsDevices checks that devices use several connections and
 // each device always the same one.
-func TestUplinkSpreadsDevices(t *testing.T) {
+func TestUplinkSpreadsDevices(t *testing.T) { bothProtocols(t, testUplinkSpreadsDevices) }
+
+func testUplinkSpreadsDevices(t *testing.T) {
 	b, err := New(Config{URL: "tcp://127.0.0.1:1", PoolSize: 4})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -284,7 +296,9 @@ func TestUplinkSpreadsDevices(t *testing.T) {
 // One device's QoS 0 messages hold at most its share of the memory
 // buffer: past it, its own messages are dropped (device_share) while
 // another device still gets room; past the whole buffer, buffer_full.
-func TestDeviceShareOfTheBuffer(t *testing.T) {
+func TestDeviceShareOfTheBuffer(t *testing.T) { bothProtocols(t, testDeviceShareOfTheBuffer) }
+
+func testDeviceShareOfTheBuffer(t *testing.T) {
 	m := budget{maxCount: 6, maxBytes: 1 << 20, shareCount: 4, shareBytes: 100}
 	reserve := func(c string, n int64) int {
 		why, _ := m.reserveShared(c, n)
@@ -361,6 +375,10 @@ func TestDeviceShareThrottle(t *testing.T) {
 // goes on, the handed-off messages are spilled and all reach the broker
 // in order.
 func TestPublishDoesNotWaitForTheSpill(t *testing.T) {
+	bothProtocols(t, testPublishDoesNotWaitForTheSpill)
+}
+
+func testPublishDoesNotWaitForTheSpill(t *testing.T) {
 	br, in := subscribedThenDown(t, "devices/#")
 	cfg := testConfig(t, br.URL())
 	cfg.BufferMessages = 2
