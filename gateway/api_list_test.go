@@ -217,10 +217,22 @@ func TestAPIListBadRequests(t *testing.T) {
 			t.Errorf("GET %s: %d %q, want 400 naming %q", tc.path, code, msg, tc.want)
 		}
 	}
-	// A cursor from a client's command list is not one of the device list.
+	// A cursor of a device's command list is not one of the device list,
+	// nor the other way round.
+	postCommand(t, g, "dev-1", `{"topic":"devices/dev-1/commands/b","payload":"y","secure":false}`)
+	dialDevice(t, g, "dev-2", false)
 	var cl commandList
-	if code := getJSON(t, g, "/v1/clients/dev-1/commands?limit=1", "", &cl); code != http.StatusOK {
-		t.Fatalf("commands: %d", code)
+	var dl listPage
+	if code := getJSON(t, g, "/v1/clients/dev-1/commands?limit=1", "", &cl); code != http.StatusOK || cl.NextCursor == "" {
+		t.Fatalf("commands: %d %+v", code, cl)
+	}
+	if code := getJSON(t, g, "/v1/clients?limit=1", "", &dl); code != http.StatusOK || dl.NextCursor == nil || *dl.NextCursor == "" {
+		t.Fatalf("clients: %d %+v", code, dl)
+	}
+	for _, path := range []string{"/v1/clients?cursor=" + url.QueryEscape(cl.NextCursor), "/v1/clients/dev-1/commands?cursor=" + url.QueryEscape(*dl.NextCursor)} {
+		if code, out := apiDo(t, nil, http.MethodGet, "http://"+g.APIAddr()+path, "", nil); code != http.StatusBadRequest {
+			t.Errorf("GET %s: %d %v, want 400", path, code, out)
+		}
 	}
 }
 
