@@ -443,8 +443,11 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 		for _, c := range written {
 			if _, err := d.cfg.Store.Transition(c.ID, store.StatusSent, now, note); err != nil {
 				// Its PUBACK records it ("written late"); until then it
-				// may go out again, and a cancel is refused.
-				d.markUnrecorded(c.ID)
+				// may go out again, and a cancel is refused. (A refused
+				// move finds it sent already, or final: the store says so.)
+				if !errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
+					d.markUnrecorded(c.ID)
+				}
 				d.storeFailed(c.ClientID, err)
 				continue
 			}
