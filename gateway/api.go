@@ -13,7 +13,9 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"net/url"
+	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -139,9 +141,12 @@ func (g *Gateway) apiHandler() http.Handler {
 	mux.Handle("GET /metrics", metrics)
 
 	v1 := http.NewServeMux()
+	v1.HandleFunc("GET /v1/clients", g.listClients)
 	v1.HandleFunc("GET /v1/clients/{id}", g.getClient)
 	v1.HandleFunc("POST /v1/clients/{id}/commands", g.postCommand)
+	v1.HandleFunc("GET /v1/clients/{id}/commands", g.listCommands)
 	v1.HandleFunc("GET /v1/commands/{cid}", g.getCommand)
+	v1.HandleFunc("DELETE /v1/commands/{cid}", g.cancelCommand)
 	v1.HandleFunc("GET /v1/stats", g.getStats)
 	v1.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
@@ -191,6 +196,12 @@ func sameOriginWrites(next http.Handler, log *zap.Logger) http.Handler {
 				return
 			}
 		}
+		// A browser sends DELETE (never a "simple" request) only after a
+		// preflight this API never grants: it needs no body, so no type.
+		if r.Method == http.MethodDelete && r.ContentLength == 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
 		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
 			refuse(w, r, http.StatusUnsupportedMediaType, "a "+r.Method+" request needs Content-Type: application/json")
 			return
@@ -224,7 +235,10 @@ type clientView struct {
 	Remote       string    `json:"remote,omitempty"`
 	Since        time.Time `json:"since,omitzero"`
 	LastActivity time.Time `json:"last_activity,omitzero"`
-	Pending      int       `json:"pending"`
+	// Node is the gateway node the device is connected to; empty while
+	// it is not connected.
+	Node    string `json:"node,omitempty"`
+	Pending int    `json:"pending"`
 	// Instructions is the number of TLS instructions sent since the device
 	// was last on TLS; LoopProtected says it ignored too many of them.
 	Instructions  int  `json:"instructions"`
@@ -255,6 +269,7 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 	if s, ok := g.reg.Get(id); ok {
 		e := s.RegistryEntry()
 		v.Connected = true
+		v.Node = g.apiNode()
 		v.Mode = e.Mode.String()
 		v.Protocol = e.Protocol
 		facts := factsOf(s)
@@ -271,6 +286,116 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 		v.LastActivity = dev.LastSeen.UTC().Truncate(time.Millisecond)
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// Paging of the API's lists.
+const (
+	defaultPageLimit = 100
+	maxPageLimit     = 1000
+)
+
+// pageQuery reads the query of a paginated list: cursor, limit, and the
+// other parameters the endpoint takes (filters), refusing any other.
+func pageQuery(r *http.Request, filters ...string) (q url.Values, cursor string, limit int, err error) {
+	q, err = url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("query: %v", err)
+	}
+	known := append([]string{"cursor", "limit"}, filters...)
+	for k, v := range q {
+		if !slices.Contains(known, k) {
+			return nil, "", 0, fmt.Errorf("unknown parameter %q (this list takes %s)", k, strings.Join(known, ", "))
+		}
+		if len(v) > 1 {
+			return nil, "", 0, fmt.Errorf("parameter %q given %d times", k, len(v))
+		}
+	}
+	limit = defaultPageLimit
+	if s := q.Get("limit"); s != "" || q.Has("limit") {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxPageLimit {
+			return nil, "", 0, fmt.Errorf("limit: %q, want a whole number from 1 to %d (default %d)", s, maxPageLimit, defaultPageLimit)
+		}
+		limit = n
+	}
+	return q, q.Get("cursor"), limit, nil
+}
+
+// apiNode is the node id the API reports: --node-id in a cluster, else
+// the host name, as a cluster node would be named by default.
+func (g *Gateway) apiNode() string {
+	if g.cluster != nil {
+		return g.cluster.id
+	}
+	if id, err := g.cfg.nodeID(); err == nil {
+		return id
+	}
+	host, _ := os.Hostname()
+	return host
+}
+
+// clientItem is one connected device in GET /v1/clients.
+type clientItem struct {
+	ClientID string    `json:"client_id"`
+	Mode     string    `json:"mode"`
+	Protocol byte      `json:"protocol"`
+	Since    time.Time `json:"since"`
+	Node     string    `json:"node"`
+}
+
+// clientList is the answer of GET /v1/clients.
+type clientList struct {
+	Clients    []clientItem `json:"clients"`
+	NextCursor string       `json:"next_cursor"`
+}
+
+// listClients answers GET /v1/clients?mode=&node=&cursor=&limit=: the
+// devices connected to this node, a page at a time in the registry's scan
+// order (registry.Scan), which is stable for the life of the process: a
+// device connected for the whole listing is in exactly one page.
+func (g *Gateway) listClients(w http.ResponseWriter, r *http.Request) {
+	q, cursor, limit, err := pageQuery(r, "mode", "node")
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var keep func(*session.Session) bool
+	switch m := q.Get("mode"); m {
+	case "":
+	case "plain", "tls":
+		want := registry.ModePlain
+		if m == "tls" {
+			want = registry.ModeTLS
+		}
+		keep = func(s *session.Session) bool { return s.RegistryEntry().Mode == want }
+	default:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("mode: %q, want plain or tls", m))
+		return
+	}
+	pos, err := registry.ParsePosition(cursor)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "cursor: not one this gateway gave out since it started (cursors do not outlive a restart); list again without cursor")
+		return
+	}
+	node := g.apiNode()
+	out := clientList{Clients: []clientItem{}}
+	if n := q.Get("node"); n != "" && n != node {
+		// This node answers for its own devices: none is on node n.
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	page, next, more := g.reg.Scan(pos, limit, keep)
+	for _, s := range page {
+		e := s.RegistryEntry()
+		out.Clients = append(out.Clients, clientItem{
+			ClientID: e.ClientID, Mode: e.Mode.String(), Protocol: e.Protocol,
+			Since: e.Since().UTC().Truncate(time.Millisecond), Node: node,
+		})
+	}
+	if more {
+		out.NextCursor = next.String()
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // sessionFacts are what the API reads from a session in its owner context.
@@ -300,12 +425,101 @@ func factsOf(s *session.Session) sessionFacts {
 type statsView struct {
 	Connections map[string]int    `json:"connections"`
 	Commands    map[string]int    `json:"commands"`
-	Upstream    *bridge.Stats     `json:"upstream,omitempty"`
+	Upstream    *upstreamView     `json:"upstream,omitempty"`
 	OnDemand    map[string]uint64 `json:"on_demand"`
 	Sessions    map[string]uint64 `json:"sessions"`
 	Memory      map[string]uint64 `json:"memory"`
 	Goroutines  int               `json:"goroutines"`
 	Uptime      string            `json:"uptime"`
+}
+
+// upstreamView is bridge.Stats in the API's JSON naming (snake_case),
+// field by field: a field added to bridge.Stats must be added here
+// (TestAPIStatsUpstreamEveryField says so).
+type upstreamView struct {
+	Pool                int    `json:"pool"`
+	Connected           int    `json:"connected"`
+	Buffered            int    `json:"buffered"`
+	BufferedBytes       int64  `json:"buffered_bytes"`
+	Spilled             int    `json:"spilled"`
+	SpilledBytes        int64  `json:"spilled_bytes"`
+	InFlight            int    `json:"in_flight"`
+	Subscriptions       int    `json:"subscriptions"`
+	CommandsSubscribed  bool   `json:"commands_subscribed"`
+	ForwardedUp         uint64 `json:"forwarded_up"`
+	ForwardedDown       uint64 `json:"forwarded_down"`
+	RetainedDelivered   uint64 `json:"retained_delivered"`
+	RetainedSkipped     uint64 `json:"retained_skipped"`
+	Unrouted            uint64 `json:"unrouted"`
+	CommandCopies       uint64 `json:"command_copies"`
+	Commands            uint64 `json:"commands"`
+	CommandErrors       uint64 `json:"command_errors"`
+	CommandsRejected    uint64 `json:"commands_rejected"`
+	CommandCycles       uint64 `json:"command_cycles"`
+	CommandsRetained    uint64 `json:"commands_retained"`
+	CommandsDuplicate   uint64 `json:"commands_duplicate"`
+	DroppedQoS0         uint64 `json:"dropped_qos0"`
+	DroppedDisconnected uint64 `json:"dropped_disconnected"`
+	DroppedDeviceShare  uint64 `json:"dropped_device_share"`
+	DroppedBufferFull   uint64 `json:"dropped_buffer_full"`
+	DroppedStopping     uint64 `json:"dropped_stopping"`
+	Handoff             int    `json:"handoff"`
+	HandoffFull         uint64 `json:"handoff_full"`
+	Throttled           uint64 `json:"throttled"`
+	SpilledTotal        uint64 `json:"spilled_total"`
+	Refused             uint64 `json:"refused"`
+	QuotaExceeded       uint64 `json:"quota_exceeded"`
+	SpillFull           uint64 `json:"spill_full"`
+	Abandoned           uint64 `json:"abandoned"`
+	Saved               uint64 `json:"saved"`
+	Replayed            uint64 `json:"replayed"`
+	Reconnects          uint64 `json:"reconnects"`
+	ConnectionLosses    uint64 `json:"connection_losses"`
+	SubscribeFailures   uint64 `json:"subscribe_failures"`
+}
+
+func viewOfUpstream(s bridge.Stats) *upstreamView {
+	return &upstreamView{
+		Pool:                s.Pool,
+		Connected:           s.Connected,
+		Buffered:            s.Buffered,
+		BufferedBytes:       s.BufferedBytes,
+		Spilled:             s.Spilled,
+		SpilledBytes:        s.SpilledBytes,
+		InFlight:            s.InFlight,
+		Subscriptions:       s.Subscriptions,
+		CommandsSubscribed:  s.CommandsSubscribed,
+		ForwardedUp:         s.ForwardedUp,
+		ForwardedDown:       s.ForwardedDown,
+		RetainedDelivered:   s.RetainedDelivered,
+		RetainedSkipped:     s.RetainedSkipped,
+		Unrouted:            s.Unrouted,
+		CommandCopies:       s.CommandCopies,
+		Commands:            s.Commands,
+		CommandErrors:       s.CommandErrors,
+		CommandsRejected:    s.CommandsRejected,
+		CommandCycles:       s.CommandCycles,
+		CommandsRetained:    s.CommandsRetained,
+		CommandsDuplicate:   s.CommandsDuplicate,
+		DroppedQoS0:         s.DroppedQoS0,
+		DroppedDisconnected: s.DroppedDisconnected,
+		DroppedDeviceShare:  s.DroppedDeviceShare,
+		DroppedBufferFull:   s.DroppedBufferFull,
+		DroppedStopping:     s.DroppedStopping,
+		Handoff:             s.Handoff,
+		HandoffFull:         s.HandoffFull,
+		Throttled:           s.Throttled,
+		SpilledTotal:        s.SpilledTotal,
+		Refused:             s.Refused,
+		QuotaExceeded:       s.QuotaExceeded,
+		SpillFull:           s.SpillFull,
+		Abandoned:           s.Abandoned,
+		Saved:               s.Saved,
+		Replayed:            s.Replayed,
+		Reconnects:          s.Reconnects,
+		ConnectionLosses:    s.ConnectionLosses,
+		SubscribeFailures:   s.SubscribeFailures,
+	}
 }
 
 func (g *Gateway) getStats(w http.ResponseWriter, _ *http.Request) {
@@ -319,10 +533,9 @@ func (g *Gateway) getStats(w http.ResponseWriter, _ *http.Request) {
 	st := g.env.Stats
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	var up *bridge.Stats
+	var up *upstreamView
 	if g.upstream != nil {
-		st := g.upstream.Stats()
-		up = &st
+		up = viewOfUpstream(g.upstream.Stats())
 	}
 	writeJSON(w, http.StatusOK, statsView{
 		Upstream:    up,
@@ -330,7 +543,7 @@ func (g *Gateway) getStats(w http.ResponseWriter, _ *http.Request) {
 		Commands: map[string]int{
 			"pending": counts.Pending, "upgrading": counts.Upgrading, "sent": counts.Sent,
 			"delivered": counts.Delivered, "expired": counts.Expired, "failed": counts.Failed,
-			"clients_waiting": counts.Clients,
+			"cancelled": counts.Cancelled, "clients_waiting": counts.Clients,
 		},
 		OnDemand: map[string]uint64{
 			"accepted":            ds.Accepted.Load(),
@@ -339,6 +552,7 @@ func (g *Gateway) getStats(w http.ResponseWriter, _ *http.Request) {
 			"instructions":        ds.Instructions.Load(),
 			"instruction_retries": ds.InstructionRetries.Load(),
 			"downgrades":          ds.Downgrades.Load(),
+			"cancelled":           ds.Cancelled.Load(),
 			"loop_protected":      uint64(g.dispatcher.LoopProtected()),
 		},
 		Sessions: map[string]uint64{
@@ -427,6 +641,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	counter("dualgate_commands_accepted_total", "Commands stored for delivery.", ds.Accepted.Load)
 	counter("dualgate_commands_delivered_total", "Commands acknowledged by their device.", ds.Delivered.Load)
 	counter("dualgate_commands_expired_total", "Commands whose TTL ran out before delivery.", ds.Expired.Load)
+	counter("dualgate_commands_cancelled_total", "Commands cancelled through the API before they were written to their device.", ds.Cancelled.Load)
 	counter("dualgate_upgrades_total", "Devices that moved to TLS after an instruction.", ds.Upgrades.Load)
 	counter("dualgate_upgrade_instructions_total", "Reconnect instructions with mode tls.", ds.Instructions.Load)
 	counter("dualgate_instruction_retries_total", "TLS instructions repeated to a device that came back on plain.", ds.InstructionRetries.Load)

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/gateway/dispatch"
 	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/gateway/store"
 	"github.com/dualgate/dualgate/mqttcodec"
@@ -124,7 +126,8 @@ func (g *Gateway) postCommand(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": c.ID, "status": string(status)})
 }
 
-// commandView is the answer of GET /v1/commands/{cid}.
+// commandView is the answer of GET /v1/commands/{cid}, and of a
+// successful DELETE.
 type commandView struct {
 	ID          string           `json:"id"`
 	ClientID    string           `json:"client_id"`
@@ -155,6 +158,11 @@ func (g *Gateway) getCommand(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
+	writeJSON(w, http.StatusOK, viewOf(c))
+}
+
+// viewOf is the API's view of a command.
+func viewOf(c *store.Command) commandView {
 	v := commandView{
 		ID: c.ID, ClientID: c.ClientID, Topic: c.Topic, QoS: c.QoS, Secure: c.Secure,
 		Status: c.Status, CreatedAt: c.CreatedAt.UTC(), ExpiresAt: c.ExpiresAt.UTC(), Attempts: c.Attempts,
@@ -166,5 +174,89 @@ func (g *Gateway) getCommand(w http.ResponseWriter, r *http.Request) {
 	for _, h := range c.History {
 		v.History = append(v.History, transitionView{Status: h.Status, At: h.At.UTC(), Note: h.Note})
 	}
-	writeJSON(w, http.StatusOK, v)
+	return v
+}
+
+// commandList is the answer of GET /v1/clients/{id}/commands.
+type commandList struct {
+	Commands   []commandView `json:"commands"`
+	NextCursor string        `json:"next_cursor"`
+}
+
+// listCommands answers GET /v1/clients/{id}/commands?cursor=&limit=: the
+// device's commands newest first, final ones until the retention prunes
+// them, a page at a time (store.List).
+func (g *Gateway) listCommands(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := session.CheckClientID(id, g.env.MaxClientIDLen); err != nil {
+		writeError(w, http.StatusBadRequest, "client id: "+err.Error())
+		return
+	}
+	_, cursor, limit, err := pageQuery(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	cmds, next, err := g.store.List(id, cursor, limit)
+	switch {
+	case errors.Is(err, store.ErrInvalid):
+		writeError(w, http.StatusBadRequest, "cursor: not one this list gave out; list again without cursor")
+		return
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	out := commandList{Commands: make([]commandView, 0, len(cmds)), NextCursor: next}
+	for _, c := range cmds {
+		out.Commands = append(out.Commands, viewOf(c))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// cancelWait bounds how long DELETE /v1/commands/{cid} waits for the
+// device's earlier work to let the cancel run.
+const cancelWait = 10 * time.Second
+
+// cancelRefusal is the 409 answer of a cancel that came too late.
+type cancelRefusal struct {
+	Error  string       `json:"error"`
+	ID     string       `json:"id"`
+	Status store.Status `json:"status"`
+}
+
+// cancelCommand answers DELETE /v1/commands/{cid}: the command is
+// cancelled if it was not written to its device yet (dispatch.Cancel
+// orders the cancel with the device's deliveries).
+func (g *Gateway) cancelCommand(w http.ResponseWriter, r *http.Request) {
+	cid := r.PathValue("cid")
+	ctx, cancel := context.WithTimeout(r.Context(), cancelWait)
+	defer cancel()
+	c, err := g.dispatcher.Cancel(ctx, cid)
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, viewOf(c))
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, "no command "+cid)
+	case errors.Is(err, dispatch.ErrWritten):
+		// Written while the store failed to record it: it counts as sent.
+		status := c.Status
+		if !status.Final() && status != store.StatusSent {
+			status = store.StatusSent
+		}
+		writeJSON(w, http.StatusConflict, cancelRefusal{
+			Error: fmt.Sprintf("command %s was already written to the device (status %s): it cannot be cancelled", cid, status),
+			ID:    cid, Status: status,
+		})
+	case errors.Is(err, dispatch.ErrFinished):
+		writeJSON(w, http.StatusConflict, cancelRefusal{
+			Error: fmt.Sprintf("command %s has already ended (status %s): there is nothing to cancel", cid, c.Status),
+			ID:    cid, Status: c.Status,
+		})
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		writeError(w, http.StatusServiceUnavailable, "the cancel of command "+cid+" did not run within "+cancelWait.String()+
+			" (the device's earlier work is still under way); it may still take effect: read the command to see")
+	default:
+		g.logger.Error("command not cancelled", zap.String("command", cid), zap.Error(err))
+		writeError(w, http.StatusServiceUnavailable, "command not cancelled: "+err.Error())
+	}
 }

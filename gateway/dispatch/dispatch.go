@@ -117,6 +117,8 @@ type Stats struct {
 	// HeldUnproven counts secure commands held (noted in their history)
 	// because their device's TLS session did not prove its client id.
 	HeldUnproven atomic.Uint64
+	// Cancelled counts commands cancelled before they were written.
+	Cancelled atomic.Uint64
 }
 
 // Dispatcher routes commands to devices. Create it with New, start it with
@@ -129,6 +131,11 @@ type Dispatcher struct {
 
 	mu      sync.Mutex // guards devices
 	devices map[string]*device
+
+	umu sync.Mutex // guards unrecorded
+	// unrecorded holds the commands written to a device whose move to
+	// sent failed: the store says pending, yet a cancel must be refused.
+	unrecorded map[string]struct{}
 
 	wmu sync.Mutex // guards writes
 	// writes holds, per device with status writes under way (writeBehind),
@@ -162,9 +169,10 @@ func New(cfg Config) (*Dispatcher, error) {
 			maxBackoff:      cfg.MaxBackoff,
 			retention:       cfg.DeviceRetention,
 		},
-		devices: make(map[string]*device),
-		writes:  make(map[string]chan struct{}),
-		stop:    make(chan struct{}),
+		devices:    make(map[string]*device),
+		writes:     make(map[string]chan struct{}),
+		unrecorded: make(map[string]struct{}),
+		stop:       make(chan struct{}),
 	}
 	for range cfg.Workers {
 		d.workers = append(d.workers, new(worker))

@@ -53,6 +53,15 @@
 //     is live hands them to it at once; a command in flight on an older
 //     session holds back those after it, so commands arrive in order.
 //   - A device gone longer than DeviceRetention is forgotten, in any state.
+//   - Cancel (DELETE /v1/commands/{id}) runs on the device's worker like
+//     its events, after their status writes: a command written before it
+//     is refused (ErrWritten), one cancelled is final in the store and
+//     never written afterwards. A delivery whose session did not run the
+//     writes within WaitSession writes nothing later, so that every write
+//     is known to the worker before the next event. A cancel changes a
+//     command, not the device: no event of the state machine; the device's
+//     commands are looked at again (a device told to use TLS for a
+//     command now cancelled is on its way to Idle by EvNothingWaiting).
 //
 // # Deterministic tests
 //

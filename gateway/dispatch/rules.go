@@ -3,6 +3,7 @@ package dispatch
 import (
 	"errors"
 	"slices"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -28,6 +29,7 @@ const (
 	trigAck                      // the device acknowledged a command
 	trigTick                     // a backoff may have elapsed: instruct only
 	trigResume                   // an older session ended, or a store operation failed
+	trigCancel                   // one of its commands was cancelled
 )
 
 // Hooks, called by sessions in owner context: they only queue work.
@@ -189,6 +191,11 @@ func (dv *device) addRetry(ids []string) {
 // ticker to look at its commands again.
 func (d *Dispatcher) storeFailed(id string, err error) {
 	d.cfg.Logger.Error("store", zap.String("client", id), zap.Error(err))
+	d.lookAgain(id)
+}
+
+// lookAgain marks the device for the ticker to look at its commands again.
+func (d *Dispatcher) lookAgain(id string) {
 	d.mu.Lock()
 	dv := d.devices[id]
 	if dv == nil {
@@ -246,6 +253,9 @@ func (d *Dispatcher) recordAck(id, cid string, now time.Time) bool {
 		if _, err2 := d.cfg.Store.Transition(cid, store.StatusSent, now, "written late"); err2 == nil {
 			c, err = d.cfg.Store.Transition(cid, store.StatusDelivered, now, "PUBACK")
 		}
+	}
+	if err == nil {
+		d.recorded(cid)
 	}
 	if err != nil {
 		if !errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
@@ -375,9 +385,22 @@ func (d *Dispatcher) noteUnproven(id string, cmds []*store.Command, now time.Tim
 // maximum allows, and records them sent. A command in flight on another
 // session stops it: what follows waits until that session's end puts it
 // back, so a device gets its commands in order.
+//
+// The writes happen in the session's owner context while the worker waits.
+// If the worker stops waiting (WaitSession) before they ran, they never
+// run: every write is one the worker knows of when deliver returns, so the
+// device's next event (a cancel among them) sees the store as the writes
+// left it.
 func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time.Time) {
+	var mu sync.Mutex // orders the writes with the worker's giving up
+	abandoned := false
 	var written []*store.Command
 	_, ok := d.exec(s, func(s *session.Session) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if abandoned {
+			return nil
+		}
 		inflight := s.Inflight()
 		for _, c := range cmds {
 			if slices.Contains(inflight, c.ID) {
@@ -402,7 +425,17 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 		}
 		return nil
 	})
-	if !ok || len(written) == 0 {
+	// Past this point the owner writes nothing more for this call; if it
+	// is writing now, this waits for it to finish.
+	mu.Lock()
+	abandoned = true
+	mu.Unlock()
+	if !ok && len(written) == 0 {
+		// The session did not run the writes in time: the ticker looks
+		// at the device's commands again.
+		d.lookAgain(s.ClientID())
+	}
+	if len(written) == 0 {
 		return
 	}
 	note := "written to the " + s.Mode().String() + " connection"
@@ -410,10 +443,15 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 		for _, c := range written {
 			if _, err := d.cfg.Store.Transition(c.ID, store.StatusSent, now, note); err != nil {
 				// Its PUBACK records it ("written late"); until then it
-				// may go out again.
+				// may go out again, and a cancel is refused. (A refused
+				// move finds it sent already, or final: the store says so.)
+				if !errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
+					d.markUnrecorded(c.ID)
+				}
 				d.storeFailed(c.ClientID, err)
 				continue
 			}
+			d.recorded(c.ID)
 			if c.QoS == 0 {
 				// No acknowledgement comes for QoS 0: written is delivered.
 				if dc, err := d.cfg.Store.Transition(c.ID, store.StatusDelivered, now, "QoS 0 written"); err == nil {
@@ -526,6 +564,9 @@ func (d *Dispatcher) Tick() {
 	if expired, err := d.cfg.Store.Expire(now); err != nil {
 		d.cfg.Logger.Error("store expire", zap.Error(err))
 	} else if len(expired) > 0 {
+		for _, c := range expired {
+			d.recorded(c.ID)
+		}
 		d.stats.Expired.Add(uint64(len(expired)))
 		d.cfg.Logger.Info("commands expired", zap.Int("count", len(expired)))
 	}

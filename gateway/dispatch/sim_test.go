@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -57,7 +58,8 @@ func TestSim(t *testing.T) {
 	}
 	t.Logf("%d seeds in %s; %v", *simSeeds, time.Since(start).Round(time.Millisecond), stats)
 	// The schedules must reach the situations they are there for.
-	for _, k := range []string{"delivered", "expired", "restart", "takeover", "crash", "unproven", "loop", "store-fault", "upgrade", "downgrade", "late-ack", "will"} {
+	for _, k := range []string{"delivered", "expired", "restart", "takeover", "crash", "unproven", "loop", "store-fault", "upgrade", "downgrade", "late-ack", "will",
+		"cancel", "cancel-written", "cancel-finished"} {
 		if stats[k] == 0 {
 			t.Errorf("no seed reached %q", k)
 		}
@@ -97,6 +99,8 @@ type simCommand struct {
 	status store.Status
 	hist   int
 	pruned bool
+	// cancelled: its cancel answered success.
+	cancelled bool
 }
 
 type sim struct {
@@ -188,8 +192,10 @@ func (s *sim) step() {
 		s.react(s.pick(), false)
 	case r < 76:
 		s.act(s.pick())
-	case r < 84:
+	case r < 82:
 		s.submit()
+	case r < 84:
+		s.cancel()
 	case r < 93:
 		dt := time.Duration(100+s.rng.IntN(1900)) * time.Millisecond
 		s.trace("clock +%s", dt)
@@ -392,6 +398,79 @@ func (s *sim) submit() {
 	s.trace("command %s for %s secure=%v ttl=%s", cid, d.id, secure, ttl)
 }
 
+// cancel queues the cancel of a random command, most often one that has
+// not ended, and checks its answer when the dispatcher's work runs it.
+func (s *sim) cancel() {
+	var open []*simCommand
+	for _, sc := range s.cmds {
+		if !sc.status.Final() {
+			open = append(open, sc)
+		}
+	}
+	var sc *simCommand
+	switch {
+	case len(open) > 0 && s.rng.IntN(4) > 0:
+		sc = open[s.rng.IntN(len(open))]
+	case len(s.cmds) > 0:
+		sc = s.cmds[s.rng.IntN(len(s.cmds))]
+	default:
+		return
+	}
+	s.trace("cancel %s queued", sc.id)
+	s.w.d.cancelOn(sc.dev.id, sc.id, func(c *store.Command, err error) {
+		switch {
+		case err == nil:
+			s.trace("cancel %s answered: cancelled", sc.id)
+			s.counts["cancel"]++
+			if c.Status != store.StatusCancelled {
+				s.fail("cancel of %s answered success with status %s", sc.id, c.Status)
+			}
+			sc.cancelled = true
+			s.w.cancelled[sc.id] = true
+			// Written and not acknowledged on a live session: the cancel
+			// came after the write and had to be refused.
+			for _, conn := range s.w.conns {
+				if conn.id == sc.dev.id && !conn.ended && slices.Contains(conn.s.Inflight(), sc.id) {
+					s.fail("command %s cancelled while in flight on a session of %s", sc.id, sc.dev.id)
+				}
+			}
+		case errors.Is(err, ErrWritten):
+			s.trace("cancel %s answered: %v", sc.id, err)
+			s.counts["cancel-written"]++
+			if !s.everWritten(sc) {
+				s.fail("cancel of %s refused as written (%v), but it never was", sc.id, err)
+			}
+		case errors.Is(err, ErrFinished):
+			s.trace("cancel %s answered: %v", sc.id, err)
+			s.counts["cancel-finished"]++
+			if c == nil || !c.Status.Final() || c.Status == store.StatusDelivered {
+				s.fail("cancel of %s refused as ended: %v, %+v", sc.id, err, c)
+			}
+		case errors.Is(err, store.ErrNotFound):
+			if !sc.status.Final() {
+				s.fail("cancel of %s, last seen %s: %v", sc.id, sc.status, err)
+			}
+			s.trace("cancel %s answered: pruned", sc.id)
+		case errors.Is(err, errInjected):
+			s.counts["store-fault"]++
+			s.trace("cancel %s failed: %v", sc.id, err)
+		default:
+			s.fail("cancel of %s: %v", sc.id, err)
+		}
+	})
+}
+
+// everWritten reports whether a command's bytes were ever written to a
+// connection of its device.
+func (s *sim) everWritten(sc *simCommand) bool {
+	for _, c := range s.w.conns {
+		if c.id == sc.dev.id && writtenTo(c, "cmd:"+sc.id) {
+			return true
+		}
+	}
+	return false
+}
+
 // check verifies the invariants that hold after every step.
 func (s *sim) check() {
 	for _, v := range s.w.violations {
@@ -426,6 +505,12 @@ func (s *sim) check() {
 		}
 		if c.Status == store.StatusDelivered && !sc.dev.got[sc.id] {
 			s.fail("command %s delivered but never received", sc.id)
+		}
+		if sc.cancelled && c.Status != store.StatusCancelled {
+			s.fail("command %s is %s after its cancel answered", sc.id, c.Status)
+		}
+		if c.Status == store.StatusCancelled && len(c.History) > 0 && c.History[len(c.History)-1].Note != NoteCancelled {
+			s.fail("command %s cancelled without its note: %v", sc.id, c.History)
 		}
 		if c.Status != sc.status {
 			s.counts[string(c.Status)]++

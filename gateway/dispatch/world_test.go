@@ -43,6 +43,9 @@ type world struct {
 	secret map[string]bool
 	wills  map[string]int // wills published, by client id
 	ids    int            // commands made
+	// cancelled holds the commands whose cancel has answered: none of
+	// them may be written after that.
+	cancelled map[string]bool
 }
 
 type task struct {
@@ -140,6 +143,9 @@ func (w *world) checkWrite(c *conn, b []byte) {
 		return
 	}
 	cid, ok := commandID(p.Publish.Payload)
+	if ok && w.cancelled[cid] {
+		w.violations = append(w.violations, fmt.Sprintf("command %s written to %s after its cancel answered", cid, c.id))
+	}
 	if !ok || !w.secret[cid] {
 		return
 	}
@@ -243,7 +249,7 @@ var epoch = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 // newWorld builds a gateway over a memory store, started.
 func newWorld(cfg Config) *world {
 	w := &world{now: epoch, mem: store.NewMemory(store.Options{Limit: 1000}), secret: make(map[string]bool), cfg: cfg,
-		wills: make(map[string]int)}
+		wills: make(map[string]int), cancelled: make(map[string]bool)}
 	w.st = &faultyStore{Store: w.mem}
 	if err := w.start(); err != nil {
 		panic(err)

@@ -29,4 +29,13 @@
 // An Entry is immutable once registered, except for its last-activity time
 // ([Entry.Touch], [Entry.LastActive]), which is atomic. A connection that
 // changes mode reconnects and registers anew; a mode never changes in place.
+//
+// # Listing
+//
+// [Registry.Scan] pages through the live connections in the order of the
+// hash of their client id (then the id), resuming from a [Position]: a
+// page reads the shards it spans, sorting one shard's entries at most, not
+// the whole registry, and a connection live for the whole listing is
+// returned exactly once however the tables change between pages. The hash
+// seed is the process's, so a Position is good for the process that made it.
 package registry

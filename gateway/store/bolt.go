@@ -22,10 +22,13 @@ const (
 	bucketCounts   = "counts"
 	bucketMeta     = "meta"
 	bucketOrigins  = "origins"
+	bucketByClient = "byclient"
 
-	keySchema     = "schema"
-	keyClients    = "clients"
-	schemaVersion = 1
+	keySchema  = "schema"
+	keyClients = "clients"
+	// schemaVersion 2 added the byclient index (List); a version 1 file
+	// is brought up to it when opened.
+	schemaVersion = 2
 )
 
 // noteExpired is the history note of a move made by Expire.
@@ -106,7 +109,7 @@ func openError(path string, err error) error {
 // setup creates the buckets of a new file and checks the layout version of
 // an existing one.
 func setup(tx *bbolt.Tx) error {
-	for _, name := range []string{bucketCommands, bucketPending, bucketExpiry, bucketFinished, bucketCounts, bucketMeta, bucketOrigins} {
+	for _, name := range []string{bucketCommands, bucketPending, bucketExpiry, bucketFinished, bucketCounts, bucketMeta, bucketOrigins, bucketByClient} {
 		if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
@@ -119,18 +122,49 @@ func setup(tx *bbolt.Tx) error {
 		}
 		return nil
 	}
+	if len(v) == 1 && v[0] == 1 {
+		return upgradeFrom1(tx)
+	}
 	if len(v) != 1 || v[0] != schemaVersion {
 		return fmt.Errorf("file has layout version %v; this build reads version %d", v, schemaVersion)
 	}
 	return nil
 }
 
+// upgradeFrom1 brings a layout version 1 file to version 2: it indexes
+// every command by client (the byclient bucket, created empty by setup),
+// in the transaction that opens the file.
+func upgradeFrom1(tx *bbolt.Tx) error {
+	byClient := tx.Bucket([]byte(bucketByClient))
+	err := tx.Bucket([]byte(bucketCommands)).ForEach(func(k, v []byte) error {
+		c, err := decodeCommand(v)
+		if err != nil {
+			return fmt.Errorf("command %q: %w", k, err)
+		}
+		return byClient.Put(pendingKey(c), nil)
+	})
+	if err != nil {
+		return fmt.Errorf("index commands by client (layout version 1 to 2): %w", err)
+	}
+	return tx.Bucket([]byte(bucketMeta)).Put([]byte(keySchema), []byte{schemaVersion})
+}
+
 // buckets are the buckets of one transaction.
 type buckets struct {
-	commands, pending, expiry, finished, counts, origins *bbolt.Bucket
+	commands, pending, expiry, finished, counts, origins, byClient *bbolt.Bucket
 }
 
 func bucketsOf(tx *bbolt.Tx) (buckets, error) {
+	bk, err := bucketsV1(tx)
+	if err == nil && bk.byClient == nil {
+		err = fmt.Errorf("%w: missing bucket", ErrCorrupt)
+	}
+	return bk, err
+}
+
+// bucketsV1 are the buckets of a layout version 1 file or later: byClient
+// is nil in a version 1 file.
+func bucketsV1(tx *bbolt.Tx) (buckets, error) {
 	bk := buckets{
 		commands: tx.Bucket([]byte(bucketCommands)),
 		pending:  tx.Bucket([]byte(bucketPending)),
@@ -138,6 +172,7 @@ func bucketsOf(tx *bbolt.Tx) (buckets, error) {
 		finished: tx.Bucket([]byte(bucketFinished)),
 		counts:   tx.Bucket([]byte(bucketCounts)),
 		origins:  tx.Bucket([]byte(bucketOrigins)),
+		byClient: tx.Bucket([]byte(bucketByClient)),
 	}
 	if bk.commands == nil || bk.pending == nil || bk.expiry == nil || bk.finished == nil || bk.counts == nil {
 		return bk, fmt.Errorf("%w: missing bucket", ErrCorrupt)
@@ -271,6 +306,55 @@ func (b *Bolt) Pending(clientID string) ([]*Command, error) {
 	return out, nil
 }
 
+// List implements Store: a walk back through the client's keys of the
+// byclient index, from the cursor.
+func (b *Bolt) List(clientID, cursor string, limit int) ([]*Command, string, error) {
+	if err := checkLimit(limit); err != nil {
+		return nil, "", err
+	}
+	pos, after, err := parseCursor(cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	var out []*Command
+	next := ""
+	err = b.view(func(bk buckets) error {
+		prefix := clientPrefix(clientID)
+		cur := bk.byClient.Cursor()
+		// Seek lands on the first key at or past the start; the walk
+		// begins on the key before it.
+		start := append(bytes.Clone(prefix[:len(prefix)-1]), 1) // past every key of the client
+		if after {
+			start = append(bytes.Clone(prefix), pos...)
+		}
+		k, _ := cur.Seek(start)
+		if k == nil {
+			k, _ = cur.Last()
+		} else {
+			k, _ = cur.Prev()
+		}
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Prev() {
+			if len(k) <= len(prefix)+8 {
+				return fmt.Errorf("%w: byclient key %q", ErrCorrupt, k)
+			}
+			if len(out) == limit {
+				next = cursorOf(out[limit-1])
+				return nil
+			}
+			c, err := bk.get(string(k[len(prefix)+8:]))
+			if err != nil {
+				return err
+			}
+			out = append(out, c)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return out, next, nil
+}
+
 // CountPending implements Store.
 func (b *Bolt) CountPending(clientID string) (int, error) {
 	var n int
@@ -354,6 +438,9 @@ func (b *Bolt) Prune(before time.Time) (int, error) {
 				return fmt.Errorf("store: delete %s: %w", id, err)
 			}
 			if err := bk.finished.Delete(timeIDKey(c.FinishedAt(), id)); err != nil {
+				return fmt.Errorf("store: unindex %s: %w", id, err)
+			}
+			if err := bk.byClient.Delete(pendingKey(c)); err != nil {
 				return fmt.Errorf("store: unindex %s: %w", id, err)
 			}
 			if c.Origin != "" {
@@ -474,6 +561,9 @@ func (bk buckets) insert(c *Command, rec []byte, firstOfClient bool) error {
 		return fmt.Errorf("store: put %s: %w", c.ID, err)
 	}
 	if err := bk.pending.Put(pendingKey(c), nil); err != nil {
+		return fmt.Errorf("store: index %s: %w", c.ID, err)
+	}
+	if err := bk.byClient.Put(pendingKey(c), nil); err != nil {
 		return fmt.Errorf("store: index %s: %w", c.ID, err)
 	}
 	if !c.ExpiresAt.IsZero() {

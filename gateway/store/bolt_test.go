@@ -277,3 +277,42 @@ func reachable(from, to Status) bool {
 	order := []Status{StatusPending, StatusSent, StatusDelivered}
 	return slices.Index(order, to) >= slices.Index(order, from) && slices.Contains(order, to)
 }
+
+// A file of layout version 1 (before List) is indexed by client when
+// opened, and then lists every command it held.
+func TestBoltUpgradeFrom1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	s := openBolt(t, path, Options{})
+	mustPut(t, s, newCmd("a", "dev", 0, 0), newCmd("b", "dev", time.Second, 0), newCmd("c", "other", 0, 0))
+	mustMove(t, s, "a", at(time.Minute), StatusSent, StatusDelivered)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		if err := tx.DeleteBucket([]byte(bucketByClient)); err != nil {
+			return err
+		}
+		return tx.Bucket([]byte(bucketMeta)).Put([]byte(keySchema), []byte{1})
+	})
+	if err := errors.Join(err, db.Close()); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := Check(path, Options{}); err != nil || !r.OK() {
+		t.Fatalf("Check of a version 1 file: %+v, %v", r, err)
+	}
+	s = openBolt(t, path, Options{})
+	cmds, next, err := s.List("dev", "", 10)
+	if err != nil || next != "" || !equalStrings(ids(cmds), []string{"b", "a"}) {
+		t.Fatalf("List after the upgrade = %q, %q, %v", ids(cmds), next, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := Check(path, Options{}); err != nil || !r.OK() {
+		t.Fatalf("Check after the upgrade: %+v, %v", r, err)
+	}
+}

@@ -99,12 +99,13 @@ func Check(path string, opts Options) (*Report, error) {
 // counters that the store's calls rely on.
 func checkContent(tx *bbolt.Tx, r *Report) {
 	if meta := tx.Bucket([]byte(bucketMeta)); meta != nil {
-		if v := meta.Get([]byte(keySchema)); v != nil && (len(v) != 1 || v[0] != schemaVersion) {
+		// Version 1 is read as it is: opening it upgrades it.
+		if v := meta.Get([]byte(keySchema)); v != nil && (len(v) != 1 || (v[0] != schemaVersion && v[0] != 1)) {
 			r.problem("layout version %v; this build reads version %d", v, schemaVersion)
 			return
 		}
 	}
-	bk, err := bucketsOf(tx)
+	bk, err := bucketsV1(tx)
 	if err != nil {
 		r.problem("%v", err)
 		return
@@ -127,6 +128,9 @@ func checkContent(tx *bbolt.Tx, r *Report) {
 			return nil
 		}
 		r.Records.add(c.Status, 1)
+		if bk.byClient != nil && bk.byClient.Get(pendingKey(c)) == nil {
+			r.problem("command %s (%s) is missing from the byclient index: its device's listing leaves it out", c.ID, c.Status)
+		}
 		if c.Status.Final() {
 			if bk.finished.Get(timeIDKey(c.FinishedAt(), c.ID)) == nil {
 				r.problem("command %s (%s) is missing from the finished index", c.ID, c.Status)
@@ -142,6 +146,12 @@ func checkContent(tx *bbolt.Tx, r *Report) {
 	r.Records.Clients = len(clients)
 	if n := bk.pending.Stats().KeyN; n != r.Records.NonFinal() {
 		r.problem("the pending index holds %d entries for %d undelivered commands", n, r.Records.NonFinal())
+	}
+	if bk.byClient != nil {
+		all := r.Records.NonFinal() + r.Records.Delivered + r.Records.Expired + r.Records.Failed + r.Records.Cancelled
+		if n := bk.byClient.Stats().KeyN; n != all {
+			r.problem("the byclient index holds %d entries for %d commands", n, all)
+		}
 	}
 	if r.Counts != r.Records {
 		r.problem("the counters say %s; the records say %s", r.Counts, r.Records)

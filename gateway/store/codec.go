@@ -31,6 +31,8 @@ func statusCode(s Status) byte {
 		return 5
 	case StatusFailed:
 		return 6
+	case StatusCancelled:
+		return 7
 	}
 	return 0
 }
@@ -49,6 +51,8 @@ func statusOf(b byte) (Status, bool) {
 		return StatusExpired, true
 	case 6:
 		return StatusFailed, true
+	case 7:
+		return StatusCancelled, true
 	}
 	return "", false
 }

@@ -12,7 +12,8 @@ import (
 // Status is where a command stands in its delivery.
 type Status string
 
-// The statuses of a command. Delivered, expired and failed are final.
+// The statuses of a command. Delivered, expired, failed and cancelled are
+// final.
 const (
 	// StatusPending: stored, waiting for the device (or for a transport it
 	// may receive the command on).
@@ -27,21 +28,25 @@ const (
 	StatusExpired Status = "expired"
 	// StatusFailed: the gateway gave up on the command.
 	StatusFailed Status = "failed"
+	// StatusCancelled: withdrawn (DELETE /v1/commands/{id}) before it was
+	// written to the device; it is never written afterwards.
+	StatusCancelled Status = "cancelled"
 )
 
 // Statuses returns every status, in the order of the state machine.
 func Statuses() []Status {
-	return []Status{StatusPending, StatusUpgrading, StatusSent, StatusDelivered, StatusExpired, StatusFailed}
+	return []Status{StatusPending, StatusUpgrading, StatusSent, StatusDelivered, StatusExpired, StatusFailed, StatusCancelled}
 }
 
-// Valid reports whether s is one of the six statuses.
+// Valid reports whether s is one of the seven statuses.
 func (s Status) Valid() bool {
 	return statusCode(s) != 0
 }
 
-// Final reports whether s ends a command's life: delivered, expired, failed.
+// Final reports whether s ends a command's life: delivered, expired,
+// failed, cancelled.
 func (s Status) Final() bool {
-	return s == StatusDelivered || s == StatusExpired || s == StatusFailed
+	return s == StatusDelivered || s == StatusExpired || s == StatusFailed || s == StatusCancelled
 }
 
 // CanMoveTo reports whether a command in status s may move to status to:
@@ -49,6 +54,7 @@ func (s Status) Final() bool {
 //	pending   -> upgrading, sent
 //	upgrading -> pending, sent
 //	sent      -> delivered, pending
+//	pending, upgrading -> cancelled (never once written: sent is too late)
 //	any non-final -> expired, failed
 func (s Status) CanMoveTo(to Status) bool {
 	if !s.Valid() || s.Final() {
@@ -65,6 +71,8 @@ func (s Status) CanMoveTo(to Status) bool {
 		return s == StatusPending || s == StatusUpgrading
 	case StatusDelivered:
 		return s == StatusSent
+	case StatusCancelled:
+		return s == StatusPending || s == StatusUpgrading
 	}
 	return false
 }

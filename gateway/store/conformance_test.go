@@ -31,6 +31,9 @@ var conformance = []struct {
 	{name: "stats", run: testStats},
 	{name: "clients", run: testClients},
 	{name: "origin", run: testOrigin},
+	{name: "list", run: testList},
+	{name: "list pages", run: testListPages},
+	{name: "cancel", run: testCancel},
 	{name: "closed", run: testClosed},
 }
 
@@ -119,6 +122,7 @@ func testPutInvalid(t *testing.T, s Store) {
 		{name: "delivered", change: func(c *Command) { c.Status = StatusDelivered }},
 		{name: "expired", change: func(c *Command) { c.Status = StatusExpired }},
 		{name: "failed", change: func(c *Command) { c.Status = StatusFailed }},
+		{name: "cancelled", change: func(c *Command) { c.Status = StatusCancelled }},
 		{name: "expiry past 2262", change: func(c *Command) { c.ExpiresAt = time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC) }},
 		{name: "created before 1678", change: func(c *Command) { c.CreatedAt = time.Date(1500, 1, 1, 0, 0, 0, 0, time.UTC) }},
 		{name: "bad history", change: func(c *Command) { c.History = []Transition{{Status: "x", At: at(0)}} }},
@@ -254,6 +258,9 @@ func allowedMoves() map[[2]Status]bool {
 		{StatusUpgrading, StatusSent}:    true,
 		{StatusSent, StatusDelivered}:    true,
 		{StatusSent, StatusPending}:      true,
+		// Cancelled only before the command was ever written.
+		{StatusPending, StatusCancelled}:   true,
+		{StatusUpgrading, StatusCancelled}: true,
 	}
 	for _, from := range []Status{StatusPending, StatusUpgrading, StatusSent} {
 		m[[2]Status{from, StatusExpired}] = true
@@ -271,7 +278,7 @@ func pathTo(s Status) []Status {
 		return []Status{StatusSent}
 	case StatusDelivered:
 		return []Status{StatusSent, StatusDelivered}
-	case StatusExpired, StatusFailed:
+	case StatusExpired, StatusFailed, StatusCancelled:
 		return []Status{s}
 	}
 	return nil
@@ -647,9 +654,170 @@ func testClosed(t *testing.T, s Store) {
 		{name: "Stats", call: func() error { _, err := s.Stats(); return err }},
 		{name: "Prune", call: func() error { _, err := s.Prune(at(0)); return err }},
 		{name: "Clients", call: func() error { _, err := s.Clients(); return err }},
+		{name: "List", call: func() error { _, _, err := s.List("dev", "", 10); return err }},
 		{name: "HasOrigin", call: func() error { _, err := s.HasOrigin("mqtt:0"); return err }},
 	}
 	for _, c := range calls {
 		t.Run(c.name, func(t *testing.T) { wantErr(t, c.call(), ErrClosed) })
+	}
+}
+
+// listAll pages through a client's commands with the given page size and
+// returns their ids, checking each page's size and the last cursor.
+func listAll(t *testing.T, s Store, client string, limit int) []string {
+	t.Helper()
+	var out []string
+	cursor := ""
+	for range 1000 {
+		page, next, err := s.List(client, cursor, limit)
+		if err != nil {
+			t.Fatalf("List(%q, %q, %d): %v", client, cursor, limit, err)
+		}
+		if len(page) > limit || (next != "" && len(page) != limit) {
+			t.Fatalf("List(%q, %q, %d): %d commands, next %q", client, cursor, limit, len(page), next)
+		}
+		for _, c := range page {
+			if c.ClientID != client {
+				t.Fatalf("List(%q) returned %s of %q", client, c.ID, c.ClientID)
+			}
+		}
+		out = append(out, ids(page)...)
+		if next == "" {
+			return out
+		}
+		cursor = next
+	}
+	t.Fatalf("List(%q) never ended", client)
+	return nil
+}
+
+// A client's commands in every status, newest first, by creation time then
+// id; other clients' commands, a client id that is a prefix of another
+// included, stay out.
+func testList(t *testing.T, s Store) {
+	if cmds, next, err := s.List("nobody", "", 10); err != nil || len(cmds) != 0 || next != "" {
+		t.Fatalf("List of a client without commands = %v, %q, %v", cmds, next, err)
+	}
+	mustPut(t, s, newCmd("d1", "dev", 0, 0), newCmd("d2", "dev", time.Second, time.Minute))
+	mustMove(t, s, "d1", at(time.Second), StatusSent, StatusDelivered)
+	mustMove(t, s, "d2", at(time.Second), StatusCancelled)
+	// Two created at the same instant: the id decides.
+	mustPut(t, s, newCmd("e-b", "dev", 2*time.Second, 0), newCmd("e-a", "dev", 2*time.Second, 0))
+	mustMove(t, s, "e-a", at(3*time.Second), StatusFailed)
+	mustPut(t, s, newCmd("e-c", "dev", 3*time.Second, 0))
+	mustPut(t, s, newCmd("x1", "de", 5*time.Second, 0), newCmd("x2", "dev\x01", 5*time.Second, 0), newCmd("x3", "devx", 0, 0))
+	if _, err := s.Expire(at(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"e-c", "e-b", "e-a", "d2", "d1"}
+	cmds, next, err := s.List("dev", "", 100)
+	if err != nil || next != "" || !equalStrings(ids(cmds), want) {
+		t.Fatalf("List(dev) = %q, %q, %v; want %q", ids(cmds), next, err, want)
+	}
+	for _, c := range cmds {
+		if !reflect.DeepEqual(c, mustGet(t, s, c.ID)) {
+			t.Fatalf("List's %s = %+v, Get's %+v", c.ID, c, mustGet(t, s, c.ID))
+		}
+	}
+	cmds[0].Payload[0] = 'X' // the caller's own copy
+	if got := mustGet(t, s, "e-c"); got.Payload[0] == 'X' {
+		t.Fatal("List returned the store's own command")
+	}
+	for limit := 1; limit <= 6; limit++ {
+		if got := listAll(t, s, "dev", limit); !equalStrings(got, want) {
+			t.Fatalf("pages of %d = %q, want %q", limit, got, want)
+		}
+	}
+	if got := listAll(t, s, "de", 10); !equalStrings(got, []string{"x1"}) {
+		t.Fatalf("List(de) = %q", got)
+	}
+	// Pruned commands leave the listing.
+	if _, err := s.Prune(at(2 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := listAll(t, s, "dev", 2); !equalStrings(got, []string{"e-c", "e-b", "e-a"}) {
+		t.Fatalf("List(dev) after prune = %q", got)
+	}
+	for _, bad := range []string{"!", "bm90IGEgY3Vyc29y", "AAAA", strings.Repeat("A", 400)} {
+		_, _, err := s.List("dev", bad, 10)
+		wantErr(t, err, ErrInvalid)
+	}
+	for _, limit := range []int{0, -1} {
+		_, _, err := s.List("dev", "", limit)
+		wantErr(t, err, ErrInvalid)
+	}
+}
+
+// Pages stay consistent while commands come and go between them: a
+// command present for the whole listing is listed exactly once, a newer
+// one put meanwhile is not listed, a pruned one is not listed after it
+// went.
+func testListPages(t *testing.T, s Store) {
+	var all []string
+	for i := range 9 {
+		id := fmt.Sprintf("p%d", i)
+		mustPut(t, s, newCmd(id, "dev", time.Duration(i)*time.Second, 0))
+		mustMove(t, s, id, at(time.Minute), StatusFailed) // final: the limit stays out of the way
+		all = append([]string{id}, all...)
+	}
+	page, cursor, err := s.List("dev", "", 3)
+	if err != nil || !equalStrings(ids(page), all[:3]) || cursor == "" {
+		t.Fatalf("first page = %q, %q, %v", ids(page), cursor, err)
+	}
+	// A newer command, and one of the listed ones pruned: the next page
+	// starts where the first ended.
+	mustPut(t, s, newCmd("newer", "dev", time.Hour, 0))
+	page, cursor, err = s.List("dev", cursor, 3)
+	if err != nil || !equalStrings(ids(page), all[3:6]) {
+		t.Fatalf("second page = %q, %q, %v; want %q", ids(page), cursor, err, all[3:6])
+	}
+	// The command the cursor points at is pruned: the cursor still holds.
+	if n, err := s.Prune(at(2 * time.Minute)); err != nil || n != 9 {
+		t.Fatalf("Prune = %d, %v", n, err)
+	}
+	page, cursor, err = s.List("dev", cursor, 3)
+	if err != nil || len(page) != 0 || cursor != "" {
+		t.Fatalf("page after prune = %q, %q, %v", ids(page), cursor, err)
+	}
+	if got := listAll(t, s, "dev", 3); !equalStrings(got, []string{"newer"}) {
+		t.Fatalf("List = %q", got)
+	}
+}
+
+// Cancelled is final, reached from pending and upgrading with its history
+// entry, counted, and frees the client's place under the limit.
+func testCancel(t *testing.T, s Store) {
+	mustPut(t, s, newCmd("a", "dev", 0, time.Hour), newCmd("b", "dev", 1, 0), newCmd("c", "dev", 2, 0))
+	wantErr(t, s.Put(newCmd("d", "dev", 3, 0)), ErrFull)
+	mustMove(t, s, "b", at(time.Second), StatusUpgrading)
+	mustMove(t, s, "c", at(time.Second), StatusSent)
+	got, err := s.Transition("a", StatusCancelled, at(time.Minute), "cancelled through the API")
+	if err != nil || got.Status != StatusCancelled || got.History[len(got.History)-1] != (Transition{Status: StatusCancelled, At: at(time.Minute), Note: "cancelled through the API"}) {
+		t.Fatalf("cancel of pending = %+v, %v", got, err)
+	}
+	if got.FinishedAt() != at(time.Minute) {
+		t.Fatalf("FinishedAt = %s", got.FinishedAt())
+	}
+	mustMove(t, s, "b", at(time.Minute), StatusCancelled)
+	_, err = s.Transition("c", StatusCancelled, at(time.Minute), "")
+	wantErr(t, err, ErrBadTransition)
+	for _, to := range []Status{StatusPending, StatusSent, StatusExpired, StatusCancelled} {
+		_, err := s.Transition("a", to, at(time.Hour), "")
+		wantErr(t, err, ErrBadTransition)
+	}
+	if pending, err := s.Pending("dev"); err != nil || !equalStrings(ids(pending), []string{"c"}) {
+		t.Fatalf("Pending = %q, %v", ids(pending), err)
+	}
+	mustPut(t, s, newCmd("d", "dev", 3, 0)) // room again
+	// A cancelled command does not expire.
+	if exp, err := s.Expire(at(2 * time.Hour)); err != nil || len(exp) != 0 {
+		t.Fatalf("Expire = %q, %v", ids(exp), err)
+	}
+	want := Counts{Pending: 1, Sent: 1, Cancelled: 2, Clients: 1}
+	if counts, err := s.Stats(); err != nil || counts != want {
+		t.Fatalf("Stats = %+v, %v; want %+v", counts, err, want)
+	}
+	if n, err := s.Prune(at(2 * time.Minute)); err != nil || n != 2 {
+		t.Fatalf("Prune = %d, %v", n, err)
 	}
 }

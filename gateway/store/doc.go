@@ -12,7 +12,7 @@
 // # States
 //
 // A command starts pending (or in the non-final status it was put with) and
-// ends delivered, expired or failed:
+// ends delivered, expired, failed or cancelled:
 //
 //	          put
 //	           │
@@ -32,6 +32,8 @@
 //
 //	pending, upgrading, sent ── TTL elapsed ──> expired
 //	pending, upgrading, sent ── given up ─────> failed
+//	pending, upgrading ──────── cancelled ────> cancelled   (never from sent:
+//	                                                          it was written)
 //
 // Every move is checked (ErrBadTransition otherwise) and appended to the
 // command's History. A move to sent counts a delivery attempt (Attempts; a
@@ -42,6 +44,10 @@
 // # Order
 //
 // Pending lists a client's commands oldest first: by CreatedAt, then by ID.
+// List pages through all of a client's commands, final ones included until
+// pruned, in the opposite order, newest first; its cursor is a position in
+// that order (time, id), so a command present for the whole listing is
+// listed once, whatever is put or pruned between pages.
 // IDs made by NewID sort by creation only to the millisecond, and callers may
 // bring their own IDs (an upstream system's, for idempotent retries), so the
 // creation time, not the ID, decides the order.
@@ -57,8 +63,9 @@
 //	pending   client id, 0x00, created (8 bytes), id -> nil   non-final only
 //	expiry    expires (8 bytes), id -> nil                    non-final with a TTL
 //	finished  finished (8 bytes), id -> nil                   final only
+//	byclient  client id, 0x00, created (8 bytes), id -> nil   every command, for List
 //	counts    status name -> count; "clients" -> clients with non-final commands
-//	meta      "schema" -> layout version
+//	meta      "schema" -> layout version (2; a version 1 file gets byclient when opened)
 //
 // Times in keys are Unix nanoseconds, big-endian with the sign bit flipped,
 // so byte order is time order. A client id never holds 0x00 (MQTT strings
@@ -100,6 +107,7 @@
 // bytes it holds, can reach another client's keys:
 //
 //	P:<len>:{<client>}:q          zset, score 0, member time(created) id: the client's non-final commands, oldest first
+//	P:<len>:{<client>}:a          zset, score 0, member time(created) id: all the client's commands, for List
 //	P:<len>:{<client>}:c:<id>     string: the record
 //	P:ids                          hash: id -> client id (Get and Transition know only the id; ids are unique across clients)
 //	P:exp                          zset, score 0, member time(expires) id: non-final with a TTL
@@ -107,6 +115,7 @@
 //	P:counts                       hash: status -> count
 //	P:clients                      zset, score 0, member client id: clients with non-final commands
 //	P:origins                      hash: origin -> number of commands holding it
+//	P:layout                       "2" once every command has its :a member (keys written before List get theirs at open)
 //
 // time is 16 hex digits of Unix nanoseconds with the sign bit flipped:
 // members of equal score sort by their bytes (ZRANGEBYLEX), so by time,

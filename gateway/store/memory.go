@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"cmp"
 	"fmt"
 	"slices"
@@ -92,6 +93,49 @@ func (m *Memory) Pending(clientID string) ([]*Command, error) {
 		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
 	})
 	return out, nil
+}
+
+// List implements Store. It reads every command in memory: Memory is for
+// tests.
+func (m *Memory) List(clientID, cursor string, limit int) ([]*Command, string, error) {
+	if err := checkLimit(limit); err != nil {
+		return nil, "", err
+	}
+	pos, after, err := parseCursor(cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, "", ErrClosed
+	}
+	type keyed struct {
+		k []byte
+		c *Command
+	}
+	var all []keyed
+	for _, c := range m.cmds {
+		if c.ClientID != clientID {
+			continue
+		}
+		k := listKey(c.CreatedAt, c.ID)
+		if after && !before(k, pos) {
+			continue
+		}
+		all = append(all, keyed{k, c})
+	}
+	slices.SortFunc(all, func(a, b keyed) int { return bytes.Compare(b.k, a.k) })
+	next := ""
+	if len(all) > limit {
+		all = all[:limit]
+		next = cursorOf(all[limit-1].c)
+	}
+	out := make([]*Command, len(all))
+	for i, kc := range all {
+		out[i] = kc.c.Clone()
+	}
+	return out, next, nil
 }
 
 // CountPending implements Store.

@@ -87,7 +87,12 @@ type redisGlobalKeys struct {
 	counts  string // hash: status -> count
 	clients string // zset, score 0, member client id: clients with non-final commands
 	origins string // hash: origin -> number of commands holding it
+	layout  string // string: the layout version of the keys ("2": every client has its list key)
 }
+
+// redisLayout is the layout version of the keys: 2 added the per-client
+// list key of every command (List).
+const redisLayout = "2"
 
 // OpenRedis returns a store on the Redis client rdb, which it closes on
 // Close. It checks that Redis answers, refuses a Redis Cluster (the store's
@@ -105,7 +110,7 @@ func OpenRedis(rdb redis.UniversalClient, opts Options, ropts RedisOptions) (*Re
 		rdb: rdb, opts: ro, limit: o.Limit, log: o.Logger,
 		global: redisGlobalKeys{
 			ids: p + "ids", expiry: p + "exp", fin: p + "fin", counts: p + "counts",
-			clients: p + "clients", origins: p + "origins",
+			clients: p + "clients", origins: p + "origins", layout: p + "layout",
 		},
 	}
 	ctx, cancel := r.ctx()
@@ -131,6 +136,9 @@ func OpenRedis(rdb redis.UniversalClient, opts Options, ropts RedisOptions) (*Re
 				zap.Int("replicas", n), zap.Int("wanted", ro.WaitReplicas))
 		}
 	}
+	if err := r.indexByClient(); err != nil {
+		return nil, err
+	}
 	counts, err := r.Stats()
 	if err != nil {
 		return nil, err
@@ -144,6 +152,55 @@ func OpenRedis(rdb redis.UniversalClient, opts Options, ropts RedisOptions) (*Re
 		zap.Int("clients", counts.Clients),
 		zap.Int("limit", r.limit))
 	return r, nil
+}
+
+// indexByClient brings keys of layout 1 (before List) to layout 2: every
+// command gets its member in its client's list key. It runs once per
+// Redis (the layout key says it ran) and is harmless if two gateways run
+// it at once, or if it is cut short and runs again.
+func (r *Redis) indexByClient() error {
+	ctx := context.Background()
+	v, err := r.rdb.Get(ctx, r.global.layout).Result()
+	if err == nil && v == redisLayout {
+		return nil
+	}
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return r.unavailable("open", err)
+	}
+	n := 0
+	iter := r.rdb.HScan(ctx, r.global.ids, 0, "", 1000).Iterator()
+	for iter.Next(ctx) {
+		id := iter.Val()
+		if !iter.Next(ctx) {
+			break
+		}
+		client := iter.Val()
+		rec, err := r.rdb.Get(ctx, r.recordKey(client, id)).Bytes()
+		if errors.Is(err, redis.Nil) {
+			continue // pruned meanwhile
+		}
+		if err != nil {
+			return r.unavailable("open: index commands by client", err)
+		}
+		c, err := decodeCommand(rec)
+		if err != nil {
+			return fmt.Errorf("store: command %s: %w", id, err)
+		}
+		if err := r.rdb.ZAdd(ctx, r.listKey(client), redis.Z{Member: hexTimeKey(c.CreatedAt, c.ID)}).Err(); err != nil {
+			return r.unavailable("open: index commands by client", err)
+		}
+		n++
+	}
+	if err := iter.Err(); err != nil {
+		return r.unavailable("open: index commands by client", err)
+	}
+	if err := r.rdb.Set(ctx, r.global.layout, redisLayout, 0).Err(); err != nil {
+		return r.unavailable("open", err)
+	}
+	if n > 0 {
+		r.log.Info("commands indexed by client for listing (redis key layout 1 to 2)", zap.Int("commands", n))
+	}
+	return nil
 }
 
 // parseInfo splits the lines of INFO into a map.
@@ -195,6 +252,10 @@ func (r *Redis) clientKey(clientID, suffix string) string {
 // non-final commands, oldest first.
 func (r *Redis) queueKey(clientID string) string { return r.clientKey(clientID, "q") }
 
+// listKey: zset, score 0, member timeKey(CreatedAt)+id: every command of
+// the client, final ones until they are pruned (List).
+func (r *Redis) listKey(clientID string) string { return r.clientKey(clientID, "a") }
+
 // recordKey: string, the command's record (the binary encoding of Bolt).
 func (r *Redis) recordKey(clientID, id string) string { return r.clientKey(clientID, "c:"+id) }
 
@@ -211,7 +272,7 @@ const hexTimeLen = 16
 // putScript stores a new command unless its id exists or its client is
 // full. It returns {0} (stored), {1} (id exists) or {2, n} (full with n).
 var putScript = redis.NewScript(`
--- KEYS: ids, queue, record, expiry, counts, clients, origins
+-- KEYS: ids, queue, record, expiry, counts, clients, origins, list
 -- ARGV: id, client, record, queue member, expiry member or "", origin or "", status, limit
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {1} end
 local n = redis.call('ZCARD', KEYS[2])
@@ -219,6 +280,7 @@ if n >= tonumber(ARGV[8]) then return {2, n} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[2], 0, ARGV[4])
+redis.call('ZADD', KEYS[8], 0, ARGV[4])
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[4], 0, ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[7], ARGV[6], 1) end
 if n == 0 then redis.call('ZADD', KEYS[6], 0, ARGV[2]) end
@@ -251,10 +313,11 @@ return 1
 
 // pruneScript deletes a final command, once: 1 deleted, 0 already gone.
 var pruneScript = redis.NewScript(`
--- KEYS: record, finished, ids, origins, counts
--- ARGV: finished member, id, origin or "", status
+-- KEYS: record, finished, ids, origins, counts, list
+-- ARGV: finished member, id, origin or "", status, list member
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[6], ARGV[5])
 redis.call('HDEL', KEYS[3], ARGV[2])
 if ARGV[3] ~= '' then
   if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then redis.call('HDEL', KEYS[4], ARGV[3]) end
@@ -316,7 +379,7 @@ func (r *Redis) Put(c *Command) error {
 	ctx, cancel := r.ctx()
 	defer cancel()
 	res, confirmed, err := r.write(ctx, putScript,
-		[]string{g.ids, r.queueKey(d.ClientID), r.recordKey(d.ClientID, d.ID), g.expiry, g.counts, g.clients, g.origins},
+		[]string{g.ids, r.queueKey(d.ClientID), r.recordKey(d.ClientID, d.ID), g.expiry, g.counts, g.clients, g.origins, r.listKey(d.ClientID)},
 		d.ID, d.ClientID, rec, hexTimeKey(d.CreatedAt, d.ID), expiry, d.Origin, string(d.Status), r.limit)
 	if err != nil {
 		return r.unavailable("put "+d.ID, err)
@@ -427,6 +490,78 @@ func (r *Redis) Pending(clientID string) ([]*Command, error) {
 		}
 	}
 	return out, nil
+}
+
+// List implements Store: a reverse range of the client's list key, from
+// the cursor, and the records of that page.
+func (r *Redis) List(clientID, cursor string, limit int) ([]*Command, string, error) {
+	if r.closed.Load() {
+		return nil, "", ErrClosed
+	}
+	if err := checkLimit(limit); err != nil {
+		return nil, "", err
+	}
+	pos, after, err := parseCursor(cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	if clientID == "" {
+		return nil, "", nil
+	}
+	ctx, cancel := r.ctx()
+	defer cancel()
+	maxMember := "+"
+	if after {
+		maxMember = "(" + hex.EncodeToString(pos[:8]) + string(pos[8:])
+	}
+	// One more than the page: whether it exists decides the next cursor.
+	members, err := r.rdb.ZRevRangeByLex(ctx, r.listKey(clientID), &redis.ZRangeBy{
+		Min: "-", Max: maxMember, Count: int64(limit) + 1,
+	}).Result()
+	if err != nil {
+		return nil, "", r.unavailable("list", err)
+	}
+	more := len(members) > limit
+	if more {
+		members = members[:limit]
+	}
+	if len(members) == 0 {
+		return nil, "", nil
+	}
+	keys := make([]string, len(members))
+	for i, m := range members {
+		if len(m) <= hexTimeLen {
+			return nil, "", fmt.Errorf("%w: list member %q", ErrCorrupt, m)
+		}
+		keys[i] = r.recordKey(clientID, m[hexTimeLen:])
+	}
+	recs, err := r.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, "", r.unavailable("list", err)
+	}
+	out := make([]*Command, 0, len(recs))
+	for i, v := range recs {
+		s, ok := v.(string)
+		if !ok {
+			continue // pruned between the two reads
+		}
+		c, err := decodeCommand([]byte(s))
+		if err != nil {
+			return nil, "", fmt.Errorf("store: command %s: %w", members[i][hexTimeLen:], err)
+		}
+		out = append(out, c)
+	}
+	next := ""
+	if more {
+		// The position of the page's last member, listed or pruned.
+		m := members[len(members)-1]
+		t, err := hex.DecodeString(m[:hexTimeLen])
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: list member %q", ErrCorrupt, m)
+		}
+		next = encodeCursor(append(t, m[hexTimeLen:]...))
+	}
+	return out, next, nil
 }
 
 // CountPending implements Store.
@@ -587,8 +722,8 @@ func (r *Redis) prune(member string) (bool, error) {
 	}
 	g := r.global
 	res, err := pruneScript.Run(ctx, r.rdb,
-		[]string{r.recordKey(c.ClientID, id), g.fin, g.ids, g.origins, g.counts},
-		member, id, c.Origin, string(c.Status)).Result()
+		[]string{r.recordKey(c.ClientID, id), g.fin, g.ids, g.origins, g.counts, r.listKey(c.ClientID)},
+		member, id, c.Origin, string(c.Status), hexTimeKey(c.CreatedAt, c.ID)).Result()
 	if err != nil {
 		return false, r.unavailable("prune", err)
 	}

@@ -138,6 +138,9 @@ func TestRedisKeys(t *testing.T) {
 	if got := srv.Do("TYPE", "fleet1:6:{car-42}:c:x"); got != "+string" {
 		t.Fatalf("record key: %s", got)
 	}
+	if got := srv.Do("TYPE", "fleet1:6:{car-42}:a"); got != "+zset" {
+		t.Fatalf("list key: %s", got)
+	}
 	// "a}:c:b" with command "z" and "a" with command "b}:c:z"... would
 	// share a key without the length.
 	mustPut(t, s, newCmd("z", "a}:c:b", 0, 0), newCmd("b}:c:z", "a", 0, 0))
@@ -230,5 +233,26 @@ func TestNewRedisClient(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "secret") {
 			t.Errorf("CheckRedisURL(%q) shows the password: %v", u, err)
 		}
+	}
+}
+
+// Keys written before List (layout 1: no per-client list key) are indexed
+// when a store opens, once.
+func TestRedisUpgradeLayout(t *testing.T) {
+	srv := testredis.Start(t)
+	s := openRedis(t, srv, Options{}, RedisOptions{})
+	mustPut(t, s, newCmd("a", "dev", 0, 0), newCmd("b", "dev", time.Second, 0), newCmd("c", "other", 0, 0))
+	mustMove(t, s, "a", at(time.Minute), StatusFailed)
+	srv.Do("DEL", "dg:3:{dev}:a", "dg:5:{other}:a", "dg:layout")
+	if cmds, _, err := s.List("dev", "", 10); err != nil || len(cmds) != 0 {
+		t.Fatalf("test setup: List = %q, %v", ids(cmds), err)
+	}
+	again := openRedis(t, srv, Options{}, RedisOptions{})
+	cmds, next, err := again.List("dev", "", 10)
+	if err != nil || next != "" || !equalStrings(ids(cmds), []string{"b", "a"}) {
+		t.Fatalf("List after the upgrade = %q, %q, %v", ids(cmds), next, err)
+	}
+	if got := srv.Do("GET", "dg:layout"); !strings.Contains(got, "2") {
+		t.Fatalf("layout key: %s", got)
 	}
 }

@@ -42,6 +42,16 @@ type Store interface {
 	Pending(clientID string) ([]*Command, error)
 	// CountPending returns the number of non-final commands of one client.
 	CountPending(clientID string) (int, error)
+	// List returns one page of a client's commands in every status, final
+	// ones until Prune deletes them, newest first (by CreatedAt, then ID,
+	// both descending), at most limit of them, from the position cursor
+	// ("" for the first page). next is the cursor of the following page,
+	// "" after the last one. A cursor is a position, not a snapshot:
+	// commands put after it was made, which sort before it, are not
+	// listed, and a command present for the whole listing is listed
+	// exactly once. It fails with ErrInvalid for a cursor it did not make
+	// or a limit below 1.
+	List(clientID, cursor string, limit int) (cmds []*Command, next string, err error)
 	// Transition moves a command to another status at the given time and
 	// returns it. It fails with ErrNotFound, or ErrBadTransition when the
 	// state machine forbids the move. A move to sent adds an attempt; a move
@@ -75,6 +85,7 @@ type Counts struct {
 	Delivered int
 	Expired   int
 	Failed    int
+	Cancelled int
 	// Clients is the number of clients with at least one non-final command.
 	Clients int
 }
@@ -94,6 +105,8 @@ func (c Counts) Of(s Status) int {
 		return c.Expired
 	case StatusFailed:
 		return c.Failed
+	case StatusCancelled:
+		return c.Cancelled
 	}
 	return 0
 }
@@ -117,6 +130,8 @@ func (c *Counts) add(s Status, n int) {
 		c.Expired += n
 	case StatusFailed:
 		c.Failed += n
+	case StatusCancelled:
+		c.Cancelled += n
 	}
 }
 
