@@ -292,9 +292,14 @@ func (m *Member) write(ops []op, notes []note) ([]op, []note) {
 	_, err := pipe.Exec(ctx)
 	if script != nil && redis.HasErrorPrefix(script.Err(), "NOSCRIPT") {
 		// Redis restarted or flushed its scripts: nothing of the script
-		// ran. Run it again on its own (Run loads it).
-		script = batchScript.Run(ctx, m.rdb, keys, args...)
-		err = script.Err()
+		// ran. Load it and run it again on its own.
+		if err = batchScript.Load(ctx, m.rdb).Err(); err == nil {
+			script = batchScript.EvalSha(ctx, m.rdb, keys, args...)
+			err = script.Err()
+		} else {
+			script = redis.NewCmd(ctx)
+			script.SetErr(err)
+		}
 	}
 	var retryNotes []note
 	for i, x := range xadds {
