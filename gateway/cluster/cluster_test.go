@@ -607,3 +607,26 @@ func TestClose(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 }
+
+// A key of another type where a record should be fails only its own
+// write; the rest of the batch is written, and nothing jams the queue.
+func TestForeignKeyDropsOneWrite(t *testing.T) {
+	srv := testredis.Start(t)
+	rdb, _ := client(t, srv)
+	a := join(t, rdb, testOptions("a"))
+	waitReading(t, a)
+	srv.Do("HSET", deviceKey(DefaultPrefix, "bad"), "x", "y")
+	srv.Do("SET", deviceKey(DefaultPrefix, "damaged"), "nonsense")
+	for _, id := range []string{"ok1", "bad", "damaged", "ok2"} {
+		a.Online(rec(id, ModePlain, a.NextEpoch()))
+	}
+	flush(t, a)
+	for _, id := range []string{"ok1", "damaged", "ok2"} {
+		if _, ok := mustGet(t, a, id); !ok {
+			t.Fatalf("%s not written", id)
+		}
+	}
+	if st := a.Stats(); st.Dropped != 1 || st.Flushed != 3 {
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -73,7 +73,8 @@ local n = 0
 for _, id in ipairs(ids) do
   local k = p .. ':' .. #id .. ':{' .. id .. '}:dev'
   local cur = redis.call('GET', k)
-  if cur and string.sub(cur, 21, string.find(cur, '|', 21, true) - 1) == node then
+  local bar = cur and string.find(cur, '|', 21, true)
+  if bar and string.sub(cur, 21, bar - 1) == node then
     if ARGV[5] == '' or older(string.sub(cur, 1, 20), ARGV[5]) then
       redis.call('DEL', k)
       redis.call('ZREM', KEYS[1], id)

@@ -123,8 +123,9 @@ func (m *Member) put(o op) {
 	}
 }
 
-// Flush waits until every write and notification queued before it is in
-// Redis (or dropped), or until ctx ends.
+// Flush waits until the queue is empty, every write and notification in
+// Redis (or dropped), or until ctx ends: at shutdown, once no session is
+// left to write, or in tests.
 func (m *Member) Flush(ctx context.Context) error {
 	for {
 		n, idle := m.q.state()
@@ -175,9 +176,12 @@ for i = 1, #KEYS do
   local id, e = ARGV[j + 2], ARGV[j + 3]
   local cur = redis.call('GET', KEYS[i])
   local cn, ce
-  if cur then
+  local bar = cur and string.find(cur, '|', 21, true)
+  if bar then
     ce = string.sub(cur, 1, 20)
-    cn = string.sub(cur, 21, string.find(cur, '|', 21, true) - 1)
+    cn = string.sub(cur, 21, bar - 1)
+  else
+    cur = nil -- none, or damaged: written over
   end
   local r = 0
   if ARGV[j + 1] == '1' then
@@ -311,10 +315,17 @@ func (m *Member) write(ops []op, notes []note) ([]op, []note) {
 	}
 	var retryOps []op
 	if script != nil {
-		if script.Err() != nil {
-			retryOps = ops
-		} else {
+		switch {
+		case script.Err() == nil:
 			m.settleOps(ops, script.Val())
+		case transient(script.Err()):
+			retryOps = ops
+		default:
+			// Redis refused the script (a key of another type under
+			// the prefix...): sending it again would fail again. Each
+			// write on its own finds the ones to drop.
+			m.c.errors.Add(1)
+			retryOps = m.writeEach(ctx, ops, keys, args)
 		}
 	}
 	if len(retryOps)+len(retryNotes) > 0 {
@@ -326,6 +337,49 @@ func (m *Member) write(ops []op, notes []note) ([]op, []note) {
 			zap.Int("events", len(retryNotes)), zap.Error(err))
 	}
 	return retryOps, retryNotes
+}
+
+// transient tells whether a failed call may succeed if sent again: a
+// network error or timeout, or a reply of a Redis that is loading, a
+// replica, busy, or out of memory.
+func transient(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return true
+	}
+	for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT", "OOM"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// writeEach sends the writes of a batch that Redis refused one script per
+// write, pipelined, drops (and logs) those refused again and returns
+// those to retry.
+func (m *Member) writeEach(ctx context.Context, ops []op, keys []string, args []any) []op {
+	pipe := m.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(ops))
+	for i := range ops {
+		a := append(append(make([]any, 0, 7), args[:3]...), args[3+4*i:3+4*i+4]...)
+		cmds[i] = batchScript.EvalSha(ctx, pipe, keys[i:i+1], a...)
+	}
+	_, _ = pipe.Exec(ctx)
+	var retry []op
+	for i, c := range cmds {
+		switch err := c.Err(); {
+		case err == nil:
+			m.settleOps(ops[i:i+1], c.Val())
+		case transient(err):
+			retry = append(retry, ops[i])
+		default:
+			m.c.dropped.Add(1)
+			m.log.Error("cluster: registry write refused by redis, dropped",
+				zap.String("client", ops[i].rec.ClientID), zap.Error(err))
+		}
+	}
+	return retry
 }
 
 // settleOps counts the answers of batchScript.
@@ -347,8 +401,9 @@ var getScript = redis.NewScript(`
 -- KEYS: the device key; ARGV: prefix
 local cur = redis.call('GET', KEYS[1])
 if not cur then return false end
-local n = string.sub(cur, 21, string.find(cur, '|', 21, true) - 1)
-return {cur, redis.call('EXISTS', ARGV[1] .. ':alive:' .. n)}
+local bar = string.find(cur, '|', 21, true)
+if not bar then return {cur, 0} end
+return {cur, redis.call('EXISTS', ARGV[1] .. ':alive:' .. string.sub(cur, 21, bar - 1))}
 `)
 
 // Get returns where a device is connected; false when it is not connected
@@ -400,7 +455,7 @@ local out = {}
 for _, id in ipairs(ids) do
   local cur = redis.call('GET', p .. ':' .. #id .. ':{' .. id .. '}:dev')
   local bar = cur and string.find(cur, '|', 21, true)
-  if cur and string.sub(cur, 21, bar - 1) == node then
+  if bar and string.sub(cur, 21, bar - 1) == node then
     if mode == '' or string.sub(cur, bar + 1, bar + 1) == mode then
       table.insert(out, id)
       table.insert(out, cur)
