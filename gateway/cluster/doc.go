@@ -73,13 +73,14 @@
 // A record is a string rather than a hash: one GET, and the epoch first at
 // a fixed width so the scripts compare it without parsing the rest (two
 // halves of 10 digits, as Lua numbers are exact only below 2^53). An idle
-// connected device costs about 270 bytes of Redis memory: about 140 for
-// its record, 130 for its member of the node's index
-// (BenchmarkIdleDeviceMemory). The index is a sorted set, not a set, so
-// that List pages by client id with ZRANGEBYLEX from the last id returned
-// and lists every device exactly once (SSCAN may return a member twice);
-// listing without an index, by SCAN over every device key, would save the
-// 130 bytes and cost a pass over all the devices of all the nodes.
+// connected device (17-byte client id) costs about 270 bytes of Redis
+// memory (BenchmarkIdleDeviceMemory): its record about 120 (MEMORY
+// USAGE), its member of the node's index about 125, the rest the key
+// table. The index is a sorted set, not a set, so that List pages by
+// client id with ZRANGEBYLEX from the last id returned and lists every
+// device exactly once (SSCAN may return a member twice); listing without
+// an index, by SCAN over every device key, would save those 125 bytes and
+// cost a pass over all the devices of all the nodes per listing.
 //
 // The scripts touch a device's key together with node keys (its index,
 // another node's index and inbox, a heartbeat), which are in other slots,
