@@ -634,3 +634,36 @@ func TestForeignKeyDropsOneWrite(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// Close with Redis hung returns within its context plus about a Redis
+// timeout and a read block, dropping (and counting) what is queued.
+func TestCloseWithRedisHung(t *testing.T) {
+	srv := testredis.Start(t)
+	rdb, _ := client(t, srv)
+	o := testOptions("a")
+	o.Timeout = 300 * time.Millisecond
+	m, err := Join(rdb, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReading(t, m)
+	srv.Pause()
+	defer srv.Resume()
+	m.Online(rec("d", ModePlain, m.NextEpoch()))
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := m.Close(ctx); err == nil {
+		t.Fatal("Close with redis hung reported no error")
+	}
+	took := time.Since(start)
+	t.Logf("Close with redis hung took %s", took)
+	// The writer's call in flight and the removal of the heartbeat each
+	// wait for the client's read timeout (1 s).
+	if took > 5*time.Second {
+		t.Fatalf("Close took %s", took)
+	}
+	if st := m.Stats(); st.Dropped != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}

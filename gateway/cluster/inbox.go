@@ -136,11 +136,15 @@ func (m *Member) consume() {
 			last = id
 			close(m.reading)
 		}
-		res, err := m.rdb.XRead(ctx, &redis.XReadArgs{
-			Streams: []string{m.keys.inbox, last},
-			Count:   256,
-			Block:   m.opts.ReadBlock,
-		}).Result()
+		// XREAD built by hand: the client's XRead gives a blocking read
+		// ten seconds more than its block before it times out, so a hung
+		// Redis would hold the reader (and Close) that long; this one
+		// times out after the client's read timeout, which the block is
+		// below (see readBlock).
+		cmd := redis.NewXStreamSliceCmd(ctx, "xread", "count", 256,
+			"block", m.block.Milliseconds(), "streams", m.keys.inbox, last)
+		_ = m.rdb.Process(ctx, cmd)
+		res, err := cmd.Result()
 		if errors.Is(err, redis.Nil) {
 			continue
 		}
@@ -167,6 +171,17 @@ func (m *Member) consume() {
 			}
 		}
 	}
+}
+
+// readBlock is Options.ReadBlock, made half the client's read timeout if
+// that is shorter, so that a blocking read is not taken for a hung Redis.
+func readBlock(rdb redis.UniversalClient, block time.Duration) time.Duration {
+	if c, ok := rdb.(interface{ Options() *redis.Options }); ok {
+		if rt := c.Options().ReadTimeout; rt > 0 {
+			block = min(block, rt/2)
+		}
+	}
+	return max(block, time.Millisecond)
 }
 
 // readFailed counts a failed read and waits before the next; false when

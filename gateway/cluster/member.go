@@ -54,7 +54,12 @@ type Options struct {
 	// reach this node, published with its heartbeat.
 	AdvertisePlain, AdvertiseTLS string
 	// Timeout bounds each Redis call (default DefaultTimeout): a read
-	// fails with ErrUnavailable past it, a write is retried.
+	// fails with ErrUnavailable past it, a write is retried. The
+	// client's own read and write timeouts bound a call too (1 s for a
+	// client of store.NewRedisClient); a go-redis client heeds a
+	// context's deadline on its socket only with ContextTimeoutEnabled.
+	// A blocking read of the inbox is made shorter than the client's
+	// read timeout (see ReadBlock).
 	Timeout time.Duration
 	// BatchSize is the most registry writes and notifications one round
 	// trip carries (default DefaultBatchSize); the writer sends as soon as
@@ -79,7 +84,8 @@ type Options struct {
 	// (default DefaultInboxLen; XADD MAXLEN ~).
 	InboxLen int64
 	// ReadBlock is how long one read of the inbox waits for events
-	// (default DefaultReadBlock); Close waits for it at most.
+	// (default DefaultReadBlock; at most half the client's read timeout,
+	// for a *redis.Client); Close waits for it at most.
 	ReadBlock time.Duration
 	// MaxBackoff bounds the wait between retries while Redis fails
 	// (default DefaultMaxBackoff).
@@ -196,6 +202,7 @@ type Member struct {
 	q queue
 
 	events chan Event
+	block  time.Duration // of each inbox read: readBlock
 	// reading is closed once the inbox reader knows where the inbox ends:
 	// the writer, whose scripts may write to this node's inbox, waits for
 	// it so that no event of this run is skipped.
@@ -269,6 +276,7 @@ func Join(rdb redis.UniversalClient, opts Options) (*Member, error) {
 		reading: make(chan struct{}),
 		stop:    make(chan struct{}),
 	}
+	m.block = readBlock(rdb, o.ReadBlock)
 	m.startEpoch = m.clk.next()
 	m.q.init(o.MaxPending, o.MaxNotes)
 	m.wg.Add(3)
@@ -340,7 +348,8 @@ func (m *Member) backoff(d time.Duration) time.Duration {
 // dropped and counted), stops the goroutines, and removes the node's
 // heartbeat so that the other nodes see it gone at once rather than after
 // NodeTTL. The Events channel is closed. Close does not close the Redis
-// client.
+// client. With Redis hung it returns after ctx plus about two of the
+// client's read timeouts (the write in flight, the heartbeat's removal).
 func (m *Member) Close(ctx context.Context) error {
 	m.closeMu.Lock()
 	defer m.closeMu.Unlock()
