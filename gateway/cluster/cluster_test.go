@@ -667,3 +667,32 @@ func TestCloseWithRedisHung(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// A record of a node that is not live never wins: an Online with an
+// older epoch writes over it, and no Takeover goes anywhere.
+func TestDeadNodeRecordLoses(t *testing.T) {
+	srv := testredis.Start(t)
+	rdb, _ := client(t, srv)
+	a := join(t, rdb, testOptions("a"))
+	waitReading(t, a)
+	ghost := Record{ClientID: "d", Mode: ModeTLS, Protocol: 5, Since: 1, Epoch: math.MaxUint64 - 1}
+	srv.Do("SET", deviceKey(DefaultPrefix, "d"), ghost.encode("ghost"))
+	srv.Do("ZADD", indexKey(DefaultPrefix, "ghost"), "0", "d")
+	e := a.NextEpoch()
+	a.Online(rec("d", ModePlain, e))
+	flush(t, a)
+	if r, ok := mustGet(t, a, "d"); !ok || r.Node != "a" || r.Epoch != e {
+		t.Fatalf("record %+v, %v", r, ok)
+	}
+	if n := srv.Do("ZCARD", indexKey(DefaultPrefix, "ghost")); n != ":0" {
+		t.Fatalf("the dead node's index holds %s", n)
+	}
+	if st := a.Stats(); st.Refused != 0 || st.Takeovers != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	select {
+	case ev := <-a.Events():
+		t.Fatalf("a got %#v", ev)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
