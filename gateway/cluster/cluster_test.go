@@ -44,7 +44,7 @@ func TestClockMonotonic(t *testing.T) {
 	if b <= a {
 		t.Fatalf("epoch after the clock stepped back: %d <= %d", b, a)
 	}
-	seen := uint64(wall.Add(time.Hour).UnixNano())
+	seen := uint64(wall.Add(30 * time.Second).UnixNano())
 	c.observe(seen)
 	if e := c.next(); e <= seen {
 		t.Fatalf("epoch %d not above the observed %d", e, seen)
@@ -52,6 +52,11 @@ func TestClockMonotonic(t *testing.T) {
 	c.observe(1) // lower: no effect
 	if e := c.next(); e <= seen+1 {
 		t.Fatalf("epoch %d went back", e)
+	}
+	far := uint64(wall.Add(2 * time.Minute).UnixNano())
+	c.observe(far) // too far ahead: not followed
+	if e := c.next(); e >= far {
+		t.Fatalf("epoch %d followed one %s ahead", e, 2*time.Minute)
 	}
 }
 

@@ -41,7 +41,8 @@
 // that loses is refused by the script and its own node is sent a Takeover
 // carrying the winning epoch, so exactly one session survives (possibly
 // the older by real time). Every node raises its clock to the epochs it
-// reads (Get, Takeover events), so the device's next CONNECT on B wins.
+// reads (Get, Takeover events), so the device's next CONNECT on B wins;
+// an epoch more than a minute ahead of its own clock it does not follow.
 // Epochs of two nodes that are equal (same nanosecond) are ordered by node
 // name. An INCR per CONNECT would order by arrival in Redis, but the
 // CONNECT would have to wait for it, or the node would learn its epoch

@@ -27,8 +27,18 @@ func (c *clock) next() uint64 {
 	}
 }
 
-// observe raises the clock to e, so that the next epoch is above it.
+// maxDrift is how far ahead of this node's wall clock an observed epoch
+// may be and still raise the clock: an epoch further ahead (a node whose
+// clock is far wrong, a damaged record) is not followed, so it cannot
+// carry this node's epochs away from time.
+const maxDrift = time.Minute
+
+// observe raises the clock to e, so that the next epoch is above it,
+// unless e is more than maxDrift ahead of the wall clock.
 func (c *clock) observe(e uint64) {
+	if e > uint64(c.now().Add(maxDrift).UnixNano()) {
+		return
+	}
 	for {
 		last := c.last.Load()
 		if e <= last || c.last.CompareAndSwap(last, e) {
