@@ -75,6 +75,7 @@ func BenchmarkConnectCost(b *testing.B) {
 	b.ReportMetric(float64(after.in-before.in)/n, "B-in/connect")
 	b.ReportMetric(float64(after.out-before.out)/n, "B-out/connect")
 	if testing.Verbose() {
+		b.Logf("evalsha: %s", srv.Info("commandstats")["cmdstat_evalsha"])
 		for name, c := range after.perCalls {
 			if d := c - before.perCalls[name]; d > 0 {
 				b.Logf("%s: %.3f per connect", name, float64(d)/n)
@@ -131,6 +132,9 @@ func BenchmarkTakeoverCost(b *testing.B) {
 	b.ReportMetric(float64(calls)/f, "redis-cmds/connect")
 	b.ReportMetric(float64(in)/f, "B-in/connect")
 	b.ReportMetric(float64(out)/f, "B-out/connect")
+	if testing.Verbose() {
+		b.Logf("evalsha: %s", srv.Info("commandstats")["cmdstat_evalsha"])
+	}
 	if st := bn.Stats(); st.Takeovers < uint64(n) {
 		b.Fatalf("takeovers %d of %d: %+v", st.Takeovers, n, st)
 	}

@@ -198,14 +198,21 @@ func (m *Member) readFailed(err error, wait *time.Duration) bool {
 	return m.sleep(*wait)
 }
 
-// inboxEnd is the id of the inbox's last entry, "0-0" if it is empty.
+// inboxEnd is the id of the inbox's last entry, "0-0" if it is empty. It
+// loads the batch script in the same round trip, for the writer's first
+// batch.
 func (m *Member) inboxEnd(ctx context.Context) (string, error) {
 	ctx, cancel := m.ctx(ctx)
 	defer cancel()
-	msgs, err := m.rdb.XRevRangeN(ctx, m.keys.inbox, "+", "-", 1).Result()
-	if err != nil {
+	pipe := m.rdb.Pipeline()
+	end := pipe.XRevRangeN(ctx, m.keys.inbox, "+", "-", 1)
+	// Not batchScript.Load: on a pipeline it would take the empty
+	// answer it has before Exec for the script's hash.
+	pipe.ScriptLoad(ctx, batchSource)
+	if _, err := pipe.Exec(ctx); err != nil {
 		return "", err
 	}
+	msgs := end.Val()
 	if len(msgs) == 0 {
 		return "0-0", nil
 	}

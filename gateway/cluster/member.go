@@ -25,7 +25,7 @@ var ErrClosed = errors.New("cluster: closed")
 const (
 	DefaultPrefix     = "dg"
 	DefaultTimeout    = 2 * time.Second
-	DefaultBatchSize  = 1000
+	DefaultBatchSize  = 500
 	DefaultFlushDelay = 2 * time.Millisecond
 	DefaultMaxPending = 200_000
 	DefaultMaxNotes   = 10_000

@@ -159,7 +159,9 @@ func (m *Member) Flush(ctx context.Context) error {
 // It returns one code per write: 0 written, 1 written and Takeover sent,
 // 2 refused (a newer session holds the device), 3 Offline of an older
 // session (nothing deleted).
-var batchScript = redis.NewScript(`
+var batchScript = redis.NewScript(batchSource)
+
+const batchSource = `
 -- KEYS: the device keys, one per write
 -- ARGV: prefix, this node, inbox MAXLEN, then per write:
 --       '1' (online) or '0' (offline), client id, epoch (20 digits), record or ''
@@ -217,7 +219,7 @@ for i = 1, #KEYS do
   out[i] = r
 end
 return out
-`)
+`
 
 // writer sends the queued writes and notifications in batches until the
 // Member stops.
@@ -483,8 +485,8 @@ const MaxListLimit = 10_000
 //
 // Cost: one round trip and one script per page, O(log N + limit) in
 // Redis for a node holding N devices (ZRANGEBYLEX on the node's index,
-// then a GET per member); the script blocks Redis for about a
-// microsecond per member (limit 1,000: about a millisecond).
+// then a GET per member); the script holds Redis for a few microseconds
+// per member (limit 1,000: a few milliseconds).
 func (m *Member) List(ctx context.Context, node, mode string, cursor string, limit int) ([]Record, string, error) {
 	if m.closed.Load() {
 		return nil, "", ErrClosed
