@@ -17,9 +17,10 @@
 // batch is one round trip, one EVALSHA of a script that applies every
 // write of the batch. 10,000 CONNECTs in a burst are about twenty round
 // trips (TestOnlineBatches). A script holds Redis while it runs: a batch
-// of 500 about 3 ms, 5 ms when every write is a takeover (measured on a
-// 2-core machine: about 6 and 10 microseconds per write), which bounds
-// the pause other clients of the Redis see during a reconnect storm. NotifyAsync queues events the same way, sent in the
+// of 500 about 2.5 ms, 4 to 6 ms when every write is a takeover (on a
+// shared 2-core machine: 5 and 8 to 12 microseconds per write), which
+// bounds the pause other clients of the Redis see during a reconnect
+// storm. NotifyAsync queues events the same way, sent in the
 // same pipeline. The queue is bounded (MaxPending devices, MaxNotes
 // events); when full, the oldest write is dropped and counted
 // (Stats.Dropped). While Redis fails, the writer retries the batch with a
