@@ -60,6 +60,7 @@ type Config struct {
 	UpstreamCert     string        `yaml:"upstream-cert" help:"client certificate (PEM) toward the broker"`
 	UpstreamKey      string        `yaml:"upstream-key" help:"client key (PEM) toward the broker"`
 	UpstreamPool     int           `yaml:"upstream-pool" help:"connections to the broker"`
+	UpstreamProtocol string        `yaml:"upstream-protocol" help:"MQTT version toward the broker: 5 (falls back to 3.1.1 when the broker refuses it; properties, QoS 2, shared subscriptions and exact retained delivery need 5) or 3.1.1"`
 	UpstreamPrefix   string        `yaml:"upstream-prefix" help:"topic prefix on the broker side, e.g. site1/"`
 	UpstreamTemplate string        `yaml:"upstream-device-template" help:"filter every topic a device publishes on must match, {client} standing for its client id, e.g. devices/{client}/# (empty: any); part of the topic authorization, with or without --upstream"`
 	UpstreamCommands string        `yaml:"upstream-command-filter" help:"filter of commands on the broker, {client} in one level (default devices/{client}/commands/#; off for none)"`
@@ -97,7 +98,9 @@ type Config struct {
 	MaxTopicLen        int           `yaml:"max-topic-length" help:"longest topic a device may publish on and longest filter it may subscribe to, bytes"`
 	SessionExpiry      time.Duration `yaml:"session-expiry" help:"how long the state of a disconnected session is kept: the expiry of an MQTT 3.1.1 clean-session-0 session and the cap on what an MQTT 5 device asks for"`
 	MaxKeptSessions    int           `yaml:"max-kept-sessions" help:"disconnected sessions whose state is kept; past it the one that expires soonest is dropped"`
-	MaxKeptSessionSize int           `yaml:"max-kept-session-bytes" help:"bytes of state (client ids, filters) all kept sessions may hold together; past it the ones that expire soonest are dropped"`
+	MaxKeptSessionSize int           `yaml:"max-kept-session-bytes" help:"bytes of state (client ids, filters, queued messages) all kept sessions may hold together; past it the ones that expire soonest are dropped"`
+	MaxOffline         int           `yaml:"max-offline-messages" help:"QoS 1/2 messages queued for one persistent session while its device is away"`
+	OfflineOverflow    string        `yaml:"offline-overflow" help:"what a full offline queue does with a new message: drop-new (keep the oldest, as Mosquitto does) or drop-oldest"`
 	MaxConnections     int           `yaml:"max-connections" help:"maximum live device sessions (0: no limit)"`
 	MaxPlain           int           `yaml:"max-plain-connections" help:"maximum live sessions on the plain listener (0: no limit)"`
 	MaxTLS             int           `yaml:"max-tls-connections" help:"maximum live sessions on the TLS listener (0: no limit)"`
@@ -158,6 +161,8 @@ func Defaults() Config {
 		SessionExpiry:      24 * time.Hour,
 		MaxKeptSessions:    100000,
 		MaxKeptSessionSize: 64 << 20,
+		MaxOffline:         1000,
+		OfflineOverflow:    "drop-new",
 
 		ConnectBurst:     100,
 		ControlGrace:     5 * time.Second,
@@ -174,6 +179,7 @@ func Defaults() Config {
 		GCPercent:        25,
 		MemRelease:       time.Second,
 		UpstreamPool:     2,
+		UpstreamProtocol: "5",
 		UpstreamBuffer:   10000,
 		LogFormat:        "console",
 		LogLevel:         "info",
@@ -309,10 +315,17 @@ func (c *Config) validateBounds() error {
 		return fmt.Errorf("--session-expiry %s: want 1s to 136 years (MQTT's largest)", c.SessionExpiry)
 	}
 	for name, v := range map[string]int{"max-qos2-unreleased": c.MaxQoS2Unreleased, "max-queued-messages": c.MaxQueued,
-		"max-subscriptions": c.MaxSubscriptions, "max-kept-sessions": c.MaxKeptSessions, "max-kept-session-bytes": c.MaxKeptSessionSize} {
+		"max-subscriptions": c.MaxSubscriptions, "max-kept-sessions": c.MaxKeptSessions, "max-kept-session-bytes": c.MaxKeptSessionSize,
+		"max-offline-messages": c.MaxOffline} {
 		if v < 1 {
 			return fmt.Errorf("--%s %d: want 1 or more", name, v)
 		}
+	}
+	if c.OfflineOverflow != "drop-new" && c.OfflineOverflow != "drop-oldest" {
+		return fmt.Errorf("--offline-overflow %q: want drop-new or drop-oldest", c.OfflineOverflow)
+	}
+	if c.UpstreamProtocol != "5" && c.UpstreamProtocol != "3.1.1" {
+		return fmt.Errorf("--upstream-protocol %q: want 5 or 3.1.1", c.UpstreamProtocol)
 	}
 	return nil
 }

@@ -145,7 +145,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.router = newRouter(g.acl, sampled(logger), &g.routes)
+	g.router = newRouter(g.acl, g.reg, sampled(logger), &g.routes)
 	sink := session.Sink(g.router)
 	var limiter *rate.Limiter
 	if cfg.ConnectRate > 0 {
@@ -163,6 +163,14 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 			_ = g.tokens.Close()
 		}
 	}()
+	overflow := session.OverflowDropNew
+	if cfg.OfflineOverflow == "drop-oldest" {
+		overflow = session.OverflowDropOldest
+	}
+	kept := session.NewStore(sink, session.StoreLimits{Sessions: cfg.MaxKeptSessions, Bytes: cfg.MaxKeptSessionSize,
+		Messages: cfg.MaxOffline, Overflow: overflow})
+	kept.OnEnd(g.router.keptEnded)
+	g.router.kept = kept
 	g.env, err = session.NewEnv(session.Env{
 		Logger:            logger,
 		Registry:          g.reg,
@@ -170,7 +178,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		Identity:          identity,
 		Sink:              sink,
 		ACL:               g.acl,
-		Sessions:          session.NewStore(sink, session.StoreLimits{Sessions: cfg.MaxKeptSessions, Bytes: cfg.MaxKeptSessionSize}),
+		Sessions:          kept,
 		Now:               opts.Now,
 		ConnectTimeout:    cfg.ConnectTimeout,
 		MaxPacketSize:     uint32(cfg.MaxPacketSize),
@@ -189,12 +197,15 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		MaxTopicLen:       cfg.MaxTopicLen,
 		MaxSessionExpiry:  cfg.SessionExpiry,
 		TopicAliasMaximum: 16,
+		// A 3.1.1 broker cannot say which subscription a message answers.
+		NoSharedSubscriptions: cfg.Upstream != "" && cfg.UpstreamProtocol == "3.1.1",
 	})
 	if err != nil {
 		return nil, err
 	}
 	if cfg.Upstream != "" {
 		g.router.origins = newOriginSet(originMax, originTTL, g.env.Now)
+		g.router.publishers = newOriginSet(originMax, originTTL, g.env.Now)
 	}
 	g.handshakes = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "dualgate_tls_handshake_seconds",

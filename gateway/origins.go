@@ -28,9 +28,9 @@ type originSet struct {
 	ttl  time.Duration
 	now  func() time.Time
 
-	mu    sync.Mutex       // guards the fields below
-	m     map[uint64]int64 // hash -> expiry (Unix ns) of its latest add
-	ring  []originEntry    // adds, oldest at head; grows up to max
+	mu    sync.Mutex            // guards the fields below
+	m     map[uint64]originSeen // hash -> its latest add
+	ring  []originEntry         // adds, oldest at head; grows up to max
 	head  int
 	count int
 	max   int
@@ -43,8 +43,15 @@ type originEntry struct {
 	expires int64
 }
 
+// originSeen is a message's latest add: when it is forgotten, and by whom
+// it was published.
+type originSeen struct {
+	expires int64
+	client  string
+}
+
 func newOriginSet(max int, ttl time.Duration, now func() time.Time) *originSet {
-	return &originSet{seed: maphash.MakeSeed(), ttl: ttl, now: now, max: max, m: make(map[uint64]int64)}
+	return &originSet{seed: maphash.MakeSeed(), ttl: ttl, now: now, max: max, m: make(map[uint64]originSeen)}
 }
 
 func (o *originSet) hash(topic string, payload []byte) uint64 {
@@ -56,8 +63,8 @@ func (o *originSet) hash(topic string, payload []byte) uint64 {
 	return h.Sum64()
 }
 
-// add remembers a message published over TLS.
-func (o *originSet) add(topic string, payload []byte) {
+// add remembers a message and the client that published it.
+func (o *originSet) add(topic string, payload []byte, client string) {
 	if o == nil {
 		return
 	}
@@ -79,7 +86,7 @@ func (o *originSet) add(topic string, payload []byte) {
 	exp := now + int64(o.ttl)
 	o.ring[(o.head+o.count)%len(o.ring)] = originEntry{hash: h, expires: exp}
 	o.count++
-	o.m[h] = exp
+	o.m[h] = originSeen{expires: exp, client: client}
 }
 
 // grow doubles the ring, up to max, oldest entry first. o.mu is held.
@@ -94,23 +101,33 @@ func (o *originSet) grow() {
 // pop drops the oldest entry. o.mu is held.
 func (o *originSet) pop() {
 	e := o.ring[o.head]
-	if o.m[e.hash] == e.expires {
+	if o.m[e.hash].expires == e.expires {
 		delete(o.m, e.hash)
 	}
 	o.head = (o.head + 1) % len(o.ring)
 	o.count--
 }
 
-// seen reports whether a message with this topic and payload was
-// published here over TLS within the bounds.
+// seen reports whether a message with this topic and payload was added
+// within the bounds.
 func (o *originSet) seen(topic string, payload []byte) bool {
+	_, ok := o.publisher(topic, payload)
+	return ok
+}
+
+// publisher returns the client that last published a message with this
+// topic and payload within the bounds.
+func (o *originSet) publisher(topic string, payload []byte) (string, bool) {
 	if o == nil {
-		return false
+		return "", false
 	}
 	h := o.hash(topic, payload)
 	now := o.now().UnixNano()
 	o.mu.Lock()
-	exp, ok := o.m[h]
+	e, ok := o.m[h]
 	o.mu.Unlock()
-	return ok && exp > now
+	if !ok || e.expires <= now {
+		return "", false
+	}
+	return e.client, true
 }

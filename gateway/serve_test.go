@@ -88,8 +88,8 @@ func TestPlainAndTLSBothVersions(t *testing.T) {
 	}
 }
 
-// Subscriptions answer one code per filter; QoS 2 is granted as 1, shared
-// subscriptions and the gateway's reserved topics are refused.
+// Subscriptions answer one code per filter: QoS 2 and shared
+// subscriptions are granted, the gateway's reserved topics refused.
 func TestSubscribeCodes(t *testing.T) {
 	g := startGateway(t, nil)
 	r := dialRaw(t, g.PlainAddr())
@@ -104,7 +104,7 @@ func TestSubscribeCodes(t *testing.T) {
 	if p.Type != mqttcodec.SUBACK || p.Suback.PacketID != 7 {
 		t.Fatalf("got %s, want SUBACK 7", p.Type)
 	}
-	want := []mqttcodec.ReasonCode{1, 0x9E, 0x87, 0}
+	want := []mqttcodec.ReasonCode{2, 1, 0x87, 0}
 	if fmt.Sprint(p.Suback.ReasonCodes) != fmt.Sprint(want) {
 		t.Fatalf("SUBACK reasons %v, want %v", p.Suback.ReasonCodes, want)
 	}
@@ -118,7 +118,7 @@ func TestSubscribeCodes(t *testing.T) {
 	r = dialRaw(t, g.PlainAddr())
 	r.connect(&mqttcodec.Connect{ProtocolVersion: 4, CleanStart: true, KeepAlive: 30, ClientID: []byte("subber311")})
 	r.send(mqttcodec.AppendSubscribe(nil, 4, &mqttcodec.Subscribe{PacketID: 1, Subscriptions: []mqttcodec.Subscription{
-		{Filter: []byte("x/#"), QoS: 1}, {Filter: []byte("$share/g/x"), QoS: 1},
+		{Filter: []byte("x/#"), QoS: 1}, {Filter: []byte("$dualgate/control"), QoS: 1},
 	}}))
 	p = r.read(5 * time.Second)
 	if fmt.Sprint(p.Suback.ReasonCodes) != fmt.Sprint([]mqttcodec.ReasonCode{1, 0x80}) {
@@ -377,7 +377,7 @@ func TestBadInput(t *testing.T) {
 }
 
 // QoS 2 from a device completes its four-packet exchange and the message
-// is delivered once.
+// is delivered once, at QoS 2 to a subscriber granted QoS 2.
 func TestQoS2FromDevice(t *testing.T) {
 	g := startGateway(t, nil)
 	got := newCollector()
@@ -390,7 +390,7 @@ func TestQoS2FromDevice(t *testing.T) {
 	if err != nil || res.ReasonCode != 0 {
 		t.Fatalf("QoS 2 publish: %v %+v", err, res)
 	}
-	if m := got.next(t, 5*time.Second); string(m.Payload()) != "once" || m.Qos() != 1 {
+	if m := got.next(t, 5*time.Second); string(m.Payload()) != "once" || m.Qos() != 2 {
 		t.Fatalf("got %q qos %d", m.Payload(), m.Qos())
 	}
 	select {

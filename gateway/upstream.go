@@ -30,6 +30,7 @@ func (g *Gateway) startUpstream() error {
 		CertFile:             g.cfg.UpstreamCert,
 		KeyFile:              g.cfg.UpstreamKey,
 		PoolSize:             g.cfg.UpstreamPool,
+		Protocol:             g.cfg.UpstreamProtocol,
 		TopicPrefix:          g.cfg.UpstreamPrefix,
 		PlainAllowed:         splitList(g.cfg.UpstreamPlain),
 		BufferMessages:       g.cfg.UpstreamBuffer,

@@ -102,9 +102,9 @@ func (b *Bridge) Subscribe(subscriber any, sub session.Subscription, retained bo
 	}
 	var dw *doneWait
 	if done != nil {
-		dw = &doneWait{fn: done, qos: qos, sub: subscriber}
+		dw = &doneWait{fn: done, qos: qos, sub: subscriber, parts: 1}
 		dw.mu.Lock()
-		dw.timer = time.AfterFunc(b.cfg.SubscribeTimeout, func() { dw.call(mqttcodec.UnspecifiedError) })
+		dw.timer = time.AfterFunc(b.cfg.SubscribeTimeout, func() { dw.finish(mqttcodec.UnspecifiedError) })
 		dw.mu.Unlock()
 	}
 	l := b.subLane
@@ -157,17 +157,46 @@ func (b *Bridge) Unsubscribe(subscriber any, filter string) {
 	}
 }
 
-// doneWait is one Subscribe's done, waiting for the SUBACK.
+// doneWait is one Subscribe's done, waiting for the SUBACK and, when the
+// Subscribe fetches retained messages exactly, for the fetch's SUBACK too:
+// a message retained after the device's SUBACK must not come to it as one
+// that answers its SUBSCRIBE.
 type doneWait struct {
 	fn    func(mqttcodec.ReasonCode)
 	qos   byte
 	sub   any
 	once  sync.Once
-	mu    sync.Mutex // guards timer
+	mu    sync.Mutex // guards the fields below
 	timer *time.Timer
+	parts int // answers still awaited: the SUBACK, and the fetch's
+	rc    mqttcodec.ReasonCode
+	have  bool // rc is the SUBACK's answer
 }
 
+// call gives the subscription's answer; a refusal answers at once.
 func (d *doneWait) call(rc mqttcodec.ReasonCode) {
+	d.mu.Lock()
+	d.rc, d.have = rc, true
+	d.parts--
+	fire := d.parts <= 0 || rc >= 0x80
+	d.mu.Unlock()
+	if fire {
+		d.finish(rc)
+	}
+}
+
+// fetched says the retained fetch was answered (or given up).
+func (d *doneWait) fetched() {
+	d.mu.Lock()
+	d.parts--
+	fire, rc := d.parts <= 0 && d.have, d.rc
+	d.mu.Unlock()
+	if fire {
+		d.finish(rc)
+	}
+}
+
+func (d *doneWait) finish(rc mqttcodec.ReasonCode) {
 	d.once.Do(func() {
 		d.mu.Lock()
 		if d.timer != nil {
@@ -230,6 +259,8 @@ type retainedWait struct {
 	expires     time.Time
 	seen        map[string]struct{}
 	id          int // the fetch's Subscription Identifier (exact attribution)
+	// dones are the Subscribes answered once the fetch is.
+	dones []*doneWait
 }
 
 func newSubTable() *subTable {
@@ -284,7 +315,13 @@ func (t *subTable) add(sub any, f, up string, qos byte, retained, shared, exact 
 		delete(t.toUnsub, f)
 	}
 	if retained {
-		t.addWait(sub, f, up)
+		w := t.addWait(sub, f, up)
+		if exact && dw != nil {
+			dw.mu.Lock()
+			dw.parts++
+			dw.mu.Unlock()
+			w.dones = append(w.dones, dw)
+		}
 		if !exact {
 			need = true // the heuristic asks the broker again on the filter itself
 		}
@@ -305,17 +342,31 @@ func (t *subTable) add(sub any, f, up string, qos byte, retained, shared, exact 
 	return !retained
 }
 
-func (t *subTable) addWait(sub any, f, up string) {
+func (t *subTable) addWait(sub any, f, up string) *retainedWait {
 	ws := t.waits[f]
 	if n := len(ws); n > 0 && !ws[n-1].sent {
 		if !slices.Contains(ws[n-1].subscribers, sub) {
 			ws[n-1].subscribers = append(ws[n-1].subscribers, sub)
 		}
-		return
+		return ws[n-1]
 	}
-	t.waits[f] = append(ws, &retainedWait{filter: f, up: up, subscribers: []any{sub}})
+	w := &retainedWait{filter: f, up: up, subscribers: []any{sub}}
+	t.waits[f] = append(ws, w)
 	if strings.ContainsAny(f, "+#") {
 		t.wild[f] = struct{}{}
+	}
+	return w
+}
+
+// answered tells the Subscribes waiting for this fetch that it was
+// answered (or given up).
+func (t *subTable) answered(w *retainedWait) {
+	t.mu.Lock()
+	dones := w.dones
+	w.dones = nil
+	t.mu.Unlock()
+	for _, d := range dones {
+		d.fetched()
 	}
 }
 
@@ -868,6 +919,7 @@ func (l *lane) syncFetches(fetches []*retainedWait) {
 		cx, cancel := context.WithTimeout(context.Background(), b.cfg.ConnectTimeout)
 		codes, err := fc.subscribe(cx, []upSub{{filter: w.up, qos: w.qos}}, w.id)
 		cancel()
+		l.subs.answered(w)
 		if err != nil || codes[0] >= 0x80 {
 			b.hot.Warn("retained messages could not be fetched", zap.String("filter", w.up), zap.Error(err))
 			l.subs.fetchDone(w)

@@ -240,7 +240,7 @@ func TestRetainedAttributionExact(t *testing.T) {
 		if rc := <-doneB; rc != 1 {
 			t.Fatalf("B granted %v", rc)
 		}
-		_, ret := d.waitFor(t, 10*time.Second, "the retained messages", func(_ []Message, ret []retainedCall) bool {
+		d.waitFor(t, 10*time.Second, "the retained messages", func(_ []Message, ret []retainedCall) bool {
 			n := 0
 			for _, c := range ret {
 				if c.msg.Topic == root+"/x" {
@@ -252,7 +252,7 @@ func TestRetainedAttributionExact(t *testing.T) {
 		// A third, overlapping subscriber later: only it gets it again.
 		c := &handle{"C" + strconv.Itoa(i)}
 		b.Subscribe(c, session.Subscription{Filter: root + "/x", QoS: 1}, true, nil)
-		_, ret = d.waitFor(t, 10*time.Second, "the third retained message", func(_ []Message, ret []retainedCall) bool {
+		d.waitFor(t, 10*time.Second, "the third retained message", func(_ []Message, ret []retainedCall) bool {
 			n := 0
 			for _, c := range ret {
 				if c.msg.Topic == root+"/x" {

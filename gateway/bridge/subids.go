@@ -187,8 +187,11 @@ func propsSubIDs(b []byte) []int {
 			if !str() {
 				return nil
 			}
-		case 0x26: // user property
-			if !str() || !str() {
+		case 0x26: // user property: a key, then a value
+			if !str() {
+				return nil
+			}
+			if !str() {
 				return nil
 			}
 		case 0x0B: // subscription identifier
