@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
@@ -27,6 +28,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/dualgate/dualgate/gateway/bridge"
+	"github.com/dualgate/dualgate/gateway/cluster"
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/gateway/store"
@@ -279,6 +281,10 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 		}
 		v.Since = e.Since().UTC().Truncate(time.Millisecond)
 		v.LastActivity = e.LastActive().UTC().Truncate(time.Millisecond)
+	} else if rec, ok := g.elsewhere(r.Context(), id); ok {
+		// Connected to another node of the cluster.
+		v.Connected, v.Node, v.Mode, v.Protocol = true, rec.Node, string(rec.Mode), rec.Protocol
+		v.Since = time.UnixMilli(rec.Since).UTC()
 	} else if !known && pending == 0 {
 		writeError(w, http.StatusNotFound, "client "+id+" is not known")
 		return
@@ -286,6 +292,21 @@ func (g *Gateway) getClient(w http.ResponseWriter, r *http.Request) {
 		v.LastActivity = dev.LastSeen.UTC().Truncate(time.Millisecond)
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// elsewhere looks a device up in the cluster's registry: connected to
+// another live node. A registry Redis cannot answer reads as not there.
+func (g *Gateway) elsewhere(ctx context.Context, id string) (cluster.Record, bool) {
+	if g.members == nil {
+		return cluster.Record{}, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.ClusterTimeout)
+	defer cancel()
+	rec, ok, err := g.members.m.Get(ctx, id)
+	if err != nil || !ok || rec.Node == g.members.m.Node() {
+		return cluster.Record{}, false
+	}
+	return rec, true
 }
 
 // Paging of the API's lists.
@@ -437,6 +458,8 @@ type statsView struct {
 // field by field: a field added to bridge.Stats must be added here
 // (TestAPIStatsUpstreamEveryField says so).
 type upstreamView struct {
+	Protocol            string `json:"protocol"`
+	Expired             uint64 `json:"expired"`
 	Pool                int    `json:"pool"`
 	Connected           int    `json:"connected"`
 	Buffered            int    `json:"buffered"`
@@ -480,6 +503,8 @@ type upstreamView struct {
 
 func viewOfUpstream(s bridge.Stats) *upstreamView {
 	return &upstreamView{
+		Protocol:            s.Protocol,
+		Expired:             s.Expired,
 		Pool:                s.Pool,
 		Connected:           s.Connected,
 		Buffered:            s.Buffered,
@@ -627,8 +652,14 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		Name: "dualgate_kept_sessions", Help: "Sessions of disconnected devices whose state is kept.",
 	}, func() float64 { return float64(g.env.Sessions.Stats().Sessions) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "dualgate_kept_session_bytes", Help: "Approximate bytes held by kept sessions (client ids, filters).",
+		Name: "dualgate_kept_session_bytes", Help: "Approximate bytes held by kept sessions (client ids, filters, queued messages).",
 	}, func() float64 { return float64(g.env.Sessions.Stats().Bytes) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_offline_queued", Help: "QoS 1/2 messages waiting in kept sessions for their devices.",
+	}, func() float64 { return float64(g.env.Sessions.Stats().Queued) }))
+	counter("dualgate_offline_dropped_total", "Messages for a device that is away dropped by --offline-overflow (its queue at --max-offline-messages or the kept sessions at --max-kept-session-bytes).", func() uint64 { return g.env.Sessions.Stats().QueueDropped })
+	counter("dualgate_offline_expired_total", "Messages for a device that is away dropped because their Message Expiry ran out first.", func() uint64 { return g.env.Sessions.Stats().QueueExpired })
+	counter("dualgate_messages_expired_total", "Routed messages not written to a device because their Message Expiry ran out.", st.MessagesExpired.Load)
 	counter("dualgate_read_pauses_total", "Times the gateway stopped reading a device to hold it back (flow control), resumed as acknowledgements return.", st.ReadPauses.Load)
 	counter("dualgate_receive_maximum_exceeded_total", "MQTT 5 devices disconnected (0x93) for more QoS 1/2 publishes in flight than the Receive Maximum advertised.", st.ReceiveMaximumExceeded.Load)
 	counter("dualgate_qos2_unreleased_closed_total", "MQTT 3.1.1 devices closed for leaving more QoS 2 publishes unreleased than --max-qos2-unreleased.", st.QoS2Unreleased.Load)

@@ -370,6 +370,8 @@ func TestAPIStatsUpstreamEveryField(t *testing.T) {
 			f.SetUint(uint64(i + 1))
 		case reflect.Bool:
 			f.SetBool(true)
+		case reflect.String:
+			f.SetString(fmt.Sprint(i + 1))
 		default:
 			t.Fatalf("bridge.Stats.%s is a %s: map it in upstreamView", rv.Type().Field(i).Name, f.Kind())
 		}
@@ -394,8 +396,11 @@ func TestAPIStatsUpstreamEveryField(t *testing.T) {
 	}
 	for i := range rv.NumField() {
 		want := any(float64(i + 1))
-		if rv.Field(i).Kind() == reflect.Bool {
+		switch rv.Field(i).Kind() {
+		case reflect.Bool:
 			want = true
+		case reflect.String:
+			want = fmt.Sprint(i + 1)
 		}
 		if _, ok := values[want]; !ok {
 			t.Errorf("bridge.Stats.%s is missing from the upstream block", rv.Type().Field(i).Name)

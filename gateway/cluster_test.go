@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/gateway/store"
@@ -320,4 +321,57 @@ func TestClusterWaitReplicas(t *testing.T) {
 	}
 	replica.Resume()
 	postCommand(t, g, "car-3", `{"topic":"devices/car-3/commands/c","payload":"z"}`)
+}
+
+// A command posted on one node reaches a device connected to another at
+// once: the node holding it is told through the cluster registry, without
+// the device having to ask.
+func TestClusterCommandRoutedToDevicesNode(t *testing.T) {
+	srv := testredis.Start(t)
+	g1 := clusterGateway(t, srv, "gw-1", nil)
+	g2 := clusterGateway(t, srv, "gw-2", nil)
+	d := newDevice311(t, g2, "car-r")
+	d.connect(false, g2.PlainAddr())
+	eventually(t, 10*time.Second, "car-r in the cluster registry", func() bool {
+		rec, ok, err := g1.members.m.Get(context.Background(), "car-r")
+		return err == nil && ok && rec.Node == "gw-2"
+	})
+	var view clientView
+	if code := getJSON(t, g1, "/v1/clients/car-r", "", &view); code != http.StatusOK || !view.Connected || view.Node != "gw-2" || view.Mode != "plain" {
+		t.Fatalf("gw-1 answers for car-r on gw-2: %d %+v", code, view)
+	}
+	id, _ := postCommand(t, g1, "car-r", `{"topic":"devices/car-r/commands/unlock","payload":"open"}`)
+	if c := nextCommand(t, d.cmds); c.payload != "open" || !c.tls {
+		t.Fatalf("command %+v", c)
+	}
+	waitStatus(t, g1, id, "delivered")
+}
+
+// The same client id connecting to a second node closes its session on
+// the first: the newer connection wins, across nodes.
+func TestClusterTakeoverAcrossNodes(t *testing.T) {
+	srv := testredis.Start(t)
+	g1 := clusterGateway(t, srv, "gw-1", nil)
+	g2 := clusterGateway(t, srv, "gw-2", nil)
+	old := v5Plain(t, g1, &paho.Connect{ClientID: "car-twice", KeepAlive: 30, CleanStart: true})
+	eventually(t, 10*time.Second, "car-twice in the cluster registry", func() bool {
+		rec, ok, err := g2.members.m.Get(context.Background(), "car-twice")
+		return err == nil && ok && rec.Node == "gw-1"
+	})
+	v5Plain(t, g2, &paho.Connect{ClientID: "car-twice", KeepAlive: 30, CleanStart: true})
+	select {
+	case d := <-old.disconnect:
+		if d.ReasonCode != byte(mqttcodec.SessionTakenOver) {
+			t.Fatalf("the older session got DISCONNECT %#x, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the older session on gw-1 was not closed")
+	}
+	eventually(t, 10*time.Second, "gw-1 no longer holds car-twice", func() bool {
+		_, ok := g1.reg.Get("car-twice")
+		return !ok
+	})
+	if _, ok := g2.reg.Get("car-twice"); !ok {
+		t.Fatal("the newer session on gw-2 is gone")
+	}
 }

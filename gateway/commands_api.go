@@ -123,6 +123,9 @@ func (g *Gateway) postCommand(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "command not stored: "+err.Error())
 		return
 	}
+	if g.members != nil {
+		g.members.commandStored(c.ClientID)
+	}
 	writeJSON(w, http.StatusAccepted, map[string]string{"id": c.ID, "status": string(status)})
 }
 

@@ -58,7 +58,10 @@ type Gateway struct {
 
 	// With --cluster: this node's lease, and the session ticket keys
 	// shared through Redis (without --tls-ticket-keys); nil otherwise.
-	cluster        *clusterNode
+	cluster *clusterNode
+	// members is this node's part of the cluster's registry of devices
+	// (nil without --cluster).
+	members        *clusterRegistry
 	clusterTickets *tlsmux.TicketKeys
 
 	upstream   *bridge.Bridge
@@ -453,11 +456,21 @@ func (g *Gateway) startDispatch() error {
 		return err
 	}
 	g.store, g.dispatcher = st, d
-	g.env.Hooks = hooks{router: g.router, dispatcher: d}
+	if g.cluster != nil {
+		if err := g.joinCluster(); err != nil {
+			d.Stop()
+			g.closeStore(st)
+			return err
+		}
+	}
+	g.env.Hooks = hooks{router: g.router, dispatcher: d, members: g.members}
 	return nil
 }
 
 func (g *Gateway) stopDispatch() {
+	if g.members != nil {
+		g.members.close(g.cfg.ClusterTimeout)
+	}
 	if g.dispatcher != nil {
 		g.dispatcher.Stop()
 	}

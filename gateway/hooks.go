@@ -13,9 +13,13 @@ import (
 type hooks struct {
 	router     *router
 	dispatcher *dispatch.Dispatcher
+	members    *clusterRegistry // nil without --cluster
 }
 
 func (h hooks) Online(s *session.Session) {
+	if h.members != nil {
+		h.members.online(s)
+	}
 	h.router.online(s)
 	h.dispatcher.Online(s)
 }
@@ -63,6 +67,9 @@ func (h hooks) Unsubscribed(s *session.Session, filter string) {
 func (h hooks) Acked(s *session.Session, token string) { h.dispatcher.Acked(s, token) }
 
 func (h hooks) Offline(s *session.Session, unacked []string) {
+	if h.members != nil {
+		h.members.offline(s)
+	}
 	h.router.offline(s)
 	h.dispatcher.Offline(s, unacked)
 }

@@ -122,6 +122,9 @@ func (g *Gateway) submitFromUpstream(bc bridge.Command) error {
 	case err != nil:
 		return err
 	}
+	if g.members != nil {
+		g.members.commandStored(clientID)
+	}
 	return nil
 }
 
