@@ -375,3 +375,35 @@ func TestClusterTakeoverAcrossNodes(t *testing.T) {
 		t.Fatal("the newer session on gw-2 is gone")
 	}
 }
+
+// Drained without --drain-to, a node sends its MQTT 5 devices on TLS to a
+// live peer's TLS address, read from the peers' heartbeats.
+func TestClusterDrainToPeer(t *testing.T) {
+	srv := testredis.Start(t)
+	g1 := clusterGateway(t, srv, "gw-1", func(c *Config) { c.DrainDelay = 10 * time.Millisecond })
+	clusterGateway(t, srv, "gw-2", func(c *Config) { c.AdvertiseTLS = "gw-2.example.net:8883" })
+	dev := v5TLS(t, g1, &paho.Connect{ClientID: "car-drain", KeepAlive: 30, CleanStart: true})
+	eventually(t, 10*time.Second, "gw-2 live with its TLS address", func() bool {
+		nodes, err := g1.members.m.LiveNodes(context.Background())
+		for _, n := range nodes {
+			if n.ID == "gw-2" && n.TLS != "" {
+				return err == nil
+			}
+		}
+		return false
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g1.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-dev.disconnect:
+		if d.ReasonCode != byte(mqttcodec.UseAnotherServer) || d.Properties == nil ||
+			d.Properties.ServerReference != "tls://gw-2.example.net:8883" {
+			t.Fatalf("DISCONNECT %#x %+v, want 0x9C to gw-2", d.ReasonCode, d.Properties)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the device was not moved")
+	}
+}

@@ -98,14 +98,18 @@ func (g *Gateway) Drain(ctx context.Context) error {
 		targets = append(targets, target{s, s.RegistryEntry().Mode})
 		return true
 	})
+	peers := g.drainPeers(ctx, tlsRef)
 	lim := rate.NewLimiter(rate.Limit(g.cfg.DrainRate), 1)
-	for _, t := range targets {
+	for i, t := range targets {
 		if err := lim.Wait(ctx); err != nil {
 			return err
 		}
 		ref := ""
 		if t.mode == registry.ModeTLS {
 			ref = tlsRef
+			if len(peers) > 0 {
+				ref = peers[i%len(peers)]
+			}
 		}
 		t.s.Exec(func(s *session.Session) { s.Drain(ref) })
 		g.counters.drained.Add(1)
@@ -113,6 +117,30 @@ func (g *Gateway) Drain(ctx context.Context) error {
 	g.waitSessions(ctx)
 	g.logger.Info("drained", zap.Int("moved", len(targets)), zap.Int("left", g.reg.Len()))
 	return ctx.Err()
+}
+
+// drainPeers is where TLS devices are sent when --drain-to is not given:
+// in a cluster, the live peers' --advertise-tls addresses from their
+// heartbeats, in turn. None (one node, no peer advertising TLS, Redis
+// away): devices are told the gateway is shutting down, as before.
+func (g *Gateway) drainPeers(ctx context.Context, tlsRef string) []string {
+	if tlsRef != "" || g.members == nil {
+		return nil
+	}
+	cx, cancel := context.WithTimeout(ctx, g.cfg.ClusterTimeout)
+	defer cancel()
+	nodes, err := g.members.m.LiveNodes(cx)
+	if err != nil {
+		g.logger.Warn("draining: the cluster's live nodes cannot be read; TLS devices are not sent to a peer", zap.Error(err))
+		return nil
+	}
+	var out []string
+	for _, n := range nodes {
+		if n.ID != g.members.m.Node() && n.TLS != "" {
+			out = append(out, "tls://"+n.TLS)
+		}
+	}
+	return out
 }
 
 // Draining reports whether the gateway is draining or stopping.
