@@ -393,16 +393,21 @@ func (g *Gateway) listClients(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("mode: %q, want plain or tls", m))
 		return
 	}
-	pos, err := registry.ParsePosition(cursor)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "cursor: not one this gateway gave out since it started (cursors do not outlive a restart); list again without cursor")
-		return
-	}
 	node := g.apiNode()
 	out := clientList{Clients: []clientItem{}}
 	if n := q.Get("node"); n != "" && n != node {
-		// This node answers for its own devices: none is on node n.
+		if g.members != nil {
+			// Another node's devices, from the cluster's registry.
+			g.listElsewhere(w, r, n, q.Get("mode"), cursor, limit)
+			return
+		}
+		// One node: none is on node n.
 		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	pos, err := registry.ParsePosition(cursor)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "cursor: not one this gateway gave out since it started (cursors do not outlive a restart); list again without cursor")
 		return
 	}
 	page, next, more := g.reg.Scan(pos, limit, keep)
@@ -415,6 +420,24 @@ func (g *Gateway) listClients(w http.ResponseWriter, r *http.Request) {
 	}
 	if more {
 		out.NextCursor = next.String()
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// listElsewhere pages through another node's devices in the cluster's
+// registry (a dead node has none).
+func (g *Gateway) listElsewhere(w http.ResponseWriter, r *http.Request, node, mode, cursor string, limit int) {
+	ctx, cancel := context.WithTimeout(r.Context(), g.cfg.ClusterTimeout)
+	defer cancel()
+	recs, next, err := g.members.m.List(ctx, node, mode, cursor, limit)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "cluster registry: "+err.Error())
+		return
+	}
+	out := clientList{Clients: []clientItem{}, NextCursor: next}
+	for _, rec := range recs {
+		out.Clients = append(out.Clients, clientItem{ClientID: rec.ClientID, Mode: string(rec.Mode), Protocol: rec.Protocol,
+			Since: time.UnixMilli(rec.Since).UTC(), Node: rec.Node})
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -405,5 +406,56 @@ func TestClusterDrainToPeer(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the device was not moved")
+	}
+}
+
+// Any node lists another node's devices from the cluster registry, page by
+// page, each once.
+func TestClusterListAnotherNode(t *testing.T) {
+	srv := testredis.Start(t)
+	g1 := clusterGateway(t, srv, "gw-1", nil)
+	g2 := clusterGateway(t, srv, "gw-2", nil)
+	for i := range 5 {
+		v3(t, "tcp://"+g2.PlainAddr(), fmt.Sprint("lister-", i), nil, nil)
+	}
+	eventually(t, 10*time.Second, "gw-2's devices in the registry", func() bool {
+		recs, _, err := g1.members.m.List(context.Background(), "gw-2", "", "", 100)
+		return err == nil && len(recs) == 5
+	})
+	seen := map[string]int{}
+	cursor := ""
+	for pages := 0; ; pages++ {
+		var page struct {
+			Clients []struct {
+				ClientID string `json:"client_id"`
+				Node     string `json:"node"`
+				Mode     string `json:"mode"`
+			} `json:"clients"`
+			NextCursor string `json:"next_cursor"`
+		}
+		if code := getJSON(t, g1, "/v1/clients?node=gw-2&limit=2&cursor="+cursor, "", &page); code != http.StatusOK {
+			t.Fatalf("list: %d", code)
+		}
+		for _, c := range page.Clients {
+			if c.Node != "gw-2" || c.Mode != "plain" {
+				t.Fatalf("item %+v", c)
+			}
+			seen[c.ClientID]++
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		if pages > 5 {
+			t.Fatal("the listing does not end")
+		}
+		cursor = url.QueryEscape(page.NextCursor)
+	}
+	if len(seen) != 5 {
+		t.Fatalf("listed %v, want 5 devices once each", seen)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Fatalf("%s listed %d times", id, n)
+		}
 	}
 }

@@ -34,19 +34,26 @@ type clusterRegistry struct {
 // joinCluster makes this node a member of the cluster's registry. The
 // node's lease (openCluster) is held already.
 func (g *Gateway) joinCluster() error {
+	c := &clusterRegistry{g: g, log: g.logger.Named("cluster"), epochs: make(map[*session.Session]uint64), done: make(chan struct{})}
+	joined := make(chan struct{})
 	m, err := cluster.Join(g.cluster.rdb, cluster.Options{
 		Prefix:         g.cfg.ClusterPrefix,
 		Node:           g.cluster.id,
 		AdvertisePlain: g.cfg.AdvertisePlain,
 		AdvertiseTLS:   g.cfg.AdvertiseTLS,
 		Timeout:        g.cfg.ClusterTimeout,
-		Logger:         g.logger.Named("cluster"),
+		Logger:         c.log,
 		Now:            g.env.Now,
+		OnRejoin: func() {
+			<-joined // c.m is set
+			c.rejoin()
+		},
 	})
 	if err != nil {
 		return err
 	}
-	c := &clusterRegistry{m: m, g: g, log: g.logger.Named("cluster"), epochs: make(map[*session.Session]uint64), done: make(chan struct{})}
+	c.m = m
+	close(joined)
 	go c.events()
 	g.members = c
 	return nil
@@ -58,12 +65,16 @@ func (c *clusterRegistry) online(s *session.Session) {
 	c.mu.Lock()
 	c.epochs[s] = epoch
 	c.mu.Unlock()
+	c.record(s, epoch)
+}
+
+func (c *clusterRegistry) record(s *session.Session, epoch uint64) {
 	mode := cluster.ModePlain
 	if s.Mode() == registry.ModeTLS {
 		mode = cluster.ModeTLS
 	}
 	c.m.Online(cluster.Record{ClientID: s.ClientID(), Mode: mode, Protocol: s.Version(),
-		Since: c.g.env.Now().UnixMilli(), Epoch: epoch})
+		Since: s.RegistryEntry().Since().UnixMilli(), Epoch: epoch})
 }
 
 // offline records a session that ended.
@@ -75,6 +86,17 @@ func (c *clusterRegistry) offline(s *session.Session) {
 	if ok {
 		c.m.Offline(s.ClientID(), epoch)
 	}
+}
+
+// rejoin records every local session again, with its epoch: Redis lost
+// the records (its data, or this node's heartbeat ran out).
+func (c *clusterRegistry) rejoin() {
+	c.g.reg.Range(func(s *session.Session) bool {
+		if e, ok := c.epoch(s); ok {
+			c.record(s, e)
+		}
+		return true
+	})
 }
 
 func (c *clusterRegistry) epoch(s *session.Session) (uint64, bool) {
