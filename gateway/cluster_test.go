@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,9 +15,11 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/certs"
 	"github.com/dualgate/dualgate/gateway/store"
 	"github.com/dualgate/dualgate/internal/testbroker"
 	"github.com/dualgate/dualgate/internal/testredis"
+	"github.com/dualgate/dualgate/internal/testutil"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -457,5 +460,54 @@ func TestClusterListAnotherNode(t *testing.T) {
 		if n != 1 {
 			t.Fatalf("%s listed %d times", id, n)
 		}
+	}
+}
+
+// Three gateways of one cluster behind a real HAProxy balancing round
+// robin, without stickiness: a device connects through the balancer, a
+// command posted to another node reaches it (the node holding it is told),
+// and its TLS reconnect, wherever the balancer sends it, gets the command.
+func TestClusterBehindHAProxyRoundRobin(t *testing.T) {
+	srv := testredis.Start(t)
+	lbPlain, lbTLS := testutil.FreeAddr(t), testutil.FreeAddr(t)
+	base := func(c *Config) {
+		c.ProxyProtocol, c.ProxyTrusted = string(ProxyRequired), "127.0.0.1/32"
+		c.AdvertisePlain, c.AdvertiseTLS = lbPlain, lbTLS
+	}
+	g1 := clusterGateway(t, srv, "gw-1", base)
+	dev := certs.PathsIn(filepath.Dir(g1.CAFile()))
+	gws := []*Gateway{g1}
+	for _, node := range []string{"gw-2", "gw-3"} {
+		gws = append(gws, clusterGateway(t, srv, node, func(c *Config) {
+			base(c)
+			c.TLSCert, c.TLSKey, c.ClientCA = dev.Server, dev.ServerKey, dev.CA
+		}))
+	}
+	setup := lbSetup{Plain: lbPlain, TLS: lbTLS, Socket: filepath.Join(t.TempDir(), "admin.sock"), Balance: "roundrobin"}
+	for i, g := range gws {
+		setup.Servers = append(setup.Servers, lbBackend{Name: fmt.Sprintf("gw%d", i+1),
+			Plain: g.PlainAddr(), TLS: g.TLSAddr(), Port: portOf(t, g.APIAddr())})
+	}
+	lb := startHAProxy(t, setup)
+	for i := range gws {
+		lb.waitServer(t, fmt.Sprintf("gw%d", i+1), "UP")
+	}
+
+	for round := range 3 {
+		id := fmt.Sprint("rr-car-", round)
+		d := newDevice311(t, g1, id)
+		d.connect(false, lbPlain)
+		at := holder(t, gws, id)
+		eventually(t, 10*time.Second, id+" in the cluster registry", func() bool {
+			rec, ok, err := g1.members.m.Get(context.Background(), id)
+			return err == nil && ok && rec.Node == fmt.Sprint("gw-", at+1)
+		})
+		other := gws[(at+1)%len(gws)]
+		secret := fmt.Sprint("UNLOCK-rr-", round)
+		cid, _ := postCommand(t, other, id, `{"topic":"devices/`+id+`/commands/unlock","payload":"`+secret+`"}`)
+		if c := nextCommand(t, d.cmds); !c.tls || c.payload != secret {
+			t.Fatalf("round %d: command %+v", round, c)
+		}
+		waitStatus(t, other, cid, "delivered")
 	}
 }

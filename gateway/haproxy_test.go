@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/csv"
 	"errors"
@@ -40,6 +41,8 @@ type lbSetup struct {
 	Plain, TLS string // frontend addresses
 	Socket     string // admin socket
 	Servers    []lbBackend
+	// Balance is HAProxy's balance algorithm (default source).
+	Balance string
 }
 
 // haproxyConfig is the HAProxy configuration for setup.
@@ -73,15 +76,16 @@ frontend mqtt_tls
 	for _, kind := range []string{"plain", "tls"} {
 		fmt.Fprintf(&b, `
 backend dualgate_%s
-    # Until the cluster mode exists, each gateway has its own command store:
-    # a device must stay on one gateway, for its plain and its TLS
+    # Without the cluster mode each gateway has its own command store: a
+    # device must stay on one gateway, for its plain and its TLS
     # connections alike. balance source hashes the device's address the
     # same way in both backends (same servers, same order, same weights).
-    balance source
+    # Gateways of one cluster take roundrobin.
+    balance %s
     # A draining gateway answers 503 on /readyz and is taken out.
     option httpchk GET /readyz
     http-check expect status 200
-`, kind)
+`, kind, cmp.Or(setup.Balance, "source"))
 		for _, s := range setup.Servers {
 			addr := s.Plain
 			if kind == "tls" {
