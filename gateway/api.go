@@ -156,6 +156,12 @@ func (g *Gateway) apiHandler() http.Handler {
 	mux.Handle("/v1/", g.requireToken(v1))
 	if g.cfg.Pprof && g.cfg.APIToken != "" { // Validate refuses --pprof without a token
 		mux.Handle("/debug/pprof/", g.requireToken(http.HandlerFunc(pprof.Index)))
+		// Index serves the named profiles only: the CPU profile, the
+		// trace and the symbol lookup have handlers of their own.
+		mux.Handle("/debug/pprof/profile", g.requireToken(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/trace", g.requireToken(http.HandlerFunc(pprof.Trace)))
+		mux.Handle("/debug/pprof/symbol", g.requireToken(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("/debug/pprof/cmdline", g.requireToken(http.HandlerFunc(pprof.Cmdline)))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)

@@ -150,7 +150,7 @@ func TestAPITokenCoversMetricsAndPprof(t *testing.T) {
 	g := startGateway(t, func(c *Config) { c.APIToken, c.Pprof = "s3cret", true })
 	base := "http://" + g.APIAddr()
 	auth := map[string]string{"Authorization": "Bearer s3cret"}
-	for _, p := range []string{"/metrics", "/debug/pprof/"} {
+	for _, p := range []string{"/metrics", "/debug/pprof/", "/debug/pprof/profile?seconds=1", "/debug/pprof/heap"} {
 		if code, _ := apiDo(t, nil, http.MethodGet, base+p, "", nil); code != http.StatusUnauthorized {
 			t.Fatalf("%s without token: %d, want 401", p, code)
 		}
