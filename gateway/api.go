@@ -377,9 +377,11 @@ type clientList struct {
 }
 
 // listClients answers GET /v1/clients?mode=&node=&cursor=&limit=: the
-// devices connected to this node, a page at a time in the registry's scan
-// order (registry.Scan), which is stable for the life of the process: a
-// device connected for the whole listing is in exactly one page.
+// devices connected to this node (node= this node, or one node), a page at
+// a time in the registry's scan order (registry.Scan), which is stable for
+// the life of the process: a device connected for the whole listing is in
+// exactly one page. In a cluster, node=N lists node N's devices and no
+// node every node's, from the cluster's registry.
 func (g *Gateway) listClients(w http.ResponseWriter, r *http.Request) {
 	q, cursor, limit, err := pageQuery(r, "mode", "node")
 	if err != nil {
@@ -401,6 +403,11 @@ func (g *Gateway) listClients(w http.ResponseWriter, r *http.Request) {
 	}
 	node := g.apiNode()
 	out := clientList{Clients: []clientItem{}}
+	if q.Get("node") == "" && g.members != nil {
+		// Every node's devices, from the cluster's registry.
+		g.listCluster(w, r, q.Get("mode"), cursor, limit)
+		return
+	}
 	if n := q.Get("node"); n != "" && n != node {
 		if g.members != nil {
 			// Another node's devices, from the cluster's registry.

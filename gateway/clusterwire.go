@@ -2,14 +2,17 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/gateway/cluster"
+	"github.com/dualgate/dualgate/gateway/dispatch"
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/gateway/store"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -28,7 +31,8 @@ type clusterRegistry struct {
 	mu     sync.Mutex // guards epochs
 	epochs map[*session.Session]uint64
 
-	done chan struct{}
+	done    chan struct{}
+	cancels sync.WaitGroup // cancels other nodes asked for, running
 }
 
 // joinCluster makes this node a member of the cluster's registry. The
@@ -124,6 +128,20 @@ func (c *clusterRegistry) events() {
 			if s, ok := c.g.reg.Get(ev.ClientID); ok {
 				c.g.dispatcher.Query(s)
 			}
+		case cluster.CancelCommand:
+			// Asked by another node's API: run it on the device's worker
+			// here, ordered with this node's deliveries; the outcome goes
+			// to the store, where the asking node reads it.
+			c.cancels.Add(1)
+			go func() {
+				defer c.cancels.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), cancelWait)
+				defer cancel()
+				if _, err := c.g.dispatcher.Cancel(ctx, ev.CommandID); err != nil && !errors.Is(err, dispatch.ErrWritten) &&
+					!errors.Is(err, dispatch.ErrFinished) && !errors.Is(err, store.ErrNotFound) {
+					c.log.Warn("a cancel asked by another node did not run", zap.String("command", ev.CommandID), zap.Error(err))
+				}
+			}()
 		}
 	}
 }

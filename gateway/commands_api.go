@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dualgate/dualgate/gateway/cluster"
 	"github.com/dualgate/dualgate/gateway/dispatch"
 	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/gateway/store"
@@ -234,7 +235,7 @@ func (g *Gateway) cancelCommand(w http.ResponseWriter, r *http.Request) {
 	cid := r.PathValue("cid")
 	ctx, cancel := context.WithTimeout(r.Context(), cancelWait)
 	defer cancel()
-	c, err := g.dispatcher.Cancel(ctx, cid)
+	c, err := g.cancelOnHolder(ctx, cid)
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, viewOf(c))
@@ -263,3 +264,58 @@ func (g *Gateway) cancelCommand(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "command not cancelled: "+err.Error())
 	}
 }
+
+// cancelOnHolder cancels command cid on the node holding its device, so
+// that the cancel is ordered with that node's deliveries: here (one node,
+// or the device is here, offline, or its node is not live), or, in a
+// cluster, on the device's node, asked through its inbox, whose outcome
+// this node reads from the shared store. The outcome and errors are those
+// of dispatch.Cancel; an unanswered remote cancel ends with ctx's error.
+func (g *Gateway) cancelOnHolder(ctx context.Context, cid string) (*store.Command, error) {
+	if g.members == nil {
+		return g.dispatcher.Cancel(ctx, cid)
+	}
+	c, err := g.store.Get(cid)
+	if err != nil || c.Status.Final() || c.Status == store.StatusSent {
+		return g.dispatcher.Cancel(ctx, cid) // answers from the store as it stands
+	}
+	if _, here := g.reg.Get(c.ClientID); here {
+		return g.dispatcher.Cancel(ctx, cid)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, g.cfg.ClusterTimeout)
+	rec, ok, err := g.members.m.Get(rctx, c.ClientID)
+	rcancel()
+	if err != nil || !ok || rec.Node == g.members.m.Node() {
+		// Offline, or the registry cannot say: no node is delivering
+		// (or none that this one could ask), the store orders the rest.
+		return g.dispatcher.Cancel(ctx, cid)
+	}
+	if err := g.members.m.Notify(ctx, rec.Node, cluster.CancelCommand{ClientID: c.ClientID, CommandID: cid}); err != nil {
+		return nil, err
+	}
+	// The device's node cancels it on its worker and writes the outcome
+	// to the store: cancelled, or sent (it was written first).
+	t := time.NewTicker(cancelPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		c, err := g.store.Get(cid)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case c.Status == store.StatusCancelled:
+			return c, nil
+		case c.Status.Final() || c.Status == store.StatusSent:
+			return c, dispatch.FinishedError(c)
+		}
+	}
+}
+
+// cancelPoll is how often a cancel asked of another node reads the store
+// for its outcome.
+const cancelPoll = 50 * time.Millisecond

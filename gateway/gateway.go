@@ -474,6 +474,9 @@ func (g *Gateway) stopDispatch() {
 	if g.dispatcher != nil {
 		g.dispatcher.Stop()
 	}
+	if g.members != nil {
+		g.members.cancels.Wait() // they end once the dispatcher stopped
+	}
 	if g.store != nil {
 		g.closeStore(g.store)
 	}

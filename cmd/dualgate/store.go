@@ -49,8 +49,8 @@ func storeCmd(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "store:    %s\nsize:     %d bytes\n", r.Path, r.Size)
 	if r.OK() {
 		c := r.Counts
-		fmt.Fprintf(stdout, "commands: %d pending, %d upgrading, %d sent, %d delivered, %d expired, %d failed\n",
-			c.Pending, c.Upgrading, c.Sent, c.Delivered, c.Expired, c.Failed)
+		fmt.Fprintf(stdout, "commands: %d pending, %d upgrading, %d sent, %d delivered, %d expired, %d failed, %d cancelled\n",
+			c.Pending, c.Upgrading, c.Sent, c.Delivered, c.Expired, c.Failed, c.Cancelled)
 		fmt.Fprintf(stdout, "devices:  %d with undelivered commands\nstatus:   ok\n", c.Clients)
 		return 0
 	}

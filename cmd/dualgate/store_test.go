@@ -38,6 +38,11 @@ func writeStore(t *testing.T, n int) string {
 				}
 			}
 		}
+		if i%10 == 0 {
+			if _, err := s.Transition(c.ID, store.StatusCancelled, now, "test"); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -64,7 +69,7 @@ func TestStoreCheckHealthy(t *testing.T) {
 	for _, want := range []string{
 		filepath.Join(data, store.FileName),
 		fmt.Sprintf("size:     %d bytes", fi.Size()),
-		"30 pending, 0 upgrading, 0 sent, 30 delivered, 0 expired, 0 failed",
+		"24 pending, 0 upgrading, 0 sent, 30 delivered, 0 expired, 0 failed, 6 cancelled",
 		"3 with undelivered commands",
 		"status:   ok",
 	} {

@@ -254,14 +254,21 @@ func TestNotify(t *testing.T) {
 	if ev := nextEvent(t, b, 5*time.Second); ev != (Takeover{ClientID: "d2", Epoch: 7}) {
 		t.Fatalf("got %#v", ev)
 	}
-	if a.NotifyAsync("b c", CommandWaiting{ClientID: "x"}) || a.NotifyAsync("b", CommandWaiting{}) {
+	if err := a.Notify(context.Background(), "b", CancelCommand{ClientID: "d3", CommandID: "c9"}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, b, 5*time.Second); ev != (CancelCommand{ClientID: "d3", CommandID: "c9"}) {
+		t.Fatalf("got %#v", ev)
+	}
+	if a.NotifyAsync("b c", CommandWaiting{ClientID: "x"}) || a.NotifyAsync("b", CommandWaiting{}) ||
+		a.NotifyAsync("b", CancelCommand{ClientID: "x"}) {
 		t.Fatal("invalid notification queued")
 	}
 	flush(t, a)
-	if st := a.Stats(); st.EventsSent != 2 || st.Dropped != 2 {
+	if st := a.Stats(); st.EventsSent != 3 || st.Dropped != 3 {
 		t.Fatalf("a's stats %+v", st)
 	}
-	if st := b.Stats(); st.EventsRecv != 2 {
+	if st := b.Stats(); st.EventsRecv != 3 {
 		t.Fatalf("b's stats %+v", st)
 	}
 }

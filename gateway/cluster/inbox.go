@@ -11,8 +11,8 @@ import (
 	"go.uber.org/zap"
 )
 
-// Event is a message to a node through its inbox: CommandWaiting or
-// Takeover. Delivery is at least once: a receiver may see an event twice
+// Event is a message to a node through its inbox: CommandWaiting,
+// Takeover or CancelCommand. Delivery is at least once: a receiver may see an event twice
 // and must check the store or its own sessions before acting.
 type Event interface {
 	kind() string
@@ -34,17 +34,31 @@ type Takeover struct {
 	Epoch    uint64
 }
 
+// CancelCommand asks the node holding ClientID to cancel its command
+// CommandID, ordered with that node's deliveries to the device (the
+// outcome is written to the store, where the asking node reads it).
+type CancelCommand struct {
+	ClientID  string
+	CommandID string
+}
+
 func (CommandWaiting) kind() string     { return "w" }
 func (e CommandWaiting) client() string { return e.ClientID }
 func (Takeover) kind() string           { return "t" }
 func (e Takeover) client() string       { return e.ClientID }
+func (CancelCommand) kind() string      { return "x" }
+func (e CancelCommand) client() string  { return e.ClientID }
 
 // xaddArgs is the XADD of ev to node's inbox. Fields: k (kind), c (client
-// id), e (epoch, for Takeover), f (the sending node).
+// id), e (epoch, for Takeover), i (command id, for CancelCommand), f (the
+// sending node).
 func (m *Member) xaddArgs(node string, ev Event) *redis.XAddArgs {
 	values := []any{"k", ev.kind(), "c", ev.client()}
 	if t, ok := ev.(Takeover); ok {
 		values = append(values, "e", epochArg(t.Epoch))
+	}
+	if x, ok := ev.(CancelCommand); ok {
+		values = append(values, "i", x.CommandID)
 	}
 	values = append(values, "f", m.opts.Node)
 	return &redis.XAddArgs{
@@ -61,6 +75,9 @@ func checkEvent(node string, ev Event) error {
 	}
 	if ev == nil || ev.client() == "" {
 		return errors.New("cluster: notify: no event, or no client id")
+	}
+	if x, ok := ev.(CancelCommand); ok && x.CommandID == "" {
+		return errors.New("cluster: notify: a cancel without a command id")
 	}
 	return nil
 }
@@ -233,6 +250,10 @@ func (m *Member) parseEvent(msg redis.XMessage) Event {
 		if id != "" && err == nil {
 			m.clk.observe(e)
 			return Takeover{ClientID: id, Epoch: e}
+		}
+	case "x":
+		if cid := str("i"); id != "" && cid != "" {
+			return CancelCommand{ClientID: id, CommandID: cid}
 		}
 	}
 	m.log.Warn("cluster: inbox entry not understood", zap.String("id", msg.ID), zap.Any("values", msg.Values))

@@ -43,7 +43,7 @@ func (d *Dispatcher) Cancel(ctx context.Context, cid string) (*store.Command, er
 		return nil, err
 	}
 	if c.Status.Final() {
-		return c, finishedError(c)
+		return c, FinishedError(c)
 	}
 	type result struct {
 		c   *store.Command
@@ -96,12 +96,12 @@ func (d *Dispatcher) cancel(cid string, now time.Time) (*store.Command, error) {
 	if c, err = d.cfg.Store.Get(cid); err != nil {
 		return nil, err
 	}
-	return c, finishedError(c)
+	return c, FinishedError(c)
 }
 
-// finishedError says why a command in status sent or final cannot be
-// cancelled.
-func finishedError(c *store.Command) error {
+// FinishedError says why a command in status sent or final cannot be
+// cancelled: ErrWritten or ErrFinished, wrapped.
+func FinishedError(c *store.Command) error {
 	if c.Status == store.StatusSent || c.Status == store.StatusDelivered {
 		return fmt.Errorf("%w: command %s is %s", ErrWritten, c.ID, c.Status)
 	}
