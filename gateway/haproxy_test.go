@@ -255,8 +255,9 @@ func startBehindHAProxy(t *testing.T) ([]*Gateway, *haproxy) {
 		c.DrainTo = "tls://" + lbTLS
 		c.DrainRate = 4
 		// HAProxy checks /readyz every 200 ms and takes a server out on
-		// the first failure: devices move after it has.
-		c.DrainDelay = 600 * time.Millisecond
+		// the first failure: devices move after it has. Ten intervals,
+		// for a loaded machine where a check can come late.
+		c.DrainDelay = 2 * time.Second
 	}
 	// The gateways behind one balancer serve the same certificate, the
 	// first one's development certificate, and verify device certificates
