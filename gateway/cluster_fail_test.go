@@ -1,0 +1,398 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/certs"
+	"github.com/dualgate/dualgate/gateway/store"
+	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/internal/testredis"
+	"github.com/dualgate/dualgate/internal/testutil"
+)
+
+// gatewayChildEnv holds, in a child process of the test binary, the JSON
+// Config of the gateway it runs (TestMain): a node that can be killed
+// with SIGKILL, as a real crash, while the test goes on.
+const gatewayChildEnv = "DUALGATE_TEST_GATEWAY_CHILD"
+
+// childAddrs is what a child gateway reports on its stdout once started.
+type childAddrs struct {
+	Plain, TLS, API string
+}
+
+// runGatewayChild runs the gateway of gatewayChildEnv until its stdin
+// closes (the test ended) or it is killed.
+func runGatewayChild(raw string) int {
+	var cfg Config
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "child config:", err)
+		return 2
+	}
+	logger := zap.NewNop()
+	if os.Getenv("DUALGATE_TEST_LOG") != "" {
+		logger, _ = zap.NewDevelopment()
+	}
+	g, err := New(cfg, Options{Logger: logger})
+	if err == nil {
+		err = g.Start()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child gateway:", err)
+		return 1
+	}
+	out, _ := json.Marshal(childAddrs{Plain: g.PlainAddr(), TLS: g.TLSAddr(), API: g.APIAddr()})
+	fmt.Println(string(out))
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = g.Shutdown(ctx)
+	return 0
+}
+
+// gatewayChild is a gateway in a child process.
+type gatewayChild struct {
+	childAddrs
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	done  chan struct{}
+}
+
+// startGatewayChild runs a gateway with cfg in a child process and waits
+// until it listens. It is stopped (or reaped, once killed) at the end of
+// the test.
+func startGatewayChild(t *testing.T, cfg Config) *gatewayChild {
+	t.Helper()
+	raw, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), gatewayChildEnv+"="+string(raw))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &gatewayChild{cmd: cmd, stdin: stdin, done: make(chan struct{})}
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	go func() {
+		_ = cmd.Wait()
+		close(c.done)
+	}()
+	t.Cleanup(func() {
+		_ = stdin.Close()
+		select {
+		case <-c.done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			<-c.done
+		}
+	})
+	select {
+	case line, ok := <-lines:
+		if !ok || json.Unmarshal([]byte(line), &c.childAddrs) != nil {
+			t.Fatalf("child gateway did not start: %q", line)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("child gateway did not start within 60 s")
+	}
+	return c
+}
+
+// kill ends the child with SIGKILL and waits for it to be gone.
+func (c *gatewayChild) kill(t *testing.T) {
+	t.Helper()
+	if err := c.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-c.done
+}
+
+// killCluster is three nodes of one cluster behind HAProxy round robin:
+// gw-1 in a child process, to be killed; gw-2 and gw-3 in this one. The
+// nodes' heartbeats live ttl.
+type killCluster struct {
+	srv     *testredis.Server
+	child   *gatewayChild
+	g2, g3  *Gateway
+	lb      *haproxy
+	lbPlain string
+	lbTLS   string
+	ttl     time.Duration
+}
+
+func startKillCluster(t *testing.T, ttl time.Duration) *killCluster {
+	t.Helper()
+	k := &killCluster{srv: testredis.Start(t), lbPlain: testutil.FreeAddr(t), lbTLS: testutil.FreeAddr(t), ttl: ttl}
+	base := func(c *Config) {
+		c.ProxyProtocol, c.ProxyTrusted = string(ProxyRequired), "127.0.0.1/32"
+		c.AdvertisePlain, c.AdvertiseTLS = k.lbPlain, k.lbTLS
+		c.ClusterNodeTTL = ttl
+	}
+	k.g2 = clusterGateway(t, k.srv, "gw-2", base)
+	pki := certs.PathsIn(filepath.Dir(k.g2.CAFile()))
+	withPKI := func(c *Config) {
+		base(c)
+		c.TLSCert, c.TLSKey, c.ClientCA = pki.Server, pki.ServerKey, pki.CA
+	}
+	k.g3 = clusterGateway(t, k.srv, "gw-3", withPKI)
+	cfg := Config{Plain: "127.0.0.1:0", TLS: "127.0.0.1:0", API: "127.0.0.1:0", Data: t.TempDir(), EventLoops: 2,
+		Cluster: k.srv.URL(), NodeID: "gw-1", SecureIdle: time.Minute}
+	withPKI(&cfg)
+	k.child = startGatewayChild(t, cfg)
+	setup := lbSetup{Plain: k.lbPlain, TLS: k.lbTLS, Socket: filepath.Join(t.TempDir(), "admin.sock"), Balance: "roundrobin",
+		Servers: []lbBackend{{Name: "gw1", Plain: k.child.Plain, TLS: k.child.TLS, Port: portOf(t, k.child.API)}}}
+	for i, g := range []*Gateway{k.g2, k.g3} {
+		setup.Servers = append(setup.Servers, lbBackend{Name: fmt.Sprintf("gw%d", i+2),
+			Plain: g.PlainAddr(), TLS: g.TLSAddr(), Port: portOf(t, g.APIAddr())})
+	}
+	k.lb = startHAProxy(t, setup)
+	for _, s := range []string{"gw1", "gw2", "gw3"} {
+		k.lb.waitServer(t, s, "UP")
+	}
+	return k
+}
+
+// record is the cluster registry's node for id, "" while it has none.
+func (k *killCluster) node(t *testing.T, id string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rec, ok, err := k.g2.members.m.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		return ""
+	}
+	return rec.Node
+}
+
+// received is one message a probe device got.
+type received struct {
+	topic, payload string
+	dup            bool
+	msg            mqtt.Message
+}
+
+// probe is an MQTT 3.1.1 device driven step by step by the test: it
+// records what it receives and acknowledges commands only if told to.
+type probe struct {
+	t    *testing.T
+	id   string
+	tc   *tls.Config
+	msgs chan received
+}
+
+func newProbe(t *testing.T, g *Gateway, id string) *probe {
+	return &probe{t: t, id: id, tc: deviceTLS(t, g, id), msgs: make(chan received, 100)}
+}
+
+// connect connects the device to addr; over TLS with overTLS, with a
+// PROXY header first when header is given (straight to a node that
+// requires one).
+func (p *probe) connect(addr string, overTLS, autoAck bool, header []byte) mqtt.Client {
+	p.t.Helper()
+	scheme := "tcp://"
+	var tc *tls.Config
+	if overTLS {
+		scheme, tc = "ssl://", p.tc
+	}
+	return v3(p.t, scheme+addr, p.id, tc, func(o *mqtt.ClientOptions) {
+		o.SetCleanSession(true).SetAutoAckDisabled(!autoAck).
+			SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
+				p.msgs <- received{topic: m.Topic(), payload: string(m.Payload()), dup: m.Duplicate(), msg: m}
+			})
+		if header != nil {
+			o.SetCustomOpenConnectionFn(proxiedOpener(header, tc))
+		}
+	})
+}
+
+func (p *probe) next(what string) received {
+	p.t.Helper()
+	select {
+	case m := <-p.msgs:
+		return m
+	case <-time.After(30 * time.Second):
+		p.t.Fatalf("%s: nothing arrived", what)
+	}
+	return received{}
+}
+
+// none asserts that nothing more arrives for a while.
+func (p *probe) none(what string) {
+	p.t.Helper()
+	select {
+	case m := <-p.msgs:
+		p.t.Fatalf("%s: %s %q (dup %v)", what, m.topic, m.payload, m.dup)
+	case <-time.After(time.Second):
+	}
+}
+
+// onPlainAtChild connects the device through the balancer until it lands
+// on the child node, and returns its client there.
+func (k *killCluster) onPlainAtChild(t *testing.T, p *probe) mqtt.Client {
+	t.Helper()
+	for range 6 {
+		c := p.connect(k.lbPlain, false, true, nil)
+		var at string
+		eventually(t, 10*time.Second, p.id+" in the registry", func() bool { at = k.node(t, p.id); return at != "" })
+		if at == "gw-1" {
+			return c
+		}
+		c.Disconnect(50)
+		eventually(t, 10*time.Second, p.id+" out of the registry", func() bool { return k.node(t, p.id) == "" })
+	}
+	t.Fatal("round robin never sent the device to gw-1")
+	return nil
+}
+
+// historyNotes is the history of a command, one "status: note" a line.
+func historyNotes(v commandView) string {
+	var b strings.Builder
+	for _, h := range v.History {
+		fmt.Fprintf(&b, "%s: %s\n", h.Status, h.Note)
+	}
+	return b.String()
+}
+
+// The node holding a device is killed with SIGKILL after it told the device
+// to move to TLS for a secure command posted on another node (the command
+// reads upgrading): once the dead node's heartbeat ends its devices read
+// offline on the other nodes; the device reconnects over TLS through the
+// balancer, lands on a live node and gets the command there exactly once,
+// without DUP (it was never written to the device).
+func TestClusterNodeKilledMidUpgrade(t *testing.T) {
+	k := startKillCluster(t, 3*time.Second)
+	p := newProbe(t, k.g2, "kill-car-1")
+	k.onPlainAtChild(t, p)
+	cid, _ := postCommand(t, k.g2, p.id, `{"topic":"devices/kill-car-1/commands/unlock","payload":"OPEN-1"}`)
+	if m := p.next("instruction"); m.topic != control.ControlTopic || !strings.Contains(m.payload, `"tls"`) {
+		t.Fatalf("instruction %s %q", m.topic, m.payload)
+	}
+	v := waitStatus(t, k.g2, cid, "upgrading")
+	if !strings.Contains(historyNotes(v), "reconnect instruction sent (node gw-1)") {
+		t.Fatalf("the history does not name the node that instructed:\n%s", historyNotes(v))
+	}
+
+	k.child.kill(t)
+	killed := time.Now()
+	eventually(t, 10*k.ttl, "the dead node's device offline", func() bool {
+		var view clientView
+		return getJSON(t, k.g3, "/v1/clients/"+p.id, "", &view) == http.StatusOK && !view.Connected
+	})
+	t.Logf("device offline %v after the kill (heartbeat TTL %v)", time.Since(killed).Round(10*time.Millisecond), k.ttl)
+	k.lb.waitServer(t, "gw1", "DOWN")
+
+	reconnect := time.Now()
+	p.connect(k.lbTLS, true, true, nil)
+	m := p.next("the command after the reconnect")
+	if m.topic != "devices/kill-car-1/commands/unlock" || m.payload != "OPEN-1" || m.dup {
+		t.Fatalf("command %s %q dup %v", m.topic, m.payload, m.dup)
+	}
+	v = waitStatus(t, k.g2, cid, "delivered")
+	t.Logf("delivered %v after the TLS reconnect, %v after the kill", time.Since(reconnect).Round(time.Millisecond), time.Since(killed).Round(10*time.Millisecond))
+	if v.Attempts != 1 {
+		t.Fatalf("attempts %d, want 1:\n%s", v.Attempts, historyNotes(v))
+	}
+	p.none("a second copy of the command")
+}
+
+// The node holding a device is killed with SIGKILL after it wrote a secure
+// command to the device over TLS and before the device's PUBACK (the
+// command reads sent, in flight on the dead node). The device reconnects
+// through the balancer to a live node at once, while the dead node's
+// heartbeat still runs: that node leaves the command to its writer until
+// the heartbeat ends, then takes it back and writes it again, with DUP (the
+// device may have it: MQTT's at least once), once.
+func TestClusterNodeKilledBeforePUBACK(t *testing.T) {
+	k := startKillCluster(t, 3*time.Second)
+	p := newProbe(t, k.g2, "kill-car-2")
+	k.onPlainAtChild(t, p)
+	cid, _ := postCommand(t, k.g2, p.id, `{"topic":"devices/kill-car-2/commands/unlock","payload":"OPEN-2"}`)
+	if m := p.next("instruction"); m.topic != control.ControlTopic {
+		t.Fatalf("instruction %s %q", m.topic, m.payload)
+	}
+	// On TLS straight to gw-1 (as the balancer would have sent it), not
+	// acknowledging what comes.
+	p.connect(k.child.TLS, true, false, proxyHeader(t, 2, "198.51.100.7:40000", "192.0.2.1:8883"))
+	if m := p.next("the command on gw-1"); m.payload != "OPEN-2" || m.dup {
+		t.Fatalf("first write %q dup %v", m.payload, m.dup)
+	}
+	v := waitStatus(t, k.g2, cid, "sent")
+	if !strings.Contains(historyNotes(v), "written to the tls connection (node gw-1)") {
+		t.Fatalf("the history does not name the node that wrote it:\n%s", historyNotes(v))
+	}
+
+	k.child.kill(t)
+	killed := time.Now()
+	k.lb.waitServer(t, "gw1", "DOWN")
+	p.connect(k.lbTLS, true, true, nil)
+	m := p.next("the command again after the reconnect")
+	took := time.Since(killed)
+	if m.payload != "OPEN-2" || !m.dup {
+		t.Fatalf("second write %q dup %v, want the command with DUP", m.payload, m.dup)
+	}
+	v = waitStatus(t, k.g2, cid, "delivered")
+	t.Logf("written again %v after the kill (heartbeat TTL %v)", took.Round(10*time.Millisecond), k.ttl)
+	if !strings.Contains(historyNotes(v), "node gw-1 that had it in flight is gone") || v.Attempts != 2 {
+		t.Fatalf("attempts %d, history:\n%s", v.Attempts, historyNotes(v))
+	}
+	p.none("a third copy of the command")
+}
+
+// A node that starts takes back only what its own previous run, or a node
+// that is gone, left in flight: a command another live node has written
+// and awaits the PUBACK of stays sent, and is delivered once when the
+// device acknowledges it.
+func TestClusterStartLeavesPeersInFlight(t *testing.T) {
+	srv := testredis.Start(t)
+	g1 := clusterGateway(t, srv, "gw-1", nil)
+	p := newProbe(t, g1, "inflight-car")
+	p.connect(g1.TLSAddr(), true, false, nil)
+	cid, _ := postCommand(t, g1, p.id, `{"topic":"devices/inflight-car/commands/a","payload":"A"}`)
+	m := p.next("the command")
+	waitStatus(t, g1, cid, "sent")
+
+	g2 := clusterGateway(t, srv, "gw-2", nil)
+	if v := commandStatus(t, g2, cid); v.Status != store.StatusSent {
+		t.Fatalf("a node that started moved a command in flight on a live node: %s\n%s", v.Status, historyNotes(v))
+	}
+	m.msg.Ack()
+	v := waitStatus(t, g2, cid, "delivered")
+	if v.Attempts != 1 {
+		t.Fatalf("attempts %d:\n%s", v.Attempts, historyNotes(v))
+	}
+	p.none("a second copy")
+}
