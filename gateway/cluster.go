@@ -20,15 +20,17 @@ import (
 	"github.com/dualgate/dualgate/tlsmux"
 )
 
-// Cluster mode, this far: with --cluster the pending commands live in Redis
-// (store.Redis), so a gateway that dies leaves them to the next one that
-// starts, and every node that shares the Redis reads and writes the same
-// commands. The node's name (--node-id) is held in Redis by a lease that
-// the node renews, so two running gateways cannot take the same name.
-// Without --tls-ticket-keys, the TLS session ticket keys live in Redis too,
-// so a device resumes its TLS session on any node. Still per node: the registry of connected devices, routing a command to
-// the node that holds its device, takeover, draining to peers; see
-// docs/operations.md, "Cluster mode (Redis)".
+// Cluster mode: with --cluster the pending commands live in Redis
+// (store.Redis), so every node that shares the Redis reads and writes the
+// same commands, and a command outlives the node that accepted it. The
+// node's name (--node-id) is held in Redis by a lease that the node renews
+// (--cluster-node-ttl), so two running gateways cannot take the same name.
+// Without --tls-ticket-keys, the TLS session ticket keys live in Redis
+// too, so a device resumes its TLS session on any node. The registry of
+// connected devices, routing, takeover and draining to peers are in
+// clusterwire.go (package cluster); a command in flight on a node that
+// dies is taken back by the node its device reconnects to (package
+// dispatch, nodes.go). See docs/operations.md, "Cluster mode (Redis)".
 
 // Node names and shared ticket keys. The lease on a node's name lives
 // --cluster-node-ttl, as its heartbeat, renewed every third of it; the
