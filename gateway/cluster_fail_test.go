@@ -604,3 +604,39 @@ func TestClusterThousandDevices(t *testing.T) {
 	t.Logf("%d devices on 3 nodes (%d commands posted on another node than the device's) upgraded and acknowledged in %s; POST->PUBACK p50 %s p99 %s max %s",
 		n, elsewhere, took.Round(time.Millisecond), lat[n/2].Round(time.Millisecond), lat[n*99/100].Round(time.Millisecond), lat[n-1].Round(time.Millisecond))
 }
+
+// A device whose command was written on one node and not yet acknowledged
+// reconnects to another node (its address changed, the balancer is not
+// sticky): the first node closes its older session and puts the command
+// back; the second, which saw it in flight on a live node, looks again
+// and writes it, with DUP, once.
+func TestClusterTakeoverMidDelivery(t *testing.T) {
+	srv := testredis.Start(t)
+	g1 := clusterGateway(t, srv, "gw-1", nil)
+	pki := certs.PathsIn(filepath.Dir(g1.CAFile()))
+	g2 := clusterGateway(t, srv, "gw-2", func(c *Config) {
+		c.TLSCert, c.TLSKey, c.ClientCA = pki.Server, pki.ServerKey, pki.CA
+	})
+	p := newProbe(t, g1, "moving-car")
+	p.connect(g1.TLSAddr(), true, false, nil)
+	eventually(t, 10*time.Second, "moving-car in the cluster registry", func() bool {
+		rec, ok, err := g2.members.m.Get(context.Background(), p.id)
+		return err == nil && ok && rec.Node == "gw-1"
+	})
+	cid, _ := postCommand(t, g2, p.id, `{"topic":"devices/moving-car/commands/a","payload":"MOVE"}`)
+	if m := p.next("the command on gw-1"); m.payload != "MOVE" || m.dup {
+		t.Fatalf("first write %q dup %v", m.payload, m.dup)
+	}
+	waitStatus(t, g1, cid, "sent")
+
+	p.connect(g2.TLSAddr(), true, true, nil)
+	m := p.next("the command on gw-2")
+	if m.payload != "MOVE" || !m.dup {
+		t.Fatalf("second write %q dup %v, want the command with DUP", m.payload, m.dup)
+	}
+	v := waitStatus(t, g1, cid, "delivered")
+	if v.Attempts != 2 || !strings.Contains(historyNotes(v), "written to the tls connection (node gw-2)") {
+		t.Fatalf("attempts %d:\n%s", v.Attempts, historyNotes(v))
+	}
+	p.none("a third copy")
+}
