@@ -20,21 +20,27 @@ import (
 	"github.com/dualgate/dualgate/tlsmux"
 )
 
-// Cluster mode, this far: with --cluster the pending commands live in Redis
-// (store.Redis), so a gateway that dies leaves them to the next one that
-// starts, and every node that shares the Redis reads and writes the same
-// commands. The node's name (--node-id) is held in Redis by a lease that
-// the node renews, so two running gateways cannot take the same name.
-// Without --tls-ticket-keys, the TLS session ticket keys live in Redis too,
-// so a device resumes its TLS session on any node. Still per node: the registry of connected devices, routing a command to
-// the node that holds its device, takeover, draining to peers; see
-// docs/operations.md, "Cluster mode (Redis)".
+// Cluster mode: with --cluster the pending commands live in Redis
+// (store.Redis), so every node that shares the Redis reads and writes the
+// same commands, and a command outlives the node that accepted it. The
+// node's name (--node-id) is held in Redis by a lease that the node renews
+// (--cluster-node-ttl), so two running gateways cannot take the same name.
+// Without --tls-ticket-keys, the TLS session ticket keys live in Redis
+// too, so a device resumes its TLS session on any node. The registry of
+// connected devices, routing, takeover and draining to peers are in
+// clusterwire.go (package cluster); a command in flight on a node that
+// dies is taken back by the node its device reconnects to (package
+// dispatch, nodes.go). See docs/operations.md, "Cluster mode (Redis)".
 
-// Node leases and shared ticket keys.
+// Node names and shared ticket keys. The lease on a node's name lives
+// --cluster-node-ttl, as its heartbeat, renewed every third of it; the
+// ticket keys are read as often.
 const (
-	nodeLeaseTTL   = 15 * time.Second
-	nodeLeaseRenew = 5 * time.Second // also how often ticket keys are read
-	maxNodeIDLen   = 64
+	maxNodeIDLen = 64
+	// minNodeTTL and maxNodeTTL bound --cluster-node-ttl: below a second
+	// a loaded node misses its renewal and reads dead.
+	minNodeTTL = time.Second
+	maxNodeTTL = 5 * time.Minute
 	// defaultClusterTicketRotate is the rotation of the shared ticket keys
 	// without --tls-ticket-rotate.
 	defaultClusterTicketRotate = time.Hour
@@ -71,6 +77,9 @@ func (c *Config) validateCluster() error {
 	}
 	if c.ClusterTimeout < 100*time.Millisecond || c.ClusterTimeout > time.Minute {
 		return fmt.Errorf("--cluster-timeout %s: want 100ms to 1m", c.ClusterTimeout)
+	}
+	if c.ClusterNodeTTL < minNodeTTL || c.ClusterNodeTTL > maxNodeTTL {
+		return fmt.Errorf("--cluster-node-ttl %s: want %s to %s", c.ClusterNodeTTL, minNodeTTL, maxNodeTTL)
 	}
 	if c.TicketKeys == "" && c.TicketRotate != 0 && c.TicketRotate < minClusterTicketRotate {
 		return fmt.Errorf("--tls-ticket-rotate %s: the ticket keys shared through --cluster rotate at most once a minute", c.TicketRotate)
@@ -113,6 +122,7 @@ type clusterNode struct {
 	id    string
 	key   string
 	token string // this process's value of the lease
+	ttl   time.Duration
 	rdb   redis.UniversalClient
 	log   *zap.Logger
 
@@ -217,6 +227,7 @@ func (g *Gateway) openCluster() (*clusterNode, store.Store, error) {
 		id:    id,
 		key:   cfg.ClusterPrefix + ":node:" + id,
 		token: hex.EncodeToString(tok[:]),
+		ttl:   cfg.ClusterNodeTTL,
 		rdb:   rdb,
 		log:   g.logger,
 		stop:  make(chan struct{}),
@@ -224,14 +235,14 @@ func (g *Gateway) openCluster() (*clusterNode, store.Store, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ClusterTimeout)
 	defer cancel()
-	ok, err := rdb.SetNX(ctx, n.key, n.token, nodeLeaseTTL).Result()
+	ok, err := rdb.SetNX(ctx, n.key, n.token, n.ttl).Result()
 	if err != nil {
 		_ = rdb.Close()
 		return nil, nil, fmt.Errorf("cluster: redis at %s does not answer: %w", redactURL(cfg.Cluster), err)
 	}
 	if !ok {
 		_ = rdb.Close()
-		return nil, nil, fmt.Errorf("cluster: node id %q is held by another running gateway (its lease ends within %s of that gateway stopping); give each node its own --node-id", id, nodeLeaseTTL)
+		return nil, nil, fmt.Errorf("cluster: node id %q is held by another running gateway (its lease ends within %s of that gateway stopping); give each node its own --node-id", id, n.ttl)
 	}
 	st, err := store.OpenRedis(rdb, store.Options{Limit: cfg.CommandLimit, Logger: g.logger}, store.RedisOptions{
 		Prefix:       cfg.ClusterPrefix,
@@ -263,7 +274,7 @@ func (g *Gateway) openCluster() (*clusterNode, store.Store, error) {
 // lets another process take the name, which is logged when seen.
 func (n *clusterNode) renew(timeout time.Duration) {
 	defer close(n.done)
-	t := time.NewTicker(nodeLeaseRenew)
+	t := time.NewTicker(n.ttl / 3)
 	defer t.Stop()
 	lost := false
 	for {
@@ -273,11 +284,11 @@ func (n *clusterNode) renew(timeout time.Duration) {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		res, err := renewLease.Run(ctx, n.rdb, []string{n.key}, n.token, nodeLeaseTTL.Milliseconds()).Int()
+		res, err := renewLease.Run(ctx, n.rdb, []string{n.key}, n.token, n.ttl.Milliseconds()).Int()
 		if err == nil && res == 0 {
 			// Expired while Redis was away: take it again if free.
 			var ok bool
-			ok, err = n.rdb.SetNX(ctx, n.key, n.token, nodeLeaseTTL).Result()
+			ok, err = n.rdb.SetNX(ctx, n.key, n.token, n.ttl).Result()
 			if err == nil && !ok && !lost {
 				n.log.Error("cluster: another gateway took this node id while redis was away; give each node its own --node-id",
 					zap.String("node", n.id))

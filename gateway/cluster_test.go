@@ -55,6 +55,9 @@ func TestClusterConfig(t *testing.T) {
 		{args: []string{"--cluster", "redis://h:1/0", "--cluster-wait-replicas", "-1"}, want: "--cluster-wait-replicas"},
 		{args: []string{"--cluster", "redis://h:1/0", "--cluster-prefix", "a{b}"}, want: "--cluster-prefix"},
 		{args: []string{"--cluster", "redis://h:1/0", "--cluster-timeout", "1ms"}, want: "--cluster-timeout"},
+		{args: []string{"--cluster", "redis://h:1/0", "--cluster-node-ttl", "3s"}},
+		{args: []string{"--cluster", "redis://h:1/0", "--cluster-node-ttl", "500ms"}, want: "--cluster-node-ttl"},
+		{args: []string{"--cluster", "redis://h:1/0", "--cluster-node-ttl", "1h"}, want: "--cluster-node-ttl"},
 	}
 	for _, tc := range cases {
 		_, err := LoadConfig(tc.args, func(string) string { return "" })

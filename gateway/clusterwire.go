@@ -46,6 +46,7 @@ func (g *Gateway) joinCluster() error {
 		AdvertisePlain: g.cfg.AdvertisePlain,
 		AdvertiseTLS:   g.cfg.AdvertiseTLS,
 		Timeout:        g.cfg.ClusterTimeout,
+		NodeTTL:        g.cfg.ClusterNodeTTL,
 		Logger:         c.log,
 		Now:            g.env.Now,
 		OnRejoin: func() {
@@ -164,6 +165,25 @@ func (c *clusterRegistry) commandStored(clientID string) {
 			c.log.Warn("a command's node could not be told; the device gets it at its next query", zap.String("client", clientID))
 		}
 	}()
+}
+
+// nodeLive reports whether a node of the cluster has a live heartbeat:
+// the dispatcher asks it of a command another node left in flight. It is
+// called from the dispatcher's workers and its Start, never from an event
+// loop.
+func (c *clusterRegistry) nodeLive(node string) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.g.cfg.ClusterTimeout)
+	defer cancel()
+	nodes, err := c.m.LiveNodes(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, n := range nodes {
+		if n.ID == node {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // close leaves the registry (flushing what is queued), before the lease

@@ -127,6 +127,7 @@ type Config struct {
 	ClusterTimeout      time.Duration `yaml:"cluster-timeout" help:"longest a Redis call may take, reconnecting included (plus --cluster-wait-timeout for a write that waits for replicas); past it a new command is refused with 503"`
 	ClusterWaitReplicas int           `yaml:"cluster-wait-replicas" help:"Redis replicas that must have a new command before the API accepts it (Redis WAIT; 0: the primary's answer is enough)"`
 	ClusterWaitTimeout  time.Duration `yaml:"cluster-wait-timeout" help:"longest wait for --cluster-wait-replicas; past it a new command is refused with 503"`
+	ClusterNodeTTL      time.Duration `yaml:"cluster-node-ttl" help:"how long a node that stops renewing its heartbeat in Redis (it died, or lost Redis) still counts as live: then its devices read offline and the commands it had in flight are delivered by the node their device reconnects to; renewed every third of it"`
 
 	GCPercent  int           `yaml:"gc-percent" help:"Go garbage collector target (GOGC): the heap of an idle fleet is long-lived session state, so a low value saves memory for little CPU; the GOGC environment variable wins"`
 	MemRelease time.Duration `yaml:"mem-release" help:"how long the gateway must be quiet after a burst (connections, handshakes) before it returns its free heap memory to the OS at once; negative: never (the Go runtime then returns it over minutes)"`
@@ -192,6 +193,7 @@ func Defaults() Config {
 		ClusterPrefix:      "dg",
 		ClusterTimeout:     2 * time.Second,
 		ClusterWaitTimeout: time.Second,
+		ClusterNodeTTL:     15 * time.Second,
 	}
 }
 

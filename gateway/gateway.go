@@ -431,7 +431,7 @@ func (g *Gateway) startDispatch() error {
 		Help:    "Time from a command's acceptance to its device's acknowledgement.",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 18),
 	})
-	d, err := dispatch.New(dispatch.Config{
+	dcfg := dispatch.Config{
 		Store:      st,
 		Registry:   g.reg,
 		Logger:     g.logger,
@@ -447,10 +447,14 @@ func (g *Gateway) startDispatch() error {
 		OnDelivered: func(_ *store.Command, lat time.Duration) {
 			g.latency.Observe(lat.Seconds())
 		},
-	})
-	if err == nil {
-		err = d.Start()
 	}
+	if g.cluster != nil {
+		// Which node has a command in flight, and whether it still runs:
+		// the registry's heartbeats (joined below, before Start asks).
+		dcfg.Node = g.cluster.id
+		dcfg.NodeLive = func(node string) (bool, error) { return g.members.nodeLive(node) }
+	}
+	d, err := dispatch.New(dcfg)
 	if err != nil {
 		g.closeStore(st)
 		return err
@@ -458,10 +462,20 @@ func (g *Gateway) startDispatch() error {
 	g.store, g.dispatcher = st, d
 	if g.cluster != nil {
 		if err := g.joinCluster(); err != nil {
-			d.Stop()
 			g.closeStore(st)
+			g.store, g.dispatcher = nil, nil
 			return err
 		}
+	}
+	if err := d.Start(); err != nil {
+		if g.members != nil {
+			g.members.close(g.cfg.ClusterTimeout)
+			g.members = nil
+		}
+		d.Stop()
+		g.closeStore(st)
+		g.store, g.dispatcher = nil, nil
+		return err
 	}
 	g.env.Hooks = hooks{router: g.router, dispatcher: d, members: g.members}
 	return nil

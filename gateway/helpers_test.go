@@ -34,6 +34,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if raw := os.Getenv(gatewayChildEnv); raw != "" {
+		os.Exit(runGatewayChild(raw)) // a node of a cluster test, to be killed
+	}
 	goleak.VerifyTestMain(m,
 		// gnet's shared worker pool and paho's logger outlive a test.
 		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).purgeStaleWorkers"),

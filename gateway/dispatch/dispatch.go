@@ -65,6 +65,18 @@ type Config struct {
 	// OnDelivered, if set, is told the latency of each delivered command
 	// (from acceptance to the device's acknowledgement).
 	OnDelivered func(c *store.Command, latency time.Duration)
+
+	// Node names this gateway among the gateways sharing the store (a
+	// cluster); empty for a gateway alone. The history entries of the
+	// moves to upgrading and sent then name it (NodeNote), so that every
+	// node can tell which one has a command in flight.
+	Node string
+	// NodeLive, with Node, reports whether another node is running. A
+	// command left sent or upgrading by a node that is not (it died) goes
+	// back to pending: at Start, and when its device is here; one in
+	// flight on a live node is left to it. Nil: every other node counts as
+	// gone, as a gateway alone treats its previous run.
+	NodeLive func(node string) (bool, error)
 }
 
 func (c Config) withDefaults() Config {
@@ -182,6 +194,9 @@ func New(cfg Config) (*Dispatcher, error) {
 
 // Start recovers what a previous run left (commands written but never
 // acknowledged go back to pending) and starts the workers and the ticker.
+// On a cluster (Config.Node) it takes back only what this node's previous
+// run or a node that is gone left in flight: a command another live node
+// is delivering stays its own.
 func (d *Dispatcher) Start() error {
 	clients, err := d.cfg.Store.Clients()
 	if err != nil {
@@ -194,10 +209,20 @@ func (d *Dispatcher) Start() error {
 			return err
 		}
 		for _, c := range cmds {
-			if c.Status == store.StatusSent || c.Status == store.StatusUpgrading {
-				if _, err := d.cfg.Store.Transition(c.ID, store.StatusPending, now, "gateway restarted"); err != nil {
-					return err
-				}
+			if c.Status != store.StatusSent && c.Status != store.StatusUpgrading {
+				continue
+			}
+			if live, err := d.heldElsewhere(c); err != nil {
+				return err
+			} else if live {
+				continue
+			}
+			note := "gateway restarted"
+			if n := heldBy(c); n != "" && n != d.cfg.Node {
+				note = goneNote(n)
+			}
+			if _, err := d.cfg.Store.Transition(c.ID, store.StatusPending, now, note); err != nil {
+				return err
 			}
 		}
 	}

@@ -250,7 +250,7 @@ func (d *Dispatcher) recordAck(id, cid string, now time.Time) bool {
 	if errors.Is(err, store.ErrBadTransition) {
 		// The write went out after its waiter gave up, or its move to
 		// sent failed: record both steps.
-		if _, err2 := d.cfg.Store.Transition(cid, store.StatusSent, now, "written late"); err2 == nil {
+		if _, err2 := d.cfg.Store.Transition(cid, store.StatusSent, now, d.byNode("written late")); err2 == nil {
 			c, err = d.cfg.Store.Transition(cid, store.StatusDelivered, now, "PUBACK")
 		}
 	}
@@ -320,7 +320,11 @@ func (d *Dispatcher) reconcile(id string, why trigger) {
 	proven := onTLS && d.provenOn(id, s)
 	var ready, held []*store.Command
 	writable, secureWaiting, unproven := false, false, false
-	for _, c := range cmds {
+	for i, c := range cmds {
+		if c.Status == store.StatusSent && c.QoS > 0 {
+			c = d.reclaim(c, now)
+			cmds[i] = c
+		}
 		switch {
 		case c.Status == store.StatusSent && c.QoS == 0:
 			d.finishQoS0(c, now)
@@ -438,7 +442,7 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 	if len(written) == 0 {
 		return
 	}
-	note := "written to the " + s.Mode().String() + " connection"
+	note := d.byNode("written to the " + s.Mode().String() + " connection")
 	d.writeBehind(s.ClientID(), func() {
 		for _, c := range written {
 			if _, err := d.cfg.Store.Transition(c.ID, store.StatusSent, now, note); err != nil {
@@ -514,7 +518,7 @@ func (d *Dispatcher) instructTLS(s *session.Session, id string, cmds []*store.Co
 	d.writeBehind(id, func() {
 		for _, c := range cmds {
 			if c.Secure && c.Status == store.StatusPending {
-				if _, err := d.cfg.Store.Transition(c.ID, store.StatusUpgrading, now, "reconnect instruction sent"); err != nil &&
+				if _, err := d.cfg.Store.Transition(c.ID, store.StatusUpgrading, now, d.byNode("reconnect instruction sent")); err != nil &&
 					!errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
 					d.cfg.Logger.Error("store", zap.String("command", c.ID), zap.Error(err))
 				}
