@@ -190,7 +190,7 @@ type counters struct {
 // heartbeat, its inbox. Its methods are safe for concurrent use; Online,
 // Offline, NotifyAsync and NextEpoch never wait on Redis.
 type Member struct {
-	rdb  redis.UniversalClient
+	rdb redis.UniversalClient
 	// cluster: rdb is a Redis Cluster's; the scripts that span a device
 	// and the node keys are split (see the package documentation).
 	cluster bool

@@ -264,7 +264,7 @@ func (m *Member) leave(ctx context.Context) error {
 }
 
 // sweepDeviceScript deletes a device's record if it names node and is
-// older than a bound ('' for any): 1 deleted, 2 kept (newer), 0 not the
+// older than a bound (” for any): 1 deleted, 2 kept (newer), 0 not the
 // node's.
 var sweepDeviceScript = redis.NewScript(`
 -- KEYS: the device key; ARGV: node, epoch bound (20 digits) or ''

@@ -553,7 +553,7 @@ func (m *Member) List(ctx context.Context, node, mode string, cursor string, lim
 
 // deviceScript is the device step of a batch: the device keys of one
 // slot. Per write it returns {code, node, epoch}: 0 written (node: the
-// node that held the device before, or ''), 2 refused (a newer session
+// node that held the device before, or ”), 2 refused (a newer session
 // on node, with epoch), 3 Offline of an older session, 4 Offline deleted
 // the record, 5 Offline of a record that is not this node's.
 var deviceScript = redis.NewScript(`
