@@ -1,0 +1,88 @@
+package store
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/dualgate/dualgate/internal/testredis"
+)
+
+// On a Redis Cluster a change is two or three scripts; a gateway that dies
+// between them leaves the indexes behind the records. Prune's sweep and
+// Prune itself repair each case.
+func TestRedisClusterRepair(t *testing.T) {
+	rc := testredis.StartCluster(t, 3)
+	s := openRedisURL(t, rc.URL(), Options{}, RedisOptions{})
+	if !s.cluster {
+		t.Fatal("store not in cluster mode")
+	}
+	ctx := context.Background()
+
+	// A Put cut short after its claim: the id is taken until the claim is
+	// claimAge old, then the sweep drops it.
+	b := newBucketKeys(s.opts.Prefix, bucketOf("x"))
+	old := idEntry{status: "~" + strconv.FormatInt(time.Now().Add(-2*claimAge).UnixMilli(), 10), client: "gone"}.encode()
+	if err := claimScript.Run(ctx, s.rdb, []string{b.ids}, "x", old).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Get("x")
+	wantErr(t, err, ErrNotFound)
+	wantErr(t, s.Put(newCmd("x", "dev", 0, 0)), ErrExists)
+	if _, err := s.Prune(at(0)); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, s, newCmd("x", "dev", 0, 0))
+
+	// A transition cut short before its index step: the entry says pending
+	// at the Put's version, the record says sent.
+	c := newCmd("a", "dev", time.Second, time.Hour)
+	c.Origin = "api"
+	mustPut(t, s, c)
+	mustMove(t, s, "a", at(time.Minute), StatusSent)
+	ba := newBucketKeys(s.opts.Prefix, bucketOf("a"))
+	behind := idEntry{ver: 1, status: string(StatusPending), client: "dev", origin: "api"}.encode()
+	if err := s.rdb.HSet(ctx, ba.ids, "a", behind).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.rdb.HIncrBy(ctx, ba.counts, string(StatusSent), -1)
+	s.rdb.HIncrBy(ctx, ba.counts, string(StatusPending), 1)
+	if counts, _ := s.Stats(); counts.Pending != 2 || counts.Sent != 0 {
+		t.Fatalf("test setup: %+v", counts)
+	}
+	if _, err := s.Prune(at(0)); err != nil {
+		t.Fatal(err)
+	}
+	if counts, _ := s.Stats(); counts.Pending != 1 || counts.Sent != 1 || counts.Clients != 1 {
+		t.Fatalf("after the sweep: %+v", counts)
+	}
+
+	// A Prune cut short after the record went: the next Prune takes the
+	// command out of the counts and the origins.
+	mustMove(t, s, "a", at(2*time.Minute), StatusDelivered)
+	if err := clientPruneScript.Run(ctx, s.rdb, []string{s.recordKey("dev", "a"), s.listKey("dev")}, "").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.HasOrigin("api"); !ok {
+		t.Fatal("test setup: origin gone with the record")
+	}
+	if _, err := s.Prune(at(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.HasOrigin("api"); ok {
+		t.Fatal("origin of a pruned command still there")
+	}
+	if counts, _ := s.Stats(); counts.Delivered != 0 || counts.Pending != 1 {
+		t.Fatalf("after the Prune: %+v", counts)
+	}
+}
+
+// With WaitReplicas on a Redis Cluster, each step waits on the primary of
+// its slot: with no replica, a Put fails with ErrUnavailable naming them.
+func TestRedisClusterWaitReplicas(t *testing.T) {
+	rc := testredis.StartCluster(t, 3)
+	s := openRedisURL(t, rc.URL(), Options{}, RedisOptions{WaitReplicas: 1, WaitTimeout: 100 * time.Millisecond})
+	err := s.Put(newCmd("a", "dev", 0, 0))
+	wantErr(t, err, ErrUnavailable)
+}
