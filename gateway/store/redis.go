@@ -152,10 +152,12 @@ func OpenRedis(rdb redis.UniversalClient, opts Options, ropts RedisOptions) (*Re
 		}
 	}
 	fields := infos[0]
-	if !cluster {
-		if err := r.indexByClient(); err != nil {
-			return nil, err
+	if cluster {
+		if err := r.loadScripts(ctx); err != nil {
+			return nil, r.unavailable("open", err)
 		}
+	} else if err := r.indexByClient(); err != nil {
+		return nil, err
 	}
 	counts, err := r.Stats()
 	if err != nil {

@@ -54,9 +54,10 @@ func newBucketKeys(prefix string, b int) bucketKeys {
 	}
 }
 
-// verKey: string, the client's version, raised by every script that
-// changes its queue or a record: it orders the index updates of the
-// client's changes.
+// verKey: hash, field "#" the client's version, raised by every script
+// that changes one of its records (it orders the index steps of the
+// client's changes), and per command id the version of its record's last
+// change (the sweep compares it with the version indexed).
 func (r *Redis) verKey(clientID string) string { return r.clientKey(clientID, "v") }
 
 // idEntry is the value of an id in its bucket's id index: the version of
@@ -126,36 +127,41 @@ return 0
 // clientPutScript is putScript's part on the client's keys. It returns
 // {0, queue length, version}, {1} (the record exists) or {2, n} (full).
 var clientPutScript = redis.NewScript(`
--- KEYS: queue, record, list, version
--- ARGV: record, queue member, limit
+-- KEYS: queue, record, list, versions
+-- ARGV: record, queue member, limit, id
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
 local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[3]) then return {2, n} end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[1], 0, ARGV[2])
 redis.call('ZADD', KEYS[3], 0, ARGV[2])
-return {0, n + 1, redis.call('INCR', KEYS[4])}
+local v = redis.call('HINCRBY', KEYS[4], '#', 1)
+redis.call('HSET', KEYS[4], ARGV[4], v)
+return {0, n + 1, v}
 `)
 
 // clientMoveScript is moveScript's part on the client's keys: {1, queue
 // length, version} (written), 0 (gone) or -1 (changed meanwhile).
 var clientMoveScript = redis.NewScript(`
--- KEYS: record, queue, version
--- ARGV: sha1 of the record read, new record, final '1'/'0', queue member
+-- KEYS: record, queue, versions
+-- ARGV: sha1 of the record read, new record, final '1'/'0', queue member, id
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 if redis.sha1hex(cur) ~= ARGV[1] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[3] == '1' then redis.call('ZREM', KEYS[2], ARGV[4]) end
-return {1, redis.call('ZCARD', KEYS[2]), redis.call('INCR', KEYS[3])}
+local v = redis.call('HINCRBY', KEYS[3], '#', 1)
+redis.call('HSET', KEYS[3], ARGV[5], v)
+return {1, redis.call('ZCARD', KEYS[2]), v}
 `)
 
-// clientStateScript reads a client's record and queue length with the
-// version they are at, for the sweep: {record or false, queue length,
-// version}.
+// clientStateScript reads, for the sweep, whether a command's record
+// exists, the version of its last change, and its client's queue length
+// and version: {exists, command version, queue length, client version}.
 var clientStateScript = redis.NewScript(`
--- KEYS: record, queue, version
-return {redis.call('GET', KEYS[1]) or false, redis.call('ZCARD', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0')}
+-- KEYS: record, queue, versions; ARGV: id
+local v = redis.call('HMGET', KEYS[3], ARGV[1], '#')
+return {redis.call('EXISTS', KEYS[1]), tonumber(v[1] or '0'), redis.call('ZCARD', KEYS[2]), tonumber(v[2] or '0')}
 `)
 
 // indexScript brings an id's entry in its bucket to a change of version
@@ -227,11 +233,13 @@ end
 return 1
 `)
 
-// clientPruneScript deletes a pruned command's record and list member.
+// clientPruneScript deletes a pruned command's record, list member and
+// version.
 var clientPruneScript = redis.NewScript(`
--- KEYS: record, list; ARGV: list member or ''
+-- KEYS: record, list, versions; ARGV: list member or '', id
 redis.call('DEL', KEYS[1])
 if ARGV[1] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+redis.call('HDEL', KEYS[3], ARGV[2])
 return 1
 `)
 
@@ -333,7 +341,7 @@ func (r *Redis) clusterPut(d *Command, rec []byte) error {
 	}
 	res, confirmed, err := r.write(ctx, clientPutScript,
 		[]string{r.queueKey(d.ClientID), r.recordKey(d.ClientID, d.ID), r.listKey(d.ClientID), r.verKey(d.ClientID)},
-		rec, hexTimeKey(d.CreatedAt, d.ID), r.limit)
+		rec, hexTimeKey(d.CreatedAt, d.ID), r.limit, d.ID)
 	if err != nil {
 		return r.unavailable("put "+d.ID, err)
 	}
@@ -391,7 +399,7 @@ func (r *Redis) clusterMove(ctx context.Context, c *Command, sum string) (int64,
 	}
 	res, confirmed, err := r.write(ctx, clientMoveScript,
 		[]string{r.recordKey(c.ClientID, c.ID), r.queueKey(c.ClientID), r.verKey(c.ClientID)},
-		sum, appendCommand(make([]byte, 0, recordSize(c)), c), final, hexTimeKey(c.CreatedAt, c.ID))
+		sum, appendCommand(make([]byte, 0, recordSize(c)), c), final, hexTimeKey(c.CreatedAt, c.ID), c.ID)
 	if err != nil {
 		return 0, false, err
 	}
@@ -405,7 +413,7 @@ func (r *Redis) clusterMove(ctx context.Context, c *Command, sum string) (int64,
 	}
 	n, _ := out[1].(int64)
 	ver, _ := out[2].(int64)
-	if err := r.index(ctx, c, ver, n, c.Status.Final()); err != nil {
+	if err := r.index(ctx, c, ver, n, true); err != nil {
 		r.log.Warn("a command's transition is stored but not yet indexed; the next prune indexes it",
 			zap.String("id", c.ID), zap.String("status", string(c.Status)), zap.Error(err))
 	}
@@ -467,7 +475,7 @@ func (r *Redis) clusterPrune(member string) (bool, error) {
 	} else if !errors.Is(err, ErrNotFound) {
 		return false, err
 	}
-	if _, _, err := r.write(ctx, clientPruneScript, []string{r.recordKey(e.client, id), r.listKey(e.client)}, listMember); err != nil {
+	if _, _, err := r.write(ctx, clientPruneScript, []string{r.recordKey(e.client, id), r.listKey(e.client), r.verKey(e.client)}, listMember, id); err != nil {
 		return false, r.unavailable("prune", err)
 	}
 	res, _, err := r.write(ctx, unindexScript, []string{b.ids, b.fin, b.counts, b.origins}, id, member)
@@ -477,72 +485,131 @@ func (r *Redis) clusterPrune(member string) (bool, error) {
 	return res == int64(1), nil
 }
 
-// sweep repairs a page of each bucket's id index, from where the last
-// sweep stopped: an entry behind its record (a change cut short before
-// its index step) is indexed again from the record, with the client's
-// clients entry; a claim without a record older than claimAge is dropped.
+// sweep goes once over every bucket's id index, a page of sweepPage
+// entries at a time (a round trip for the page, one per primary for the
+// states of its commands): an entry behind its record's last change (a
+// change cut short before its index step) is indexed again from the
+// record, every client of the page gets its clients entry again (applied
+// only if its version is newer), and a claim without a record older than
+// claimAge is dropped.
 func (r *Redis) sweep(now time.Time) error {
 	r.sweepMu.Lock()
 	defer r.sweepMu.Unlock()
 	for i := range clusterBuckets {
-		ctx, cancel := r.ctx()
-		err := r.sweepBucket(ctx, i, now)
-		cancel()
-		if err != nil {
-			return err
+		var cursor uint64
+		for {
+			ctx, cancel := r.ctx()
+			next, err := r.sweepPage(ctx, i, cursor, now)
+			cancel()
+			if err != nil {
+				return err
+			}
+			if cursor = next; cursor == 0 {
+				break
+			}
 		}
 	}
 	return nil
 }
 
-func (r *Redis) sweepBucket(ctx context.Context, i int, now time.Time) error {
+// sweepPage repairs one page of bucket i's id index and returns the next
+// cursor (0 at the end).
+func (r *Redis) sweepPage(ctx context.Context, i int, cursor uint64, now time.Time) (uint64, error) {
 	b := newBucketKeys(r.opts.Prefix, i)
-	kv, next, err := r.rdb.HScan(ctx, b.ids, r.sweepCursor[i], "", sweepPage).Result()
+	kv, next, err := r.rdb.HScan(ctx, b.ids, cursor, "", sweepPage).Result()
 	if err != nil {
-		return r.unavailable("sweep", err)
+		return 0, r.unavailable("sweep", err)
 	}
-	r.sweepCursor[i] = next
+	type entry struct {
+		id, raw string
+		e       idEntry
+		state   *redis.Cmd
+	}
+	entries := make([]entry, 0, len(kv)/2)
+	pipe := r.rdb.Pipeline()
 	for j := 0; j+1 < len(kv); j += 2 {
-		id, v := kv[j], kv[j+1]
-		e, err := parseIDEntry(v)
+		e, err := parseIDEntry(kv[j+1])
 		if err != nil {
-			r.log.Warn("damaged id index entry left as is", zap.String("id", id), zap.Error(err))
+			r.log.Warn("damaged id index entry left as is", zap.String("id", kv[j]), zap.Error(err))
 			continue
 		}
-		res, err := clientStateScript.Run(ctx, r.rdb,
-			[]string{r.recordKey(e.client, id), r.queueKey(e.client), r.verKey(e.client)}).Slice()
-		if err != nil {
-			return r.unavailable("sweep", err)
+		entries = append(entries, entry{id: kv[j], raw: kv[j+1], e: e,
+			state: clientStateScript.EvalSha(ctx, pipe,
+				[]string{r.recordKey(e.client, kv[j]), r.queueKey(e.client), r.verKey(e.client)}, kv[j])})
+	}
+	if len(entries) == 0 {
+		return next, nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
+			// A primary restarted and forgot the scripts: the next
+			// Prune sweeps.
+			_ = r.loadScripts(ctx)
 		}
-		if len(res) != 3 {
-			return fmt.Errorf("%w: sweep: answer %v", ErrCorrupt, res)
+		return 0, r.unavailable("sweep", err)
+	}
+	type clientState struct{ ver, queue int64 }
+	clients := map[string]clientState{}
+	for _, en := range entries {
+		st, _ := en.state.Slice()
+		if len(st) != 4 {
+			return 0, fmt.Errorf("%w: sweep: answer %v", ErrCorrupt, st)
 		}
-		rec, _ := res[0].(string)
-		n, _ := res[1].(int64)
-		ver, _ := res[2].(int64)
-		if rec == "" {
-			if e.claim() {
-				ms, _ := strconv.ParseInt(e.status[1:], 10, 64)
+		exists, _ := st[0].(int64)
+		cmdVer, _ := st[1].(int64)
+		queue, _ := st[2].(int64)
+		clientVer, _ := st[3].(int64)
+		clients[en.e.client] = clientState{ver: clientVer, queue: queue}
+		if exists == 0 {
+			if en.e.claim() {
+				ms, _ := strconv.ParseInt(en.e.status[1:], 10, 64)
 				if now.Sub(time.UnixMilli(ms)) > claimAge {
-					_ = unclaimScript.Run(ctx, r.rdb, []string{b.ids}, id, v).Err()
+					_ = unclaimScript.Run(ctx, r.rdb, []string{b.ids}, en.id, en.raw).Err()
 				}
 			}
-			// A command being pruned: the next Prune finishes it.
+			// Otherwise a command being pruned: Prune finishes it.
 			continue
 		}
-		c, err := decodeCommand([]byte(rec))
+		if !en.e.claim() && cmdVer <= en.e.ver {
+			continue
+		}
+		c, _, err := r.loadRecord(ctx, en.e.client, en.id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
 		if err != nil {
-			r.log.Warn("damaged record left as is", zap.String("id", id), zap.Error(err))
-			continue
+			return 0, err
 		}
-		if !e.claim() && Status(e.status) == c.Status {
-			continue
-		}
-		if err := r.index(ctx, c, ver, n, true); err != nil {
-			return r.unavailable("sweep", err)
+		if err := r.index(ctx, c, cmdVer, queue, false); err != nil {
+			return 0, r.unavailable("sweep", err)
 		}
 		r.log.Info("command indexed by the sweep (a change was cut short before its index step)",
-			zap.String("id", id), zap.String("status", string(c.Status)))
+			zap.String("id", en.id), zap.String("status", string(c.Status)))
+	}
+	pipe = r.rdb.Pipeline()
+	for client, st := range clients {
+		cb := newBucketKeys(r.opts.Prefix, bucketOf(client))
+		clientsScript.EvalSha(ctx, pipe, []string{cb.clients, cb.cver}, client, st.ver, st.queue)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
+			_ = r.loadScripts(ctx)
+		}
+		return 0, r.unavailable("sweep", err)
+	}
+	return next, nil
+}
+
+// clusterScripts are the scripts of a Redis Cluster that run in
+// pipelines (by SHA only).
+var clusterScripts = []*redis.Script{clientStateScript, clientsScript, indexScript}
+
+// loadScripts loads them on every primary.
+func (r *Redis) loadScripts(ctx context.Context) error {
+	for _, s := range clusterScripts {
+		if err := s.Load(ctx, r.rdb).Err(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

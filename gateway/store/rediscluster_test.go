@@ -58,10 +58,25 @@ func TestRedisClusterRepair(t *testing.T) {
 		t.Fatalf("after the sweep: %+v", counts)
 	}
 
+	// The clients entry of a change cut short before it: the sweep
+	// publishes every client it meets again.
+	cb := newBucketKeys(s.opts.Prefix, bucketOf("dev"))
+	s.rdb.ZRem(ctx, cb.clients, "dev")
+	s.rdb.HSet(ctx, cb.cver, "dev", 0)
+	if clients, _ := s.Clients(); len(clients) != 0 {
+		t.Fatalf("test setup: clients %q", clients)
+	}
+	if _, err := s.Prune(at(0)); err != nil {
+		t.Fatal(err)
+	}
+	if clients, _ := s.Clients(); !equalStrings(clients, []string{"dev"}) {
+		t.Fatalf("clients after the sweep: %q", clients)
+	}
+
 	// A Prune cut short after the record went: the next Prune takes the
 	// command out of the counts and the origins.
 	mustMove(t, s, "a", at(2*time.Minute), StatusDelivered)
-	if err := clientPruneScript.Run(ctx, s.rdb, []string{s.recordKey("dev", "a"), s.listKey("dev")}, "").Err(); err != nil {
+	if err := clientPruneScript.Run(ctx, s.rdb, []string{s.recordKey("dev", "a"), s.listKey("dev"), s.verKey("dev")}, "", "a").Err(); err != nil {
 		t.Fatal(err)
 	}
 	if ok, _ := s.HasOrigin("api"); !ok {
