@@ -252,6 +252,9 @@ func (m *Member) writer() {
 				break
 			}
 			retryOps, retryNotes := m.write(ops, notes)
+			if m.cluster {
+				m.q.hold(len(m.backlog) / 4)
+			}
 			if d := m.q.settle(len(ops)+len(notes), retryOps, retryNotes); d > 0 {
 				m.c.dropped.Add(uint64(d))
 			}

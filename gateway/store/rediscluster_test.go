@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,4 +101,41 @@ func TestRedisClusterWaitReplicas(t *testing.T) {
 	s := openRedisURL(t, rc.URL(), Options{}, RedisOptions{WaitReplicas: 1, WaitTimeout: 100 * time.Millisecond})
 	err := s.Put(newCmd("a", "dev", 0, 0))
 	wantErr(t, err, ErrUnavailable)
+}
+
+// With WaitReplicas on a Redis Cluster with a replica per primary, a Put
+// returns once the replica of each step's primary has it; with the
+// replica of the device's primary hung, the Put fails with ErrUnavailable
+// naming the replicas.
+func TestRedisClusterWaitReplicasConfirmed(t *testing.T) {
+	rc := testredis.StartCluster(t, 3)
+	replicas := make([]*testredis.Server, len(rc.Nodes))
+	for i := range rc.Nodes {
+		replicas[i] = rc.AddReplica(t, i)
+	}
+	s := openRedisURL(t, rc.URL(), Options{}, RedisOptions{WaitReplicas: 1, WaitTimeout: 2 * time.Second})
+	mustPut(t, s, newCmd("a", "dev", 0, time.Hour))
+	mustMove(t, s, "a", at(time.Second), StatusSent)
+	// The replica of the primary serving the device's slot has the record.
+	slot, _ := strconv.Atoi(strings.TrimPrefix(rc.Nodes[0].Do("CLUSTER", "KEYSLOT", s.recordKey("dev", "a")), ":"))
+	owner := slot * len(rc.Nodes) / 16384
+	// A replica answers reads of its slots only after READONLY on the
+	// connection: compare the key counts instead.
+	if p, r := rc.Nodes[owner].Info("keyspace")["db0"], replicas[owner].Info("keyspace")["db0"]; p == "" || keyCount(p) != keyCount(r) {
+		t.Fatalf("the replica of primary %d is behind after Put and Transition returned: %q, primary %q", owner, r, p)
+	}
+	replicas[owner].Pause()
+	err := s.Put(newCmd("b", "dev", time.Second, time.Hour))
+	wantErr(t, err, ErrUnavailable)
+	if !strings.Contains(err.Error(), "replicas") {
+		t.Fatalf("error does not name the replicas: %v", err)
+	}
+	replicas[owner].Resume()
+	mustPut(t, s, newCmd("c", "dev", 2*time.Second, time.Hour))
+}
+
+// keyCount is N of INFO keyspace's "keys=N,expires=...".
+func keyCount(db string) string {
+	k, _, _ := strings.Cut(db, ",")
+	return k
 }

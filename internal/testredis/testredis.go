@@ -346,3 +346,40 @@ func (c *Cluster) Addrs() []string {
 	}
 	return out
 }
+
+// AddReplica starts a replica of the primary Nodes[i], joined to the
+// cluster, and returns once its link to the primary is up.
+func (c *Cluster) AddReplica(t testing.TB, i int, extra ...string) *Server {
+	t.Helper()
+	primary := c.Nodes[i]
+	lines := append([]string{
+		"cluster-enabled yes",
+		"cluster-config-file nodes.conf",
+		"cluster-node-timeout 5000",
+		"cluster-require-full-coverage no",
+	}, extra...)
+	s := Start(t, lines...)
+	if got := s.Do("CLUSTER", "MEET", "127.0.0.1", strconv.Itoa(primary.Port)); got != "+OK" {
+		t.Fatalf("testredis: CLUSTER MEET: %s", got)
+	}
+	id := primary.Do("CLUSTER", "MYID")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		// The replica must know the primary (gossip) before it can follow it.
+		got := s.Do("CLUSTER", "REPLICATE", id)
+		if got == "+OK" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testredis: CLUSTER REPLICATE %s: %s", id, got)
+		}
+		time.Sleep(50 * time.Millisecond) // gossip has no event to wait on
+	}
+	for s.Info("replication")["master_link_status"] != "up" {
+		if time.Now().After(deadline) {
+			t.Fatalf("testredis: replica of %s not in sync after 30 s", primary.Addr())
+		}
+		time.Sleep(50 * time.Millisecond) // the first sync: polled
+	}
+	return s
+}
