@@ -79,8 +79,7 @@ type Redis struct {
 	// split in buckets (rediscluster.go).
 	cluster bool
 
-	sweepMu     sync.Mutex // guards sweepCursor
-	sweepCursor [clusterBuckets]uint64
+	sweepMu sync.Mutex // one sweep at a time
 
 	closed atomic.Bool
 }
