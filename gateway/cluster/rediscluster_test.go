@@ -208,3 +208,58 @@ func TestClusterNodeDeath(t *testing.T) {
 		}
 	}
 }
+
+// readServers sums readServer over the primaries of a cluster.
+func readServers(b *testing.B, c *testredis.Cluster) serverCounters {
+	b.Helper()
+	sum := serverCounters{perCalls: map[string]int64{}}
+	for _, s := range c.Nodes {
+		one := readServer(b, s)
+		sum.calls += one.calls
+		sum.in += one.in
+		sum.out += one.out
+		sum.memory += one.memory
+		for k, v := range one.perCalls {
+			sum.perCalls[k] += v
+		}
+	}
+	return sum
+}
+
+// BenchmarkClusterConnectCost is BenchmarkConnectCost on a 3-primary Redis
+// Cluster: batches (each a pipeline of device scripts, one round trip per
+// primary in parallel, then the node script: two round trips one after
+// the other), commands and bytes per CONNECT, summed over the primaries.
+func BenchmarkClusterConnectCost(b *testing.B) {
+	c := testredis.StartCluster(b, 3, "appendfsync everysec")
+	rdb, _ := clusterClient(b, c)
+	h := &deviceSteps{}
+	rdb.AddHook(h)
+	a := join(b, rdb, Options{Node: "gw-a-1", AdvertisePlain: "10.0.0.1:1883", AdvertiseTLS: "10.0.0.1:8883"})
+	waitReading(b, a)
+	for _, s := range c.Nodes {
+		s.Do("CONFIG", "RESETSTAT")
+	}
+	before := readServers(b, c)
+	batches0 := h.batches.Load()
+	i := 0
+	for b.Loop() {
+		a.Online(Record{ClientID: deviceID(i), Mode: ModePlain, Protocol: 4, Since: 1_764_700_000_000, Epoch: a.NextEpoch()})
+		i++
+	}
+	flush(b, a)
+	b.StopTimer()
+	after := readServers(b, c)
+	n := float64(i)
+	b.ReportMetric(float64(h.batches.Load()-batches0)/n, "batches/connect")
+	b.ReportMetric(float64(after.calls-before.calls)/n, "redis-cmds/connect")
+	b.ReportMetric(float64(after.in-before.in)/n, "B-in/connect")
+	b.ReportMetric(float64(after.out-before.out)/n, "B-out/connect")
+	if testing.Verbose() {
+		for name, c := range after.perCalls {
+			if d := c - before.perCalls[name]; d > 0 {
+				b.Logf("%s: %.3f per connect", name, float64(d)/n)
+			}
+		}
+	}
+}
