@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -261,5 +262,95 @@ func BenchmarkClusterConnectCost(b *testing.B) {
 				b.Logf("%s: %.3f per connect", name, float64(d)/n)
 			}
 		}
+	}
+}
+
+// On a Redis Cluster too, a key of another type where a record should be
+// fails only its own write.
+func TestClusterForeignKeyDropsOneWrite(t *testing.T) {
+	c := testredis.StartCluster(t, 3)
+	rdb, _ := clusterClient(t, c)
+	a := join(t, rdb, testOptions("a"))
+	waitReading(t, a)
+	ctx := context.Background()
+	if err := rdb.HSet(ctx, deviceKey(DefaultPrefix, "bad"), "x", "y").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, deviceKey(DefaultPrefix, "damaged"), "nonsense", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"ok1", "bad", "damaged", "ok2"} {
+		a.Online(rec(id, ModePlain, a.NextEpoch()))
+	}
+	flush(t, a)
+	for _, id := range []string{"ok1", "damaged", "ok2"} {
+		if _, ok := mustGet(t, a, id); !ok {
+			t.Fatalf("%s not written", id)
+		}
+	}
+	if st := a.Stats(); st.Dropped != 1 || st.Flushed != 3 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// The primary holding the node keys hung while a batch is written: the
+// device scripts on the other primaries are applied, the node step is
+// kept and sent once it answers; Flush waits for it, and the takeover it
+// carries reaches the other node.
+func TestClusterNodeStepRetried(t *testing.T) {
+	c := testredis.StartCluster(t, 3)
+	rdbA, _ := clusterClient(t, c)
+	rdbB, _ := clusterClient(t, c)
+	// Heartbeats that outlive the pause: Redis expires keys by the wall
+	// clock, paused or not.
+	oa, ob := testOptions("a"), testOptions("b")
+	oa.NodeTTL, ob.NodeTTL = time.Minute, time.Minute
+	a := join(t, rdbA, oa)
+	b := join(t, rdbB, ob)
+	waitLive(t, b, "a")
+	waitLive(t, a, "b")
+	waitReading(t, a)
+	waitReading(t, b)
+	// A device whose record is on another primary than the node keys.
+	slotOwner := func(key string) int { return int(keySlot(key)) * len(c.Nodes) / 16384 }
+	nodes := slotOwner(a.keys.index)
+	dev := ""
+	for _, id := range ids(100, "m") {
+		if slotOwner(deviceKey(DefaultPrefix, id)) != nodes {
+			dev = id
+			break
+		}
+	}
+	ea := a.NextEpoch()
+	a.Online(rec(dev, ModePlain, ea))
+	flush(t, a)
+
+	c.Nodes[nodes].Pause()
+	eb := b.NextEpoch()
+	b.Online(rec(dev, ModeTLS, eb))
+	deadline := time.Now().Add(20 * time.Second)
+	for b.Stats().Errors == 0 {
+		if time.Now().After(deadline) {
+			c.Nodes[nodes].Resume()
+			t.Fatalf("no failed batch with the node keys' primary hung: %+v", b.Stats())
+		}
+		time.Sleep(20 * time.Millisecond) // the writer's failure: polled
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	if err := b.Flush(ctx); err == nil {
+		t.Error("Flush returned with the node step not sent")
+	}
+	cancel()
+	// The record is written (its primary answers); the index is not.
+	if v, err := rdbB.Get(context.Background(), deviceKey(DefaultPrefix, dev)).Result(); err != nil || !strings.Contains(v, "b|t") {
+		t.Fatalf("record with the node keys' primary hung: %q, %v", v, err)
+	}
+	c.Nodes[nodes].Resume()
+	flush(t, b)
+	if ev := nextEvent(t, a, 10*time.Second); ev != (Takeover{ClientID: dev, Epoch: eb}) {
+		t.Fatalf("a got %#v", ev)
+	}
+	if recs, _, err := b.List(context.Background(), "b", "", "", 10); err != nil || len(recs) != 1 || recs[0].ClientID != dev {
+		t.Fatalf("List(b) = %v, %v", recs, err)
 	}
 }

@@ -687,48 +687,72 @@ func (m *Member) clusterWrite(ctx context.Context, ops []op, notes []note) ([]op
 	noscript := false
 	step := m.backlog
 	m.backlog = nil
+	// settle adds the node step of ops[i] from its device script's answer.
+	settle := func(i int, one []any) {
+		m.c.flushed.Add(1)
+		if len(one) != 3 {
+			return
+		}
+		code, _ := one[0].(int64)
+		node, _ := one[1].(string)
+		epoch, _ := one[2].(string)
+		id := ops[i].rec.ClientID
+		switch code {
+		case 0:
+			step = append(step, "a", id, node, epochArg(ops[i].rec.Epoch))
+		case 2:
+			m.c.refused.Add(1)
+			if node != m.opts.Node {
+				step = append(step, "r", id, node, epoch)
+			}
+		case 4, 5:
+			step = append(step, "d", id, "", "")
+		}
+	}
 	for g, s := range order {
 		idx := groups[s]
 		c := cmds[g]
-		if c.Err() != nil {
+		switch {
+		case c.Err() == nil:
+			res, _ := c.Val().([]any)
+			for k, i := range idx {
+				var one []any
+				if k < len(res) {
+					one, _ = res[k].([]any)
+				}
+				settle(i, one)
+			}
+		case transient(c.Err()):
 			if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
 				noscript = true
 			}
-			if transient(c.Err()) {
-				for _, i := range idx {
-					retryOps = append(retryOps, ops[i])
+			for _, i := range idx {
+				retryOps = append(retryOps, ops[i])
+			}
+		default:
+			// Redis refused the script (a key of another type under the
+			// prefix...): each write of the slot on its own finds the
+			// ones to drop.
+			m.c.errors.Add(1)
+			for _, i := range idx {
+				o := ops[i]
+				online, rec := "0", ""
+				if o.online {
+					online, rec = "1", o.rec.encode(m.opts.Node)
 				}
-			} else {
-				m.c.dropped.Add(uint64(len(idx)))
-				m.log.Error("cluster: registry writes refused by redis, dropped",
-					zap.Int("writes", len(idx)), zap.Error(c.Err()))
-			}
-			continue
-		}
-		res, _ := c.Val().([]any)
-		m.c.flushed.Add(uint64(len(idx)))
-		for k, i := range idx {
-			var one []any
-			if k < len(res) {
-				one, _ = res[k].([]any)
-			}
-			if len(one) != 3 {
-				continue
-			}
-			code, _ := one[0].(int64)
-			node, _ := one[1].(string)
-			epoch, _ := one[2].(string)
-			id := ops[i].rec.ClientID
-			switch code {
-			case 0:
-				step = append(step, "a", id, node, epochArg(ops[i].rec.Epoch))
-			case 2:
-				m.c.refused.Add(1)
-				if node != m.opts.Node {
-					step = append(step, "r", id, node, epoch)
+				res, err := deviceScript.Run(ctx, m.rdb, []string{deviceKey(m.opts.Prefix, o.rec.ClientID)},
+					m.opts.Node, live, online, o.rec.ClientID, epochArg(o.rec.Epoch), rec).Slice()
+				switch {
+				case err == nil:
+					one, _ := at(res, 0).([]any)
+					settle(i, one)
+				case transient(err):
+					retryOps = append(retryOps, o)
+				default:
+					m.c.dropped.Add(1)
+					m.log.Error("cluster: registry write refused by redis, dropped",
+						zap.String("client", o.rec.ClientID), zap.Error(err))
 				}
-			case 4, 5:
-				step = append(step, "d", id, "", "")
 			}
 		}
 	}
@@ -738,11 +762,19 @@ func (m *Member) clusterWrite(ctx context.Context, ops []op, notes []note) ([]op
 	if len(step) > 0 {
 		args := append([]any{m.np, m.opts.Node, m.opts.InboxLen}, step...)
 		sent, serr := nodeScript.Run(ctx, m.rdb, []string{m.keys.index}, args...).Int64()
-		if serr != nil {
+		switch {
+		case serr == nil:
+			m.c.takeovers.Add(uint64(sent))
+		case transient(serr):
 			m.backlog = step
 			err = errors.Join(err, serr)
-		} else {
-			m.c.takeovers.Add(uint64(sent))
+		default:
+			// A node key of another type: sending it again would fail
+			// again.
+			m.c.errors.Add(1)
+			m.c.dropped.Add(uint64(len(step) / 4))
+			m.log.Error("cluster: registry index updates refused by redis, dropped",
+				zap.Int("updates", len(step)/4), zap.Error(serr))
 		}
 	}
 	if len(retryOps)+len(retryNotes)+len(m.backlog) > 0 {
@@ -751,6 +783,13 @@ func (m *Member) clusterWrite(ctx context.Context, ops []op, notes []note) ([]op
 			zap.Int("events", len(retryNotes)), zap.Int("index_updates", len(m.backlog)/4), zap.Error(err))
 	}
 	return retryOps, retryNotes
+}
+
+func at(s []any, i int) any {
+	if i < len(s) {
+		return s[i]
+	}
+	return nil
 }
 
 // keySlot is the Redis Cluster hash slot of a key: CRC16 (XMODEM) of its
