@@ -65,9 +65,10 @@ func (o RedisOptions) withDefaults() RedisOptions {
 }
 
 // Redis is the Store kept in a Redis database (standalone, or a primary
-// found through Sentinel), shared by the gateways of a cluster. Every change
-// is one Lua script, atomic in Redis; see the package documentation for the
-// keys.
+// found through Sentinel) or a Redis Cluster, shared by the gateways of a
+// cluster. On one primary every change is one Lua script, atomic in Redis;
+// on a Redis Cluster it is steps of one slot each (rediscluster.go). See
+// the package documentation for the keys.
 type Redis struct {
 	// constant after OpenRedis
 	rdb    redis.UniversalClient
