@@ -255,6 +255,8 @@ func (s *Server) Stop() {
 type Cluster struct {
 	// Nodes are the primaries; Nodes[i] serves the i-th range of slots.
 	Nodes []*Server
+	// bus is the cluster bus port of Nodes[0], which the others meet.
+	bus int
 }
 
 // clusterSlots is the number of hash slots of a Redis Cluster.
@@ -269,14 +271,11 @@ func StartCluster(t testing.TB, n int, extra ...string) *Cluster {
 	}
 	c := &Cluster{}
 	for range n {
-		lines := append([]string{
-			"cluster-enabled yes",
-			"cluster-config-file nodes.conf",
-			"cluster-node-timeout 5000",
-			// A test may stop a node: the others keep serving their slots.
-			"cluster-require-full-coverage no",
-		}, extra...)
+		lines, bus := clusterLines(t, extra)
 		c.Nodes = append(c.Nodes, Start(t, lines...))
+		if c.bus == 0 {
+			c.bus = bus
+		}
 	}
 	for i, s := range c.Nodes {
 		lo, hi := i*clusterSlots/n, (i+1)*clusterSlots/n-1
@@ -288,7 +287,7 @@ func StartCluster(t testing.TB, n int, extra ...string) *Cluster {
 		}
 	}
 	for _, s := range c.Nodes[1:] {
-		if got := s.Do("CLUSTER", "MEET", "127.0.0.1", strconv.Itoa(c.Nodes[0].Port)); got != "+OK" {
+		if got := s.Do("CLUSTER", "MEET", "127.0.0.1", strconv.Itoa(c.Nodes[0].Port), strconv.Itoa(c.bus)); got != "+OK" {
 			t.Fatalf("testredis: CLUSTER MEET: %s", got)
 		}
 	}
@@ -309,6 +308,21 @@ func StartCluster(t testing.TB, n int, extra ...string) *Cluster {
 		}
 	}
 	return c
+}
+
+// clusterLines configure a node of a Redis Cluster, with extra after, and
+// return its cluster bus port: a free port of its own, as the default (the
+// port plus 10,000) may be taken (an ephemeral port) or past 65535.
+func clusterLines(t testing.TB, extra []string) ([]string, int) {
+	bus := testutil.FreePort(t)
+	return append([]string{
+		"cluster-enabled yes",
+		"cluster-config-file nodes.conf",
+		"cluster-port " + strconv.Itoa(bus),
+		"cluster-node-timeout 5000",
+		// A test may stop a node: the others keep serving their slots.
+		"cluster-require-full-coverage no",
+	}, extra...), bus
 }
 
 // parseFields splits lines "k:v" into a map.
@@ -352,14 +366,9 @@ func (c *Cluster) Addrs() []string {
 func (c *Cluster) AddReplica(t testing.TB, i int, extra ...string) *Server {
 	t.Helper()
 	primary := c.Nodes[i]
-	lines := append([]string{
-		"cluster-enabled yes",
-		"cluster-config-file nodes.conf",
-		"cluster-node-timeout 5000",
-		"cluster-require-full-coverage no",
-	}, extra...)
+	lines, _ := clusterLines(t, extra)
 	s := Start(t, lines...)
-	if got := s.Do("CLUSTER", "MEET", "127.0.0.1", strconv.Itoa(primary.Port)); got != "+OK" {
+	if got := s.Do("CLUSTER", "MEET", "127.0.0.1", strconv.Itoa(c.Nodes[0].Port), strconv.Itoa(c.bus)); got != "+OK" {
 		t.Fatalf("testredis: CLUSTER MEET: %s", got)
 	}
 	id := primary.Do("CLUSTER", "MYID")
