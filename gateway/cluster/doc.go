@@ -98,7 +98,7 @@
 // live nodes the heartbeat last read; then nodeScript, on the node keys'
 // slot, updates the indexes and sends the Takeover events (it checks each
 // previous node's heartbeat itself). A node step Redis did not take is
-// kept (Member.backlog) and sent before the next batch. Get, List and the
+// kept (Member.backlog) and sent with the next node step. Get, List and the
 // sweep read the node keys and the records in separate round trips
 // (TestClusterOnlineBatches, TestClusterTakeoverAcrossNodes,
 // TestClusterNodeDeath).
