@@ -550,8 +550,8 @@ func (m *Member) List(ctx context.Context, node, mode string, cursor string, lim
 // writes each record. The node step then runs nodeScript once on the node
 // keys' slot: the indexes, and the Takeover events for the nodes whose
 // devices moved (if they are live) or for this node (an Online that
-// lost). A node step Redis did not take is kept and sent again before
-// the next batch (Member.backlog): the device step's answer (which node
+// lost). A node step Redis did not take is kept and sent again with the
+// next batch's (Member.backlog): the device step's answer (which node
 // held the device) is not found again once the record is written.
 
 // deviceScript is the device step of a batch: the device keys of one
