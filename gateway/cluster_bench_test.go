@@ -36,6 +36,7 @@ func BenchmarkCommandPost(b *testing.B) {
 		{name: "redis-fsync-everysec", setup: func(b *testing.B, c *Config) {
 			c.Cluster = testredis.Start(b, "appendfsync everysec").URL()
 		}},
+		{name: "redis-cluster-3-fsync-always", setup: func(b *testing.B, c *Config) { c.Cluster = testredis.StartCluster(b, 3).URL() }},
 	}
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {

@@ -89,11 +89,19 @@
 //
 // The scripts touch a device's key together with node keys (its index,
 // another node's index and inbox, a heartbeat), which are in other slots,
-// and build the names of keys they learn from a record: they need one
-// Redis primary (standalone, or Sentinel), as the command store does,
-// which refuses a Redis Cluster. The key names are ready for a Cluster;
-// the writes are not: there, a batch would be split by slot, with the
-// index updates and the Takeover sent after the device scripts answer.
+// and build the names of keys they learn from a record. On one Redis
+// primary (standalone, or Sentinel) that is one script per batch. On a
+// Redis Cluster (the client a *redis.ClusterClient) every node key is
+// named PREFIX:{PREFIX:n}:... (one slot for all node keys), and a batch is
+// two steps: deviceScript per hash slot of the batch's devices (pipelined,
+// one round trip per primary) decides and writes the records, with the
+// live nodes the heartbeat last read; then nodeScript, on the node keys'
+// slot, updates the indexes and sends the Takeover events (it checks each
+// previous node's heartbeat itself). A node step Redis did not take is
+// kept (Member.backlog) and sent with the next node step. Get, List and the
+// sweep read the node keys and the records in separate round trips
+// (TestClusterOnlineBatches, TestClusterTakeoverAcrossNodes,
+// TestClusterNodeDeath).
 //
 // # The batch script
 //

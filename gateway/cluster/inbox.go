@@ -62,7 +62,7 @@ func (m *Member) xaddArgs(node string, ev Event) *redis.XAddArgs {
 	}
 	values = append(values, "f", m.opts.Node)
 	return &redis.XAddArgs{
-		Stream: inboxKey(m.opts.Prefix, node),
+		Stream: inboxKey(m.np, node),
 		MaxLen: m.opts.InboxLen,
 		Approx: true,
 		Values: values,
@@ -193,10 +193,15 @@ func (m *Member) consume() {
 // readBlock is Options.ReadBlock, made half the client's read timeout if
 // that is shorter, so that a blocking read is not taken for a hung Redis.
 func readBlock(rdb redis.UniversalClient, block time.Duration) time.Duration {
-	if c, ok := rdb.(interface{ Options() *redis.Options }); ok {
-		if rt := c.Options().ReadTimeout; rt > 0 {
-			block = min(block, rt/2)
-		}
+	var rt time.Duration
+	switch c := rdb.(type) {
+	case interface{ Options() *redis.Options }:
+		rt = c.Options().ReadTimeout
+	case *redis.ClusterClient:
+		rt = c.Options().ReadTimeout
+	}
+	if rt > 0 {
+		block = min(block, rt/2)
 	}
 	return max(block, time.Millisecond)
 }
@@ -221,12 +226,27 @@ func (m *Member) readFailed(err error, wait *time.Duration) bool {
 func (m *Member) inboxEnd(ctx context.Context) (string, error) {
 	ctx, cancel := m.ctx(ctx)
 	defer cancel()
-	pipe := m.rdb.Pipeline()
-	end := pipe.XRevRangeN(ctx, m.keys.inbox, "+", "-", 1)
-	// Not batchScript.Load: on a pipeline it would take the empty
-	// answer it has before Exec for the script's hash.
-	pipe.ScriptLoad(ctx, batchSource)
-	if _, err := pipe.Exec(ctx); err != nil {
+	var end *redis.XMessageSliceCmd
+	if m.cluster {
+		// The scripts go to every primary (the client sends SCRIPT LOAD
+		// to each), the read to the node keys' slot.
+		for _, s := range []*redis.Script{deviceScript, nodeScript, sweepDeviceScript} {
+			if err := s.Load(ctx, m.rdb).Err(); err != nil {
+				return "", err
+			}
+		}
+		end = m.rdb.XRevRangeN(ctx, m.keys.inbox, "+", "-", 1)
+	} else {
+		pipe := m.rdb.Pipeline()
+		end = pipe.XRevRangeN(ctx, m.keys.inbox, "+", "-", 1)
+		// Not batchScript.Load: on a pipeline it would take the empty
+		// answer it has before Exec for the script's hash.
+		pipe.ScriptLoad(ctx, batchSource)
+		if _, err := pipe.Exec(ctx); err != nil {
+			return "", err
+		}
+	}
+	if err := end.Err(); err != nil {
 		return "", err
 	}
 	msgs := end.Val()

@@ -190,7 +190,13 @@ type counters struct {
 // heartbeat, its inbox. Its methods are safe for concurrent use; Online,
 // Offline, NotifyAsync and NextEpoch never wait on Redis.
 type Member struct {
-	rdb  redis.UniversalClient
+	rdb redis.UniversalClient
+	// cluster: rdb is a Redis Cluster's; the scripts that span a device
+	// and the node keys are split (see the package documentation).
+	cluster bool
+	// np starts the node keys: Prefix on one primary; on a Redis
+	// Cluster, Prefix:{Prefix:n}, which puts every node key in one slot.
+	np   string
 	opts Options
 	log  *zap.Logger
 	keys keys
@@ -200,6 +206,13 @@ type Member struct {
 	startEpoch uint64
 
 	q queue
+	// live is the names of the live nodes the heartbeat last read, on a
+	// Redis Cluster: the device script decides with it whether a record's
+	// node is live (nil: not yet read, every node is taken as live).
+	live atomic.Pointer[[]string]
+	// backlog holds the node-key steps of batches that Redis did not take
+	// (Redis Cluster only); the writer alone uses it.
+	backlog []any
 
 	events chan Event
 	block  time.Duration // of each inbox read: readBlock
@@ -266,11 +279,18 @@ func Join(rdb redis.UniversalClient, opts Options) (*Member, error) {
 	if err != nil {
 		return nil, err
 	}
+	_, cluster := rdb.(*redis.ClusterClient)
+	np := o.Prefix
+	if cluster {
+		np = o.Prefix + ":{" + o.Prefix + ":n}"
+	}
 	m := &Member{
 		rdb:     rdb,
+		cluster: cluster,
+		np:      np,
 		opts:    o,
 		log:     o.Logger,
-		keys:    newKeys(o.Prefix, o.Node),
+		keys:    newKeys(np, o.Node),
 		clk:     clock{now: o.Now},
 		events:  make(chan Event, eventBuffer),
 		reading: make(chan struct{}),

@@ -155,7 +155,10 @@ func (m *Member) sweep(ctx context.Context, node, cursor, bound string, dead boo
 	if dead {
 		d = "1"
 	}
-	res, err := sweepScript.Run(ctx, m.rdb, []string{indexKey(m.opts.Prefix, node), m.keys.nodes},
+	if m.cluster {
+		return m.clusterSweep(ctx, node, cursor, bound, dead)
+	}
+	res, err := sweepScript.Run(ctx, m.rdb, []string{indexKey(m.np, node), m.keys.nodes},
 		m.opts.Prefix, node, cursor, sweepPage, bound, d).Slice()
 	if err != nil {
 		return cursor, false, err
@@ -199,7 +202,7 @@ func (m *Member) sweepDead(ctx context.Context, cursors map[string]string) error
 
 // nodes returns the live nodes and the names of the dead ones.
 func (m *Member) nodes(ctx context.Context) ([]Node, []string, error) {
-	res, err := nodesScript.Run(ctx, m.rdb, []string{m.keys.nodes}, m.opts.Prefix).Slice()
+	res, err := nodesScript.Run(ctx, m.rdb, []string{m.keys.nodes}, m.np).Slice()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -216,6 +219,13 @@ func (m *Member) nodes(ctx context.Context) ([]Node, []string, error) {
 		s, _ := flat[i+3].(string)
 		n.Since, _ = strconv.ParseInt(s, 10, 64)
 		live = append(live, n)
+	}
+	if m.cluster {
+		names := make([]string, len(live))
+		for i, n := range live {
+			names[i] = n.ID
+		}
+		m.live.Store(&names)
 	}
 	deadAny, _ := res[1].([]any)
 	dead := make([]string, 0, len(deadAny))
@@ -251,4 +261,80 @@ func (m *Member) leave(ctx context.Context) error {
 		return m.unavailable("leave", err)
 	}
 	return nil
+}
+
+// sweepDeviceScript deletes a device's record if it names node and is
+// older than a bound (” for any): 1 deleted, 2 kept (newer), 0 not the
+// node's.
+var sweepDeviceScript = redis.NewScript(`
+-- KEYS: the device key; ARGV: node, epoch bound (20 digits) or ''
+local function older(a, b)
+  local ah, bh = tonumber(string.sub(a, 1, 10)), tonumber(string.sub(b, 1, 10))
+  if ah ~= bh then return ah < bh end
+  return tonumber(string.sub(a, 11, 20)) < tonumber(string.sub(b, 11, 20))
+end
+local cur = redis.call('GET', KEYS[1])
+local bar = cur and string.find(cur, '|', 21, true)
+if not bar or string.sub(cur, 21, bar - 1) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' or older(string.sub(cur, 1, 20), ARGV[2]) then redis.call('DEL', KEYS[1]) return 1 end
+return 2
+`)
+
+// clusterSweep is sweep on a Redis Cluster: a page of the node's index,
+// then a script per device (pipelined), then the index.
+func (m *Member) clusterSweep(ctx context.Context, node, cursor, bound string, dead bool) (string, bool, error) {
+	idx := indexKey(m.np, node)
+	from := "-"
+	if cursor != "" {
+		from = "(" + cursor
+	}
+	pipe := m.rdb.Pipeline()
+	alive := pipe.Exists(ctx, aliveKey(m.np, node))
+	page := pipe.ZRangeByLex(ctx, idx, &redis.ZRangeBy{Min: from, Max: "+", Count: sweepPage})
+	if _, err := pipe.Exec(ctx); err != nil {
+		return cursor, false, err
+	}
+	if dead && alive.Val() == 1 {
+		return "", true, nil
+	}
+	ids := page.Val()
+	if len(ids) > 0 {
+		pipe := m.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(ids))
+		for i, id := range ids {
+			cmds[i] = sweepDeviceScript.EvalSha(ctx, pipe, []string{deviceKey(m.opts.Prefix, id)}, node, bound)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			if redis.HasErrorPrefix(err, "NOSCRIPT") {
+				_ = sweepDeviceScript.Load(ctx, m.rdb).Err()
+			}
+			return cursor, false, err
+		}
+		var out []any
+		n := 0
+		for i, c := range cmds {
+			switch c.Val() {
+			case int64(1):
+				n++
+				out = append(out, ids[i])
+			case int64(0):
+				out = append(out, ids[i])
+			}
+		}
+		if len(out) > 0 {
+			if err := m.rdb.ZRem(ctx, idx, out...).Err(); err != nil {
+				return cursor, false, err
+			}
+		}
+		m.c.swept.Add(uint64(n))
+	}
+	if len(ids) < sweepPage {
+		if dead {
+			if n, err := m.rdb.Exists(ctx, idx).Result(); err == nil && n == 0 {
+				_ = m.rdb.ZRem(ctx, m.keys.nodes, node).Err()
+			}
+		}
+		return "", true, nil
+	}
+	return ids[len(ids)-1], false, nil
 }

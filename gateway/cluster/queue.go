@@ -37,6 +37,9 @@ type queue struct {
 	// inflight counts the writes and notes taken by the writer and not
 	// yet settled.
 	inflight int
+	// held counts the node steps the writer keeps to send again (Redis
+	// Cluster): the queue is not idle while it holds any.
+	held int
 	// idle is closed, and replaced, when the queue is empty with nothing
 	// in flight: Flush waits on it.
 	idle     chan struct{}
@@ -177,7 +180,7 @@ func (q *queue) settle(n int, retryOps []op, retryNotes []note) (dropped int) {
 
 // checkIdle wakes the Flush callers when nothing is left. q.mu is held.
 func (q *queue) checkIdle() {
-	if len(q.pending) == 0 && len(q.notes) == 0 && q.inflight == 0 {
+	if len(q.pending) == 0 && len(q.notes) == 0 && q.inflight == 0 && q.held == 0 {
 		close(q.idle)
 		q.idle = make(chan struct{})
 	}
@@ -188,7 +191,7 @@ func (q *queue) checkIdle() {
 func (q *queue) state() (int, chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	n := len(q.pending) + len(q.notes)
+	n := len(q.pending) + len(q.notes) + q.held
 	if n == 0 && q.inflight == 0 {
 		return 0, nil
 	}
@@ -201,13 +204,22 @@ func (q *queue) lens() (int, int) {
 	return len(q.pending), len(q.notes)
 }
 
+// hold records how many node steps the writer keeps to send again.
+func (q *queue) hold(n int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.held = n
+	q.checkIdle()
+}
+
 // drain empties the queue and returns how many were in it.
 func (q *queue) drain() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	n := len(q.pending) + len(q.notes)
+	n += q.held
 	clear(q.pending)
-	q.order, q.head, q.notes = nil, 0, nil
+	q.order, q.head, q.notes, q.held = nil, 0, nil, 0
 	q.checkIdle()
 	return n
 }

@@ -248,14 +248,17 @@ func (m *Member) writer() {
 		}
 		for {
 			ops, notes := m.q.take(m.opts.BatchSize)
-			if len(ops) == 0 && len(notes) == 0 {
+			if len(ops) == 0 && len(notes) == 0 && len(m.backlog) == 0 {
 				break
 			}
 			retryOps, retryNotes := m.write(ops, notes)
+			if m.cluster {
+				m.q.hold(len(m.backlog) / 4)
+			}
 			if d := m.q.settle(len(ops)+len(notes), retryOps, retryNotes); d > 0 {
 				m.c.dropped.Add(uint64(d))
 			}
-			if len(retryOps)+len(retryNotes) == 0 {
+			if len(retryOps)+len(retryNotes)+len(m.backlog) == 0 {
 				wait = 0
 				continue
 			}
@@ -273,6 +276,9 @@ func (m *Member) write(ops []op, notes []note) ([]op, []note) {
 	ctx, cancel := m.ctx(context.Background())
 	defer cancel()
 	m.c.batches.Add(1)
+	if m.cluster {
+		return m.clusterWrite(ctx, ops, notes)
+	}
 	pipe := m.rdb.Pipeline()
 	var keys []string
 	var args []any
@@ -419,6 +425,9 @@ func (m *Member) Get(ctx context.Context, clientID string) (Record, bool, error)
 	}
 	ctx, cancel := m.ctx(ctx)
 	defer cancel()
+	if m.cluster {
+		return m.clusterGet(ctx, clientID)
+	}
 	res, err := getScript.Run(ctx, m.rdb, []string{deviceKey(m.opts.Prefix, clientID)}, m.opts.Prefix).Slice()
 	if errors.Is(err, redis.Nil) {
 		return Record{}, false, nil
@@ -509,7 +518,10 @@ func (m *Member) List(ctx context.Context, node, mode string, cursor string, lim
 	}
 	ctx, cancel := m.ctx(ctx)
 	defer cancel()
-	res, err := listScript.Run(ctx, m.rdb, []string{indexKey(m.opts.Prefix, node)},
+	if m.cluster {
+		return m.clusterList(ctx, node, mc, cursor, limit)
+	}
+	res, err := listScript.Run(ctx, m.rdb, []string{indexKey(m.np, node)},
 		m.opts.Prefix, node, mc, cursor, limit).Slice()
 	if err != nil {
 		return nil, "", m.unavailable("list", err)
@@ -530,4 +542,381 @@ func (m *Member) List(ctx context.Context, node, mode string, cursor string, lim
 		out = append(out, rec)
 	}
 	return out, next, nil
+}
+
+// On a Redis Cluster a batch is two steps. The device step runs
+// deviceScript once per hash slot of the batch's devices (pipelined: the
+// client sends one round trip per primary, in parallel): it decides and
+// writes each record. The node step then runs nodeScript once on the node
+// keys' slot: the indexes, and the Takeover events for the nodes whose
+// devices moved (if they are live) or for this node (an Online that
+// lost). A node step Redis did not take is kept and sent again with the
+// next batch's (Member.backlog): the device step's answer (which node
+// held the device) is not found again once the record is written.
+
+// deviceScript is the device step of a batch: the device keys of one
+// slot. Per write it returns {code, node, epoch}: 0 written (node: the
+// node that held the device before, or ”), 2 refused (a newer session
+// on node, with epoch), 3 Offline of an older session, 4 Offline deleted
+// the record, 5 Offline of a record that is not this node's.
+var deviceScript = redis.NewScript(`
+-- KEYS: the device keys of one slot, one per write
+-- ARGV: this node, ' live nodes ' (or '' when unknown: all live), then per write:
+--       '1' (online) or '0' (offline), client id, epoch (20 digits), record or ''
+local me, live = ARGV[1], ARGV[2]
+local function older(a, b)
+  local ah, bh = tonumber(string.sub(a, 1, 10)), tonumber(string.sub(b, 1, 10))
+  if ah ~= bh then return ah < bh end
+  return tonumber(string.sub(a, 11, 20)) < tonumber(string.sub(b, 11, 20))
+end
+local out = {}
+for i = 1, #KEYS do
+  local j = 2 + (i - 1) * 4
+  local e = ARGV[j + 3]
+  local cur = redis.call('GET', KEYS[i])
+  local cn, ce
+  local bar = cur and string.find(cur, '|', 21, true)
+  if bar then
+    ce = string.sub(cur, 1, 20)
+    cn = string.sub(cur, 21, bar - 1)
+  else
+    cur = nil
+  end
+  local r, n, x = 0, '', ''
+  if ARGV[j + 1] == '1' then
+    local alive = cur and (cn == me or live == '' or string.find(live, ' ' .. cn .. ' ', 1, true))
+    if alive and (older(e, ce) or (e == ce and me < cn)) then
+      r, n, x = 2, cn, ce
+    else
+      redis.call('SET', KEYS[i], ARGV[j + 4])
+      if cur and cn ~= me then n = cn end
+    end
+  elseif cur and cn == me then
+    if older(e, ce) then r = 3 else redis.call('DEL', KEYS[i]) r = 4 end
+  else
+    r = 5
+  end
+  out[i] = {r, n, x}
+end
+return out
+`)
+
+// nodeScript is the node step of a batch, on the node keys' slot. It
+// returns the number of Takeover events sent to other nodes.
+var nodeScript = redis.NewScript(`
+-- KEYS: this node's index (every node key is in its slot)
+-- ARGV: node key prefix, this node, inbox MAXLEN, then per entry: kind, client id, node, epoch
+--   'a': add to this node's index; node, when not '', held the device: out of its
+--        index, and Takeover{client, epoch} to it if it is live
+--   'r': an Online refused: Takeover{client, epoch} from node to this node
+--   'd': out of this node's index
+local p, me, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local sent = 0
+for j = 4, #ARGV, 4 do
+  local k, id, n, e = ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
+  if k == 'a' then
+    redis.call('ZADD', KEYS[1], 0, id)
+    if n ~= '' then
+      redis.call('ZREM', p .. ':idx:' .. n, id)
+      if redis.call('EXISTS', p .. ':alive:' .. n) == 1 then
+        redis.call('XADD', p .. ':inbox:' .. n, 'MAXLEN', '~', maxlen, '*', 'k', 't', 'c', id, 'e', e, 'f', me)
+        sent = sent + 1
+      end
+    end
+  elseif k == 'r' then
+    redis.call('XADD', p .. ':inbox:' .. me, 'MAXLEN', '~', maxlen, '*', 'k', 't', 'c', id, 'e', e, 'f', n)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return sent
+`)
+
+// clusterWrite is write on a Redis Cluster: the device step, the
+// notifications, then the node step.
+func (m *Member) clusterWrite(ctx context.Context, ops []op, notes []note) ([]op, []note) {
+	live := ""
+	if names := m.live.Load(); names != nil {
+		live = " " + strings.Join(*names, " ") + " "
+	}
+	// Group the writes by slot: a script's keys must share one.
+	groups := map[uint16][]int{}
+	var order []uint16
+	for i, o := range ops {
+		s := keySlot(deviceKey(m.opts.Prefix, o.rec.ClientID))
+		if _, ok := groups[s]; !ok {
+			order = append(order, s)
+		}
+		groups[s] = append(groups[s], i)
+	}
+	pipe := m.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(order))
+	for g, s := range order {
+		idx := groups[s]
+		keys := make([]string, len(idx))
+		args := make([]any, 0, 2+4*len(idx))
+		args = append(args, m.opts.Node, live)
+		for k, i := range idx {
+			o := ops[i]
+			keys[k] = deviceKey(m.opts.Prefix, o.rec.ClientID)
+			if o.online {
+				args = append(args, "1", o.rec.ClientID, epochArg(o.rec.Epoch), o.rec.encode(m.opts.Node))
+			} else {
+				args = append(args, "0", o.rec.ClientID, epochArg(o.rec.Epoch), "")
+			}
+		}
+		cmds[g] = deviceScript.EvalSha(ctx, pipe, keys, args...)
+	}
+	xadds := make([]*redis.StringCmd, len(notes))
+	for i, n := range notes {
+		xadds[i] = pipe.XAdd(ctx, m.xaddArgs(n.node, n.ev))
+	}
+	var err error
+	if len(cmds)+len(xadds) > 0 {
+		_, err = pipe.Exec(ctx)
+	}
+	var retryNotes []note
+	for i, x := range xadds {
+		if x.Err() != nil {
+			retryNotes = append(retryNotes, notes[i])
+		} else {
+			m.c.eventsSent.Add(1)
+		}
+	}
+	var retryOps []op
+	noscript := false
+	step := m.backlog
+	m.backlog = nil
+	// settle adds the node step of ops[i] from its device script's answer.
+	settle := func(i int, one []any) {
+		m.c.flushed.Add(1)
+		if len(one) != 3 {
+			return
+		}
+		code, _ := one[0].(int64)
+		node, _ := one[1].(string)
+		epoch, _ := one[2].(string)
+		id := ops[i].rec.ClientID
+		switch code {
+		case 0:
+			step = append(step, "a", id, node, epochArg(ops[i].rec.Epoch))
+		case 2:
+			m.c.refused.Add(1)
+			if node != m.opts.Node {
+				step = append(step, "r", id, node, epoch)
+			}
+		case 4, 5:
+			step = append(step, "d", id, "", "")
+		}
+	}
+	for g, s := range order {
+		idx := groups[s]
+		c := cmds[g]
+		switch {
+		case c.Err() == nil:
+			res, _ := c.Val().([]any)
+			for k, i := range idx {
+				var one []any
+				if k < len(res) {
+					one, _ = res[k].([]any)
+				}
+				settle(i, one)
+			}
+		case transient(c.Err()):
+			if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+				noscript = true
+			}
+			for _, i := range idx {
+				retryOps = append(retryOps, ops[i])
+			}
+		default:
+			// Redis refused the script (a key of another type under the
+			// prefix...): each write of the slot on its own finds the
+			// ones to drop.
+			m.c.errors.Add(1)
+			for _, i := range idx {
+				o := ops[i]
+				online, rec := "0", ""
+				if o.online {
+					online, rec = "1", o.rec.encode(m.opts.Node)
+				}
+				res, err := deviceScript.Run(ctx, m.rdb, []string{deviceKey(m.opts.Prefix, o.rec.ClientID)},
+					m.opts.Node, live, online, o.rec.ClientID, epochArg(o.rec.Epoch), rec).Slice()
+				switch {
+				case err == nil:
+					one, _ := at(res, 0).([]any)
+					settle(i, one)
+				case transient(err):
+					retryOps = append(retryOps, o)
+				default:
+					m.c.dropped.Add(1)
+					m.log.Error("cluster: registry write refused by redis, dropped",
+						zap.String("client", o.rec.ClientID), zap.Error(err))
+				}
+			}
+		}
+	}
+	if noscript {
+		_ = deviceScript.Load(ctx, m.rdb).Err()
+	}
+	if len(step) > 0 {
+		args := append([]any{m.np, m.opts.Node, m.opts.InboxLen}, step...)
+		sent, serr := nodeScript.Run(ctx, m.rdb, []string{m.keys.index}, args...).Int64()
+		switch {
+		case serr == nil:
+			m.c.takeovers.Add(uint64(sent))
+		case transient(serr):
+			m.backlog = step
+			err = errors.Join(err, serr)
+		default:
+			// A node key of another type: sending it again would fail
+			// again.
+			m.c.errors.Add(1)
+			m.c.dropped.Add(uint64(len(step) / 4))
+			m.log.Error("cluster: registry index updates refused by redis, dropped",
+				zap.Int("updates", len(step)/4), zap.Error(serr))
+		}
+	}
+	if len(retryOps)+len(retryNotes)+len(m.backlog) > 0 {
+		m.c.errors.Add(1)
+		m.log.Warn("cluster: registry writes not made, retrying", zap.Int("writes", len(retryOps)),
+			zap.Int("events", len(retryNotes)), zap.Int("index_updates", len(m.backlog)/4), zap.Error(err))
+	}
+	return retryOps, retryNotes
+}
+
+func at(s []any, i int) any {
+	if i < len(s) {
+		return s[i]
+	}
+	return nil
+}
+
+// keySlot is the Redis Cluster hash slot of a key: CRC16 (XMODEM) of its
+// hash tag (the bytes between the first '{' and the next '}', if any) or
+// of the key, modulo 16384.
+func keySlot(key string) uint16 {
+	if s := strings.IndexByte(key, '{'); s >= 0 {
+		if e := strings.IndexByte(key[s+1:], '}'); e > 0 {
+			key = key[s+1 : s+1+e]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % 16384
+}
+
+// clusterGet is Get on a Redis Cluster: the record, then its node's
+// heartbeat.
+func (m *Member) clusterGet(ctx context.Context, clientID string) (Record, bool, error) {
+	v, err := m.rdb.Get(ctx, deviceKey(m.opts.Prefix, clientID)).Result()
+	if errors.Is(err, redis.Nil) {
+		return Record{}, false, nil
+	}
+	if err != nil {
+		return Record{}, false, m.unavailable("get", err)
+	}
+	rec, err := decodeRecord(clientID, v)
+	if err != nil {
+		return Record{}, false, err
+	}
+	m.clk.observe(rec.Epoch)
+	live, err := m.rdb.Exists(ctx, aliveKey(m.np, rec.Node)).Result()
+	if err != nil {
+		return Record{}, false, m.unavailable("get", err)
+	}
+	if live != 1 {
+		return Record{}, false, nil
+	}
+	return rec, true, nil
+}
+
+// clusterList is List on a Redis Cluster: a page of the node's index
+// and its heartbeat, then the records (a round trip per primary, in
+// parallel); members without a record of that node leave the index.
+func (m *Member) clusterList(ctx context.Context, node, mc, cursor string, limit int) ([]Record, string, error) {
+	from := "-"
+	if cursor != "" {
+		from = "(" + cursor
+	}
+	idx := indexKey(m.np, node)
+	pipe := m.rdb.Pipeline()
+	alive := pipe.Exists(ctx, aliveKey(m.np, node))
+	page := pipe.ZRangeByLex(ctx, idx, &redis.ZRangeBy{Min: from, Max: "+", Count: int64(limit)})
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, "", m.unavailable("list", err)
+	}
+	ids := page.Val()
+	if alive.Val() != 1 || len(ids) == 0 {
+		return nil, "", nil
+	}
+	vals, stale, err := m.records(ctx, ids)
+	if err != nil {
+		return nil, "", m.unavailable("list", err)
+	}
+	out := make([]Record, 0, len(ids))
+	for i, id := range ids {
+		if vals[i] == "" {
+			continue
+		}
+		rec, err := decodeRecord(id, vals[i])
+		if err != nil {
+			return nil, "", err
+		}
+		if rec.Node != node {
+			stale = append(stale, id)
+			continue
+		}
+		if mc == "" || (mc == "t") == (rec.Mode == ModeTLS) {
+			out = append(out, rec)
+		}
+	}
+	if len(stale) > 0 {
+		_ = m.rdb.ZRem(ctx, idx, toAny(stale)...).Err()
+	}
+	next := ""
+	if len(ids) == limit {
+		next = ids[len(ids)-1]
+	}
+	return out, next, nil
+}
+
+// records reads the records of client ids, pipelined; "" where there is
+// none, and those ids.
+func (m *Member) records(ctx context.Context, ids []string) ([]string, []string, error) {
+	pipe := m.rdb.Pipeline()
+	gets := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		gets[i] = pipe.Get(ctx, deviceKey(m.opts.Prefix, id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, err
+	}
+	vals := make([]string, len(ids))
+	var missing []string
+	for i, g := range gets {
+		if g.Err() != nil {
+			missing = append(missing, ids[i])
+			continue
+		}
+		vals[i] = g.Val()
+	}
+	return vals, missing, nil
+}
+
+func toAny(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
 }

@@ -20,7 +20,7 @@ func benchCmd(id, client string) *Command {
 // fsync. Each command goes to its own client so the limit stays out of the
 // way.
 func BenchmarkPut(b *testing.B) {
-	for _, f := range factories() {
+	for _, f := range factories(b) {
 		b.Run(f.name, func(b *testing.B) {
 			s := f.open(b, Options{})
 			b.ReportAllocs()
@@ -38,7 +38,7 @@ func BenchmarkPut(b *testing.B) {
 // BenchmarkPutParallel measures Puts from 16 concurrent callers, as from a
 // burst of API requests.
 func BenchmarkPutParallel(b *testing.B) {
-	for _, f := range factories() {
+	for _, f := range factories(b) {
 		b.Run(f.name, func(b *testing.B) {
 			s := f.open(b, Options{})
 			var n atomic.Int64
@@ -75,7 +75,7 @@ func BenchmarkTransition(b *testing.B) {
 // BenchmarkPending lists the ten commands of one client among 1,000
 // clients with ten commands each.
 func BenchmarkPending(b *testing.B) {
-	for _, f := range factories() {
+	for _, f := range factories(b) {
 		b.Run(f.name, func(b *testing.B) {
 			s := f.open(b, Options{})
 			if bolt, ok := s.(*Bolt); ok {

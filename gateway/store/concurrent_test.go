@@ -23,7 +23,7 @@ func TestConcurrentPutTransition(t *testing.T) {
 		perWriter = 15
 		clients   = 4
 	)
-	for _, f := range factories() {
+	for _, f := range factories(t) {
 		t.Run(f.name, func(t *testing.T) {
 			s := f.open(t, Options{Limit: writers * perWriter})
 			errs := make(chan error, writers+2)
@@ -110,7 +110,7 @@ func TestConcurrentLimitAndRace(t *testing.T) {
 		limit   = 5
 		callers = 20
 	)
-	for _, f := range factories() {
+	for _, f := range factories(t) {
 		t.Run(f.name, func(t *testing.T) {
 			s := f.open(t, Options{Limit: limit})
 			var put, full, moved, refused atomic.Int32

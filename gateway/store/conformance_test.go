@@ -40,7 +40,7 @@ var conformance = []struct {
 const conformanceLimit = 3
 
 func TestConformance(t *testing.T) {
-	for _, f := range factories() {
+	for _, f := range factories(t) {
 		t.Run(f.name, func(t *testing.T) {
 			for _, tc := range conformance {
 				t.Run(tc.name, func(t *testing.T) {

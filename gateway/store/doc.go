@@ -130,9 +130,21 @@
 // connection, by WAIT.
 //
 // The shared indexes (P:ids, P:exp...) make every change touch two hash
-// slots, so the store runs on one Redis primary (alone or under Sentinel)
-// and refuses a Redis Cluster; the per-client hash tags are there for the
-// day the shared indexes are split by slot. Nothing has a Redis TTL: a
+// slots: on one Redis primary (alone or under Sentinel) a change is one
+// script. On a Redis Cluster (a *redis.ClusterClient) the shared indexes
+// are split in 16 buckets, P:{P:bNN}:ids, exp, fin, counts, origins,
+// clients and cver (a command's entries in the bucket of its id, a
+// client's clients entry in the bucket of its id), and a change is steps,
+// each one script on one slot: Put claims the id in its bucket, writes
+// the record, queue and list with the client's version (P:<len>:{<client>}:v,
+// raised by every change), then indexes it; a transition writes the record
+// and indexes it. An index step applies only if its version is newer than
+// the one indexed, so late, repeated or reordered steps are harmless. An
+// id's entry "VER STATUS LEN CLIENT ORIGIN" (STATUS "~MS" for a claim)
+// keeps what a Prune cut short needs to finish. Prune sweeps a page of
+// each bucket: a claim without a record older than a minute is dropped,
+// an entry behind its record is indexed again (rediscluster.go,
+// TestRedisClusterRepair). Nothing has a Redis TTL: a
 // command leaves Redis by Prune, so the store refuses a Redis whose
 // maxmemory-policy could evict any key (allkeys-*).
 //

@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -35,7 +36,11 @@ type factory struct {
 	open func(t testing.TB, opts Options) Store
 }
 
-func factories() []factory {
+// factories are the stores to test; t is the test that holds what they
+// share (one Redis Cluster, a prefix per store).
+func factories(t testing.TB) []factory {
+	var cluster *testredis.Cluster
+	var prefixes int
 	return []factory{
 		{name: "memory", open: func(t testing.TB, opts Options) Store {
 			s := NewMemory(opts)
@@ -47,6 +52,13 @@ func factories() []factory {
 		}},
 		{name: "redis", open: func(t testing.TB, opts Options) Store {
 			return openRedis(t, testredis.Start(t), opts, RedisOptions{})
+		}},
+		{name: "redis cluster", open: func(tt testing.TB, opts Options) Store {
+			if cluster == nil {
+				cluster = testredis.StartCluster(t, 3)
+			}
+			prefixes++
+			return openRedisURL(tt, cluster.URL(), opts, RedisOptions{Prefix: fmt.Sprint("t", prefixes)})
 		}},
 		{name: "bolt batched", open: func(t testing.TB, opts Options) Store {
 			opts.BatchDelay = time.Millisecond
@@ -71,10 +83,16 @@ func openBolt(t testing.TB, path string, opts Options) *Bolt {
 // openRedis opens a Redis store on srv, closed at the end of the test.
 func openRedis(t testing.TB, srv *testredis.Server, opts Options, ropts RedisOptions) *Redis {
 	t.Helper()
+	return openRedisURL(t, srv.URL(), opts, ropts)
+}
+
+// openRedisURL opens a Redis store on a URL, closed at the end of the test.
+func openRedisURL(t testing.TB, url string, opts Options, ropts RedisOptions) *Redis {
+	t.Helper()
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	rdb, err := NewRedisClient(srv.URL(), ropts.WaitTimeout)
+	rdb, err := NewRedisClient(url, ropts.WaitTimeout)
 	if err != nil {
 		t.Fatalf("NewRedisClient: %v", err)
 	}

@@ -7,8 +7,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -63,9 +65,10 @@ func (o RedisOptions) withDefaults() RedisOptions {
 }
 
 // Redis is the Store kept in a Redis database (standalone, or a primary
-// found through Sentinel), shared by the gateways of a cluster. Every change
-// is one Lua script, atomic in Redis; see the package documentation for the
-// keys.
+// found through Sentinel) or a Redis Cluster, shared by the gateways of a
+// cluster. On one primary every change is one Lua script, atomic in Redis;
+// on a Redis Cluster it is steps of one slot each (rediscluster.go). See
+// the package documentation for the keys.
 type Redis struct {
 	// constant after OpenRedis
 	rdb    redis.UniversalClient
@@ -73,6 +76,11 @@ type Redis struct {
 	limit  int
 	log    *zap.Logger
 	global redisGlobalKeys
+	// cluster: the client is a Redis Cluster's; the shared indexes are
+	// split in buckets (rediscluster.go).
+	cluster bool
+
+	sweepMu sync.Mutex // one sweep at a time
 
 	closed atomic.Bool
 }
@@ -95,10 +103,11 @@ type redisGlobalKeys struct {
 const redisLayout = "2"
 
 // OpenRedis returns a store on the Redis client rdb, which it closes on
-// Close. It checks that Redis answers, refuses a Redis Cluster (the store's
-// scripts touch a client's keys and the shared indexes together) and a
-// Redis that evicts any key when its memory is full, and warns when Redis
-// keeps no append-only file.
+// Close: one primary (a *redis.Client or Sentinel's), or a Redis Cluster
+// (a *redis.ClusterClient, whose every primary it checks). It checks that
+// Redis answers, refuses a Redis Cluster node reached as one server (its
+// other slots would fail) and a Redis that evicts any key when its memory
+// is full, and warns when Redis keeps no append-only file.
 func OpenRedis(rdb redis.UniversalClient, opts Options, ropts RedisOptions) (*Redis, error) {
 	o := opts.withDefaults()
 	ro := ropts.withDefaults()
@@ -115,16 +124,66 @@ func OpenRedis(rdb redis.UniversalClient, opts Options, ropts RedisOptions) (*Re
 	}
 	ctx, cancel := r.ctx()
 	defer cancel()
-	info, err := rdb.Info(ctx, "server", "persistence", "cluster", "replication", "memory").Result()
-	if err != nil {
-		return nil, r.unavailable("open", err)
+	cc, cluster := rdb.(*redis.ClusterClient)
+	r.cluster = cluster
+	var infos []map[string]string
+	if cluster {
+		var mu sync.Mutex
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			info, err := c.Info(ctx, "server", "persistence", "cluster", "replication", "memory").Result()
+			mu.Lock()
+			infos = append(infos, parseInfo(info))
+			mu.Unlock()
+			return err
+		})
+		if err != nil {
+			return nil, r.unavailable("open", err)
+		}
+	} else {
+		info, err := rdb.Info(ctx, "server", "persistence", "cluster", "replication", "memory").Result()
+		if err != nil {
+			return nil, r.unavailable("open", err)
+		}
+		infos = append(infos, parseInfo(info))
 	}
-	fields := parseInfo(info)
-	if fields["cluster_enabled"] == "1" {
-		return nil, errors.New("store: this Redis runs in cluster mode; the command store needs one primary (standalone or Sentinel): see docs/operations.md, Cluster mode")
+	for _, fields := range infos {
+		if err := r.checkInfo(fields); err != nil {
+			return nil, err
+		}
+	}
+	fields := infos[0]
+	if cluster {
+		if err := r.loadScripts(ctx); err != nil {
+			return nil, r.unavailable("open", err)
+		}
+	} else if err := r.indexByClient(); err != nil {
+		return nil, err
+	}
+	counts, err := r.Stats()
+	if err != nil {
+		return nil, err
+	}
+	r.log.Info("command store opened on redis",
+		zap.String("redis", fields["redis_version"]),
+		zap.Bool("cluster", cluster),
+		zap.Int("primaries", len(infos)),
+		zap.String("prefix", ro.Prefix),
+		zap.Bool("aof", fields["aof_enabled"] == "1"),
+		zap.Int("wait_replicas", ro.WaitReplicas),
+		zap.Int("non_final", counts.NonFinal()),
+		zap.Int("clients", counts.Clients),
+		zap.Int("limit", r.limit))
+	return r, nil
+}
+
+// checkInfo checks the INFO of one primary.
+func (r *Redis) checkInfo(fields map[string]string) error {
+	ro := r.opts
+	if fields["cluster_enabled"] == "1" && !r.cluster {
+		return errors.New("store: this Redis runs in cluster mode: name the cluster with redis+cluster://host:port?addr=host:port... (see docs/operations.md, Cluster mode)")
 	}
 	if policy := fields["maxmemory_policy"]; strings.HasPrefix(policy, "allkeys-") {
-		return nil, fmt.Errorf("store: this Redis evicts any key when full (maxmemory-policy %s), pending commands included; set maxmemory-policy noeviction: see docs/operations.md, Cluster mode", policy)
+		return fmt.Errorf("store: this Redis evicts any key when full (maxmemory-policy %s), pending commands included; set maxmemory-policy noeviction: see docs/operations.md, Cluster mode", policy)
 	}
 	if fields["aof_enabled"] != "1" {
 		r.log.Warn("redis keeps no append-only file (appendonly no): pending commands are lost if Redis restarts; see docs/operations.md, Cluster mode",
@@ -136,22 +195,7 @@ func OpenRedis(rdb redis.UniversalClient, opts Options, ropts RedisOptions) (*Re
 				zap.Int("replicas", n), zap.Int("wanted", ro.WaitReplicas))
 		}
 	}
-	if err := r.indexByClient(); err != nil {
-		return nil, err
-	}
-	counts, err := r.Stats()
-	if err != nil {
-		return nil, err
-	}
-	r.log.Info("command store opened on redis",
-		zap.String("redis", fields["redis_version"]),
-		zap.String("prefix", ro.Prefix),
-		zap.Bool("aof", fields["aof_enabled"] == "1"),
-		zap.Int("wait_replicas", ro.WaitReplicas),
-		zap.Int("non_final", counts.NonFinal()),
-		zap.Int("clients", counts.Clients),
-		zap.Int("limit", r.limit))
-	return r, nil
+	return nil
 }
 
 // indexByClient brings keys of layout 1 (before List) to layout 2: every
@@ -334,8 +378,12 @@ func (r *Redis) write(ctx context.Context, s *redis.Script, keys []string, args 
 		res, err = s.Run(ctx, r.rdb, keys, args...).Result()
 		return res, true, err
 	}
+	c, err := r.waitClient(ctx, keys[0])
+	if err != nil {
+		return nil, false, err
+	}
 	for range 2 {
-		pipe := r.rdb.Pipeline()
+		pipe := c.Pipeline()
 		cmd := s.EvalSha(ctx, pipe, keys, args...)
 		// The client's read timeout must exceed WaitTimeout: see
 		// NewRedisClient.
@@ -371,6 +419,9 @@ func (r *Redis) Put(c *Command) error {
 		return err
 	}
 	rec := appendCommand(make([]byte, 0, recordSize(d)), d)
+	if r.cluster {
+		return r.clusterPut(d, rec)
+	}
 	expiry := ""
 	if !d.ExpiresAt.IsZero() {
 		expiry = hexTimeKey(d.ExpiresAt, d.ID)
@@ -423,6 +474,9 @@ func (r *Redis) Get(id string) (*Command, error) {
 
 // load reads a command and the SHA-1 of its record.
 func (r *Redis) load(ctx context.Context, id string) (*Command, string, error) {
+	if r.cluster {
+		return r.clusterLoad(ctx, id)
+	}
 	client, err := r.rdb.HGet(ctx, r.global.ids, id).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, "", fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -430,6 +484,11 @@ func (r *Redis) load(ctx context.Context, id string) (*Command, string, error) {
 	if err != nil {
 		return nil, "", r.unavailable("get "+id, err)
 	}
+	return r.loadRecord(ctx, client, id)
+}
+
+// loadRecord reads the record of client's command id.
+func (r *Redis) loadRecord(ctx context.Context, client, id string) (*Command, string, error) {
 	rec, err := r.rdb.Get(ctx, r.recordKey(client, id)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		// Pruned between the two reads.
@@ -605,6 +664,16 @@ func (r *Redis) transition(ctx context.Context, id string, to Status, at time.Ti
 		if err := move(c, to, at, note); err != nil {
 			return nil, err
 		}
+		if r.cluster {
+			res, confirmed, err := r.clusterMove(ctx, c, sum)
+			if err != nil {
+				return nil, r.unavailable("transition "+id, err)
+			}
+			if done, c, err := r.moved(res, confirmed, c, id, to); done {
+				return c, err
+			}
+			continue
+		}
 		final, expiry, finished := "0", "", ""
 		if to.Final() {
 			final = "1"
@@ -621,19 +690,29 @@ func (r *Redis) transition(ctx context.Context, id string, to Status, at time.Ti
 		if err != nil {
 			return nil, r.unavailable("transition "+id, err)
 		}
-		switch res {
-		case int64(1):
-			if !confirmed {
-				r.log.Warn("a command's transition is on the redis primary but its replicas did not confirm it in time",
-					zap.String("id", id), zap.String("status", string(to)), zap.Int("wait_replicas", r.opts.WaitReplicas))
-			}
-			return c, nil
-		case int64(0):
-			return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+		code, _ := res.(int64)
+		if done, c, err := r.moved(code, confirmed, c, id, to); done {
+			return c, err
 		}
-		// Changed by another caller (another gateway): read it again.
 	}
 	return nil, fmt.Errorf("%w: transition %s: the command kept changing under %d attempts", ErrUnavailable, id, casRetries)
+}
+
+// moved interprets the answer of a transition's write: done unless the
+// command changed meanwhile (another caller, another gateway), when it is
+// read again.
+func (r *Redis) moved(code int64, confirmed bool, c *Command, id string, to Status) (bool, *Command, error) {
+	switch code {
+	case 1:
+		if !confirmed {
+			r.log.Warn("a command's transition is on the redis primary but its replicas did not confirm it in time",
+				zap.String("id", id), zap.String("status", string(to)), zap.Int("wait_replicas", r.opts.WaitReplicas))
+		}
+		return true, c, nil
+	case 0:
+		return true, nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return false, nil, nil
 }
 
 // Expire implements Store.
@@ -648,9 +727,13 @@ func (r *Redis) Expire(now time.Time) ([]*Command, error) {
 	defer cancel()
 	// Members up to now inclusive: every member of an expiry at or before
 	// now is below the key of now plus one nanosecond.
-	members, err := r.rdb.ZRangeByLex(ctx, r.global.expiry, &redis.ZRangeBy{
-		Min: "-", Max: "(" + hexTimeKey(now.Add(time.Nanosecond), ""),
-	}).Result()
+	var members []string
+	var err error
+	if maxMember := "(" + hexTimeKey(now.Add(time.Nanosecond), ""); r.cluster {
+		members, err = r.lexRange(ctx, func(b bucketKeys) string { return b.expiry }, maxMember)
+	} else {
+		members, err = r.rdb.ZRangeByLex(ctx, r.global.expiry, &redis.ZRangeBy{Min: "-", Max: maxMember}).Result()
+	}
 	if err != nil {
 		return nil, r.unavailable("expire", err)
 	}
@@ -686,9 +769,16 @@ func (r *Redis) Prune(before time.Time) (int, error) {
 	}
 	ctx, cancel := r.ctx()
 	defer cancel()
-	members, err := r.rdb.ZRangeByLex(ctx, r.global.fin, &redis.ZRangeBy{
-		Min: "-", Max: "(" + hexTimeKey(before, ""),
-	}).Result()
+	var members []string
+	var err error
+	if maxMember := "(" + hexTimeKey(before, ""); r.cluster {
+		if err := r.sweep(time.Now()); err != nil {
+			return 0, err
+		}
+		members, err = r.lexRange(ctx, func(b bucketKeys) string { return b.fin }, maxMember)
+	} else {
+		members, err = r.rdb.ZRangeByLex(ctx, r.global.fin, &redis.ZRangeBy{Min: "-", Max: maxMember}).Result()
+	}
 	if err != nil {
 		return 0, r.unavailable("prune", err)
 	}
@@ -710,6 +800,9 @@ func (r *Redis) Prune(before time.Time) (int, error) {
 
 // prune deletes the final command of a member of the finished index.
 func (r *Redis) prune(member string) (bool, error) {
+	if r.cluster {
+		return r.clusterPrune(member)
+	}
 	ctx, cancel := r.ctx()
 	defer cancel()
 	id := member[hexTimeLen:]
@@ -737,6 +830,9 @@ func (r *Redis) Stats() (Counts, error) {
 	}
 	ctx, cancel := r.ctx()
 	defer cancel()
+	if r.cluster {
+		return r.clusterStats(ctx)
+	}
 	var all *redis.MapStringStringCmd
 	var clients *redis.IntCmd
 	_, err := r.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
@@ -767,9 +863,23 @@ func (r *Redis) Clients() ([]string, error) {
 	ctx, cancel := r.ctx()
 	defer cancel()
 	// Equal scores: Redis orders the members by their bytes.
-	out, err := r.rdb.ZRange(ctx, r.global.clients, 0, -1).Result()
-	if err != nil {
-		return nil, r.unavailable("clients", err)
+	var out []string
+	if r.cluster {
+		cmds, err := eachBucket(ctx, r, func(p redis.Pipeliner, b bucketKeys) *redis.StringSliceCmd {
+			return p.ZRange(ctx, b.clients, 0, -1)
+		})
+		if err != nil {
+			return nil, r.unavailable("clients", err)
+		}
+		for _, c := range cmds {
+			out = append(out, c.Val()...)
+		}
+		slices.Sort(out)
+	} else {
+		var err error
+		if out, err = r.rdb.ZRange(ctx, r.global.clients, 0, -1).Result(); err != nil {
+			return nil, r.unavailable("clients", err)
+		}
 	}
 	if len(out) == 0 {
 		return nil, nil
@@ -787,6 +897,15 @@ func (r *Redis) HasOrigin(origin string) (bool, error) {
 	}
 	ctx, cancel := r.ctx()
 	defer cancel()
+	if r.cluster {
+		cmds, err := eachBucket(ctx, r, func(p redis.Pipeliner, b bucketKeys) *redis.BoolCmd {
+			return p.HExists(ctx, b.origins, origin)
+		})
+		if err != nil {
+			return false, r.unavailable("origin", err)
+		}
+		return slices.ContainsFunc(cmds, func(c *redis.BoolCmd) bool { return c.Val() }), nil
+	}
 	ok, err := r.rdb.HExists(ctx, r.global.origins, origin).Result()
 	if err != nil {
 		return false, r.unavailable("origin", err)

@@ -20,7 +20,27 @@ type redisCounters struct {
 	perCalls map[string]int64
 }
 
-func readCounters(b *testing.B, srv *testredis.Server) redisCounters {
+// readCounters sums the figures of servers (the primaries of a cluster).
+func readCounters(b *testing.B, servers ...*testredis.Server) redisCounters {
+	b.Helper()
+	c := redisCounters{perCalls: map[string]int64{}}
+	for _, srv := range servers {
+		c.add(readServer(b, srv))
+	}
+	return c
+}
+
+func (c *redisCounters) add(o redisCounters) {
+	c.calls += o.calls
+	c.in += o.in
+	c.out += o.out
+	c.memory += o.memory
+	for k, v := range o.perCalls {
+		c.perCalls[k] += v
+	}
+}
+
+func readServer(b *testing.B, srv *testredis.Server) redisCounters {
 	b.Helper()
 	c := redisCounters{perCalls: map[string]int64{}}
 	for k, v := range srv.Info("commandstats") {
@@ -52,10 +72,19 @@ func readCounters(b *testing.B, srv *testredis.Server) redisCounters {
 // calls that read the counters are left out of the counts, not out of the
 // bytes (a few KiB per run, spread over b.N commands).
 func BenchmarkRedisCommandCost(b *testing.B) {
-	srv := testredis.Start(b)
-	s := openRedis(b, srv, Options{}, RedisOptions{})
+	b.Run("primary", func(b *testing.B) {
+		srv := testredis.Start(b)
+		benchCommandCost(b, openRedis(b, srv, Options{}, RedisOptions{}), srv)
+	})
+	b.Run("cluster", func(b *testing.B) {
+		c := testredis.StartCluster(b, 3)
+		benchCommandCost(b, openRedisURL(b, c.URL(), Options{}, RedisOptions{}), c.Nodes...)
+	})
+}
+
+func benchCommandCost(b *testing.B, s *Redis, srv ...*testredis.Server) {
 	mustPut(b, s, benchCmd("warm", "warm"))
-	before := readCounters(b, srv)
+	before := readCounters(b, srv...)
 	var puts, cmdsOut redisCounters
 	b.ReportAllocs()
 	i := 0
@@ -67,7 +96,7 @@ func BenchmarkRedisCommandCost(b *testing.B) {
 		i++
 	}
 	b.StopTimer()
-	puts = readCounters(b, srv)
+	puts = readCounters(b, srv...)
 	b.StartTimer()
 	for j := range i {
 		id, client := fmt.Sprint("id", j), fmt.Sprint("dev", j)
@@ -82,7 +111,7 @@ func BenchmarkRedisCommandCost(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	cmdsOut = readCounters(b, srv)
+	cmdsOut = readCounters(b, srv...)
 	n := float64(i)
 	b.ReportMetric(float64(puts.calls-before.calls)/n, "redis-cmds/put")
 	b.ReportMetric(float64(cmdsOut.calls-before.calls)/n, "redis-cmds/life")

@@ -192,8 +192,8 @@ func TestRedisRefusesEviction(t *testing.T) {
 	}
 }
 
-// The store's scripts span a client's keys and the shared indexes: it
-// refuses a Redis Cluster at once rather than failing every write.
+// A Redis Cluster node named as one server would fail the keys of other
+// slots: the store refuses it at once and names redis+cluster://.
 func TestRedisRefusesCluster(t *testing.T) {
 	srv := testredis.Start(t, "cluster-enabled yes", "cluster-config-file nodes.conf")
 	rdb, err := NewRedisClient(srv.URL(), 0)
@@ -202,7 +202,7 @@ func TestRedisRefusesCluster(t *testing.T) {
 	}
 	defer rdb.Close()
 	_, err = OpenRedis(rdb, Options{}, RedisOptions{})
-	if err == nil || !strings.Contains(err.Error(), "cluster mode") {
+	if err == nil || !strings.Contains(err.Error(), "cluster mode") || !strings.Contains(err.Error(), "redis+cluster://") {
 		t.Fatalf("OpenRedis on a Redis Cluster node: %v", err)
 	}
 }
@@ -212,6 +212,8 @@ func TestNewRedisClient(t *testing.T) {
 		"redis://127.0.0.1:6379/0",
 		"rediss://user:pass@redis.example.com:6380/2",
 		"redis+sentinel://s1:26379/0?master_name=dg&addr=s2:26379",
+		"redis+cluster://n1:6379?addr=n2:6379&addr=n3:6379",
+		"rediss+cluster://u:p@n1:6379/",
 	}
 	for _, u := range good {
 		if err := CheckRedisURL(u); err != nil {
@@ -219,11 +221,13 @@ func TestNewRedisClient(t *testing.T) {
 		}
 	}
 	bad := map[string]string{
-		"http://127.0.0.1:6379":         "want redis://",
-		"redis://127.0.0.1:6379/x":      "database",
-		"redis+sentinel://s1:26379/0":   "master_name",
-		"redis:///0":                    "host",
-		"redis://:secret@h:1/0?bogus=1": "bogus",
+		"http://127.0.0.1:6379":          "want redis://",
+		"redis://127.0.0.1:6379/x":       "database",
+		"redis+sentinel://s1:26379/0":    "master_name",
+		"redis:///0":                     "host",
+		"redis+cluster://n1:6379/2":      "no path",
+		"redis+cluster://n1:6379?addr=x": "addr",
+		"redis://:secret@h:1/0?bogus=1":  "bogus",
 	}
 	for u, want := range bad {
 		err := CheckRedisURL(u)

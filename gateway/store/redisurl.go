@@ -24,7 +24,13 @@ const (
 //	rediss://[user:pass@]host:port/db            the same over TLS
 //	redis+sentinel://[user:pass@]host:port/db?master_name=NAME[&addr=host:port...]
 //	rediss+sentinel://...                        Sentinel, primary over TLS
+//	redis+cluster://[user:pass@]host:port[?addr=host:port...]
+//	rediss+cluster://...                         Redis Cluster, over TLS
 //
+// With a Redis Cluster, host:port and each addr are seed nodes (any node of
+// the cluster: the client learns the others from it, as go-redis'
+// ParseClusterURL); there is no database number (a path other than "/" or
+// "/0" is refused).
 // With Sentinel, host:port and each addr are sentinels and the user and
 // password those of the sentinels; the primary's go in the username and
 // password query parameters. Other query parameters are go-redis' own
@@ -42,11 +48,32 @@ func NewRedisClient(rawURL string, waitTimeout time.Duration) (redis.UniversalCl
 	}
 	q := u.Query()
 	scheme, sentinel := strings.CutSuffix(u.Scheme, "+sentinel")
+	scheme, cluster := strings.CutSuffix(scheme, "+cluster")
 	if scheme != "redis" && scheme != "rediss" {
-		return nil, fmt.Errorf("redis url %q: want redis://, rediss://, redis+sentinel:// or rediss+sentinel://", redact(u))
+		return nil, fmt.Errorf("redis url %q: want redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://", redact(u))
 	}
 	if u.Host == "" {
 		return nil, fmt.Errorf("redis url %q: no host:port", redact(u))
+	}
+	if cluster {
+		if p := u.Path; p != "" && p != "/" && p != "/0" {
+			return nil, fmt.Errorf("redis url %q: a Redis Cluster has one database: no path", redact(u))
+		}
+		v := *u
+		v.Scheme, v.Path = scheme, ""
+		o, err := redis.ParseClusterURL(v.String())
+		if err != nil {
+			return nil, fmt.Errorf("redis url %q: %w", redact(u), err)
+		}
+		o.DialTimeout = or(o.DialTimeout, redisDialTimeout, q.Has("dial_timeout"))
+		o.ReadTimeout = or(o.ReadTimeout, readTimeout, q.Has("read_timeout"))
+		o.WriteTimeout = or(o.WriteTimeout, redisIOTimeout, q.Has("write_timeout"))
+		if !q.Has("max_retries") {
+			o.MaxRetries = -1
+		}
+		o.DisableIdentity = true
+		o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+		return redis.NewClusterClient(o), nil
 	}
 	if sentinel {
 		if q.Get("master_name") == "" {

@@ -199,13 +199,7 @@ func (s *Server) Do(args ...string) string {
 // Info returns the fields of INFO section.
 func (s *Server) Info(section string) map[string]string {
 	s.t.Helper()
-	out := make(map[string]string)
-	for _, line := range strings.Split(s.Do("INFO", section), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
-			out[k] = v
-		}
-	}
-	return out
+	return parseFields(s.Do("INFO", section))
 }
 
 // Pause stops the process (SIGSTOP): its socket stays open and nothing
@@ -253,4 +247,148 @@ func (s *Server) Stop() {
 	}
 	s.proc.Stop()
 	s.proc, s.paused = nil, false
+}
+
+// Cluster is a Redis Cluster of primaries on loopback, without replicas:
+// each a Server started with cluster-enabled, its slots assigned in equal
+// ranges and the nodes met, ready once every node says cluster_state:ok.
+type Cluster struct {
+	// Nodes are the primaries; Nodes[i] serves the i-th range of slots.
+	Nodes []*Server
+	// bus is the cluster bus port of Nodes[0], which the others meet.
+	bus int
+}
+
+// clusterSlots is the number of hash slots of a Redis Cluster.
+const clusterSlots = 16384
+
+// StartCluster returns a running Redis Cluster of n primaries (n >= 1),
+// stopped when t ends. Extra lines go to every node's configuration.
+func StartCluster(t testing.TB, n int, extra ...string) *Cluster {
+	t.Helper()
+	if n < 1 {
+		t.Fatalf("testredis: a cluster of %d nodes", n)
+	}
+	c := &Cluster{}
+	for range n {
+		lines, bus := clusterLines(t, extra)
+		c.Nodes = append(c.Nodes, Start(t, lines...))
+		if c.bus == 0 {
+			c.bus = bus
+		}
+	}
+	for i, s := range c.Nodes {
+		lo, hi := i*clusterSlots/n, (i+1)*clusterSlots/n-1
+		if got := s.Do("CLUSTER", "ADDSLOTSRANGE", strconv.Itoa(lo), strconv.Itoa(hi)); got != "+OK" {
+			t.Fatalf("testredis: CLUSTER ADDSLOTSRANGE %d %d: %s", lo, hi, got)
+		}
+		if got := s.Do("CLUSTER", "SET-CONFIG-EPOCH", strconv.Itoa(i+1)); got != "+OK" {
+			t.Fatalf("testredis: CLUSTER SET-CONFIG-EPOCH: %s", got)
+		}
+	}
+	for _, s := range c.Nodes[1:] {
+		if got := s.Do("CLUSTER", "MEET", "127.0.0.1", strconv.Itoa(c.Nodes[0].Port), strconv.Itoa(c.bus)); got != "+OK" {
+			t.Fatalf("testredis: CLUSTER MEET: %s", got)
+		}
+	}
+	// The nodes learn of each other by gossip (a ping per 100 ms or so):
+	// wait for every node to see every other and every slot served.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, s := range c.Nodes {
+		for {
+			ci := parseFields(s.Do("CLUSTER", "INFO"))
+			if ci["cluster_state"] == "ok" && ci["cluster_known_nodes"] == strconv.Itoa(n) &&
+				ci["cluster_slots_ok"] == strconv.Itoa(clusterSlots) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("testredis: cluster not ready after 30 s: node %s says %v", s.Addr(), ci)
+			}
+			time.Sleep(50 * time.Millisecond) // gossip has no event to wait on
+		}
+	}
+	return c
+}
+
+// clusterLines configure a node of a Redis Cluster, with extra after, and
+// return its cluster bus port: a free port of its own, as the default (the
+// port plus 10,000) may be taken (an ephemeral port) or past 65535.
+func clusterLines(t testing.TB, extra []string) ([]string, int) {
+	bus := testutil.FreePort(t)
+	return append([]string{
+		"cluster-enabled yes",
+		"cluster-config-file nodes.conf",
+		"cluster-port " + strconv.Itoa(bus),
+		"cluster-node-timeout 5000",
+		// A test may stop a node: the others keep serving their slots.
+		"cluster-require-full-coverage no",
+	}, extra...), bus
+}
+
+// parseFields splits lines "k:v" into a map.
+func parseFields(text string) map[string]string {
+	out := make(map[string]string)
+	for _, line := range strings.Split(text, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// URL is redis+cluster://FIRST?addr=OTHER...: every node as a seed.
+func (c *Cluster) URL() string {
+	var b strings.Builder
+	b.WriteString("redis+cluster://")
+	b.WriteString(c.Nodes[0].Addr())
+	for i, s := range c.Nodes[1:] {
+		if i == 0 {
+			b.WriteString("?")
+		} else {
+			b.WriteString("&")
+		}
+		b.WriteString("addr=" + s.Addr())
+	}
+	return b.String()
+}
+
+// Addrs are the nodes' addresses.
+func (c *Cluster) Addrs() []string {
+	out := make([]string, len(c.Nodes))
+	for i, s := range c.Nodes {
+		out[i] = s.Addr()
+	}
+	return out
+}
+
+// AddReplica starts a replica of the primary Nodes[i], joined to the
+// cluster, and returns once its link to the primary is up.
+func (c *Cluster) AddReplica(t testing.TB, i int, extra ...string) *Server {
+	t.Helper()
+	primary := c.Nodes[i]
+	lines, _ := clusterLines(t, extra)
+	s := Start(t, lines...)
+	if got := s.Do("CLUSTER", "MEET", "127.0.0.1", strconv.Itoa(c.Nodes[0].Port), strconv.Itoa(c.bus)); got != "+OK" {
+		t.Fatalf("testredis: CLUSTER MEET: %s", got)
+	}
+	id := primary.Do("CLUSTER", "MYID")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		// The replica must know the primary (gossip) before it can follow it.
+		got := s.Do("CLUSTER", "REPLICATE", id)
+		if got == "+OK" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testredis: CLUSTER REPLICATE %s: %s", id, got)
+		}
+		time.Sleep(50 * time.Millisecond) // gossip has no event to wait on
+	}
+	for s.Info("replication")["master_link_status"] != "up" {
+		if time.Now().After(deadline) {
+			t.Fatalf("testredis: replica of %s not in sync after 30 s", primary.Addr())
+		}
+		time.Sleep(50 * time.Millisecond) // the first sync: polled
+	}
+	return s
 }
