@@ -25,6 +25,7 @@ import (
 	"github.com/dualgate/dualgate/gateway/acl"
 	"github.com/dualgate/dualgate/gateway/auth"
 	"github.com/dualgate/dualgate/gateway/bridge"
+	"github.com/dualgate/dualgate/gateway/cluster"
 	"github.com/dualgate/dualgate/gateway/dispatch"
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/gateway/session"
@@ -88,6 +89,9 @@ type Gateway struct {
 	// tokens is the token Authenticator (--auth token), closed last so
 	// that its replay log is complete; nil otherwise.
 	tokens *auth.Tokens
+	// replay is the token replay memory shared in Redis (--cluster with
+	// --auth token); nil otherwise.
+	replay *cluster.Replay
 
 	tlsSrv   *tlsmux.Server
 	tlsLn    net.Listener
@@ -233,7 +237,9 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 			Secrets:          secrets,
 			Window:           g.cfg.TokenWindow,
 			AcceptClientCert: true,
-			Dir:              g.cfg.Data, // the replay log: a restart does not reopen a token's window
+			// The replay log: a restart does not reopen a token's
+			// window. In cluster mode Redis is the memory (shareReplay).
+			Dir: replayLogDir(g.cfg),
 			OnLogError: func(err error) {
 				g.logger.Error("device token replay log cannot be written: plain devices will be refused (0x89) once its last mark passes", zap.Error(err))
 			},
@@ -251,6 +257,16 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 		g.logger.Warn("device authentication is off (--auth allow-all): any device may connect with any client id")
 		return auth.AllowAll(), nil
 	}
+}
+
+// replayLogDir is where the token replay log is kept: the data directory
+// of a single gateway; none in cluster mode, where the memory of the
+// tokens is Redis (with its append-only file), shared by the nodes.
+func replayLogDir(cfg Config) string {
+	if cfg.Cluster != "" {
+		return ""
+	}
+	return cfg.Data
 }
 
 // identity is the session's Env.Identity hook for --secure-identity: nil
@@ -462,12 +478,19 @@ func (g *Gateway) startDispatch() error {
 			g.closeStore(st)
 			return err
 		}
+		if err := g.shareReplay(); err != nil {
+			g.members.close(g.cfg.ClusterTimeout)
+			d.Stop()
+			g.closeStore(st)
+			return err
+		}
 	}
 	g.env.Hooks = hooks{router: g.router, dispatcher: d, members: g.members}
 	return nil
 }
 
 func (g *Gateway) stopDispatch() {
+	g.stopReplay()
 	if g.members != nil {
 		g.members.close(g.cfg.ClusterTimeout)
 	}
