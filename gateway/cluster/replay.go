@@ -313,11 +313,24 @@ func (r *Replay) send(batch []*replayClaim) {
 	ctx, cancel := context.WithDeadline(context.Background(), live[len(live)-1].deadline)
 	defer cancel()
 	cmds := r.pipeline(ctx, live)
-	if len(cmds) > 0 && redis.HasErrorPrefix(cmds[0].Err(), "NOSCRIPT") {
-		// Redis restarted or flushed its scripts: nothing ran. Load the
-		// script and send the batch again.
+	var again []int
+	for i, c := range cmds {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		// Redis (or, in a Redis Cluster, some of its primaries)
+		// restarted or flushed its scripts: those claims did not run.
+		// Load the script and send them again.
 		if err := replayScript.Load(ctx, r.rdb).Err(); err == nil {
-			cmds = r.pipeline(ctx, live)
+			retry := make([]*replayClaim, len(again))
+			for j, i := range again {
+				retry[j] = live[i]
+			}
+			for j, c := range r.pipeline(ctx, retry) {
+				cmds[again[j]] = c
+			}
 		}
 	}
 	var failed error
