@@ -124,9 +124,9 @@ type Config struct {
 	Cluster             string        `yaml:"cluster" help:"Redis shared by the gateways of a cluster, which keeps their pending commands: redis://[user:pass@]host:port/db, rediss://... (TLS) or redis+sentinel://host:port/db?master_name=NAME (empty: one node, commands in the data dir)"`
 	NodeID              string        `yaml:"node-id" help:"this gateway's name in the cluster, unique among its nodes (default: the host name)"`
 	ClusterPrefix       string        `yaml:"cluster-prefix" help:"prefix of every Redis key of the cluster; two fleets sharing one Redis database use two prefixes"`
-	ClusterTimeout      time.Duration `yaml:"cluster-timeout" help:"longest a Redis call may take, reconnecting included (plus --cluster-wait-timeout for a write that waits for replicas); past it a new command is refused with 503"`
+	ClusterTimeout      time.Duration `yaml:"cluster-timeout" help:"longest a Redis call may take, reconnecting included (plus --cluster-wait-timeout for a write that waits for replicas); past it a new command is refused with 503, and a plain CONNECT whose token Redis must check with 0x88 (3.1.1: 0x03)"`
 	ClusterWaitReplicas int           `yaml:"cluster-wait-replicas" help:"Redis replicas that must have a new command before the API accepts it (Redis WAIT; 0: the primary's answer is enough)"`
-	ClusterWaitTimeout  time.Duration `yaml:"cluster-wait-timeout" help:"longest wait for --cluster-wait-replicas; past it a new command is refused with 503"`
+	ClusterWaitTimeout  time.Duration `yaml:"cluster-wait-timeout" help:"longest wait for --cluster-wait-replicas; past it a new command is refused with 503, and a plain CONNECT whose token Redis must check with 0x88 (3.1.1: 0x03)"`
 
 	GCPercent  int           `yaml:"gc-percent" help:"Go garbage collector target (GOGC): the heap of an idle fleet is long-lived session state, so a low value saves memory for little CPU; the GOGC environment variable wins"`
 	MemRelease time.Duration `yaml:"mem-release" help:"how long the gateway must be quiet after a burst (connections, handshakes) before it returns its free heap memory to the OS at once; negative: never (the Go runtime then returns it over minutes)"`
