@@ -106,7 +106,8 @@ func (p *Pending) settle(res Result) {
 
 // Authenticator decides whether a CONNECT is accepted. Implementations are
 // safe for concurrent use: every event loop and TLS connection calls the
-// same one.
+// same one. Authenticate never blocks: a verdict that needs a remote check
+// is returned Pending (Result.Pending).
 type Authenticator interface {
 	Authenticate(req *Request) Result
 }
