@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +70,10 @@ func TestClusterTokenReplayedOnAnotherNode(t *testing.T) {
 	for _, g := range []*Gateway{a, b} {
 		if g.replay.Stats().Replayed == 0 {
 			t.Fatalf("node %s refused no replay through redis: %+v", g.cluster.id, g.replay.Stats())
+		}
+		// Redis is the memory: no replay log in the data directory.
+		if _, err := os.Stat(filepath.Join(g.cfg.Data, auth.ReplayLogFile)); !os.IsNotExist(err) {
+			t.Fatalf("node %s keeps a replay log: %v", g.cluster.id, err)
 		}
 	}
 }
