@@ -106,6 +106,7 @@ type Replay struct {
 	stopped sync.Once
 
 	claims, replayed, full, timedOut, busy, trips atomic.Uint64
+	warned                                        atomic.Int64 // the second of the last warning
 }
 
 type replayClaim struct {
@@ -348,7 +349,7 @@ func (r *Replay) send(batch []*replayClaim) {
 			r.answer(c, auth.ClaimNew)
 		}
 	}
-	if failed != nil {
+	if sec := time.Now().Unix(); failed != nil && r.warned.Swap(sec) != sec { // once a second at most
 		r.log.Warn("cluster: device token replay check failed: the tokens are refused (0x88)",
 			zap.Int("tokens", len(live)), zap.Error(failed))
 	}
