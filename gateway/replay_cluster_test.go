@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,12 +32,11 @@ func tokenClusterGateway(t *testing.T, srv *testredis.Server, node, secrets stri
 	})
 }
 
-var nonces int
+var nonces atomic.Int64
 
 // freshToken is a new v1 token of the victim, as its SDK makes one.
 func freshToken() []byte {
-	nonces++
-	return []byte(control.MakeToken(victimSecret, "victim", time.Now(), fmt.Sprintf("replay%06d", nonces)))
+	return []byte(control.MakeToken(victimSecret, "victim", time.Now(), fmt.Sprintf("replay%06d", nonces.Add(1))))
 }
 
 // A v1 token accepted on node A is refused on node B within its window,
