@@ -19,7 +19,8 @@ import (
 )
 
 // BenchmarkTokenConnect measures plain CONNECTs with a fresh v1 token each,
-// 64 at a time (and one at a time, for the latency) over 2,000 devices,
+// 64 and 512 at a time (and one at a time, for the latency) over 2,000
+// devices,
 // on one node (the replay memory in the
 // node) and on a node of a cluster (each token also claimed in Redis, in
 // pipelined batches); and the same without authentication (allow-all,
@@ -44,6 +45,8 @@ func BenchmarkTokenConnect(b *testing.B) {
 		{"cluster", true, true, 64},
 		{"single-allow-all", false, false, 64},
 		{"cluster-allow-all", false, true, 64},
+		{"single-512", true, false, 512},
+		{"cluster-512", true, true, 512},
 		{"single-one-at-a-time", true, false, 1},
 		{"cluster-one-at-a-time", true, true, 1},
 	}

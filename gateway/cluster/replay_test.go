@@ -195,3 +195,47 @@ func TestReplayRedisHung(t *testing.T) {
 		t.Fatalf("after Close: %d", got)
 	}
 }
+
+// BenchmarkReplayClaimCost measures what a token claim costs Redis when
+// claims arrive together (a reconnect storm of token devices, 17-byte
+// client ids, each one token): round trips, commands (the EVALSHA and the
+// commands its script runs), bytes each way, and the memory a client id's
+// key holds, per claim:
+//
+//	go test -run x -bench ReplayClaimCost -benchtime 10000x ./gateway/cluster/
+func BenchmarkReplayClaimCost(b *testing.B) {
+	srv := testredis.Start(b, "appendfsync everysec")
+	rdb, _ := client(b, srv)
+	r, err := NewReplay(rdb, ReplayOptions{Timeout: 30 * time.Second, MaxPending: 1 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	var wg sync.WaitGroup
+	warm := make(chan auth.ReplayClaim, 1)
+	r.Claim("warm-up", [16]byte{}, 1_700_000_060, 1_700_000_000, func(a auth.ReplayClaim) { warm <- a }) // loads the script
+	<-warm
+	srv.Do("CONFIG", "RESETSTAT")
+	before := readServer(b, srv)
+	trips0 := r.Stats().RoundTrips
+	i := 0
+	for b.Loop() {
+		wg.Add(1)
+		r.Claim(deviceID(i), [16]byte{byte(i), byte(i >> 8), byte(i >> 16)}, 1_700_000_060, 1_700_000_000, func(a auth.ReplayClaim) {
+			if a != auth.ClaimNew {
+				b.Errorf("claim answered %d", a)
+			}
+			wg.Done()
+		})
+		i++
+	}
+	wg.Wait()
+	b.StopTimer()
+	after := readServer(b, srv)
+	n := float64(i)
+	b.ReportMetric(float64(r.Stats().RoundTrips-trips0)/n, "round-trips/claim")
+	b.ReportMetric(float64(after.calls-before.calls)/n, "redis-cmds/claim")
+	b.ReportMetric(float64(after.in-before.in)/n, "B-in/claim")
+	b.ReportMetric(float64(after.out-before.out)/n, "B-out/claim")
+	b.ReportMetric(float64(after.memory-before.memory)/n, "B-memory/claim")
+}
