@@ -240,6 +240,8 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 			// The replay log: a restart does not reopen a token's
 			// window. In cluster mode Redis is the memory (shareReplay).
 			Dir: replayLogDir(g.cfg),
+			// In cluster mode, a token Redis cannot check in time.
+			ReplayUnavailableLocal: g.cfg.TokenReplayUnavailable == "local",
 			OnLogError: func(err error) {
 				g.logger.Error("device token replay log cannot be written: plain devices will be refused (0x89) once its last mark passes", zap.Error(err))
 			},
@@ -250,6 +252,9 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 		if floor := tokens.ReplayFloor(); time.Until(floor) > 0 {
 			g.logger.Warn("the last run stopped without writing its token replay log (a crash?): plain devices' tokens dated up to the floor are refused with 0x89 until then",
 				zap.Time("floor", floor))
+		}
+		if g.cfg.Cluster != "" && g.cfg.TokenReplayUnavailable == "local" {
+			g.logger.Warn("plain tokens are accepted on this node's word while redis does not answer (--token-replay-unavailable local): meanwhile a token recorded at another node can be replayed here once")
 		}
 		g.tokens = tokens
 		return tokens, nil

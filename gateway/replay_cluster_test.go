@@ -193,3 +193,44 @@ func TestClusterTokenRedisHung(t *testing.T) {
 		return (attempt{version: 4, id: "victim", password: freshToken()}).connack(t, g) == 0
 	})
 }
+
+// With --token-replay-unavailable local, a token Redis cannot check in
+// time is taken on the node's own word: accepted once, and its replay on
+// the same node still refused. The flag takes refuse or local only.
+func TestClusterTokenRedisHungLocal(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--token-replay-unavailable", "local"}, ""},
+		{[]string{"--token-replay-unavailable", "refuse"}, ""},
+		{[]string{"--token-replay-unavailable", "open"}, "--token-replay-unavailable"},
+	} {
+		_, err := LoadConfig(c.args, func(string) string { return "" })
+		if (c.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.args, err, c.want)
+		}
+	}
+	if d := Defaults().TokenReplayUnavailable; d != "refuse" {
+		t.Fatalf("default --token-replay-unavailable %q, want refuse", d)
+	}
+
+	srv := testredis.Start(t)
+	g := tokenClusterGateway(t, srv, "gw-a", tokenSecrets(t), func(c *Config) {
+		c.ClusterTimeout = 500 * time.Millisecond
+		c.Cluster += "?read_timeout=30s"
+		c.TokenReplayUnavailable = "local"
+	})
+	srv.Pause()
+	defer srv.Resume()
+	tok := freshToken()
+	for _, want := range []mqttcodec.ReasonCode{0, rc311NotAuthorize} {
+		if got := (attempt{version: 4, id: "victim", password: tok}).connack(t, g); got != want {
+			t.Fatalf("redis hung, local: CONNACK 0x%02x, want 0x%02x", byte(got), byte(want))
+		}
+	}
+	if g.env.Stats.ConnectsWaited.Load() != 1 || g.replay.Stats().TimedOut != 1 {
+		t.Fatalf("waited %d, timed out %d: want the first CONNECT to wait for redis, in vain",
+			g.env.Stats.ConnectsWaited.Load(), g.replay.Stats().TimedOut)
+	}
+}

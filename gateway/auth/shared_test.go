@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -121,6 +122,26 @@ func TestSharedReplay(t *testing.T) {
 		t.Fatalf("late answer: %+v", r)
 	}
 	shared.held[0](ClaimReplayed) // a second answer is ignored
+
+	// Unchecked tokens on the local cache's word, when so configured;
+	// every other answer as before.
+	loc := newTestTokens(t, TokenConfig{Secrets: map[string][]byte{"a": secretA}, Clock: clk.now, ReplayUnavailableLocal: true})
+	locShared := &fakeShared{}
+	loc.ShareReplay(locShared)
+	for i, c := range []struct {
+		answer ReplayClaim
+		ok     bool
+	}{{ClaimUnavailable, true}, {ClaimReplayed, false}, {ClaimBusy, false}, {ClaimNew, true}} {
+		locShared.answer = c.answer
+		got := verdict(t, loc.Authenticate(plain(fmt.Sprintf("nonceL%03d", i))))
+		if got.OK != c.ok {
+			t.Errorf("local when unavailable, answer %d: %+v", c.answer, got)
+		}
+	}
+	locShared.answer = ClaimUnavailable
+	if res := loc.Authenticate(plain("nonceL000")); res.Pending != nil || res.OK {
+		t.Fatalf("a replay on this gateway, local when unavailable: %+v", res)
+	}
 
 	// Sharing stopped: the verdict is at once again.
 	tk.ShareReplay(nil)

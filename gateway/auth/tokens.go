@@ -63,6 +63,12 @@ type TokenConfig struct {
 	OnLogError func(error)
 	// Clock tells the time when a Request has none. Default time.Now.
 	Clock func() time.Time
+	// ReplayUnavailableLocal, with a shared replay memory (ShareReplay),
+	// accepts an unbound token that memory could not check in time
+	// (ClaimUnavailable) on the word of this gateway's own cache, instead
+	// of refusing it with ReasonServerUnavailable: while the shared memory
+	// is away, a token accepted by another gateway can be replayed here.
+	ReplayUnavailableLocal bool
 }
 
 // Tokens authenticates devices by time-bound HMAC-SHA256 tokens made from a
@@ -73,9 +79,11 @@ type Tokens struct {
 	master     []byte
 	window     int64 // seconds
 	acceptCert bool
-	clock      func() time.Time
-	replay     *replayCache
-	log        *replayLog // nil without TokenConfig.Dir
+	// unavailableLocal: TokenConfig.ReplayUnavailableLocal.
+	unavailableLocal bool
+	clock            func() time.Time
+	replay           *replayCache
+	log              *replayLog // nil without TokenConfig.Dir
 	// shared, when set (ShareReplay), is the replay memory of the
 	// cluster, asked after replay for every unbound token.
 	shared atomic.Pointer[sharedReplay]
@@ -87,6 +95,7 @@ type Tokens struct {
 // Result messages of Tokens, for the operator's log.
 const (
 	msgOKToken        = "token"
+	msgOKUnchecked    = "token, checked by this gateway only: the cluster's replay memory (redis) did not answer in time"
 	msgOKBound        = "token bound to the TLS connection"
 	msgOKCert         = "client certificate"
 	msgEmptyClientID  = "empty client id: a token is bound to a client id"
@@ -177,12 +186,13 @@ func NewTokens(cfg TokenConfig) (*Tokens, error) {
 	}
 	secs := int64((window + time.Second - 1) / time.Second)
 	t := &Tokens{
-		master:     slices.Clone(cfg.MasterKey),
-		window:     secs,
-		acceptCert: cfg.AcceptClientCert,
-		clock:      clock,
-		replay:     newReplayCache(perDevice, capacity),
-		decoy:      make([]byte, sha256.Size),
+		master:           slices.Clone(cfg.MasterKey),
+		window:           secs,
+		acceptCert:       cfg.AcceptClientCert,
+		unavailableLocal: cfg.ReplayUnavailableLocal,
+		clock:            clock,
+		replay:           newReplayCache(perDevice, capacity),
+		decoy:            make([]byte, sha256.Size),
 	}
 	rand.Read(t.decoy) // crypto/rand.Read never returns an error; it crashes the process instead
 	if err := t.SetSecrets(cfg.Secrets); err != nil {
@@ -342,7 +352,7 @@ func (t *Tokens) Authenticate(req *Request) Result {
 			t.log.record(req.ClientID, replayEntry{expiry: expiry, key: key})
 		}
 		if shared := t.shared.Load(); shared != nil {
-			return claim(shared, req.ClientID, key, expiry, sec)
+			return t.claim(shared, req.ClientID, key, expiry, sec)
 		}
 		return Result{OK: true, Reason: ReasonSuccess, Msg: msgOKToken}
 	case addReplayed:
@@ -356,17 +366,20 @@ func (t *Tokens) Authenticate(req *Request) Result {
 
 // claim asks the cluster's replay memory about a token the local cache
 // took: the verdict is Pending until it answers.
-func claim(shared *sharedReplay, id string, key replayKey, expiry, now int64) Result {
+func (t *Tokens) claim(shared *sharedReplay, id string, key replayKey, expiry, now int64) Result {
 	p := new(Pending)
+	local := t.unavailableLocal
 	shared.Claim(id, key, expiry, now, func(c ReplayClaim) {
-		switch c {
-		case ClaimNew:
+		switch {
+		case c == ClaimUnavailable && local:
+			p.settle(Result{OK: true, Reason: ReasonSuccess, Msg: msgOKUnchecked})
+		case c == ClaimNew:
 			p.settle(Result{OK: true, Reason: ReasonSuccess, Msg: msgOKToken})
-		case ClaimReplayed:
+		case c == ClaimReplayed:
 			p.settle(refuse(ReasonNotAuthorized, msgReplayedShared))
-		case ClaimDeviceFull:
+		case c == ClaimDeviceFull:
 			p.settle(refuse(ReasonServerBusy, msgDeviceFull))
-		case ClaimBusy:
+		case c == ClaimBusy:
 			p.settle(refuse(ReasonServerBusy, msgSharedBusy))
 		default:
 			p.settle(refuse(ReasonServerUnavailable, msgSharedDown))
