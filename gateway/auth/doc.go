@@ -193,7 +193,8 @@
 // claim is bounded in time by the shared memory (the cluster's timeout);
 // without an answer in time the token is refused with 0x88 (server
 // unavailable; 3.1.1 0x03), since a token that cannot be checked could be
-// a replay. Only v1 tokens wait: v2 tokens, client certificates, refusals
+// a replay, unless TokenConfig.ReplayUnavailableLocal takes the local
+// cache's word for it. Only v1 tokens wait: v2 tokens, client certificates, refusals
 // and a gateway without a shared memory answer at once, with no
 // allocation beyond the synchronous path's. The replay log is for a single
 // gateway; in cluster mode the shared memory (Redis with its append-only
