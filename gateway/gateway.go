@@ -92,6 +92,9 @@ type Gateway struct {
 	// replay is the token replay memory shared in Redis (--cluster with
 	// --auth token); nil otherwise.
 	replay *cluster.Replay
+	// replaySweep stops, and replaySwept reports the end of, the sweep of
+	// the local replay cache in cluster mode (shareReplay).
+	replaySweep, replaySwept chan struct{}
 
 	tlsSrv   *tlsmux.Server
 	tlsLn    net.Listener
