@@ -84,7 +84,7 @@ type Config struct {
 	Auth           string        `yaml:"auth" help:"device authentication: allow-all or token"`
 	SecureIdentity string        `yaml:"secure-identity" help:"what proves a TLS device's client id before secure commands are written to it: cert (a client certificate whose CN or URI SAN urn:dualgate:client:<id> is the id), token (a channel-bound token, needs --auth token), cert,token (either) or none (anyone claiming the id; not for production)"`
 	Secrets        string        `yaml:"secrets" help:"per-device secrets file for --auth token"`
-	TokenWindow    time.Duration `yaml:"token-window" help:"how far a device token's time may be from the gateway's, either way; accepted plain tokens are remembered (in the data dir) until then"`
+	TokenWindow    time.Duration `yaml:"token-window" help:"how far a device token's time may be from the gateway's, either way; accepted plain tokens are remembered (in the data dir, or with --cluster in Redis) until then"`
 
 	ConnectTimeout time.Duration `yaml:"connect-timeout" help:"time a new connection has to send CONNECT"`
 	MaxPacketSize  int           `yaml:"max-packet-size" help:"largest MQTT packet accepted from a device, bytes"`
@@ -124,10 +124,14 @@ type Config struct {
 	Cluster             string        `yaml:"cluster" help:"Redis shared by the gateways of a cluster, which keeps their pending commands: redis://[user:pass@]host:port/db, rediss://... (TLS) or redis+sentinel://host:port/db?master_name=NAME (empty: one node, commands in the data dir)"`
 	NodeID              string        `yaml:"node-id" help:"this gateway's name in the cluster, unique among its nodes (default: the host name)"`
 	ClusterPrefix       string        `yaml:"cluster-prefix" help:"prefix of every Redis key of the cluster; two fleets sharing one Redis database use two prefixes"`
-	ClusterTimeout      time.Duration `yaml:"cluster-timeout" help:"longest a Redis call may take, reconnecting included (plus --cluster-wait-timeout for a write that waits for replicas); past it a new command is refused with 503"`
+	ClusterTimeout      time.Duration `yaml:"cluster-timeout" help:"longest a Redis call may take, reconnecting included (plus --cluster-wait-timeout for a write that waits for replicas); past it a new command is refused with 503, and a plain CONNECT whose token Redis must check is decided by --token-replay-unavailable"`
 	ClusterWaitReplicas int           `yaml:"cluster-wait-replicas" help:"Redis replicas that must have a new command before the API accepts it (Redis WAIT; 0: the primary's answer is enough)"`
 	ClusterWaitTimeout  time.Duration `yaml:"cluster-wait-timeout" help:"longest wait for --cluster-wait-replicas; past it a new command is refused with 503"`
 	ClusterNodeTTL      time.Duration `yaml:"cluster-node-ttl" help:"how long a node that stops renewing its heartbeat in Redis (it died, or lost Redis) still counts as live: then its devices read offline and the commands it had in flight are delivered by the node their device reconnects to; renewed every third of it"`
+	// TokenReplayUnavailable is what a plain token CONNECT gets when the
+	// cluster's replay memory (Redis) does not answer within
+	// --cluster-timeout: refuse, or local.
+	TokenReplayUnavailable string `yaml:"token-replay-unavailable" help:"with --cluster and --auth token, what a plain CONNECT whose token Redis cannot check in time gets: refuse (0x88, 3.1.1 0x03: a token that cannot be checked could be a replay) or local (accepted if this node has not seen it: a replay on another node goes unnoticed while Redis is away)"`
 
 	GCPercent  int           `yaml:"gc-percent" help:"Go garbage collector target (GOGC): the heap of an idle fleet is long-lived session state, so a low value saves memory for little CPU; the GOGC environment variable wins"`
 	MemRelease time.Duration `yaml:"mem-release" help:"how long the gateway must be quiet after a burst (connections, handshakes) before it returns its free heap memory to the OS at once; negative: never (the Go runtime then returns it over minutes)"`
@@ -194,6 +198,8 @@ func Defaults() Config {
 		ClusterTimeout:     2 * time.Second,
 		ClusterWaitTimeout: time.Second,
 		ClusterNodeTTL:     15 * time.Second,
+
+		TokenReplayUnavailable: "refuse",
 	}
 }
 
@@ -231,6 +237,11 @@ func (c *Config) Validate() error {
 		}
 	default:
 		return fmt.Errorf("--auth %q: want allow-all or token", c.Auth)
+	}
+	switch c.TokenReplayUnavailable {
+	case "", "refuse", "local":
+	default:
+		return fmt.Errorf("--token-replay-unavailable %q: want refuse or local", c.TokenReplayUnavailable)
 	}
 	if err := c.validateIdentity(); err != nil {
 		return err

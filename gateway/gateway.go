@@ -25,6 +25,7 @@ import (
 	"github.com/dualgate/dualgate/gateway/acl"
 	"github.com/dualgate/dualgate/gateway/auth"
 	"github.com/dualgate/dualgate/gateway/bridge"
+	"github.com/dualgate/dualgate/gateway/cluster"
 	"github.com/dualgate/dualgate/gateway/dispatch"
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/gateway/session"
@@ -88,6 +89,12 @@ type Gateway struct {
 	// tokens is the token Authenticator (--auth token), closed last so
 	// that its replay log is complete; nil otherwise.
 	tokens *auth.Tokens
+	// replay is the token replay memory shared in Redis (--cluster with
+	// --auth token); nil otherwise.
+	replay *cluster.Replay
+	// replaySweep stops, and replaySwept reports the end of, the sweep of
+	// the local replay cache in cluster mode (shareReplay).
+	replaySweep, replaySwept chan struct{}
 
 	tlsSrv   *tlsmux.Server
 	tlsLn    net.Listener
@@ -233,7 +240,11 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 			Secrets:          secrets,
 			Window:           g.cfg.TokenWindow,
 			AcceptClientCert: true,
-			Dir:              g.cfg.Data, // the replay log: a restart does not reopen a token's window
+			// The replay log: a restart does not reopen a token's
+			// window. In cluster mode Redis is the memory (shareReplay).
+			Dir: replayLogDir(g.cfg),
+			// In cluster mode, a token Redis cannot check in time.
+			ReplayUnavailableLocal: g.cfg.TokenReplayUnavailable == "local",
 			OnLogError: func(err error) {
 				g.logger.Error("device token replay log cannot be written: plain devices will be refused (0x89) once its last mark passes", zap.Error(err))
 			},
@@ -245,12 +256,25 @@ func (g *Gateway) authenticator() (auth.Authenticator, error) {
 			g.logger.Warn("the last run stopped without writing its token replay log (a crash?): plain devices' tokens dated up to the floor are refused with 0x89 until then",
 				zap.Time("floor", floor))
 		}
+		if g.cfg.Cluster != "" && g.cfg.TokenReplayUnavailable == "local" {
+			g.logger.Warn("plain tokens are accepted on this node's word while redis does not answer (--token-replay-unavailable local): meanwhile a token recorded at another node can be replayed here once")
+		}
 		g.tokens = tokens
 		return tokens, nil
 	default:
 		g.logger.Warn("device authentication is off (--auth allow-all): any device may connect with any client id")
 		return auth.AllowAll(), nil
 	}
+}
+
+// replayLogDir is where the token replay log is kept: the data directory
+// of a single gateway; none in cluster mode, where the memory of the
+// tokens is Redis (with its append-only file), shared by the nodes.
+func replayLogDir(cfg Config) string {
+	if cfg.Cluster != "" {
+		return ""
+	}
+	return cfg.Data
 }
 
 // identity is the session's Env.Identity hook for --secure-identity: nil
@@ -466,6 +490,12 @@ func (g *Gateway) startDispatch() error {
 			g.store, g.dispatcher = nil, nil
 			return err
 		}
+		if err := g.shareReplay(); err != nil {
+			g.members.close(g.cfg.ClusterTimeout)
+			d.Stop()
+			g.closeStore(st)
+			return err
+		}
 	}
 	if err := d.Start(); err != nil {
 		if g.members != nil {
@@ -482,6 +512,7 @@ func (g *Gateway) startDispatch() error {
 }
 
 func (g *Gateway) stopDispatch() {
+	g.stopReplay()
 	if g.members != nil {
 		g.members.close(g.cfg.ClusterTimeout)
 	}

@@ -1,16 +1,20 @@
 package auth
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // MQTT 5 CONNACK reason codes an Authenticator returns. A session speaking
 // MQTT 3.1.1 maps them to its return codes: 0x85 to 0x02 (identifier
 // rejected), 0x86 to 0x04 (bad user name or password), 0x87 to 0x05 (not
-// authorized), 0x89 to 0x03 (server unavailable).
+// authorized), 0x88 and 0x89 to 0x03 (server unavailable).
 const (
 	ReasonSuccess               byte = 0x00
 	ReasonClientIDNotValid      byte = 0x85
 	ReasonBadUserNameOrPassword byte = 0x86
 	ReasonNotAuthorized         byte = 0x87
+	ReasonServerUnavailable     byte = 0x88
 	ReasonServerBusy            byte = 0x89
 )
 
@@ -54,11 +58,56 @@ type Result struct {
 	// other traffic cannot replay (a channel-bound token). Only an OK
 	// Result over TLS can be Proven.
 	Proven bool
+	// Pending, when not nil, means the verdict waits on a remote check
+	// (the replay memory the gateways of a cluster share, SharedReplay):
+	// the other fields are unset, and Pending.Then delivers the verdict.
+	Pending *Pending
+}
+
+// Pending is a verdict that waits on a remote check. Its answer comes
+// exactly once, from any goroutine, within the bound of the check (a
+// SharedReplay answers by its timeout, refusing when it has no answer).
+type Pending struct {
+	mu      sync.Mutex
+	settled bool
+	res     Result
+	then    func(Result)
+}
+
+// Then calls done with the verdict, once, from any goroutine: at once
+// (before Then returns) when the verdict is already known. Call it once.
+func (p *Pending) Then(done func(Result)) {
+	p.mu.Lock()
+	if p.settled {
+		res := p.res
+		p.mu.Unlock()
+		done(res)
+		return
+	}
+	p.then = done
+	p.mu.Unlock()
+}
+
+// settle gives the verdict; a second call does nothing.
+func (p *Pending) settle(res Result) {
+	p.mu.Lock()
+	if p.settled {
+		p.mu.Unlock()
+		return
+	}
+	p.settled, p.res = true, res
+	done := p.then
+	p.then = nil
+	p.mu.Unlock()
+	if done != nil {
+		done(res)
+	}
 }
 
 // Authenticator decides whether a CONNECT is accepted. Implementations are
 // safe for concurrent use: every event loop and TLS connection calls the
-// same one.
+// same one. Authenticate never blocks: a verdict that needs a remote check
+// is returned Pending (Result.Pending).
 type Authenticator interface {
 	Authenticate(req *Request) Result
 }

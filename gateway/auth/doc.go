@@ -115,6 +115,10 @@
 //     0x89. A token is remembered until its time is more than the window in
 //     the past, when step 7 refuses it anyway; so every token is accepted at
 //     most once.
+//  12. With a shared replay memory ([Tokens.ShareReplay], cluster mode): the
+//     cluster had not recorded the v1 token, else 0x87; the client id holds
+//     fewer than its bound of live tokens there, else 0x89. The verdict is
+//     then [Pending]: see below.
 //
 // A device refused with 0x86 or 0x87 makes a new token (new nonce, current
 // time) before it tries again; one refused with 0x89 retries with back-off.
@@ -175,6 +179,26 @@
 // window there opens a plain session for the client id, never a TLS one;
 // no secure command is written to plain, and the session cannot follow the
 // instruction to TLS. A shared cache is for cluster mode.
+//
+// # Shared replay memory (cluster mode)
+//
+// The gateways of a cluster share the memory of accepted v1 tokens
+// ([SharedReplay]; package cluster keeps it in Redis), so a token accepted
+// by one is refused by every other within its window. The local cache
+// stays the first filter: a replay on the same gateway is refused at once,
+// without asking. A token the local cache takes is claimed in the shared
+// memory, and Authenticate returns a [Pending] verdict (Result.Pending)
+// instead of waiting: the session stops reading the device and answers
+// the CONNECT when the claim settles it, from another goroutine. The
+// claim is bounded in time by the shared memory (the cluster's timeout);
+// without an answer in time the token is refused with 0x88 (server
+// unavailable; 3.1.1 0x03), since a token that cannot be checked could be
+// a replay, unless TokenConfig.ReplayUnavailableLocal takes the local
+// cache's word for it. Only v1 tokens wait: v2 tokens, client certificates, refusals
+// and a gateway without a shared memory answer at once, with no
+// allocation beyond the synchronous path's. The replay log is for a single
+// gateway; in cluster mode the shared memory (Redis with its append-only
+// file) is what survives restarts.
 //
 // Secrets and tokens are never logged, and no error message of this package
 // quotes one. Result.Msg is for the operator's log, not for the device.

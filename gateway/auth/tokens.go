@@ -63,6 +63,12 @@ type TokenConfig struct {
 	OnLogError func(error)
 	// Clock tells the time when a Request has none. Default time.Now.
 	Clock func() time.Time
+	// ReplayUnavailableLocal, with a shared replay memory (ShareReplay),
+	// accepts an unbound token that memory could not check in time
+	// (ClaimUnavailable) on the word of this gateway's own cache, instead
+	// of refusing it with ReasonServerUnavailable: while the shared memory
+	// is away, a token accepted by another gateway can be replayed here.
+	ReplayUnavailableLocal bool
 }
 
 // Tokens authenticates devices by time-bound HMAC-SHA256 tokens made from a
@@ -73,9 +79,14 @@ type Tokens struct {
 	master     []byte
 	window     int64 // seconds
 	acceptCert bool
-	clock      func() time.Time
-	replay     *replayCache
-	log        *replayLog // nil without TokenConfig.Dir
+	// unavailableLocal: TokenConfig.ReplayUnavailableLocal.
+	unavailableLocal bool
+	clock            func() time.Time
+	replay           *replayCache
+	log              *replayLog // nil without TokenConfig.Dir
+	// shared, when set (ShareReplay), is the replay memory of the
+	// cluster, asked after replay for every unbound token.
+	shared atomic.Pointer[sharedReplay]
 	// decoy keys the HMAC computed for an unknown client id, so that an
 	// unknown id costs the same time as a known one with a bad token.
 	decoy []byte
@@ -83,25 +94,55 @@ type Tokens struct {
 
 // Result messages of Tokens, for the operator's log.
 const (
-	msgOKToken       = "token"
-	msgOKBound       = "token bound to the TLS connection"
-	msgOKCert        = "client certificate"
-	msgEmptyClientID = "empty client id: a token is bound to a client id"
-	msgUsername      = "user name is neither empty nor the client id"
-	msgNoPassword    = "no password and no client certificate naming the client id"
-	msgUnboundTLS    = "unbound (v1) token over TLS: a token sent on plain could be replayed; over TLS the device must send a v2 token bound to the connection"
-	msgBoundPlain    = "bound (v2) token on plain TCP: there is no TLS connection to bind to; on plain the device sends a v1 token"
-	msgNoExporter    = "the TLS connection exports no keying material (TLS 1.2 without extended master secret): a bound token cannot be checked; use TLS 1.3, or TLS 1.2 with extended master secret"
-	msgExpired       = "token expired"
-	msgFuture        = "token time is ahead of the gateway clock by more than the window"
-	msgUnknownClient = "unknown client id"
-	msgBadMAC        = "token hmac does not match"
-	msgReplayed      = "token replayed"
-	msgDeviceFull    = "too many tokens of this client id within the window"
-	msgReplayFull    = "replay cache full"
-	msgBeforeFloor   = "token dated before the end of a gateway run that stopped without saving its replay cache: retry with a new token later"
-	msgNotDurable    = "replay log behind (disk slow or failing): token time beyond its saved mark"
+	msgOKToken        = "token"
+	msgOKUnchecked    = "token, checked by this gateway only: the cluster's replay memory (redis) did not answer in time"
+	msgOKBound        = "token bound to the TLS connection"
+	msgOKCert         = "client certificate"
+	msgEmptyClientID  = "empty client id: a token is bound to a client id"
+	msgUsername       = "user name is neither empty nor the client id"
+	msgNoPassword     = "no password and no client certificate naming the client id"
+	msgUnboundTLS     = "unbound (v1) token over TLS: a token sent on plain could be replayed; over TLS the device must send a v2 token bound to the connection"
+	msgBoundPlain     = "bound (v2) token on plain TCP: there is no TLS connection to bind to; on plain the device sends a v1 token"
+	msgNoExporter     = "the TLS connection exports no keying material (TLS 1.2 without extended master secret): a bound token cannot be checked; use TLS 1.3, or TLS 1.2 with extended master secret"
+	msgExpired        = "token expired"
+	msgFuture         = "token time is ahead of the gateway clock by more than the window"
+	msgUnknownClient  = "unknown client id"
+	msgBadMAC         = "token hmac does not match"
+	msgReplayed       = "token replayed"
+	msgDeviceFull     = "too many tokens of this client id within the window"
+	msgReplayFull     = "replay cache full"
+	msgBeforeFloor    = "token dated before the end of a gateway run that stopped without saving its replay cache: retry with a new token later"
+	msgNotDurable     = "replay log behind (disk slow or failing): token time beyond its saved mark"
+	msgReplayedShared = "token replayed (the cluster's replay memory has it: accepted by this or another gateway)"
+	msgSharedDown     = "the cluster's replay memory (redis) did not answer in time: a token that cannot be checked could be a replay"
+	msgSharedBusy     = "too many token checks waiting for the cluster's replay memory (redis)"
 )
+
+// ReplayClaim is a SharedReplay's answer.
+type ReplayClaim uint8
+
+// Answers of a SharedReplay.
+const (
+	ClaimNew         ReplayClaim = iota // first sight in the cluster: recorded
+	ClaimReplayed                       // recorded before, by any gateway, and not expired
+	ClaimDeviceFull                     // the client id holds its bound of live tokens
+	ClaimUnavailable                    // no answer within the bound (Redis down or hung)
+	ClaimBusy                           // too many claims waiting: not asked
+)
+
+// SharedReplay is a replay memory the gateways of a cluster share (Redis:
+// package cluster), so that an unbound token accepted by one gateway is
+// refused by every other within its window.
+type SharedReplay interface {
+	// Claim records key, the first half of the hmac of an unbound token
+	// of clientID, valid until expiry (unix seconds) as seen at now, and
+	// calls done exactly once, from any goroutine (before Claim returns
+	// when the answer is known at once), with the answer, within a bound
+	// of time it keeps. It never blocks, and keeps no view of clientID.
+	Claim(clientID string, key [16]byte, expiry, now int64, done func(ReplayClaim))
+}
+
+type sharedReplay struct{ SharedReplay }
 
 // NewTokens returns a Tokens for cfg, or an error if cfg is unusable.
 func NewTokens(cfg TokenConfig) (*Tokens, error) {
@@ -145,12 +186,13 @@ func NewTokens(cfg TokenConfig) (*Tokens, error) {
 	}
 	secs := int64((window + time.Second - 1) / time.Second)
 	t := &Tokens{
-		master:     slices.Clone(cfg.MasterKey),
-		window:     secs,
-		acceptCert: cfg.AcceptClientCert,
-		clock:      clock,
-		replay:     newReplayCache(perDevice, capacity),
-		decoy:      make([]byte, sha256.Size),
+		master:           slices.Clone(cfg.MasterKey),
+		window:           secs,
+		acceptCert:       cfg.AcceptClientCert,
+		unavailableLocal: cfg.ReplayUnavailableLocal,
+		clock:            clock,
+		replay:           newReplayCache(perDevice, capacity),
+		decoy:            make([]byte, sha256.Size),
 	}
 	rand.Read(t.decoy) // crypto/rand.Read never returns an error; it crashes the process instead
 	if err := t.SetSecrets(cfg.Secrets); err != nil {
@@ -204,6 +246,19 @@ func (t *Tokens) SetSecrets(m map[string][]byte) error {
 	}
 	t.secrets.Store(&cp)
 	return nil
+}
+
+// ShareReplay makes r the memory of unbound tokens this gateway shares
+// with the others of its cluster: once the local cache took a token (so a
+// replay on this gateway is refused without asking), r is asked, and the
+// verdict is a Pending one (Result.Pending) that r settles. Call it before
+// CONNECTs arrive; nil stops sharing.
+func (t *Tokens) ShareReplay(r SharedReplay) {
+	if r == nil {
+		t.shared.Store(nil)
+		return
+	}
+	t.shared.Store(&sharedReplay{r})
 }
 
 // ReplayLen returns the number of unbound tokens remembered, for a gauge.
@@ -296,6 +351,9 @@ func (t *Tokens) Authenticate(req *Request) Result {
 		if t.log != nil {
 			t.log.record(req.ClientID, replayEntry{expiry: expiry, key: key})
 		}
+		if shared := t.shared.Load(); shared != nil {
+			return t.claim(shared, req.ClientID, key, expiry, sec)
+		}
 		return Result{OK: true, Reason: ReasonSuccess, Msg: msgOKToken}
 	case addReplayed:
 		return refuse(ReasonNotAuthorized, msgReplayed)
@@ -304,6 +362,30 @@ func (t *Tokens) Authenticate(req *Request) Result {
 	default:
 		return refuse(ReasonServerBusy, msgReplayFull)
 	}
+}
+
+// claim asks the cluster's replay memory about a token the local cache
+// took: the verdict is Pending until it answers.
+func (t *Tokens) claim(shared *sharedReplay, id string, key replayKey, expiry, now int64) Result {
+	p := new(Pending)
+	local := t.unavailableLocal
+	shared.Claim(id, key, expiry, now, func(c ReplayClaim) {
+		switch {
+		case c == ClaimUnavailable && local:
+			p.settle(Result{OK: true, Reason: ReasonSuccess, Msg: msgOKUnchecked})
+		case c == ClaimNew:
+			p.settle(Result{OK: true, Reason: ReasonSuccess, Msg: msgOKToken})
+		case c == ClaimReplayed:
+			p.settle(refuse(ReasonNotAuthorized, msgReplayedShared))
+		case c == ClaimDeviceFull:
+			p.settle(refuse(ReasonServerBusy, msgDeviceFull))
+		case c == ClaimBusy:
+			p.settle(refuse(ReasonServerBusy, msgSharedBusy))
+		default:
+			p.settle(refuse(ReasonServerUnavailable, msgSharedDown))
+		}
+	})
+	return Result{Pending: p}
 }
 
 func refuse(reason byte, msg string) Result {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -56,6 +57,12 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		s.refuse(rc, why)
 		return
 	}
+	var will *Will
+	if c.WillFlag {
+		// Copied out of the packet now (the codec reuses its buffer); it
+		// is checked once the device is authenticated.
+		will = newWill(c, v5)
+	}
 	req := &auth.Request{
 		ClientID:     id,
 		Username:     string(c.Username),
@@ -69,6 +76,114 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		req.ChannelBinding = s.t.ChannelBinding()
 	}
 	res := s.env.Auth.Authenticate(req)
+	if res.Pending != nil {
+		pc := &pendingConnect{c: keepConnect(c), will: will, req: *req, assigned: assigned}
+		pc.req.Password = nil // a view of the read buffer, and needed no more
+		s.awaitVerdict(pc, res.Pending)
+		return
+	}
+	s.connectAuthenticated(c, will, req, res, assigned, now)
+}
+
+// newWill copies the Will of c out of the packet.
+func newWill(c *mqttcodec.Connect, v5 bool) *Will {
+	w := &Will{
+		Topic:   string(c.WillTopic),
+		Payload: append([]byte(nil), c.WillPayload...),
+		QoS:     c.WillQoS,
+		Retain:  c.WillRetain,
+	}
+	if v5 {
+		wp := &c.WillProperties
+		if wp.Has(mqttcodec.PropWillDelay) {
+			w.Delay = time.Duration(wp.WillDelay) * time.Second
+		}
+		// Copied out of the packet buffer, which the codec reuses.
+		w.Props = messageProps(wp)
+		if wp.Has(mqttcodec.PropMessageExpiry) {
+			w.Expiry = wp.MessageExpiry
+		}
+	}
+	return w
+}
+
+// pendingConnect is a CONNECT whose verdict waits on a remote check
+// (auth.Result.Pending): what its handling needs once the verdict comes,
+// copied out of the read buffer.
+type pendingConnect struct {
+	c        *mqttcodec.Connect // keepConnect
+	will     *Will
+	req      auth.Request // Password dropped
+	assigned bool
+}
+
+// keepConnect copies what connectAuthenticated reads of c: its scalars,
+// the properties it looks at, and the user name. The Will is copied by
+// newWill.
+func keepConnect(c *mqttcodec.Connect) *mqttcodec.Connect {
+	k := &mqttcodec.Connect{
+		ProtocolVersion: c.ProtocolVersion,
+		CleanStart:      c.CleanStart,
+		KeepAlive:       c.KeepAlive,
+		UsernameFlag:    c.UsernameFlag,
+		Username:        append([]byte(nil), c.Username...),
+		WillFlag:        c.WillFlag,
+	}
+	p := &c.Properties
+	if p.Has(mqttcodec.PropReceiveMaximum) {
+		k.Properties.SetReceiveMaximum(p.ReceiveMaximum)
+	}
+	if p.Has(mqttcodec.PropMaximumPacketSize) {
+		k.Properties.SetMaximumPacketSize(p.MaximumPacketSize)
+	}
+	if p.Has(mqttcodec.PropSessionExpiry) {
+		k.Properties.SetSessionExpiry(p.SessionExpiry)
+	}
+	return k
+}
+
+// awaitVerdict waits for the verdict on a CONNECT without waiting: nothing
+// more is read from the device until it comes (what the device sent after
+// its CONNECT waits with the transport, in order), and the CONNACK is
+// written then, in owner context through Exec. A verdict that is there
+// before Then returns is applied at once. The CONNECT deadline
+// (Env.ConnectTimeout) still runs: a verdict that never came would leave
+// the connection to it.
+func (s *Session) awaitVerdict(pc *pendingConnect, p *auth.Pending) {
+	var state atomic.Int32
+	var early auth.Result
+	p.Then(func(res auth.Result) {
+		early = res
+		if state.CompareAndSwap(ackWaiting, ackSync) {
+			return
+		}
+		s.t.Exec(func() { s.finishConnect(pc, res) })
+	})
+	if !state.CompareAndSwap(ackWaiting, ackAsync) {
+		s.connectAuthenticated(pc.c, pc.will, &pc.req, early, pc.assigned, s.env.Now())
+		return
+	}
+	s.env.Stats.ConnectsWaited.Add(1)
+	s.PauseReading(pauseConnect)
+}
+
+// finishConnect applies the verdict that came for a waiting CONNECT and
+// reads the device again. A session that ended meanwhile (the device went
+// away, the CONNECT deadline passed) does nothing. Owner context.
+func (s *Session) finishConnect(pc *pendingConnect, res auth.Result) {
+	if s.state != stateNew {
+		return
+	}
+	s.connectAuthenticated(pc.c, pc.will, &pc.req, res, pc.assigned, s.env.Now())
+	s.ResumeReading(pauseConnect)
+}
+
+// connectAuthenticated goes on with a CONNECT once its verdict is known:
+// refuse, or register and answer. c is the packet or, after a wait, what
+// keepConnect kept of it.
+func (s *Session) connectAuthenticated(c *mqttcodec.Connect, will *Will, req *auth.Request, res auth.Result, assigned bool, now time.Time) {
+	v5 := s.entry.Protocol == mqttcodec.V5
+	id := req.ClientID
 	if !res.OK {
 		// res.Msg is for the operator: it may tell an unknown client from
 		// a wrong secret, which the device must not learn.
@@ -127,24 +242,7 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 			s.rareState().username = string(c.Username)
 		}
 	}
-	if c.WillFlag {
-		w := &Will{
-			Topic:   string(c.WillTopic),
-			Payload: append([]byte(nil), c.WillPayload...),
-			QoS:     c.WillQoS,
-			Retain:  c.WillRetain,
-		}
-		if v5 {
-			wp := &c.WillProperties
-			if wp.Has(mqttcodec.PropWillDelay) {
-				w.Delay = time.Duration(wp.WillDelay) * time.Second
-			}
-			// Copied out of the packet buffer, which the codec reuses.
-			w.Props = messageProps(wp)
-			if wp.Has(mqttcodec.PropMessageExpiry) {
-				w.Expiry = wp.MessageExpiry
-			}
-		}
+	if w := will; w != nil {
 		w.Username, w.TLS = s.Username(), s.t.Mode() == registry.ModeTLS
 		if len(w.Topic) > s.env.MaxTopicLen {
 			s.refuse(mqttcodec.TopicNameInvalid, "will topic longer than the gateway accepts")

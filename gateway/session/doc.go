@@ -19,6 +19,17 @@
 // Other goroutines reach a session with Exec, which the transport runs in
 // owner context (gnet's EventLoop().Execute, or under the TLS mutex).
 //
+// # Authentication that waits
+//
+// Env.Auth decides at once, except when the verdict needs a remote check
+// (auth.Result.Pending: in cluster mode, a plain v1 token checked against
+// the cluster's replay memory in Redis). The session then stops reading
+// the device (what it sent after its CONNECT waits with the transport),
+// keeps what the rest of the CONNECT needs out of the read buffer, and
+// finishes the CONNECT in owner context, through Exec, when the verdict
+// comes; then reads again, in order. Its owner never waits. The CONNECT
+// deadline still runs meanwhile.
+//
 // # Deadlines
 //
 // A session keeps one deadline (CONNECT, keepalive, or the grace period after

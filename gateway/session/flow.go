@@ -34,6 +34,9 @@ const (
 	// pauseSubscribe: a SUBSCRIBE waits for its routes (Hooks.Subscribed's
 	// ready) before its SUBACK.
 	pauseSubscribe
+	// pauseConnect: a CONNECT waits for its verdict (auth.Result.Pending)
+	// before its CONNACK.
+	pauseConnect
 )
 
 // PauseReading stops reading the device for reason until ResumeReading

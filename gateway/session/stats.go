@@ -11,6 +11,7 @@ type Stats struct {
 	Disconnects            atomic.Uint64
 	Takeovers              atomic.Uint64
 	ConnectTimeouts        atomic.Uint64
+	ConnectsWaited         atomic.Uint64 // CONNECTs whose verdict waited on a remote check (auth.Result.Pending)
 	KeepAliveTimeouts      atomic.Uint64
 	ProtocolErrors         atomic.Uint64
 	MalformedPackets       atomic.Uint64
