@@ -805,6 +805,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		registerSpillMetrics(reg, up)
 	}
 	g.topicMetrics(counter)
+	g.registerClusterMetrics(reg, counter)
 	return reg
 }
 

@@ -137,6 +137,9 @@ func TestClusterCancelOnDevicesNode(t *testing.T) {
 	if n1, n2 := onDemand(g1)["cancelled"], onDemand(g2)["cancelled"]; n1 != 0 || n2 != 1 {
 		t.Fatalf("cancels run: gw-1 %d, gw-2 %d; want the device's node only", n1, n2)
 	}
+	if sent, recv := metric(t, g1, "dualgate_cluster_events_sent_total"), metric(t, g2, "dualgate_cluster_events_received_total"); sent < 1 || recv < 1 {
+		t.Fatalf("cluster events: gw-1 sent %v, gw-2 received %v", sent, recv)
+	}
 	v := commandStatus(t, g2, id)
 	if last := v.History[len(v.History)-1]; v.Status != "cancelled" || last.Status != "cancelled" || last.Note == "" {
 		t.Fatalf("the command as gw-2 reads it: %+v", v)

@@ -68,8 +68,15 @@ func TestClusterTokenReplayedOnAnotherNode(t *testing.T) {
 		}
 	}
 	for _, g := range []*Gateway{a, b} {
-		if g.replay.Stats().Replayed == 0 {
-			t.Fatalf("node %s refused no replay through redis: %+v", g.cluster.id, g.replay.Stats())
+		st := g.replay.Stats()
+		if st.Replayed == 0 {
+			t.Fatalf("node %s refused no replay through redis: %+v", g.cluster.id, st)
+		}
+		if m := metric(t, g, "dualgate_cluster_token_replays_total"); m != float64(st.Replayed) {
+			t.Fatalf("node %s: dualgate_cluster_token_replays_total %v, the replay memory says %d", g.cluster.id, m, st.Replayed)
+		}
+		if m := metric(t, g, "dualgate_cluster_token_claims_total"); m < float64(st.Replayed) {
+			t.Fatalf("node %s: dualgate_cluster_token_claims_total %v below its replays %d", g.cluster.id, m, st.Replayed)
 		}
 		// Redis is the memory: no replay log in the data directory.
 		if _, err := os.Stat(filepath.Join(g.cfg.Data, auth.ReplayLogFile)); !os.IsNotExist(err) {
