@@ -174,6 +174,10 @@ func (s *Session) finishConnect(pc *pendingConnect, res auth.Result) {
 	if s.state != stateNew {
 		return
 	}
+	if why := s.overCapacity(pc.req.ClientID); why != "" && res.OK {
+		s.refuse(mqttcodec.ServerBusy, why)
+		return
+	}
 	s.connectAuthenticated(pc.c, pc.will, &pc.req, res, pc.assigned, s.env.Now())
 	s.ResumeReading(pauseConnect)
 }
@@ -343,6 +347,14 @@ func (s *Session) overloaded(id string, now time.Time) string {
 	if lim := s.env.ConnectLimiter; lim != nil && !lim.AllowN(now, 1) {
 		return "connection rate limit"
 	}
+	return s.overCapacity(id)
+}
+
+// overCapacity says why a session of client id would pass a connection
+// limit (--max-connections, per transport), or "". A CONNECT that waited
+// for its verdict is checked again when it comes: sessions that connected
+// meanwhile count.
+func (s *Session) overCapacity(id string) string {
 	if s.env.MaxConnections == 0 && s.env.MaxPlain == 0 && s.env.MaxTLS == 0 {
 		return ""
 	}

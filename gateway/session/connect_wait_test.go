@@ -198,3 +198,49 @@ func TestConnectNoWaitAllocations(t *testing.T) {
 		t.Fatalf("%.0f allocations per CONNECT and close, want at most 6", allocs)
 	}
 }
+
+// A CONNECT that waited for its verdict is held to --max-connections when
+// the verdict comes: sessions that connected meanwhile count, so a burst
+// of waiting CONNECTs cannot pass the limit.
+func TestConnectWaitedCountsLimit(t *testing.T) {
+	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	held := new(heldReplay)
+	env := newTestEnv(t, clk)
+	tokens, err := auth.NewTokens(auth.TokenConfig{Secrets: map[string][]byte{"dev": waitSecret, "other": waitSecret}, Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens.ShareReplay(held)
+	env.Auth = tokens
+	env.MaxConnections = 1
+	ft := &fakeTransport{mode: registry.ModePlain}
+	s := new(Session)
+	s.Init(env, ft)
+	s.Feed(tokenConnect(mqttcodec.V5, clk, "nonce0300"))
+	if !ft.paused {
+		t.Fatal("the CONNECT did not wait")
+	}
+	// Another device takes the last place meanwhile.
+	other := &fakeTransport{mode: registry.ModePlain}
+	var o Session
+	o.Init(env, other)
+	tok := control.MakeToken(waitSecret, "other", clk.now, "nonce0301")
+	o.Feed(mqttcodec.AppendConnect(nil, &mqttcodec.Connect{ProtocolVersion: mqttcodec.V5, CleanStart: true, KeepAlive: 30,
+		ClientID: []byte("other"), UsernameFlag: true, Username: []byte("other"), PasswordFlag: true, Password: []byte(tok)}))
+	// The other device's claim, asked second, is answered first.
+	held.mu.Lock()
+	held.held[0], held.held[1] = held.held[1], held.held[0]
+	held.mu.Unlock()
+	held.release(auth.ClaimNew)
+	if !o.Connected() {
+		t.Fatal("the other device was refused")
+	}
+	held.release(auth.ClaimNew)
+	ps := ft.packets(t, mqttcodec.V5)
+	if len(ps) != 1 || ps[0].Type != mqttcodec.CONNACK || ps[0].Connack.ReasonCode != mqttcodec.ServerBusy || !ft.closed || s.Connected() {
+		t.Fatalf("after the verdict: %+v, closed %v, connected %v; want CONNACK 0x89 and close", ps, ft.closed, s.Connected())
+	}
+	if env.Registry.Len() != 1 {
+		t.Fatalf("%d sessions registered, limit 1", env.Registry.Len())
+	}
+}
