@@ -63,11 +63,11 @@ type loopState struct {
 // set): the gnet connection and its session. Everything in it is owned by
 // the connection's event loop.
 type plainConn struct {
-	c   gnet.Conn
-	tls *tlsState // nil for a plain connection
-	// remote is the device's address from a PROXY header (nil without
-	// one): a pointer, since most deployments send none.
-	remote    *string
+	c gnet.Conn
+	// x is what few connections need: the device's address from a PROXY
+	// header, and a TLS connection's state. nil for a plain connection
+	// without a PROXY header, most of them.
+	x         *connExtra
 	idx       int32 // position in loop.conns
 	closed    bool
 	proxyWait bool // a PROXY header may still come first
@@ -156,7 +156,7 @@ func (ps *plainServer) OnTraffic(c gnet.Conn) gnet.Action {
 	if !ok || pc.closed {
 		return gnet.None
 	}
-	if pc.tls != nil {
+	if pc.tls() != nil {
 		if ps.tlsTraffic(pc, ps.loopOf(c.EventLoop())) {
 			return gnet.Close
 		}
@@ -212,8 +212,8 @@ func (ps *plainServer) OnClose(c gnet.Conn, _ error) gnet.Action {
 		ls.conns = nil
 	}
 	safeClosed(ps.logger, ps.env.Stats, &pc.sess)
-	if pc.tls != nil {
-		pc.tls.pending = nil
+	if ts := pc.tls(); ts != nil {
+		ts.pending = nil
 	}
 	c.SetContext(nil)
 	return gnet.None
@@ -284,7 +284,7 @@ func (ps *plainServer) proxyHeader(pc *plainConn, buf []byte) (int, bool) {
 		return 0, false
 	}
 	if addr != "" { // "" is a LOCAL header: the socket's own address stands
-		pc.remote = &addr
+		pc.x = &connExtra{remote: addr}
 	}
 	pc.proxyWait = false
 	return n, true
@@ -332,6 +332,21 @@ func (ps *plainServer) stop(ctx context.Context) error {
 	return ps.eng.Stop(ctx)
 }
 
+// connExtra is the part of a loop connection that most plain ones do
+// without.
+type connExtra struct {
+	remote string    // from a PROXY header, "" without one
+	tls    *tlsState // TLS connections only
+}
+
+// tls is the connection's TLS state, nil for a plain connection.
+func (pc *plainConn) tls() *tlsState {
+	if pc.x == nil {
+		return nil
+	}
+	return pc.x.tls
+}
+
 // Transport, for the session. Every method but Exec runs on the loop.
 
 // Write sends b: for TLS, as records written into gnet's outbound buffer
@@ -341,8 +356,8 @@ func (pc *plainConn) Write(b []byte) error {
 		return errConnClosed
 	}
 	var err error
-	if pc.tls != nil {
-		_, err = pc.tls.conn.Write(b)
+	if ts := pc.tls(); ts != nil {
+		_, err = ts.conn.Write(b)
 	} else {
 		_, err = pc.c.Write(b)
 	}
@@ -363,8 +378,8 @@ func (pc *plainConn) Buffered() int {
 // A TLS connection also stops reading the plaintext crypto/tls holds.
 func (pc *plainConn) PauseRead() {
 	if !pc.closed {
-		if pc.tls != nil {
-			pc.tls.paused = true
+		if ts := pc.tls(); ts != nil {
+			ts.paused = true
 		}
 		_ = pc.c.PauseRead()
 	}
@@ -377,8 +392,8 @@ func (pc *plainConn) PauseRead() {
 func (pc *plainConn) ResumeRead() {
 	if !pc.closed {
 		_ = pc.c.ResumeRead()
-		if pc.tls != nil && pc.tls.paused {
-			pc.tls.paused = false
+		if ts := pc.tls(); ts != nil && ts.paused {
+			ts.paused = false
 			_ = pc.c.Wake(nil)
 		}
 	}
@@ -403,15 +418,15 @@ func (pc *plainConn) Exec(fn func()) {
 }
 
 func (pc *plainConn) Mode() registry.Mode {
-	if pc.tls != nil {
+	if pc.tls() != nil {
 		return registry.ModeTLS
 	}
 	return registry.ModePlain
 }
 
 func (pc *plainConn) Remote() string {
-	if pc.remote != nil {
-		return *pc.remote
+	if pc.x != nil && pc.x.remote != "" {
+		return pc.x.remote
 	}
 	if pc.closed {
 		return ""
@@ -423,15 +438,15 @@ func (pc *plainConn) Remote() string {
 }
 
 func (pc *plainConn) PeerIdentity() []string {
-	if pc.tls != nil {
-		return pc.tls.identity
+	if ts := pc.tls(); ts != nil {
+		return ts.identity
 	}
 	return nil
 }
 
 func (pc *plainConn) ChannelBinding() []byte {
-	if pc.tls != nil {
-		return pc.tls.channelBinding()
+	if ts := pc.tls(); ts != nil {
+		return ts.channelBinding()
 	}
 	return nil
 }

@@ -45,6 +45,12 @@ type tlsState struct {
 	paused  bool // the session holds the device back (PauseRead)
 }
 
+// tlsExtra is a TLS connection's connExtra and state, allocated together.
+type tlsExtra struct {
+	ext connExtra
+	st  tlsState
+}
+
 // tlsHandoff is what handoffTLS gives the engine for OnOpen.
 type tlsHandoff struct {
 	conn *tls.Conn
@@ -131,12 +137,14 @@ func (ps *plainServer) openTLS(c gnet.Conn, ho *tlsHandoff) (*plainConn, gnet.Ac
 		return nil, gnet.Close
 	}
 	ho.tr.SetWriter(c)
-	ts := &tlsState{conn: ho.conn, tr: ho.tr, identity: ho.info.PeerIdentity}
-	pc := &plainConn{c: c, tls: ts}
+	// One allocation for both: the loop connection points into it.
+	x := &tlsExtra{st: tlsState{conn: ho.conn, tr: ho.tr, identity: ho.info.PeerIdentity}}
+	x.ext.tls = &x.st
 	if ho.info.Remote != nil {
-		r := ho.info.Remote.String()
-		pc.remote = &r
+		// The PROXY header's address, or the socket's.
+		x.ext.remote = ho.info.Remote.String()
 	}
+	pc := &plainConn{c: c, x: &x.ext}
 	// What crypto/tls read past the handshake (the SDK's CONNECT comes in
 	// the same segment as its Finished) and what the PROXY reader read
 	// ahead are handled on the loop's next turn, even if the device
@@ -148,7 +156,7 @@ func (ps *plainServer) openTLS(c gnet.Conn, ho *tlsHandoff) (*plainConn, gnet.Ac
 // tlsTraffic handles the bytes gnet read for a TLS connection: it reports
 // whether the connection must close.
 func (ps *plainServer) tlsTraffic(pc *plainConn, ls *loopState) bool {
-	ts := pc.tls
+	ts := pc.tls()
 	buf, err := pc.c.Peek(-1)
 	if err != nil {
 		buf = nil
@@ -177,7 +185,7 @@ func (ps *plainServer) tlsTraffic(pc *plainConn, ls *loopState) bool {
 // tlsRead reads plaintext until the transport has no byte left (or the
 // session pauses reading) and feeds whole packets to the session.
 func (ps *plainServer) tlsRead(pc *plainConn, ls *loopState) (closeConn bool) {
-	ts := pc.tls
+	ts := pc.tls()
 	if len(ts.pending) > 0 && !ts.paused {
 		// Packets a pause held back, or the start of one.
 		if closeConn = ps.tlsFeed(pc, ts.pending); closeConn || pc.closed {
@@ -215,7 +223,7 @@ func (ps *plainServer) tlsRead(pc *plainConn, ls *loopState) (closeConn bool) {
 // tlsFeed feeds data (ts.pending or the loop's scratch buffer) to the
 // session and keeps what it did not take in ts.pending.
 func (ps *plainServer) tlsFeed(pc *plainConn, data []byte) (closeConn bool) {
-	ts := pc.tls
+	ts := pc.tls()
 	used, closeConn := safeFeed(ps.logger, ps.env.Stats, &pc.sess, data)
 	if closeConn || pc.closed {
 		ts.pending = nil
