@@ -64,8 +64,9 @@ func (q *fifo) drain() []pending {
 }
 
 // handshake runs the TLS handshake of c on worker slot, then starts the
-// connection's own goroutine. Nothing the handshake needed outlives it: the
-// goroutine gets the *tls.Conn and a ConnInfo.
+// connection's own goroutine (Handler) or hands it over (Handoff). Nothing
+// the handshake needed outlives it: the next owner gets the *tls.Conn and a
+// ConnInfo.
 func (s *Server) handshake(slot int, c net.Conn) {
 	start := time.Now()
 	tr := &Transport{Conn: c}

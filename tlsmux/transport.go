@@ -49,9 +49,9 @@ type Transport struct {
 // ahead and not delivered yet (tlsmux's own admission reader included),
 // without reading the socket, and returns the accepted connection as the
 // listener gave it, which the caller now owns (it hands the socket
-// elsewhere and closes it). The read deadline of the connection is spent
-// for that: the caller must not read it again. The bytes read ahead are
-// read before anything lent.
+// elsewhere and closes it). The connection's read deadline is left in the
+// past: a caller that reads the connection itself clears it first. The
+// bytes read ahead are read before anything lent.
 func (t *Transport) Detach() (net.Conn, error) {
 	c := t.Conn
 	if c == nil {
