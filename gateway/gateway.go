@@ -629,6 +629,12 @@ func (g *Gateway) startTLS(cfg *tls.Config) error {
 	if err != nil {
 		return err
 	}
+	if !tlsmux.BuffersReleasable() || !tlsmux.PeerCertificatesReleasable() {
+		// A Go release changed crypto/tls's fields: everything works, but
+		// an idle TLS device keeps what its handshake needed.
+		g.logger.Warn("this Go release's crypto/tls buffers cannot be given back: an idle TLS connection keeps its handshake buffers and client certificate (a few KiB more each)",
+			zap.Bool("buffers", tlsmux.BuffersReleasable()), zap.Bool("peer_certificates", tlsmux.PeerCertificatesReleasable()))
+	}
 	ln, err := net.Listen("tcp", g.cfg.TLS) // SO_REUSEADDR is set by Go on Unix
 	if err != nil {
 		return fmt.Errorf("tls listener: %w", err)

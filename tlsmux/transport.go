@@ -51,7 +51,8 @@ type Transport struct {
 // listener gave it, which the caller now owns (it hands the socket
 // elsewhere and closes it). The connection's read deadline is left in the
 // past: a caller that reads the connection itself clears it first. The
-// bytes read ahead are read before anything lent.
+// bytes read ahead are read before anything lent. On an error the
+// accepted connection is returned too, for the caller to close.
 func (t *Transport) Detach() (net.Conn, error) {
 	c := t.Conn
 	if c == nil {
@@ -61,7 +62,7 @@ func (t *Transport) Detach() (net.Conn, error) {
 	// anything (Go's poller checks it first), while a wrapper's buffer
 	// answers from memory: what comes back is exactly what was read ahead.
 	if err := c.SetReadDeadline(time.Unix(1, 0)); err != nil {
-		return nil, err
+		return c, err
 	}
 	var buf [512]byte
 	for {
@@ -70,7 +71,7 @@ func (t *Transport) Detach() (net.Conn, error) {
 		if err != nil {
 			var ne net.Error
 			if !errors.As(err, &ne) || !ne.Timeout() {
-				return nil, err
+				return c, err
 			}
 			break
 		}
