@@ -65,8 +65,7 @@ type tlsHandoff struct {
 const tlsReadBuf = 16 << 10
 
 // handoffTLS hands a handshaken connection to the event loops. tlsmux
-// calls it on the handshake worker; it waits only for the loop to open the
-// connection.
+// calls it on the handshake worker, which it does not hold up.
 func (g *Gateway) handoffTLS(c *tls.Conn, tr *tlsmux.Transport, info tlsmux.ConnInfo) {
 	g.handshakes.WithLabelValues(strconv.FormatBool(info.Resumed)).Observe(info.HandshakeDuration.Seconds())
 	accepted, err := tr.Detach()
@@ -91,20 +90,31 @@ func (g *Gateway) handoffTLS(c *tls.Conn, tr *tlsmux.Transport, info tlsmux.Conn
 	}
 	ctx := gnet.NewContext(gnet.NewNetConnContext(context.Background(), sock), ho)
 	res, err := g.plain.eng.Register(ctx)
-	if err == nil {
-		if r := <-res; r.Err != nil {
-			err = r.Err
-		}
-	}
 	if err != nil {
-		// Never opened on a loop: the socket is closed (gnet's enroll
-		// closes it on every path) and its count is ours to release.
-		_ = sock.Close()
-		if ho.counted {
-			g.fds.release()
-		}
-		g.logger.Debug("tls: hand-over to the event loop failed", zap.Error(err))
+		g.handoffFailed(sock, ho, err)
+		return
 	}
+	// The worker goes back to handshaking at once: gnet enrolls the
+	// socket on a goroutine of its pool, and the loop opens it when it
+	// gets to it. Waiting for that here cost a quarter of the handshake
+	// rate with two workers (docs/benchmarks.md §7). The result is read
+	// on a goroutine that lives only until the loop has opened it.
+	go func() {
+		if r := <-res; r.Err != nil {
+			g.handoffFailed(sock, ho, r.Err)
+		}
+	}()
+}
+
+// handoffFailed cleans up after a connection that was never opened on a
+// loop: the socket is closed (gnet's enroll closes it on every path) and
+// its count is ours to release.
+func (g *Gateway) handoffFailed(sock net.Conn, ho *tlsHandoff, err error) {
+	_ = sock.Close()
+	if ho.counted {
+		g.fds.release()
+	}
+	g.logger.Debug("tls: hand-over to the event loop failed", zap.Error(err))
 }
 
 // unwrapAccepted finds the TCP socket under what the TLS listener
