@@ -240,3 +240,49 @@ func TestIdleTLSConnectionsHoldNoGoroutine(t *testing.T) {
 		}
 	}
 }
+
+// The descriptor budget stays exact across the hand-off: a TLS socket is
+// counted once while its handshake runs and while it lives on a loop, on
+// the TLS listener and on the single-port one, and uncounted when it
+// closes, also when the device leaves during the hand-off.
+func TestTLSHandoffKeepsDescriptorCountExact(t *testing.T) {
+	g := startGateway(t, func(c *Config) { c.ListenMux = "127.0.0.1:0" })
+	open := func() int64 { return g.fds.open.Load() }
+	var conns []*raw
+	for i := range 10 {
+		conns = append(conns, dialTLSRaw(t, g, fmt.Sprintf("count-tls-%d", i)))
+	}
+	for i := range 10 {
+		tc, err := tls.Dial("tcp", g.MuxAddr(), clientTLS(t, g))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = tc.Close() })
+		r := &raw{t: t, conn: tc, r: bufio.NewReader(tc)}
+		r.connect(&mqttcodec.Connect{ProtocolVersion: 4, CleanStart: true, ClientID: fmt.Appendf(nil, "count-mux-%d", i)})
+		conns = append(conns, r)
+	}
+	eventually(t, 30*time.Second, "20 device sockets counted", func() bool { return open() == 20 })
+	for _, r := range conns {
+		_ = r.conn.Close()
+	}
+	// Devices that leave right after their handshake, some with a CONNECT
+	// in flight: gone during or just after the hand-off.
+	for i := range 40 {
+		addr := g.TLSAddr()
+		if i%2 == 1 {
+			addr = g.MuxAddr()
+		}
+		tc, err := tls.Dial("tcp", addr, clientTLS(t, g))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%4 < 2 {
+			_, _ = tc.Write(mqttcodec.AppendConnect(nil, &mqttcodec.Connect{ProtocolVersion: 4, CleanStart: true,
+				ClientID: fmt.Appendf(nil, "leaving-%d", i)}))
+		}
+		_ = tc.NetConn().Close()
+	}
+	eventually(t, 30*time.Second, "every device socket uncounted", func() bool { return open() == 0 })
+	eventually(t, 30*time.Second, "every session gone", func() bool { return g.Registry().Len() == 0 })
+}
