@@ -129,6 +129,10 @@ func (c *budgetConn) Close() error {
 	return c.Conn.Close()
 }
 
+// handOver gives the socket's count to its next owner (a TLS connection
+// moving to an event loop), who releases it: Close no longer does.
+func (c *budgetConn) handOver() { c.once.Do(func() {}) }
+
 // isExhaustion reports an accept error caused by running out of
 // descriptors or kernel memory.
 func isExhaustion(err error) bool {

@@ -96,10 +96,9 @@ type Gateway struct {
 	// the local replay cache in cluster mode (shareReplay).
 	replaySweep, replaySwept chan struct{}
 
-	tlsSrv   *tlsmux.Server
-	tlsLn    net.Listener
-	tlsConns tlsSet
-	caPath   string // the generated dev CA, when there is one
+	tlsSrv *tlsmux.Server
+	tlsLn  net.Listener
+	caPath string // the generated dev CA, when there is one
 	// identityPolicy is --secure-identity; with cert and no --client-ca,
 	// the generated dev CA verifies device certificates.
 	identityPolicy auth.IdentityPolicy
@@ -335,7 +334,7 @@ func (g *Gateway) Start() (err error) {
 		return err
 	}
 	g.wg.Add(1)
-	go g.sweepTLS()
+	go g.forgetSources()
 	if g.cfg.MemRelease > 0 {
 		g.wg.Add(1)
 		go func() {
@@ -670,10 +669,16 @@ func (g *Gateway) startTLS(cfg *tls.Config) error {
 		HelloTimeout:          g.cfg.TLSHello,
 		MaxHelloPerSource:     g.cfg.TLSHelloPerIP,
 		Logger:                g.logger,
-		Handler:               g.serveTLS,
+		Handoff:               g.handoffTLS,
 	})
 	if err != nil {
 		return err
+	}
+	if !tlsmux.BuffersReleasable() || !tlsmux.PeerCertificatesReleasable() {
+		// A Go release changed crypto/tls's fields: everything works, but
+		// an idle TLS device keeps what its handshake needed.
+		g.logger.Warn("this Go release's crypto/tls buffers cannot be given back: an idle TLS connection keeps its handshake buffers and client certificate (a few KiB more each)",
+			zap.Bool("buffers", tlsmux.BuffersReleasable()), zap.Bool("peer_certificates", tlsmux.PeerCertificatesReleasable()))
 	}
 	ln, err := net.Listen("tcp", g.cfg.TLS) // SO_REUSEADDR is set by Go on Unix
 	if err != nil {
@@ -707,22 +712,20 @@ func (g *Gateway) serveTLSOn(ln net.Listener) {
 	}()
 }
 
-// sweepTLS checks the TLS sessions' deadlines once a second.
-func (g *Gateway) sweepTLS() {
+// forgetSources drops, once a minute, the sources not seen for a minute.
+// (Every session's deadlines, TLS ones included, are swept on the event
+// loops: plainServer.OnTick.)
+func (g *Gateway) forgetSources() {
 	defer g.wg.Done()
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
 		select {
 		case <-g.stop:
 			return
 		case <-t.C:
-			now := g.env.Now()
-			for _, tc := range g.tlsConns.snapshot() {
-				tc.Exec(func() { tc.sess.Tick(now) })
-			}
-			if g.sources != nil && now.Second() == 0 {
-				g.sources.forget(now.Add(-time.Minute))
+			if g.sources != nil {
+				g.sources.forget(g.env.Now().Add(-time.Minute))
 			}
 		}
 	}
@@ -744,10 +747,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 			g.muxTLS.Close()
 		}
 		kick := func(s *session.Session) { s.Kick(mqttcodec.ServerShuttingDown, "server shutting down") }
-		g.plain.each(kick)
-		for _, tc := range g.tlsConns.snapshot() {
-			tc.Exec(func() { kick(&tc.sess) })
-		}
+		g.plain.each(kick) // plain and TLS sessions alike
 		g.waitSessions(ctx)
 		if g.tlsSrv != nil {
 			if e := g.tlsSrv.Shutdown(ctx); e != nil {

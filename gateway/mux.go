@@ -20,9 +20,10 @@ import (
 // The single-port listener (--listen-mux) tells the two kinds of
 // connection apart by their first byte, after a PROXY header if one is
 // configured: 0x16 starts a TLS handshake record, anything else is plain
-// MQTT. TLS connections go to the TLS server; plain ones are handed to the
-// gnet engine (which takes over a duplicate of the socket), so an idle
-// plain connection keeps no goroutine here either. The bytes are only
+// MQTT. TLS connections go to the TLS server, whose handshake workers hand
+// them to the gnet engine once the handshake is done (tlsconn.go); plain
+// ones are handed to the engine at once (it takes over a duplicate of the
+// socket). An idle connection of either kind keeps no goroutine here. The bytes are only
 // peeked (MSG_PEEK): nothing is read before the hand-over.
 //
 // Until its first bytes arrive, a connection holds one goroutine parked in

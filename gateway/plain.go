@@ -50,20 +50,24 @@ type plainServer struct {
 	loops map[gnet.EventLoop]*loopState
 }
 
-// loopState is what one event loop keeps: its connections, for the sweep.
-// Only that loop touches it.
+// loopState is what one event loop keeps: its connections, for the sweep,
+// and the buffer its TLS connections' plaintext is read into. Only that
+// loop touches it.
 type loopState struct {
-	el    gnet.EventLoop
-	conns []*plainConn
+	el      gnet.EventLoop
+	conns   []*plainConn
+	scratch []byte // tlsReadBuf bytes, once a TLS connection needed it
 }
 
-// plainConn is a plain connection: the gnet connection and its session.
-// Everything in it is owned by the connection's event loop.
+// plainConn is a device connection on an event loop, plain or TLS (tls
+// set): the gnet connection and its session. Everything in it is owned by
+// the connection's event loop.
 type plainConn struct {
 	c gnet.Conn
-	// remote is the device's address from a PROXY header (nil without
-	// one): a pointer, since most deployments send none.
-	remote    *string
+	// x is what few connections need: the device's address from a PROXY
+	// header, and a TLS connection's state. nil for a plain connection
+	// without a PROXY header, most of them.
+	x         *connExtra
 	idx       int32 // position in loop.conns
 	closed    bool
 	proxyWait bool // a PROXY header may still come first
@@ -116,19 +120,31 @@ func (ps *plainServer) OnBoot(eng gnet.Engine) gnet.Action {
 }
 
 func (ps *plainServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
-	if ps.draining.Load() || !ps.fds.admit() {
-		return nil, gnet.Close
-	}
-	untrusted := false
-	if ps.proxy.mode != ProxyOff && !ps.proxy.trusts(c.RemoteAddr()) {
-		if ps.proxy.mode == ProxyRequired {
-			ps.proxy.refuse("plain", addrString(c.RemoteAddr()), whyRequired)
+	var pc *plainConn
+	if ho, ok := c.Context().(*tlsHandoff); ok {
+		// A TLS connection whose handshake is done (handoffTLS).
+		c.SetContext(nil)
+		var action gnet.Action
+		if pc, action = ps.openTLS(c, ho); pc == nil {
+			return nil, action
+		}
+	} else {
+		if ps.draining.Load() || !ps.fds.admit() {
 			return nil, gnet.Close
 		}
-		untrusted = true
+		untrusted := false
+		if ps.proxy.mode != ProxyOff && !ps.proxy.trusts(c.RemoteAddr()) {
+			if ps.proxy.mode == ProxyRequired {
+				ps.proxy.refuse("plain", addrString(c.RemoteAddr()), whyRequired)
+				ps.fds.release()
+				return nil, gnet.Close
+			}
+			untrusted = true
+		}
+		pc = &plainConn{c: c, proxyWait: ps.proxy.mode != ProxyOff, untrusted: untrusted}
 	}
 	ls := ps.loopOf(c.EventLoop())
-	pc := &plainConn{c: c, idx: int32(len(ls.conns)), proxyWait: ps.proxy.mode != ProxyOff, untrusted: untrusted}
+	pc.idx = int32(len(ls.conns))
 	ls.conns = append(ls.conns, pc)
 	c.SetContext(pc)
 	pc.sess.Init(ps.env, pc)
@@ -138,6 +154,12 @@ func (ps *plainServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 func (ps *plainServer) OnTraffic(c gnet.Conn) gnet.Action {
 	pc, ok := c.Context().(*plainConn)
 	if !ok || pc.closed {
+		return gnet.None
+	}
+	if pc.tls() != nil {
+		if ps.tlsTraffic(pc, ps.loopOf(c.EventLoop())) {
+			return gnet.Close
+		}
 		return gnet.None
 	}
 	buf, err := c.Peek(-1)
@@ -190,6 +212,9 @@ func (ps *plainServer) OnClose(c gnet.Conn, _ error) gnet.Action {
 		ls.conns = nil
 	}
 	safeClosed(ps.logger, ps.env.Stats, &pc.sess)
+	if ts := pc.tls(); ts != nil {
+		ts.pending = nil
+	}
 	c.SetContext(nil)
 	return gnet.None
 }
@@ -259,7 +284,7 @@ func (ps *plainServer) proxyHeader(pc *plainConn, buf []byte) (int, bool) {
 		return 0, false
 	}
 	if addr != "" { // "" is a LOCAL header: the socket's own address stands
-		pc.remote = &addr
+		pc.x = &connExtra{remote: addr}
 	}
 	pc.proxyWait = false
 	return n, true
@@ -307,16 +332,36 @@ func (ps *plainServer) stop(ctx context.Context) error {
 	return ps.eng.Stop(ctx)
 }
 
+// connExtra is the part of a loop connection that most plain ones do
+// without.
+type connExtra struct {
+	remote string    // from a PROXY header, "" without one
+	tls    *tlsState // TLS connections only
+}
+
+// tls is the connection's TLS state, nil for a plain connection.
+func (pc *plainConn) tls() *tlsState {
+	if pc.x == nil {
+		return nil
+	}
+	return pc.x.tls
+}
+
 // Transport, for the session. Every method but Exec runs on the loop.
 
+// Write sends b: for TLS, as records written into gnet's outbound buffer
+// (the session writes on its loop only).
 func (pc *plainConn) Write(b []byte) error {
 	if pc.closed {
 		return errConnClosed
 	}
-	if _, err := pc.c.Write(b); err != nil {
-		return err
+	var err error
+	if ts := pc.tls(); ts != nil {
+		_, err = ts.conn.Write(b)
+	} else {
+		_, err = pc.c.Write(b)
 	}
-	return nil
+	return err
 }
 
 func (pc *plainConn) Buffered() int {
@@ -330,20 +375,35 @@ func (pc *plainConn) Buffered() int {
 // patch 5): the device's bytes wait in the kernel and then its sending
 // stalls. What gnet had read already stays in its inbound buffer, at
 // most one read more than the session took.
+// A TLS connection also stops reading the plaintext crypto/tls holds.
 func (pc *plainConn) PauseRead() {
 	if !pc.closed {
+		if ts := pc.tls(); ts != nil {
+			ts.paused = true
+		}
 		_ = pc.c.PauseRead()
 	}
 }
 
 // ResumeRead polls the socket again; gnet calls OnTraffic at once for
 // bytes it kept, so they are fed even if the device sends nothing more.
+// A TLS connection may hold plaintext that gnet does not see: it is
+// woken to feed it.
 func (pc *plainConn) ResumeRead() {
 	if !pc.closed {
 		_ = pc.c.ResumeRead()
+		if ts := pc.tls(); ts != nil && ts.paused {
+			ts.paused = false
+			_ = pc.c.Wake(nil)
+		}
 	}
 }
 
+// Close closes the connection; gnet writes what its outbound buffer
+// holds first, as far as the socket takes it without waiting. A TLS
+// connection ends without a close_notify: MQTT frames its packets, so the
+// device cannot mistake a cut for the end of one, and the alert would
+// only cost it bytes (docs/protocol.md).
 func (pc *plainConn) Close() {
 	if !pc.closed {
 		_ = pc.c.Close()
@@ -357,11 +417,16 @@ func (pc *plainConn) Exec(fn func()) {
 	}))
 }
 
-func (pc *plainConn) Mode() registry.Mode { return registry.ModePlain }
+func (pc *plainConn) Mode() registry.Mode {
+	if pc.tls() != nil {
+		return registry.ModeTLS
+	}
+	return registry.ModePlain
+}
 
 func (pc *plainConn) Remote() string {
-	if pc.remote != nil {
-		return *pc.remote
+	if pc.x != nil && pc.x.remote != "" {
+		return pc.x.remote
 	}
 	if pc.closed {
 		return ""
@@ -372,8 +437,19 @@ func (pc *plainConn) Remote() string {
 	return ""
 }
 
-func (pc *plainConn) PeerIdentity() []string { return nil }
-func (pc *plainConn) ChannelBinding() []byte { return nil }
+func (pc *plainConn) PeerIdentity() []string {
+	if ts := pc.tls(); ts != nil {
+		return ts.identity
+	}
+	return nil
+}
+
+func (pc *plainConn) ChannelBinding() []byte {
+	if ts := pc.tls(); ts != nil {
+		return ts.channelBinding()
+	}
+	return nil
+}
 
 // Local is the address the device reached, read from the socket (see
 // socketLocal), so it is the same with released gnet, whose LocalAddr is

@@ -1,6 +1,7 @@
 // Package tlsmux terminates TLS for dualgate's secure listener. It accepts TCP
 // connections, runs the TLS handshake, and hands each handshaken *tls.Conn to
-// a handler. It knows nothing of MQTT.
+// a handler, or to an event loop that serves it without a goroutine. It
+// knows nothing of MQTT.
 //
 // # The handshake path
 //
@@ -12,24 +13,33 @@
 // The accept loop never blocks on a worker. A handshake runs under a deadline
 // (HandshakeTimeout) that is cleared when it succeeds.
 //
-// Only after a successful handshake does the Server start the connection's own
-// goroutine, which calls the Handler. So the stack a handshake grows (the
-// certificate verification, the key exchange) stays with the worker, and the
-// long-lived goroutine of an idle connection starts small.
+// Every tls.Conn the Server makes runs over a Transport. After a
+// successful handshake the Server gives the connection either to Handler, on
+// a goroutine of its own, or to Handoff, on the worker. Handler's goroutine
+// starts small: the stack a handshake grows (the certificate verification,
+// the key exchange) stays with the worker. Handoff keeps no goroutine at
+// all: it detaches the Transport (Transport.Detach collects what the
+// accepted connection's wrappers read ahead) and moves the socket to an
+// event loop, which then lends the Transport the bytes it reads and reads
+// the tls.Conn until ErrWouldBlock, a temporary net.Error after which
+// crypto/tls keeps a partial record and carries on. That is how dualgate
+// serves TLS devices.
 //
 // # What an idle connection keeps
 //
-// Per connection the Server keeps one entry in its set of live connections
-// (to close them on Close) and the goroutine running the Handler. The
-// handshake state, ConnectionState and anything the handshake needed are
-// dropped when the worker returns; ConnInfo is built once and handed to the
-// Handler, which decides what to keep. There is no bufio, and the read and
-// handshake buffers crypto/tls keeps inside tls.Conn (sized by the largest
-// record and handshake message received so far: after the handshake, the
-// ClientHello) are given back by ReleaseBuffers, which the Handler calls
-// between reads. What remains is the handler goroutine's stack, the
-// tls.Conn with its record-layer cipher states, the peer certificates of an
-// mTLS client, and the socket.
+// With Handler, the Server keeps one entry in its set of live connections
+// (to close them on Close) and the goroutine running the Handler; with
+// Handoff, nothing (the owner closes the connection). The handshake state,
+// ConnectionState and anything the handshake needed are dropped when the
+// worker returns; ConnInfo is built once and handed over, and the owner
+// decides what to keep. There is no bufio, and the read and handshake
+// buffers crypto/tls keeps inside tls.Conn (sized by the largest record
+// and handshake message received so far: after the handshake, the
+// ClientHello) are given back by ReleaseBuffers, which the owner calls
+// between reads. What remains is the tls.Conn with its record-layer cipher
+// states, the Transport, the socket, and with Handler the goroutine's
+// stack; the parsed client certificate is dropped after the handshake
+// (ReleasePeerCertificates), what it proves being in ConnInfo.
 //
 // # Configuration
 //

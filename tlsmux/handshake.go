@@ -64,11 +64,13 @@ func (q *fifo) drain() []pending {
 }
 
 // handshake runs the TLS handshake of c on worker slot, then starts the
-// connection's own goroutine. Nothing the handshake needed outlives it: the
-// goroutine gets the *tls.Conn and a ConnInfo.
+// connection's own goroutine (Handler) or hands it over (Handoff). Nothing
+// the handshake needed outlives it: the next owner gets the *tls.Conn and a
+// ConnInfo.
 func (s *Server) handshake(slot int, c net.Conn) {
 	start := time.Now()
-	tc := tls.Server(c, s.cfg.TLS)
+	tr := &Transport{Conn: c}
+	tc := tls.Server(tr, s.cfg.TLS)
 	err := c.SetDeadline(start.Add(s.cfg.HandshakeTimeout))
 	if err == nil {
 		err = tc.Handshake()
@@ -113,6 +115,16 @@ func (s *Server) handshake(slot int, c net.Conn) {
 		_ = c.Close()
 		return
 	}
+	if s.cfg.Handoff != nil {
+		s.mu.Unlock()
+		if info.Resumed {
+			s.resumed.Add(1)
+		} else {
+			s.full.Add(1)
+		}
+		s.handoff(tc, tr, info)
+		return
+	}
 	s.conns[tc] = struct{}{}
 	s.running++
 	s.mu.Unlock()
@@ -140,6 +152,19 @@ func (s *Server) serveConn(tc *tls.Conn, info ConnInfo) {
 		_ = tc.Close()
 	}()
 	s.cfg.Handler(tc, info)
+}
+
+// handoff gives the connection to Config.Handoff, containing a panic.
+func (s *Server) handoff(tc *tls.Conn, tr *Transport, info ConnInfo) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.panics.Add(1)
+			s.log.Error("tlsmux: handoff panic; connection closed",
+				zap.Stringer("remote", info.Remote), zap.Any("panic", r), zap.StackSkip("stack", 1))
+			_ = tr.Close()
+		}
+	}()
+	s.cfg.Handoff(tc, tr, info)
 }
 
 // peerIdentity lists the client ids a verified client certificate names,

@@ -67,12 +67,23 @@ type Config struct {
 	// handler panics (error). Default zap.NewNop().
 	Logger *zap.Logger
 
-	// Handler is required. It runs on the connection's own goroutine once
-	// the handshake is done; the Server closes the connection when Handler
-	// returns. A panic in Handler is recovered, logged and counted; only
-	// that connection is closed. Handler must return once c is closed (by
-	// the peer or by Close).
+	// Handler or Handoff is required, not both.
+	//
+	// Handler runs on the connection's own goroutine once the handshake is
+	// done; the Server closes the connection when Handler returns. A panic
+	// in Handler is recovered, logged and counted; only that connection is
+	// closed. Handler must return once c is closed (by the peer or by
+	// Close).
 	Handler func(c *tls.Conn, info ConnInfo)
+
+	// Handoff takes the connection once the handshake is done, on the
+	// handshake worker, so it must not wait long: it detaches t
+	// (Transport.Detach), hands the socket to an event loop, and from then
+	// on reads and writes c there through t, with no goroutine of its
+	// own. The connection is then Handoff's: the Server neither counts it
+	// in ActiveConns nor closes it at Close. A panic in Handoff is
+	// recovered, logged and counted, and the connection closed.
+	Handoff func(c *tls.Conn, t *Transport, info ConnInfo)
 }
 
 // ConnInfo describes a handshaken connection.
@@ -164,8 +175,11 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil && cfg.TLS.GetConfigForClient == nil {
 		return nil, errors.New("tlsmux: Config.TLS has no certificate (Certificates, GetCertificate or GetConfigForClient)")
 	}
-	if cfg.Handler == nil {
-		return nil, errors.New("tlsmux: Config.Handler is required")
+	if cfg.Handler == nil && cfg.Handoff == nil {
+		return nil, errors.New("tlsmux: Config.Handler is required (or Config.Handoff)")
+	}
+	if cfg.Handler != nil && cfg.Handoff != nil {
+		return nil, errors.New("tlsmux: Config.Handler and Config.Handoff are exclusive")
 	}
 	switch {
 	case cfg.HandshakeTimeout < 0:
