@@ -765,6 +765,14 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		Name: "dualgate_tls_handshakes_in_flight", Help: "TLS handshakes running now.",
 	}, func() float64 { return float64(g.tlsSrv.Stats().HandshakesInFlight) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_tls_buffers_releasable", Help: "1 when this Go's crypto/tls lets an idle TLS connection give back its read and handshake buffers (and the peer certificates); 0 when it does not, and every idle TLS connection keeps about 3 KiB more (the gateway warns at start).",
+	}, func() float64 {
+		if tlsmux.BuffersReleasable() && tlsmux.PeerCertificatesReleasable() {
+			return 1
+		}
+		return 0
+	}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "dualgate_tls_hello_waiting", Help: "New TLS connections waiting for their first record (holding no handshake slot).",
 	}, func() float64 { return float64(g.tlsSrv.Stats().HelloWaiting) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
