@@ -227,6 +227,10 @@ type Env struct {
 	// dropped if the device connects again in time, published otherwise.
 	// A move is not an outage.
 	MoveGrace time.Duration
+
+	// acks batches the Sink's late acknowledgements (set by NewEnv; nil:
+	// one task per acknowledgement).
+	acks *ackBatcher
 }
 
 // DefaultMaxOutbound is the default bound on one device's outbound queue.
@@ -299,6 +303,7 @@ func NewEnv(e Env) (*Env, error) {
 		return nil, errors.New("session: Env needs Registry, Auth, Sink and Sessions")
 	}
 	out := e.withDefaults()
+	out.acks = newAckBatcher()
 	return &out, nil
 }
 
