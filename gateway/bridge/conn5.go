@@ -102,8 +102,12 @@ func (c *conn5) connect() error {
 		}
 	}()
 	// The broker may send messages as soon as it answered, before
-	// Connect returns: they belong to this connection.
+	// Connect returns: they belong to this connection, and their
+	// Subscription Identifiers are read by its reader.
 	c.gen.Add(1)
+	c.mu.Lock()
+	c.ids = bc.ids
+	c.mu.Unlock()
 	ca, err := cli.Connect(ctx, cp)
 	if err != nil {
 		_ = bc.Conn.Close() // paho closed it too, unless it failed before writing
@@ -136,7 +140,7 @@ func (c *conn5) connect() error {
 	c.maxQoS.Store(mq)
 	down := make(chan struct{})
 	c.mu.Lock()
-	c.cli, c.down, c.ids = cli, down, bc.ids
+	c.cli, c.down = cli, down
 	c.mu.Unlock()
 	c.up.Store(true)
 	go func() {
@@ -169,8 +173,9 @@ func (c *conn5) publish(e *entry, topic string, payload []byte) bool {
 	}
 	p := &paho.Publish{QoS: min(e.qos, byte(c.maxQoS.Load())), Retain: e.retain, Topic: topic, Payload: payload,
 		Properties: publishProps(e.props, e.expires)}
-	ctx, cancel := context.WithTimeout(context.Background(), c.l.b.cfg.ConnectTimeout)
-	defer cancel()
+	// paho bounds the wait for a slot in the broker's window by its
+	// PacketTimeout; the lane never sends past the window anyway.
+	ctx := context.Background()
 	if p.QoS == 0 {
 		_, err := cli.PublishWithOptions(ctx, p, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
 		if err == nil && e.qos > 0 {
@@ -338,11 +343,13 @@ func (c *conn5) onPublish(pr paho.PublishReceived) (bool, error) {
 // message. AddToSession gives the State one response channel per lane
 // instead of the one paho made for the publish (which nobody reads with
 // PublishMethod_AsyncSend), and remembers which entry the packet
-// identifier stands for; one goroutine reads the channel.
+// identifier stands for; PacketReceived empties the channel right after
+// the State filled it, on paho's reading goroutine.
 type track struct {
 	*state.State
-	c    *conn5
-	resp chan packets.ControlPacket
+	c     *conn5
+	resp  chan packets.ControlPacket
+	ansMu sync.Mutex // held while answering what resp holds
 
 	mu   sync.Mutex // guards the fields below
 	next *entry
@@ -413,21 +420,34 @@ func (t *track) AddToSession(ctx context.Context, p pahosession.Packet, resp cha
 // it, and the entries go back to the head of the queue, in order.
 func (t *track) ConAckReceived(w io.Writer, cp *packets.Connect, ca *packets.Connack) error {
 	err := t.State.ConAckReceived(w, cp, ca)
+	t.answerAll() // what the State let go of, if anything
 	if err == nil && !ca.SessionPresent {
 		t.c.l.prepend(t.drain())
 	}
 	return err
 }
 
-// answers reads the State's answers to publishes, until Stop.
-func (t *track) answers() {
-	l := t.c.l
-	defer l.b.wg.Done()
+// PacketReceived implements paho's session.SessionManager. paho calls it
+// on its reading goroutine; the State puts its answer to a publish in
+// resp, and the device is answered from here, without a hand-off to
+// another goroutine.
+func (t *track) PacketReceived(recv *packets.ControlPacket, pubChan chan<- *packets.Publish) error {
+	err := t.State.PacketReceived(recv, pubChan)
+	t.answerAll()
+	return err
+}
+
+// answerAll answers what the State put in resp, in order: under ansMu,
+// so that answers taken by two callers (paho's reading goroutine, the
+// CONNACK's) are not answered out of the broker's order.
+func (t *track) answerAll() {
+	t.ansMu.Lock()
+	defer t.ansMu.Unlock()
 	for {
 		select {
 		case cp := <-t.resp:
 			t.answer(cp)
-		case <-l.b.stop:
+		default:
 			return
 		}
 	}
