@@ -131,8 +131,10 @@
 // the State, for a publish, one response channel per connection instead
 // of the one paho made for the call (which nobody reads after an
 // asynchronous send), and records which entry the packet identifier
-// stands for; one goroutine reads the channel and answers the devices.
-// The channel holds MaxInflight answers and the lane never has more
+// stands for; the wrapper's PacketReceived empties the channel right
+// after the State filled it and answers the devices there, on paho's
+// reading goroutine (no hand-off to another goroutine per answer). The
+// channel holds MaxInflight answers and the lane never has more
 // publishes out, so the State, which sends while holding its lock, never
 // waits on it. paho resends what its State holds, in the order it was
 // stored, while it handles the CONNACK, before any new publish can be

@@ -83,7 +83,7 @@ func (b *Bridge) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
 		if throttle == throttlePause {
 			// Backpressure first: stop reading the device before its
 			// share is full, so that what it sends waits in its socket.
-			b.throttle(m.ClientID, true)
+			b.pause(m)
 		}
 		if why != dropNone {
 			b.stats.dropped[why].Add(1)
@@ -193,6 +193,19 @@ func (b *Bridge) spillOne(e *entry) {
 	b.hot.Error("cannot spill a message; refusing it", zap.String("client", e.clientID), zap.Error(err))
 	b.stats.abandoned.Add(1)
 	reply(e.ack, mqttcodec.UnspecifiedError)
+}
+
+// pause stops reading a device that is filling its QoS 0 share: at once
+// when Publish runs in the device's own context (m.From), so that the rest
+// of what was read from its socket waits rather than is dropped, else
+// through Config.Throttle. Resuming goes through Config.Throttle.
+func (b *Bridge) pause(m *session.Message) {
+	if m.From == nil || b.cfg.Throttle == nil {
+		b.throttle(m.ClientID, true)
+		return
+	}
+	b.stats.throttled.Add(1)
+	m.From.PauseReading(session.PauseUpstream)
 }
 
 // expire answers a device whose message expired before it could be sent:

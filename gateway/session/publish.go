@@ -163,6 +163,7 @@ func (s *Session) message(p *mqttcodec.Publish, topic string) *Message {
 		QoS:      p.QoS,
 		Retain:   p.Retain,
 		TLS:      s.t.Mode() == registry.ModeTLS,
+		From:     s,
 	}
 	if s.entry.Protocol == mqttcodec.V5 {
 		m.Props = messageProps(&p.Properties)

@@ -80,6 +80,12 @@ type Message struct {
 	// Expires is when the message's Message Expiry Interval runs out
 	// (zero: it does not expire).
 	Expires time.Time
+	// From is the publishing session when the Sink's Publish runs in its
+	// owner context (a device's PUBLISH being read), nil otherwise (a
+	// will): the Sink may then call From.PauseReading at once, so that
+	// the rest of what was read from the device waits. Not to be kept
+	// after Publish returns.
+	From *Session
 }
 
 // MessageProps are the MQTT 5 properties of an application message that
