@@ -125,6 +125,11 @@ func (c *conn311) publish(e *entry, topic string, payload []byte) bool {
 	return box.taken(e)
 }
 
+// cork and uncork do nothing: paho.mqtt.golang writes on a goroutine of
+// its own, a packet at a time.
+func (c *conn311) cork()   {}
+func (c *conn311) uncork() {}
+
 func (c *conn311) subscribe(ctx context.Context, subs []upSub, _ int) ([]byte, error) {
 	up := make(map[string]byte, len(subs))
 	for _, s := range subs {

@@ -41,10 +41,13 @@ type conn5 struct {
 	l   *lane
 	ses *track
 
-	mu   sync.Mutex // guards cli, down and ids
+	mu   sync.Mutex // guards cli, fc, down and ids
 	cli  *paho.Client
+	fc   *flushConn // the current connection's writer
 	down chan struct{}
 	ids  *subIDReader // of the current connection
+	// corked is the writer the sender corked (sender only).
+	corked *flushConn
 
 	gen     atomic.Uint64 // counts connections: an acknowledgement goes on the connection its message came on
 	up      atomic.Bool
@@ -73,7 +76,8 @@ func (c *conn5) connect() error {
 	if err != nil {
 		return err
 	}
-	bc := bufferedConn{Conn: newFlushConn(nc), r: bufio.NewReaderSize(nc, 32<<10), head: &head{}, ids: newSubIDReader()}
+	fc := newFlushConn(nc)
+	bc := bufferedConn{Conn: fc, r: bufio.NewReaderSize(nc, 32<<10), head: &head{}, ids: newSubIDReader()}
 	cli := paho.NewClient(paho.ClientConfig{
 		ClientID:          l.id,
 		Conn:              packets.NewThreadSafeConn(bc),
@@ -106,7 +110,7 @@ func (c *conn5) connect() error {
 	// Subscription Identifiers are read by its reader.
 	c.gen.Add(1)
 	c.mu.Lock()
-	c.ids = bc.ids
+	c.ids, c.fc = bc.ids, fc
 	c.mu.Unlock()
 	ca, err := cli.Connect(ctx, cp)
 	if err != nil {
@@ -192,6 +196,23 @@ func (c *conn5) publish(e *entry, topic string, payload []byte) bool {
 	// written); the acknowledgement comes through track.
 	_, _ = cli.PublishWithOptions(ctx, p, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
 	return c.ses.taken(e)
+}
+
+func (c *conn5) cork() {
+	c.mu.Lock()
+	fc := c.fc
+	c.mu.Unlock()
+	if fc != nil {
+		fc.cork()
+		c.corked = fc
+	}
+}
+
+func (c *conn5) uncork() {
+	if c.corked != nil {
+		c.corked.uncork()
+		c.corked = nil
+	}
 }
 
 // publishProps builds the MQTT 5 properties of an uplink publish.
