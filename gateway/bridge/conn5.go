@@ -17,6 +17,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	pahosession "github.com/eclipse/paho.golang/paho/session"
 	"github.com/eclipse/paho.golang/paho/session/state"
+	"github.com/eclipse/paho.golang/paho/store/memory"
 
 	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/mqttcodec"
@@ -384,7 +385,7 @@ type sent struct {
 }
 
 func newTrack(c *conn5) *track {
-	t := &track{State: state.NewInMemory(), c: c, byID: make(map[uint16]*sent),
+	t := &track{State: state.New(newLazyStore(), memory.New()), c: c, byID: make(map[uint16]*sent),
 		// The State sends while holding its lock: the channel must never
 		// be full. The lane keeps at most MaxInflight publishes out.
 		resp: make(chan packets.ControlPacket, c.l.b.cfg.MaxInflight+16)}
