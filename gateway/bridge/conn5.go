@@ -42,9 +42,10 @@ type conn5 struct {
 	l   *lane
 	ses *track
 
-	mu   sync.Mutex // guards cli, fc, down and ids
+	mu   sync.Mutex // guards cli, fc, wc, down and ids
 	cli  *paho.Client
 	fc   *flushConn // the current connection's writer
+	wc   net.Conn   // the same, as paho writes to it (a sync.Locker held per packet)
 	down chan struct{}
 	ids  *subIDReader // of the current connection
 	// corked is the writer the sender corked (sender only).
@@ -79,9 +80,10 @@ func (c *conn5) connect() error {
 	}
 	fc := newFlushConn(nc)
 	bc := bufferedConn{Conn: fc, r: bufio.NewReaderSize(nc, 32<<10), head: &head{}, ids: newSubIDReader()}
+	wc := packets.NewThreadSafeConn(bc)
 	cli := paho.NewClient(paho.ClientConfig{
 		ClientID:          l.id,
-		Conn:              packets.NewThreadSafeConn(bc),
+		Conn:              wc,
 		Session:           c.ses,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){c.onPublish},
 		PacketTimeout:     cfg.ConnectTimeout,
@@ -145,7 +147,7 @@ func (c *conn5) connect() error {
 	c.maxQoS.Store(mq)
 	down := make(chan struct{})
 	c.mu.Lock()
-	c.cli, c.down = cli, down
+	c.cli, c.down, c.wc = cli, down, wc
 	c.mu.Unlock()
 	c.up.Store(true)
 	go func() {
@@ -193,11 +195,49 @@ func (c *conn5) publish(e *entry, topic string, payload []byte) bool {
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
 	c.ses.expect(e)
+	if p.Properties == nil && !p.Retain { // paho checks a retained one against the CONNACK
+		return c.publishPlain(e, p)
+	}
 	// AsyncSend returns once the publish is in the session state (and
 	// written); the acknowledgement comes through track.
 	_, _ = cli.PublishWithOptions(ctx, p, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
 	return c.ses.taken(e)
 }
+
+// publishPlain publishes at QoS 1 or 2 a message without properties, the
+// common case, as paho's PublishWithOptions would, minus its cost per
+// publish (a context with a timer, a channel, and the packet encoded
+// through net.Buffers and a bytes.Buffer): the packet goes into paho's
+// session State (AddToSession: packet identifier, window, kept for a
+// resend), then is encoded with the gateway's codec and written whole
+// under paho's write lock. c.pubMu held, e expected.
+func (c *conn5) publishPlain(e *entry, p *paho.Publish) bool {
+	c.mu.Lock()
+	wc := c.wc
+	c.mu.Unlock()
+	pb := &packets.Publish{QoS: p.QoS, Retain: p.Retain, Topic: p.Topic, Payload: p.Payload,
+		Properties: &packets.Properties{}}
+	if err := c.ses.AddToSession(context.Background(), pb, nil); err != nil || !c.ses.taken(e) {
+		return false
+	}
+	bp := pubBufs.Get().(*[]byte)
+	b := mqttcodec.AppendPublish((*bp)[:0], mqttcodec.V5, &mqttcodec.Publish{QoS: pb.QoS, Retain: pb.Retain,
+		Topic: []byte(pb.Topic), PacketID: pb.PacketID, Payload: pb.Payload})
+	lk := wc.(sync.Locker)
+	lk.Lock()
+	// A failed write ends the connection; the State sends the publish
+	// again on the next one.
+	_, _ = wc.Write(b)
+	lk.Unlock()
+	if cap(b) <= 64<<10 {
+		*bp = b[:0]
+		pubBufs.Put(bp)
+	}
+	return true
+}
+
+// pubBufs holds encoding buffers for publishPlain.
+var pubBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 func (c *conn5) cork() {
 	c.mu.Lock()

@@ -126,7 +126,12 @@
 //
 // MQTT 5: the bridge publishes with paho.golang's PublishWithOptions and
 // PublishMethod_AsyncSend, which returns once the publish is in paho's
-// session state, without a goroutine waiting per message. The session
+// session state, without a goroutine waiting per message. A QoS 1 or 2
+// publish without properties and not retained, the common case, skips
+// PublishWithOptions (publishPlain): it is added to the same session
+// state, then encoded with the gateway's codec and written whole under
+// paho's write lock, without paho's context, channel and buffers per
+// publish. The session
 // state is paho's in-memory State wrapped (track): its AddToSession gives
 // the State, for a publish, one response channel per connection instead
 // of the one paho made for the call (which nobody reads after an
