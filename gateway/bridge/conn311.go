@@ -83,7 +83,10 @@ func (c *conn311) dial(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 	c.nc = nc
 	c.mu.Unlock()
 	c.l.closeGate()
-	return nc, nil
+	// paho.mqtt.golang writes each packet with a system call of its own;
+	// through flushConn what accumulates while one is written goes in
+	// the next one.
+	return newFlushConn(nc), nil
 }
 
 func (c *conn311) connect() error {

@@ -157,6 +157,9 @@
 // writer while it hands paho a burst of publishes (up to maxBurst, or
 // until the queue is empty or the broker's window full), so the burst
 // leaves in one system call and the writer is woken once per burst.
+// MQTT 3.1.1: paho.mqtt.golang writes each packet on its own goroutine, a
+// system call each; its connection goes through a flushConn too (no
+// corking: the sender does not write).
 //
 // The bridge acknowledges the broker's messages itself once handled: the
 // wrapper's Ack, which paho calls as soon as its handler returned, does
