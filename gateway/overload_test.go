@@ -54,10 +54,12 @@ func flood(t *testing.T, addr, clientID, topic string, stop <-chan struct{}) <-c
 
 // One device floods QoS 0 through the bridge, far faster than the broker
 // takes it, while 100 devices publish a message every 200 ms: the flooder
-// is paused at three quarters of its share of the buffer (its own socket
-// holds what it sends), loses at most its own messages past its share
-// (counted as device_share), and the 100 lose nothing. Before, the flood filled the
-// whole buffer and every device's QoS 0 telemetry was dropped with it.
+// is paused at three quarters of its share of the buffer, at once, at the
+// message that reached it (the rest of what the gateway read from it and
+// its own socket hold what it sends), so it loses nothing, and the 100
+// lose nothing. Before, the flood filled the whole buffer and every
+// device's QoS 0 telemetry was dropped with it; then, with the pause
+// applied after the read in hand, the flooder lost most of its own.
 func TestQoS0FlooderDoesNotDropOthers(t *testing.T) {
 	br := testbroker.Start(t)
 	g := upstreamGateway(t, br, func(c *Config) {
@@ -122,6 +124,9 @@ func TestQoS0FlooderDoesNotDropOthers(t *testing.T) {
 	}
 	if st.DroppedBufferFull != 0 {
 		t.Fatalf("%d messages dropped for a full buffer: the flooder took more than its share", st.DroppedBufferFull)
+	}
+	if st.DroppedQoS0 != 0 {
+		t.Fatalf("%d QoS 0 messages dropped (device_share %d): the flooder was not held back at once", st.DroppedQoS0, st.DroppedDeviceShare)
 	}
 	// Backpressure first: the flooder was paused (its socket, not the
 	// gateway, held what it sent), and counted.

@@ -91,7 +91,10 @@ type Config struct {
 	// quarter, so that the gateway stops reading that device meanwhile
 	// (TCP flow control) and its messages wait in its own socket rather
 	// than being dropped. It must not block; it is called from the
-	// publishing device's event loop and from the bridge's senders.
+	// publishing device's event loop and from the bridge's senders. A
+	// message read from a device (session.Message.From set) pauses it
+	// through From.PauseReading instead, at once, in Publish: the rest of
+	// what was read from the device waits too.
 	Throttle func(clientID string, pause bool)
 	// BufferDir, when set, is where QoS 1 messages spill once the memory
 	// bound is reached, and where those still waiting at Stop are kept for

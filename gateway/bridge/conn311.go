@@ -83,7 +83,10 @@ func (c *conn311) dial(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 	c.nc = nc
 	c.mu.Unlock()
 	c.l.closeGate()
-	return nc, nil
+	// paho.mqtt.golang writes each packet with a system call of its own;
+	// through flushConn what accumulates while one is written goes in
+	// the next one.
+	return newFlushConn(nc), nil
 }
 
 func (c *conn311) connect() error {
@@ -124,6 +127,11 @@ func (c *conn311) publish(e *entry, topic string, payload []byte) bool {
 	// reconnect, until the broker acknowledges it (outbox.Del).
 	return box.taken(e)
 }
+
+// cork and uncork do nothing: paho.mqtt.golang writes on a goroutine of
+// its own, a packet at a time.
+func (c *conn311) cork()   {}
+func (c *conn311) uncork() {}
 
 func (c *conn311) subscribe(ctx context.Context, subs []upSub, _ int) ([]byte, error) {
 	up := make(map[string]byte, len(subs))

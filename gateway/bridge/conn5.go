@@ -17,6 +17,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	pahosession "github.com/eclipse/paho.golang/paho/session"
 	"github.com/eclipse/paho.golang/paho/session/state"
+	"github.com/eclipse/paho.golang/paho/store/memory"
 
 	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/mqttcodec"
@@ -41,10 +42,14 @@ type conn5 struct {
 	l   *lane
 	ses *track
 
-	mu   sync.Mutex // guards cli, down and ids
+	mu   sync.Mutex // guards cli, fc, wc, down and ids
 	cli  *paho.Client
+	fc   *flushConn // the current connection's writer
+	wc   net.Conn   // the same, as paho writes to it (a sync.Locker held per packet)
 	down chan struct{}
 	ids  *subIDReader // of the current connection
+	// corked is the writer the sender corked (sender only).
+	corked *flushConn
 
 	gen     atomic.Uint64 // counts connections: an acknowledgement goes on the connection its message came on
 	up      atomic.Bool
@@ -73,10 +78,12 @@ func (c *conn5) connect() error {
 	if err != nil {
 		return err
 	}
-	bc := bufferedConn{Conn: newFlushConn(nc), r: bufio.NewReaderSize(nc, 32<<10), head: &head{}, ids: newSubIDReader()}
+	fc := newFlushConn(nc)
+	bc := bufferedConn{Conn: fc, r: bufio.NewReaderSize(nc, 32<<10), head: &head{}, ids: newSubIDReader()}
+	wc := packets.NewThreadSafeConn(bc)
 	cli := paho.NewClient(paho.ClientConfig{
 		ClientID:          l.id,
-		Conn:              packets.NewThreadSafeConn(bc),
+		Conn:              wc,
 		Session:           c.ses,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){c.onPublish},
 		PacketTimeout:     cfg.ConnectTimeout,
@@ -102,8 +109,12 @@ func (c *conn5) connect() error {
 		}
 	}()
 	// The broker may send messages as soon as it answered, before
-	// Connect returns: they belong to this connection.
+	// Connect returns: they belong to this connection, and their
+	// Subscription Identifiers are read by its reader.
 	c.gen.Add(1)
+	c.mu.Lock()
+	c.ids, c.fc = bc.ids, fc
+	c.mu.Unlock()
 	ca, err := cli.Connect(ctx, cp)
 	if err != nil {
 		_ = bc.Conn.Close() // paho closed it too, unless it failed before writing
@@ -136,7 +147,7 @@ func (c *conn5) connect() error {
 	c.maxQoS.Store(mq)
 	down := make(chan struct{})
 	c.mu.Lock()
-	c.cli, c.down, c.ids = cli, down, bc.ids
+	c.cli, c.down, c.wc = cli, down, wc
 	c.mu.Unlock()
 	c.up.Store(true)
 	go func() {
@@ -169,8 +180,9 @@ func (c *conn5) publish(e *entry, topic string, payload []byte) bool {
 	}
 	p := &paho.Publish{QoS: min(e.qos, byte(c.maxQoS.Load())), Retain: e.retain, Topic: topic, Payload: payload,
 		Properties: publishProps(e.props, e.expires)}
-	ctx, cancel := context.WithTimeout(context.Background(), c.l.b.cfg.ConnectTimeout)
-	defer cancel()
+	// paho bounds the wait for a slot in the broker's window by its
+	// PacketTimeout; the lane never sends past the window anyway.
+	ctx := context.Background()
 	if p.QoS == 0 {
 		_, err := cli.PublishWithOptions(ctx, p, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
 		if err == nil && e.qos > 0 {
@@ -183,10 +195,65 @@ func (c *conn5) publish(e *entry, topic string, payload []byte) bool {
 	c.pubMu.Lock()
 	defer c.pubMu.Unlock()
 	c.ses.expect(e)
+	if p.Properties == nil && !p.Retain { // paho checks a retained one against the CONNACK
+		return c.publishPlain(e, p)
+	}
 	// AsyncSend returns once the publish is in the session state (and
 	// written); the acknowledgement comes through track.
 	_, _ = cli.PublishWithOptions(ctx, p, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
 	return c.ses.taken(e)
+}
+
+// publishPlain publishes at QoS 1 or 2 a message without properties, the
+// common case, as paho's PublishWithOptions would, minus its cost per
+// publish (a context with a timer, a channel, and the packet encoded
+// through net.Buffers and a bytes.Buffer): the packet goes into paho's
+// session State (AddToSession: packet identifier, window, kept for a
+// resend), then is encoded with the gateway's codec and written whole
+// under paho's write lock. c.pubMu held, e expected.
+func (c *conn5) publishPlain(e *entry, p *paho.Publish) bool {
+	c.mu.Lock()
+	wc := c.wc
+	c.mu.Unlock()
+	pb := &packets.Publish{QoS: p.QoS, Retain: p.Retain, Topic: p.Topic, Payload: p.Payload,
+		Properties: &packets.Properties{}}
+	if err := c.ses.AddToSession(context.Background(), pb, nil); err != nil || !c.ses.taken(e) {
+		return false
+	}
+	bp := pubBufs.Get().(*[]byte)
+	b := mqttcodec.AppendPublish((*bp)[:0], mqttcodec.V5, &mqttcodec.Publish{QoS: pb.QoS, Retain: pb.Retain,
+		Topic: []byte(pb.Topic), PacketID: pb.PacketID, Payload: pb.Payload})
+	lk := wc.(sync.Locker)
+	lk.Lock()
+	// A failed write ends the connection; the State sends the publish
+	// again on the next one.
+	_, _ = wc.Write(b)
+	lk.Unlock()
+	if cap(b) <= 64<<10 {
+		*bp = b[:0]
+		pubBufs.Put(bp)
+	}
+	return true
+}
+
+// pubBufs holds encoding buffers for publishPlain.
+var pubBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+func (c *conn5) cork() {
+	c.mu.Lock()
+	fc := c.fc
+	c.mu.Unlock()
+	if fc != nil {
+		fc.cork()
+		c.corked = fc
+	}
+}
+
+func (c *conn5) uncork() {
+	if c.corked != nil {
+		c.corked.uncork()
+		c.corked = nil
+	}
 }
 
 // publishProps builds the MQTT 5 properties of an uplink publish.
@@ -338,11 +405,13 @@ func (c *conn5) onPublish(pr paho.PublishReceived) (bool, error) {
 // message. AddToSession gives the State one response channel per lane
 // instead of the one paho made for the publish (which nobody reads with
 // PublishMethod_AsyncSend), and remembers which entry the packet
-// identifier stands for; one goroutine reads the channel.
+// identifier stands for; PacketReceived empties the channel right after
+// the State filled it, on paho's reading goroutine.
 type track struct {
 	*state.State
-	c    *conn5
-	resp chan packets.ControlPacket
+	c     *conn5
+	resp  chan packets.ControlPacket
+	ansMu sync.Mutex // held while answering what resp holds
 
 	mu   sync.Mutex // guards the fields below
 	next *entry
@@ -356,7 +425,7 @@ type sent struct {
 }
 
 func newTrack(c *conn5) *track {
-	t := &track{State: state.NewInMemory(), c: c, byID: make(map[uint16]*sent),
+	t := &track{State: state.New(newLazyStore(), memory.New()), c: c, byID: make(map[uint16]*sent),
 		// The State sends while holding its lock: the channel must never
 		// be full. The lane keeps at most MaxInflight publishes out.
 		resp: make(chan packets.ControlPacket, c.l.b.cfg.MaxInflight+16)}
@@ -413,21 +482,34 @@ func (t *track) AddToSession(ctx context.Context, p pahosession.Packet, resp cha
 // it, and the entries go back to the head of the queue, in order.
 func (t *track) ConAckReceived(w io.Writer, cp *packets.Connect, ca *packets.Connack) error {
 	err := t.State.ConAckReceived(w, cp, ca)
+	t.answerAll() // what the State let go of, if anything
 	if err == nil && !ca.SessionPresent {
 		t.c.l.prepend(t.drain())
 	}
 	return err
 }
 
-// answers reads the State's answers to publishes, until Stop.
-func (t *track) answers() {
-	l := t.c.l
-	defer l.b.wg.Done()
+// PacketReceived implements paho's session.SessionManager. paho calls it
+// on its reading goroutine; the State puts its answer to a publish in
+// resp, and the device is answered from here, without a hand-off to
+// another goroutine.
+func (t *track) PacketReceived(recv *packets.ControlPacket, pubChan chan<- *packets.Publish) error {
+	err := t.State.PacketReceived(recv, pubChan)
+	t.answerAll()
+	return err
+}
+
+// answerAll answers what the State put in resp, in order: under ansMu,
+// so that answers taken by two callers (paho's reading goroutine, the
+// CONNACK's) are not answered out of the broker's order.
+func (t *track) answerAll() {
+	t.ansMu.Lock()
+	defer t.ansMu.Unlock()
 	for {
 		select {
 		case cp := <-t.resp:
 			t.answer(cp)
-		case <-l.b.stop:
+		default:
 			return
 		}
 	}

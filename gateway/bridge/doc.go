@@ -126,13 +126,20 @@
 //
 // MQTT 5: the bridge publishes with paho.golang's PublishWithOptions and
 // PublishMethod_AsyncSend, which returns once the publish is in paho's
-// session state, without a goroutine waiting per message. The session
+// session state, without a goroutine waiting per message. A QoS 1 or 2
+// publish without properties and not retained, the common case, skips
+// PublishWithOptions (publishPlain): it is added to the same session
+// state, then encoded with the gateway's codec and written whole under
+// paho's write lock, without paho's context, channel and buffers per
+// publish. The session
 // state is paho's in-memory State wrapped (track): its AddToSession gives
 // the State, for a publish, one response channel per connection instead
 // of the one paho made for the call (which nobody reads after an
 // asynchronous send), and records which entry the packet identifier
-// stands for; one goroutine reads the channel and answers the devices.
-// The channel holds MaxInflight answers and the lane never has more
+// stands for; the wrapper's PacketReceived empties the channel right
+// after the State filled it and answers the devices there, on paho's
+// reading goroutine (no hand-off to another goroutine per answer). The
+// channel holds MaxInflight answers and the lane never has more
 // publishes out, so the State, which sends while holding its lock, never
 // waits on it. paho resends what its State holds, in the order it was
 // stored, while it handles the CONNACK, before any new publish can be
@@ -146,7 +153,13 @@
 // through a goroutine of its own (flushConn) that sends what accumulated
 // in one call, so the sender prepares the next publishes meanwhile (MQTT
 // 5 QoS 1 uplink went from about 50,000 to about 80,000 msg/s on the
-// benchmark), and its reads go through a buffer.
+// benchmark), and its reads go through a buffer. The sender corks that
+// writer while it hands paho a burst of publishes (up to maxBurst, or
+// until the queue is empty or the broker's window full), so the burst
+// leaves in one system call and the writer is woken once per burst.
+// MQTT 3.1.1: paho.mqtt.golang writes each packet on its own goroutine, a
+// system call each; its connection goes through a flushConn too (no
+// corking: the sender does not write).
 //
 // The bridge acknowledges the broker's messages itself once handled: the
 // wrapper's Ack, which paho calls as soon as its handler returned, does

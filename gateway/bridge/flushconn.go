@@ -13,6 +13,11 @@ import (
 // this way it prepares the next publishes meanwhile and they go out
 // together. The buffer is bounded: past flushBufferMax, Write waits.
 // A failed write closes the connection, which paho's reader sees.
+//
+// The lane's sender corks the connection while it writes a burst of
+// publishes (cork, uncork): the writer is woken once, at uncork, and sends
+// the burst in one system call, rather than racing the sender for the
+// first publishes. A corked buffer past flushCorkedMax goes out anyway.
 type flushConn struct {
 	net.Conn
 
@@ -21,10 +26,34 @@ type flushConn struct {
 	buf    []byte
 	err    error
 	closed bool
+	corked int
 	done   chan struct{}
 }
 
-const flushBufferMax = 1 << 20
+const (
+	flushBufferMax = 1 << 20
+	flushCorkedMax = 64 << 10
+)
+
+// cork holds writes in the buffer until uncork.
+func (f *flushConn) cork() {
+	f.mu.Lock()
+	f.corked++
+	f.mu.Unlock()
+}
+
+// uncork lets the writer send what the burst wrote.
+func (f *flushConn) uncork() {
+	f.mu.Lock()
+	f.corked--
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+// ready reports whether the writer has something to send now. f.mu held.
+func (f *flushConn) ready() bool {
+	return len(f.buf) > 0 && (f.corked == 0 || f.closed || len(f.buf) >= flushCorkedMax)
+}
 
 func newFlushConn(c net.Conn) *flushConn {
 	f := &flushConn{Conn: c, done: make(chan struct{})}
@@ -46,7 +75,9 @@ func (f *flushConn) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	f.buf = append(f.buf, p...)
-	f.cond.Broadcast()
+	if f.ready() {
+		f.cond.Broadcast()
+	}
 	return len(p), nil
 }
 
@@ -55,7 +86,7 @@ func (f *flushConn) run() {
 	var out []byte
 	for {
 		f.mu.Lock()
-		for len(f.buf) == 0 && !f.closed {
+		for !f.ready() && !f.closed {
 			f.cond.Wait()
 		}
 		if len(f.buf) == 0 && f.closed {

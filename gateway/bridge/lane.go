@@ -23,7 +23,7 @@ import (
 // Goroutines per lane: the connector (until the first connection in MQTT
 // 3.1.1, whose client reconnects after that; for ever in MQTT 5), the
 // sender (queue -> client), the receiver (client -> Deliver /
-// SubmitCommand), in MQTT 5 the reader of publish acknowledgements, and, on
+// SubmitCommand), and, on
 // lanes holding subscriptions, the controller (SUBSCRIBE / UNSUBSCRIBE).
 type lane struct {
 	b        *Bridge
@@ -108,14 +108,7 @@ func (l *lane) start() {
 	if ctl {
 		n++
 	}
-	c5, v5 := l.c().(*conn5)
-	if v5 {
-		n++
-	}
 	l.b.wg.Add(n)
-	if v5 {
-		go c5.ses.answers()
-	}
 	go l.connect()
 	go l.send()
 	go l.receive()

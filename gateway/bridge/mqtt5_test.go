@@ -764,3 +764,133 @@ func testPublishRefusedByBroker(t *testing.T) {
 		}
 	}
 }
+
+// What the broker had not acknowledged when the connection broke is sent
+// again on the next one (the broker kept the session), first, in order,
+// flagged DUP, with the same packet identifiers, from paho's session State
+// (whose store, lazyStore, serialises a packet only then); the devices
+// get their acknowledgements once the broker answers them there.
+func TestMQTT5ResendAfterReconnect(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type got struct {
+		conn int
+		pub  *packets.Publish
+	}
+	pubs := make(chan got, 100)
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	serve := func(c net.Conn, n int) {
+		defer wg.Done()
+		defer c.Close()
+		held := 0
+		for {
+			cp, err := packets.ReadPacket(c)
+			if err != nil {
+				return
+			}
+			var out *packets.ControlPacket
+			switch p := cp.Content.(type) {
+			case *packets.Connect:
+				out = packets.NewControlPacket(packets.CONNACK)
+				out.Content.(*packets.Connack).SessionPresent = n > 1
+			case *packets.Publish:
+				pubs <- got{n, p}
+				if n == 1 {
+					// The first connection breaks with three publishes
+					// unacknowledged.
+					if held++; held == 3 {
+						return
+					}
+					continue
+				}
+				out = packets.NewControlPacket(packets.PUBACK)
+				out.Content.(*packets.Puback).PacketID = p.PacketID
+			case *packets.Pingreq:
+				out = packets.NewControlPacket(packets.PINGRESP)
+			case *packets.Disconnect:
+				return
+			}
+			if out != nil {
+				if _, err := out.WriteTo(c); err != nil {
+					return
+				}
+			}
+		}
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for n := 1; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go serve(c, n)
+		}
+	}()
+
+	cfg := testConfig(t, "tcp://"+ln.Addr().String())
+	cfg.PoolSize = 1
+	b := startBridge(t, cfg)
+	waitReady(t, b)
+	a := newAcks()
+	for i := range 3 {
+		publish(b, "car", "devices/car/up", strconv.Itoa(i), 1, a.fn(t, i))
+	}
+	next := func() got {
+		t.Helper()
+		select {
+		case g := <-pubs:
+			return g
+		case <-time.After(20 * time.Second):
+			t.Fatal("the broker got no publish")
+			return got{}
+		}
+	}
+	var first []*packets.Publish
+	for range 3 {
+		g := next()
+		if g.conn != 1 {
+			t.Fatalf("publish on connection %d, want 1", g.conn)
+		}
+		first = append(first, g.pub)
+	}
+	for i := range 3 {
+		g := next()
+		p := g.pub
+		if g.conn != 2 || !p.Duplicate || p.PacketID != first[i].PacketID || p.Topic != "devices/car/up" ||
+			string(p.Payload) != strconv.Itoa(i) {
+			t.Fatalf("resend %d: connection %d, dup %v, id %d (was %d), %q %q", i, g.conn, p.Duplicate, p.PacketID,
+				first[i].PacketID, p.Topic, p.Payload)
+		}
+	}
+	publish(b, "car", "devices/car/up", "3", 1, a.fn(t, 3))
+	if g := next(); g.conn != 2 || g.pub.Duplicate || string(g.pub.Payload) != "3" {
+		t.Fatalf("the next publish: connection %d, dup %v, %q", g.conn, g.pub.Duplicate, g.pub.Payload)
+	}
+	a.waitN(t, 4, 20*time.Second)
+	for i := range 4 {
+		if rc, _ := a.get(i); rc != mqttcodec.Success {
+			t.Fatalf("message %d: %v, want Success", i, rc)
+		}
+	}
+}

@@ -181,3 +181,74 @@ func TestFlushConn(t *testing.T) {
 	}
 	_ = g.Close()
 }
+
+// A corked flushConn keeps what is written (the sender's burst) until
+// uncork, then sends it, in order, without waiting for more or for Close;
+// a corked buffer past flushCorkedMax goes out without waiting for uncork.
+func TestFlushConnCork(t *testing.T) {
+	a, b := net.Pipe()
+	f := newFlushConn(a)
+	defer func() { _ = f.Close() }()
+	defer func() { _ = b.Close() }()
+	got := make(chan []byte, 16)
+	go func() {
+		buf := make([]byte, 256<<10)
+		for {
+			n, err := b.Read(buf)
+			if n > 0 {
+				got <- append([]byte(nil), buf[:n]...)
+			}
+			if err != nil {
+				close(got)
+				return
+			}
+		}
+	}()
+	read := func(n int) []byte {
+		t.Helper()
+		var all []byte
+		deadline := time.After(20 * time.Second)
+		for len(all) < n {
+			select {
+			case p, ok := <-got:
+				if !ok {
+					t.Fatalf("connection ended after %d of %d bytes", len(all), n)
+				}
+				all = append(all, p...)
+			case <-deadline:
+				t.Fatalf("read %d of %d bytes", len(all), n)
+			}
+		}
+		return all
+	}
+
+	f.cork()
+	var want bytes.Buffer
+	for i := range 100 {
+		p := []byte(strconv.Itoa(i) + ",")
+		want.Write(p)
+		if _, err := f.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.mu.Lock()
+	held := len(f.buf)
+	f.mu.Unlock()
+	if held != want.Len() {
+		t.Fatalf("corked: %d bytes held, want all %d", held, want.Len())
+	}
+	f.uncork()
+	if all := read(want.Len()); !bytes.Equal(all, want.Bytes()) {
+		t.Fatalf("after uncork: read %q, want %q", all, want.Bytes())
+	}
+
+	f.cork()
+	big := bytes.Repeat([]byte("z"), flushCorkedMax+1)
+	if _, err := f.Write(big); err != nil {
+		t.Fatal(err)
+	}
+	if all := read(len(big)); !bytes.Equal(all, big) {
+		t.Fatalf("a corked buffer past %d bytes: read %d bytes, want %d", flushCorkedMax, len(all), len(big))
+	}
+	f.uncork()
+}

@@ -83,7 +83,7 @@ func (b *Bridge) Publish(m *session.Message, ack func(mqttcodec.ReasonCode)) {
 		if throttle == throttlePause {
 			// Backpressure first: stop reading the device before its
 			// share is full, so that what it sends waits in its socket.
-			b.throttle(m.ClientID, true)
+			b.pause(m)
 		}
 		if why != dropNone {
 			b.stats.dropped[why].Add(1)
@@ -193,6 +193,19 @@ func (b *Bridge) spillOne(e *entry) {
 	b.hot.Error("cannot spill a message; refusing it", zap.String("client", e.clientID), zap.Error(err))
 	b.stats.abandoned.Add(1)
 	reply(e.ack, mqttcodec.UnspecifiedError)
+}
+
+// pause stops reading a device that is filling its QoS 0 share: at once
+// when Publish runs in the device's own context (m.From), so that the rest
+// of what was read from its socket waits rather than is dropped, else
+// through Config.Throttle. Resuming goes through Config.Throttle.
+func (b *Bridge) pause(m *session.Message) {
+	if m.From == nil || b.cfg.Throttle == nil {
+		b.throttle(m.ClientID, true)
+		return
+	}
+	b.stats.throttled.Add(1)
+	m.From.PauseReading(session.PauseUpstream)
 }
 
 // expire answers a device whose message expired before it could be sent:
@@ -359,8 +372,7 @@ func (l *lane) send() {
 			return
 		default:
 		}
-		if e := l.next(); e != nil {
-			l.publish(e)
+		if l.burst() {
 			continue
 		}
 		select {
@@ -370,6 +382,42 @@ func (l *lane) send() {
 			return
 		}
 	}
+}
+
+// maxBurst bounds the publishes written corked, in one burst.
+const maxBurst = 64
+
+// burst publishes what may go now, up to maxBurst, with the connection
+// corked, so that they leave in one system call; it reports whether it
+// found anything to send.
+func (l *lane) burst() bool {
+	e := l.next()
+	if e == nil {
+		return false
+	}
+	c := l.c()
+	c.cork()
+	refused := false
+	for n := 1; ; n++ {
+		if refused = !l.publish(e); refused || n == maxBurst {
+			break
+		}
+		if e = l.next(); e == nil {
+			break
+		}
+	}
+	c.uncork()
+	if refused {
+		// The client refused a publish before storing it (the
+		// connection went down): give it time.
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-l.b.stop:
+			t.Stop()
+		}
+	}
+	return true
 }
 
 // next returns the message to send now, if any.
@@ -419,8 +467,9 @@ func (l *lane) next() *entry {
 	return e
 }
 
-// publish hands one message to the client.
-func (l *lane) publish(e *entry) {
+// publish hands one message to the client. It reports false when the
+// client refused it (the connection is down): e is queued again.
+func (l *lane) publish(e *entry) bool {
 	topic, payload := e.topic, e.payload
 	if e.spilled {
 		var (
@@ -432,7 +481,7 @@ func (l *lane) publish(e *entry) {
 				zap.String("client", e.clientID), zap.Error(err))
 			l.b.stats.abandoned.Add(1)
 			l.b.finish(e, mqttcodec.UnspecifiedError)
-			return
+			return true
 		}
 		e.props, e.expires = meta.props, meta.expires
 	}
@@ -441,7 +490,7 @@ func (l *lane) publish(e *entry) {
 		e.ack = nil
 		l.b.release(e)
 		l.b.expire(ack)
-		return
+		return true
 	}
 	c := l.c()
 	if e.qos == 0 {
@@ -451,13 +500,13 @@ func (l *lane) publish(e *entry) {
 			l.b.stats.dropped[dropDisconnected].Add(1)
 		}
 		l.b.release(e)
-		return
+		return true
 	}
 	if c.publish(e, topic, payload) {
 		// The client stored it: it is sent, or resent after a reconnect,
 		// until the broker acknowledges it. e is no longer this
 		// goroutine's to touch.
-		return
+		return true
 	}
 	if e.spilled {
 		e.props = nil // in the spill record; read again when sent again
@@ -465,12 +514,7 @@ func (l *lane) publish(e *entry) {
 	// The client refused it before storing it (the connection went down).
 	l.b.hot.Debug("publish refused by the client; queued again", zap.String("client_id", l.id))
 	l.requeue(e)
-	t := time.NewTimer(100 * time.Millisecond)
-	select {
-	case <-t.C:
-	case <-l.b.stop:
-		t.Stop()
-	}
+	return false
 }
 
 // fifo is a queue of entries.

@@ -42,6 +42,11 @@ type conn interface {
 	// back. It reports false when the client did not take it (the
 	// connection is down): e goes back to the queue.
 	publish(e *entry, topic string, payload []byte) bool
+	// cork holds what publish writes until uncork, which sends it in
+	// one go: the sender's bursts (a no-op where the client writes on a
+	// goroutine of its own).
+	cork()
+	uncork()
 	// subscribe sends one SUBSCRIBE and returns a reason code per filter,
 	// in order (a QoS granted, or a failure >= 0x80).
 	subscribe(ctx context.Context, subs []upSub, id int) ([]byte, error)

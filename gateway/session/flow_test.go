@@ -133,3 +133,97 @@ func TestPauseReasonsAdd(t *testing.T) {
 		t.Fatalf("want one PINGRESP, got %d packets", len(ps))
 	}
 }
+
+// Acknowledgements the Sink gives after Publish returned (the bridge's,
+// when the broker answered) reach the device batched: those ready
+// together go in one task and one write, in the order given, each
+// counted as a packet; one given later starts a new batch.
+func TestLateAcksBatched(t *testing.T) {
+	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	sink := &holdingSink{}
+	env, err := NewEnv(Env{Registry: registry.New[*Session](), Auth: auth.AllowAll(), Sink: sink,
+		Sessions: NewStore(sink, StoreLimits{}), Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ft := newConnected(t, env, registry.ModePlain, mqttcodec.V5, "batched")
+	var b []byte
+	for pid := uint16(1); pid <= 6; pid++ {
+		b = mqttcodec.AppendPublish(b, mqttcodec.V5, &mqttcodec.Publish{Topic: []byte("t"), Payload: []byte("x"), QoS: 1, PacketID: pid})
+	}
+	if used, closeConn := s.Feed(b); closeConn || used != len(b) || len(sink.acks) != 6 {
+		t.Fatalf("Feed = %d, %v with %d acks waiting", used, closeConn, len(sink.acks))
+	}
+	ft.deferExec = true
+	writes, out := ft.writes, env.Stats.PacketsOut.Load()
+	for i, ack := range sink.acks[:5] {
+		rc := mqttcodec.Success
+		if i == 2 {
+			rc = mqttcodec.QuotaExceeded // MQTT 5 carries a refusal in the PUBACK
+		}
+		ack(rc)
+	}
+	if n := ft.runTasks(); n != 1 {
+		t.Fatalf("%d tasks ran for 5 acknowledgements given together, want 1", n)
+	}
+	if ft.writes-writes != 1 {
+		t.Fatalf("%d writes for 5 PUBACKs, want 1", ft.writes-writes)
+	}
+	if got := env.Stats.PacketsOut.Load() - out; got != 5 {
+		t.Fatalf("PacketsOut grew by %d, want 5", got)
+	}
+	ps := ft.packets(t, mqttcodec.V5)
+	if len(ps) != 5 {
+		t.Fatalf("got %d packets, want 5 PUBACKs", len(ps))
+	}
+	for i, p := range ps {
+		want := mqttcodec.Success
+		if i == 2 {
+			want = mqttcodec.QuotaExceeded
+		}
+		if p.Type != mqttcodec.PUBACK || p.Ack.PacketID != uint16(i+1) || p.Ack.ReasonCode != want {
+			t.Fatalf("packet %d: type %v, id %d, reason %v; want PUBACK %d %v", i, p.Type, p.Ack.PacketID, p.Ack.ReasonCode, i+1, want)
+		}
+	}
+	sink.acks[5](mqttcodec.Success)
+	if n := ft.runTasks(); n != 1 {
+		t.Fatalf("a later acknowledgement ran %d tasks, want 1", n)
+	}
+	if ps := ft.packets(t, mqttcodec.V5); len(ps) != 1 || ps[0].Ack.PacketID != 6 {
+		t.Fatalf("want PUBACK 6, got %+v", ps)
+	}
+}
+
+// A refusal in a batch for a 3.1.1 device, which no PUBACK can carry,
+// closes the connection after the PUBACKs before it were written, and
+// nothing after it is written.
+func TestLateAcksBatchedV311Refusal(t *testing.T) {
+	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	sink := &holdingSink{}
+	env, err := NewEnv(Env{Registry: registry.New[*Session](), Auth: auth.AllowAll(), Sink: sink,
+		Sessions: NewStore(sink, StoreLimits{}), Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ft := newConnected(t, env, registry.ModePlain, mqttcodec.V311, "refused")
+	var b []byte
+	for pid := uint16(1); pid <= 4; pid++ {
+		b = mqttcodec.AppendPublish(b, mqttcodec.V311, &mqttcodec.Publish{Topic: []byte("t"), Payload: []byte("x"), QoS: 1, PacketID: pid})
+	}
+	if _, closeConn := s.Feed(b); closeConn || len(sink.acks) != 4 {
+		t.Fatalf("Feed closed %v with %d acks waiting", closeConn, len(sink.acks))
+	}
+	ft.deferExec = true
+	sink.acks[0](mqttcodec.Success)
+	sink.acks[1](mqttcodec.Success)
+	sink.acks[2](mqttcodec.UnspecifiedError)
+	sink.acks[3](mqttcodec.Success)
+	ft.runTasks()
+	if !ft.closed {
+		t.Fatal("a refused 3.1.1 publish left the connection open")
+	}
+	ps := ft.packets(t, mqttcodec.V311)
+	if len(ps) != 2 || ps[0].Ack.PacketID != 1 || ps[1].Ack.PacketID != 2 {
+		t.Fatalf("want PUBACKs 1 and 2 before the close, got %+v", ps)
+	}
+}

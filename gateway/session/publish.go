@@ -1,6 +1,7 @@
 package session
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -162,6 +163,7 @@ func (s *Session) message(p *mqttcodec.Publish, topic string) *Message {
 		QoS:      p.QoS,
 		Retain:   p.Retain,
 		TLS:      s.t.Mode() == registry.ModeTLS,
+		From:     s,
 	}
 	if s.entry.Protocol == mqttcodec.V5 {
 		m.Props = messageProps(&p.Properties)
@@ -188,6 +190,10 @@ func (s *Session) sinkWithAck(m *Message, t mqttcodec.Type, pid uint16) {
 		if state.CompareAndSwap(ackWaiting, ackSync) {
 			return
 		}
+		if s.env.acks != nil {
+			s.env.acks.add(s, asyncAck{t: t, pid: pid, rc: rc})
+			return
+		}
 		s.t.Exec(func() {
 			if s.state == stateConnected {
 				s.finishInbound(t, pid, rc)
@@ -200,20 +206,9 @@ func (s *Session) sinkWithAck(m *Message, t mqttcodec.Type, pid uint16) {
 }
 
 func (s *Session) finishInbound(t mqttcodec.Type, pid uint16, rc mqttcodec.ReasonCode) {
-	if s.inboundQoS > 0 {
-		s.inboundQoS--
-	}
-	if s.rare != nil && s.rare.pauses&pauseInbound != 0 && s.inboundQoS <= s.env.ReceiveMaximum/2 {
-		// Half the window is free: read on. Waiting for half rather
-		// than one slot spares the poller a change per message.
-		s.ResumeReading(pauseInbound)
-	}
-	if t == mqttcodec.PUBREC && rc < 0x80 {
-		// Until its PUBREL the QoS 2 publish still counts toward the
-		// device's window (MQTT 5), as an unreleased one (3.1.1).
-		s.rareState().qos2Add(pid)
-	}
-	if rc >= 0x80 && s.entry.Protocol != mqttcodec.V5 {
+	s.settleInbound(t, pid, rc)
+	s.resumeInbound()
+	if s.refusesV3(rc) {
 		// A 3.1.1 acknowledgement cannot say no: rather than a PUBACK for
 		// a message that was not taken, the connection is closed and the
 		// device sends it again after reconnecting [MQTT-3.3.5-2].
@@ -223,6 +218,119 @@ func (s *Session) finishInbound(t mqttcodec.Type, pid uint16, rc mqttcodec.Reaso
 		return
 	}
 	s.writeAck(t, pid, rc)
+}
+
+// settleInbound frees the device's window slot of an acknowledged
+// publish.
+func (s *Session) settleInbound(t mqttcodec.Type, pid uint16, rc mqttcodec.ReasonCode) {
+	if s.inboundQoS > 0 {
+		s.inboundQoS--
+	}
+	if t == mqttcodec.PUBREC && rc < 0x80 {
+		// Until its PUBREL the QoS 2 publish still counts toward the
+		// device's window (MQTT 5), as an unreleased one (3.1.1).
+		s.rareState().qos2Add(pid)
+	}
+}
+
+// resumeInbound reads the device again once half its window is free
+// (holdBackInbound paused it). Waiting for half rather than one slot
+// spares the poller a change per message.
+func (s *Session) resumeInbound() {
+	if s.rare != nil && s.rare.pauses&pauseInbound != 0 && s.inboundQoS <= s.env.ReceiveMaximum/2 {
+		s.ResumeReading(pauseInbound)
+	}
+}
+
+// refusesV3 reports a refusal that an MQTT 3.1.1 acknowledgement cannot
+// carry.
+func (s *Session) refusesV3(rc mqttcodec.ReasonCode) bool {
+	return rc >= 0x80 && s.entry.Protocol != mqttcodec.V5
+}
+
+// asyncAck is the Sink's answer to a device publish, given after Publish
+// returned.
+type asyncAck struct {
+	t   mqttcodec.Type
+	pid uint16
+	rc  mqttcodec.ReasonCode
+}
+
+// ackBatcher gathers the answers the Sink gives from its own goroutines
+// (the upstream bridge's, as the broker acknowledges) per session, so that
+// a device gets every answer ready for it in one task on its event loop
+// and one write: under load a burst of PUBACKs costs one system call
+// instead of one each. The order of a device's answers is kept.
+type ackBatcher struct {
+	mu      sync.Mutex
+	pending map[*Session][]asyncAck
+	spare   sync.Pool // *[]asyncAck
+}
+
+func newAckBatcher() *ackBatcher {
+	return &ackBatcher{pending: make(map[*Session][]asyncAck)}
+}
+
+// add queues a for s; the first answer of a batch schedules the task
+// that writes them all.
+func (b *ackBatcher) add(s *Session, a asyncAck) {
+	b.mu.Lock()
+	q, scheduled := b.pending[s]
+	if !scheduled {
+		if p, ok := b.spare.Get().(*[]asyncAck); ok {
+			q = (*p)[:0]
+		}
+	}
+	b.pending[s] = append(q, a)
+	b.mu.Unlock()
+	if !scheduled {
+		s.t.Exec(func() { b.run(s) })
+	}
+}
+
+// run answers what waits for s, in owner context.
+func (b *ackBatcher) run(s *Session) {
+	b.mu.Lock()
+	acks := b.pending[s]
+	delete(b.pending, s)
+	b.mu.Unlock()
+	s.finishInbounds(acks)
+	if cap(acks) <= 1024 {
+		clear(acks)
+		acks = acks[:0]
+		b.spare.Put(&acks)
+	}
+}
+
+// finishInbounds answers acks, in order, with one write for a run of
+// answers: finishInbound, batched.
+func (s *Session) finishInbounds(acks []asyncAck) {
+	for len(acks) > 0 && s.state == stateConnected {
+		n := 0
+		for n < len(acks) && !s.refusesV3(acks[n].rc) {
+			n++
+		}
+		if n == 0 {
+			a := acks[0]
+			s.finishInbound(a.t, a.pid, a.rc) // closes the connection
+			return
+		}
+		run := acks[:n]
+		acks = acks[n:]
+		for _, a := range run {
+			s.settleInbound(a.t, a.pid, a.rc)
+		}
+		if s.write(func(dst []byte) []byte {
+			for _, a := range run {
+				ack := mqttcodec.Ack{PacketID: a.pid, ReasonCode: a.rc}
+				dst = mqttcodec.AppendAck(dst, s.entry.Protocol, a.t, &ack)
+			}
+			return dst
+		}) {
+			s.env.Stats.PacketsOut.Add(uint64(n - 1)) // write counted one
+		}
+		s.resumeInbound()
+	}
 }
 
 // handlePubrel completes an inbound QoS 2 exchange [MQTT-4.3.3-11].

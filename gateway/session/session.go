@@ -80,6 +80,12 @@ type Message struct {
 	// Expires is when the message's Message Expiry Interval runs out
 	// (zero: it does not expire).
 	Expires time.Time
+	// From is the publishing session when the Sink's Publish runs in its
+	// owner context (a device's PUBLISH being read), nil otherwise (a
+	// will): the Sink may then call From.PauseReading at once, so that
+	// the rest of what was read from the device waits. Not to be kept
+	// after Publish returns.
+	From *Session
 }
 
 // MessageProps are the MQTT 5 properties of an application message that
@@ -227,6 +233,10 @@ type Env struct {
 	// dropped if the device connects again in time, published otherwise.
 	// A move is not an outage.
 	MoveGrace time.Duration
+
+	// acks batches the Sink's late acknowledgements (set by NewEnv; nil:
+	// one task per acknowledgement).
+	acks *ackBatcher
 }
 
 // DefaultMaxOutbound is the default bound on one device's outbound queue.
@@ -299,6 +309,7 @@ func NewEnv(e Env) (*Env, error) {
 		return nil, errors.New("session: Env needs Registry, Auth, Sink and Sessions")
 	}
 	out := e.withDefaults()
+	out.acks = newAckBatcher()
 	return &out, nil
 }
 

@@ -25,17 +25,42 @@ type fakeTransport struct {
 	stalled bool
 	// paused: the session told the transport to stop reading.
 	paused bool
+	// deferExec: Exec queues fn in tasks, run by runTasks, as an event
+	// loop runs tasks after the current one; writes counts Write calls.
+	deferExec bool
+	tasks     []func()
+	writes    int
 }
 
 func (f *fakeTransport) Write(b []byte) error {
 	if f.closed {
 		return errors.New("closed")
 	}
+	f.writes++
 	f.out = append(f.out, b...)
 	return nil
 }
-func (f *fakeTransport) Close()                 { f.closed = true }
-func (f *fakeTransport) Exec(fn func())         { fn() }
+func (f *fakeTransport) Close() { f.closed = true }
+func (f *fakeTransport) Exec(fn func()) {
+	if f.deferExec {
+		f.tasks = append(f.tasks, fn)
+		return
+	}
+	fn()
+}
+
+// runTasks runs the tasks Exec queued, and those they queue; it returns
+// how many ran.
+func (f *fakeTransport) runTasks() int {
+	n := 0
+	for len(f.tasks) > 0 {
+		fn := f.tasks[0]
+		f.tasks = f.tasks[1:]
+		fn()
+		n++
+	}
+	return n
+}
 func (f *fakeTransport) Mode() registry.Mode    { return f.mode }
 func (f *fakeTransport) Remote() string         { return "192.0.2.1:5000" }
 func (f *fakeTransport) PeerIdentity() []string { return nil }
