@@ -5,8 +5,10 @@
 //
 // # The handshake path
 //
-// A Server runs every handshake on one of MaxHandshakes long-lived worker
-// goroutines. The workers are the handshake concurrency limit: an accepted
+// A Server runs every handshake on one of at most MaxHandshakes worker
+// goroutines, started when a connection is queued and ended when the queue
+// is empty, so that a gateway at rest keeps no stack grown by handshakes.
+// The workers are the handshake concurrency limit: an accepted
 // connection waits in a FIFO queue for a free worker, and one that waits longer
 // than HandshakeQueueTimeout is closed (counted in Stats.HandshakesRefused) by
 // a single reaper goroutine with one timer, whatever the workers are doing.
@@ -17,8 +19,8 @@
 // successful handshake the Server gives the connection either to Handler, on
 // a goroutine of its own, or to Handoff, on the worker. Handler's goroutine
 // starts small: the stack a handshake grows (the certificate verification,
-// the key exchange) stays with the worker. Handoff keeps no goroutine at
-// all: it detaches the Transport (Transport.Detach collects what the
+// the key exchange) stays with the worker, and goes when the worker ends.
+// Handoff keeps no goroutine at all: it detaches the Transport (Transport.Detach collects what the
 // accepted connection's wrappers read ahead) and moves the socket to an
 // event loop, which then lends the Transport the bytes it reads and reads
 // the tls.Conn until ErrWouldBlock, a temporary net.Error after which

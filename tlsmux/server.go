@@ -43,8 +43,9 @@ type Config struct {
 	// the connection. Default DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 
-	// MaxHandshakes is the number of handshake workers, so the number of
-	// handshakes running at once. Default 4 * GOMAXPROCS.
+	// MaxHandshakes is the most handshake workers, so the most handshakes
+	// running at once. Default 4 * GOMAXPROCS. Workers start when
+	// connections are queued and end when the queue is empty.
 	MaxHandshakes int
 
 	// HandshakeQueueTimeout is how long an accepted connection may wait for
@@ -128,6 +129,7 @@ type Stats struct {
 	HandlerPanics               uint64 // panics recovered from the Handler
 	ActiveConns                 int    // connections whose Handler is running
 	HandshakesInFlight          int    // handshakes running on workers
+	HandshakeWorkers            int    // worker goroutines running (0 at rest)
 	HandshakesQueued            int    // connections waiting for a worker
 }
 
@@ -147,14 +149,13 @@ type Server struct {
 	srcMu   sync.Mutex     // guards sources
 	sources map[string]int // connections waiting for a first record, by source
 
-	mu sync.Mutex // guards the fields below
-	// wake is signalled when a connection is queued or the Server closes;
-	// idle workers wait on it.
-	wake      *sync.Cond
+	mu        sync.Mutex // guards the fields below
 	queue     fifo
 	reapTimer *time.Timer // fires when the queue's head expires
-	started   bool        // workers and reaper running
-	closing   bool        // Shutdown or Close has begun
+	started   bool        // reaper running
+	// free lists the worker slots (indexes into inflight) with no worker.
+	free      []int
+	closing   bool // Shutdown or Close has begun
 	listeners map[*net.Listener]struct{}
 	inflight  []net.Conn             // per worker: the connection in handshake, or nil
 	hello     map[net.Conn]struct{}  // waiting for their first record (admit)
@@ -220,7 +221,10 @@ func New(cfg Config) (*Server, error) {
 		sources:   make(map[string]int),
 		idle:      make(chan struct{}),
 	}
-	s.wake = sync.NewCond(&s.mu)
+	s.free = make([]int, cfg.MaxHandshakes)
+	for i := range s.free {
+		s.free[i] = cfg.MaxHandshakes - 1 - i // slot 0 is taken first
+	}
 	return s, nil
 }
 
@@ -322,6 +326,7 @@ func (s *Server) Stats() Stats {
 	st.HelloWaiting = len(s.hello)
 	st.ActiveConns = len(s.conns)
 	st.HandshakesQueued = s.queue.len()
+	st.HandshakeWorkers = s.cfg.MaxHandshakes - len(s.free)
 	for _, c := range s.inflight {
 		if c != nil {
 			st.HandshakesInFlight++
@@ -331,7 +336,7 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-// startLocked starts the workers and the reaper, once. s.mu is held.
+// startLocked starts the reaper, once. s.mu is held.
 func (s *Server) startLocked() {
 	if s.started {
 		return
@@ -339,11 +344,8 @@ func (s *Server) startLocked() {
 	s.started = true
 	s.reapTimer = time.NewTimer(time.Hour)
 	s.reapTimer.Stop()
-	s.running += 1 + s.cfg.MaxHandshakes
+	s.running++
 	go s.reap()
-	for i := range s.cfg.MaxHandshakes {
-		go s.work(i)
-	}
 }
 
 func (s *Server) isClosing() bool {
@@ -381,7 +383,6 @@ func (s *Server) beginClose() error {
 			_ = c.Close()
 		}
 	}
-	s.wake.Broadcast()
 	s.idleIfDoneLocked()
 	s.mu.Unlock()
 
@@ -434,7 +435,15 @@ func (s *Server) enqueue(c net.Conn) {
 		s.reapTimer.Reset(s.cfg.HandshakeQueueTimeout)
 	}
 	s.queue.push(pending{conn: c, deadline: time.Now().Add(s.cfg.HandshakeQueueTimeout)})
-	s.wake.Signal()
+	if n := len(s.free); n > 0 {
+		// A worker runs only while there is something queued: an idle
+		// worker would keep the stack its handshakes grew (tens of KiB
+		// each, docs/benchmarks.md §1).
+		slot := s.free[n-1]
+		s.free = s.free[:n-1]
+		s.running++
+		go s.work(slot)
+	}
 	s.mu.Unlock()
 }
 
@@ -476,15 +485,14 @@ func (s *Server) reap() {
 }
 
 // work is handshake worker number slot: it takes queued connections, oldest
-// first, until the Server closes.
+// first, until the queue is empty or the Server closes, and then gives its
+// slot back.
 func (s *Server) work(slot int) {
 	defer s.done()
 	for {
 		s.mu.Lock()
-		for s.queue.len() == 0 && !s.closing {
-			s.wake.Wait()
-		}
-		if s.closing {
+		if s.queue.len() == 0 || s.closing {
+			s.free = append(s.free, slot)
 			s.mu.Unlock()
 			return
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -366,7 +367,42 @@ func TestHandshakeLimiterUnderBurst(t *testing.T) {
 			if !tc.wantRefused && failed.Load() != 0 {
 				t.Errorf("%d refused, want all served", failed.Load())
 			}
+			// The workers end with the burst.
+			eventually(t, "the handshake workers to end", func() bool { return s.Stats().HandshakeWorkers == 0 })
 		})
+	}
+}
+
+// TestWorkersEndWhenIdle: a worker runs only while connections are queued,
+// so a server at rest keeps no stack grown by handshakes, and a new
+// connection starts one again.
+func TestWorkersEndWhenIdle(t *testing.T) {
+	pki := newPKI(t)
+	s, addr := startServer(t, Config{
+		TLS:              serverTLS(t, pki, TLSOptions{}),
+		MaxHandshakes:    4,
+		HandshakeTimeout: testTimeout,
+		Handler:          echoHandler(nil),
+	})
+	if w := s.Stats().HandshakeWorkers; w != 0 {
+		t.Fatalf("%d workers before any connection, want 0", w)
+	}
+	var conns []*tls.Conn
+	for i := range 3 {
+		c, err := dialTLS(t, addr, clientTLS(pki))
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		conns = append(conns, c)
+		eventually(t, "the handshake workers to end", func() bool { return s.Stats().HandshakeWorkers == 0 })
+	}
+	for i, c := range conns {
+		echo(t, c, "still served "+strconv.Itoa(i))
+	}
+	st := s.Stats()
+	if st.HandshakesFull != 3 || st.ActiveConns != 3 || st.HandshakesInFlight != 0 {
+		t.Errorf("stats %+v, want 3 full handshakes and 3 active connections", st)
 	}
 }
 
