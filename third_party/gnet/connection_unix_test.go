@@ -188,3 +188,85 @@ func testConnRemoteAddr(t *testing.T, network string, opts ...Option) {
 		assert.Nil(t, c.LocalAddr(), "LocalAddr() after close")
 	}
 }
+
+// A TCP connection handed to the engine with Register keeps no addresses
+// either: they are read from the socket when asked.
+func TestEnrolledConnAddrs(t *testing.T) {
+	s := &remoteAddrServer{t: t, booted: make(chan string, 1)}
+	errCh := make(chan error, 1)
+	go func() {
+		errCh <- Run(s, "tcp://127.0.0.1:0", WithNumEventLoop(1))
+	}()
+	var engAddr string
+	select {
+	case engAddr = <-s.booted:
+	case err := <-errCh:
+		t.Fatalf("engine exited early: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out waiting for the engine to boot")
+	}
+	// OnBoot runs before the loops start: Register only once a loop has
+	// opened a connection.
+	first, err := net.DialTimeout("tcp", engAddr, 5*time.Second)
+	require.NoError(t, err)
+	defer first.Close() //nolint:errcheck
+	require.Eventually(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.opened) == 1
+	}, 10*time.Second, 10*time.Millisecond)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close() //nolint:errcheck
+	client, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	require.NoError(t, err)
+	defer client.Close() //nolint:errcheck
+	accepted, err := ln.Accept()
+	require.NoError(t, err)
+
+	resCh, err := s.eng.Register(NewNetConnContext(context.Background(), accepted))
+	require.NoError(t, err)
+	var res RegisteredResult
+	select {
+	case res = <-resCh:
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out waiting for the connection to be registered")
+	}
+	require.NoError(t, res.Err)
+	gc, ok := res.Conn.(*conn)
+	require.True(t, ok)
+	assert.Nil(t, gc.addrs, "an enrolled TCP connection keeps its addresses")
+
+	require.NoError(t, client.SetDeadline(time.Now().Add(10*time.Second)))
+	_, err = client.Write([]byte("ping"))
+	require.NoError(t, err)
+	reply, err := bufio.NewReader(client).ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, "ok\n", reply)
+	require.NoError(t, client.Close())
+	require.Eventually(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.closed) == 1
+	}, 10*time.Second, 10*time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, s.eng.Stop(ctx))
+	select {
+	case err := <-errCh:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out waiting for the engine to stop")
+	}
+
+	want := client.LocalAddr().String()
+	assert.Equal(t, []string{first.LocalAddr().String(), want}, s.opened, "RemoteAddr() in OnOpen")
+	assert.Equal(t, []string{engAddr, ln.Addr().String()}, s.local, "LocalAddr() in OnOpen")
+	assert.Equal(t, []string{want}, s.traffic, "RemoteAddr() in OnTraffic")
+	require.NotEmpty(t, s.closing)
+	assert.Equal(t, want, s.closing[0], "RemoteAddr() in OnClose")
+	assert.Nil(t, gc.RemoteAddr(), "RemoteAddr() after close")
+	assert.Nil(t, gc.LocalAddr(), "LocalAddr() after close")
+}

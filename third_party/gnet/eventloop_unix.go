@@ -25,6 +25,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -116,7 +117,12 @@ type connWithCallback struct {
 func (el *eventloop) enroll(c net.Conn, addr net.Addr, ctx any) (resCh chan RegisteredResult, err error) {
 	resCh = make(chan RegisteredResult, 1)
 	err = goroutine.DefaultWorkerPool.Submit(func() {
-		defer close(resCh)
+		handed := false // the loop sends the result (dualgate patch)
+		defer func() {
+			if !handed {
+				close(resCh)
+			}
+		}()
 
 		var err error
 		if c == nil {
@@ -168,12 +174,10 @@ func (el *eventloop) enroll(c net.Conn, addr net.Addr, ctx any) (resCh chan Regi
 			ua.Name = c.RemoteAddr().String() + "." + strconv.Itoa(dupFD)
 			gc = newStreamConn("unix", dupFD, el, sockAddr, c.LocalAddr(), c.RemoteAddr())
 		case *net.TCPConn:
-			sockAddr, _, _, _, err = socket.GetTCPSockAddr(c.RemoteAddr().Network(), c.RemoteAddr().String())
-			if err != nil {
-				resCh <- RegisteredResult{Err: err}
-				return
-			}
-			gc = newStreamConn("tcp", dupFD, el, sockAddr, c.LocalAddr(), c.RemoteAddr())
+			// Like an accepted TCP connection, an enrolled one keeps no
+			// addresses: LocalAddr and RemoteAddr read them from the
+			// socket when asked. (dualgate patch)
+			gc = newStreamConn("tcp", dupFD, el, nil, nil, nil)
 		case *net.UDPConn:
 			sockAddr, _, _, _, err = socket.GetUDPSockAddr(c.RemoteAddr().Network(), c.RemoteAddr().String())
 			if err != nil {
@@ -188,18 +192,27 @@ func (el *eventloop) enroll(c net.Conn, addr net.Addr, ctx any) (resCh chan Regi
 
 		gc.ctx = ctx
 
-		connOpened := make(chan struct{})
+		// The loop sends the result once it has registered the
+		// connection, so the pool's worker is not held while the loop
+		// gets to it (a burst of registrations otherwise keeps a worker,
+		// and its stack, per registration waiting). (dualgate patch)
+		// Trigger may fail after queueing the task: the first result
+		// sent is the one.
+		var once sync.Once
+		deliver := func(r RegisteredResult) {
+			once.Do(func() {
+				resCh <- r
+				close(resCh)
+			})
+		}
 		ccb := &connWithCallback{c: gc, cb: func() {
-			close(connOpened)
+			deliver(RegisteredResult{Conn: gc})
 		}}
+		handed = true
 		if err := el.poller.Trigger(queue.LowPriority, el.register, ccb); err != nil {
 			gc.Close() //nolint:errcheck
-			resCh <- RegisteredResult{Err: err}
-			return
+			deliver(RegisteredResult{Err: err})
 		}
-		<-connOpened
-
-		resCh <- RegisteredResult{Conn: gc}
 	})
 	return
 }
