@@ -56,6 +56,10 @@ type tlsHandoff struct {
 	conn *tls.Conn
 	tr   *tlsmux.Transport
 	info tlsmux.ConnInfo
+	// remote is the PROXY header's address, "" when the socket's own
+	// peer stands (the connection then asks gnet, as a plain one does,
+	// and keeps no copy).
+	remote string
 	// counted: the socket is counted in the descriptor budget already
 	// (the TLS listener's); OnOpen takes the count over.
 	counted bool
@@ -83,6 +87,11 @@ func (g *Gateway) handoffTLS(c *tls.Conn, tr *tlsmux.Transport, info tlsmux.Conn
 		return
 	}
 	ho := &tlsHandoff{conn: c, tr: tr, info: info, counted: budget != nil}
+	if info.Remote != nil {
+		if r := info.Remote.String(); sock.RemoteAddr() == nil || r != sock.RemoteAddr().String() {
+			ho.remote = r
+		}
+	}
 	if budget != nil {
 		// The count goes with the socket to the loop connection, whose
 		// close releases it; the listener's wrapper must not.
@@ -150,10 +159,7 @@ func (ps *plainServer) openTLS(c gnet.Conn, ho *tlsHandoff) (*plainConn, gnet.Ac
 	// One allocation for both: the loop connection points into it.
 	x := &tlsExtra{st: tlsState{conn: ho.conn, tr: ho.tr, identity: ho.info.PeerIdentity}}
 	x.ext.tls = &x.st
-	if ho.info.Remote != nil {
-		// The PROXY header's address, or the socket's.
-		x.ext.remote = ho.info.Remote.String()
-	}
+	x.ext.remote = ho.remote
 	pc := &plainConn{c: c, x: &x.ext}
 	// What crypto/tls read past the handshake (the SDK's CONNECT comes in
 	// the same segment as its Finished) and what the PROXY reader read
