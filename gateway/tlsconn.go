@@ -107,13 +107,27 @@ func (g *Gateway) handoffTLS(c *tls.Conn, tr *tlsmux.Transport, info tlsmux.Conn
 	// socket on a goroutine of its pool, and the loop opens it when it
 	// gets to it. Waiting for that here cost a quarter of the handshake
 	// rate with two workers (docs/benchmarks.md §7). The result is read
-	// on a goroutine that lives only until the loop has opened it.
+	// on a goroutine that lives only until the loop has opened it, or
+	// until the engine has stopped: a registration still queued on a loop
+	// when the engine stops is dropped, and its result never comes.
 	go func() {
-		if r := <-res; r.Err != nil {
+		var r gnet.RegisteredResult
+		select {
+		case r = <-res:
+		case <-g.plain.stopped:
+			select {
+			case r = <-res: // it came before the loops ended
+			default:
+				r.Err = errEngineStopped
+			}
+		}
+		if r.Err != nil {
 			g.handoffFailed(sock, ho, r.Err)
 		}
 	}()
 }
+
+var errEngineStopped = errors.New("the event loops stopped before opening the connection")
 
 // handoffFailed cleans up after a connection that was never opened on a
 // loop: the socket is closed (gnet's enroll closes it on every path) and
