@@ -20,6 +20,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/internal/devwire"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -207,8 +208,11 @@ const (
 
 // link is the transport of one connection: a gnet connection or a TLS one.
 type link struct {
-	gc  gnet.Conn // plain: writes go through AsyncWrite
-	tc  *tls.Conn // TLS: writes serialised by wmu
+	gc gnet.Conn // plain: writes go through AsyncWrite
+	tc *tls.Conn // TLS: writes serialised by wmu
+	// raw, for a device's TLS link, is the TCP connection under tc: the
+	// device closes it without a close_notify (docs/protocol.md §4.1).
+	raw net.Conn
 	wmu sync.Mutex
 	// counted is set while the link is counted in Pool.onTLS.
 	counted atomic.Bool
@@ -239,12 +243,21 @@ func (l *link) disconnect(b []byte) {
 		return
 	}
 	_ = l.write(b)
-	_ = l.tc.Close()
+	l.closeTLS()
 }
 
 func (l *link) close() {
 	if l.gc != nil {
 		_ = l.gc.Close()
+		return
+	}
+	l.closeTLS()
+}
+
+// closeTLS closes a TLS link: a device's without close_notify.
+func (l *link) closeTLS() {
+	if l.raw != nil {
+		_ = l.raw.Close()
 		return
 	}
 	_ = l.tc.Close()
@@ -287,7 +300,7 @@ type Pool struct {
 	connect, connack, handshake *Latency
 
 	pingreq, disconnectPkt []byte // immutable, shared by all writes
-	queryPkt               []byte // device query (QoS 1, packet id 1); immutable
+	queryPkt               []byte // device query (QoS 0, sent with the plain CONNECT); immutable
 
 	attempted, connected, live, failed, dropped atomic.Int64
 	resumed, pings, pongs, publishes            atomic.Int64
@@ -345,7 +358,7 @@ func NewPool(cfg ClientConfig, log *zap.Logger) (*Pool, error) {
 		command:       NewLatency(),
 		pingreq:       mqttcodec.AppendPingreq(nil),
 		disconnectPkt: mqttcodec.AppendDisconnect(nil, cfg.MQTTVersion, &mqttcodec.Disconnect{ReasonCode: mqttcodec.NormalDisconnection}),
-		queryPkt:      queryPacket(cfg.MQTTVersion),
+		queryPkt:      devwire.QueryPacket(cfg.MQTTVersion),
 		notify:        make(chan struct{}, 1),
 		inflight:      make(chan struct{}, cfg.InFlight),
 		failures:      make(map[string]int64),
@@ -458,6 +471,9 @@ func (p *Pool) open(ctx context.Context, idx int) {
 	if err != nil {
 		p.fail(cc, classify(err), err)
 		return
+	}
+	if p.cfg.Device != nil {
+		devwire.DelayAcks(nc) // the socket's option survives EnrollContext's dup
 	}
 	if p.cfg.TLS != nil {
 		p.tlsWG.Add(1)
@@ -656,12 +672,6 @@ func (p *Pool) handle(cc *clientConn, l *link, pkt *mqttcodec.Packet) bool {
 		}
 		if !p.connackOK(cc, l) {
 			return false
-		}
-		// A device asks for its pending commands after every CONNACK.
-		if p.cfg.Device != nil {
-			if err := l.write(p.queryPkt); err != nil {
-				return false
-			}
 		}
 	case mqttcodec.PINGRESP:
 		p.pongs.Add(1)

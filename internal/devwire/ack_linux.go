@@ -1,4 +1,4 @@
-package device
+package devwire
 
 import (
 	"net"
@@ -7,12 +7,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// delayAcks leaves quickack mode on a new TCP connection, so that the
+// DelayAcks leaves quickack mode on a new TCP connection, so that the
 // kernel acknowledges what arrives with the device's next packet (or after
 // its delayed-ACK timer) instead of in a segment of its own: each pure ACK
 // costs a metered device 52 bytes. Connections that are not TCP sockets
 // are left alone.
-func delayAcks(c net.Conn) {
+func DelayAcks(c net.Conn) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return
