@@ -467,13 +467,18 @@ func (p *Pool) open(ctx context.Context, idx int) {
 		d.LocalAddr = la
 		d.Control = bindNoPort
 	}
+	if p.cfg.Device != nil {
+		// A device delays its ACKs as the SDK does, that of the SYN-ACK
+		// too (the socket's option survives EnrollContext's dup).
+		d.Control = deviceControl(d.Control)
+	}
 	nc, err := d.DialContext(ctx, "tcp", p.addr)
 	if err != nil {
 		p.fail(cc, classify(err), err)
 		return
 	}
 	if p.cfg.Device != nil {
-		devwire.DelayAcks(nc) // the socket's option survives EnrollContext's dup
+		devwire.DelayAcks(nc) // TCP's handshake turned quickack back on
 	}
 	if p.cfg.TLS != nil {
 		p.tlsWG.Add(1)
@@ -502,6 +507,19 @@ func bindNoPort(_, _ string, rc syscall.RawConn) error {
 		return err
 	}
 	return serr
+}
+
+// deviceControl adds devwire.DelayAcksControl to a Dialer's Control.
+func deviceControl(next func(network, address string, rc syscall.RawConn) error) func(string, string, syscall.RawConn) error {
+	return func(network, address string, rc syscall.RawConn) error {
+		if err := devwire.DelayAcksControl(network, address, rc); err != nil {
+			return err
+		}
+		if next == nil {
+			return nil
+		}
+		return next(network, address, rc)
+	}
 }
 
 func (p *Pool) clientID(idx int) []byte {

@@ -53,10 +53,13 @@ type probePacket struct {
 
 // dialProbe connects to addr, with a TLS handshake when cfg is not nil.
 // timeout bounds every later step. The probe spends bytes as the device
-// SDK does (internal/devwire, docs/protocol.md §4.1): delayed ACKs, the
+// SDK does (internal/devwire, docs/protocol.md §4.1): delayed ACKs (that
+// of the SYN-ACK too), the
 // TLS client's Finished held for the CONNECT, one write per packet.
 func dialProbe(ctx context.Context, addr string, cfg *tls.Config, version byte, timeout time.Duration) (*probe, error) {
-	d := net.Dialer{Timeout: timeout, KeepAlive: -1}
+	// Quickack off before connecting (the ACK of the SYN-ACK rides on the
+	// first write) and again after (the handshake turned it back on).
+	d := net.Dialer{Timeout: timeout, KeepAlive: -1, Control: devwire.DelayAcksControl}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("bench: probe: dial %s: %w", addr, err)

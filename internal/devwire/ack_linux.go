@@ -21,7 +21,20 @@ func DelayAcks(c net.Conn) {
 	if err != nil {
 		return
 	}
-	_ = rc.Control(func(fd uintptr) {
-		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 0)
-	})
+	_ = rc.Control(func(fd uintptr) { setQuickAck(fd) })
+}
+
+// DelayAcksControl is a net.Dialer Control function that leaves quickack
+// mode before the socket connects: then the kernel also delays the last
+// segment of TCP's handshake (the ACK of the SYN-ACK) and sends it with
+// the connection's first write (the ClientHello, or the CONNECT), one
+// segment less per connection. Completing the handshake puts the socket
+// back in quickack mode: call DelayAcks on the connection too. A socket
+// that refuses the option connects anyway.
+func DelayAcksControl(_, _ string, rc syscall.RawConn) error {
+	return rc.Control(func(fd uintptr) { setQuickAck(fd) })
+}
+
+func setQuickAck(fd uintptr) {
+	_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 0)
 }
