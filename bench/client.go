@@ -459,26 +459,10 @@ func (p *Pool) open(ctx context.Context, idx int) {
 	p.conns = append(p.conns, cc)
 	p.mu.Unlock()
 
-	d := net.Dialer{
-		Timeout:   p.cfg.ConnectTimeout,
-		KeepAlive: -1, // no TCP keepalive probes: they would add wire bytes
-	}
-	if la := sourceFor(p.cfg.SourceAddrs, idx); la != nil {
-		d.LocalAddr = la
-		d.Control = bindNoPort
-	}
-	if p.cfg.Device != nil {
-		// A device delays its ACKs as the SDK does, that of the SYN-ACK
-		// too (the socket's option survives EnrollContext's dup).
-		d.Control = deviceControl(d.Control)
-	}
-	nc, err := d.DialContext(ctx, "tcp", p.addr)
+	nc, err := p.dial(ctx, idx, p.addr)
 	if err != nil {
 		p.fail(cc, classify(err), err)
 		return
-	}
-	if p.cfg.Device != nil {
-		devwire.DelayAcks(nc) // TCP's handshake turned quickack back on
 	}
 	if p.cfg.TLS != nil {
 		p.tlsWG.Add(1)
@@ -493,6 +477,33 @@ func (p *Pool) open(ctx context.Context, idx int) {
 	if _, err := p.client.EnrollContext(nc, cc); err != nil {
 		p.fail(cc, ReasonEnroll, err)
 	}
+}
+
+// dial opens connection idx's TCP connection to addr, from its source
+// address if the pool has several. A device leaves quickack mode before
+// the connect and after it, as the SDK does (internal/devwire): the ACK of
+// the SYN-ACK rides on its first write, and later ACKs on its next
+// packet. The socket option survives EnrollContext's dup.
+func (p *Pool) dial(ctx context.Context, idx int, addr string) (net.Conn, error) {
+	d := net.Dialer{
+		Timeout:   p.cfg.ConnectTimeout,
+		KeepAlive: -1, // no TCP keepalive probes: they would add wire bytes
+	}
+	if la := sourceFor(p.cfg.SourceAddrs, idx); la != nil {
+		d.LocalAddr = la
+		d.Control = bindNoPort
+	}
+	if p.cfg.Device != nil {
+		d.Control = deviceControl(d.Control)
+	}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if p.cfg.Device != nil {
+		devwire.DelayAcks(nc) // TCP's handshake turned quickack back on
+	}
+	return nc, nil
 }
 
 // bindNoPort sets IP_BIND_ADDRESS_NO_PORT so that binding a source address

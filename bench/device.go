@@ -225,12 +225,7 @@ func (p *Pool) move(cc *clientConn, delay time.Duration) {
 		return
 	}
 	cc.dialAt.Store(time.Now().UnixNano())
-	d := net.Dialer{Timeout: p.cfg.ConnectTimeout, KeepAlive: -1}
-	if la := sourceFor(p.cfg.SourceAddrs, cc.idx); la != nil {
-		d.LocalAddr = la
-		d.Control = bindNoPort
-	}
-	nc, err := d.DialContext(p.life, "tcp", t.addr)
+	nc, err := p.dial(p.life, cc.idx, t.addr)
 	if err != nil {
 		p.moveFailed(cc, nil, classify(err), err)
 		return
