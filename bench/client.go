@@ -20,6 +20,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/internal/devwire"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -207,8 +208,11 @@ const (
 
 // link is the transport of one connection: a gnet connection or a TLS one.
 type link struct {
-	gc  gnet.Conn // plain: writes go through AsyncWrite
-	tc  *tls.Conn // TLS: writes serialised by wmu
+	gc gnet.Conn // plain: writes go through AsyncWrite
+	tc *tls.Conn // TLS: writes serialised by wmu
+	// raw, for a device's TLS link, is the TCP connection under tc: the
+	// device closes it without a close_notify (docs/protocol.md §4.1).
+	raw net.Conn
 	wmu sync.Mutex
 	// counted is set while the link is counted in Pool.onTLS.
 	counted atomic.Bool
@@ -239,12 +243,21 @@ func (l *link) disconnect(b []byte) {
 		return
 	}
 	_ = l.write(b)
-	_ = l.tc.Close()
+	l.closeTLS()
 }
 
 func (l *link) close() {
 	if l.gc != nil {
 		_ = l.gc.Close()
+		return
+	}
+	l.closeTLS()
+}
+
+// closeTLS closes a TLS link: a device's without close_notify.
+func (l *link) closeTLS() {
+	if l.raw != nil {
+		_ = l.raw.Close()
 		return
 	}
 	_ = l.tc.Close()
@@ -287,7 +300,7 @@ type Pool struct {
 	connect, connack, handshake *Latency
 
 	pingreq, disconnectPkt []byte // immutable, shared by all writes
-	queryPkt               []byte // device query (QoS 1, packet id 1); immutable
+	queryPkt               []byte // device query (QoS 0, sent with the plain CONNECT); immutable
 
 	attempted, connected, live, failed, dropped atomic.Int64
 	resumed, pings, pongs, publishes            atomic.Int64
@@ -345,7 +358,7 @@ func NewPool(cfg ClientConfig, log *zap.Logger) (*Pool, error) {
 		command:       NewLatency(),
 		pingreq:       mqttcodec.AppendPingreq(nil),
 		disconnectPkt: mqttcodec.AppendDisconnect(nil, cfg.MQTTVersion, &mqttcodec.Disconnect{ReasonCode: mqttcodec.NormalDisconnection}),
-		queryPkt:      queryPacket(cfg.MQTTVersion),
+		queryPkt:      devwire.QueryPacket(cfg.MQTTVersion),
 		notify:        make(chan struct{}, 1),
 		inflight:      make(chan struct{}, cfg.InFlight),
 		failures:      make(map[string]int64),
@@ -446,15 +459,7 @@ func (p *Pool) open(ctx context.Context, idx int) {
 	p.conns = append(p.conns, cc)
 	p.mu.Unlock()
 
-	d := net.Dialer{
-		Timeout:   p.cfg.ConnectTimeout,
-		KeepAlive: -1, // no TCP keepalive probes: they would add wire bytes
-	}
-	if la := sourceFor(p.cfg.SourceAddrs, idx); la != nil {
-		d.LocalAddr = la
-		d.Control = bindNoPort
-	}
-	nc, err := d.DialContext(ctx, "tcp", p.addr)
+	nc, err := p.dial(ctx, idx, p.addr)
 	if err != nil {
 		p.fail(cc, classify(err), err)
 		return
@@ -474,6 +479,33 @@ func (p *Pool) open(ctx context.Context, idx int) {
 	}
 }
 
+// dial opens connection idx's TCP connection to addr, from its source
+// address if the pool has several. A device leaves quickack mode before
+// the connect and after it, as the SDK does (internal/devwire): the ACK of
+// the SYN-ACK rides on its first write, and later ACKs on its next
+// packet. The socket option survives EnrollContext's dup.
+func (p *Pool) dial(ctx context.Context, idx int, addr string) (net.Conn, error) {
+	d := net.Dialer{
+		Timeout:   p.cfg.ConnectTimeout,
+		KeepAlive: -1, // no TCP keepalive probes: they would add wire bytes
+	}
+	if la := sourceFor(p.cfg.SourceAddrs, idx); la != nil {
+		d.LocalAddr = la
+		d.Control = bindNoPort
+	}
+	if p.cfg.Device != nil {
+		d.Control = deviceControl(d.Control)
+	}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if p.cfg.Device != nil {
+		devwire.DelayAcks(nc) // TCP's handshake turned quickack back on
+	}
+	return nc, nil
+}
+
 // bindNoPort sets IP_BIND_ADDRESS_NO_PORT so that binding a source address
 // defers the choice of port to connect(), where the kernel can reuse a port
 // for different destinations: ~28k connections per source address and
@@ -486,6 +518,19 @@ func bindNoPort(_, _ string, rc syscall.RawConn) error {
 		return err
 	}
 	return serr
+}
+
+// deviceControl adds devwire.DelayAcksControl to a Dialer's Control.
+func deviceControl(next func(network, address string, rc syscall.RawConn) error) func(string, string, syscall.RawConn) error {
+	return func(network, address string, rc syscall.RawConn) error {
+		if err := devwire.DelayAcksControl(network, address, rc); err != nil {
+			return err
+		}
+		if next == nil {
+			return nil
+		}
+		return next(network, address, rc)
+	}
 }
 
 func (p *Pool) clientID(idx int) []byte {
@@ -656,12 +701,6 @@ func (p *Pool) handle(cc *clientConn, l *link, pkt *mqttcodec.Packet) bool {
 		}
 		if !p.connackOK(cc, l) {
 			return false
-		}
-		// A device asks for its pending commands after every CONNACK.
-		if p.cfg.Device != nil {
-			if err := l.write(p.queryPkt); err != nil {
-				return false
-			}
 		}
 	case mqttcodec.PINGRESP:
 		p.pongs.Add(1)

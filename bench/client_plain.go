@@ -16,7 +16,8 @@ type plainHandler struct {
 	pool *Pool
 }
 
-// OnOpen publishes the connection's link and sends CONNECT.
+// OnOpen publishes the connection's link and sends CONNECT; a device sends
+// its query (QoS 0) in the same write, as the SDK does.
 func (h *plainHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	cc, ok := c.Context().(*clientConn)
 	if !ok {
@@ -29,7 +30,11 @@ func (h *plainHandler) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 		return nil, gnet.Close
 	}
 	cc.sentAt.Store(time.Now().UnixNano())
-	return h.pool.connectPacket(cc.idx), gnet.None
+	pkt := h.pool.connectPacket(cc.idx)
+	if h.pool.cfg.Device != nil {
+		pkt = append(pkt, h.pool.queryPkt...)
+	}
+	return pkt, gnet.None
 }
 
 // OnTraffic decodes every whole packet buffered and leaves a partial one in

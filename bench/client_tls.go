@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/dualgate/dualgate/internal/devwire"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -15,21 +16,33 @@ const tlsReadBuf = 512
 
 // runTLS performs the handshake with cfg, sends CONNECT and reads the
 // connection until it closes. It owns the connection's read side; the
-// caller counts it in tlsWG.
+// caller counts it in tlsWG. A device holds its last handshake flight
+// (Finished) for the CONNECT's write, does not query (the gateway
+// delivers to an accepted TLS session at once) and closes without
+// close_notify, as the SDK does (internal/devwire).
 func (p *Pool) runTLS(cc *clientConn, nc net.Conn, cfg *tls.Config) {
-	tc := tls.Client(nc, cfg)
-	l := &link{tc: tc}
+	var (
+		l  = &link{}
+		fc *devwire.FlightConn
+	)
+	if p.cfg.Device != nil {
+		fc = devwire.NewFlightConn(nc)
+		l.tc, l.raw = tls.Client(fc, cfg), nc
+	} else {
+		l.tc = tls.Client(nc, cfg)
+	}
+	tc := l.tc
 	cc.link.Store(l)
 	if s := cc.state.Load(); s != stateConnecting && s != stateMoving {
 		// Failed, interrupted or closing while dialing.
-		_ = tc.Close()
+		l.closeTLS()
 		p.closed(cc, l, nil)
 		return
 	}
 	// One deadline covers the handshake and the CONNACK.
 	if err := tc.SetDeadline(time.Unix(0, cc.dialAt.Load()).Add(p.cfg.ConnectTimeout)); err != nil {
 		p.connFailed(cc, l, classify(err), err)
-		_ = tc.Close()
+		l.closeTLS()
 		return
 	}
 	start := time.Now()
@@ -39,8 +52,11 @@ func (p *Pool) runTLS(cc *clientConn, nc net.Conn, cfg *tls.Config) {
 			reason = ReasonTLSHandshake
 		}
 		p.connFailed(cc, l, reason, err)
-		_ = tc.Close()
+		l.closeTLS()
 		return
+	}
+	if fc != nil {
+		fc.Release()
 	}
 	p.handshake.Record(time.Since(start))
 	if tc.ConnectionState().DidResume {
@@ -49,7 +65,7 @@ func (p *Pool) runTLS(cc *clientConn, nc net.Conn, cfg *tls.Config) {
 	cc.sentAt.Store(time.Now().UnixNano())
 	if err := l.write(p.connectPacket(cc.idx)); err != nil {
 		p.connFailed(cc, l, classify(err), err)
-		_ = tc.Close()
+		l.closeTLS()
 		return
 	}
 	p.readTLS(cc, l)
@@ -70,7 +86,7 @@ func (p *Pool) readTLS(cc *clientConn, l *link) {
 				p.connFailed(cc, l, ReasonConnackTime, err)
 			}
 			p.closed(cc, l, err)
-			_ = l.tc.Close()
+			l.closeTLS()
 			return
 		}
 		pending = append(pending, buf[:n]...)
@@ -78,7 +94,7 @@ func (p *Pool) readTLS(cc *clientConn, l *link) {
 			total, err := mqttcodec.PacketLen(pending, p.cfg.MaxPacket)
 			if err != nil {
 				p.protocolError(cc, l, err)
-				_ = l.tc.Close()
+				l.closeTLS()
 				return
 			}
 			if total == 0 || total > len(pending) {
@@ -86,7 +102,7 @@ func (p *Pool) readTLS(cc *clientConn, l *link) {
 			}
 			if _, err := mqttcodec.Decode(pending[:total], p.cfg.MQTTVersion, p.cfg.MaxPacket, &pkt); err != nil {
 				p.protocolError(cc, l, err)
-				_ = l.tc.Close()
+				l.closeTLS()
 				return
 			}
 			wasConnecting := cc.state.Load() != stateConnected
@@ -94,12 +110,12 @@ func (p *Pool) readTLS(cc *clientConn, l *link) {
 			if cc.link.Load() != l {
 				// The device left this connection (it closes itself
 				// after the farewell) or gave up on it.
-				_ = l.tc.Close()
+				l.closeTLS()
 				return
 			}
 			if !keep {
 				p.closed(cc, l, nil)
-				_ = l.tc.Close()
+				l.closeTLS()
 				return
 			}
 			if wasConnecting && cc.state.Load() == stateConnected {
@@ -107,7 +123,7 @@ func (p *Pool) readTLS(cc *clientConn, l *link) {
 				// the server's business).
 				if err := l.tc.SetReadDeadline(time.Time{}); err != nil && !errors.Is(err, net.ErrClosed) {
 					p.closed(cc, l, err)
-					_ = l.tc.Close()
+					l.closeTLS()
 					return
 				}
 			}

@@ -17,7 +17,12 @@ import (
 // DeviceConfig makes a pool's connections dualgate devices, a compact
 // implementation of docs/protocol.md for both MQTT versions:
 //
-//   - after every CONNACK the device publishes the query (QoS 1);
+//   - it spends bytes as the device SDK does (internal/devwire,
+//     docs/protocol.md §4.1): on plain the query (QoS 0) leaves in the
+//     CONNECT's write, on TLS there is none (the gateway delivers to an
+//     accepted TLS session at once); the TLS Finished leaves with the
+//     CONNECT; TLS connections close without close_notify; the kernel
+//     delays ACKs;
 //   - a 3.1.1 instruction (PUBLISH on $dualgate/control) is acknowledged,
 //     followed by DISCONNECT, and the device reconnects in the named mode
 //     to the named address; MQTT 5 DISCONNECT 0x9C with a Server Reference
@@ -58,13 +63,6 @@ const (
 type moveTarget struct {
 	mode control.Mode
 	addr string
-}
-
-// queryPacket is the device query: PUBLISH QoS 1 on control.QueryTopic.
-func queryPacket(version byte) []byte {
-	return mqttcodec.AppendPublish(nil, version, &mqttcodec.Publish{
-		QoS: 1, PacketID: 1, Topic: []byte(control.QueryTopic), Payload: []byte(`{"v":1}`),
-	})
 }
 
 // stampPrefix starts the payload of a timed command.
@@ -227,12 +225,7 @@ func (p *Pool) move(cc *clientConn, delay time.Duration) {
 		return
 	}
 	cc.dialAt.Store(time.Now().UnixNano())
-	d := net.Dialer{Timeout: p.cfg.ConnectTimeout, KeepAlive: -1}
-	if la := sourceFor(p.cfg.SourceAddrs, cc.idx); la != nil {
-		d.LocalAddr = la
-		d.Control = bindNoPort
-	}
-	nc, err := d.DialContext(p.life, "tcp", t.addr)
+	nc, err := p.dial(p.life, cc.idx, t.addr)
 	if err != nil {
 		p.moveFailed(cc, nil, classify(err), err)
 		return

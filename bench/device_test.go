@@ -34,14 +34,6 @@ func TestStampCommand(t *testing.T) {
 	}
 }
 
-func TestQueryPacket(t *testing.T) {
-	// docs/protocol.md section 4: the 3.1.1 query, packet id 1.
-	want := "321a000f246475616c676174652f7175657279" + "0001" + "7b2276223a317d"
-	if got := fmt.Sprintf("%x", queryPacket(mqttcodec.V311)); got != want {
-		t.Fatalf("query = %s, want %s", got, want)
-	}
-}
-
 // TestPoolDevicesThroughTheUpgrade runs device pools against dualgate:
 // commands reach plain devices through the upgrade, the devices go back to
 // plain when told, and the second upgrade resumes the TLS session.

@@ -46,8 +46,8 @@
 // # Devices
 //
 // With [ClientSpec.Device] every connection of a pool is a dualgate device
-// ([DeviceConfig], docs/protocol.md): it publishes the query after each
-// CONNACK, follows reconnect instructions (the 3.1.1 control message and the
+// ([DeviceConfig], docs/protocol.md): it sends the query with each plain
+// CONNECT and spends bytes as the SDK does (§4.1), follows reconnect instructions (the 3.1.1 control message and the
 // MQTT 5 DISCONNECT 0x9C with a Server Reference) to TLS and back to plain,
 // keeps its own TLS session to resume, acknowledges commands, and times the
 // ones whose payload carries a stamp ([StampCommand]) from the stamp to its

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/internal/devwire"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
 
@@ -51,24 +52,32 @@ type probePacket struct {
 }
 
 // dialProbe connects to addr, with a TLS handshake when cfg is not nil.
-// timeout bounds every later step.
+// timeout bounds every later step. The probe spends bytes as the device
+// SDK does (internal/devwire, docs/protocol.md §4.1): delayed ACKs (that
+// of the SYN-ACK too), the
+// TLS client's Finished held for the CONNECT, one write per packet.
 func dialProbe(ctx context.Context, addr string, cfg *tls.Config, version byte, timeout time.Duration) (*probe, error) {
-	d := net.Dialer{Timeout: timeout, KeepAlive: -1}
+	// Quickack off before connecting (the ACK of the SYN-ACK rides on the
+	// first write) and again after (the handshake turned it back on).
+	d := net.Dialer{Timeout: timeout, KeepAlive: -1, Control: devwire.DelayAcksControl}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("bench: probe: dial %s: %w", addr, err)
 	}
+	devwire.DelayAcks(nc)
 	p := &probe{ctx: ctx, raw: nc.(*net.TCPConn), conn: nc, version: version, timeout: timeout, rd: make([]byte, 4096)}
 	if cfg == nil {
 		return p, nil
 	}
-	p.tc = tls.Client(nc, cfg)
+	fc := devwire.NewFlightConn(nc)
+	p.tc = tls.Client(fc, cfg)
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := p.tc.HandshakeContext(hctx); err != nil {
 		_ = nc.Close()
 		return nil, fmt.Errorf("bench: probe: TLS handshake with %s: %w", addr, err)
 	}
+	fc.Release() // the Finished leaves with the CONNECT
 	st := p.tc.ConnectionState()
 	p.resumed, p.tlsVersion = st.DidResume, st.Version
 	p.conn = p.tc
@@ -151,11 +160,17 @@ func (p *probe) expect(t mqttcodec.Type, wait time.Duration) (probePacket, error
 	return k, nil
 }
 
-// connect sends CONNECT and waits for a successful CONNACK.
-func (p *probe) connect(clientID string, keepAlive time.Duration) error {
+// connect sends CONNECT and waits for a successful CONNACK. With query,
+// on plain, the device's query (QoS 0, no answer) leaves in the CONNECT's
+// write, as the SDK sends it; on TLS a device does not query (the gateway
+// delivers to an accepted TLS session as soon as it is connected).
+func (p *probe) connect(clientID string, keepAlive time.Duration, query bool) error {
 	pkt := mqttcodec.AppendConnect(nil, &mqttcodec.Connect{
 		ProtocolVersion: p.version, CleanStart: true, KeepAlive: uint16(keepAlive / time.Second), ClientID: []byte(clientID),
 	})
+	if query && p.tc == nil {
+		pkt = append(pkt, devwire.QueryPacket(p.version)...)
+	}
 	if err := p.write(pkt); err != nil {
 		return err
 	}
@@ -167,33 +182,6 @@ func (p *probe) connect(clientID string, keepAlive time.Duration) error {
 		return fmt.Errorf("bench: probe: CONNACK refused: 0x%02x %s", byte(k.reason), k.reason)
 	}
 	return nil
-}
-
-// query publishes the device query and waits for its PUBACK. Commands
-// delivered meanwhile are acknowledged and returned.
-func (p *probe) query() ([]probePacket, error) {
-	if err := p.write(queryPacket(p.version)); err != nil {
-		return nil, err
-	}
-	var cmds []probePacket
-	for {
-		k, err := p.next(p.timeout)
-		if err != nil {
-			return cmds, err
-		}
-		switch {
-		case k.typ == mqttcodec.PUBACK && k.packetID == 1:
-			return cmds, nil
-		case k.typ == mqttcodec.PUBLISH && k.topic != control.ControlTopic:
-			if err := p.ack(k); err != nil {
-				return cmds, err
-			}
-			k.acked = time.Now()
-			cmds = append(cmds, k)
-		default:
-			return cmds, fmt.Errorf("%w: %s (topic %q) before the query's PUBACK", ErrUnexpected, k.typ, k.topic)
-		}
-	}
 }
 
 // ack acknowledges a QoS 1 PUBLISH.
@@ -267,27 +255,21 @@ func (p *probe) disconnect() error {
 	return p.write(mqttcodec.AppendDisconnect(nil, p.version, &mqttcodec.Disconnect{}))
 }
 
-// finish ends the connection the way a device closes it (TLS close_notify,
-// then FIN), reads until the server's FIN, lets the last ACKs pass for
-// settle, and returns the socket's counters before closing it.
+// finish ends the connection the way a device closes it (FIN, without a
+// TLS close_notify: MQTT's DISCONNECT ended the session), reads until the
+// server's FIN, lets the last ACKs pass for settle, and returns the
+// socket's counters before closing it.
 func (p *probe) finish(settle time.Duration) (TCPCounters, error) {
-	defer p.conn.Close()
-	if p.tc != nil {
-		if err := p.tc.SetWriteDeadline(time.Now().Add(p.timeout)); err != nil {
-			return TCPCounters{}, fmt.Errorf("bench: probe: %w", err)
-		}
-		// Sends close_notify only; the TCP FIN follows.
-		_ = p.tc.CloseWrite()
-	}
-	// The server may have closed already and answered the close_notify
-	// with a reset: there is no connection left to shut down.
+	defer p.raw.Close()
+	// The server may have closed already and reset the connection: there
+	// is no connection left to shut down.
 	if err := p.raw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.ENOTCONN) && !isReset(err) {
 		return TCPCounters{}, fmt.Errorf("bench: probe: shutdown: %w", err)
 	}
 	if err := p.raw.SetReadDeadline(time.Now().Add(p.timeout)); err != nil {
 		return TCPCounters{}, fmt.Errorf("bench: probe: %w", err)
 	}
-	// The server's last bytes (its close_notify, if any) and its FIN.
+	// The server's last bytes and its FIN.
 	if _, err := io.Copy(io.Discard, p.raw); err != nil && !isReset(err) {
 		return TCPCounters{}, fmt.Errorf("bench: probe: wait for the server's FIN: %w", err)
 	}
@@ -301,7 +283,7 @@ func (p *probe) settled(settle time.Duration) (TCPCounters, error) {
 	return p.counters()
 }
 
-func (p *probe) close() { _ = p.conn.Close() }
+func (p *probe) close() { _ = p.raw.Close() }
 
 // isReset reports a connection reset: a server may close with RST.
 func isReset(err error) bool { return classify(err) == ReasonReset }

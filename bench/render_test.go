@@ -59,7 +59,7 @@ func TestTrafficReportFinish(t *testing.T) {
 	if d.PlainPerDay != 230400 || d.TLSPerDay != 293760 || d.BreakEven[1].CommandsPerDay != BreakEvenCommands(230400, 293760, rep.Runs[0].Cycles[1].Total.Total()) {
 		t.Fatalf("day = %+v", d)
 	}
-	if len(rep.Goals) != 1 || rep.Goals[0].Met != (rep.Runs[0].Cycles[1].Total.Total() <= GoalResumedCycleBytes) {
+	if len(rep.Goals) != 1 || rep.Goals[0].Met != (float64(rep.Runs[0].Cycles[1].Total.Total()) <= ResumedCycleGoal(rep.Runs[0].Cycles[1].Group)) {
 		t.Fatalf("goals = %+v", rep.Goals)
 	}
 }
@@ -188,7 +188,7 @@ func TestSavingsReportFinish(t *testing.T) {
 		t.Fatalf("break-even %v", rep.BreakEven)
 	}
 	// 22.7x and 21.2x less memory on demand.
-	want := []bool{true, true, true, true, rep.Traffic.Cycles[1].Total.Total() <= GoalResumedCycleBytes}
+	want := []bool{true, true, true, true, float64(rep.Traffic.Cycles[1].Total.Total()) <= ResumedCycleGoal(rep.Traffic.Cycles[1].Group)}
 	if len(rep.Goals) != len(want) {
 		t.Fatalf("goals %+v", rep.Goals)
 	}

@@ -647,7 +647,7 @@ func (s *savingsRun) peerIdle(ctx context.Context, addr string) (WireFigure, err
 		return WireFigure{}, err
 	}
 	defer p.close()
-	if err := p.connect(tcfg.ClientID+"-peer", tcfg.KeepAlive); err != nil {
+	if err := p.connect(tcfg.ClientID+"-peer", tcfg.KeepAlive, false); err != nil {
 		return WireFigure{}, err
 	}
 	if _, err := p.settled(tcfg.Settle); err != nil {

@@ -145,7 +145,7 @@ func (r *SavingsReport) finish(cfg SavingsConfig) {
 	if r.Traffic != nil {
 		for _, cyc := range r.Traffic.Cycles {
 			if cyc.Resumed {
-				r.Goals = append(r.Goals, atMost(fmt.Sprintf("one upgrade cycle with resumption, %s", cyc.Group), float64(cyc.Total.Total()), GoalResumedCycleBytes, "%.0f B"))
+				r.Goals = append(r.Goals, atMost(fmt.Sprintf("one upgrade cycle with resumption, %s", cyc.Group), float64(cyc.Total.Total()), ResumedCycleGoal(cyc.Group), "%.0f B"))
 			}
 		}
 	}

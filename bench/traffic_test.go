@@ -175,3 +175,15 @@ func TestRunTrafficAgainstDualgate(t *testing.T) {
 		t.Errorf("progress: %s", progress.String())
 	}
 }
+
+// A resumed cycle's goal depends on its key exchange: the hybrid's key
+// shares get their own budget (issue 17's table).
+func TestResumedCycleGoal(t *testing.T) {
+	for group, want := range map[string]float64{
+		"X25519": 2500, "CurveP256": 2500, "X25519MLKEM768": 4500, "SecP256r1MLKEM768": 4500,
+	} {
+		if got := ResumedCycleGoal(group); got != want {
+			t.Errorf("ResumedCycleGoal(%q) = %v, want %v", group, got, want)
+		}
+	}
+}

@@ -648,7 +648,7 @@ func (r *UpgradeReport) WriteMarkdown(w io.Writer) {
 			fmt.Fprintf(&b, "| %d | %d | %d | %d | %.3f s | %s |\n", rd.Index+1, rd.Sent, rd.Accepted, rd.Acked, rd.PostSeconds, fmtMs(rd.Completion))
 		}
 	}
-	fmt.Fprintf(&b, "\nThe devices time each command from the moment its POST was sent (a stamp in the payload) to the moment they wrote its PUBACK: it covers the API, the durable store, the instruction on plain, the reconnection over TLS, the query and the delivery. Charts: latency.png (distribution), tls-sessions.png (devices by transport over time, from GET /v1/stats).\n")
+	fmt.Fprintf(&b, "\nThe devices time each command from the moment its POST was sent (a stamp in the payload) to the moment they wrote its PUBACK: it covers the API, the durable store, the instruction on plain, the reconnection over TLS and the delivery. Charts: latency.png (distribution), tls-sessions.png (devices by transport over time, from GET /v1/stats).\n")
 	writeGoalsMarkdown(&b, r.Goals)
 	writeNotesMarkdown(&b, r.Notes)
 	_, _ = io.WriteString(w, b.String())

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/internal/devwire"
 )
 
 // Defaults of Config.
@@ -108,7 +109,11 @@ type Config struct {
 	// failed attempt.
 	Backoff Backoff
 	// Dial opens the TCP connection for both modes (TLS runs on top of
-	// it); nil: a net.Dialer.
+	// it); nil: a net.Dialer that leaves TCP quickack mode before it
+	// connects (devwire.DelayAcksControl), so that the last segment of
+	// TCP's handshake rides on the first write. A Dial of your own saves
+	// that segment by setting the same option in its Control. The SDK
+	// leaves quickack mode again on the connection Dial returns.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	// Logger receives the Device's log; nil: none. Payloads, secrets and
@@ -163,7 +168,7 @@ func (c Config) withDefaults() Config {
 		c.SessionExpiry = DefaultSessionExpiry
 	}
 	if c.Dial == nil {
-		var d net.Dialer
+		d := net.Dialer{Control: devwire.DelayAcksControl}
 		c.Dial = d.DialContext
 	}
 	if c.Logger == nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/dualgate/dualgate/bench"
 	"github.com/dualgate/dualgate/device"
 	"github.com/dualgate/dualgate/gateway"
+	"github.com/dualgate/dualgate/internal/devwire"
 )
 
 // settleCounters is how long the kernel's counters are left to take in the
@@ -38,7 +39,7 @@ type meteredConn struct {
 }
 
 func (m *meter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	var d net.Dialer
+	d := net.Dialer{Control: devwire.DelayAcksControl} // as the SDK's own Dial
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, err

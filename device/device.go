@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/internal/devwire"
 )
 
 // Errors of the Device's methods.
@@ -406,22 +407,22 @@ func (d *Device) connect(m Mode, addr string) (link, *tls.ConnectionState, error
 	if err != nil {
 		return nil, nil, fmt.Errorf("device: dial %s: %w", addr, err)
 	}
-	delayAcks(raw)
+	devwire.DelayAcks(raw)
 	conn := raw
 	var state *tls.ConnectionState
 	if m == ModeTLS {
 		// The handshake's last flight leaves with the CONNECT.
-		fc := newFlightConn(raw)
+		fc := devwire.NewFlightConn(raw)
 		tc := tls.Client(fc, d.tlsFor(addr))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = raw.Close()
 			return nil, nil, fmt.Errorf("device: TLS handshake with %s: %w", addr, err)
 		}
-		fc.release()
+		fc.Release()
 		st := tc.ConnectionState()
-		state, conn = &st, &closeRaw{Conn: tc, raw: raw}
+		state, conn = &st, &devwire.CloseRaw{Conn: tc, Raw: raw}
 	} else {
-		conn = &firstWriteConn{Conn: raw, extra: queryPacket(d.cfg.Version)}
+		conn = &firstWriteConn{Conn: raw, extra: devwire.QueryPacket(d.cfg.Version)}
 	}
 	user, pass, err := d.credentials(state)
 	if err != nil {

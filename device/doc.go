@@ -67,7 +67,10 @@
 // in the CONNECT's segment as QoS 0, no query is sent on TLS, no TLS
 // close_notify is sent (MQTT's DISCONNECT ends the session), and the
 // kernel's acknowledgements are delayed to ride on the next packet
-// (TCP_QUICKACK off, Linux). docs/benchmarks.md §8 has the figures.
+// (TCP_QUICKACK off, Linux; with the default Config.Dial from before the
+// connect, so that TCP's last handshake segment rides on the first
+// write). The transport pieces are shared with dualbench's devices
+// (internal/devwire). docs/benchmarks.md §8 has the figures.
 //
 // # Goroutines and callbacks
 //
