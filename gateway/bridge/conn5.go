@@ -18,6 +18,7 @@ import (
 	pahosession "github.com/eclipse/paho.golang/paho/session"
 	"github.com/eclipse/paho.golang/paho/session/state"
 	"github.com/eclipse/paho.golang/paho/store/memory"
+	"go.uber.org/zap"
 
 	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/mqttcodec"
@@ -57,7 +58,12 @@ type conn5 struct {
 	shared  atomic.Bool
 	subIDs  atomic.Bool
 	maxQoS  atomic.Int32
-	pubMu   sync.Mutex // one publish at a time: track.next names its entry
+	// retainOK: the broker keeps retained messages (CONNACK Retain
+	// Available); noRetainLogged says the loss of the flag was logged
+	// for this connection.
+	retainOK       atomic.Bool
+	noRetainLogged atomic.Bool
+	pubMu          sync.Mutex // one publish at a time: track.next names its entry
 }
 
 func newConn5(l *lane) *conn5 {
@@ -65,6 +71,7 @@ func newConn5(l *lane) *conn5 {
 	c.ses = newTrack(c)
 	c.recvMax.Store(int32(l.b.cfg.MaxInflight))
 	c.maxQoS.Store(2)
+	c.retainOK.Store(true)
 	return c
 }
 
@@ -131,8 +138,9 @@ func (c *conn5) connect() error {
 		}
 		return err
 	}
-	rm, shared, ids, mq := int32(65535), true, true, int32(2)
+	rm, shared, ids, mq, retain := int32(65535), true, true, int32(2), true
 	if p := ca.Properties; p != nil {
+		retain = p.RetainAvailable
 		if p.ReceiveMaximum != nil {
 			rm = int32(*p.ReceiveMaximum)
 		}
@@ -145,6 +153,8 @@ func (c *conn5) connect() error {
 	c.shared.Store(shared)
 	c.subIDs.Store(ids)
 	c.maxQoS.Store(mq)
+	c.retainOK.Store(retain)
+	c.noRetainLogged.Store(false)
 	down := make(chan struct{})
 	c.mu.Lock()
 	c.cli, c.down, c.wc = cli, down, wc
@@ -180,6 +190,16 @@ func (c *conn5) publish(e *entry, topic string, payload []byte) bool {
 	}
 	p := &paho.Publish{QoS: min(e.qos, byte(c.maxQoS.Load())), Retain: e.retain, Topic: topic, Payload: payload,
 		Properties: publishProps(e.props, e.expires)}
+	if p.Retain && !c.retainOK.Load() {
+		// A retained PUBLISH to a broker without retained messages is a
+		// protocol error there (and paho refuses to send it): the message
+		// goes live, without the flag, rather than never.
+		p.Retain = false
+		if !c.noRetainLogged.Swap(true) {
+			c.l.b.log.Warn("upstream broker keeps no retained messages (Retain Available 0): retained publishes are forwarded without the retain flag",
+				zap.String("topic", topic))
+		}
+	}
 	// paho bounds the wait for a slot in the broker's window by its
 	// PacketTimeout; the lane never sends past the window anyway.
 	ctx := context.Background()

@@ -894,3 +894,32 @@ func TestMQTT5ResendAfterReconnect(t *testing.T) {
 		}
 	}
 }
+
+// A broker that keeps no retained messages (MQTT 5 CONNACK Retain
+// Available 0; Mosquitto's retain_available false) gets a device's retained
+// publish without the retain flag: delivered live, acknowledged, not sent
+// again and again (a retained PUBLISH there would be a protocol error).
+func TestRetainNotAvailable(t *testing.T) {
+	br := startBroker(t, "retain_available false")
+	app := newApp5(t, br.Addr(), "app-"+strconv.Itoa(br.Port))
+	app.subscribe(t, "devices/#", 1)
+	b := startBridge(t, testConfig(t, br.URL()))
+	waitReady(t, b)
+	a := newAcks()
+	b.Publish(&session.Message{ClientID: "car1", Topic: "devices/car1/state", Payload: []byte("kept?"), QoS: 1, Retain: true}, a.fn(t, 0))
+	b.Publish(&session.Message{ClientID: "car1", Topic: "devices/car1/state", Payload: []byte("after"), QoS: 1}, a.fn(t, 1))
+	a.waitN(t, 2, 10*time.Second)
+	for i := range 2 {
+		if rc, _ := a.get(i); rc != mqttcodec.Success {
+			t.Fatalf("message %d: ack %v, want success", i, rc)
+		}
+	}
+	got := app.waitN(t, 2)
+	if string(got[0].Payload) != "kept?" || string(got[1].Payload) != "after" || got[0].Retain {
+		t.Fatalf("the application got %q (retain %v), %q; want kept? (not retained), after",
+			got[0].Payload, got[0].Retain, got[1].Payload)
+	}
+	if n := b.Stats().Reconnects; n != 0 {
+		t.Fatalf("%d reconnects: the broker dropped the bridge", n)
+	}
+}
