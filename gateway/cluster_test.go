@@ -272,8 +272,9 @@ func TestClusterTLSResumesOnAnotherNode(t *testing.T) {
 }
 
 // clusterSessionsTakeOnce: sessions are Redis keys with their lifetime; a
-// session taken on one node is gone for the others; with Redis away the
-// handshakes are full ones and the sessions work.
+// session taken on one node is gone for the others; with Redis away a
+// handshake is a full one (its read waits --cluster-timeout, its write
+// does not wait again), and sessions resume once Redis is back.
 func clusterSessionsTakeOnce(t *testing.T, srv *testredis.Server, g1, g2 *Gateway, tc *tls.Config) {
 	t.Helper()
 	replay := &keepFirstCache{}
@@ -315,6 +316,8 @@ func clusterSessionsTakeOnce(t *testing.T, srv *testredis.Server, g1, g2 *Gatewa
 	if resumes(t, g1.TLSAddr(), tc, "car-1") {
 		t.Fatal("the session stored while redis was away resumed")
 	}
+	// After an error gw-2 leaves Redis alone for --cluster-timeout.
+	eventually(t, 5*time.Second, "gw-2 asking redis again", g2.clusterSessions.usable)
 	if !resumes(t, g2.TLSAddr(), tc, "car-1") {
 		t.Fatal("no resumption once redis was back")
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,36 +20,53 @@ import (
 // session wherever its id hashes), written with its lifetime (SET PX) and
 // taken once (GETDEL). Every call waits at most --cluster-timeout, on a
 // handshake worker, never on an event loop; an error is a miss (a full
-// handshake). The states are secrets, as the ticket keys Redis holds in
-// tickets mode.
+// handshake). After an error the sessions skip Redis for as long again
+// (misses at once), so that a hung Redis costs one handshake the timeout
+// now and then, not every handshake twice. The states are secrets, as the
+// ticket keys Redis holds in tickets mode.
 type redisSessions struct {
 	prefix  string
 	timeout time.Duration
 	// rdb is set by openCluster, before any listener opens.
 	rdb redis.UniversalClient
+	// skipUntil (unix nanoseconds) is the end of the pause after an error.
+	skipUntil atomic.Int64
 }
 
 func (r *redisSessions) key(id tlsmux.SessionID) string {
 	return r.prefix + ":tls:{" + hex.EncodeToString(id[:]) + "}:session"
 }
 
-// errNoRedis is a handshake that came before the cluster's Redis was open
-// or after it closed.
-var errNoRedis = errors.New("cluster: no redis for TLS sessions")
+// errNoRedis is a handshake that came before the cluster's Redis was open,
+// or while the sessions skip it after an error.
+var errNoRedis = errors.New("cluster: redis not asked for TLS sessions (it failed a moment ago)")
+
+// usable reports whether Redis is to be asked now.
+func (r *redisSessions) usable() bool {
+	return r.rdb != nil && time.Now().UnixNano() >= r.skipUntil.Load()
+}
+
+// failed starts a pause after err, unless err is nil.
+func (r *redisSessions) failed(err error) error {
+	if err != nil {
+		r.skipUntil.Store(time.Now().Add(r.timeout).UnixNano())
+	}
+	return err
+}
 
 // Put implements tlsmux.SessionStore.
 func (r *redisSessions) Put(id tlsmux.SessionID, state []byte, ttl time.Duration) error {
-	if r.rdb == nil {
+	if !r.usable() {
 		return errNoRedis
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
-	return r.rdb.Set(ctx, r.key(id), state, ttl).Err()
+	return r.failed(r.rdb.Set(ctx, r.key(id), state, ttl).Err())
 }
 
 // Take implements tlsmux.SessionStore.
 func (r *redisSessions) Take(id tlsmux.SessionID) ([]byte, error) {
-	if r.rdb == nil {
+	if !r.usable() {
 		return nil, errNoRedis
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
@@ -57,7 +75,7 @@ func (r *redisSessions) Take(id tlsmux.SessionID) ([]byte, error) {
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
-	return b, err
+	return b, r.failed(err)
 }
 
 // registerSessionMetrics exports the server-side TLS sessions' figures
