@@ -349,7 +349,6 @@ func (c *Config) validateBounds() error {
 	return nil
 }
 
-// validateIdentity checks --secure-identity against what can prove an id.
 // validateSessions checks --tls-sessions and its store's bound.
 func (c *Config) validateSessions() error {
 	switch c.TLSSessions {
@@ -374,6 +373,7 @@ func (c *Config) serverSessions() bool {
 	return c.TLSSessions == "server" || c.TLSSessions == "" && c.TicketKeys == "" && c.TicketRotate == 0
 }
 
+// validateIdentity checks --secure-identity against what can prove an id.
 func (c *Config) validateIdentity() error {
 	p, err := auth.ParseIdentityPolicy(c.SecureIdentity)
 	if err != nil {
