@@ -97,7 +97,6 @@ func TestUpgradeCycleBytes(t *testing.T) {
 		c.SecureIdentity = "none"
 		c.SecureIdle = 300 * time.Millisecond
 	})
-	model := bench.LoopbackWireModel()
 	for _, version := range []byte{5, 4} {
 		for _, kex := range []struct {
 			name   string
@@ -105,53 +104,80 @@ func TestUpgradeCycleBytes(t *testing.T) {
 		}{{"X25519", []tls.CurveID{tls.X25519}}, {"X25519MLKEM768", nil}} {
 			t.Run(fmt.Sprintf("mqtt%d-%s", version, kex.name), func(t *testing.T) {
 				id := fmt.Sprintf("cycle-%d-%s", version, kex.name)
-				var m meter
-				rec := newRecorder()
-				cfg := device.Config{
-					ClientID: id, PlainAddr: g.PlainAddr(), TLSAddr: g.TLSAddr(), CAFile: g.CAFile(),
-					Version: version, KeepAlive: 60 * time.Second, ConnectTimeout: 5 * time.Second,
-					Backoff:          device.Backoff{Initial: 50 * time.Millisecond, Max: 500 * time.Millisecond},
-					Subscriptions:    []device.Subscription{{Filter: "devices/" + id + "/config", QoS: 1}},
-					CurvePreferences: kex.curves,
-					Dial:             m.dial,
-				}
-				rec.hook(&cfg)
-				d := startDevice(t, cfg)
-				defer d.Stop()
-				time.Sleep(settleCounters)
-				for cycle, name := range []string{"full", "resumed"} {
-					conns := m.list()
-					plain := conns[len(conns)-1]
-					before := plain.counters(t)
-					cid := postCommand(t, g, id, commandTopic(id, "go"), strings.Repeat("x", 100), true)
-					if c := rec.nextCommand(t); !c.OverTLS {
-						t.Fatalf("cycle %d: command not over TLS", cycle)
-					}
-					waitStatus(t, g, cid, "delivered")
-					for {
-						mc := rec.nextMode(t, 10*time.Second)
-						if mc.to == device.ModePlain {
-							break
-						}
-					}
-					time.Sleep(settleCounters) // the query's PUBACK and the ACKs
-					conns = m.list()
-					if len(conns) < 3 {
-						t.Fatalf("%d connections", len(conns))
-					}
-					tlsConn, back := conns[len(conns)-2], conns[len(conns)-1]
-					if tlsConn.addr != g.TLSAddr() || back.addr != g.PlainAddr() {
-						t.Fatalf("connections to %s then %s", tlsConn.addr, back.addr)
-					}
-					p := model.Bytes(plain.counters(t).Sub(before), false)
-					tl := model.Bytes(tlsConn.counters(t), true)
-					r := model.Bytes(back.counters(t), true)
-					t.Logf("MQTT %d, %s, %s: %d B (plain %d + TLS %d + back %d); payload %d B; segments TLS %d/%d",
-						version, kex.name, name, p.Total()+tl.Total()+r.Total(), p.Total(), tl.Total(), r.Total(),
-						p.PayloadOut+p.PayloadIn+tl.PayloadOut+tl.PayloadIn+r.PayloadOut+r.PayloadIn,
-						tlsConn.counters(t).SegsOut, tlsConn.counters(t).SegsIn)
-				}
+				measureCycles(t, g, kex.name, device.Config{ClientID: id, Version: version, CurvePreferences: kex.curves})
 			})
 		}
+	}
+}
+
+// The same cycle, MQTT 5 and X25519, in the gateway's default
+// configuration (--secure-identity cert, the device presenting its
+// certificate), with server-side TLS sessions (the default) and with
+// stateless tickets, which carry the certificate and its CA both ways on
+// every resumption; figures are logged (go test -v -run
+// TestUpgradeCycleBytesWithCertificate ./device/).
+func TestUpgradeCycleBytesWithCertificate(t *testing.T) {
+	for _, sessions := range []string{"server", "tickets"} {
+		t.Run(sessions, func(t *testing.T) {
+			g := startGateway(t, func(c *gateway.Config) {
+				c.SecureIdle = 300 * time.Millisecond
+				c.TLSSessions = sessions
+			})
+			id := "cycle-cert-" + sessions
+			certFile, keyFile := deviceCertFiles(t, g, id)
+			measureCycles(t, g, "X25519, certificate, "+sessions, device.Config{ClientID: id, Version: 5,
+				CurvePreferences: []tls.CurveID{tls.X25519}, CertFile: certFile, KeyFile: keyFile})
+		})
+	}
+}
+
+// measureCycles runs a device (cfg's id, version, curves and certificate)
+// through a full and a resumed upgrade cycle and logs their bytes.
+func measureCycles(t *testing.T, g *gateway.Gateway, name string, cfg device.Config) {
+	t.Helper()
+	model := bench.LoopbackWireModel()
+	id, version := cfg.ClientID, cfg.Version
+	var m meter
+	rec := newRecorder()
+	cfg.PlainAddr, cfg.TLSAddr, cfg.CAFile = g.PlainAddr(), g.TLSAddr(), g.CAFile()
+	cfg.KeepAlive, cfg.ConnectTimeout = 60*time.Second, 5*time.Second
+	cfg.Backoff = device.Backoff{Initial: 50 * time.Millisecond, Max: 500 * time.Millisecond}
+	cfg.Subscriptions = []device.Subscription{{Filter: "devices/" + id + "/config", QoS: 1}}
+	cfg.Dial = m.dial
+	rec.hook(&cfg)
+	d := startDevice(t, cfg)
+	defer d.Stop()
+	time.Sleep(settleCounters)
+	for cycle, kind := range []string{"full", "resumed"} {
+		conns := m.list()
+		plain := conns[len(conns)-1]
+		before := plain.counters(t)
+		cid := postCommand(t, g, id, commandTopic(id, "go"), strings.Repeat("x", 100), true)
+		if c := rec.nextCommand(t); !c.OverTLS {
+			t.Fatalf("cycle %d: command not over TLS", cycle)
+		}
+		waitStatus(t, g, cid, "delivered")
+		for {
+			mc := rec.nextMode(t, 10*time.Second)
+			if mc.to == device.ModePlain {
+				break
+			}
+		}
+		time.Sleep(settleCounters) // the query's PUBACK and the ACKs
+		conns = m.list()
+		if len(conns) < 3 {
+			t.Fatalf("%d connections", len(conns))
+		}
+		tlsConn, back := conns[len(conns)-2], conns[len(conns)-1]
+		if tlsConn.addr != g.TLSAddr() || back.addr != g.PlainAddr() {
+			t.Fatalf("connections to %s then %s", tlsConn.addr, back.addr)
+		}
+		p := model.Bytes(plain.counters(t).Sub(before), false)
+		tl := model.Bytes(tlsConn.counters(t), true)
+		r := model.Bytes(back.counters(t), true)
+		t.Logf("MQTT %d, %s, %s: %d B (plain %d + TLS %d + back %d); payload %d B; segments TLS %d/%d",
+			version, name, kind, p.Total()+tl.Total()+r.Total(), p.Total(), tl.Total(), r.Total(),
+			p.PayloadOut+p.PayloadIn+tl.PayloadOut+tl.PayloadIn+r.PayloadOut+r.PayloadIn,
+			tlsConn.counters(t).SegsOut, tlsConn.counters(t).SegsIn)
 	}
 }

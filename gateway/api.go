@@ -761,6 +761,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 			ConstLabels: prometheus.Labels{"result": name},
 		}, func() float64 { return float64(pick(g.tlsSrv.Stats())) }))
 	}
+	g.registerSessionMetrics(reg, counter)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "dualgate_tls_handshakes_in_flight", Help: "TLS handshakes running now.",
 	}, func() float64 { return float64(g.tlsSrv.Stats().HandshakesInFlight) }))

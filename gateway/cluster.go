@@ -25,8 +25,9 @@ import (
 // same commands, and a command outlives the node that accepted it. The
 // node's name (--node-id) is held in Redis by a lease that the node renews
 // (--cluster-node-ttl), so two running gateways cannot take the same name.
-// Without --tls-ticket-keys, the TLS session ticket keys live in Redis
-// too, so a device resumes its TLS session on any node. The registry of
+// The TLS sessions live in Redis too (clustersessions.go), or with
+// --tls-sessions tickets and no --tls-ticket-keys the session ticket
+// keys, so a device resumes its TLS session on any node. The registry of
 // connected devices, routing, takeover and draining to peers are in
 // clusterwire.go (package cluster); a command in flight on a node that
 // dies is taken back by the node its device reconnects to (package
@@ -254,6 +255,9 @@ func (g *Gateway) openCluster() (*clusterNode, store.Store, error) {
 		_ = releaseLease.Run(ctx, rdb, []string{n.key}, n.token).Err()
 		_ = rdb.Close()
 		return nil, nil, fmt.Errorf("command store: %w", err)
+	}
+	if g.clusterSessions != nil {
+		g.clusterSessions.rdb = rdb
 	}
 	if g.clusterTickets != nil {
 		n.tickets, n.ticketKey = g.clusterTickets, cfg.ClusterPrefix+":tls:ticket-keys"

@@ -3,12 +3,15 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +24,7 @@ import (
 	"github.com/dualgate/dualgate/internal/testredis"
 	"github.com/dualgate/dualgate/internal/testutil"
 	"github.com/dualgate/dualgate/mqttcodec"
+	"github.com/dualgate/dualgate/tlsmux"
 )
 
 // clusterGateway runs a gateway whose commands live in srv.
@@ -230,32 +234,100 @@ func resumes(t *testing.T, addr string, tc *tls.Config, id string) bool {
 	return c.ConnectionState().DidResume
 }
 
-// Without --tls-ticket-keys, the nodes of a cluster share their session
-// ticket keys through Redis: a session made on one node resumes on another,
-// also right after a rotation that the other node has not read yet; a
-// gateway outside the cluster cannot resume it.
+// The nodes of a cluster share TLS sessions through Redis: a session made
+// on one node resumes on another; a gateway outside the cluster cannot
+// resume it. With server-side sessions (the default) a session resumes
+// once, on any node, and Redis away makes full handshakes, not failed
+// ones. With stateless tickets (--tls-sessions tickets, no
+// --tls-ticket-keys) the nodes share the ticket keys, and a session
+// resumes right after a rotation that the other node has not read yet.
 func TestClusterTLSResumesOnAnotherNode(t *testing.T) {
-	srv := testredis.Start(t)
-	data := t.TempDir() // one server certificate and CA for all
-	g1 := clusterGateway(t, srv, "gw-1", func(c *Config) { c.Data = data })
-	g2 := clusterGateway(t, srv, "gw-2", func(c *Config) { c.Data = data })
-	alone := startGateway(t, func(c *Config) { c.Data = data })
+	for _, mode := range []string{"server", "tickets"} {
+		t.Run(mode, func(t *testing.T) {
+			srv := testredis.Start(t)
+			data := t.TempDir() // one server certificate and CA for all
+			mod := func(c *Config) { c.Data, c.TLSSessions, c.ClusterTimeout = data, mode, 500*time.Millisecond }
+			g1 := clusterGateway(t, srv, "gw-1", mod)
+			g2 := clusterGateway(t, srv, "gw-2", mod)
+			alone := startGateway(t, func(c *Config) { c.Data, c.TLSSessions = data, mode })
 
-	tc := deviceTLS(t, g1, "car-1")
-	tc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+			tc := deviceTLS(t, g1, "car-1")
+			tc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+			if resumes(t, g1.TLSAddr(), tc, "car-1") {
+				t.Fatal("the first handshake resumed")
+			}
+			if !resumes(t, g2.TLSAddr(), tc, "car-1") {
+				t.Fatal("a session made on gw-1 did not resume on gw-2")
+			}
+			if resumes(t, alone.TLSAddr(), tc, "car-1") {
+				t.Fatal("a gateway outside the cluster resumed the session")
+			}
+			if mode == "server" {
+				clusterSessionsTakeOnce(t, srv, g1, g2, tc)
+			} else {
+				clusterTicketsRotate(t, srv, g1, g2, tc)
+			}
+		})
+	}
+}
+
+// clusterSessionsTakeOnce: sessions are Redis keys with their lifetime; a
+// session taken on one node is gone for the others; with Redis away a
+// handshake is a full one (its read waits --cluster-timeout, its write
+// does not wait again), and sessions resume once Redis is back.
+func clusterSessionsTakeOnce(t *testing.T, srv *testredis.Server, g1, g2 *Gateway, tc *tls.Config) {
+	t.Helper()
+	replay := &keepFirstCache{}
+	tc.ClientSessionCache = replay
 	if resumes(t, g1.TLSAddr(), tc, "car-1") {
-		t.Fatal("the first handshake resumed")
+		t.Fatal("an empty cache resumed")
+	}
+	ticket := replay.ticket()
+	key := "dg:tls:{" + hex.EncodeToString(ticket) + "}:session"
+	if ttl, err := strconv.Atoi(strings.TrimPrefix(srv.Do("PTTL", key), ":")); err != nil || ttl <= 0 || ttl > int(tlsmux.DefaultSessionLifetime/time.Millisecond) {
+		t.Fatalf("session key %s: PTTL %d, %v; want up to %s", key, ttl, err, tlsmux.DefaultSessionLifetime)
 	}
 	if !resumes(t, g2.TLSAddr(), tc, "car-1") {
-		t.Fatal("a session made on gw-1 did not resume on gw-2")
+		t.Fatal("the session did not resume on gw-2")
 	}
-	if resumes(t, alone.TLSAddr(), tc, "car-1") {
-		t.Fatal("a gateway outside the cluster resumed the session")
+	if got := srv.Do("EXISTS", key); got != ":0" {
+		t.Fatalf("the session taken on gw-2 is still in redis: EXISTS %s", got)
+	}
+	if resumes(t, g1.TLSAddr(), tc, "car-1") {
+		t.Fatal("a session id resumed twice")
+	}
+	if v := metric(t, g1, `dualgate_tls_sessions_lookups_total{result="miss"}`); v != 1 {
+		t.Fatalf("gw-1 misses %v, want 1", v)
 	}
 
-	// gw-1 rotates (the last rotation made as old as can be) and encrypts
-	// with the key that was next; gw-2, which has not read the rotation,
-	// already decrypts with it.
+	tc.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	if resumes(t, g1.TLSAddr(), tc, "car-1") {
+		t.Fatal("a fresh cache resumed")
+	}
+	errs := metric(t, g2, "dualgate_tls_sessions_errors_total")
+	srv.Pause()
+	if resumes(t, g2.TLSAddr(), tc, "car-1") {
+		t.Fatal("a session resumed while redis was away")
+	}
+	srv.Resume()
+	if v := metric(t, g2, "dualgate_tls_sessions_errors_total"); v < errs+2 {
+		t.Fatalf("redis errors %v, want the read and the write of that handshake counted (%v before)", v, errs)
+	}
+	if resumes(t, g1.TLSAddr(), tc, "car-1") {
+		t.Fatal("the session stored while redis was away resumed")
+	}
+	// After an error gw-2 leaves Redis alone for --cluster-timeout.
+	eventually(t, 5*time.Second, "gw-2 asking redis again", g2.clusterSessions.usable)
+	if !resumes(t, g2.TLSAddr(), tc, "car-1") {
+		t.Fatal("no resumption once redis was back")
+	}
+}
+
+// clusterTicketsRotate: gw-1 rotates (the last rotation made as old as can
+// be) and encrypts with the key that was next; gw-2, which has not read
+// the rotation, already decrypts with it.
+func clusterTicketsRotate(t *testing.T, srv *testredis.Server, g1, g2 *Gateway, tc *tls.Config) {
+	t.Helper()
 	if got := srv.Do("HSET", "dg:tls:ticket-keys", "at", "0"); got != ":0" {
 		t.Fatalf("HSET at: %s", got)
 	}
@@ -276,6 +348,39 @@ func TestClusterTLSResumesOnAnotherNode(t *testing.T) {
 	if !resumes(t, g2.TLSAddr(), tc, "car-1") {
 		t.Fatal("a session made with the rotated key on gw-1 did not resume on gw-2")
 	}
+}
+
+// keepFirstCache is a client session cache that keeps the first session
+// it is given and ignores later ones: a device presenting the same ticket
+// again, or someone who copied it.
+type keepFirstCache struct {
+	mu sync.Mutex
+	cs *tls.ClientSessionState
+}
+
+func (k *keepFirstCache) Get(string) (*tls.ClientSessionState, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cs, k.cs != nil
+}
+
+func (k *keepFirstCache) Put(_ string, cs *tls.ClientSessionState) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.cs == nil && cs != nil {
+		k.cs = cs
+	}
+}
+
+// ticket is the kept session's ticket, as the device sends it.
+func (k *keepFirstCache) ticket() []byte {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.cs == nil {
+		return nil
+	}
+	ticket, _, _ := k.cs.ResumptionState()
+	return ticket
 }
 
 // Two nodes on one Redis share the commands: one posted on gw-1 for a

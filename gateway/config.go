@@ -37,6 +37,8 @@ type Config struct {
 	TLSCiphers   string        `yaml:"tls-ciphers" help:"TLS 1.2 cipher suites, comma-separated Go names (empty: Go's default secure list)"`
 	TicketKeys   string        `yaml:"tls-ticket-keys" help:"session ticket key file shared by the gateways behind one balancer (created if missing)"`
 	TicketRotate time.Duration `yaml:"tls-ticket-rotate" help:"add a new session ticket key this often (0: only re-read the file)"`
+	TLSSessions  string        `yaml:"tls-sessions" help:"TLS session resumption: server (16-byte tickets naming states kept in memory, or in Redis with --cluster) or tickets (stateless tickets, ~105 B up and ~145 B down per resumption, ~1 KB more each way with a client certificate); default server, tickets with --tls-ticket-keys or --tls-ticket-rotate"`
+	TLSSessionMB int           `yaml:"tls-session-cache-mb" help:"most memory, MiB, of the TLS sessions kept with --tls-sessions server without --cluster; past it the oldest go (their devices make a full handshake)"`
 	TLSCurves    string        `yaml:"tls-curves" help:"key exchange groups, comma-separated (x25519, p256, x25519mlkem768); empty: Go's default"`
 
 	ProxyProtocol string `yaml:"proxy-protocol" help:"PROXY protocol v1/v2 header from a load balancer on both listeners: off, optional or required"`
@@ -193,6 +195,7 @@ func Defaults() Config {
 		UpstreamSpillMessages: 250000,
 		UpstreamSpillKeepFree: 64 << 20,
 		MuxPending:            4096,
+		TLSSessionMB:          32,
 
 		ClusterPrefix:      "dg",
 		ClusterTimeout:     2 * time.Second,
@@ -244,6 +247,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--token-replay-unavailable %q: want refuse or local", c.TokenReplayUnavailable)
 	}
 	if err := c.validateIdentity(); err != nil {
+		return err
+	}
+	if err := c.validateSessions(); err != nil {
 		return err
 	}
 	if c.MaxPacketSize < 64 || c.MaxPacketSize > 268435460 {
@@ -341,6 +347,30 @@ func (c *Config) validateBounds() error {
 		return fmt.Errorf("--upstream-protocol %q: want 5 or 3.1.1", c.UpstreamProtocol)
 	}
 	return nil
+}
+
+// validateSessions checks --tls-sessions and its store's bound.
+func (c *Config) validateSessions() error {
+	switch c.TLSSessions {
+	case "", "tickets":
+	case "server":
+		if c.TicketKeys != "" || c.TicketRotate != 0 {
+			return errors.New("--tls-ticket-keys and --tls-ticket-rotate are for --tls-sessions tickets (stateless tickets); server sessions need no keys (with --cluster they are shared through Redis)")
+		}
+	default:
+		return fmt.Errorf("--tls-sessions %q: want server or tickets", c.TLSSessions)
+	}
+	if c.TLSSessionMB < 1 || c.TLSSessionMB > 64<<10 {
+		return fmt.Errorf("--tls-session-cache-mb %d: want 1 to 65536", c.TLSSessionMB)
+	}
+	return nil
+}
+
+// serverSessions reports whether TLS sessions are kept on the server
+// (--tls-sessions server, the default unless --tls-ticket-keys or
+// --tls-ticket-rotate asks for stateless tickets).
+func (c *Config) serverSessions() bool {
+	return c.TLSSessions == "server" || c.TLSSessions == "" && c.TicketKeys == "" && c.TicketRotate == 0
 }
 
 // validateIdentity checks --secure-identity against what can prove an id.

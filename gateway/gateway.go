@@ -64,6 +64,9 @@ type Gateway struct {
 	// (nil without --cluster).
 	members        *clusterRegistry
 	clusterTickets *tlsmux.TicketKeys
+	// clusterSessions keeps the TLS sessions in the cluster's Redis
+	// (--tls-sessions server with --cluster); nil otherwise.
+	clusterSessions *redisSessions
 
 	upstream   *bridge.Bridge
 	latency    prometheus.Histogram
@@ -113,9 +116,13 @@ type Gateway struct {
 	mem      *memReleaser
 	sources  *sourceLimiter
 	tickets  *tlsmux.TicketKeys
-	muxLn    net.Listener
-	muxTLS   *chanListener
-	muxGate  *muxGate
+	// sessions are the server-side TLS sessions (--tls-sessions server),
+	// in memSessions without --cluster; nil with stateless tickets.
+	sessions    *tlsmux.Sessions
+	memSessions *tlsmux.MemorySessions
+	muxLn       net.Listener
+	muxTLS      *chanListener
+	muxGate     *muxGate
 
 	draining atomic.Bool
 	stop     chan struct{}
@@ -393,23 +400,9 @@ func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
 			return nil, fmt.Errorf("--tls-ciphers: %w", err)
 		}
 	}
-	if g.cfg.TicketKeys != "" {
-		if _, err := os.Stat(g.cfg.TicketKeys); errors.Is(err, os.ErrNotExist) {
-			if _, err := tlsmux.RotateTicketKeyFile(g.cfg.TicketKeys, tlsmux.DefaultTicketKeysKept); err != nil {
-				return nil, fmt.Errorf("--tls-ticket-keys: %w", err)
-			}
-		}
-		if g.tickets, err = tlsmux.LoadTicketKeys(g.cfg.TicketKeys, g.logger); err != nil {
-			return nil, fmt.Errorf("--tls-ticket-keys: %w", err)
-		}
-	}
-	tickets := g.tickets
-	if tickets == nil && g.cfg.Cluster != "" {
-		// Shared through Redis, read before the listeners open.
-		if g.clusterTickets, err = newClusterTickets(g.logger); err != nil {
-			return nil, err
-		}
-		tickets = g.clusterTickets
+	tickets, err := g.resumption()
+	if err != nil {
+		return nil, err
 	}
 	return tlsmux.ServerTLSConfig(tlsmux.TLSOptions{
 		GetCertificate:    reloader.GetCertificate,
@@ -419,7 +412,52 @@ func (g *Gateway) serverTLSConfig() (*tls.Config, error) {
 		CurvePreferences:  curves,
 		CipherSuites:      ciphers,
 		TicketKeys:        tickets,
+		Sessions:          g.sessions,
 	})
+}
+
+// resumption sets up TLS session resumption: server-side sessions
+// (g.sessions, in memory or in the cluster's Redis), or stateless tickets
+// whose keys it returns (the --tls-ticket-keys file, or with --cluster
+// the keys shared through Redis).
+func (g *Gateway) resumption() (*tlsmux.TicketKeys, error) {
+	if g.cfg.serverSessions() {
+		var store tlsmux.SessionStore
+		if g.cfg.Cluster != "" {
+			// The client is set by openCluster, before the listeners open.
+			g.clusterSessions = &redisSessions{prefix: g.cfg.ClusterPrefix, timeout: g.cfg.ClusterTimeout}
+			store = g.clusterSessions
+		} else {
+			mem, err := tlsmux.NewMemorySessions(int64(g.cfg.TLSSessionMB)<<20, nil)
+			if err != nil {
+				return nil, fmt.Errorf("--tls-session-cache-mb: %w", err)
+			}
+			g.memSessions, store = mem, mem
+		}
+		g.sessions = tlsmux.NewSessions(store, tlsmux.DefaultSessionLifetime, g.logger)
+		return nil, nil
+	}
+	if g.cfg.TicketKeys != "" {
+		if _, err := os.Stat(g.cfg.TicketKeys); errors.Is(err, os.ErrNotExist) {
+			if _, err := tlsmux.RotateTicketKeyFile(g.cfg.TicketKeys, tlsmux.DefaultTicketKeysKept); err != nil {
+				return nil, fmt.Errorf("--tls-ticket-keys: %w", err)
+			}
+		}
+		var err error
+		if g.tickets, err = tlsmux.LoadTicketKeys(g.cfg.TicketKeys, g.logger); err != nil {
+			return nil, fmt.Errorf("--tls-ticket-keys: %w", err)
+		}
+		return g.tickets, nil
+	}
+	if g.cfg.Cluster != "" {
+		// Shared through Redis, read before the listeners open.
+		var err error
+		if g.clusterTickets, err = newClusterTickets(g.logger); err != nil {
+			return nil, err
+		}
+		return g.clusterTickets, nil
+	}
+	return nil, nil
 }
 
 // parseCurves turns --tls-curves names into key exchange groups.

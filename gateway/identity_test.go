@@ -404,10 +404,12 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// A device's proof holds on a resumed TLS session: the ticket carries the
-// certificate of the full handshake. The test also logs the TLS bytes of a
-// session (handshake, CONNECT, CONNACK) with and without the certificate,
-// the figures of docs/benchmarks.md section 8.
+// A device's proof holds on a resumed TLS session: the session (kept on
+// the server, the default) carries the certificate of the full handshake,
+// and a resumed session whose certificate names another id is refused.
+// The test also logs the TLS bytes of a session (handshake, CONNECT,
+// CONNACK) with and without the certificate, the figures of
+// docs/benchmarks.md section 8.
 func TestResumedSessionKeepsProof(t *testing.T) {
 	for _, policy := range []string{"none", "cert"} {
 		g := startGateway(t, func(c *Config) { c.SecureIdentity, c.TLSCurves = policy, "x25519" })
@@ -446,6 +448,28 @@ func TestResumedSessionKeepsProof(t *testing.T) {
 					policy, withCert, resumed, cc.up, cc.down, cc.up+cc.down)
 				_ = c.Close()
 				eventually(t, 5*time.Second, id+" gone", func() bool { _, ok := g.Registry().Get(id); return !ok })
+			}
+			if policy == "cert" && withCert {
+				// The certificate restored from the session names id,
+				// not another: refused (3.1.1 return code 5), as on a
+				// full handshake.
+				c, err := tls.Dial("tcp", g.TLSAddr(), tc)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := c.Write(mqttcodec.AppendConnect(nil, &mqttcodec.Connect{
+					ProtocolVersion: 4, CleanStart: true, KeepAlive: 60, ClientID: []byte(id + "-other")})); err != nil {
+					t.Fatal(err)
+				}
+				ack := make([]byte, 4)
+				if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 5 {
+					t.Fatalf("%s's resumed session claiming another id: CONNACK % x, %v; want return code 5", id, ack, err)
+				}
+				if !c.ConnectionState().DidResume {
+					t.Fatal("the session claiming another id did not resume")
+				}
+				_ = c.Close()
 			}
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/mqttcodec"
 )
 
 // errConnClosed is returned by writes to a connection that is gone.
@@ -72,6 +73,7 @@ type plainConn struct {
 	closed    bool
 	proxyWait bool // a PROXY header may still come first
 	untrusted bool // the peer is outside --proxy-trusted: a PROXY header from it is refused
+	corked    bool // a DISCONNECT waits in the kernel for the close's FIN (Write)
 	sess      session.Session
 }
 
@@ -351,9 +353,23 @@ func (pc *plainConn) tls() *tlsState {
 
 // Write sends b: for TLS, as records written into gnet's outbound buffer
 // (the session writes on its loop only).
+//
+// A DISCONNECT is the gateway's last packet on a connection: the session
+// closes it right after writing one (Instruct, Drain, disconnect). The
+// socket is corked before it, so that the close's FIN leaves in the same
+// segment (one segment less for the device, twice per upgrade cycle);
+// closing flushes what a cork holds at once. Should anything be written
+// after it, the socket is uncorked first.
 func (pc *plainConn) Write(b []byte) error {
 	if pc.closed {
 		return errConnClosed
+	}
+	switch last := len(b) > 0 && mqttcodec.Type(b[0]>>4) == mqttcodec.DISCONNECT; {
+	case last && !pc.corked:
+		pc.corked = cork(pc.c.Fd(), true) == nil
+	case !last && pc.corked:
+		_ = cork(pc.c.Fd(), false)
+		pc.corked = false
 	}
 	var err error
 	if ts := pc.tls(); ts != nil {

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"net/http"
 	"testing"
 	"time"
@@ -15,9 +16,12 @@ import (
 
 // redisClusterGateway runs a gateway whose commands and registry live in
 // a Redis Cluster.
-func redisClusterGateway(t *testing.T, rc *testredis.Cluster, node string) *Gateway {
+func redisClusterGateway(t *testing.T, rc *testredis.Cluster, node, data string) *Gateway {
 	t.Helper()
 	return startGateway(t, func(c *Config) {
+		if data != "" {
+			c.Data = data
+		}
 		c.Cluster = rc.URL()
 		c.NodeID = node
 		c.SecureIdle = time.Minute
@@ -25,12 +29,14 @@ func redisClusterGateway(t *testing.T, rc *testredis.Cluster, node string) *Gate
 }
 
 // Two gateways on a 3-primary Redis Cluster: a command posted on one
-// reaches a device connected to the other at once, and the same client
-// id connecting to the first closes its session on the second.
+// reaches a device connected to the other at once, the same client id
+// connecting to the first closes its session on the second, and a TLS
+// session made on one resumes on the other.
 func TestRedisClusterTwoGateways(t *testing.T) {
 	rc := testredis.StartCluster(t, 3)
-	g1 := redisClusterGateway(t, rc, "gw-1")
-	g2 := redisClusterGateway(t, rc, "gw-2")
+	data := t.TempDir() // one server certificate and CA for both
+	g1 := redisClusterGateway(t, rc, "gw-1", data)
+	g2 := redisClusterGateway(t, rc, "gw-2", data)
 	if _, ok := g1.store.(*store.Redis); !ok {
 		t.Fatalf("store on a Redis Cluster: %T", g1.store)
 	}
@@ -72,4 +78,15 @@ func TestRedisClusterTwoGateways(t *testing.T) {
 		_, ok := g2.reg.Get("car-twice")
 		return !ok
 	})
+
+	tc := deviceTLS(t, g1, "car-rc-tls")
+	tc.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	for i, step := range []struct {
+		g    *Gateway
+		want bool
+	}{{g1, false}, {g2, true}, {g1, true}, {g2, true}} {
+		if got := resumes(t, step.g.TLSAddr(), tc, "car-rc-tls"); got != step.want {
+			t.Fatalf("TLS handshake %d: resumed %v, want %v", i, got, step.want)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/dualgate/dualgate/certs"
 	"github.com/dualgate/dualgate/mqttcodec"
+	"github.com/dualgate/dualgate/tlsmux"
 )
 
 // writePair writes a certificate and key where the gateway reads them, the
@@ -213,6 +215,80 @@ func TestTicketResumption(t *testing.T) {
 	})
 }
 
+// Server-side sessions (the default) resume on the gateway that made
+// them, once per session id, with a 16-byte ticket; a restart forgets
+// them, so each device makes one full handshake, which works, and resumes
+// after it again. TLS 1.2 resumes the same way.
+func TestServerSessionsAcrossRestart(t *testing.T) {
+	for _, version := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		t.Run(tls.VersionName(version), func(t *testing.T) {
+			data := t.TempDir()
+			first := startGateway(t, func(c *Config) { c.Data = data })
+			tlsCfg := clientTLS(t, first)
+			tlsCfg.MaxVersion = version
+			cache := &keepLastCache{}
+			tlsCfg.ClientSessionCache = cache
+			for i, want := range []bool{false, true, true} {
+				if got := dialResumable(t, first.TLSAddr(), tlsCfg, "restart"); got != want {
+					t.Fatalf("handshake %d: resumed %v, want %v", i, got, want)
+				}
+			}
+			if n := len(cache.ticket()); n != tlsmux.SessionIDLen {
+				t.Fatalf("ticket of %d bytes, want %d", n, tlsmux.SessionIDLen)
+			}
+			if v := metric(t, first, `dualgate_tls_sessions_lookups_total{result="hit"}`); v != 2 {
+				t.Fatalf("session hits %v, want 2", v)
+			}
+			eventually(t, 5*time.Second, "one session held", func() bool { return metric(t, first, "dualgate_tls_sessions") == 1 })
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := first.Shutdown(ctx); err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+
+			second := startGateway(t, func(c *Config) { c.Data = data })
+			if dialResumable(t, second.TLSAddr(), tlsCfg, "restart") {
+				t.Fatal("a session resumed after a restart")
+			}
+			if !dialResumable(t, second.TLSAddr(), tlsCfg, "restart") {
+				t.Fatal("no resumption after the full handshake that followed the restart")
+			}
+			if v := metric(t, second, `dualgate_tls_sessions_lookups_total{result="miss"}`); v != 1 {
+				t.Fatalf("session misses %v, want 1", v)
+			}
+		})
+	}
+}
+
+// keepLastCache is a client session cache for one server that tells the
+// last ticket it was given.
+type keepLastCache struct {
+	mu sync.Mutex
+	cs *tls.ClientSessionState
+}
+
+func (k *keepLastCache) Get(string) (*tls.ClientSessionState, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cs, k.cs != nil
+}
+
+func (k *keepLastCache) Put(_ string, cs *tls.ClientSessionState) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.cs = cs
+}
+
+func (k *keepLastCache) ticket() []byte {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.cs == nil {
+		return nil
+	}
+	ticket, _, _ := k.cs.ResumptionState()
+	return ticket
+}
+
 // pinger is a plain device that keeps its session alive with PINGREQ and
 // counts the answers it misses.
 type pinger struct {
@@ -396,5 +472,38 @@ func TestHandshakeLimiter(t *testing.T) {
 	}
 	if v := metric(t, g, "dualgate_tls_buffers_releasable"); v != 1 {
 		t.Errorf("dualgate_tls_buffers_releasable %v on the Go that built this test, want 1", v)
+	}
+}
+
+// --tls-sessions: server by default, tickets when asked for or when a
+// ticket key file or rotation is given; server sessions with ticket keys,
+// an unknown mode and a bound out of range are refused.
+func TestTLSSessionsConfig(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		server bool
+		want   string // in the error; empty: valid
+	}{
+		{args: nil, server: true},
+		{args: []string{"--tls-sessions", "server", "--tls-session-cache-mb", "1"}, server: true},
+		{args: []string{"--tls-sessions", "tickets"}},
+		{args: []string{"--tls-ticket-keys", "/k"}},
+		{args: []string{"--tls-ticket-rotate", "1h"}},
+		{args: []string{"--tls-sessions", "tickets", "--tls-ticket-keys", "/k"}},
+		{args: []string{"--tls-sessions", "server", "--tls-ticket-keys", "/k"}, want: "--tls-sessions tickets"},
+		{args: []string{"--tls-sessions", "server", "--tls-ticket-rotate", "1h"}, want: "--tls-sessions tickets"},
+		{args: []string{"--tls-sessions", "id"}, want: "--tls-sessions"},
+		{args: []string{"--tls-session-cache-mb", "-1"}, want: "--tls-session-cache-mb"},
+		{args: []string{"--tls-session-cache-mb", "100000"}, want: "--tls-session-cache-mb"},
+	} {
+		cfg, err := LoadConfig(tc.args, func(string) string { return "" })
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%q: %v", tc.args, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%q: error %v, want %q", tc.args, err, tc.want)
+		case err == nil && cfg.serverSessions() != tc.server:
+			t.Errorf("%q: server sessions %v, want %v", tc.args, cfg.serverSessions(), tc.server)
+		}
 	}
 }

@@ -46,12 +46,15 @@
 // # Configuration
 //
 // ServerTLSConfig builds the product's default tls.Config: TLS 1.2 and 1.3,
-// session tickets on, optional client-certificate verification, optional
+// session resumption on, optional client-certificate verification, optional
 // X25519-only key exchange (Go's default hybrid X25519MLKEM768 costs about
 // 2.3 KB more on the wire per full handshake). CertReloader swaps the server certificate without dropping
-// connections (on SIGHUP or when the files change). TicketKeys shares session
-// ticket keys among gateways through a file, so a device resumes its session
-// on any gateway behind the load balancer.
+// connections (on SIGHUP or when the files change). Sessions keeps session
+// states on the server, in a SessionStore (MemorySessions, or a store
+// shared by gateways), and gives devices a 16-byte id as ticket, taken once;
+// TicketKeys instead shares the keys of stateless tickets among gateways
+// through a file, so a device resumes its session on any gateway behind the
+// load balancer.
 //
 // # Lifecycle
 //

@@ -56,10 +56,15 @@ type TLSOptions struct {
 	// TicketKeys, when set, supplies the session ticket keys (shared among
 	// gateways) and keeps the returned config's keys up to date.
 	TicketKeys *TicketKeys
+	// Sessions, when set, keeps session states on the server and gives
+	// devices 16-byte session ids as tickets (see Sessions); not together
+	// with TicketKeys.
+	Sessions *Sessions
 }
 
 // ServerTLSConfig builds the product's server tls.Config from opts: TLS 1.2
-// and 1.3, session tickets on, client certificates as opts say.
+// and 1.3, session resumption on (stateless tickets, or server-side
+// sessions with opts.Sessions), client certificates as opts say.
 func ServerTLSConfig(opts TLSOptions) (*tls.Config, error) {
 	if (len(opts.Certificates) == 0) == (opts.GetCertificate == nil) {
 		return nil, errors.New("tlsmux: give exactly one of Certificates and GetCertificate")
@@ -126,8 +131,13 @@ func ServerTLSConfig(opts TLSOptions) (*tls.Config, error) {
 		cfg.CipherSuites = slices.Clone(opts.CipherSuites)
 	}
 
-	if opts.TicketKeys != nil {
+	switch {
+	case opts.TicketKeys != nil && opts.Sessions != nil:
+		return nil, errors.New("tlsmux: give at most one of TicketKeys and Sessions")
+	case opts.TicketKeys != nil:
 		opts.TicketKeys.Apply(cfg)
+	case opts.Sessions != nil:
+		opts.Sessions.Apply(cfg)
 	}
 	return cfg, nil
 }

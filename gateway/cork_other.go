@@ -1,0 +1,7 @@
+//go:build !linux
+
+package gateway
+
+// cork does nothing where TCP_CORK is missing: the last packet and the
+// FIN leave in two segments.
+func cork(int, bool) error { return nil }
