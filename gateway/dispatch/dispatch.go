@@ -141,8 +141,13 @@ type Dispatcher struct {
 	stats   Stats
 	workers []*worker
 
-	mu      sync.Mutex // guards devices
+	mu sync.Mutex // guards devices
+	// devices holds a record per device with something going on; a
+	// device not in it is blank (rules.blank).
 	devices map[string]*device
+	// keepBlank keeps blank records (the simulation compares a run with
+	// and without them: dropping one must change no decision).
+	keepBlank bool
 
 	umu sync.Mutex // guards unrecorded
 	// unrecorded holds the commands written to a device whose move to

@@ -133,7 +133,9 @@ const maxUpgrades = 4
 
 // device is the dispatcher's memory of one device. Its fields change only
 // in step (state, counters, times) and in the worker that owns the device
-// (dirty, retry); the API reads a copy under Dispatcher.mu.
+// (dirty, retry); the API reads a copy under Dispatcher.mu. The zero
+// record, seen now, is the state of every device not tracked: a record
+// that says no more (blank) is not kept.
 type device struct {
 	state State
 
@@ -329,6 +331,25 @@ func (r *rules) forgettable(dv *device, now time.Time) bool {
 	return dv.tls == nil && len(dv.retry) == 0 && now.Sub(dv.lastSeen) > r.retention
 }
 
+// blank reports whether dv holds nothing the rules would decide
+// differently with than with no record at all: a device that is not
+// tracked is in exactly the state of a new record (step creates it so), so
+// a blank record is dropped after every step, and an idle fleet, on plain
+// or gone, costs the dispatcher nothing. Blank is Idle with no instruction
+// unanswered (loop protection counts on tries), no TLS session, no arrival
+// on TLS after a plain instruction to count, no upgrade the quiet period
+// still counts, and nothing for the ticker to retry. What a record alone
+// says beyond that (lastSeen) is what the API shows of a device: a blank
+// one shows nothing worth its memory. Past the upgrades' window a record
+// may become blank without an event: the ticker drops it then.
+func (r *rules) blank(dv *device, now time.Time) bool {
+	if dv.state != StateIdle || dv.tries != 0 || !dv.nextInstruct.IsZero() ||
+		dv.tls != nil || dv.proven || dv.ignoredPlain != 0 || dv.dirty || len(dv.retry) != 0 {
+		return false
+	}
+	return r.fixedQuiet || r.recentUpgrades(dv.upgrades, now) == 0
+}
+
 // backoff is the wait after the n-th instruction before the next one.
 func (r *rules) backoff(n int) time.Duration {
 	b := r.instructBackoff
@@ -346,14 +367,20 @@ func (r *rules) quietPeriod(upgrades []time.Time, now time.Time) time.Duration {
 	if r.fixedQuiet {
 		return base
 	}
+	k := max(r.recentUpgrades(upgrades, now)-1, 0) // not counting the upgrade that brought it here
+	return base * time.Duration(min(1+k, 3))
+}
+
+// recentUpgrades counts the upgrades the quiet period counts at now: those
+// within 10 x secureIdle. One older than that is never counted again.
+func (r *rules) recentUpgrades(upgrades []time.Time, now time.Time) int {
 	recent := 0
 	for _, t := range upgrades {
-		if now.Sub(t) <= 10*base {
+		if now.Sub(t) <= 10*r.secureIdle {
 			recent++
 		}
 	}
-	k := max(recent-1, 0) // not counting the upgrade that brought it here
-	return base * time.Duration(min(1+k, 3))
+	return recent
 }
 
 func later(a, b time.Time) time.Time {
