@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -186,5 +187,40 @@ func TestLoopProtectionSurvivesPlainReturns(t *testing.T) {
 	}
 	if w.d.LoopProtected() != 1 {
 		t.Fatalf("LoopProtected() = %d", w.d.LoopProtected())
+	}
+}
+
+// The table of records is rebuilt once most of a burst of tracked devices
+// has left, so that it does not keep the room of its largest size.
+func TestRecordsTableShrinks(t *testing.T) {
+	w := newWorld(simConfig())
+	defer w.stop()
+	n := 2 * shrinkAt
+	var conns []*conn
+	for i := range n {
+		conns = append(conns, w.dial(fmt.Sprintf("dev%d", i), registry.ModeTLS, mqttcodec.V311, true, false))
+	}
+	w.settle()
+	w.d.mu.Lock()
+	tracked, peak := len(w.d.devices), w.d.peak
+	w.d.mu.Unlock()
+	if tracked != n || peak != n {
+		t.Fatalf("%d devices on TLS: %d tracked, peak %d", n, tracked, peak)
+	}
+	for _, c := range conns[:n-10] {
+		w.disconnect(c)
+	}
+	w.settle()
+	w.advance(time.Second)
+	w.d.mu.Lock()
+	tracked, peak = len(w.d.devices), w.d.peak
+	w.d.mu.Unlock()
+	if tracked != 10 || peak != 10 {
+		t.Fatalf("after most left: %d tracked, peak %d, want 10 and a table rebuilt for them", tracked, peak)
+	}
+	for i := n - 10; i < n; i++ {
+		if _, ok := w.d.Device(fmt.Sprintf("dev%d", i)); !ok {
+			t.Fatalf("dev%d lost in the rebuild", i)
+		}
 	}
 }

@@ -145,6 +145,8 @@ type Dispatcher struct {
 	// devices holds a record per device with something going on; a
 	// device not in it is blank (rules.blank).
 	devices map[string]*device
+	// peak is the most records held since devices was last rebuilt.
+	peak int
 	// keepBlank keeps blank records (the simulation compares a run with
 	// and without them: dropping one must change no decision).
 	keepBlank bool

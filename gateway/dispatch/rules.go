@@ -98,7 +98,27 @@ func (d *Dispatcher) step(id string, in input, create bool) (act Action, tls *se
 func (d *Dispatcher) record(id string, now time.Time) *device {
 	dv := &device{lastSeen: now}
 	d.devices[id] = dv
+	d.peak = max(d.peak, len(d.devices))
 	return dv
+}
+
+// shrinkAt is the number of records from which the table is rebuilt
+// once a quarter of them are left (Tick).
+const shrinkAt = 1024
+
+// shrink, under d.mu, rebuilds the table of records once it holds less
+// than a quarter of its high-water mark: a Go map keeps the room of its
+// largest size, and a burst of devices on TLS that then left would keep
+// ~30 B per device that was there (docs/benchmarks.md, section 1).
+func (d *Dispatcher) shrink() {
+	if d.peak < shrinkAt || len(d.devices) >= d.peak/4 {
+		return
+	}
+	m := make(map[string]*device, len(d.devices))
+	for id, dv := range d.devices {
+		m[id] = dv
+	}
+	d.devices, d.peak = m, len(m)
 }
 
 // dropBlank, under d.mu, stops tracking a device whose record says nothing
@@ -627,6 +647,7 @@ func (d *Dispatcher) Tick() {
 			retry = append(retry, id)
 		}
 	}
+	d.shrink()
 	d.mu.Unlock()
 	// In a stable order, so that a simulation replays exactly.
 	slices.Sort(resume)
