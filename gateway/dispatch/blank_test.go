@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/gateway/session"
@@ -222,5 +223,14 @@ func TestRecordsTableShrinks(t *testing.T) {
 		if _, ok := w.d.Device(fmt.Sprintf("dev%d", i)); !ok {
 			t.Fatalf("dev%d lost in the rebuild", i)
 		}
+	}
+}
+
+// A device on TLS keeps its record while it is there: one per TLS
+// connection, so its size shows in the memory per connection
+// (docs/benchmarks.md, section 1).
+func TestDeviceRecordSize(t *testing.T) {
+	if n := unsafe.Sizeof(device{}); n > 144 {
+		t.Fatalf("device record: %d B, want at most 144 (a size class of 144)", n)
 	}
 }

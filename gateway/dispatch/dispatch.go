@@ -298,7 +298,7 @@ func (d *Dispatcher) Device(id string) (DeviceInfo, bool) {
 	}
 	return DeviceInfo{
 		State:         dev.state,
-		Instructions:  dev.tries,
+		Instructions:  int(dev.tries),
 		LoopProtected: dev.state == StateLoopProtected,
 		TLSOnly:       dev.state == StateTLSOnly,
 		LastSeen:      dev.lastSeen,

@@ -135,34 +135,38 @@ const maxUpgrades = 4
 // in step (state, counters, times) and in the worker that owns the device
 // (dirty, retry); the API reads a copy under Dispatcher.mu. The zero
 // record, seen now, is the state of every device not tracked: a record
-// that says no more (blank) is not kept.
+// that says no more (blank) is not kept. A device on TLS keeps one while it
+// is there, so the small fields come first, in one word (144 B a record,
+// not 176: TestDeviceRecordSize).
 type device struct {
 	state State
-
+	// proven: its TLS session (tls) proved the client id.
+	proven bool
+	// dirty: a store operation for the device failed; the ticker looks at
+	// its commands again (retry, below).
+	dirty bool
+	// ignoredPlain counts arrivals on TLS right after a plain instruction
+	// (2 makes it tls-only: it never counts further).
+	ignoredPlain uint8
 	// tries counts TLS instructions not yet answered by an arrival on TLS
-	// with a proven client id; nextInstruct is the earliest next one.
-	tries        int
+	// with a proven client id (at most MaxInstructions); nextInstruct is
+	// the earliest next one.
+	tries        int32
 	nextInstruct time.Time
 
-	// tls is its live TLS session, if any, and proven whether that
-	// session proved the client id.
-	tls    *session.Session
-	proven bool
+	// tls is its live TLS session, if any.
+	tls *session.Session
 	// lastSecure is the later of the TLS CONNECT and the last secure
 	// PUBACK: the quiet period runs from it.
 	lastSecure time.Time
 	// upgrades are its latest arrivals on TLS after an instruction (at
 	// most maxUpgrades).
 	upgrades []time.Time
-	// ignoredPlain counts arrivals on TLS right after a plain instruction.
-	ignoredPlain int
 
 	lastSeen time.Time
 
-	// dirty: a store operation for the device failed; the ticker looks at
-	// its commands again. retry lists commands left in flight by a session
-	// that ended, whose move back to pending failed.
-	dirty bool
+	// retry lists commands left in flight by a session that ended, whose
+	// move back to pending failed.
 	retry []string
 }
 
@@ -238,7 +242,7 @@ func (r *rules) step(dv *device, in input) Action {
 				act |= ActNoteUnproven
 			}
 			if dv.tries > 0 {
-				dv.nextInstruct = later(dv.nextInstruct, now.Add(r.backoff(dv.tries)))
+				dv.nextInstruct = later(dv.nextInstruct, now.Add(r.backoff(int(dv.tries))))
 			}
 			if next == StateSecure {
 				next = StateUnproven
@@ -263,7 +267,7 @@ func (r *rules) step(dv *device, in input) Action {
 		case dv.state == StateLoopProtected:
 		case now.Before(dv.nextInstruct):
 			// Backing off.
-		case dv.tries >= r.maxInstructions:
+		case int(dv.tries) >= r.maxInstructions:
 			dv.state = StateLoopProtected
 			act |= ActReportLoop
 		default:
@@ -273,7 +277,7 @@ func (r *rules) step(dv *device, in input) Action {
 	case EvInstructedTLS:
 		dv.lastSeen = now
 		dv.tries++
-		dv.nextInstruct = now.Add(r.backoff(dv.tries))
+		dv.nextInstruct = now.Add(r.backoff(int(dv.tries)))
 		dv.state = StateUpgrading
 
 	case EvSecureAcked:
