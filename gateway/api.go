@@ -714,6 +714,9 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "dualgate_loop_protected_devices", Help: "Devices whose secure commands wait for them on TLS after they ignored the instructions.",
 	}, func() float64 { return float64(g.dispatcher.LoopProtected()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_dispatch_tracked_devices", Help: "Devices the dispatcher keeps a record of: on TLS, or with an instruction, an upgrade or a retry that still counts.",
+	}, func() float64 { return float64(g.dispatcher.Tracked()) }))
 	for _, st := range store.Statuses() {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "dualgate_commands", Help: "Commands in the store by status.",

@@ -420,8 +420,14 @@ func TestClientStateUntilNothingGoesOn(t *testing.T) {
 	if code := getJSON(t, g, "/v1/clients/passer-by", "", &v); code != http.StatusOK || !v.Connected || v.State == "" {
 		t.Fatalf("on TLS: %d %+v, want connected with a state", code, v)
 	}
+	if n := metric(t, g, "dualgate_dispatch_tracked_devices"); n != 1 {
+		t.Fatalf("dualgate_dispatch_tracked_devices = %v on TLS, want 1", n)
+	}
 	r.send(mqttcodec.AppendDisconnect(nil, mqttcodec.V311, &mqttcodec.Disconnect{}))
 	eventually(t, 10*time.Second, "the device unknown once gone", func() bool {
 		return getJSON(t, g, "/v1/clients/passer-by", "", nil) == http.StatusNotFound
 	})
+	if n := metric(t, g, "dualgate_dispatch_tracked_devices"); n != 0 {
+		t.Fatalf("dualgate_dispatch_tracked_devices = %v once gone, want 0", n)
+	}
 }

@@ -305,6 +305,17 @@ func (d *Dispatcher) Device(id string) (DeviceInfo, bool) {
 	}, true
 }
 
+// Tracked counts the devices the dispatcher keeps a record of: those with
+// something going on (on TLS, told anything, an upgrade the quiet period
+// still counts, something to retry), and those gone in such a state within
+// DeviceRetention. A device idle on plain, or gone with nothing going on,
+// has none.
+func (d *Dispatcher) Tracked() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.devices)
+}
+
 // LoopProtected counts devices whose secure commands wait for them on TLS
 // because they ignored the instructions.
 func (d *Dispatcher) LoopProtected() int {
