@@ -109,7 +109,7 @@ const shrinkAt = 1024
 // shrink, under d.mu, rebuilds the table of records once it holds less
 // than a quarter of its high-water mark: a Go map keeps the room of its
 // largest size, and a burst of devices on TLS that then left would keep
-// ~30 B per device that was there (docs/benchmarks.md, section 1).
+// ~50 B per device that was there (docs/benchmarks.md, section 1).
 func (d *Dispatcher) shrink() {
 	if d.peak < shrinkAt || len(d.devices) >= d.peak/4 {
 		return
