@@ -25,7 +25,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/dualgate/dualgate/gateway/bridge"
 	"github.com/dualgate/dualgate/gateway/cluster"
@@ -166,9 +165,7 @@ func (g *Gateway) apiHandler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
-	return sameOriginWrites(mux, g.logger.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
-		return zapcore.NewSamplerWithOptions(core, time.Second, 5, 1000)
-	})))
+	return sameOriginWrites(mux, g.rare)
 }
 
 // sameOriginWrites refuses state-changing requests that a web page could
@@ -717,6 +714,9 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "dualgate_loop_protected_devices", Help: "Devices whose secure commands wait for them on TLS after they ignored the instructions.",
 	}, func() float64 { return float64(g.dispatcher.LoopProtected()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "dualgate_dispatch_tracked_devices", Help: "Devices the dispatcher keeps a record of: on TLS, or with an instruction, an upgrade or a retry that still counts.",
+	}, func() float64 { return float64(g.dispatcher.Tracked()) }))
 	for _, st := range store.Statuses() {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "dualgate_commands", Help: "Commands in the store by status.",

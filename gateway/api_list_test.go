@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dualgate/dualgate/gateway/bridge"
 	"github.com/dualgate/dualgate/internal/testbroker"
@@ -405,5 +406,28 @@ func TestAPIStatsUpstreamEveryField(t *testing.T) {
 		if _, ok := values[want]; !ok {
 			t.Errorf("bridge.Stats.%s is missing from the upstream block", rv.Type().Field(i).Name)
 		}
+	}
+}
+
+// GET /v1/clients/{id} shows the dispatcher's state while it tracks the
+// device; once the device has left with nothing going on (it came on TLS
+// by itself, nothing pending), the dispatcher keeps no record of it and
+// the device is not known.
+func TestClientStateUntilNothingGoesOn(t *testing.T) {
+	g := startGateway(t, nil)
+	r := dialDevice(t, g, "passer-by", true)
+	var v clientView
+	if code := getJSON(t, g, "/v1/clients/passer-by", "", &v); code != http.StatusOK || !v.Connected || v.State == "" {
+		t.Fatalf("on TLS: %d %+v, want connected with a state", code, v)
+	}
+	if n := metric(t, g, "dualgate_dispatch_tracked_devices"); n != 1 {
+		t.Fatalf("dualgate_dispatch_tracked_devices = %v on TLS, want 1", n)
+	}
+	r.send(mqttcodec.AppendDisconnect(nil, mqttcodec.V311, &mqttcodec.Disconnect{}))
+	eventually(t, 10*time.Second, "the device unknown once gone", func() bool {
+		return getJSON(t, g, "/v1/clients/passer-by", "", nil) == http.StatusNotFound
+	})
+	if n := metric(t, g, "dualgate_dispatch_tracked_devices"); n != 0 {
+		t.Fatalf("dualgate_dispatch_tracked_devices = %v once gone, want 0", n)
 	}
 }

@@ -48,6 +48,9 @@ type Options struct {
 type Gateway struct {
 	cfg    Config
 	logger *zap.Logger
+	// rare is logger sampled (sampled): one table of counters for every
+	// line a device can cause at will (routing, PROXY headers, the API).
+	rare   *zap.Logger
 	env    *session.Env
 	reg    *registry.Registry[*session.Session]
 	router *router
@@ -161,7 +164,8 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.router = newRouter(g.acl, g.reg, sampled(logger), &g.routes)
+	g.rare = sampled(logger)
+	g.router = newRouter(g.acl, g.reg, g.rare, &g.routes)
 	sink := session.Sink(g.router)
 	var limiter *rate.Limiter
 	if cfg.ConnectRate > 0 {
@@ -229,7 +233,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 	}, []string{"resumed"})
 	g.mem = newMemReleaser(logger)
-	g.proxy = newProxyGate(cfg, &g.counters, logger)
+	g.proxy = newProxyGate(cfg, &g.counters, g.rare)
 	g.plain = newPlainServer(g.env, logger, &g.counters, g.proxy, &g.draining)
 	g.plain.fds = g.fds
 	return g, nil

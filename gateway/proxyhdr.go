@@ -11,7 +11,6 @@ import (
 
 	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // ProxyMode is the --proxy-protocol setting.
@@ -111,9 +110,7 @@ func newProxyGate(cfg Config, ctr *counters, logger *zap.Logger) *proxyGate {
 		trusted: trusted,
 		ranges:  ranges,
 		ctr:     ctr,
-		log: logger.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
-			return zapcore.NewSamplerWithOptions(core, time.Second, 5, 1000)
-		})),
+		log:     logger,
 	}
 }
 

@@ -141,8 +141,15 @@ type Dispatcher struct {
 	stats   Stats
 	workers []*worker
 
-	mu      sync.Mutex // guards devices
+	mu sync.Mutex // guards devices
+	// devices holds a record per device with something going on; a
+	// device not in it is blank (rules.blank).
 	devices map[string]*device
+	// peak is the most records held since devices was last rebuilt.
+	peak int
+	// keepBlank keeps blank records (the simulation compares a run with
+	// and without them: dropping one must change no decision).
+	keepBlank bool
 
 	umu sync.Mutex // guards unrecorded
 	// unrecorded holds the commands written to a device whose move to
@@ -291,11 +298,22 @@ func (d *Dispatcher) Device(id string) (DeviceInfo, bool) {
 	}
 	return DeviceInfo{
 		State:         dev.state,
-		Instructions:  dev.tries,
+		Instructions:  int(dev.tries),
 		LoopProtected: dev.state == StateLoopProtected,
 		TLSOnly:       dev.state == StateTLSOnly,
 		LastSeen:      dev.lastSeen,
 	}, true
+}
+
+// Tracked counts the devices the dispatcher keeps a record of: those with
+// something going on (on TLS, told anything, an upgrade the quiet period
+// still counts, something to retry), and those gone in such a state within
+// DeviceRetention. A device idle on plain, or gone with nothing going on,
+// has none.
+func (d *Dispatcher) Tracked() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.devices)
 }
 
 // LoopProtected counts devices whose secure commands wait for them on TLS

@@ -53,6 +53,13 @@
 //     is live hands them to it at once; a command in flight on an older
 //     session holds back those after it, so commands arrive in order.
 //   - A device gone longer than DeviceRetention is forgotten, in any state.
+//   - A device with nothing going on has no record at all: one whose
+//     record is blank (rules.blank: idle, no instruction unanswered, no
+//     TLS session, no upgrade the quiet period still counts, nothing to
+//     retry) is dropped after every step, and by the ticker once its last
+//     upgrade is out of the quiet period's window. A device not tracked is
+//     in exactly the state of a new record, so dropping changes no
+//     decision (TestSim runs every schedule both ways and compares).
 //   - Cancel (DELETE /v1/commands/{id}) runs on the device's worker like
 //     its events, after their status writes: a command written before it
 //     is refused (ErrWritten), one cancelled is final in the store and

@@ -124,9 +124,8 @@ func TestGoneDeviceForgottenInEveryState(t *testing.T) {
 				w.settle()
 			}
 		}},
-		{"secure then gone", StateIdle, func(t *testing.T, w *world) {
-			c := w.onTLS(t, "dev")
-			w.disconnect(c)
+		{"upgraded then gone", StateIdle, func(t *testing.T, w *world) {
+			w.upgrade(t, "dev")
 			w.settle()
 		}},
 		{"told plain then gone", StateDowngrading, func(t *testing.T, w *world) {
@@ -276,9 +275,10 @@ func TestAdaptiveQuietReducesChurn(t *testing.T) {
 }
 
 // A device record is born seen: the ticker must not forget a device whose
-// first TLS instruction is on its way (its plain session may already have
+// first TLS instruction was just sent (its plain session may already have
 // ended as it obeys), or its arrival on TLS would not count as the upgrade
-// it is, and its backoff would be lost.
+// it is, and its backoff would be lost. Before the instruction is sent the
+// record is blank: not kept, the same as kept.
 func TestNewDeviceIsNotForgettable(t *testing.T) {
 	mem := store.NewMemory(store.Options{})
 	reg := registry.New[*session.Session]()
@@ -289,14 +289,23 @@ func TestNewDeviceIsNotForgettable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, ok := d.step("fresh", input{ev: EvSecureWaiting, now: now}, true); !ok {
+	if act, _, ok := d.step("fresh", input{ev: EvSecureWaiting, now: now}, true); !ok || act != ActInstructTLS {
+		t.Fatalf("secure waiting: %v, %v", act, ok)
+	}
+	kept := func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		_, ok := d.devices["fresh"]
+		return ok
+	}
+	if kept() {
+		t.Fatal("a blank record was kept")
+	}
+	if _, _, ok := d.step("fresh", input{ev: EvInstructedTLS, now: now}, true); !ok {
 		t.Fatal("no record created")
 	}
 	d.Tick() // the device is not online: only the retention protects it
-	d.mu.Lock()
-	_, kept := d.devices["fresh"]
-	d.mu.Unlock()
-	if !kept {
+	if !kept() {
 		t.Fatal("a record created now was forgotten at the next tick")
 	}
 }

@@ -133,34 +133,40 @@ const maxUpgrades = 4
 
 // device is the dispatcher's memory of one device. Its fields change only
 // in step (state, counters, times) and in the worker that owns the device
-// (dirty, retry); the API reads a copy under Dispatcher.mu.
+// (dirty, retry); the API reads a copy under Dispatcher.mu. The zero
+// record, seen now, is the state of every device not tracked: a record
+// that says no more (blank) is not kept. A device on TLS keeps one while it
+// is there, so the small fields come first, in one word (144 B a record,
+// not 176: TestDeviceRecordSize).
 type device struct {
 	state State
-
+	// proven: its TLS session (tls) proved the client id.
+	proven bool
+	// dirty: a store operation for the device failed; the ticker looks at
+	// its commands again (retry, below).
+	dirty bool
+	// ignoredPlain counts arrivals on TLS right after a plain instruction
+	// (2 makes it tls-only: it never counts further).
+	ignoredPlain uint8
 	// tries counts TLS instructions not yet answered by an arrival on TLS
-	// with a proven client id; nextInstruct is the earliest next one.
-	tries        int
+	// with a proven client id (at most MaxInstructions); nextInstruct is
+	// the earliest next one.
+	tries        int32
 	nextInstruct time.Time
 
-	// tls is its live TLS session, if any, and proven whether that
-	// session proved the client id.
-	tls    *session.Session
-	proven bool
+	// tls is its live TLS session, if any.
+	tls *session.Session
 	// lastSecure is the later of the TLS CONNECT and the last secure
 	// PUBACK: the quiet period runs from it.
 	lastSecure time.Time
 	// upgrades are its latest arrivals on TLS after an instruction (at
 	// most maxUpgrades).
 	upgrades []time.Time
-	// ignoredPlain counts arrivals on TLS right after a plain instruction.
-	ignoredPlain int
 
 	lastSeen time.Time
 
-	// dirty: a store operation for the device failed; the ticker looks at
-	// its commands again. retry lists commands left in flight by a session
-	// that ended, whose move back to pending failed.
-	dirty bool
+	// retry lists commands left in flight by a session that ended, whose
+	// move back to pending failed.
 	retry []string
 }
 
@@ -236,7 +242,7 @@ func (r *rules) step(dv *device, in input) Action {
 				act |= ActNoteUnproven
 			}
 			if dv.tries > 0 {
-				dv.nextInstruct = later(dv.nextInstruct, now.Add(r.backoff(dv.tries)))
+				dv.nextInstruct = later(dv.nextInstruct, now.Add(r.backoff(int(dv.tries))))
 			}
 			if next == StateSecure {
 				next = StateUnproven
@@ -261,7 +267,7 @@ func (r *rules) step(dv *device, in input) Action {
 		case dv.state == StateLoopProtected:
 		case now.Before(dv.nextInstruct):
 			// Backing off.
-		case dv.tries >= r.maxInstructions:
+		case int(dv.tries) >= r.maxInstructions:
 			dv.state = StateLoopProtected
 			act |= ActReportLoop
 		default:
@@ -271,7 +277,7 @@ func (r *rules) step(dv *device, in input) Action {
 	case EvInstructedTLS:
 		dv.lastSeen = now
 		dv.tries++
-		dv.nextInstruct = now.Add(r.backoff(dv.tries))
+		dv.nextInstruct = now.Add(r.backoff(int(dv.tries)))
 		dv.state = StateUpgrading
 
 	case EvSecureAcked:
@@ -329,6 +335,25 @@ func (r *rules) forgettable(dv *device, now time.Time) bool {
 	return dv.tls == nil && len(dv.retry) == 0 && now.Sub(dv.lastSeen) > r.retention
 }
 
+// blank reports whether dv holds nothing the rules would decide
+// differently with than with no record at all: a device that is not
+// tracked is in exactly the state of a new record (step creates it so), so
+// a blank record is dropped after every step, and an idle fleet, on plain
+// or gone, costs the dispatcher nothing. Blank is Idle with no instruction
+// unanswered (loop protection counts on tries), no TLS session, no arrival
+// on TLS after a plain instruction to count, no upgrade the quiet period
+// still counts, and nothing for the ticker to retry. What a record alone
+// says beyond that (lastSeen) is what the API shows of a device: a blank
+// one shows nothing worth its memory. Past the upgrades' window a record
+// may become blank without an event: the ticker drops it then.
+func (r *rules) blank(dv *device, now time.Time) bool {
+	if dv.state != StateIdle || dv.tries != 0 || !dv.nextInstruct.IsZero() ||
+		dv.tls != nil || dv.proven || dv.ignoredPlain != 0 || dv.dirty || len(dv.retry) != 0 {
+		return false
+	}
+	return r.fixedQuiet || r.recentUpgrades(dv.upgrades, now) == 0
+}
+
 // backoff is the wait after the n-th instruction before the next one.
 func (r *rules) backoff(n int) time.Duration {
 	b := r.instructBackoff
@@ -346,14 +371,20 @@ func (r *rules) quietPeriod(upgrades []time.Time, now time.Time) time.Duration {
 	if r.fixedQuiet {
 		return base
 	}
+	k := max(r.recentUpgrades(upgrades, now)-1, 0) // not counting the upgrade that brought it here
+	return base * time.Duration(min(1+k, 3))
+}
+
+// recentUpgrades counts the upgrades the quiet period counts at now: those
+// within 10 x secureIdle. One older than that is never counted again.
+func (r *rules) recentUpgrades(upgrades []time.Time, now time.Time) int {
 	recent := 0
 	for _, t := range upgrades {
-		if now.Sub(t) <= 10*base {
+		if now.Sub(t) <= 10*r.secureIdle {
 			recent++
 		}
 	}
-	k := max(recent-1, 0) // not counting the upgrade that brought it here
-	return base * time.Duration(min(1+k, 3))
+	return recent
 }
 
 func later(a, b time.Time) time.Time {

@@ -158,9 +158,9 @@ func TestStepTransitions(t *testing.T) {
 	}
 }
 
-func wantInt(t *testing.T, what string, got, want int) {
+func wantInt[T ~int | ~int32 | ~uint8](t *testing.T, what string, got T, want int) {
 	t.Helper()
-	if got != want {
+	if int(got) != want {
 		t.Errorf("%s = %d, want %d", what, got, want)
 	}
 }

@@ -84,13 +84,55 @@ func (d *Dispatcher) step(id string, in input, create bool) (act Action, tls *se
 		if !create {
 			return 0, nil, false
 		}
-		// Seen now: a record is never born forgettable (the ticker would
-		// drop it while its first instruction is on its way).
-		dv = &device{lastSeen: in.now}
-		d.devices[id] = dv
+		dv = d.record(id, in.now)
 	}
 	act = d.rules.step(dv, in)
-	return act, dv.tls, true
+	tls = dv.tls
+	d.dropBlank(id, dv, d.cfg.Now())
+	return act, tls, true
+}
+
+// record starts tracking a device, under d.mu: a new record is blank, the
+// state of every device not tracked, seen at now (so that it is never
+// born forgettable).
+func (d *Dispatcher) record(id string, now time.Time) *device {
+	dv := &device{lastSeen: now}
+	d.devices[id] = dv
+	d.peak = max(d.peak, len(d.devices))
+	return dv
+}
+
+// shrinkAt is the number of records from which the table is rebuilt
+// once a quarter of them are left (Tick).
+const shrinkAt = 1024
+
+// shrink, under d.mu, rebuilds the table of records once it holds less
+// than a quarter of its high-water mark: a Go map keeps the room of its
+// largest size, and a burst of devices on TLS that then left would keep
+// ~50 B per device that was there (docs/benchmarks.md, section 1).
+func (d *Dispatcher) shrink() {
+	if d.peak < shrinkAt || len(d.devices) >= d.peak/4 {
+		return
+	}
+	m := make(map[string]*device, len(d.devices))
+	for id, dv := range d.devices {
+		m[id] = dv
+	}
+	d.devices, d.peak = m, len(m)
+}
+
+// dropBlank, under d.mu, stops tracking a device whose record says nothing
+// an absent one would not (rules.blank) at now, and reports whether it did.
+// It runs after every step and every change of what the ticker must retry,
+// with the clock's time rather than the event's: an event may have waited
+// in the queue, and the upgrades the quiet period counts are counted at the
+// clock's time.
+func (d *Dispatcher) dropBlank(id string, dv *device, now time.Time) bool {
+	if d.keepBlank || !d.rules.blank(dv, now) {
+		return false
+	}
+	delete(d.devices, id)
+	return true
 }
 
 // perform does what a transition asked for. It is the one place where the
@@ -163,12 +205,12 @@ func (d *Dispatcher) offline(s *session.Session, id string, unacked []string, no
 	d.mu.Lock()
 	dv := d.devices[id]
 	if dv == nil && len(failed) > 0 {
-		dv = &device{lastSeen: now}
-		d.devices[id] = dv
+		dv = d.record(id, now)
 	}
 	if dv != nil {
 		d.rules.step(dv, input{ev: EvOffline, now: now, s: s})
 		dv.addRetry(failed)
+		d.dropBlank(id, dv, d.cfg.Now())
 	}
 	d.mu.Unlock()
 	// A newer session may already have queried while these commands were
@@ -199,8 +241,7 @@ func (d *Dispatcher) lookAgain(id string) {
 	d.mu.Lock()
 	dv := d.devices[id]
 	if dv == nil {
-		dv = &device{lastSeen: d.cfg.Now()}
-		d.devices[id] = dv
+		dv = d.record(id, d.cfg.Now())
 	}
 	dv.dirty = true
 	d.mu.Unlock()
@@ -214,6 +255,7 @@ func (d *Dispatcher) resume(id string) {
 	var ids []string
 	if dv := d.devices[id]; dv != nil {
 		ids, dv.retry, dv.dirty = dv.retry, nil, false
+		d.dropBlank(id, dv, now)
 	}
 	d.mu.Unlock()
 	var failed []string
@@ -225,9 +267,11 @@ func (d *Dispatcher) resume(id string) {
 	}
 	if len(failed) > 0 {
 		d.mu.Lock()
-		if dv := d.devices[id]; dv != nil {
-			dv.addRetry(failed)
+		dv := d.devices[id]
+		if dv == nil {
+			dv = d.record(id, now) // dropped blank above
 		}
+		dv.addRetry(failed)
 		d.mu.Unlock()
 	}
 	d.reconcile(id, trigResume)
@@ -501,13 +545,13 @@ func (d *Dispatcher) instructTLS(s *session.Session, id string, cmds []*store.Co
 	d.mu.Lock()
 	dv := d.devices[id]
 	if dv == nil {
-		// Forgotten while the instruction was on its way: the device
-		// must still be expected on TLS.
-		dv = &device{lastSeen: now}
-		d.devices[id] = dv
+		// Not tracked (blank, or forgotten while the instruction was
+		// on its way): the device must now be expected on TLS.
+		dv = d.record(id, now)
 	}
 	retry := dv.tries > 0
 	d.rules.step(dv, input{ev: EvInstructedTLS, now: now})
+	d.dropBlank(id, dv, d.cfg.Now()) // never: it is upgrading now
 	d.mu.Unlock()
 	if err == nil {
 		d.stats.Instructions.Add(1)
@@ -584,6 +628,11 @@ func (d *Dispatcher) Tick() {
 	var retry, quiet, resume []string
 	d.mu.Lock()
 	for id, dv := range d.devices {
+		if d.dropBlank(id, dv, now) {
+			// Blank by the clock: its last upgrade left the quiet
+			// period's window.
+			continue
+		}
 		_, online := d.cfg.Registry.Get(id)
 		switch {
 		case !online && !dv.dirty && d.rules.forgettable(dv, now):
@@ -598,6 +647,7 @@ func (d *Dispatcher) Tick() {
 			retry = append(retry, id)
 		}
 	}
+	d.shrink()
 	d.mu.Unlock()
 	// In a stable order, so that a simulation replays exactly.
 	slices.Sort(resume)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"runtime/debug"
 	"slices"
@@ -37,6 +38,7 @@ func TestSim(t *testing.T) {
 	}
 	start := time.Now()
 	stats := map[string]int{}
+	dropped := 0
 	for seed := uint64(1); seed <= uint64(*simSeeds); seed++ {
 		s := newSim(seed, *simSteps, nil)
 		if err := s.run(); err != nil {
@@ -45,6 +47,22 @@ func TestSim(t *testing.T) {
 		for k, v := range s.counts {
 			stats[k] += v
 		}
+		// The same schedule with every blank record kept: dropping them
+		// must change no decision (rules.blank).
+		k := newSim(seed, *simSteps, nil)
+		k.keepBlank()
+		if err := k.run(); err != nil {
+			t.Fatalf("seed %d, blank records kept: %v", seed, err)
+		}
+		if fs, fk := s.fingerprint(), k.fingerprint(); fs != fk {
+			t.Fatalf("seed %d decided differently with blank records dropped and kept:\n%s\n%s", seed, fs, fk)
+		}
+		if s.dropped > 0 {
+			dropped++
+		}
+	}
+	if dropped == 0 {
+		t.Error("no seed dropped a blank record")
 	}
 	// The same seed is the same run.
 	for _, seed := range []uint64{1, 2, 3} {
@@ -85,6 +103,8 @@ type simDevice struct {
 	away bool          // settle phase: stays offline
 
 	got map[string]bool
+	// tracked: the dispatcher had a record of it at the last check.
+	tracked bool
 	// last is the index of the latest command first received, by class
 	// (0 plain, 1 secure).
 	last [2]int
@@ -115,6 +135,16 @@ type sim struct {
 	logf   func(string, ...any)
 	counts map[string]int
 	err    error
+	// kept: the dispatcher keeps blank records; dropped counts the
+	// records it dropped (otherwise).
+	kept    bool
+	dropped int
+}
+
+// keepBlank makes the dispatcher keep blank records, before the run and
+// across restarts.
+func (s *sim) keepBlank() {
+	s.kept, s.w.keepBlank, s.w.d.keepBlank = true, true, true
 }
 
 func newSim(seed uint64, steps int, logf func(string, ...any)) *sim {
@@ -477,6 +507,7 @@ func (s *sim) check() {
 		s.fail("%s", v)
 	}
 	s.w.violations = nil
+	s.checkBlank()
 	for _, sc := range s.cmds {
 		if sc.pruned {
 			continue
@@ -516,6 +547,29 @@ func (s *sim) check() {
 			s.counts[string(c.Status)]++
 		}
 		sc.status, sc.hist = c.Status, len(c.History)
+	}
+}
+
+// checkBlank: the dispatcher keeps no blank record (one that says nothing
+// an absent one would not), and a device without a record is blank: the
+// ticker, which runs whenever the clock moves, drops those the clock made
+// blank, and every step the others. It counts the devices it saw dropped.
+func (s *sim) checkBlank() {
+	d := s.w.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id, dv := range d.devices {
+		if !s.kept && d.rules.blank(dv, s.w.now) {
+			s.fail("device %s kept blank: %+v", id, *dv)
+		}
+	}
+	for _, sd := range s.devs {
+		if _, ok := d.devices[sd.id]; ok {
+			sd.tracked = true
+		} else if sd.tracked {
+			sd.tracked = false
+			s.dropped++
+		}
 	}
 }
 
@@ -644,15 +698,26 @@ func (s *sim) loopProtected(id string) bool {
 	return info.LoopProtected
 }
 
-// fingerprint sums up a finished run: its clock, counts and every
-// command's history.
+// fingerprint sums up a finished run: its clock, counts, the dispatcher's
+// counters, every command's history and what the gateway wrote to every
+// connection.
 func (s *sim) fingerprint() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %v\n", s.w.now, s.counts)
+	st := s.w.d.Stats()
+	fmt.Fprintf(&b, "accepted %d delivered %d expired %d instructions %d retries %d upgrades %d downgrades %d loop %d unproven %d cancelled %d\n",
+		st.Accepted.Load(), st.Delivered.Load(), st.Expired.Load(), st.Instructions.Load(), st.InstructionRetries.Load(),
+		st.Upgrades.Load(), st.Downgrades.Load(), st.LoopProtected.Load(), st.HeldUnproven.Load(), st.Cancelled.Load())
 	for _, sc := range s.cmds {
 		if c, err := s.w.mem.Get(sc.id); err == nil {
 			fmt.Fprintf(&b, "%s %v\n", sc.id, c.History)
 		}
 	}
+	h := fnv.New64a()
+	for _, c := range s.w.conns {
+		_, _ = h.Write([]byte(c.id))
+		_, _ = h.Write(c.log)
+	}
+	fmt.Fprintf(&b, "%d connections, written %x\n", len(s.w.conns), h.Sum64())
 	return b.String()
 }

@@ -46,6 +46,8 @@ type world struct {
 	// cancelled holds the commands whose cancel has answered: none of
 	// them may be written after that.
 	cancelled map[string]bool
+	// keepBlank is given to every dispatcher started (Dispatcher.keepBlank).
+	keepBlank bool
 }
 
 type task struct {
@@ -291,6 +293,7 @@ func (w *world) start() error {
 	if err != nil {
 		return err
 	}
+	d.keepBlank = w.keepBlank
 	w.env, w.d = env, d
 	w.tasks, w.owner = nil, nil
 	return d.Start()
