@@ -202,11 +202,15 @@ func (r *rules) step(dv *device, in input) Action {
 	case EvOnlinePlain:
 		dv.lastSeen = now
 		dv.tls, dv.proven = nil, false
+		// A device on plain can switch: its arrivals on TLS against a
+		// plain instruction are no longer in a row, whatever came
+		// between (an offline spell from Secure leaves Idle).
+		dv.ignoredPlain = 0
 		switch dv.state {
 		case StateDowngrading, StateTLSOnly, StateSecure, StateUnproven:
 			// Back on plain as told, or by itself: whatever it did on
 			// TLS is over.
-			dv.state, dv.ignoredPlain = StateIdle, 0
+			dv.state = StateIdle
 		}
 		// Idle, Upgrading and LoopProtected stay: the backoff and the
 		// count of instructions carry on.
