@@ -101,8 +101,8 @@ func newPlainServer(env *session.Env, logger *zap.Logger, ctr *counters, proxy *
 // Each event loop accepts its own connections on a listener of its own
 // (SO_REUSEPORT, the kernel spreading new connections over them): no
 // acceptor thread hands every connection to a loop through an eventfd
-// wake-up, which in a reconnect storm cost a third of the gateway's CPU
-// per CONNECT (docs/benchmarks.md §2).
+// wake-up and a queued task, which a reconnect storm paid on every
+// CONNECT (docs/benchmarks.md §2).
 func (ps *plainServer) run(addr string, loops int) error {
 	defer close(ps.stopped)
 	if err := addrFree(addr); err != nil {
