@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -291,9 +292,10 @@ type clientConn struct {
 // Pool holds idle MQTT connections of one process. Create it with NewPool,
 // fill it with Connect, read Stats at any time, and release it with Close.
 type Pool struct {
-	cfg  ClientConfig
-	addr string // resolved server address
-	log  *zap.Logger
+	cfg    ClientConfig
+	addr   string         // resolved server address
+	server netip.AddrPort // the same, for connectFD
+	log    *zap.Logger
 
 	// Latency histograms: dial start to CONNACK, CONNECT to CONNACK, and
 	// the TLS handshake alone.
@@ -348,9 +350,11 @@ func NewPool(cfg ClientConfig, log *zap.Logger) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: resolve %s: %w", cfg.Addr, err)
 	}
+	ap := raddr.AddrPort()
 	p := &Pool{
 		cfg:           cfg,
 		addr:          raddr.String(),
+		server:        netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
 		log:           log,
 		connect:       NewLatency(),
 		connack:       NewLatency(),
@@ -459,6 +463,21 @@ func (p *Pool) open(ctx context.Context, idx int) {
 	p.conns = append(p.conns, cc)
 	p.mu.Unlock()
 
+	if p.cfg.TLS == nil && p.cfg.Device == nil {
+		// The socket goes to the event loop with its connect under way;
+		// OnOpen sends CONNECT, which waits in gnet's buffer if the
+		// handshake is not done yet.
+		fd, err := p.connectFD(idx)
+		if err != nil {
+			p.fail(cc, classify(err), err)
+			return
+		}
+		if err := p.client.EnrollFD(fd, cc); err != nil {
+			_ = unix.Close(fd)
+			p.fail(cc, ReasonEnroll, err)
+		}
+		return
+	}
 	nc, err := p.dial(ctx, idx, p.addr)
 	if err != nil {
 		p.fail(cc, classify(err), err)
@@ -477,6 +496,52 @@ func (p *Pool) open(ctx context.Context, idx int) {
 	if _, err := p.client.EnrollContext(nc, cc); err != nil {
 		p.fail(cc, ReasonEnroll, err)
 	}
+}
+
+// connectFD starts connection idx's TCP connection to the server, from its
+// source address if the pool has several, without Go's dialer: a
+// non-blocking socket and connect(2), handed to the event loop as a
+// descriptor (gnet's Client.EnrollFD). Go's dialer waits for the connect
+// in the runtime's poller, asks the socket its error and both addresses,
+// and the descriptor then had to be duplicated into the event loop and
+// the original closed: the load generator spent more CPU per connection
+// than the server it measured (docs/benchmarks.md §2.1).
+func (p *Pool) connectFD(idx int) (int, error) {
+	// A socket address of its own: unix.Connect writes into it.
+	sa := sockaddrOf(p.server.Addr(), int(p.server.Port()))
+	family := unix.AF_INET
+	if _, v6 := sa.(*unix.SockaddrInet6); v6 {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	if len(p.cfg.SourceAddrs) > 0 {
+		// IP_BIND_ADDRESS_NO_PORT: see bindNoPort.
+		a := p.cfg.SourceAddrs[idx%len(p.cfg.SourceAddrs)]
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+			_ = unix.Close(fd)
+			return -1, os.NewSyscallError("setsockopt", err)
+		}
+		if err := unix.Bind(fd, sockaddrOf(a, 0)); err != nil {
+			_ = unix.Close(fd)
+			return -1, os.NewSyscallError("bind", err)
+		}
+	}
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		_ = unix.Close(fd)
+		return -1, os.NewSyscallError("connect", err)
+	}
+	return fd, nil
+}
+
+// sockaddrOf is a's socket address with port.
+func sockaddrOf(a netip.Addr, port int) unix.Sockaddr {
+	if a.Is4() || a.Is4In6() {
+		return &unix.SockaddrInet4{Port: port, Addr: a.Unmap().As4()}
+	}
+	return &unix.SockaddrInet6{Port: port, Addr: a.As16()}
 }
 
 // dial opens connection idx's TCP connection to addr, from its source

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,12 +99,22 @@ func newPlainServer(env *session.Env, logger *zap.Logger, ctr *counters, proxy *
 }
 
 // run serves addr until stop; it returns when the engine has stopped.
+//
+// Each event loop accepts its own connections on a listener of its own
+// (SO_REUSEPORT, the kernel spreading new connections over them): no
+// acceptor thread hands every connection to a loop through an eventfd
+// wake-up and a queued task, which a reconnect storm paid on every
+// CONNECT (docs/benchmarks.md §2).
 func (ps *plainServer) run(addr string, loops int) error {
 	defer close(ps.stopped)
+	if err := addrFree(addr); err != nil {
+		return err
+	}
 	return gnet.Run(ps, "tcp://"+addr,
 		gnet.WithMulticore(true),
 		gnet.WithNumEventLoop(loops),
 		gnet.WithReuseAddr(true),
+		gnet.WithReusePort(true),
 		// Connections handed over by the single-port listener are enrolled
 		// from another goroutine, which round-robin does not allow.
 		gnet.WithLoadBalancing(gnet.LeastConnections),
@@ -113,6 +124,21 @@ func (ps *plainServer) run(addr string, loops int) error {
 		// Out of descriptors: count, back off, keep listening.
 		gnet.WithOnAcceptError(ps.fds.acceptError),
 	)
+}
+
+// addrFree fails when another socket listens on addr: SO_REUSEPORT would
+// let the event loops' listeners join it, a second gateway on the same
+// port silently sharing the first one's devices, instead of failing with
+// "address already in use". Port 0 is always free.
+func addrFree(addr string) error {
+	if _, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return ln.Close()
 }
 
 func (ps *plainServer) OnBoot(eng gnet.Engine) gnet.Action {

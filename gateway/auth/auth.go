@@ -26,8 +26,11 @@ type Request struct {
 	ClientID string
 	Username string
 	Password []byte
-	Remote   string // the device's address, host:port
-	TLS      bool   // the connection arrived over TLS
+	// Peer, when set, gives the device's address. It is asked only by an
+	// Authenticator that wants it (Remote): reading it from the socket is
+	// a system call, which most CONNECTs need not pay.
+	Peer Peer
+	TLS  bool // the connection arrived over TLS
 	// PeerIdentity holds the client ids a client certificate the TLS layer
 	// verified names: its subject common name and the ids of its URI SANs
 	// urn:dualgate:client:<id> (never its DNS SANs); empty otherwise. See
@@ -40,6 +43,22 @@ type Request struct {
 	// Now is the time of the CONNECT by the caller's clock. When zero, the
 	// Authenticator uses its own clock.
 	Now time.Time
+}
+
+// Peer is the connection a CONNECT arrived on, as far as an Authenticator
+// may ask it.
+type Peer interface {
+	// Remote is the device's address, host:port ("" once the connection
+	// is gone).
+	Remote() string
+}
+
+// Remote is the device's address, host:port, or "" when unknown.
+func (r *Request) Remote() string {
+	if r.Peer == nil {
+		return ""
+	}
+	return r.Peer.Remote()
 }
 
 // Result is the verdict on a CONNECT.

@@ -11,7 +11,7 @@ func TestAllowAll(t *testing.T) {
 		req  Request
 	}{
 		{name: "empty request", req: Request{}},
-		{name: "plain with password", req: Request{ClientID: "dev-1", Username: "u", Password: []byte("p"), Remote: "192.0.2.1:5000"}},
+		{name: "plain with password", req: Request{ClientID: "dev-1", Username: "u", Password: []byte("p"), Peer: fixedPeer("192.0.2.1:5000")}},
 		{name: "tls with certificate", req: Request{ClientID: "dev-1", TLS: true, PeerIdentity: []string{"other"}, Now: time.Unix(1, 0)}},
 		{name: "garbage token", req: Request{ClientID: "dev-1", Password: []byte("v1.x.y.z")}},
 	}
@@ -39,5 +39,29 @@ func TestAuthenticatorFunc(t *testing.T) {
 	}
 	if seen != req {
 		t.Fatal("the function did not receive the request")
+	}
+}
+
+type fixedPeer string
+
+func (p fixedPeer) Remote() string { return string(p) }
+
+// countingPeer counts the times its address is asked.
+type countingPeer struct{ asked int }
+
+func (p *countingPeer) Remote() string { p.asked++; return "192.0.2.1:5000" }
+
+// The device's address is read only when an Authenticator asks for it.
+func TestRequestRemote(t *testing.T) {
+	if got := (&Request{}).Remote(); got != "" {
+		t.Fatalf("Remote() without a Peer = %q, want \"\"", got)
+	}
+	p := &countingPeer{}
+	req := &Request{Peer: p}
+	if p.asked != 0 {
+		t.Fatal("the address was read before Remote")
+	}
+	if got := req.Remote(); got != "192.0.2.1:5000" || p.asked != 1 {
+		t.Fatalf("Remote() = %q after %d reads, want 192.0.2.1:5000 after 1", got, p.asked)
 	}
 }

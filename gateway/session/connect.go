@@ -67,7 +67,7 @@ func (s *Session) handleConnect(c *mqttcodec.Connect, now time.Time) {
 		ClientID:     id,
 		Username:     string(c.Username),
 		Password:     c.Password,
-		Remote:       s.t.Remote(),
+		Peer:         s.t,
 		TLS:          s.t.Mode() == registry.ModeTLS,
 		PeerIdentity: s.t.PeerIdentity(),
 		Now:          now,

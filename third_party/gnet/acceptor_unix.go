@@ -31,7 +31,19 @@ import (
 
 func (el *eventloop) accept0(fd int, _ netpoll.IOEvent, _ netpoll.IOFlags) error {
 	for {
-		nfd, sa, err := socket.Accept(fd)
+		var (
+			nfd int
+			sa  unix.Sockaddr
+			err error
+		)
+		if el.engine.opts.LB == SourceAddrHash {
+			nfd, sa, err = socket.Accept(fd)
+		} else {
+			// No one reads the peer's address here (patch 1): not
+			// converting it also saves the getsockopt(2) that
+			// unix.Accept4 makes for every connection.
+			nfd, err = socket.AcceptNoAddr(fd)
+		}
 		switch err {
 		case nil:
 		case unix.EAGAIN: // the Accept queue has been drained out, we can return now
@@ -118,14 +130,29 @@ func (el *eventloop) accept(fd int, ev netpoll.IOEvent, flags netpoll.IOFlags) e
 		return el.readUDP(fd, ev, flags)
 	}
 
-	nfd, _, err := socket.Accept(fd)
+	nfd, err := socket.AcceptNoAddr(fd)
 	switch err {
 	case nil:
+		el.acceptBackoff = 0
 	case unix.EINTR, unix.EAGAIN, unix.ECONNRESET, unix.ECONNABORTED:
 		// ECONNRESET or ECONNABORTED could indicate that a socket
 		// in the Accept queue was closed before we Accept()ed it.
 		// It's a silly error, let's retry it.
+		if err == unix.ECONNABORTED && el.engine.opts.OnAcceptError != nil {
+			el.engine.opts.OnAcceptError(err)
+		}
 		return nil
+	case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+		if fn := el.engine.opts.OnAcceptError; fn != nil {
+			// Out of descriptors or memory: this loop serves
+			// connections and must not wait, so it stops polling its
+			// listener for the back-off and goes on with its
+			// connections (see pauseAccept).
+			fn(err)
+			return el.pauseAccept(fd)
+		}
+		el.getLogger().Errorf("Accept() failed due to error: %v", err)
+		return errors.ErrAcceptSocket
 	default:
 		el.getLogger().Errorf("Accept() failed due to error: %v", err)
 		return errors.ErrAcceptSocket
@@ -150,4 +177,51 @@ func (el *eventloop) accept(fd int, ev netpoll.IOEvent, flags netpoll.IOFlags) e
 
 	c := newStreamConn(network, nfd, el, nil, nil, nil)
 	return el.register0(c)
+}
+
+// pauseAccept stops polling the SO_REUSEPORT listener fd of this loop for
+// the accept back-off (5 ms doubling to 1 s, reset by the next successful
+// accept) and has a timer re-arm it on the loop; connections still queued
+// in the kernel are then reported again (the listener is level-triggered).
+// The timer's goroutine ends with the engine, before the pollers close.
+func (el *eventloop) pauseAccept(fd int) error {
+	ln := el.listeners[fd]
+	if ln == nil || ln.pollAttachment == nil {
+		return nil
+	}
+	if err := el.poller.ModInterest(ln.pollAttachment, false, false, false); err != nil {
+		el.getLogger().Errorf("failed to pause the listener fd=%d: %v", fd, err)
+		return errors.ErrAcceptSocket
+	}
+	el.acceptBackoff *= 2
+	if el.acceptBackoff < 5*time.Millisecond {
+		el.acceptBackoff = 5 * time.Millisecond
+	} else if el.acceptBackoff > time.Second {
+		el.acceptBackoff = time.Second
+	}
+	wait, ctx := el.acceptBackoff, el.engine.concurrency.ctx
+	el.engine.concurrency.Go(func() error {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		err := el.poller.Trigger(queue.HighPriority, func(any) error {
+			if ln.fd != fd || ln.pollAttachment == nil {
+				return nil // closed meanwhile
+			}
+			if err := el.poller.ModInterest(ln.pollAttachment, true, false, false); err != nil {
+				el.getLogger().Errorf("failed to re-arm the listener fd=%d: %v", fd, err)
+				return errors.ErrAcceptSocket
+			}
+			return nil
+		}, nil)
+		if err != nil {
+			el.getLogger().Errorf("failed to re-arm the listener fd=%d: %v", fd, err)
+		}
+		return nil
+	})
+	return nil
 }

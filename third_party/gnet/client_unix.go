@@ -289,3 +289,44 @@ func (cli *Client) EnrollContext(c net.Conn, ctx any) (Conn, error) {
 
 	return gc, nil
 }
+
+// EnrollFD hands the client a TCP socket by its descriptor: connected, or
+// with a non-blocking connect(2) under way, whose outcome the event loop
+// then sees (what OnOpen returns waits in the outbound buffer until the
+// socket is writable; a failed connect closes the connection with its
+// error). Once EnrollFD returns nil, the event loop owns fd and closes
+// it; on an error the caller still does. Unlike
+// EnrollContext, it neither duplicates the descriptor nor waits for the
+// event loop to open the connection: OnOpen runs on the loop later.
+// The connection keeps no addresses; LocalAddr and RemoteAddr read them
+// from the socket when asked.
+func (cli *Client) EnrollFD(fd int, ctx any) error {
+	if cli.opts.TCPNoDelay == TCPNoDelay {
+		if err := socket.SetNoDelay(fd, 1); err != nil {
+			return err
+		}
+	}
+	if cli.opts.SocketSendBuffer > 0 {
+		if err := socket.SetSendBuffer(fd, cli.opts.SocketSendBuffer); err != nil {
+			return err
+		}
+	}
+	if cli.opts.SocketRecvBuffer > 0 {
+		if err := socket.SetRecvBuffer(fd, cli.opts.SocketRecvBuffer); err != nil {
+			return err
+		}
+	}
+	if cli.opts.TCPKeepAlive > 0 {
+		if err := setKeepAlive(fd, true, cli.opts.TCPKeepAlive, cli.opts.TCPKeepInterval, cli.opts.TCPKeepCount); err != nil {
+			return err
+		}
+	}
+	el := cli.eng.eventLoops.next(nil)
+	gc := newStreamConn("tcp", fd, el, nil, nil, nil)
+	gc.ctx = ctx
+	if err := el.poller.Trigger(queue.HighPriority, el.register, gc); err != nil {
+		gc.release()
+		return err
+	}
+	return nil
+}

@@ -213,3 +213,8 @@ func (cli *Client) EnrollContext(nc net.Conn, ctx any) (gc Conn, err error) {
 
 	return
 }
+
+// EnrollFD is not supported on Windows.
+func (cli *Client) EnrollFD(_ int, _ any) error {
+	return errorx.ErrUnsupportedOp
+}

@@ -5,6 +5,7 @@ package gnet
 import (
 	"bufio"
 	"context"
+	"io"
 	"net"
 	"path/filepath"
 	"sync"
@@ -269,4 +270,93 @@ func TestEnrolledConnAddrs(t *testing.T) {
 	assert.Equal(t, want, s.closing[0], "RemoteAddr() in OnClose")
 	assert.Nil(t, gc.RemoteAddr(), "RemoteAddr() after close")
 	assert.Nil(t, gc.LocalAddr(), "LocalAddr() after close")
+}
+
+type enrollFDClient struct {
+	BuiltinEventEngine
+
+	mu     sync.Mutex
+	got    []byte
+	closed chan error
+}
+
+func (c *enrollFDClient) OnOpen(Conn) ([]byte, Action) { return []byte("hello"), None }
+
+func (c *enrollFDClient) OnTraffic(conn Conn) Action {
+	b, _ := conn.Next(-1)
+	c.mu.Lock()
+	c.got = append(c.got, b...)
+	done := len(c.got) >= len("hello")
+	c.mu.Unlock()
+	if done {
+		return Close
+	}
+	return None
+}
+
+func (c *enrollFDClient) OnClose(_ Conn, err error) Action {
+	c.closed <- err
+	return None
+}
+
+// nonblockingConnect starts a TCP connect to addr and returns the socket.
+func nonblockingConnect(t *testing.T, addr *net.TCPAddr) int {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	sa := &unix.SockaddrInet4{Port: addr.Port}
+	copy(sa.Addr[:], addr.IP.To4())
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		_ = unix.Close(fd)
+		require.NoError(t, err)
+	}
+	return fd
+}
+
+// A descriptor enrolled with its connect under way: what OnOpen returns
+// goes out once the connect is done, and a refused connect closes the
+// connection with ECONNREFUSED (patch 10).
+func TestEnrollFD(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close() //nolint:errcheck
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close() //nolint:errcheck
+		buf := make([]byte, 5)
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(c, buf); err == nil {
+			_, _ = c.Write(buf)
+		}
+	}()
+
+	h := &enrollFDClient{closed: make(chan error, 2)}
+	cli, err := NewClient(h, WithTCPNoDelay(TCPNoDelay))
+	require.NoError(t, err)
+	require.NoError(t, cli.Start())
+	defer cli.Stop() //nolint:errcheck
+
+	require.NoError(t, cli.EnrollFD(nonblockingConnect(t, ln.Addr().(*net.TCPAddr)), nil))
+	select {
+	case err := <-h.closed:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no echo")
+	}
+	h.mu.Lock()
+	assert.Equal(t, "hello", string(h.got))
+	h.mu.Unlock()
+
+	// A port no one listens on: the listener above, closed.
+	refused := ln.Addr().(*net.TCPAddr)
+	require.NoError(t, ln.Close())
+	require.NoError(t, cli.EnrollFD(nonblockingConnect(t, refused), nil))
+	select {
+	case err := <-h.closed:
+		assert.ErrorIs(t, err, unix.ECONNREFUSED)
+	case <-time.After(30 * time.Second):
+		t.Fatal("a refused connect did not close the connection")
+	}
 }

@@ -88,7 +88,7 @@ func (eng *engine) runEventLoops(ctx context.Context, numEventLoop int) error {
 		if i > 0 {
 			lns = make(map[int]*listener, len(eng.listeners))
 			for _, l := range eng.listeners {
-				ln, err := initListener(l.network, l.address, eng.opts)
+				ln, err := initListener(l.network, boundAddress(l), eng.opts)
 				if err != nil {
 					return err
 				}

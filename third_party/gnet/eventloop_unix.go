@@ -250,7 +250,12 @@ func (el *eventloop) open(c *conn) error {
 	out, action := el.eventHandler.OnOpen(c)
 	if out != nil {
 		if err := c.open(out); err != nil {
-			return err
+			// The connection is registered: close it with the error
+			// (for a descriptor enrolled with its connect under way,
+			// the connect's own, e.g. ECONNREFUSED, which the write
+			// took from the socket) rather than leave it to a later
+			// event that would report only the end of the stream.
+			return el.close(c, os.NewSyscallError("write", err))
 		}
 	}
 

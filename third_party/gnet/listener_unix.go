@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -139,4 +140,26 @@ func initListener(network, addr string, options *Options) (ln *listener, err err
 	}
 
 	return
+}
+
+// boundAddress is the address another SO_REUSEPORT listener must bind to
+// share ln's port: ln's own, but with the port the kernel chose when ln
+// asked for port 0, which would otherwise give each event loop a port of
+// its own.
+func boundAddress(ln *listener) string {
+	host, port, err := net.SplitHostPort(ln.address)
+	if err != nil || port != "0" || (ln.network != "tcp" && ln.network != "udp") {
+		return ln.address
+	}
+	sa, err := unix.Getsockname(ln.fd)
+	if err != nil {
+		return ln.address
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.JoinHostPort(host, strconv.Itoa(a.Port))
+	case *unix.SockaddrInet6:
+		return net.JoinHostPort(host, strconv.Itoa(a.Port))
+	}
+	return ln.address
 }
