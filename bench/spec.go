@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -25,8 +26,8 @@ type TLSSpec struct {
 	ServerName string `json:"server_name,omitempty"`
 	// Insecure skips verification of the server's certificate.
 	Insecure bool `json:"insecure,omitempty"`
-	// Resume shares one session cache among the worker's connections, so
-	// that all but the first few handshakes resume.
+	// Resume shares a pool of sessions among the worker's connections
+	// (sessionPool), so that all but the first few handshakes resume.
 	Resume bool `json:"resume,omitempty"`
 	// Version pins the TLS version: "1.2", "1.3" or empty (negotiate).
 	Version string `json:"version,omitempty"`
@@ -58,9 +59,49 @@ func ParseCurves(list string) ([]tls.CurveID, error) {
 	return out, nil
 }
 
-// sessionCacheSize is the capacity of the shared session cache. One server
-// name needs one entry; a few more cover several targets.
-const sessionCacheSize = 64
+// sessionPoolSize bounds the sessions a worker keeps for resumption.
+const sessionPoolSize = 4096
+
+// sessionPool is a worker's shared ClientSessionCache as a pool: each
+// handshake takes a session of its own (Get removes it) and puts back the
+// one the server issues. dualgate's sessions are taken once
+// (--tls-sessions server): a single cached session shared by every
+// connection, as tls.NewLRUClientSessionCache keeps per server name,
+// would resume one handshake and send the others to a full one. With
+// stateless tickets the pool behaves as a shared cache did. The pool
+// ignores the key: a worker dials one server.
+type sessionPool struct {
+	mu sync.Mutex
+	ss []*tls.ClientSessionState
+}
+
+func (p *sessionPool) Get(string) (*tls.ClientSessionState, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.ss)
+	if n == 0 {
+		return nil, false
+	}
+	cs := p.ss[n-1]
+	p.ss[n-1] = nil
+	p.ss = p.ss[:n-1]
+	return cs, true
+}
+
+// Put adds cs; nil (crypto/tls dropping a session the server refused) is
+// nothing to do: Get took it already.
+func (p *sessionPool) Put(_ string, cs *tls.ClientSessionState) {
+	if cs == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.ss) == sessionPoolSize {
+		copy(p.ss, p.ss[1:]) // the oldest goes
+		p.ss = p.ss[:sessionPoolSize-1]
+	}
+	p.ss = append(p.ss, cs)
+}
 
 // Config builds the crypto/tls client configuration for server addr.
 func (s TLSSpec) Config(addr string) (*tls.Config, error) {
@@ -103,7 +144,7 @@ func (s TLSSpec) Config(addr string) (*tls.Config, error) {
 		cfg.Certificates = []tls.Certificate{cert}
 	}
 	if s.Resume {
-		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(sessionCacheSize)
+		cfg.ClientSessionCache = new(sessionPool)
 	}
 	curves, err := ParseCurves(s.Curves)
 	if err != nil {

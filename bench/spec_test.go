@@ -100,3 +100,36 @@ func TestClientSpec(t *testing.T) {
 		t.Fatalf("ClientConfig = %+v, %v", cfg, err)
 	}
 }
+
+// A worker's session pool hands each handshake a session of its own:
+// dualgate takes a session once, so two handshakes must not share one.
+func TestSessionPool(t *testing.T) {
+	p := new(sessionPool)
+	if _, ok := p.Get("a"); ok {
+		t.Fatal("an empty pool gave a session")
+	}
+	s1, s2 := new(tls.ClientSessionState), new(tls.ClientSessionState)
+	p.Put("a", s1)
+	p.Put("a", s2)
+	p.Put("a", nil) // crypto/tls dropping a refused session: nothing to do
+	got := map[*tls.ClientSessionState]bool{}
+	for range 2 {
+		cs, ok := p.Get("a")
+		if !ok || got[cs] {
+			t.Fatalf("Get = %p, %v; already given: %v", cs, ok, got[cs])
+		}
+		got[cs] = true
+	}
+	if !got[s1] || !got[s2] {
+		t.Fatal("the pool lost a session")
+	}
+	if _, ok := p.Get("a"); ok {
+		t.Fatal("a session was given twice")
+	}
+	for range sessionPoolSize + 10 {
+		p.Put("a", new(tls.ClientSessionState))
+	}
+	if n := len(p.ss); n != sessionPoolSize {
+		t.Fatalf("%d sessions kept, bound %d", n, sessionPoolSize)
+	}
+}

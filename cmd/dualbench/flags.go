@@ -53,7 +53,7 @@ func (c *clientFlags) register(fs *flag.FlagSet, defaultPort string) {
 	fs.StringVar(&c.cert, "cert", "", "client certificate PEM (mutual TLS)")
 	fs.StringVar(&c.key, "key", "", "client key PEM (mutual TLS)")
 	fs.BoolVar(&c.insecure, "insecure", false, "do not verify the server certificate (TLS)")
-	fs.BoolVar(&c.resume, "resume", false, "resume TLS sessions from a cache shared by each worker")
+	fs.BoolVar(&c.resume, "resume", false, "resume TLS sessions from a pool shared by each worker (each handshake takes its own)")
 	fs.StringVar(&c.tlsVersion, "tls-version", "", "pin the TLS version: 1.2 or 1.3")
 	fs.StringVar(&c.sni, "sni", "", "TLS server name (default: --host)")
 }
