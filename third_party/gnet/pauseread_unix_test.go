@@ -19,7 +19,6 @@ type pauseServer struct {
 	BuiltinEventEngine
 
 	eng    Engine
-	booted chan string
 	conn   chan Conn
 	// traffic reports, per OnTraffic, how many bytes were waiting.
 	traffic chan int
