@@ -18,8 +18,8 @@ import (
 type pauseServer struct {
 	BuiltinEventEngine
 
-	eng    Engine
-	conn   chan Conn
+	eng  Engine
+	conn chan Conn
 	// traffic reports, per OnTraffic, how many bytes were waiting.
 	traffic chan int
 	// consume: while set, OnTraffic takes every byte.
