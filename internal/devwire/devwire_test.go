@@ -2,58 +2,31 @@ package devwire
 
 import (
 	"bytes"
-	"io"
-	"net"
 	"testing"
 
 	"github.com/dualgate/dualgate/internal/control"
+	"github.com/dualgate/dualgate/internal/testutil"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
-
-// writeLog is a net.Conn that records each Write (each would be a
-// segment with TCP_NODELAY) and reads nothing.
-type writeLog struct {
-	net.Conn
-	writes []string
-}
-
-func (w *writeLog) Write(b []byte) (int, error) {
-	w.writes = append(w.writes, string(b))
-	return len(b), nil
-}
-
-func (w *writeLog) Read([]byte) (int, error) { return 0, io.EOF }
-
-func (w *writeLog) want(t *testing.T, writes ...string) {
-	t.Helper()
-	if len(w.writes) != len(writes) {
-		t.Fatalf("writes %q, want %q", w.writes, writes)
-	}
-	for i := range writes {
-		if w.writes[i] != writes[i] {
-			t.Fatalf("writes %q, want %q", w.writes, writes)
-		}
-	}
-}
 
 // What the TLS handshake writes waits for its next read (the peer must
 // answer) or, after release, for the first write after it: the CONNECT.
 func TestFlightConn(t *testing.T) {
-	w := &writeLog{}
+	w := &testutil.WriteLog{}
 	c := NewFlightConn(w)
 	_, _ = c.Write([]byte("hello"))
 	_, _ = c.Write([]byte("+retry"))
-	w.want(t)
+	w.Want(t)
 	_, _ = c.Read(make([]byte, 1)) // waits for the server: the flight leaves
-	w.want(t, "hello+retry")
+	w.Want(t, "hello+retry")
 	_, _ = c.Write([]byte("finished"))
 	c.Release()
-	w.want(t, "hello+retry")
+	w.Want(t, "hello+retry")
 	if n, err := c.Write([]byte("CONNECT")); n != len("CONNECT") || err != nil {
 		t.Fatalf("Write = %d, %v", n, err)
 	}
 	_, _ = c.Write([]byte("PUBACK"))
-	w.want(t, "hello+retry", "finishedCONNECT", "PUBACK")
+	w.Want(t, "hello+retry", "finishedCONNECT", "PUBACK")
 }
 
 // The query sent with the CONNECT is a QoS 0 PUBLISH on the query topic

@@ -4,7 +4,9 @@ package testutil
 
 import (
 	"bytes"
+	"io"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -51,4 +53,27 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// WriteLog is a net.Conn that records each Write (each would be a segment
+// with TCP_NODELAY) and reads nothing: for tests of what a connection
+// wrapper gathers into one write.
+type WriteLog struct {
+	net.Conn
+	Writes []string
+}
+
+func (w *WriteLog) Write(b []byte) (int, error) {
+	w.Writes = append(w.Writes, string(b))
+	return len(b), nil
+}
+
+func (w *WriteLog) Read([]byte) (int, error) { return 0, io.EOF }
+
+// Want fails t unless the writes so far are exactly writes.
+func (w *WriteLog) Want(t testing.TB, writes ...string) {
+	t.Helper()
+	if !slices.Equal(w.Writes, writes) {
+		t.Fatalf("writes %q, want %q", w.Writes, writes)
+	}
 }
