@@ -12,3 +12,9 @@ func cork(fd int, on bool) error {
 	}
 	return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, v)
 }
+
+// finish sends what a cork holds with the FIN now (shutdown(SHUT_WR)
+// pushes the corked segment out with the FIN on it), before the close:
+// a close with bytes from the peer still unread sends a reset instead of
+// a FIN, and the kernel drops what the cork held, the last packet with it.
+func finish(fd int) error { return unix.Shutdown(fd, unix.SHUT_WR) }

@@ -447,9 +447,18 @@ func (pc *plainConn) ResumeRead() {
 // device cannot mistake a cut for the end of one, and the alert would
 // only cost it bytes (docs/protocol.md).
 func (pc *plainConn) Close() {
-	if !pc.closed {
-		_ = pc.c.Close()
+	if pc.closed {
+		return
 	}
+	if pc.corked {
+		// The last packet (a DISCONNECT) waits under the cork: it leaves
+		// now, with the FIN, whatever the close does after (a reset if
+		// the device sent bytes not read yet).
+		if pc.c.Flush() == nil && pc.c.OutboundBuffered() == 0 {
+			_ = finish(pc.c.Fd())
+		}
+	}
+	_ = pc.c.Close()
 }
 
 func (pc *plainConn) Exec(fn func()) {
