@@ -61,6 +61,19 @@ type loopState struct {
 	scratch []byte // tlsReadBuf bytes, once a TLS connection needed it
 }
 
+// writeFlags say how a connection's writes leave (one byte, so that a
+// plainConn stays in its size class).
+type writeFlags uint8
+
+const (
+	// corked: a DISCONNECT waits in the kernel for the close's FIN (Write).
+	corked writeFlags = 1 << iota
+	// deferring: the connection's bytes are being fed (OnTraffic), and
+	// what the session writes meanwhile waits in gnet's outbound buffer,
+	// flushed in one system call when the feed is over.
+	deferring
+)
+
 // plainConn is a device connection on an event loop, plain or TLS (tls
 // set): the gnet connection and its session. Everything in it is owned by
 // the connection's event loop.
@@ -74,7 +87,7 @@ type plainConn struct {
 	closed    bool
 	proxyWait bool // a PROXY header may still come first
 	untrusted bool // the peer is outside --proxy-trusted: a PROXY header from it is refused
-	corked    bool // a DISCONNECT waits in the kernel for the close's FIN (Write)
+	wflags    writeFlags
 	sess      session.Session
 }
 
@@ -209,9 +222,19 @@ func (ps *plainServer) OnTraffic(c gnet.Conn) gnet.Action {
 			}
 		}
 	}
+	// The session's answers to what it is fed (PUBACKs, SUBACKs,
+	// PINGRESPs, ...) wait for the end of the feed and leave in one
+	// write: a device with many QoS 1 publishes in one read costs one
+	// system call, not one per PUBACK.
+	pc.wflags |= deferring
 	used, closeConn := safeFeed(ps.logger, ps.env.Stats, &pc.sess, buf)
+	pc.wflags &^= deferring
 	if pc.closed {
 		return gnet.None // a failed write closed it meanwhile
+	}
+	_ = c.Flush() // a failed write closes the connection: OnClose
+	if pc.closed {
+		return gnet.None
 	}
 	if closeConn {
 		return gnet.Close
@@ -391,16 +414,21 @@ func (pc *plainConn) Write(b []byte) error {
 		return errConnClosed
 	}
 	switch last := len(b) > 0 && mqttcodec.Type(b[0]>>4) == mqttcodec.DISCONNECT; {
-	case last && !pc.corked:
-		pc.corked = cork(pc.c.Fd(), true) == nil
-	case !last && pc.corked:
+	case last && pc.wflags&corked == 0:
+		if cork(pc.c.Fd(), true) == nil {
+			pc.wflags |= corked
+		}
+	case !last && pc.wflags&corked != 0:
 		_ = cork(pc.c.Fd(), false)
-		pc.corked = false
+		pc.wflags &^= corked
 	}
 	var err error
-	if ts := pc.tls(); ts != nil {
+	switch ts := pc.tls(); {
+	case ts != nil:
 		_, err = ts.conn.Write(b)
-	} else {
+	case pc.wflags&deferring != 0:
+		_, err = pc.c.Defer(b)
+	default:
 		_, err = pc.c.Write(b)
 	}
 	return err
@@ -450,7 +478,7 @@ func (pc *plainConn) Close() {
 	if pc.closed {
 		return
 	}
-	if pc.corked {
+	if pc.wflags&corked != 0 {
 		// The last packet (a DISCONNECT) waits under the cork: it leaves
 		// now, with the FIN, whatever the close does after (a reset if
 		// the device sent bytes not read yet).

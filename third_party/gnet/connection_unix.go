@@ -491,8 +491,51 @@ func (c *conn) WriteTo(w io.Writer) (n int64, err error) {
 	return
 }
 
+// Flush writes what the outbound buffer holds, in one system call, and
+// leaves the rest for when the socket is writable (patch 11: released gnet
+// ran the loop's writable-event handler here, which in level-triggered
+// mode made a second system call to stop polling for writes after a whole
+// write and never started polling after a partial one, so bytes added by
+// Defer could stay put).
 func (c *conn) Flush() error {
-	return c.loop.write(c)
+	if !c.opened || c.outboundBuffer.IsEmpty() {
+		return nil
+	}
+	iov, _ := c.outboundBuffer.Peek(-1)
+	var (
+		n   int
+		err error
+	)
+	if len(iov) > 1 {
+		if len(iov) > iovMax {
+			iov = iov[:iovMax]
+		}
+		n, err = gio.Writev(c.fd, iov)
+	} else {
+		n, err = unix.Write(c.fd, iov[0])
+	}
+	if n > 0 {
+		_, _ = c.outboundBuffer.Discard(n)
+	}
+	switch err {
+	case nil, unix.EAGAIN:
+	default:
+		return c.loop.close(c, os.NewSyscallError("write", err))
+	}
+	if c.outboundBuffer.IsEmpty() {
+		return nil // polling for writes, if on, stops at the next writable event (eventloop.write)
+	}
+	if c.loop.engine.opts.EdgeTriggeredIO {
+		return c.loop.poller.Trigger(queue.HighPriority, c.loop.write0, c)
+	}
+	return c.pollWrites(true)
+}
+
+func (c *conn) Defer(p []byte) (int, error) {
+	if c.isDatagram {
+		return 0, errorx.ErrUnsupportedOp
+	}
+	return c.outboundBuffer.Write(p)
 }
 
 func (c *conn) InboundBuffered() int {

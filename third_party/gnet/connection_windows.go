@@ -278,6 +278,9 @@ func (c *conn) Flush() error {
 	return nil
 }
 
+// Defer writes at once on Windows, where writes are not buffered.
+func (c *conn) Defer(p []byte) (int, error) { return c.Write(p) }
+
 // PauseRead is not supported on Windows.
 func (*conn) PauseRead() error { return errorx.ErrUnsupportedOp }
 

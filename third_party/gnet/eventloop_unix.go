@@ -332,6 +332,12 @@ const iovMax = 1024
 
 func (el *eventloop) write(c *conn) error {
 	if c.outboundBuffer.IsEmpty() {
+		// Conn.Flush may have written everything since polling for writes
+		// started (patch 11): stop it, or level-triggered polling reports
+		// the socket writable again and again.
+		if !el.engine.opts.EdgeTriggeredIO && c.opened {
+			return c.pollWrites(false)
+		}
 		return nil
 	}
 

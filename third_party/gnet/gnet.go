@@ -291,6 +291,13 @@ type Writer interface {
 	// you must invoke it within any method in EventHandler.
 	Flush() error
 
+	// Defer appends p to the outbound buffer without writing it: it leaves
+	// with the next Flush (or when the loop next writes the connection), so
+	// several packets written in one event handler go out in one system
+	// call. It's not concurrency-safe, you must invoke it within any method
+	// in EventHandler. (dualgate patch 11)
+	Defer(p []byte) (n int, err error)
+
 	// OutboundBuffered returns the number of bytes that can be read from the current buffer.
 	// it's not concurrency-safe, you must invoke it within any method in EventHandler.
 	OutboundBuffered() int
