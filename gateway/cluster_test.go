@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -277,7 +276,7 @@ func TestClusterTLSResumesOnAnotherNode(t *testing.T) {
 // does not wait again), and sessions resume once Redis is back.
 func clusterSessionsTakeOnce(t *testing.T, srv *testredis.Server, g1, g2 *Gateway, tc *tls.Config) {
 	t.Helper()
-	replay := &keepFirstCache{}
+	replay := &oneSessionCache{keepFirst: true}
 	tc.ClientSessionCache = replay
 	if resumes(t, g1.TLSAddr(), tc, "car-1") {
 		t.Fatal("an empty cache resumed")
@@ -348,39 +347,6 @@ func clusterTicketsRotate(t *testing.T, srv *testredis.Server, g1, g2 *Gateway, 
 	if !resumes(t, g2.TLSAddr(), tc, "car-1") {
 		t.Fatal("a session made with the rotated key on gw-1 did not resume on gw-2")
 	}
-}
-
-// keepFirstCache is a client session cache that keeps the first session
-// it is given and ignores later ones: a device presenting the same ticket
-// again, or someone who copied it.
-type keepFirstCache struct {
-	mu sync.Mutex
-	cs *tls.ClientSessionState
-}
-
-func (k *keepFirstCache) Get(string) (*tls.ClientSessionState, bool) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.cs, k.cs != nil
-}
-
-func (k *keepFirstCache) Put(_ string, cs *tls.ClientSessionState) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.cs == nil && cs != nil {
-		k.cs = cs
-	}
-}
-
-// ticket is the kept session's ticket, as the device sends it.
-func (k *keepFirstCache) ticket() []byte {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.cs == nil {
-		return nil
-	}
-	ticket, _, _ := k.cs.ResumptionState()
-	return ticket
 }
 
 // Two nodes on one Redis share the commands: one posted on gw-1 for a

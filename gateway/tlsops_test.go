@@ -226,7 +226,7 @@ func TestServerSessionsAcrossRestart(t *testing.T) {
 			first := startGateway(t, func(c *Config) { c.Data = data })
 			tlsCfg := clientTLS(t, first)
 			tlsCfg.MaxVersion = version
-			cache := &keepLastCache{}
+			cache := &oneSessionCache{}
 			tlsCfg.ClientSessionCache = cache
 			for i, want := range []bool{false, true, true} {
 				if got := dialResumable(t, first.TLSAddr(), tlsCfg, "restart"); got != want {
@@ -260,26 +260,32 @@ func TestServerSessionsAcrossRestart(t *testing.T) {
 	}
 }
 
-// keepLastCache is a client session cache for one server that tells the
-// last ticket it was given.
-type keepLastCache struct {
-	mu sync.Mutex
-	cs *tls.ClientSessionState
+// oneSessionCache is a client session cache for one server that holds one
+// session and tells its ticket: the last one given, or with keepFirst the
+// first, later ones ignored (a device presenting the same ticket again,
+// or someone who copied it).
+type oneSessionCache struct {
+	keepFirst bool
+	mu        sync.Mutex
+	cs        *tls.ClientSessionState
 }
 
-func (k *keepLastCache) Get(string) (*tls.ClientSessionState, bool) {
+func (k *oneSessionCache) Get(string) (*tls.ClientSessionState, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.cs, k.cs != nil
 }
 
-func (k *keepLastCache) Put(_ string, cs *tls.ClientSessionState) {
+func (k *oneSessionCache) Put(_ string, cs *tls.ClientSessionState) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.cs = cs
+	if !k.keepFirst || (k.cs == nil && cs != nil) {
+		k.cs = cs
+	}
 }
 
-func (k *keepLastCache) ticket() []byte {
+// ticket is the held session's ticket, as the device sends it.
+func (k *oneSessionCache) ticket() []byte {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.cs == nil {
