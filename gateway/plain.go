@@ -14,7 +14,6 @@ import (
 
 	"github.com/dualgate/dualgate/gateway/registry"
 	"github.com/dualgate/dualgate/gateway/session"
-	"github.com/dualgate/dualgate/mqttcodec"
 )
 
 // errConnClosed is returned by writes to a connection that is gone.
@@ -61,19 +60,6 @@ type loopState struct {
 	scratch []byte // tlsReadBuf bytes, once a TLS connection needed it
 }
 
-// writeFlags say how a connection's writes leave (one byte, so that a
-// plainConn stays in its size class).
-type writeFlags uint8
-
-const (
-	// corked: a DISCONNECT waits in the kernel for the close's FIN (Write).
-	corked writeFlags = 1 << iota
-	// deferring: the connection's bytes are being fed (OnTraffic), and
-	// what the session writes meanwhile waits in gnet's outbound buffer,
-	// flushed in one system call when the feed is over.
-	deferring
-)
-
 // plainConn is a device connection on an event loop, plain or TLS (tls
 // set): the gnet connection and its session. Everything in it is owned by
 // the connection's event loop.
@@ -87,7 +73,10 @@ type plainConn struct {
 	closed    bool
 	proxyWait bool // a PROXY header may still come first
 	untrusted bool // the peer is outside --proxy-trusted: a PROXY header from it is refused
-	wflags    writeFlags
+	// deferring: the connection's bytes are being fed (OnTraffic), and
+	// what the session writes meanwhile waits in gnet's outbound buffer,
+	// flushed in one system call when the feed is over.
+	deferring bool
 	sess      session.Session
 }
 
@@ -226,9 +215,9 @@ func (ps *plainServer) OnTraffic(c gnet.Conn) gnet.Action {
 	// PINGRESPs, ...) wait for the end of the feed and leave in one
 	// write: a device with many QoS 1 publishes in one read costs one
 	// system call, not one per PUBACK.
-	pc.wflags |= deferring
+	pc.deferring = true
 	used, closeConn := safeFeed(ps.logger, ps.env.Stats, &pc.sess, buf)
-	pc.wflags &^= deferring
+	pc.deferring = false
 	if pc.closed {
 		return gnet.None // a failed write closed it meanwhile
 	}
@@ -402,35 +391,39 @@ func (pc *plainConn) tls() *tlsState {
 
 // Write sends b: for TLS, as records written into gnet's outbound buffer
 // (the session writes on its loop only).
-//
-// A DISCONNECT is the gateway's last packet on a connection: the session
-// closes it right after writing one (Instruct, Drain, disconnect). The
-// socket is corked before it, so that the close's FIN leaves in the same
-// segment (one segment less for the device, twice per upgrade cycle);
-// closing flushes what a cork holds at once. Should anything be written
-// after it, the socket is uncorked first.
 func (pc *plainConn) Write(b []byte) error {
 	if pc.closed {
 		return errConnClosed
-	}
-	switch last := len(b) > 0 && mqttcodec.Type(b[0]>>4) == mqttcodec.DISCONNECT; {
-	case last && pc.wflags&corked == 0:
-		if cork(pc.c.Fd(), true) == nil {
-			pc.wflags |= corked
-		}
-	case !last && pc.wflags&corked != 0:
-		_ = cork(pc.c.Fd(), false)
-		pc.wflags &^= corked
 	}
 	var err error
 	switch ts := pc.tls(); {
 	case ts != nil:
 		_, err = ts.conn.Write(b)
-	case pc.wflags&deferring != 0:
+	case pc.deferring:
 		_, err = pc.c.Defer(b)
 	default:
 		_, err = pc.c.Write(b)
 	}
+	return err
+}
+
+// Finish writes the session's last packet (a DISCONNECT: an instruction,
+// a drain, an error) and closes. The socket is corked before the write
+// and shut for writing after it, so that the packet leaves in the
+// segment that carries the FIN (one segment less for the device, twice
+// per upgrade cycle), and leaves even when the close then sends a reset
+// (the device's bytes still unread), which would drop what a cork held.
+func (pc *plainConn) Finish(b []byte) error {
+	if pc.closed {
+		return errConnClosed
+	}
+	fd := pc.c.Fd()
+	corked := cork(fd) == nil
+	err := pc.Write(b)
+	if corked && err == nil && pc.c.Flush() == nil && pc.c.OutboundBuffered() == 0 {
+		_ = finish(fd)
+	}
+	pc.Close()
 	return err
 }
 
@@ -475,18 +468,9 @@ func (pc *plainConn) ResumeRead() {
 // device cannot mistake a cut for the end of one, and the alert would
 // only cost it bytes (docs/protocol.md).
 func (pc *plainConn) Close() {
-	if pc.closed {
-		return
+	if !pc.closed {
+		_ = pc.c.Close()
 	}
-	if pc.wflags&corked != 0 {
-		// The last packet (a DISCONNECT) waits under the cork: it leaves
-		// now, with the FIN, whatever the close does after (a reset if
-		// the device sent bytes not read yet).
-		if pc.c.Flush() == nil && pc.c.OutboundBuffered() == 0 {
-			_ = finish(pc.c.Fd())
-		}
-	}
-	_ = pc.c.Close()
 }
 
 func (pc *plainConn) Exec(fn func()) {

@@ -79,6 +79,13 @@ func (c *conn) Write(b []byte) error {
 	return nil
 }
 
+// Finish writes the last packet and closes.
+func (c *conn) Finish(b []byte) error {
+	err := c.Write(b)
+	c.Close()
+	return err
+}
+
 // Close is the gateway closing the connection: Closed follows, later, in
 // owner context, as with a real event loop.
 func (c *conn) Close() {

@@ -431,8 +431,7 @@ func (s *Session) Instruct(mode control.Mode, addr, reason string) error {
 		d := mqttcodec.Disconnect{ReasonCode: mqttcodec.UseAnotherServer}
 		d.Properties.SetServerReference([]byte(control.ServerReference(mode, addr)))
 		d.Properties.SetReasonString([]byte(reason))
-		s.write(func(dst []byte) []byte { return mqttcodec.AppendDisconnect(dst, mqttcodec.V5, &d) })
-		s.closeNow()
+		s.closeWith(&d)
 		return nil
 	}
 	in := control.Instruction{V: control.Version, Op: control.OpReconnect, Mode: mode, Addr: addr, Reason: reason}
@@ -460,8 +459,7 @@ func (s *Session) Drain(ref string) {
 		d := mqttcodec.Disconnect{ReasonCode: mqttcodec.UseAnotherServer}
 		d.Properties.SetServerReference([]byte(ref))
 		d.Properties.SetReasonString([]byte(control.ReasonDrain))
-		s.write(func(dst []byte) []byte { return mqttcodec.AppendDisconnect(dst, mqttcodec.V5, &d) })
-		s.closeNow()
+		s.closeWith(&d)
 		return
 	}
 	s.disconnect(mqttcodec.ServerShuttingDown, control.ReasonDrain)

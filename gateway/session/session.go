@@ -25,6 +25,11 @@ type Transport interface {
 	// at most a short while for a device that does not read. It never
 	// blocks its caller on the socket. Owner only.
 	Close()
+	// Finish writes b, the session's last packet (a DISCONNECT), and
+	// closes as Close does; where the transport can, b leaves in the
+	// segment that carries the FIN. The error is the write's: the
+	// connection closes either way. Owner only.
+	Finish(b []byte) error
 	// Buffered is how many bytes were written but have not reached the
 	// socket yet (the device is not reading fast enough). Owner only.
 	Buffered() int
@@ -709,9 +714,31 @@ func (s *Session) disconnect(rc mqttcodec.ReasonCode, reason string) {
 		if reason != "" {
 			d.Properties.SetReasonString([]byte(reason))
 		}
-		s.write(func(dst []byte) []byte { return mqttcodec.AppendDisconnect(dst, mqttcodec.V5, &d) })
+		s.closeWith(&d)
+		return
 	}
 	s.closeNow()
+}
+
+// closeWith ends the session with an MQTT 5 DISCONNECT d, written as the
+// connection's last packet (Transport.Finish); Closed follows.
+func (s *Session) closeWith(d *mqttcodec.Disconnect) {
+	if s.state >= stateClosing {
+		return
+	}
+	s.state = stateClosing
+	bp := bufPool.Get().(*[]byte)
+	b := mqttcodec.AppendDisconnect((*bp)[:0], mqttcodec.V5, d)
+	if err := s.t.Finish(b); err != nil {
+		s.env.Logger.Debug("write failed", zap.String("client", s.entry.ClientID), zap.Error(err))
+	} else {
+		s.env.Stats.PacketsOut.Add(1)
+		s.env.Stats.BytesOut[s.t.Mode()].Add(uint64(len(b)))
+	}
+	if cap(b) <= 64<<10 {
+		*bp = b[:0]
+		bufPool.Put(bp)
+	}
 }
 
 // closeNow asks the transport to close; Closed follows.

@@ -41,6 +41,11 @@ func (f *fakeTransport) Write(b []byte) error {
 	return nil
 }
 func (f *fakeTransport) Close() { f.closed = true }
+func (f *fakeTransport) Finish(b []byte) error {
+	err := f.Write(b)
+	f.Close()
+	return err
+}
 func (f *fakeTransport) Exec(fn func()) {
 	if f.deferExec {
 		f.tasks = append(f.tasks, fn)
