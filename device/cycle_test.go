@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -78,6 +79,33 @@ func (c *meteredConn) counters(t *testing.T) bench.TCPCounters {
 	return n
 }
 
+// settle waits until no counter of the meter's connections has moved for
+// settleCounters (the delayed ACKs are in), at most 5 s: what the kernel
+// counts is the event, polled every 25 ms.
+func (m *meter) settle(t *testing.T) {
+	t.Helper()
+	read := func() []bench.TCPCounters {
+		var out []bench.TCPCounters
+		for _, c := range m.list() {
+			out = append(out, c.counters(t))
+		}
+		return out
+	}
+	last, since := read(), time.Now()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(25 * time.Millisecond)
+		now := read()
+		if !slices.Equal(now, last) {
+			last, since = now, time.Now()
+			continue
+		}
+		if time.Since(since) >= settleCounters {
+			return
+		}
+	}
+	t.Fatal("the connections' counters never settled")
+}
+
 func (m *meter) list() []*meteredConn {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -147,7 +175,7 @@ func measureCycles(t *testing.T, g *gateway.Gateway, name string, cfg device.Con
 	rec.hook(&cfg)
 	d := startDevice(t, cfg)
 	defer d.Stop()
-	time.Sleep(settleCounters)
+	m.settle(t)
 	for cycle, kind := range []string{"full", "resumed"} {
 		conns := m.list()
 		plain := conns[len(conns)-1]
@@ -163,7 +191,7 @@ func measureCycles(t *testing.T, g *gateway.Gateway, name string, cfg device.Con
 				break
 			}
 		}
-		time.Sleep(settleCounters) // the query's PUBACK and the ACKs
+		m.settle(t) // the query's PUBACK and the ACKs
 		conns = m.list()
 		if len(conns) < 3 {
 			t.Fatalf("%d connections", len(conns))
