@@ -390,6 +390,13 @@ func (b *Bolt) Expire(now time.Time) ([]*Command, error) {
 	if !storable(now) {
 		return nil, fmt.Errorf("%w: time %s out of range", ErrInvalid, now)
 	}
+	// Most ticks find nothing due: look first, in a read transaction,
+	// because a write transaction's commit writes and syncs the file twice
+	// even when it changed nothing (an idle gateway synced its disk every
+	// tick).
+	if due, err := b.anyBefore(func(bk buckets) *bbolt.Bucket { return bk.expiry }, now, true); err != nil || !due {
+		return nil, err
+	}
 	var out []*Command
 	err := b.update(func(bk buckets) error {
 		ids, err := idsBefore(bk.expiry, now, true)
@@ -422,6 +429,9 @@ func (b *Bolt) Expire(now time.Time) ([]*Command, error) {
 func (b *Bolt) Prune(before time.Time) (int, error) {
 	if !storable(before) {
 		return 0, fmt.Errorf("%w: time %s out of range", ErrInvalid, before)
+	}
+	if due, err := b.anyBefore(func(bk buckets) *bbolt.Bucket { return bk.finished }, before, false); err != nil || !due {
+		return 0, err
 	}
 	var n int
 	err := b.update(func(bk buckets) error {
@@ -632,6 +642,27 @@ func idsBefore(idx *bbolt.Bucket, t time.Time, inclusive bool) ([]string, error)
 		ids = append(ids, string(k[8:]))
 	}
 	return ids, nil
+}
+
+// anyBefore reports, in a read transaction, whether the time index has a
+// key before t (at t too when inclusive): whether Expire or Prune has
+// anything to write.
+func (b *Bolt) anyBefore(index func(buckets) *bbolt.Bucket, t time.Time, inclusive bool) (bool, error) {
+	limit := appendTimeKey(nil, t)
+	var due bool
+	err := b.view(func(bk buckets) error {
+		k, _ := index(bk).Cursor().First()
+		if k == nil {
+			return nil
+		}
+		if len(k) < 8 {
+			return fmt.Errorf("%w: index key %q", ErrCorrupt, k)
+		}
+		cmp := bytes.Compare(k[:8], limit)
+		due = cmp < 0 || (cmp == 0 && inclusive)
+		return nil
+	})
+	return due, err
 }
 
 // countPrefix counts the keys with the prefix without reading values.

@@ -316,3 +316,47 @@ func TestBoltUpgradeFrom1(t *testing.T) {
 		t.Fatalf("Check after the upgrade: %+v, %v", r, err)
 	}
 }
+
+// TestBoltIdleTickWritesNothing: the dispatcher calls Expire every tick and
+// Prune every hour; with nothing due they must not commit, because a bbolt
+// commit writes and syncs the file even when it changed nothing (an idle
+// gateway synced its disk twice a second). When something is due, they
+// still do their work.
+func TestBoltIdleTickWritesNothing(t *testing.T) {
+	s := openBolt(t, filepath.Join(t.TempDir(), FileName), Options{})
+	mustPut(t, s, newCmd("a", "dev", 0, time.Minute), newCmd("b", "dev", 0, 0))
+	if _, err := s.Transition("b", StatusCancelled, at(time.Second), ""); err != nil {
+		t.Fatal(err)
+	}
+	txid := func() int {
+		var id int
+		if err := s.db.View(func(tx *bbolt.Tx) error { id = tx.ID(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	before := txid()
+	for i := range 10 {
+		got, err := s.Expire(at(time.Duration(i) * time.Second))
+		if err != nil || len(got) != 0 {
+			t.Fatalf("Expire before the deadline = %v, %v", ids(got), err)
+		}
+		if n, err := s.Prune(at(time.Second)); err != nil || n != 0 {
+			t.Fatalf("Prune of nothing finished before = %d, %v", n, err)
+		}
+	}
+	if after := txid(); after != before {
+		t.Fatalf("idle Expire and Prune committed %d transactions", after-before)
+	}
+
+	got, err := s.Expire(at(time.Minute))
+	if err != nil || len(got) != 1 || got[0].ID != "a" {
+		t.Fatalf("Expire at the deadline = %v, %v; want [a]", ids(got), err)
+	}
+	if n, err := s.Prune(at(time.Hour)); err != nil || n != 2 {
+		t.Fatalf("Prune after both finished = %d, %v; want 2", n, err)
+	}
+	if txid() == before {
+		t.Fatal("Expire and Prune with work to do committed nothing")
+	}
+}
