@@ -73,9 +73,10 @@ type plainConn struct {
 	closed    bool
 	proxyWait bool // a PROXY header may still come first
 	untrusted bool // the peer is outside --proxy-trusted: a PROXY header from it is refused
-	// deferring: the connection's bytes are being fed (OnTraffic), and
-	// what the session writes meanwhile waits in gnet's outbound buffer,
-	// flushed in one system call when the feed is over.
+	// deferring: the connection's bytes are being fed (OnTraffic) or a
+	// task runs for it (Exec), and what the session writes meanwhile waits
+	// in gnet's outbound buffer, flushed in one system call when the feed
+	// is over or the loop's round of tasks ends.
 	deferring bool
 	sess      session.Session
 }
@@ -473,9 +474,23 @@ func (pc *plainConn) Close() {
 	}
 }
 
+// Exec runs fn on the connection's loop. What a plain session writes
+// there waits in gnet's outbound buffer and leaves when the loop ends its
+// round of tasks (FlushSoon, third_party/gnet patch 12): a subscriber
+// sent many messages at once, each its own task, gets those of a round
+// in one write.
 func (pc *plainConn) Exec(fn func()) {
 	_ = pc.c.EventLoop().Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+		if pc.closed || pc.tls() != nil {
+			fn()
+			return nil
+		}
+		pc.deferring = true
 		fn()
+		pc.deferring = false
+		if !pc.closed {
+			pc.c.FlushSoon()
+		}
 		return nil
 	}))
 }

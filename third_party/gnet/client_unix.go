@@ -123,6 +123,7 @@ func (cli *Client) Start() error {
 			buffer:       make([]byte, cli.opts.ReadBufferCap),
 			eventHandler: cli.eng.eventHandler,
 		}
+		p.EndOfRound = el.endOfRound
 		el.connections.init(&el)
 		cli.eng.eventLoops.register(&el)
 		if cli.opts.Ticker && el.idx == 0 {

@@ -51,6 +51,7 @@ type conn struct {
 	opened         bool                   // connection opened event fired
 	isEOF          bool                   // whether the connection has reached EOF
 	readPaused     bool                   // PauseRead: not polled for reads
+	flushQueued    bool                   // FlushSoon: in loop.flushing
 }
 
 // connAddrs are the addresses a connection keeps. A stream connection
@@ -529,6 +530,14 @@ func (c *conn) Flush() error {
 		return c.loop.poller.Trigger(queue.HighPriority, c.loop.write0, c)
 	}
 	return c.pollWrites(true)
+}
+
+func (c *conn) FlushSoon() {
+	if c.flushQueued || !c.opened || c.outboundBuffer.IsEmpty() {
+		return
+	}
+	c.flushQueued = true
+	c.loop.flushing = append(c.loop.flushing, c)
 }
 
 func (c *conn) Defer(p []byte) (int, error) {

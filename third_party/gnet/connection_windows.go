@@ -281,6 +281,9 @@ func (c *conn) Flush() error {
 // Defer writes at once on Windows, where writes are not buffered.
 func (c *conn) Defer(p []byte) (int, error) { return c.Write(p) }
 
+// FlushSoon has nothing to do on Windows, where writes are not buffered.
+func (c *conn) FlushSoon() {}
+
 // PauseRead is not supported on Windows.
 func (*conn) PauseRead() error { return errorx.ErrUnsupportedOp }
 

@@ -103,6 +103,7 @@ func (eng *engine) runEventLoops(ctx context.Context, numEventLoop int) error {
 		el.listeners = lns
 		el.engine = eng
 		el.poller = p
+		p.EndOfRound = el.endOfRound
 		el.buffer = make([]byte, eng.opts.ReadBufferCap)
 		el.connections.init(el)
 		el.eventHandler = eng.eventHandler
@@ -145,6 +146,7 @@ func (eng *engine) activateReactors(ctx context.Context, numEventLoop int) error
 		el.listeners = eng.listeners
 		el.engine = eng
 		el.poller = p
+		p.EndOfRound = el.endOfRound
 		el.buffer = make([]byte, eng.opts.ReadBufferCap)
 		el.connections.init(el)
 		el.eventHandler = eng.eventHandler

@@ -51,6 +51,22 @@ type eventloop struct {
 	// acceptBackoff is the acceptor's wait after running out of
 	// descriptors (OnAcceptError); main reactor only. (dualgate patch)
 	acceptBackoff time.Duration
+	// flushing are the connections FlushSoon marked in the current round.
+	// (dualgate patch 12)
+	flushing []*conn
+}
+
+// endOfRound flushes the connections FlushSoon marked during the round of
+// events and tasks that ends. A flush that fails closes its connection,
+// whose OnClose may mark others: they are flushed too. (dualgate patch 12)
+func (el *eventloop) endOfRound() {
+	for i := 0; i < len(el.flushing); i++ {
+		c := el.flushing[i]
+		el.flushing[i] = nil
+		c.flushQueued = false
+		_ = c.Flush()
+	}
+	el.flushing = el.flushing[:0]
 }
 
 func (el *eventloop) Register(ctx context.Context, addr net.Addr) (<-chan RegisteredResult, error) {

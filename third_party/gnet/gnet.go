@@ -298,6 +298,14 @@ type Writer interface {
 	// in EventHandler. (dualgate patch 11)
 	Defer(p []byte) (n int, err error)
 
+	// FlushSoon flushes the connection when its event loop ends the round
+	// of I/O events and queued tasks it is handling, once however often it
+	// is called in that round: what several tasks Defer for one connection
+	// leaves in one system call. It's not concurrency-safe, you must invoke
+	// it within any method in EventHandler or a task run by the connection's
+	// event loop. (dualgate patch 12)
+	FlushSoon()
+
 	// OutboundBuffered returns the number of bytes that can be read from the current buffer.
 	// it's not concurrency-safe, you must invoke it within any method in EventHandler.
 	OutboundBuffered() int

@@ -40,6 +40,9 @@ type Poller struct {
 	asyncTaskQueue              queue.AsyncTaskQueue // queue with low priority
 	urgentAsyncTaskQueue        queue.AsyncTaskQueue // queue with high priority
 	highPriorityEventsThreshold int32                // threshold of high-priority events
+	// EndOfRound, when set, runs on the polling goroutine after each round
+	// of I/O events and queued tasks. (dualgate patch 12)
+	EndOfRound func()
 }
 
 // OpenPoller instantiates a poller.
@@ -175,6 +178,10 @@ func (p *Poller) Polling(callback PollEventHandler) error {
 					break
 				}
 			}
+		}
+
+		if p.EndOfRound != nil {
+			p.EndOfRound()
 		}
 
 		if n == el.size {

@@ -39,6 +39,9 @@ type Poller struct {
 	asyncTaskQueue              queue.AsyncTaskQueue // queue with low priority
 	urgentAsyncTaskQueue        queue.AsyncTaskQueue // queue with high priority
 	highPriorityEventsThreshold int32                // threshold of high-priority events
+	// EndOfRound, when set, runs on the polling goroutine after each round
+	// of I/O events and queued tasks. (dualgate patch 12)
+	EndOfRound func()
 }
 
 // OpenPoller instantiates a poller.
@@ -177,6 +180,10 @@ func (p *Poller) Polling() error {
 					break
 				}
 			}
+		}
+
+		if p.EndOfRound != nil {
+			p.EndOfRound()
 		}
 
 		if n == el.size {

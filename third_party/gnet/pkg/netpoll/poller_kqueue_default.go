@@ -37,6 +37,9 @@ type Poller struct {
 	asyncTaskQueue              queue.AsyncTaskQueue // queue with low priority
 	urgentAsyncTaskQueue        queue.AsyncTaskQueue // queue with high priority
 	highPriorityEventsThreshold int32                // threshold of high-priority events
+	// EndOfRound, when set, runs on the polling goroutine after each round
+	// of I/O events and queued tasks. (dualgate patch 12)
+	EndOfRound func()
 }
 
 // OpenPoller instantiates a poller.
@@ -151,6 +154,10 @@ func (p *Poller) Polling(callback PollEventHandler) error {
 					doChores = true
 				}
 			}
+		}
+
+		if p.EndOfRound != nil {
+			p.EndOfRound()
 		}
 
 		if n == el.size {
