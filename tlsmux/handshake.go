@@ -120,17 +120,19 @@ func (s *Server) handshake(slot int, c net.Conn) {
 	} else {
 		s.full.Add(1)
 	}
-	s.handoff(tc, tr, info)
+	s.handoff(c, tc, tr, info)
 }
 
-// handoff gives the connection to Config.Handoff, containing a panic.
-func (s *Server) handoff(tc *tls.Conn, tr *Transport, info ConnInfo) {
+// handoff gives the connection to Config.Handoff, containing a panic: then
+// the accepted connection c is closed, whether Handoff had detached the
+// Transport from it or not (a detached Transport's Close does nothing).
+func (s *Server) handoff(c net.Conn, tc *tls.Conn, tr *Transport, info ConnInfo) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.panics.Add(1)
 			s.log.Error("tlsmux: handoff panic; connection closed",
 				zap.Stringer("remote", info.Remote), zap.Any("panic", r), zap.StackSkip("stack", 1))
-			_ = tr.Close()
+			_ = c.Close()
 		}
 	}()
 	s.cfg.Handoff(tc, tr, info)

@@ -74,7 +74,7 @@ type Config struct {
 	// then on reads and writes c there through t, with no goroutine of its
 	// own. The connection is then Handoff's: the Server keeps nothing of
 	// it and does not close it at Shutdown or Close. A panic in Handoff is
-	// recovered, logged and counted, and the connection closed.
+	// recovered, logged and counted, and the accepted connection closed.
 	Handoff func(c *tls.Conn, t *Transport, info ConnInfo)
 }
 

@@ -659,10 +659,10 @@ func TestAcceptErrorsAreRetried(t *testing.T) {
 	}
 }
 
-// A panic in Handoff is recovered, logged and counted, and closes that
-// connection only.
+// A panic in Handoff, before or after it detached the Transport, is
+// recovered, logged and counted, and closes that connection only.
 func TestHandoffPanicIsContained(t *testing.T) {
-	for _, detach := range []bool{false} {
+	for _, detach := range []bool{false, true} {
 		t.Run(fmt.Sprintf("detached %v", detach), func(t *testing.T) {
 			pki := newPKI(t)
 			core, logs := observer.New(zap.ErrorLevel)
