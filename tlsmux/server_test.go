@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -72,6 +73,61 @@ func TestFullThenResumedHandshake(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Behind a listener that decodes PROXY headers, ConnInfo.Remote is the
+// header's source address, and what the header reader read ahead of the
+// handshake's needs (a message written right after the client's Finished)
+// is served after the hand-over.
+func TestProxyHeaderRemoteAddress(t *testing.T) {
+	pki := newPKI(t)
+	infos := make(chan ConnInfo, 1)
+	s, err := New(Config{
+		TLS:     serverTLS(t, pki, TLSOptions{}),
+		Handoff: echoHandoff(t, loopOpts{infos: infos}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(&proxyproto.Listener{Listener: ln}) }()
+	defer func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if err := recv(t, served); !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve = %v, want ErrServerClosed", err)
+		}
+	}()
+
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = raw.Close() }()
+	if _, err := io.WriteString(raw, "PROXY TCP4 203.0.113.7 127.0.0.1 40001 8883\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(raw, clientTLS(pki))
+	_ = c.SetDeadline(time.Now().Add(testTimeout))
+	if err := c.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "right after"); err != nil {
+		t.Fatal(err)
+	}
+	if got := recv(t, infos).Remote.String(); got != "203.0.113.7:40001" {
+		t.Fatalf("Remote %s, want the PROXY header's 203.0.113.7:40001", got)
+	}
+	buf := make([]byte, len(greeting+"right after"))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != greeting+"right after" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	echo(t, c, "and later")
 }
 
 func TestX25519OnlyKeyExchange(t *testing.T) {
