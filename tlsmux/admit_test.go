@@ -50,7 +50,7 @@ func TestIdleSocketsHoldNoWorker(t *testing.T) {
 		HandshakeQueueTimeout: testTimeout / 4,
 		HelloTimeout:          testTimeout,
 		MaxHelloPerSource:     -1,
-		Handler:               echoHandler(nil),
+		Handoff:               echoHandoff(t, loopOpts{}),
 	})
 	var idle []net.Conn
 	defer func() {
@@ -84,7 +84,7 @@ func TestHelloBoundPerSource(t *testing.T) {
 		TLS:               serverTLS(t, pki, TLSOptions{}),
 		HelloTimeout:      testTimeout,
 		MaxHelloPerSource: 4,
-		Handler:           echoHandler(nil),
+		Handoff:           echoHandoff(t, loopOpts{}),
 	})
 	var idle []net.Conn
 	defer func() {

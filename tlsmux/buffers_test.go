@@ -3,7 +3,6 @@ package tlsmux
 import (
 	"bytes"
 	"crypto/tls"
-	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -41,33 +40,22 @@ func TestReleaseBuffers(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pki := newPKI(t)
-			var afterHandshake, held atomic.Int64
+			var (
+				afterHandshake, held atomic.Int64
+				handedOver           atomic.Bool
+			)
 			_, addr := startServer(t, Config{
 				TLS: serverTLS(t, pki, TLSOptions{X25519Only: tc.x25519}),
-				Handler: func(c *tls.Conn, _ ConnInfo) {
-					afterHandshake.Store(int64(ReleaseBuffers(c)))
+				Handoff: echoHandoff(t, loopOpts{idle: func(c *tls.Conn) {
+					// Released before the greeting and before each echo
+					// goes back: once the client has them, held is what
+					// the idle connection keeps.
+					n := ReleaseBuffers(c)
+					if !handedOver.Swap(true) {
+						afterHandshake.Store(int64(n))
+					}
 					held.Store(int64(bufferCaps(c)))
-					if _, err := io.WriteString(c, greeting); err != nil {
-						return
-					}
-					buf := make([]byte, 64<<10)
-					for {
-						n, err := c.Read(buf)
-						// Released before the echo goes back: once the
-						// client has its echo, held is what the idle
-						// connection keeps.
-						ReleaseBuffers(c)
-						held.Store(int64(bufferCaps(c)))
-						if n > 0 {
-							if _, err := c.Write(buf[:n]); err != nil {
-								return
-							}
-						}
-						if err != nil {
-							return
-						}
-					}
-				},
+				}}),
 			})
 			c, err := dialTLS(t, addr, clientTLS(pki))
 			if err != nil {
@@ -106,25 +94,21 @@ func TestPeerCertificatesReleasable(t *testing.T) {
 	}
 }
 
-// After the handshake the Handler gets what the client certificate proves,
+// After the handshake the connection is handed over with what the client
+// certificate proves,
 // and the connection no longer holds the certificate; a resumed session
 // proves the same from its ticket.
 func TestReleasePeerCertificates(t *testing.T) {
 	pki := newPKI(t)
 	caFile := t.TempDir() + "/clients-ca.pem"
 	writeAtomic(t, caFile, pki.CAPEM)
-	type seen struct {
-		ids   []string
-		certs int
-	}
-	got := make(chan seen, 2)
+	infos := make(chan ConnInfo, 2)
+	var kept atomic.Int64 // certificates the connection holds once handed over
 	_, addr := startServer(t, Config{
 		TLS: serverTLS(t, pki, TLSOptions{ClientCAFile: caFile}),
-		Handler: func(c *tls.Conn, info ConnInfo) {
-			got <- seen{ids: info.PeerIdentity, certs: len(c.ConnectionState().PeerCertificates) + len(c.ConnectionState().VerifiedChains)}
-			_, _ = io.WriteString(c, greeting)
-			_, _ = io.Copy(io.Discard, c)
-		},
+		Handoff: echoHandoff(t, loopOpts{infos: infos, idle: func(c *tls.Conn) {
+			kept.Store(int64(len(c.ConnectionState().PeerCertificates) + len(c.ConnectionState().VerifiedChains)))
+		}}),
 	})
 	cert, err := pki.ClientCert("car-7")
 	if err != nil {
@@ -134,17 +118,20 @@ func TestReleasePeerCertificates(t *testing.T) {
 	ccfg.Certificates = []tls.Certificate{cert}
 	ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
 	for _, resumed := range []bool{false, true} {
+		kept.Store(-1)
 		c, err := dialTLS(t, addr, ccfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := <-got
+		info := recv(t, infos)
 		if c.ConnectionState().DidResume != resumed {
 			t.Fatalf("resumed %v, want %v", c.ConnectionState().DidResume, resumed)
 		}
+		// The greeting the client read came after the count was kept.
+		certs := kept.Load()
 		_ = c.Close()
-		if strings.Join(s.ids, ",") != "car-7" || s.certs != 0 {
-			t.Fatalf("resumed %v: PeerIdentity %q and %d certificates kept; want car-7 and none", resumed, s.ids, s.certs)
+		if strings.Join(info.PeerIdentity, ",") != "car-7" || certs != 0 {
+			t.Fatalf("resumed %v: PeerIdentity %q and %d certificates kept; want car-7 and none", resumed, info.PeerIdentity, certs)
 		}
 	}
 }

@@ -1,7 +1,7 @@
 // Package tlsmux terminates TLS for dualgate's secure listener. It accepts TCP
-// connections, runs the TLS handshake, and hands each handshaken *tls.Conn to
-// a handler, or to an event loop that serves it without a goroutine. It
-// knows nothing of MQTT.
+// connections, runs the TLS handshake, and hands each handshaken *tls.Conn
+// over to an event loop that serves it without a goroutine. It knows nothing
+// of MQTT.
 //
 // # The handshake path
 //
@@ -16,31 +16,28 @@
 // (HandshakeTimeout) that is cleared when it succeeds.
 //
 // Every tls.Conn the Server makes runs over a Transport. After a
-// successful handshake the Server gives the connection either to Handler, on
-// a goroutine of its own, or to Handoff, on the worker. Handler's goroutine
-// starts small: the stack a handshake grows (the certificate verification,
-// the key exchange) stays with the worker, and goes when the worker ends.
-// Handoff keeps no goroutine at all: it detaches the Transport (Transport.Detach collects what the
-// accepted connection's wrappers read ahead) and moves the socket to an
-// event loop, which then lends the Transport the bytes it reads and reads
-// the tls.Conn until ErrWouldBlock, a temporary net.Error after which
-// crypto/tls keeps a partial record and carries on. That is how dualgate
-// serves TLS devices.
+// successful handshake the Server gives the connection to Config.Handoff,
+// on the worker; the stack a handshake grows (the certificate
+// verification, the key exchange) stays with the worker, and goes when the
+// worker ends. Handoff keeps no goroutine: it detaches the Transport
+// (Transport.Detach collects what the accepted connection's wrappers read
+// ahead) and moves the socket to an event loop, which then lends the
+// Transport the bytes it reads and reads the tls.Conn until ErrWouldBlock,
+// a temporary net.Error after which crypto/tls keeps a partial record and
+// carries on. That is how dualgate serves TLS devices.
 //
 // # What an idle connection keeps
 //
-// With Handler, the Server keeps one entry in its set of live connections
-// (to close them on Close) and the goroutine running the Handler; with
-// Handoff, nothing (the owner closes the connection). The handshake state,
-// ConnectionState and anything the handshake needed are dropped when the
-// worker returns; ConnInfo is built once and handed over, and the owner
-// decides what to keep. There is no bufio, and the read and handshake
-// buffers crypto/tls keeps inside tls.Conn (sized by the largest record
-// and handshake message received so far: after the handshake, the
-// ClientHello) are given back by ReleaseBuffers, which the owner calls
-// between reads. What remains is the tls.Conn with its record-layer cipher
-// states, the Transport, the socket, and with Handler the goroutine's
-// stack; the parsed client certificate is dropped after the handshake
+// The Server keeps nothing of a connection it handed over (the owner
+// closes it). The handshake state, ConnectionState and anything the
+// handshake needed are dropped when the worker returns; ConnInfo is built
+// once and handed over, and the owner decides what to keep. There is no
+// bufio, and the read and handshake buffers crypto/tls keeps inside
+// tls.Conn (sized by the largest record and handshake message received so
+// far: after the handshake, the ClientHello) are given back by
+// ReleaseBuffers, which the owner calls between reads. What remains is the
+// tls.Conn with its record-layer cipher states, the Transport and the
+// socket; the parsed client certificate is dropped after the handshake
 // (ReleasePeerCertificates), what it proves being in ConnInfo.
 //
 // # Configuration
@@ -59,5 +56,7 @@
 // # Lifecycle
 //
 // Server follows net/http.Server: Serve(listener) until Shutdown or Close,
-// accept errors retried with backoff, ErrServerClosed afterwards.
+// accept errors retried with backoff, ErrServerClosed afterwards. Shutdown
+// and Close end what is the Server's (the listeners, and the connections
+// not handed over yet), not the connections handed over.
 package tlsmux

@@ -63,10 +63,9 @@ func (q *fifo) drain() []pending {
 	return out
 }
 
-// handshake runs the TLS handshake of c on worker slot, then starts the
-// connection's own goroutine (Handler) or hands it over (Handoff). Nothing
-// the handshake needed outlives it: the next owner gets the *tls.Conn and a
-// ConnInfo.
+// handshake runs the TLS handshake of c on worker slot, then hands the
+// connection over (Handoff). Nothing the handshake needed outlives it: the
+// next owner gets the *tls.Conn, its Transport and a ConnInfo.
 func (s *Server) handshake(slot int, c net.Conn) {
 	start := time.Now()
 	tr := &Transport{Conn: c}
@@ -115,53 +114,25 @@ func (s *Server) handshake(slot int, c net.Conn) {
 		_ = c.Close()
 		return
 	}
-	if s.cfg.Handoff != nil {
-		s.mu.Unlock()
-		if info.Resumed {
-			s.resumed.Add(1)
-		} else {
-			s.full.Add(1)
-		}
-		s.handoff(tc, tr, info)
-		return
-	}
-	s.conns[tc] = struct{}{}
-	s.running++
 	s.mu.Unlock()
 	if info.Resumed {
 		s.resumed.Add(1)
 	} else {
 		s.full.Add(1)
 	}
-	go s.serveConn(tc, info)
+	s.handoff(c, tc, tr, info)
 }
 
-// serveConn runs the Handler on the connection's own goroutine and closes
-// the connection when it returns or panics.
-func (s *Server) serveConn(tc *tls.Conn, info ConnInfo) {
-	defer s.done()
-	defer func() {
-		if r := recover(); r != nil {
-			s.panics.Add(1)
-			s.log.Error("tlsmux: handler panic; connection closed",
-				zap.Stringer("remote", info.Remote), zap.Any("panic", r), zap.StackSkip("stack", 1))
-		}
-		s.mu.Lock()
-		delete(s.conns, tc)
-		s.mu.Unlock()
-		_ = tc.Close()
-	}()
-	s.cfg.Handler(tc, info)
-}
-
-// handoff gives the connection to Config.Handoff, containing a panic.
-func (s *Server) handoff(tc *tls.Conn, tr *Transport, info ConnInfo) {
+// handoff gives the connection to Config.Handoff, containing a panic: then
+// the accepted connection c is closed, whether Handoff had detached the
+// Transport from it or not (a detached Transport's Close does nothing).
+func (s *Server) handoff(c net.Conn, tc *tls.Conn, tr *Transport, info ConnInfo) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.panics.Add(1)
 			s.log.Error("tlsmux: handoff panic; connection closed",
 				zap.Stringer("remote", info.Remote), zap.Any("panic", r), zap.StackSkip("stack", 1))
-			_ = tr.Close()
+			_ = c.Close()
 		}
 	}()
 	s.cfg.Handoff(tc, tr, info)

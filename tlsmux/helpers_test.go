@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) {
 // testTimeout bounds every wait in these tests.
 const testTimeout = 20 * time.Second
 
-// greeting is what echoHandler writes first. Reading it on the client also
+// greeting is what echoHandoff writes first. Reading it on the client also
 // processes a TLS 1.3 NewSessionTicket sent before it.
 const greeting = "hi\n"
 
@@ -36,17 +37,133 @@ func newPKI(t *testing.T) *certs.PKI {
 	return pki
 }
 
-// echoHandler reports each ConnInfo on infos (when not nil), writes
-// greeting, then echoes until the connection ends.
-func echoHandler(infos chan<- ConnInfo) func(*tls.Conn, ConnInfo) {
-	return func(c *tls.Conn, info ConnInfo) {
-		if infos != nil {
-			infos <- info
+// loopOpts tunes echoHandoff. The zero value echoes in 16 KiB socket reads.
+type loopOpts struct {
+	// infos receives each ConnInfo, on the handshake worker, when not nil.
+	infos chan<- ConnInfo
+	// chunk is the most bytes read from the socket at once (default 16 KiB):
+	// 1 cuts every record into single bytes.
+	chunk int
+	// idle, when not nil, runs after each round of reads, before what the
+	// round writes (the first round writes greeting): when the connection
+	// waits for more, as an event loop's would.
+	idle func(c *tls.Conn)
+}
+
+// echoHandoff is a Config.Handoff that serves the connections handed over
+// the way dualgate's event loops do, with a goroutine per connection
+// playing the loop. On the worker it reports the ConnInfo, detaches the
+// Transport and clears the socket's read deadline; then the loop, round
+// after round, lends the Transport what it read from the socket (nothing
+// the first time: the Transport has what the handshake read ahead), reads
+// the tls.Conn until ErrWouldBlock, takes the lent bytes back, and writes
+// what it got (after greeting, the first time). It closes the socket when the peer
+// closes or on an error. The test's cleanup closes the sockets still open
+// and waits for their goroutines; call echoHandoff before startServer, so
+// that the cleanup runs after the Server's Close (no hand-over after it).
+func echoHandoff(t *testing.T, o loopOpts) func(*tls.Conn, *Transport, ConnInfo) {
+	t.Helper()
+	if o.chunk == 0 {
+		o.chunk = 16 << 10
+	}
+	var (
+		mu    sync.Mutex
+		socks = make(map[net.Conn]struct{})
+		wg    sync.WaitGroup
+		ended bool
+	)
+	t.Cleanup(func() {
+		mu.Lock()
+		ended = true
+		for sock := range socks {
+			_ = sock.Close()
 		}
-		if _, err := io.WriteString(c, greeting); err != nil {
+		mu.Unlock()
+		wg.Wait()
+	})
+	return func(c *tls.Conn, tr *Transport, info ConnInfo) {
+		if o.infos != nil {
+			o.infos <- info
+		}
+		sock, err := tr.Detach()
+		if err != nil {
+			t.Errorf("detach: %v", err)
+			if sock != nil {
+				_ = sock.Close()
+			}
 			return
 		}
-		_, _ = io.Copy(c, c)
+		if !tr.Detached() {
+			t.Error("Transport not detached after Detach")
+		}
+		_ = sock.SetReadDeadline(time.Time{}) // Detach left it in the past
+		tr.SetWriter(sock)
+		mu.Lock()
+		if ended {
+			mu.Unlock()
+			t.Error("connection handed over after the test ended")
+			_ = sock.Close()
+			return
+		}
+		socks[sock] = struct{}{}
+		wg.Add(1)
+		mu.Unlock()
+		go func() {
+			defer wg.Done()
+			defer func() {
+				mu.Lock()
+				delete(socks, sock)
+				mu.Unlock()
+				_ = sock.Close()
+			}()
+			serveLikeALoop(t, c, tr, sock, o)
+		}()
+	}
+}
+
+// serveLikeALoop is echoHandoff's loop for one connection. It returns when
+// the connection ends.
+func serveLikeALoop(t *testing.T, c *tls.Conn, tr *Transport, sock net.Conn, o loopOpts) {
+	raw := make([]byte, o.chunk)
+	plain := make([]byte, 64<<10)
+	var lend []byte
+	out := []byte(greeting)
+	for {
+		// What the Transport holds from Detach comes first, with nothing
+		// lent: the loop's first turn.
+		tr.Lend(lend)
+		for {
+			n, err := c.Read(plain)
+			out = append(out, plain[:n]...)
+			if errors.Is(err, ErrWouldBlock) {
+				break
+			}
+			if err != nil {
+				return // the peer's close_notify, or a bad record
+			}
+		}
+		if left := tr.Unlend(); left != 0 {
+			t.Errorf("%d lent bytes left unread", left)
+			return
+		}
+		if o.idle != nil {
+			o.idle(c)
+		}
+		if len(out) > 0 {
+			if _, err := c.Write(out); err != nil {
+				return
+			}
+			out = out[:0]
+		}
+		n, err := sock.Read(raw)
+		if err != nil {
+			tr.SetEOF()
+			if _, err := c.Read(plain); err == nil {
+				t.Error("read after EOF succeeded")
+			}
+			return
+		}
+		lend = raw[:n]
 	}
 }
 

@@ -53,7 +53,7 @@ func TestCertReloaderKeepsLiveConnections(t *testing.T) {
 	}
 	_, addr := startServer(t, Config{
 		TLS:     serverTLS(t, pki, TLSOptions{GetCertificate: r.GetCertificate}),
-		Handler: echoHandler(nil),
+		Handoff: echoHandoff(t, loopOpts{}),
 	})
 	first := pki.Server.Leaf.SerialNumber
 

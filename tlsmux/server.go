@@ -65,25 +65,16 @@ type Config struct {
 	MaxHelloPerSource int
 
 	// Logger receives handshake failures (debug), accept errors (warn) and
-	// handler panics (error). Default zap.NewNop().
+	// Handoff panics (error). Default zap.NewNop().
 	Logger *zap.Logger
 
-	// Handler or Handoff is required, not both.
-	//
-	// Handler runs on the connection's own goroutine once the handshake is
-	// done; the Server closes the connection when Handler returns. A panic
-	// in Handler is recovered, logged and counted; only that connection is
-	// closed. Handler must return once c is closed (by the peer or by
-	// Close).
-	Handler func(c *tls.Conn, info ConnInfo)
-
-	// Handoff takes the connection once the handshake is done, on the
-	// handshake worker, so it must not wait long: it detaches t
-	// (Transport.Detach), hands the socket to an event loop, and from then
-	// on reads and writes c there through t, with no goroutine of its
-	// own. The connection is then Handoff's: the Server neither counts it
-	// in ActiveConns nor closes it at Close. A panic in Handoff is
-	// recovered, logged and counted, and the connection closed.
+	// Handoff is required. It takes the connection once the handshake is
+	// done, on the handshake worker, so it must not wait long: it detaches
+	// t (Transport.Detach), hands the socket to an event loop, and from
+	// then on reads and writes c there through t, with no goroutine of its
+	// own. The connection is then Handoff's: the Server keeps nothing of
+	// it and does not close it at Shutdown or Close. A panic in Handoff is
+	// recovered, logged and counted, and the accepted connection closed.
 	Handoff func(c *tls.Conn, t *Transport, info ConnInfo)
 }
 
@@ -113,11 +104,11 @@ type ConnInfo struct {
 // HelloWaiting, HandshakesQueued or HandshakesInFlight.
 type Stats struct {
 	Accepted          uint64 // connections accepted
-	HandshakesFull    uint64 // full handshakes handed to the Handler
-	HandshakesResumed uint64 // resumed handshakes handed to the Handler
+	HandshakesFull    uint64 // full handshakes, handed over
+	HandshakesResumed uint64 // resumed handshakes, handed over
 	HandshakesFailed  uint64 // handshake errors, HandshakeTimeout included
-	// HandshakesRefused counts connections closed without reaching the
-	// Handler although nothing was wrong with them: waited longer than
+	// HandshakesRefused counts connections closed without being handed
+	// over although nothing was wrong with them: waited longer than
 	// HandshakeQueueTimeout, or the Server was shutting down.
 	HandshakesRefused uint64
 	// HelloTimeouts counts connections closed for sending no TLS record
@@ -126,15 +117,14 @@ type Stats struct {
 	HelloTimeouts, HelloRefused uint64
 	HelloWaiting                int    // connections waiting for their first record
 	AcceptErrors                uint64 // Accept errors retried
-	HandlerPanics               uint64 // panics recovered from the Handler
-	ActiveConns                 int    // connections whose Handler is running
+	HandoffPanics               uint64 // panics recovered from Handoff
 	HandshakesInFlight          int    // handshakes running on workers
 	HandshakeWorkers            int    // worker goroutines running (0 at rest)
 	HandshakesQueued            int    // connections waiting for a worker
 }
 
-// Server accepts TLS connections and hands them to a Handler. Its methods
-// are safe for concurrent use.
+// Server accepts TLS connections, runs their handshakes and hands them over
+// to Config.Handoff. Its methods are safe for concurrent use.
 type Server struct {
 	cfg Config // defaults filled in; constant after New
 	log *zap.Logger
@@ -157,11 +147,11 @@ type Server struct {
 	free      []int
 	closing   bool // Shutdown or Close has begun
 	listeners map[*net.Listener]struct{}
-	inflight  []net.Conn             // per worker: the connection in handshake, or nil
-	hello     map[net.Conn]struct{}  // waiting for their first record (admit)
-	conns     map[*tls.Conn]struct{} // handed to a Handler, not yet closed
-	// running counts the workers, the reaper and the handler goroutines;
-	// idle is closed once closing is set and running is zero.
+	inflight  []net.Conn            // per worker: the connection in handshake, or nil
+	hello     map[net.Conn]struct{} // waiting for their first record (admit)
+	// running counts the workers, the reaper and the goroutines waiting
+	// for a first record; idle is closed once closing is set and running
+	// is zero.
 	running    int
 	idle       chan struct{}
 	idleClosed bool
@@ -176,11 +166,8 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetCertificate == nil && cfg.TLS.GetConfigForClient == nil {
 		return nil, errors.New("tlsmux: Config.TLS has no certificate (Certificates, GetCertificate or GetConfigForClient)")
 	}
-	if cfg.Handler == nil && cfg.Handoff == nil {
-		return nil, errors.New("tlsmux: Config.Handler is required (or Config.Handoff)")
-	}
-	if cfg.Handler != nil && cfg.Handoff != nil {
-		return nil, errors.New("tlsmux: Config.Handler and Config.Handoff are exclusive")
+	if cfg.Handoff == nil {
+		return nil, errors.New("tlsmux: Config.Handoff is required")
 	}
 	switch {
 	case cfg.HandshakeTimeout < 0:
@@ -216,7 +203,6 @@ func New(cfg Config) (*Server, error) {
 		stop:      make(chan struct{}),
 		listeners: make(map[*net.Listener]struct{}),
 		inflight:  make([]net.Conn, cfg.MaxHandshakes),
-		conns:     make(map[*tls.Conn]struct{}),
 		hello:     make(map[net.Conn]struct{}),
 		sources:   make(map[string]int),
 		idle:      make(chan struct{}),
@@ -278,12 +264,12 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-// Shutdown stops the Server gracefully: it closes the listeners, closes the
-// connections still waiting for or in a handshake, and waits until every
-// Handler has returned or ctx is done. It does not close connections already
-// handed to a Handler: the caller ends those sessions (or calls Close). When
-// ctx ends first it returns an error wrapping ctx.Err(). Shutdown may be called again, and
-// after Close.
+// Shutdown stops the Server: it closes the listeners and the connections
+// still waiting for their first record, queued or in a handshake, and waits
+// until the Server's goroutines (a Handoff running on a worker included)
+// have returned or ctx is done. Connections already handed over are not
+// the Server's: their owner ends them. When ctx ends first it returns an
+// error wrapping ctx.Err(). Shutdown may be called again, and after Close.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.beginClose()
 	if werr := s.wait(ctx); werr != nil {
@@ -292,21 +278,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// Close stops the Server at once: it closes the listeners and every
-// connection (queued, in handshake, or with a Handler) and waits for the
-// Server's goroutines, Handlers included, to return. Close is idempotent;
-// calls after the first return nil. It must not be called from a Handler.
+// Close is Shutdown without a bound on the wait. Close is idempotent;
+// calls after the first return nil. It must not be called from Handoff.
 func (s *Server) Close() error {
-	err := s.beginClose()
-	s.mu.Lock()
-	for c := range s.conns {
-		// The raw socket, not c.Close: no close_notify that could block on a
-		// Handler's pending Write.
-		_ = c.NetConn().Close()
-	}
-	s.mu.Unlock()
-	_ = s.wait(context.Background())
-	return err
+	return s.Shutdown(context.Background())
 }
 
 // Stats returns the Server's counters.
@@ -318,13 +293,12 @@ func (s *Server) Stats() Stats {
 		HandshakesFailed:  s.failed.Load(),
 		HandshakesRefused: s.refused.Load(),
 		AcceptErrors:      s.acceptErrors.Load(),
-		HandlerPanics:     s.panics.Load(),
+		HandoffPanics:     s.panics.Load(),
 		HelloTimeouts:     s.helloTimeouts.Load(),
 		HelloRefused:      s.helloRefused.Load(),
 	}
 	s.mu.Lock()
 	st.HelloWaiting = len(s.hello)
-	st.ActiveConns = len(s.conns)
 	st.HandshakesQueued = s.queue.len()
 	st.HandshakeWorkers = s.cfg.MaxHandshakes - len(s.free)
 	for _, c := range s.inflight {
@@ -396,7 +370,8 @@ func (s *Server) beginClose() error {
 	return nil
 }
 
-// wait waits for the workers, the reaper and the Handlers, or ctx.
+// wait waits for the workers, the reaper and the goroutines waiting for a
+// first record, or ctx.
 func (s *Server) wait(ctx context.Context) error {
 	select {
 	case <-s.idle:

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -32,7 +35,7 @@ func TestFullThenResumedHandshake(t *testing.T) {
 			infos := make(chan ConnInfo, 2)
 			s, addr := startServer(t, Config{
 				TLS:     serverTLS(t, pki, TLSOptions{X25519Only: tc.x25519}),
-				Handler: echoHandler(infos),
+				Handoff: echoHandoff(t, loopOpts{infos: infos}),
 			})
 			ccfg := clientTLS(pki)
 			ccfg.MaxVersion = tc.version
@@ -63,13 +66,68 @@ func TestFullThenResumedHandshake(t *testing.T) {
 				echo(t, c, "ping")
 				_ = c.Close()
 			}
-			eventually(t, "both connections to end", func() bool { return s.Stats().ActiveConns == 0 })
+			// Counted before the hand-over, so before the ConnInfo came.
 			st := s.Stats()
 			if st.Accepted != 2 || st.HandshakesFull != 1 || st.HandshakesResumed != 1 || st.HandshakesFailed != 0 || st.HandshakesRefused != 0 {
 				t.Fatalf("stats %+v", st)
 			}
 		})
 	}
+}
+
+// Behind a listener that decodes PROXY headers, ConnInfo.Remote is the
+// header's source address, and what the header reader read ahead of the
+// handshake's needs (a message written right after the client's Finished)
+// is served after the hand-over.
+func TestProxyHeaderRemoteAddress(t *testing.T) {
+	pki := newPKI(t)
+	infos := make(chan ConnInfo, 1)
+	s, err := New(Config{
+		TLS:     serverTLS(t, pki, TLSOptions{}),
+		Handoff: echoHandoff(t, loopOpts{infos: infos}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(&proxyproto.Listener{Listener: ln}) }()
+	defer func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if err := recv(t, served); !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve = %v, want ErrServerClosed", err)
+		}
+	}()
+
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = raw.Close() }()
+	if _, err := io.WriteString(raw, "PROXY TCP4 203.0.113.7 127.0.0.1 40001 8883\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(raw, clientTLS(pki))
+	_ = c.SetDeadline(time.Now().Add(testTimeout))
+	if err := c.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "right after"); err != nil {
+		t.Fatal(err)
+	}
+	if got := recv(t, infos).Remote.String(); got != "203.0.113.7:40001" {
+		t.Fatalf("Remote %s, want the PROXY header's 203.0.113.7:40001", got)
+	}
+	buf := make([]byte, len(greeting+"right after"))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != greeting+"right after" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+	echo(t, c, "and later")
 }
 
 func TestX25519OnlyKeyExchange(t *testing.T) {
@@ -85,7 +143,7 @@ func TestX25519OnlyKeyExchange(t *testing.T) {
 			pki := newPKI(t)
 			_, addr := startServer(t, Config{
 				TLS:     serverTLS(t, pki, TLSOptions{X25519Only: tc.x25519}),
-				Handler: echoHandler(nil),
+				Handoff: echoHandoff(t, loopOpts{}),
 			})
 			c, err := dialTLS(t, addr, clientTLS(pki))
 			if err != nil {
@@ -141,7 +199,7 @@ func TestMutualTLSIdentity(t *testing.T) {
 			infos := make(chan ConnInfo, 2)
 			s, addr := startServer(t, Config{
 				TLS:     serverTLS(t, pki, TLSOptions{ClientCAFile: caFile, RequireClientCert: tc.require}),
-				Handler: echoHandler(infos),
+				Handoff: echoHandoff(t, loopOpts{infos: infos}),
 			})
 			ccfg := clientTLS(pki)
 			ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
@@ -205,7 +263,10 @@ func TestHandshakeTimeoutClosesSilentClient(t *testing.T) {
 				TLS:              serverTLS(t, pki, TLSOptions{}),
 				HandshakeTimeout: timeout,
 				HelloTimeout:     timeout,
-				Handler:          func(*tls.Conn, ConnInfo) { t.Error("handler called") },
+				Handoff: func(_ *tls.Conn, tr *Transport, _ ConnInfo) {
+					t.Error("connection handed over")
+					_ = tr.Close()
+				},
 			})
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
@@ -245,7 +306,7 @@ func TestQueueTimeoutRefusesOnTime(t *testing.T) {
 		MaxHandshakes:         1,
 		HandshakeTimeout:      testTimeout,
 		HandshakeQueueTimeout: queueTimeout,
-		Handler:               echoHandler(nil),
+		Handoff:               echoHandoff(t, loopOpts{}),
 	})
 	// A client that sends its ClientHello and then nothing holds the
 	// only worker.
@@ -293,10 +354,8 @@ func TestHandshakeLimiterUnderBurst(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pki := newPKI(t)
-			var (
-				running, peak atomic.Int32
-				handled       atomic.Int32
-			)
+			var running, peak atomic.Int32
+			handed := make(chan ConnInfo, clients)
 			scfg := serverTLS(t, pki, TLSOptions{X25519Only: true})
 			// GetConfigForClient runs inside each handshake: it measures
 			// how many run at once, and holds each a little.
@@ -314,11 +373,7 @@ func TestHandshakeLimiterUnderBurst(t *testing.T) {
 				HandshakeQueueTimeout: tc.queueTimeout,
 				HandshakeTimeout:      testTimeout,
 				MaxHelloPerSource:     -1, // every client shares 127.0.0.1
-				Handler: func(c *tls.Conn, _ ConnInfo) {
-					handled.Add(1)
-					_, _ = io.WriteString(c, greeting)
-					_, _ = io.Copy(io.Discard, c)
-				},
+				Handoff:               echoHandoff(t, loopOpts{infos: handed}),
 			})
 			var (
 				wg             sync.WaitGroup
@@ -341,7 +396,7 @@ func TestHandshakeLimiterUnderBurst(t *testing.T) {
 			wg.Wait()
 			eventually(t, "every connection to be settled", func() bool {
 				st := s.Stats()
-				return st.Accepted == clients && st.ActiveConns == 0 && st.HandshakesQueued == 0 && st.HandshakesInFlight == 0
+				return st.Accepted == clients && st.HandshakesQueued == 0 && st.HandshakesInFlight == 0
 			})
 
 			st := s.Stats()
@@ -352,8 +407,8 @@ func TestHandshakeLimiterUnderBurst(t *testing.T) {
 			if served.Load()+failed.Load() != clients {
 				t.Errorf("served %d + failed %d != %d", served.Load(), failed.Load(), clients)
 			}
-			if got := st.HandshakesFull + st.HandshakesResumed; got != uint64(served.Load()) || got != uint64(handled.Load()) {
-				t.Errorf("handshakes %d, clients served %d, handlers run %d", got, served.Load(), handled.Load())
+			if got := st.HandshakesFull + st.HandshakesResumed; got != uint64(served.Load()) || got != uint64(len(handed)) {
+				t.Errorf("handshakes %d, clients served %d, connections handed over %d", got, served.Load(), len(handed))
 			}
 			if st.HandshakesRefused != uint64(failed.Load()) || st.HandshakesFailed != 0 {
 				t.Errorf("refused %d, failed %d; clients refused %d", st.HandshakesRefused, st.HandshakesFailed, failed.Load())
@@ -382,7 +437,7 @@ func TestWorkersEndWhenIdle(t *testing.T) {
 		TLS:              serverTLS(t, pki, TLSOptions{}),
 		MaxHandshakes:    4,
 		HandshakeTimeout: testTimeout,
-		Handler:          echoHandler(nil),
+		Handoff:          echoHandoff(t, loopOpts{}),
 	})
 	if w := s.Stats().HandshakeWorkers; w != 0 {
 		t.Fatalf("%d workers before any connection, want 0", w)
@@ -401,29 +456,39 @@ func TestWorkersEndWhenIdle(t *testing.T) {
 		echo(t, c, "still served "+strconv.Itoa(i))
 	}
 	st := s.Stats()
-	if st.HandshakesFull != 3 || st.ActiveConns != 3 || st.HandshakesInFlight != 0 {
-		t.Errorf("stats %+v, want 3 full handshakes and 3 active connections", st)
+	if st.HandshakesFull != 3 || st.HandshakesInFlight != 0 {
+		t.Errorf("stats %+v, want 3 full handshakes and none in flight", st)
 	}
 }
 
-func TestShutdownWaitsForHandlers(t *testing.T) {
+// Shutdown waits for a Handoff still running on its worker, up to its
+// context, and leaves the connections handed over to their owner: they are
+// served after Shutdown and Close.
+func TestShutdownWaitsForHandoff(t *testing.T) {
 	pki := newPKI(t)
-	release := make(chan struct{})
-	started := make(chan struct{}, 1)
+	var (
+		release     = make(chan struct{})
+		releaseOnce sync.Once
+		started     = make(chan struct{}, 1)
+	)
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	serve := echoHandoff(t, loopOpts{})
 	s, addr := startServer(t, Config{
 		TLS: serverTLS(t, pki, TLSOptions{}),
-		Handler: func(c *tls.Conn, _ ConnInfo) {
+		Handoff: func(c *tls.Conn, tr *Transport, info ConnInfo) {
 			started <- struct{}{}
 			<-release
-			_, _ = io.WriteString(c, "bye")
+			serve(c, tr, info)
 		},
 	})
+	t.Cleanup(unblock) // before the Server's Close, which waits for Handoff
 	raw, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := tls.Client(raw, clientTLS(pki))
 	defer func() { _ = c.Close() }()
+	_ = c.SetDeadline(time.Now().Add(testTimeout))
 	if err := c.Handshake(); err != nil {
 		t.Fatal(err)
 	}
@@ -432,17 +497,16 @@ func TestShutdownWaitsForHandlers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Shutdown with a running handler = %v, want DeadlineExceeded", err)
+		t.Fatalf("Shutdown with a Handoff running = %v, want DeadlineExceeded", err)
 	}
 	// No new connections once shutting down.
 	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 		t.Error("listener still accepts after Shutdown")
 	}
-	// The running connection still works.
-	close(release)
-	buf := make([]byte, 3)
-	_ = c.SetReadDeadline(time.Now().Add(testTimeout))
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "bye" {
+	// The connection being handed over is handed over all the same.
+	unblock()
+	buf := make([]byte, len(greeting))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != greeting {
 		t.Fatalf("read after Shutdown: %q, %v", buf, err)
 	}
 	for range 2 {
@@ -450,22 +514,29 @@ func TestShutdownWaitsForHandlers(t *testing.T) {
 		err := s.Shutdown(ctx)
 		cancel()
 		if err != nil {
-			t.Fatalf("Shutdown after handler returned: %v", err)
+			t.Fatalf("Shutdown after Handoff returned: %v", err)
 		}
 	}
-	if st := s.Stats(); st.ActiveConns != 0 || st.HandshakesFull != 1 {
+	echo(t, c, "served after Shutdown")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	echo(t, c, "served after Close")
+	if st := s.Stats(); st.HandshakesFull != 1 || st.HandshakeWorkers != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }
 
-func TestCloseClosesEverything(t *testing.T) {
+// Close closes the connections that are the Server's: waiting for their
+// first record, queued, in a handshake; not those handed over.
+func TestCloseClosesWhatIsTheServers(t *testing.T) {
 	pki := newPKI(t)
 	s, err := New(Config{
 		TLS:                   serverTLS(t, pki, TLSOptions{}),
 		MaxHandshakes:         1,
 		HandshakeTimeout:      testTimeout,
 		HandshakeQueueTimeout: testTimeout,
-		Handler:               echoHandler(nil),
+		Handoff:               echoHandoff(t, loopOpts{}),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -498,14 +569,16 @@ func TestCloseClosesEverything(t *testing.T) {
 	if err := recv(t, served); !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("Serve = %v, want ErrServerClosed", err)
 	}
-	for name, c := range map[string]net.Conn{"active": active, "in handshake": inHandshake, "queued": queued, "silent": silent} {
+	for name, c := range map[string]net.Conn{"in handshake": inHandshake, "queued": queued, "silent": silent} {
 		if _, err := readEOF(c); err == nil || errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("%s connection: read error %v, want closed", name, err)
 		}
 		_ = c.Close()
 	}
+	echo(t, active, "handed over, so not closed by Close")
+	_ = active.Close()
 	st := s.Stats()
-	if st.ActiveConns != 0 || st.HandshakesInFlight != 0 || st.HandshakesQueued != 0 ||
+	if st.HandshakesInFlight != 0 || st.HandshakesQueued != 0 ||
 		st.HandshakesFull != 1 || st.HandshakesFailed != 1 || st.HandshakesRefused != 2 || st.Accepted != 4 || st.HelloWaiting != 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -531,7 +604,7 @@ func TestCloseClosesEverything(t *testing.T) {
 
 func TestCloseWithoutServe(t *testing.T) {
 	pki := newPKI(t)
-	s, err := New(Config{TLS: serverTLS(t, pki, TLSOptions{}), Handler: echoHandler(nil)})
+	s, err := New(Config{TLS: serverTLS(t, pki, TLSOptions{}), Handoff: echoHandoff(t, loopOpts{})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -545,7 +618,7 @@ func TestCloseWithoutServe(t *testing.T) {
 
 func TestServeReturnsWhenListenerClosedElsewhere(t *testing.T) {
 	pki := newPKI(t)
-	s, err := New(Config{TLS: serverTLS(t, pki, TLSOptions{}), Handler: echoHandler(nil)})
+	s, err := New(Config{TLS: serverTLS(t, pki, TLSOptions{}), Handoff: echoHandoff(t, loopOpts{})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -589,7 +662,7 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 func TestAcceptErrorsAreRetried(t *testing.T) {
 	pki := newPKI(t)
 	core, logs := observer.New(zap.WarnLevel)
-	s, err := New(Config{TLS: serverTLS(t, pki, TLSOptions{}), Handler: echoHandler(nil), Logger: zap.New(core)})
+	s, err := New(Config{TLS: serverTLS(t, pki, TLSOptions{}), Handoff: echoHandoff(t, loopOpts{}), Logger: zap.New(core)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -642,57 +715,70 @@ func TestAcceptErrorsAreRetried(t *testing.T) {
 	}
 }
 
-func TestHandlerPanicIsContained(t *testing.T) {
-	pki := newPKI(t)
-	core, logs := observer.New(zap.ErrorLevel)
-	var calls atomic.Int32
-	s, addr := startServer(t, Config{
-		TLS:    serverTLS(t, pki, TLSOptions{}),
-		Logger: zap.New(core),
-		Handler: func(c *tls.Conn, info ConnInfo) {
-			if calls.Add(1) == 1 {
-				panic("session bug")
+// A panic in Handoff, before or after it detached the Transport, is
+// recovered, logged and counted, and closes that connection only.
+func TestHandoffPanicIsContained(t *testing.T) {
+	for _, detach := range []bool{false, true} {
+		t.Run(fmt.Sprintf("detached %v", detach), func(t *testing.T) {
+			pki := newPKI(t)
+			core, logs := observer.New(zap.ErrorLevel)
+			var calls atomic.Int32
+			serve := echoHandoff(t, loopOpts{})
+			s, addr := startServer(t, Config{
+				TLS:    serverTLS(t, pki, TLSOptions{}),
+				Logger: zap.New(core),
+				Handoff: func(c *tls.Conn, tr *Transport, info ConnInfo) {
+					if calls.Add(1) > 1 {
+						serve(c, tr, info)
+						return
+					}
+					if detach {
+						if _, err := tr.Detach(); err != nil {
+							t.Errorf("detach: %v", err)
+						}
+					}
+					panic("session bug")
+				},
+			})
+			raw, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
 			}
-			echoHandler(nil)(c, info)
-		},
-	})
-	raw, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := tls.Client(raw, clientTLS(pki))
-	if _, err := readEOF(c); err == nil {
-		t.Fatal("connection of the panicking handler not closed")
-	}
-	_ = c.Close()
-	eventually(t, "the panic to be counted", func() bool { return s.Stats().HandlerPanics == 1 })
+			c := tls.Client(raw, clientTLS(pki))
+			if _, err := readEOF(c); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("connection of the panicking Handoff: read error %v, want closed", err)
+			}
+			_ = c.Close()
+			eventually(t, "the panic to be counted", func() bool { return s.Stats().HandoffPanics == 1 })
 
-	c2, err := dialTLS(t, addr, clientTLS(pki))
-	if err != nil {
-		t.Fatalf("server no longer serves after a panic: %v", err)
-	}
-	echo(t, c2, "still here")
-	_ = c2.Close()
-	if n := logs.FilterMessage("tlsmux: handler panic; connection closed").Len(); n != 1 {
-		t.Fatalf("%d panic log entries, want 1", n)
+			c2, err := dialTLS(t, addr, clientTLS(pki))
+			if err != nil {
+				t.Fatalf("server no longer serves after a panic: %v", err)
+			}
+			echo(t, c2, "still here")
+			_ = c2.Close()
+			if n := logs.FilterMessage("tlsmux: handoff panic; connection closed").Len(); n != 1 {
+				t.Fatalf("%d panic log entries, want 1", n)
+			}
+		})
 	}
 }
 
 func TestNewChecksConfig(t *testing.T) {
 	pki := newPKI(t)
 	good := serverTLS(t, pki, TLSOptions{})
-	h := echoHandler(nil)
+	h := echoHandoff(t, loopOpts{})
 	for _, tc := range []struct {
 		name    string
 		cfg     Config
 		wantErr string
 	}{
-		{name: "no TLS", cfg: Config{Handler: h}, wantErr: "TLS is required"},
-		{name: "no certificate", cfg: Config{TLS: &tls.Config{}, Handler: h}, wantErr: "no certificate"},
-		{name: "no handler", cfg: Config{TLS: good}, wantErr: "Handler is required"},
-		{name: "negative handshake timeout", cfg: Config{TLS: good, Handler: h, HandshakeTimeout: -1}, wantErr: "HandshakeTimeout"},
-		{name: "negative queue timeout", cfg: Config{TLS: good, Handler: h, HandshakeQueueTimeout: -1}, wantErr: "HandshakeQueueTimeout"},
-		{name: "negative workers", cfg: Config{TLS: good, Handler: h, MaxHandshakes: -1}, wantErr: "MaxHandshakes"},
+		{name: "no TLS", cfg: Config{Handoff: h}, wantErr: "TLS is required"},
+		{name: "no certificate", cfg: Config{TLS: &tls.Config{}, Handoff: h}, wantErr: "no certificate"},
+		{name: "no Handoff", cfg: Config{TLS: good}, wantErr: "Handoff is required"},
+		{name: "negative handshake timeout", cfg: Config{TLS: good, Handoff: h, HandshakeTimeout: -1}, wantErr: "HandshakeTimeout"},
+		{name: "negative queue timeout", cfg: Config{TLS: good, Handoff: h, HandshakeQueueTimeout: -1}, wantErr: "HandshakeQueueTimeout"},
+		{name: "negative workers", cfg: Config{TLS: good, Handoff: h, MaxHandshakes: -1}, wantErr: "MaxHandshakes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -701,7 +787,7 @@ func TestNewChecksConfig(t *testing.T) {
 		})
 	}
 
-	cfg := Config{TLS: good, Handler: h}
+	cfg := Config{TLS: good, Handoff: h}
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ func sessionServer(t *testing.T, pki *certs.PKI, store SessionStore, opts TLSOpt
 	t.Helper()
 	s := NewSessions(store, 0, nil)
 	opts.Sessions = s
-	_, addr := startServer(t, Config{TLS: serverTLS(t, pki, opts), Handler: echoHandler(nil)})
+	_, addr := startServer(t, Config{TLS: serverTLS(t, pki, opts), Handoff: echoHandoff(t, loopOpts{})})
 	return s, addr
 }
 
@@ -116,7 +116,7 @@ func TestSessionsKeepClientCertificate(t *testing.T) {
 	}
 	infos := make(chan ConnInfo, 2)
 	opts := TLSOptions{Certificates: []tls.Certificate{pki.Server}, ClientCAs: pki.Pool, Sessions: NewSessions(mem, 0, nil)}
-	_, addr := startServer(t, Config{TLS: serverTLS(t, pki, opts), Handler: echoHandler(infos)})
+	_, addr := startServer(t, Config{TLS: serverTLS(t, pki, opts), Handoff: echoHandoff(t, loopOpts{infos: infos})})
 	cert, err := pki.ClientCert("car-7")
 	if err != nil {
 		t.Fatal(err)

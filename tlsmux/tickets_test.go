@@ -144,7 +144,7 @@ func ticketServer(t *testing.T, pki *certs.PKI, path string) (*TicketKeys, strin
 	}
 	_, addr := startServer(t, Config{
 		TLS:     serverTLS(t, pki, TLSOptions{TicketKeys: keys}),
-		Handler: echoHandler(nil),
+		Handoff: echoHandoff(t, loopOpts{}),
 	})
 	return keys, addr
 }
