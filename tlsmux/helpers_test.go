@@ -184,6 +184,13 @@ func serverTLS(t *testing.T, pki *certs.PKI, opts TLSOptions) *tls.Config {
 // checks that Serve returned ErrServerClosed.
 func startServer(t *testing.T, cfg Config) (*Server, string) {
 	t.Helper()
+	return startServerOn(t, cfg, nil)
+}
+
+// startServerOn is startServer with the listener wrapped by wrap (a PROXY
+// header reader), when not nil.
+func startServerOn(t *testing.T, cfg Config, wrap func(net.Listener) net.Listener) (*Server, string) {
+	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
@@ -194,6 +201,10 @@ func startServer(t *testing.T, cfg Config) (*Server, string) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	if wrap != nil {
+		ln = wrap(ln)
 	}
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
@@ -210,7 +221,7 @@ func startServer(t *testing.T, cfg Config) (*Server, string) {
 			t.Error("Serve did not return after Close")
 		}
 	})
-	return s, ln.Addr().String()
+	return s, addr
 }
 
 // clientTLS is a client config trusting the PKI, for server name localhost.

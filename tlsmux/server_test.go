@@ -82,29 +82,12 @@ func TestFullThenResumedHandshake(t *testing.T) {
 func TestProxyHeaderRemoteAddress(t *testing.T) {
 	pki := newPKI(t)
 	infos := make(chan ConnInfo, 1)
-	s, err := New(Config{
+	_, addr := startServerOn(t, Config{
 		TLS:     serverTLS(t, pki, TLSOptions{}),
 		Handoff: echoHandoff(t, loopOpts{infos: infos}),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(&proxyproto.Listener{Listener: ln}) }()
-	defer func() {
-		if err := s.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		if err := recv(t, served); !errors.Is(err, ErrServerClosed) {
-			t.Errorf("Serve = %v, want ErrServerClosed", err)
-		}
-	}()
+	}, func(ln net.Listener) net.Listener { return &proxyproto.Listener{Listener: ln} })
 
-	raw, err := net.Dial("tcp", ln.Addr().String())
+	raw, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
