@@ -761,6 +761,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 			ConstLabels: prometheus.Labels{"result": name},
 		}, func() float64 { return float64(pick(g.tlsSrv.Stats())) }))
 	}
+	counter("dualgate_tls_handoff_panics_total", "Handshaken TLS connections whose hand-over to the event loops panicked (the connection was closed; the error log has the stack).", func() uint64 { return g.tlsSrv.Stats().HandoffPanics })
 	g.registerSessionMetrics(reg, counter)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "dualgate_tls_handshakes_in_flight", Help: "TLS handshakes running now.",

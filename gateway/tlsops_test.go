@@ -476,6 +476,9 @@ func TestHandshakeLimiter(t *testing.T) {
 	if v := metric(t, g, "dualgate_tls_handshakes_in_flight"); v != 0 {
 		t.Errorf("%v handshakes still in flight", v)
 	}
+	if v := metric(t, g, "dualgate_tls_handoff_panics_total"); v != 0 {
+		t.Errorf("%v hand-overs to the event loops panicked", v)
+	}
 	if v := metric(t, g, "dualgate_tls_buffers_releasable"); v != 1 {
 		t.Errorf("dualgate_tls_buffers_releasable %v on the Go that built this test, want 1", v)
 	}
