@@ -19,6 +19,8 @@ const (
 	tcpiBytesReceived = 128 // __u64 tcpi_bytes_received (Linux 4.1)
 	tcpiSegsOut       = 136 // __u32 tcpi_segs_out (Linux 4.2)
 	tcpiSegsIn        = 140 // __u32 tcpi_segs_in (Linux 4.2)
+	tcpiDataSegsIn    = 152 // __u32 tcpi_data_segs_in (Linux 4.6)
+	tcpiDataSegsOut   = 156 // __u32 tcpi_data_segs_out (Linux 4.6)
 	tcpiBytesSent     = 200 // __u64 tcpi_bytes_sent (Linux 4.19)
 	tcpiBytesRetrans  = 208 // __u64 tcpi_bytes_retrans (Linux 4.19)
 
@@ -50,6 +52,12 @@ type TCPCounters struct {
 	// included.
 	SegsOut uint32 `json:"segs_out"`
 	SegsIn  uint32 `json:"segs_in"`
+	// DataSegsOut and DataSegsIn count the segments that carried payload
+	// (pure ACKs not included); zero when HasDataSegs is false (kernel
+	// older than 4.6).
+	DataSegsOut uint32 `json:"data_segs_out"`
+	DataSegsIn  uint32 `json:"data_segs_in"`
+	HasDataSegs bool   `json:"has_data_segs"`
 	// TotalRetrans counts retransmitted segments.
 	TotalRetrans uint32 `json:"total_retrans"`
 	HasBytesSent bool   `json:"has_bytes_sent"`
@@ -68,6 +76,11 @@ func ParseTCPInfo(raw []byte) (TCPCounters, error) {
 		BytesReceived: le.Uint64(raw[tcpiBytesReceived:]),
 		SegsOut:       le.Uint32(raw[tcpiSegsOut:]),
 		SegsIn:        le.Uint32(raw[tcpiSegsIn:]),
+	}
+	if len(raw) >= tcpiDataSegsOut+4 {
+		c.DataSegsIn = le.Uint32(raw[tcpiDataSegsIn:])
+		c.DataSegsOut = le.Uint32(raw[tcpiDataSegsOut:])
+		c.HasDataSegs = true
 	}
 	if len(raw) >= tcpiBytesRetrans+8 {
 		c.BytesSent = le.Uint64(raw[tcpiBytesSent:])
@@ -124,6 +137,9 @@ func (c TCPCounters) Sub(before TCPCounters) TCPCounters {
 		BytesRetrans:  c.BytesRetrans - before.BytesRetrans,
 		SegsOut:       c.SegsOut - before.SegsOut,
 		SegsIn:        c.SegsIn - before.SegsIn,
+		DataSegsOut:   c.DataSegsOut - before.DataSegsOut,
+		DataSegsIn:    c.DataSegsIn - before.DataSegsIn,
+		HasDataSegs:   c.HasDataSegs && before.HasDataSegs,
 		TotalRetrans:  c.TotalRetrans - before.TotalRetrans,
 		HasBytesSent:  c.HasBytesSent && before.HasBytesSent,
 	}

@@ -71,6 +71,9 @@ func TestParseRecordedTCPInfo(t *testing.T) {
 		BytesRetrans:  ti.Bytes_retrans,
 		SegsOut:       ti.Segs_out,
 		SegsIn:        ti.Segs_in,
+		DataSegsOut:   ti.Data_segs_out,
+		DataSegsIn:    ti.Data_segs_in,
+		HasDataSegs:   true,
 		TotalRetrans:  ti.Total_retrans,
 		HasBytesSent:  true,
 	}
@@ -84,6 +87,9 @@ func TestParseRecordedTCPInfo(t *testing.T) {
 	}
 	if got.SegsOut < 3 || got.SegsIn < 3 {
 		t.Fatalf("recorded segment counters = %+v, want at least 3 each way", got)
+	}
+	if got.DataSegsOut != 1 || got.DataSegsIn != 1 {
+		t.Fatalf("recorded data segments = %+v, want one each way (100 bytes out, 50 in)", got)
 	}
 }
 

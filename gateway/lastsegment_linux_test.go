@@ -57,3 +57,56 @@ func TestInstructionLeavesWithFIN(t *testing.T) {
 		})
 	}
 }
+
+// A device's QoS 1 publishes that arrive in one segment are acknowledged in
+// one segment, on plain and on TLS: the session's answers to one read wait
+// in gnet's outbound buffer (for TLS, as the records crypto/tls makes of
+// them) and leave in one write.
+func TestAnswersToOneReadLeaveTogether(t *testing.T) {
+	g := startGateway(t, nil)
+	const n = 20
+	for _, overTLS := range []bool{false, true} {
+		name := map[bool]string{false: "plain", true: "tls"}[overTLS]
+		t.Run(name, func(t *testing.T) {
+			addr := map[bool]string{false: g.PlainAddr(), true: g.TLSAddr()}[overTLS]
+			tcp, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tcp.Close()
+			held := &heldConn{Conn: tcp}
+			r := &raw{t: t, conn: held}
+			if overTLS {
+				r.conn = tls.Client(held, clientTLS(t, g))
+			}
+			r.r = bufio.NewReader(r.conn)
+			r.connect(&mqttcodec.Connect{ProtocolVersion: 4, CleanStart: true, ClientID: []byte("together-" + name)})
+			held.set(func(c *heldConn) { c.hold = true })
+			for i := range n {
+				r.send(mqttcodec.AppendPublish(nil, 4, &mqttcodec.Publish{QoS: 1, PacketID: uint16(i + 1),
+					Topic: []byte("together/" + name), Payload: []byte("x")}))
+			}
+			before, err := bench.ReadTCPCounters(tcp.(*net.TCPConn))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := held.flush(); err != nil { // the n publishes in one write
+				t.Fatal(err)
+			}
+			for i := range n {
+				if p := r.read(10 * time.Second); p.Type != mqttcodec.PUBACK || p.Ack.PacketID != uint16(i+1) {
+					t.Fatalf("got %s %d, want PUBACK %d", p.Type, p.Ack.PacketID, i+1)
+				}
+			}
+			after, err := bench.ReadTCPCounters(tcp.(*net.TCPConn))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Data segments: a pure ACK of the publishes that the
+			// gateway's kernel sends before the answers is not theirs.
+			if d := after.Sub(before); !d.HasDataSegs || d.DataSegsIn != 1 {
+				t.Fatalf("%d PUBACKs came in %d segments with data (counted: %v), want 1", n, d.DataSegsIn, d.HasDataSegs)
+			}
+		})
+	}
+}

@@ -74,9 +74,10 @@ type plainConn struct {
 	proxyWait bool // a PROXY header may still come first
 	untrusted bool // the peer is outside --proxy-trusted: a PROXY header from it is refused
 	// deferring: the connection's bytes are being fed (OnTraffic) or a
-	// task runs for it (Exec), and what the session writes meanwhile waits
-	// in gnet's outbound buffer, flushed in one system call when the feed
-	// is over or the loop's round of tasks ends.
+	// task runs for it (Exec), and what the session writes meanwhile (a
+	// TLS connection's records too: loopWriter) waits in gnet's outbound
+	// buffer, flushed in one system call when the feed is over or the
+	// loop's round of tasks ends.
 	deferring bool
 	sess      session.Session
 }
@@ -390,22 +391,34 @@ func (pc *plainConn) tls() *tlsState {
 
 // Transport, for the session. Every method but Exec runs on the loop.
 
-// Write sends b: for TLS, as records written into gnet's outbound buffer
-// (the session writes on its loop only).
+// Write sends b, for TLS as records, through loopWriter (the session
+// writes on its loop only).
 func (pc *plainConn) Write(b []byte) error {
 	if pc.closed {
 		return errConnClosed
 	}
 	var err error
-	switch ts := pc.tls(); {
-	case ts != nil:
-		_, err = ts.conn.Write(b)
-	case pc.deferring:
-		_, err = pc.c.Defer(b)
-	default:
-		_, err = pc.c.Write(b)
+	if ts := pc.tls(); ts != nil {
+		_, err = ts.conn.Write(b) // its records come to loopWriter
+	} else {
+		_, err = (*loopWriter)(pc).Write(b)
 	}
 	return err
+}
+
+// loopWriter is where a loop connection's bytes go (a TLS connection's
+// records, which crypto/tls writes to its transport, included): into
+// gnet's outbound buffer while the connection defers its writes, to the
+// socket otherwise. It is the plainConn itself seen as an io.Writer, so it
+// costs a connection nothing.
+type loopWriter plainConn
+
+func (w *loopWriter) Write(b []byte) (int, error) {
+	pc := (*plainConn)(w)
+	if pc.deferring {
+		return pc.c.Defer(b)
+	}
+	return pc.c.Write(b)
 }
 
 // Finish writes the session's last packet (a DISCONNECT: an instruction,
@@ -474,14 +487,14 @@ func (pc *plainConn) Close() {
 	}
 }
 
-// Exec runs fn on the connection's loop. What a plain session writes
-// there waits in gnet's outbound buffer and leaves when the loop ends its
-// round of tasks (FlushSoon, third_party/gnet patch 12): a subscriber
-// sent many messages at once, each its own task, gets those of a round
-// in one write.
+// Exec runs fn on the connection's loop. What the session writes there
+// (for TLS, the records crypto/tls makes of it: loopWriter) waits in
+// gnet's outbound buffer and leaves when the loop ends its round of tasks
+// (FlushSoon, third_party/gnet patch 12): a subscriber sent many messages
+// at once, each its own task, gets those of a round in one write.
 func (pc *plainConn) Exec(fn func()) {
 	_ = pc.c.EventLoop().Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-		if pc.closed || pc.tls() != nil {
+		if pc.closed {
 			fn()
 			return nil
 		}

@@ -169,12 +169,12 @@ func (ps *plainServer) openTLS(c gnet.Conn, ho *tlsHandoff) (*plainConn, gnet.Ac
 		}
 		return nil, gnet.Close
 	}
-	ho.tr.SetWriter(c)
 	// One allocation for both: the loop connection points into it.
 	x := &tlsExtra{st: tlsState{conn: ho.conn, tr: ho.tr, identity: ho.info.PeerIdentity}}
 	x.ext.tls = &x.st
 	x.ext.remote = ho.remote
 	pc := &plainConn{c: c, x: &x.ext}
+	ho.tr.SetWriter((*loopWriter)(pc))
 	// What crypto/tls read past the handshake (the SDK's CONNECT comes in
 	// the same segment as its Finished) and what the PROXY reader read
 	// ahead are handled on the loop's next turn, even if the device
@@ -184,7 +184,8 @@ func (ps *plainServer) openTLS(c gnet.Conn, ho *tlsHandoff) (*plainConn, gnet.Ac
 }
 
 // tlsTraffic handles the bytes gnet read for a TLS connection: it reports
-// whether the connection must close.
+// whether the connection must close. What the session and crypto/tls write
+// meanwhile leaves in one write when the bytes are handled.
 func (ps *plainServer) tlsTraffic(pc *plainConn, ls *loopState) bool {
 	ts := pc.tls()
 	buf, err := pc.c.Peek(-1)
@@ -192,8 +193,14 @@ func (ps *plainServer) tlsTraffic(pc *plainConn, ls *loopState) bool {
 		buf = nil
 	}
 	ts.tr.Lend(buf)
+	pc.deferring = true
 	closeConn := ps.tlsRead(pc, ls)
+	pc.deferring = false
 	left := ts.tr.Unlend()
+	if pc.closed {
+		return false
+	}
+	_ = pc.c.Flush() // a failed write closes the connection: OnClose
 	if pc.closed {
 		return false
 	}
