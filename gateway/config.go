@@ -61,7 +61,7 @@ type Config struct {
 	UpstreamCA       string        `yaml:"upstream-ca" help:"CA (PEM) that verifies a tls:// broker (default: the system roots)"`
 	UpstreamCert     string        `yaml:"upstream-cert" help:"client certificate (PEM) toward the broker"`
 	UpstreamKey      string        `yaml:"upstream-key" help:"client key (PEM) toward the broker"`
-	UpstreamPool     int           `yaml:"upstream-pool" help:"connections to the broker"`
+	UpstreamPool     int           `yaml:"upstream-pool" help:"connections to the broker (each has at most the broker's Receive Maximum of QoS 1/2 publishes in flight)"`
 	UpstreamProtocol string        `yaml:"upstream-protocol" help:"MQTT version toward the broker: 5 (falls back to 3.1.1 when the broker refuses it; properties, QoS 2, shared subscriptions and exact retained delivery need 5) or 3.1.1"`
 	UpstreamPrefix   string        `yaml:"upstream-prefix" help:"topic prefix on the broker side, e.g. site1/"`
 	UpstreamTemplate string        `yaml:"upstream-device-template" help:"filter every topic a device publishes on must match, {client} standing for its client id, e.g. devices/{client}/# (empty: any); part of the topic authorization, with or without --upstream"`
@@ -185,7 +185,7 @@ func Defaults() Config {
 		DrainTimeout:     60 * time.Second,
 		GCPercent:        25,
 		MemRelease:       time.Second,
-		UpstreamPool:     2,
+		UpstreamPool:     4,
 		UpstreamProtocol: "5",
 		UpstreamBuffer:   10000,
 		LogFormat:        "console",

@@ -48,7 +48,7 @@ func parsePub(args []string, stderr io.Writer) (pubCmd, error) {
 	fs.BoolVar(&through, "through-dualgate", false, "start a dualgate for the run and publish through it (--host and --port unused)")
 	fs.StringVar(&upstream, "upstream", "", "with --through-dualgate: the gateway's broker, tcp://host:port; the subscriber subscribes there (none: routed by the gateway alone)")
 	fs.StringVar(&dualgate, "dualgate", "", "dualgate executable to start (default: next to dualbench, or on PATH)")
-	fs.Var(&gatewayArgs, "gateway-arg", "one more flag for the dualgate started (repeatable), e.g. --gateway-arg=--upstream-pool=4")
+	fs.Var(&gatewayArgs, "gateway-arg", "one more flag for the dualgate started (repeatable), e.g. --gateway-arg=--upstream-pool=8")
 	fs.IntVar(&c.cfg.Publishers, "c", 4, "publishers (connections)")
 	fs.IntVar(&c.cfg.Publishers, "publishers", 4, "publishers (same as -c)")
 	fs.IntVar(&c.cfg.Count, "n", 10000, "messages per publisher")

@@ -55,7 +55,7 @@ type Config struct {
 	// protocol version; Protocol311 ("3.1.1") forces MQTT 3.1.1.
 	Protocol string
 
-	// PoolSize is the number of connections to the broker (default 2, at
+	// PoolSize is the number of connections to the broker (default 4, at
 	// most 64). Device publishes are spread over all of them by client id;
 	// connection 0 also holds the command subscription and the last one
 	// the devices' subscriptions.
@@ -179,7 +179,7 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	defaultPoolSize       = 2
+	defaultPoolSize       = 4
 	maxPoolSize           = 64
 	defaultBufferMessages = 10_000
 	defaultBufferBytes    = 64 << 20
