@@ -413,10 +413,29 @@ func (pc *plainConn) Write(b []byte) error {
 // costs a connection nothing.
 type loopWriter plainConn
 
+// deferLimit bounds what a connection defers: a write that would take its
+// outbound buffer past it goes out at once, after what was deferred. What
+// stays in the buffer is then what the socket did not take, which is what
+// --max-outbound-bytes bounds (session.write): a round of large
+// deliveries to a device that reads them must not look like a device that
+// does not read. A large write is not copied into the buffer first, and a
+// buffer already past the limit holds what the socket refused: gnet
+// writes it when the socket is writable, and further writes wait behind
+// it.
+const deferLimit = 64 << 10
+
 func (w *loopWriter) Write(b []byte) (int, error) {
 	pc := (*plainConn)(w)
-	if pc.deferring {
+	if !pc.deferring {
+		return pc.c.Write(b)
+	}
+	switch before := pc.c.OutboundBuffered(); {
+	case before+len(b) < deferLimit || before >= deferLimit:
 		return pc.c.Defer(b)
+	case before > 0:
+		if err := pc.c.Flush(); err != nil {
+			return 0, err
+		}
 	}
 	return pc.c.Write(b)
 }
