@@ -19,7 +19,7 @@ type outConn struct {
 }
 
 func (c *outConn) Defer(b []byte) (int, error) { c.buf = append(c.buf, b...); return len(b), nil }
-func (c *outConn) OutboundBuffered() int        { return len(c.buf) }
+func (c *outConn) OutboundBuffered() int       { return len(c.buf) }
 
 func (c *outConn) take(b []byte) int {
 	n := len(b)
@@ -55,7 +55,7 @@ func (c *outConn) Flush() error {
 // write goes out.
 func TestLoopWriterBoundsDeferred(t *testing.T) {
 	chunk := bytes.Repeat([]byte("d"), 20<<10)
-	const n = 40 // 800 KiB: 12 times deferLimit
+	const n = 40                                           // 800 KiB: 12 times deferLimit
 	perRound := (deferLimit + len(chunk) - 1) / len(chunk) // writes that reach deferLimit
 
 	// A socket that takes everything: the buffer never holds deferLimit;
