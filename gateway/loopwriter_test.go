@@ -55,8 +55,10 @@ func (c *outConn) Flush() error {
 // write goes out.
 func TestLoopWriterBoundsDeferred(t *testing.T) {
 	chunk := bytes.Repeat([]byte("d"), 20<<10)
-	const n = 40                                           // 800 KiB: 12 times deferLimit
-	perRound := (deferLimit + len(chunk) - 1) / len(chunk) // writes that reach deferLimit
+	const n = 40 // 800 KiB: 12 times deferLimit
+
+	// the writes that take the buffer to deferLimit
+	perRound := (deferLimit + len(chunk) - 1) / len(chunk)
 
 	// A socket that takes everything: the buffer never holds deferLimit;
 	// each time it would, the deferred bytes are flushed and the write
