@@ -110,13 +110,7 @@ func TestReleasePeerCertificates(t *testing.T) {
 			kept.Store(int64(len(c.ConnectionState().PeerCertificates) + len(c.ConnectionState().VerifiedChains)))
 		}}),
 	})
-	cert, err := pki.ClientCert("car-7")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ccfg := clientTLS(pki)
-	ccfg.Certificates = []tls.Certificate{cert}
-	ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	ccfg := resumingClientWithCert(t, pki, "car-7")
 	for _, resumed := range []bool{false, true} {
 		kept.Store(-1)
 		c, err := dialTLS(t, addr, ccfg)

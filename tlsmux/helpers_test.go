@@ -229,6 +229,20 @@ func clientTLS(pki *certs.PKI) *tls.Config {
 	return &tls.Config{RootCAs: pki.Pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}
 }
 
+// resumingClientWithCert is clientTLS presenting a client certificate for
+// id, with a session cache so that its second handshake resumes.
+func resumingClientWithCert(t *testing.T, pki *certs.PKI, id string) *tls.Config {
+	t.Helper()
+	cert, err := pki.ClientCert(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := clientTLS(pki)
+	cfg.Certificates = []tls.Certificate{cert}
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	return cfg
+}
+
 // dialTLS connects, handshakes and reads the greeting.
 func dialTLS(t *testing.T, addr string, cfg *tls.Config) (*tls.Conn, error) {
 	t.Helper()

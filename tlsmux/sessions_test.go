@@ -117,13 +117,7 @@ func TestSessionsKeepClientCertificate(t *testing.T) {
 	infos := make(chan ConnInfo, 2)
 	opts := TLSOptions{Certificates: []tls.Certificate{pki.Server}, ClientCAs: pki.Pool, Sessions: NewSessions(mem, 0, nil)}
 	_, addr := startServer(t, Config{TLS: serverTLS(t, pki, opts), Handoff: echoHandoff(t, loopOpts{infos: infos})})
-	cert, err := pki.ClientCert("car-7")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ccfg := clientTLS(pki)
-	ccfg.Certificates = []tls.Certificate{cert}
-	ccfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+	ccfg := resumingClientWithCert(t, pki, "car-7")
 	for i, want := range []bool{false, true} {
 		if got := dialResumed(t, addr, ccfg); got != want {
 			t.Fatalf("handshake %d resumed %v, want %v", i, got, want)
