@@ -513,10 +513,6 @@ func (pc *plainConn) Close() {
 // at once, each its own task, gets those of a round in one write.
 func (pc *plainConn) Exec(fn func()) {
 	_ = pc.c.EventLoop().Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-		if pc.closed {
-			fn()
-			return nil
-		}
 		pc.deferring = true
 		fn()
 		pc.deferring = false
