@@ -80,8 +80,18 @@ func (o *outbox) Put(key string, m packets.ControlPacket) {
 	}
 	o.seq++
 	b := &boxed{seq: o.seq, pkt: m}
-	if _, ok := m.(*packets.PublishPacket); ok && o.next != nil {
-		b.e, o.next = o.next, nil
+	if p, ok := m.(*packets.PublishPacket); ok {
+		// paho's writer encodes the packet it was handed, and writes into
+		// it as it does (the remaining length); on a resend paho's resume
+		// sets DUP on what Get gives back while that writer may still be
+		// on the publish queued before the reconnect (a data race in
+		// paho.mqtt.golang, its issue 703). The outbox keeps a copy taken
+		// here, before paho queues the packet, and gives out copies of it
+		// (Get); the payload is shared, read by all.
+		b.pkt = copyPublish(p)
+		if o.next != nil {
+			b.e, o.next = o.next, nil
+		}
 	}
 	if old := o.items[key]; old != nil && old.e != nil {
 		o.live--
@@ -112,7 +122,16 @@ func (o *outbox) Get(key string) packets.ControlPacket {
 	}
 	pkt := b.pkt
 	o.mu.Unlock()
+	if p, ok := pkt.(*packets.PublishPacket); ok {
+		return copyPublish(p) // see Put
+	}
 	return pkt
+}
+
+// copyPublish copies a publish's header and fields; the payload is shared.
+func copyPublish(p *packets.PublishPacket) *packets.PublishPacket {
+	c := *p
+	return &c
 }
 
 // All implements mqtt.Store: the keys in the order they were put. paho

@@ -1,7 +1,9 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"slices"
 	"testing"
 
@@ -108,5 +110,56 @@ func TestOutboxGate(t *testing.T) {
 		if got := o.settled(); got != step.want {
 			t.Fatalf("%s: settled %v, want %v", step.name, got, step.want)
 		}
+	}
+}
+
+// paho.mqtt.golang's writer encodes the publish it was handed, and writes
+// into it as it does; its resume sets DUP on the publish the store gives
+// back while that writer may still be on the packet queued before the
+// reconnect (paho's issue 703; seen under -race in
+// TestBrokerRestartLosesNothing/v3.1.1). The outbox keeps its own copy
+// and gives out copies: the writer's packet is never read nor written by
+// a resend, and the resend carries DUP and the same message.
+func TestOutboxResendIsACopy(t *testing.T) {
+	b, o := newTestOutbox(t)
+	e := &entry{ack: newAcks().fn(t, 0), qos: 1}
+	if !b.mem.reserve(e.size) {
+		t.Fatal("budget")
+	}
+	o.expect(e)
+	queued := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	queued.Qos, queued.TopicName, queued.Payload, queued.MessageID = 1, "devices/d/t", []byte("m"), 1
+	o.Put("o.1", queued) // as paho's Publish does, before it queues the packet
+
+	done := make(chan struct{})
+	go func() { // paho's writer, still on the packet queued before
+		defer close(done)
+		for range 100 {
+			if err := queued.Write(io.Discard); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	var resent *packets.PublishPacket
+	for range maxResends { // paho's resume, after each reconnect
+		p, ok := o.Get("o.1").(*packets.PublishPacket)
+		if !ok || p == queued {
+			t.Fatalf("Get gave back %p (%T), want a copy of %p", p, p, queued)
+		}
+		p.Dup = true
+		resent = p
+	}
+	<-done
+
+	var q, r bytes.Buffer
+	if err := queued.Write(&q); err != nil {
+		t.Fatal(err)
+	}
+	if err := resent.Write(&r); err != nil {
+		t.Fatal(err)
+	}
+	if q.Bytes()[0]&0x08 != 0 || r.Bytes()[0]&0x08 == 0 || !bytes.Equal(q.Bytes()[1:], r.Bytes()[1:]) {
+		t.Fatalf("queued % x, resent % x: want the same publish, DUP on the resent one only", q.Bytes(), r.Bytes())
 	}
 }
