@@ -131,6 +131,9 @@ type Stats struct {
 	HeldUnproven atomic.Uint64
 	// Cancelled counts commands cancelled before they were written.
 	Cancelled atomic.Uint64
+	// Skipped counts device events not queued because they would have
+	// found no record and done nothing (Dispatcher.skip).
+	Skipped atomic.Uint64
 }
 
 // Dispatcher routes commands to devices. Create it with New, start it with
@@ -150,6 +153,13 @@ type Dispatcher struct {
 	// keepBlank keeps blank records (the simulation compares a run with
 	// and without them: dropping one must change no decision).
 	keepBlank bool
+	// queueAll queues every event, even one that would find no record
+	// (the simulation compares a run with and without skipping them).
+	queueAll bool
+	// busy, with an Executor, reports whether work of a device is queued
+	// or running there (occupied); without one, an Executor's events are
+	// never skipped.
+	busy func(id string) bool
 
 	umu sync.Mutex // guards unrecorded
 	// unrecorded holds the commands written to a device whose move to
@@ -338,6 +348,26 @@ type worker struct {
 	mu      sync.Mutex // guards q and running
 	q       []func()
 	running bool
+}
+
+// occupied reports, under d.mu, whether an event of device id may be
+// queued or running, or a status write of it under way: its worker has
+// work (of any device) or the device has writes behind.
+func (d *Dispatcher) occupied(id string) bool {
+	if d.cfg.Executor != nil {
+		return d.busy == nil || d.busy(id)
+	}
+	w := d.workerFor(id)
+	w.mu.Lock()
+	running := w.running
+	w.mu.Unlock()
+	if running {
+		return true
+	}
+	d.wmu.Lock()
+	_, writing := d.writes[id]
+	d.wmu.Unlock()
+	return writing
 }
 
 // push queues fn and reports whether the caller must start the goroutine.

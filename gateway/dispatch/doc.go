@@ -17,7 +17,11 @@
 // different devices' in parallel, and store writes from concurrent workers
 // share disk syncs. Submit returns once the command is stored; status
 // writes run behind the worker (writeBehind), in order per device, and a
-// device's next event waits for them.
+// device's next event waits for them. An event that would find no record
+// and do nothing (an idle device's plain CONNECT, a disconnect with
+// nothing in flight) is not queued when nothing of the device is queued
+// or running (Dispatcher.skip): an idle fleet's reconnect storm costs the
+// dispatcher a lookup per CONNECT.
 //
 // # The rules, per device
 //

@@ -37,6 +37,9 @@ const (
 // Online is called when a session is connected.
 func (d *Dispatcher) Online(s *session.Session) {
 	id, mode, proven, now := s.ClientID(), s.Mode(), s.IdentityProven(), d.cfg.Now()
+	if mode != registry.ModeTLS && d.skip(id) {
+		return // online would step no record: an idle device on plain
+	}
 	d.on(id, func() { d.online(s, id, mode, proven, now) })
 }
 
@@ -67,7 +70,37 @@ func (d *Dispatcher) Acked(s *session.Session, token string) {
 // Offline is called when a session ends.
 func (d *Dispatcher) Offline(s *session.Session, unacked []string) {
 	id, now := s.ClientID(), d.cfg.Now()
+	if len(unacked) == 0 && d.skip(id) {
+		return // offline would step no record and move no command
+	}
 	d.on(id, func() { d.offline(s, id, unacked, now) })
+}
+
+// skip reports whether an event of device id can be left out: the device
+// has no record, and no event or status write of it is queued or under
+// way, so nothing can make one before the event would run (every record
+// is made by a device's own events and writes). A plain device's CONNECT
+// and a disconnect with nothing in flight would then find no record and
+// do nothing; not queueing them spares a reconnect storm of idle devices
+// a closure, a queue and often a goroutine start per CONNECT. The
+// simulation runs every schedule with and without skipping and compares
+// the decisions (TestSim). With an Executor, a skipped event still queues
+// a task that does nothing, so that the schedule does not depend on it.
+func (d *Dispatcher) skip(id string) bool {
+	if d.queueAll {
+		return false
+	}
+	d.mu.Lock()
+	_, tracked := d.devices[id]
+	skip := !tracked && !d.occupied(id)
+	d.mu.Unlock()
+	if skip {
+		d.stats.Skipped.Add(1)
+		if d.cfg.Executor != nil {
+			d.cfg.Executor(id, func() {})
+		}
+	}
+	return skip
 }
 
 // Worker context from here on.

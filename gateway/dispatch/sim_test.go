@@ -39,6 +39,7 @@ func TestSim(t *testing.T) {
 	start := time.Now()
 	stats := map[string]int{}
 	dropped := 0
+	var skipped uint64
 	for seed := uint64(1); seed <= uint64(*simSeeds); seed++ {
 		s := newSim(seed, *simSteps, nil)
 		if err := s.run(); err != nil {
@@ -57,12 +58,26 @@ func TestSim(t *testing.T) {
 		if fs, fk := s.fingerprint(), k.fingerprint(); fs != fk {
 			t.Fatalf("seed %d decided differently with blank records dropped and kept:\n%s\n%s", seed, fs, fk)
 		}
+		// The same schedule with every event queued: skipping those that
+		// would find no record must change no decision (Dispatcher.skip).
+		q := newSim(seed, *simSteps, nil)
+		q.queueAll()
+		if err := q.run(); err != nil {
+			t.Fatalf("seed %d, every event queued: %v", seed, err)
+		}
+		if fs, fq := s.fingerprint(), q.fingerprint(); fs != fq {
+			t.Fatalf("seed %d decided differently with events skipped and queued:\n%s\n%s", seed, fs, fq)
+		}
+		skipped += s.w.d.Stats().Skipped.Load()
 		if s.dropped > 0 {
 			dropped++
 		}
 	}
 	if dropped == 0 {
 		t.Error("no seed dropped a blank record")
+	}
+	if skipped == 0 {
+		t.Error("no seed skipped an event")
 	}
 	// The same seed is the same run.
 	for _, seed := range []uint64{1, 2, 3} {
@@ -74,7 +89,7 @@ func TestSim(t *testing.T) {
 			t.Fatalf("seed %d ran two ways:\n%s\n%s", seed, fa, fb)
 		}
 	}
-	t.Logf("%d seeds in %s; %v", *simSeeds, time.Since(start).Round(time.Millisecond), stats)
+	t.Logf("%d seeds in %s, %d events skipped; %v", *simSeeds, time.Since(start).Round(time.Millisecond), skipped, stats)
 	// The schedules must reach the situations they are there for.
 	for _, k := range []string{"delivered", "expired", "restart", "takeover", "crash", "unproven", "loop", "store-fault", "upgrade", "downgrade", "late-ack", "will",
 		"cancel", "cancel-written", "cancel-finished"} {
@@ -139,6 +154,12 @@ type sim struct {
 	// records it dropped (otherwise).
 	kept    bool
 	dropped int
+}
+
+// queueAll makes the dispatcher queue every event, before the run and
+// across restarts.
+func (s *sim) queueAll() {
+	s.w.queueAll, s.w.d.queueAll = true, true
 }
 
 // keepBlank makes the dispatcher keep blank records, before the run and

@@ -48,6 +48,10 @@ type world struct {
 	cancelled map[string]bool
 	// keepBlank is given to every dispatcher started (Dispatcher.keepBlank).
 	keepBlank bool
+	// queueAll is given to every dispatcher started (Dispatcher.queueAll).
+	queueAll bool
+	// running holds the ids of the tasks running (a task may run others).
+	running []string
 }
 
 type task struct {
@@ -300,7 +304,7 @@ func (w *world) start() error {
 	if err != nil {
 		return err
 	}
-	d.keepBlank = w.keepBlank
+	d.keepBlank, d.queueAll, d.busy = w.keepBlank, w.queueAll, w.busy
 	w.env, w.d = env, d
 	w.tasks, w.owner = nil, nil
 	return d.Start()
@@ -327,8 +331,17 @@ func (w *world) runTask() bool {
 	}
 	t := w.tasks[0]
 	w.tasks = w.tasks[1:]
+	w.running = append(w.running, t.id)
 	t.fn()
+	w.running = w.running[:len(w.running)-1]
 	return true
+}
+
+// busy reports whether work of device id is queued or running: what a
+// worker would say of it (Dispatcher.occupied), one device at a time
+// where a worker answers for all of its devices.
+func (w *world) busy(id string) bool {
+	return slices.Contains(w.running, id) || slices.ContainsFunc(w.tasks, func(t task) bool { return t.id == id })
 }
 
 // runOwner runs the oldest queued owner work; false when none.
