@@ -527,6 +527,7 @@ type upstreamView struct {
 	QuotaExceeded       uint64 `json:"quota_exceeded"`
 	SpillFull           uint64 `json:"spill_full"`
 	Abandoned           uint64 `json:"abandoned"`
+	TooLarge            uint64 `json:"too_large"`
 	Saved               uint64 `json:"saved"`
 	Replayed            uint64 `json:"replayed"`
 	Reconnects          uint64 `json:"reconnects"`
@@ -572,6 +573,7 @@ func viewOfUpstream(s bridge.Stats) *upstreamView {
 		QuotaExceeded:       s.QuotaExceeded,
 		SpillFull:           s.SpillFull,
 		Abandoned:           s.Abandoned,
+		TooLarge:            s.TooLarge,
 		Saved:               s.Saved,
 		Replayed:            s.Replayed,
 		Reconnects:          s.Reconnects,
@@ -810,6 +812,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 		counter("dualgate_upstream_quota_exceeded_total", "QoS 1 device publishes pushed back (MQTT 5 PUBACK 0x97, 3.1.1 disconnect) because the buffer, the hand-off to the spill writer or the spill was full.", func() uint64 { return up().QuotaExceeded })
 		counter("dualgate_upstream_commands_total", "Commands taken from the broker.", func() uint64 { return up().Commands })
 		counter("dualgate_upstream_reconnects_total", "Reconnections to the broker.", func() uint64 { return up().Reconnects })
+		counter("dualgate_upstream_too_large_total", "Device messages larger than the broker's Maximum Packet Size (MQTT 5 CONNACK), refused to their device (0x95) or, at QoS 0, dropped.", func() uint64 { return up().TooLarge })
 		counter("dualgate_upstream_commands_retained_total", "Retained messages on the command topic, dropped: a retained message is never a command.", func() uint64 { return up().CommandsRetained })
 		counter("dualgate_upstream_commands_duplicate_total", "Broker redeliveries of commands already stored, dropped.", func() uint64 { return up().CommandsDuplicate })
 		registerSpillMetrics(reg, up)

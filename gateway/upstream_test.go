@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -269,5 +270,60 @@ func TestUpstreamGatewayRestart(t *testing.T) {
 	d.query()
 	if c := nextCommand(t, d.cmds); !c.tls || c.payload != "while-you-were-away" {
 		t.Fatalf("command %+v", c)
+	}
+}
+
+// A cloud broker that caps packets below the gateway's own limit
+// (Mosquitto's max_packet_size, given in its MQTT 5 CONNACK): a device's
+// message over it is refused to the device, 0x95 on MQTT 5, a closed
+// connection on 3.1.1, and the devices' messages after it still reach
+// the broker over the same connection, which the broker never closed.
+func TestUpstreamBrokerMaximumPacketSize(t *testing.T) {
+	br := testbroker.Start(t, "max_packet_size 2048")
+	g := upstreamGateway(t, br, func(c *Config) { c.UpstreamPool = 1 })
+	waitUpstream(t, g)
+	up := newCounter()
+	app := cloudApp(t, br, "cloud-app", true)
+	if tok := app.Subscribe("tele/#", 1, up.handler); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	big := strings.Repeat("x", 4000) // under the gateway's 1 MiB, over the broker's 2 KiB
+
+	dev := v5Plain(t, g, &paho.Connect{ClientID: "meter-5", KeepAlive: 30, CleanStart: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pr, err := dev.Publish(ctx, &paho.Publish{Topic: "tele/meter-5", QoS: 1, Payload: []byte(big)})
+	if pr == nil || pr.ReasonCode != 0x95 {
+		t.Fatalf("oversized publish: response %+v, %v; want reason 0x95 (Packet too large)", pr, err)
+	}
+	if pr, err := dev.Publish(ctx, &paho.Publish{Topic: "tele/meter-5", QoS: 1, Payload: []byte("small")}); err != nil || pr.ReasonCode != 0 {
+		t.Fatalf("publish after the refused one: %+v, %v", pr, err)
+	}
+
+	lost := make(chan error, 1)
+	dev3 := v3(t, "tcp://"+g.PlainAddr(), "meter-3", nil, func(o *mqtt.ClientOptions) {
+		o.SetConnectionLostHandler(func(_ mqtt.Client, err error) { lost <- err })
+	})
+	dev3.Publish("tele/meter-3", 1, false, big) // no PUBACK can refuse it: the gateway closes
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the 3.1.1 device's oversized publish did not close its connection")
+	}
+	after := v3(t, "tcp://"+g.PlainAddr(), "meter-3b", nil, nil)
+	if tok := after.Publish("tele/meter-3b", 1, false, "small-3"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("3.1.1 publish after the refused one: %v", tok.Error())
+	}
+
+	eventually(t, 10*time.Second, "the small messages at the broker", func() bool {
+		return up.count("small") == 1 && up.count("small-3") == 1
+	})
+	if up.count(big) != 0 {
+		t.Fatal("the broker got the oversized message")
+	}
+	var st statsView
+	getJSON(t, g, "/v1/stats", "", &st)
+	if st.Upstream == nil || st.Upstream.TooLarge != 2 || st.Upstream.Reconnects != 0 || st.Upstream.ConnectionLosses != 0 {
+		t.Fatalf("upstream stats %+v: want too_large 2 and no reconnect", st.Upstream)
 	}
 }

@@ -410,6 +410,10 @@ type Stats struct {
 	// (0x80): resent too often, unreadable spill record, or stopped
 	// without a BufferDir.
 	Abandoned uint64
+	// TooLarge counts messages refused (0x95) or, at QoS 0, dropped
+	// because their PUBLISH was larger than the broker's Maximum Packet
+	// Size (MQTT 5 CONNACK).
+	TooLarge uint64
 	// Saved counts messages written to the spill directory at Stop;
 	// Replayed those read back at Start.
 	Saved, Replayed uint64
@@ -437,6 +441,7 @@ type counters struct {
 	spillFull, handoffFull, spilledTotal    atomic.Uint64
 	throttled                               atomic.Uint64
 	abandoned, saved, replayed              atomic.Uint64
+	tooLarge                                atomic.Uint64
 	reconnects, losses, subscribeFailures   atomic.Uint64
 	expired                                 atomic.Uint64
 }
@@ -487,6 +492,7 @@ func (b *Bridge) Stats() Stats {
 	s.QuotaExceeded = c.quotaExceeded.Load()
 	s.SpillFull = c.spillFull.Load()
 	s.Abandoned = c.abandoned.Load()
+	s.TooLarge = c.tooLarge.Load()
 	s.Saved = c.saved.Load()
 	s.Replayed = c.replayed.Load()
 	s.Reconnects = c.reconnects.Load()

@@ -128,6 +128,8 @@ func (c *conn311) publish(e *entry, topic string, payload []byte) bool {
 	return box.taken(e)
 }
 
+func (c *conn311) fits(*entry, string, []byte) (bool, uint32) { return true, 0 }
+
 // cork and uncork do nothing: paho.mqtt.golang writes on a goroutine of
 // its own, a packet at a time.
 func (c *conn311) cork()   {}

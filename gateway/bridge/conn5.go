@@ -63,7 +63,11 @@ type conn5 struct {
 	// for this connection.
 	retainOK       atomic.Bool
 	noRetainLogged atomic.Bool
-	pubMu          sync.Mutex // one publish at a time: track.next names its entry
+	// maxPacket is the broker's Maximum Packet Size (CONNACK), 0 for
+	// none: a client must not send a larger packet (MQTT 5, 3.2.2.3.6),
+	// and a broker closes the connection on one.
+	maxPacket atomic.Uint32
+	pubMu     sync.Mutex // one publish at a time: track.next names its entry
 }
 
 func newConn5(l *lane) *conn5 {
@@ -138,9 +142,12 @@ func (c *conn5) connect() error {
 		}
 		return err
 	}
-	rm, shared, ids, mq, retain := int32(65535), true, true, int32(2), true
+	rm, shared, ids, mq, retain, mp := int32(65535), true, true, int32(2), true, uint32(0)
 	if p := ca.Properties; p != nil {
 		retain = p.RetainAvailable
+		if p.MaximumPacketSize != nil {
+			mp = *p.MaximumPacketSize
+		}
 		if p.ReceiveMaximum != nil {
 			rm = int32(*p.ReceiveMaximum)
 		}
@@ -154,6 +161,7 @@ func (c *conn5) connect() error {
 	c.subIDs.Store(ids)
 	c.maxQoS.Store(mq)
 	c.retainOK.Store(retain)
+	c.maxPacket.Store(mp)
 	c.noRetainLogged.Store(false)
 	down := make(chan struct{})
 	c.mu.Lock()
@@ -222,6 +230,38 @@ func (c *conn5) publish(e *entry, topic string, payload []byte) bool {
 	// written); the acknowledgement comes through track.
 	_, _ = cli.PublishWithOptions(ctx, p, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
 	return c.ses.taken(e)
+}
+
+func (c *conn5) fits(e *entry, topic string, payload []byte) (bool, uint32) {
+	limit := c.maxPacket.Load()
+	if limit == 0 {
+		return true, 0
+	}
+	// Topic, packet identifier (QoS > 0 as sent), payload; the
+	// properties are encoded only when there are some.
+	n := 2 + len(topic) + len(payload)
+	if min(e.qos, byte(c.maxQoS.Load())) > 0 {
+		n += 2
+	}
+	props := 0
+	if pp := publishProps(e.props, e.expires); pp != nil {
+		props = len((&paho.Publish{Properties: pp}).Packet().Properties.Pack(packets.PUBLISH))
+	}
+	n += varintLen(props) + props
+	return 1+varintLen(n)+n <= int(limit), limit
+}
+
+// varintLen is the length of n as an MQTT Variable Byte Integer.
+func varintLen(n int) int {
+	switch {
+	case n < 1<<7:
+		return 1
+	case n < 1<<14:
+		return 2
+	case n < 1<<21:
+		return 3
+	}
+	return 4
 }
 
 // publishPlain publishes at QoS 1 or 2 a message without properties, the

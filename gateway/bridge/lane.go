@@ -43,6 +43,7 @@ type lane struct {
 	in   chan inMsg    // broker messages for the receiver
 
 	connects atomic.Uint64
+	cycled   atomic.Bool // the lane itself ended the connection (cycle)
 	cmdHeld  atomic.Bool // the broker acknowledged the command subscription on the latest connection
 
 	mu         sync.Mutex // guards the fields below
@@ -119,10 +120,13 @@ func (l *lane) start() {
 
 // connect keeps the lane connected: it makes the first connection,
 // retrying with backoff, and, for a client that does not reconnect by
-// itself, every later one.
+// itself, every later one: at once after a connection that lasted
+// (stableConnection) or that the lane cycled, with the same backoff after
+// one the broker ended sooner (paho.mqtt.golang backs off likewise after
+// losses in a row).
 func (l *lane) connect() {
 	defer l.b.wg.Done()
-	delay := 100 * time.Millisecond
+	delay := firstRetry
 	for attempt := 1; ; attempt++ {
 		if l.b.fellBack.Load() && l.c().protocol() == Protocol5 && !l.c().open() {
 			l.cur.Store(&connRef{newConn311(l)})
@@ -134,26 +138,35 @@ func (l *lane) connect() {
 			if down == nil {
 				return // paho.mqtt.golang reconnects by itself
 			}
+			up := time.Now()
 			select {
 			case <-down:
 			case <-l.b.stop:
 				return
 			}
 			l.lostConnection(errors.New("connection closed"))
-			attempt, delay = 0, 100*time.Millisecond
-			continue
-		}
-		if errors.Is(err, ErrClosed) {
-			return
-		}
-		if errors.Is(err, errUnsupportedProtocol) && l.b.cfg.Protocol == Protocol5 {
-			l.b.fallBack()
 			attempt = 0
-			continue
-		}
-		if attempt&(attempt-1) == 0 { // attempts 1, 2, 4, 8...: the log stays short
-			l.b.log.Warn("upstream broker unreachable; retrying in the background",
-				zap.String("client_id", l.id), zap.Int("attempt", attempt), zap.Error(err))
+			if l.cycled.Swap(false) || time.Since(up) >= stableConnection {
+				delay = firstRetry
+				continue
+			}
+			// Ended soon after it was made: something the broker refuses
+			// at every connection (a packet it closes on, resent each
+			// time; a broker that takes connections and drops them).
+			// Reconnecting at once would hammer it in a loop.
+		} else {
+			if errors.Is(err, ErrClosed) {
+				return
+			}
+			if errors.Is(err, errUnsupportedProtocol) && l.b.cfg.Protocol == Protocol5 {
+				l.b.fallBack()
+				attempt = 0
+				continue
+			}
+			if attempt&(attempt-1) == 0 { // attempts 1, 2, 4, 8...: the log stays short
+				l.b.log.Warn("upstream broker unreachable; retrying in the background",
+					zap.String("client_id", l.id), zap.Int("attempt", attempt), zap.Error(err))
+			}
 		}
 		t := time.NewTimer(delay)
 		select {
@@ -165,6 +178,15 @@ func (l *lane) connect() {
 		delay = min(delay*2, l.b.cfg.ReconnectMax)
 	}
 }
+
+const (
+	// firstRetry is the first wait before connecting again; it doubles
+	// up to Config.ReconnectMax.
+	firstRetry = 100 * time.Millisecond
+	// stableConnection is how long a connection must have lasted for the
+	// next one to be made at once after it ends.
+	stableConnection = 10 * time.Second
+)
 
 // wait waits for a paho token, until Stop or, with timeout > 0, until the
 // timeout.
@@ -217,7 +239,10 @@ func (l *lane) lostConnection(err error) {
 }
 
 // cycle ends the current connection; it is made again.
-func (l *lane) cycle() { l.c().cycle() }
+func (l *lane) cycle() {
+	l.cycled.Store(true)
+	l.c().cycle()
+}
 
 // interrupt makes paho see the connection fail. Closing it would not do:
 // paho takes "use of closed network connection" for its own doing and

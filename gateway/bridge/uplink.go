@@ -351,6 +351,24 @@ func (l *lane) nacked(e *entry, rc mqttcodec.ReasonCode) {
 	signal(l.wake)
 }
 
+// tooLarge refuses a message larger than the broker's Maximum Packet Size
+// (PUBACK 0x95 on MQTT 5; a 3.1.1 device's session decides what a
+// refusal becomes): sent, it would only make the broker close the
+// connection, again at every resend, with the lane's later messages
+// waiting behind it.
+func (l *lane) tooLarge(e *entry, size int, limit uint32) {
+	l.b.stats.tooLarge.Add(1)
+	l.b.hot.Warn("a device message is larger than the upstream broker's Maximum Packet Size; refusing it",
+		zap.String("client_id", l.id), zap.String("client", e.clientID), zap.Int("topic_and_payload", size),
+		zap.Uint32("broker_maximum", limit))
+	if e.qos == 0 {
+		l.b.release(e)
+		return
+	}
+	l.b.finish(e, mqttcodec.PacketTooLarge)
+	signal(l.wake)
+}
+
 // givenUp is told by the outbox that e was resent too often.
 func (l *lane) givenUp(e *entry) {
 	l.b.stats.abandoned.Add(1)
@@ -493,6 +511,10 @@ func (l *lane) publish(e *entry) bool {
 		return true
 	}
 	c := l.c()
+	if ok, limit := c.fits(e, topic, payload); !ok {
+		l.tooLarge(e, len(topic)+len(payload), limit)
+		return true
+	}
 	if e.qos == 0 {
 		if c.publish(e, topic, payload) {
 			l.b.stats.forwardedUp.Add(1)

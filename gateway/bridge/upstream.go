@@ -42,6 +42,10 @@ type conn interface {
 	// back. It reports false when the client did not take it (the
 	// connection is down): e goes back to the queue.
 	publish(e *entry, topic string, payload []byte) bool
+	// fits reports whether e's PUBLISH is within the broker's Maximum
+	// Packet Size (MQTT 5 CONNACK; a 3.1.1 broker cannot say one), and
+	// that size, 0 for none.
+	fits(e *entry, topic string, payload []byte) (ok bool, limit uint32)
 	// cork holds what publish writes until uncork, which sends it in
 	// one go: the sender's bursts (a no-op where the client writes on a
 	// goroutine of its own).

@@ -1,0 +1,154 @@
+package bridge
+
+import (
+	"bytes"
+	"net"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dualgate/dualgate/gateway/session"
+	"github.com/dualgate/dualgate/mqttcodec"
+)
+
+// A broker whose MQTT 5 CONNACK gives a Maximum Packet Size (Mosquitto's
+// max_packet_size) closes the connection on a larger PUBLISH. The bridge
+// must not send one: a device message over the limit is refused to its
+// device (0x95) or, at QoS 0, dropped, and the lane goes on with the
+// messages after it. Before, the bridge sent it, the broker closed the
+// connection, and the bridge reconnected and resent it for ever (10,435
+// reconnects in 5 s), with the lane's later messages stuck behind it.
+// The sizes straddle the limit by one byte, with and without properties,
+// so the broker itself checks how the bridge counts.
+func TestBrokerMaximumPacketSize(t *testing.T) {
+	const limit = 1000
+	br := startBroker(t, "max_packet_size "+strconv.Itoa(limit))
+	app := newApp5(t, br.Addr(), "app-"+strconv.Itoa(br.Port))
+	app.subscribe(t, "devices/#", 1)
+	cfg := testConfig(t, br.URL())
+	cfg.PoolSize = 1 // one lane: what is refused would hold up what follows
+	b := startBridge(t, cfg)
+	waitReady(t, b)
+
+	const topic = "devices/car1/b" // 14 bytes
+	// QoS 1, no properties: 1 + 2 (remaining length) + 2 + 14 + 2
+	// (packet identifier) + 1 (properties length) + payload.
+	exact := limit - (1 + 2 + 2 + len(topic) + 2 + 1)
+	user := func(n int) *session.MessageProps {
+		return &session.MessageProps{User: []session.UserProp{{Key: "k", Value: strings.Repeat("v", n)}}}
+	}
+	// With one user property of n bytes and a 10-byte payload: properties
+	// 1 + 2 + 1 + 2 + n, their length 2 bytes.
+	propsExact := limit - (1 + 2 + 2 + len(topic) + 2 + 2 + 10 + (1 + 2 + 1 + 2))
+	msgs := []struct {
+		m    *session.Message
+		want mqttcodec.ReasonCode
+	}{
+		{&session.Message{Topic: topic, Payload: bytes.Repeat([]byte("a"), exact), QoS: 1}, mqttcodec.Success},
+		{&session.Message{Topic: topic, Payload: bytes.Repeat([]byte("b"), exact+1), QoS: 1}, mqttcodec.PacketTooLarge},
+		{&session.Message{Topic: topic, Payload: bytes.Repeat([]byte("c"), 10), QoS: 1, Props: user(propsExact)}, mqttcodec.Success},
+		{&session.Message{Topic: topic, Payload: bytes.Repeat([]byte("d"), 10), QoS: 1, Props: user(propsExact + 1)}, mqttcodec.PacketTooLarge},
+		{&session.Message{Topic: topic, Payload: bytes.Repeat([]byte("e"), 5000), QoS: 0}, 0},
+		{&session.Message{Topic: topic, Payload: []byte("after"), QoS: 1}, mqttcodec.Success},
+	}
+	a := newAcks()
+	acked := 0
+	for i, m := range msgs {
+		m.m.ClientID = "car1"
+		var ack func(mqttcodec.ReasonCode)
+		if m.m.QoS > 0 {
+			ack = a.fn(t, i)
+			acked++
+		}
+		b.Publish(m.m, ack)
+	}
+	a.waitN(t, acked, 10*time.Second)
+	for i, m := range msgs {
+		if m.m.QoS == 0 {
+			continue
+		}
+		if rc, _ := a.get(i); rc != m.want {
+			t.Errorf("message %d (%d bytes of payload): ack %v, want %v", i, len(m.m.Payload), rc, m.want)
+		}
+	}
+	got := app.waitN(t, 3)
+	var first []string
+	for _, p := range got {
+		first = append(first, string(p.Payload[:1]))
+	}
+	if strings.Join(first, "") != "aca" || string(got[2].Payload) != "after" {
+		t.Errorf("the application got %v, want the messages that fit: a..., c..., after", first)
+	}
+	st := b.Stats()
+	if st.TooLarge != 3 {
+		t.Errorf("TooLarge %d, want 3 (two QoS 1 refused, one QoS 0 dropped)", st.TooLarge)
+	}
+	if st.Reconnects != 0 || st.ConnectionLosses != 0 {
+		t.Errorf("%d reconnects, %d losses: the broker closed the bridge's connection", st.Reconnects, st.ConnectionLosses)
+	}
+}
+
+// A broker that ends every connection right after its CONNACK (it takes
+// connections and drops them, or closes on something the bridge resends
+// at each connection) is not hammered: the lane waits before connecting
+// again, as after a failed connect, instead of reconnecting in a loop.
+// The bound is generous: a slower machine makes fewer connections, not
+// more; in a loop it was thousands a second.
+func TestShortLivedConnectionsBackOff(t *testing.T) {
+	bothProtocols(t, testShortLivedConnectionsBackOff)
+}
+
+func testShortLivedConnectionsBackOff(t *testing.T) {
+	connack := []byte{0x20, 0x03, 0x00, 0x00, 0x00} // MQTT 5, no properties
+	if protocolOf(t) == Protocol311 {
+		connack = []byte{0x20, 0x02, 0x00, 0x00}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			// Read the CONNECT, accept it, and hang up.
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			buf := make([]byte, 512)
+			_, _ = c.Read(buf)
+			_, _ = c.Write(connack)
+			_ = c.Close()
+		}
+	}()
+	cfg := testConfig(t, "tcp://"+ln.Addr().String())
+	cfg.PoolSize = 1
+	// Above 100 ms, and short enough that paho.mqtt.golang's reconnect
+	// goroutine, asleep in its backoff, ends soon after Stop.
+	cfg.ReconnectMax = 500 * time.Millisecond
+	b := startBridge(t, cfg)
+	waitFor(t, 10*time.Second, "a connection to be lost", func() bool { return b.Stats().ConnectionLosses > 0 })
+	start := accepted.Load()
+	window := time.NewTimer(1500 * time.Millisecond)
+	<-window.C
+	// Waits of 100, 200, 400, 500, 500 ms: about 5 connections in 1.5 s.
+	if n := accepted.Load() - start; n > 10 {
+		t.Errorf("%d connections in 1.5 s to a broker that drops each at once: reconnecting in a loop", n)
+	}
+	stopBridge(t, b)
+	// paho.mqtt.golang's reconnect goroutine, asleep in its backoff when
+	// Disconnect came, ends once it wakes (MQTT 3.1.1).
+	waitFor(t, 10*time.Second, "paho's reconnect goroutine to end", func() bool {
+		buf := make([]byte, 1<<20)
+		return !bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("(*client).reconnect"))
+	})
+	_ = ln.Close()
+	<-done
+}
