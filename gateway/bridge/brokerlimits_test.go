@@ -2,10 +2,12 @@ package bridge
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -151,4 +153,120 @@ func testShortLivedConnectionsBackOff(t *testing.T) {
 	})
 	_ = ln.Close()
 	<-done
+}
+
+// A message the broker closes the connection on for some other reason
+// than its size (a policy, a plugin): it is resent at every connection,
+// and the lane's later messages wait behind it. After maxResends
+// connections lost soon after they were made with it in flight, it is
+// given up and refused to its device (0x80), and the messages after it
+// go. Played with a proxy in front of a real Mosquitto that cuts the
+// connection when the message passes.
+func TestPoisonMessageGivenUp(t *testing.T) { bothProtocols(t, testPoisonMessageGivenUp) }
+
+func testPoisonMessageGivenUp(t *testing.T) {
+	br := startBroker(t)
+	app := newApp5(t, br.Addr(), "app-"+strconv.Itoa(br.Port))
+	app.subscribe(t, "devices/#", 1)
+	px := startCutProxy(t, br.Addr(), []byte("POISON"))
+	cfg := testConfig(t, "tcp://"+px)
+	cfg.PoolSize = 1
+	b := startBridge(t, cfg)
+	waitReady(t, b)
+	a := newAcks()
+	b.Publish(&session.Message{ClientID: "car1", Topic: "devices/car1/x", Payload: []byte("POISON"), QoS: 1}, a.fn(t, 0))
+	b.Publish(&session.Message{ClientID: "car1", Topic: "devices/car1/x", Payload: []byte("after"), QoS: 1}, a.fn(t, 1))
+	a.waitN(t, 2, 60*time.Second)
+	if rc, _ := a.get(0); rc != mqttcodec.UnspecifiedError {
+		t.Errorf("the message the broker closes on: ack %v, want 0x80 after %d tries", rc, maxResends)
+	}
+	if rc, _ := a.get(1); rc != mqttcodec.Success {
+		t.Errorf("the message after it: ack %v, want success", rc)
+	}
+	if got := app.waitN(t, 1); string(got[0].Payload) != "after" {
+		t.Errorf("the application got %q, want after", got[0].Payload)
+	}
+	st := b.Stats()
+	if st.Abandoned != 1 || st.ConnectionLosses < maxResends {
+		t.Errorf("abandoned %d, %d connection losses; want 1 after at least %d", st.Abandoned, st.ConnectionLosses, maxResends)
+	}
+}
+
+// startCutProxy forwards TCP connections to addr and cuts a connection,
+// both ways, when the client sends bytes containing cut. It returns its
+// address; it stops at the end of the test.
+func startCutProxy(t *testing.T, addr string, cut []byte) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	open := map[net.Conn]bool{}
+	track := func(c net.Conn, on bool) {
+		mu.Lock()
+		if on {
+			open[c] = true
+		} else {
+			delete(open, c)
+		}
+		mu.Unlock()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", addr)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			track(c, true)
+			track(s, true)
+			wg.Add(2)
+			go func() { // client -> broker, cut on the bytes
+				defer wg.Done()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 && bytes.Contains(buf[:n], cut) {
+						break
+					}
+					if n > 0 {
+						if _, werr := s.Write(buf[:n]); werr != nil {
+							break
+						}
+					}
+					if err != nil {
+						break
+					}
+				}
+				_ = c.Close()
+				_ = s.Close()
+				track(c, false)
+				track(s, false)
+			}()
+			go func() { // broker -> client
+				defer wg.Done()
+				_, _ = io.Copy(c, s)
+				_ = c.Close()
+				_ = s.Close()
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for c := range open {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
 }

@@ -53,6 +53,7 @@ type conn5 struct {
 	corked *flushConn
 
 	gen     atomic.Uint64 // counts connections: an acknowledgement goes on the connection its message came on
+	upAt    atomic.Int64  // when the current connection was made (Unix nanoseconds)
 	up      atomic.Bool
 	recvMax atomic.Int32
 	shared  atomic.Bool
@@ -167,6 +168,7 @@ func (c *conn5) connect() error {
 	c.mu.Lock()
 	c.cli, c.down, c.wc = cli, down, wc
 	c.mu.Unlock()
+	c.upAt.Store(time.Now().UnixNano())
 	c.up.Store(true)
 	go func() {
 		<-cli.Done()
@@ -477,11 +479,17 @@ type track struct {
 	next *entry
 	seq  uint64
 	byID map[uint16]*sent
+	// counted is the connection whose loss was counted (ConnectionLost
+	// may be called more than once per loss).
+	counted uint64
 }
 
 type sent struct {
 	e   *entry
 	seq uint64
+	// givenUp: the State is being told it was answered, so that it stops
+	// resending it (giveUp); the answer goes to the device as a refusal.
+	givenUp bool
 }
 
 func newTrack(c *conn5) *track {
@@ -541,12 +549,65 @@ func (t *track) AddToSession(ctx context.Context, p pahosession.Packet, resp cha
 // kept no session lost what it had not acknowledged: paho's State forgets
 // it, and the entries go back to the head of the queue, in order.
 func (t *track) ConAckReceived(w io.Writer, cp *packets.Connect, ca *packets.Connack) error {
+	if ca.SessionPresent {
+		t.giveUp()
+	}
 	err := t.State.ConAckReceived(w, cp, ca)
 	t.answerAll() // what the State let go of, if anything
 	if err == nil && !ca.SessionPresent {
 		t.c.l.prepend(t.drain())
 	}
 	return err
+}
+
+// ConnectionLost implements paho's session.SessionManager. A connection
+// that ends soon after it was made (stableConnection) counts against the
+// oldest publish in flight on it: a broker that closes the connection on
+// a message gets it again at every connection, and the lane's later
+// messages wait behind it (the size the broker admits is checked before
+// sending, conn5.fits; this is for what it refuses otherwise).
+func (t *track) ConnectionLost(dp *packets.Disconnect) error {
+	gen := t.c.gen.Load()
+	short := time.Since(time.Unix(0, t.c.upAt.Load())) < stableConnection
+	t.mu.Lock()
+	if t.counted != gen {
+		t.counted = gen
+		// Only the oldest: the broker handles a connection's publishes
+		// in order, so the one it closes on is the first it did not
+		// answer; those after it were not read.
+		var oldest *sent
+		for _, s := range t.byID {
+			if oldest == nil || s.seq < oldest.seq {
+				oldest = s
+			}
+		}
+		if short && oldest != nil && oldest.e.losses < maxResends {
+			oldest.e.losses++
+		}
+	}
+	t.mu.Unlock()
+	return t.State.ConnectionLost(dp)
+}
+
+// giveUp, between connections, ends in the State each publish lost with
+// maxResends connections, as if the broker had refused it (paho's State
+// has no call to drop a publish; a PUBACK it reads is its way out), so
+// that it is not resent; the device gets 0x80 (lane.givenUp).
+func (t *track) giveUp() {
+	var ids []uint16
+	t.mu.Lock()
+	for id, s := range t.byID {
+		if s.e.losses >= maxResends && !s.givenUp {
+			s.givenUp = true
+			ids = append(ids, id)
+		}
+	}
+	t.mu.Unlock()
+	for _, id := range ids {
+		_ = t.State.PacketReceived(&packets.ControlPacket{FixedHeader: packets.FixedHeader{Type: packets.PUBACK},
+			Content: &packets.Puback{PacketID: id, ReasonCode: byte(mqttcodec.UnspecifiedError)}}, nil)
+	}
+	t.answerAll()
 }
 
 // PacketReceived implements paho's session.SessionManager. paho calls it
@@ -596,6 +657,10 @@ func (t *track) answer(cp packets.ControlPacket) {
 		return
 	}
 	l := t.c.l
+	if s.givenUp {
+		l.givenUp(s.e)
+		return
+	}
 	if rc >= 0x80 {
 		l.nacked(s.e, mqttcodec.ReasonCode(rc))
 		return

@@ -146,9 +146,16 @@
 // written; when the broker kept no session (Session Present 0), the State
 // forgets it, and the wrapper puts the entries back at the head of the
 // queue. This was preferred to the blocking Publish (a goroutine per
-// message in flight) and to autopaho's queue (a second buffer). The
-// resend limit (maxResends) applies to MQTT 3.1.1 only: paho's State
-// offers no hook to give a publish up. paho writes each packet on the
+// message in flight) and to autopaho's queue (a second buffer). A
+// publish the broker closes the connection on is resent at every
+// connection, the lane's later messages behind it: a connection lost
+// soon after it was made counts against the oldest publish in flight on
+// it (track.ConnectionLost; on MQTT 3.1.1 each resend of the oldest,
+// outbox.Get), and at maxResends the publish is given up and refused to
+// its device. paho's State has no call to drop a publish: the wrapper
+// hands it a PUBACK 0x80 for it between connections (track.giveUp). A
+// publish over the broker's Maximum Packet Size is never sent (fits).
+// paho writes each packet on the
 // caller's goroutine, a system call each; the connection's writes go
 // through a goroutine of its own (flushConn) that sends what accumulated
 // in one call, so the sender prepares the next publishes meanwhile (MQTT

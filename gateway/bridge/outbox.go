@@ -104,7 +104,10 @@ func (o *outbox) Put(key string, m packets.ControlPacket) {
 }
 
 // Get implements mqtt.Store. paho calls it when it resends after a
-// reconnect; a publish resent too often is given up.
+// reconnect; a publish resent too often as the oldest unacknowledged is
+// given up. Only the oldest counts: the broker handles a connection's
+// publishes in order, so the one it closes on is the first it did not
+// answer, and those after it, resent with it, were not read.
 func (o *outbox) Get(key string) packets.ControlPacket {
 	o.mu.Lock()
 	b := o.items[key]
@@ -112,7 +115,9 @@ func (o *outbox) Get(key string) packets.ControlPacket {
 		o.mu.Unlock()
 		return nil
 	}
-	b.resends++
+	if o.oldest() == b {
+		b.resends++
+	}
 	if b.e != nil && b.resends > maxResends {
 		delete(o.items, key)
 		o.live--
@@ -126,6 +131,18 @@ func (o *outbox) Get(key string) packets.ControlPacket {
 		return copyPublish(p) // see Put
 	}
 	return pkt
+}
+
+// oldest is the publish put first among those carrying an entry, under
+// o.mu.
+func (o *outbox) oldest() *boxed {
+	var first *boxed
+	for _, b := range o.items {
+		if b.e != nil && (first == nil || b.seq < first.seq) {
+			first = b
+		}
+	}
+	return first
 }
 
 // copyPublish copies a publish's header and fields; the payload is shared.

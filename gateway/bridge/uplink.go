@@ -35,6 +35,11 @@ type entry struct {
 	shared  bool
 	taken   bool // popped by the sender
 	refused bool // refused by the spiller; skipped by the sender
+	// losses counts the MQTT 5 connections that ended soon after they
+	// were made (stableConnection) while it was sent and unacknowledged
+	// there: a message the broker closes the connection on. At
+	// maxResends it is given up (track.ConnectionLost).
+	losses uint8
 }
 
 // Publish implements session.Sink: it takes a device's message for the
@@ -511,6 +516,10 @@ func (l *lane) publish(e *entry) bool {
 		return true
 	}
 	c := l.c()
+	if e.losses >= maxResends {
+		l.givenUp(e) // back from a connection without session (track.ConAckReceived)
+		return true
+	}
 	if ok, limit := c.fits(e, topic, payload); !ok {
 		l.tooLarge(e, len(topic)+len(payload), limit)
 		return true
