@@ -127,6 +127,10 @@ func decodeVarint(b []byte) (v uint32, n int, err error) {
 	return 0, 0, malformed(ruleVarint, "variable byte integer is longer than four bytes")
 }
 
+// VarintLen is the size of v written as a Variable Byte Integer (a
+// remaining length, a properties length).
+func VarintLen(v int) int { return varintLen(v) }
+
 // varintLen is the encoded size of v as appendVarint writes it.
 func varintLen(v int) int {
 	switch {

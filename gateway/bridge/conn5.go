@@ -249,21 +249,8 @@ func (c *conn5) fits(e *entry, topic string, payload []byte) (bool, uint32) {
 	if pp := publishProps(e.props, e.expires); pp != nil {
 		props = len((&paho.Publish{Properties: pp}).Packet().Properties.Pack(packets.PUBLISH))
 	}
-	n += varintLen(props) + props
-	return 1+varintLen(n)+n <= int(limit), limit
-}
-
-// varintLen is the length of n as an MQTT Variable Byte Integer.
-func varintLen(n int) int {
-	switch {
-	case n < 1<<7:
-		return 1
-	case n < 1<<14:
-		return 2
-	case n < 1<<21:
-		return 3
-	}
-	return 4
+	n += mqttcodec.VarintLen(props) + props
+	return 1+mqttcodec.VarintLen(n)+n <= int(limit), limit
 }
 
 // publishPlain publishes at QoS 1 or 2 a message without properties, the
