@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
@@ -108,29 +111,8 @@ func testShortLivedConnectionsBackOff(t *testing.T) {
 	if protocolOf(t) == Protocol311 {
 		connack = []byte{0x20, 0x02, 0x00, 0x00}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var accepted atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			// Read the CONNECT, accept it, and hang up.
-			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-			buf := make([]byte, 512)
-			_, _ = c.Read(buf)
-			_, _ = c.Write(connack)
-			_ = c.Close()
-		}
-	}()
-	cfg := testConfig(t, "tcp://"+ln.Addr().String())
+	addr, accepted := startHangUpBroker(t, connack)
+	cfg := testConfig(t, "tcp://"+addr)
 	cfg.PoolSize = 1
 	// Above 100 ms, and short enough that paho.mqtt.golang's reconnect
 	// goroutine, asleep in its backoff, ends soon after Stop.
@@ -151,8 +133,40 @@ func testShortLivedConnectionsBackOff(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		return !bytes.Contains(buf[:runtime.Stack(buf, true)], []byte("(*client).reconnect"))
 	})
-	_ = ln.Close()
-	<-done
+}
+
+// startHangUpBroker is a broker that reads a CONNECT, answers with what
+// it is given (a CONNACK, and maybe more) and hangs up. It returns its
+// address and the count of connections accepted; it stops at the end of
+// the test.
+func startHangUpBroker(t *testing.T, answer []byte) (string, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := new(atomic.Int64)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			buf := make([]byte, 512)
+			_, _ = c.Read(buf)
+			_, _ = c.Write(answer)
+			_ = c.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+	})
+	return ln.Addr().String(), accepted
 }
 
 // A message the broker closes the connection on for some other reason
@@ -269,4 +283,27 @@ func startCutProxy(t *testing.T, addr string, cut []byte) string {
 		wg.Wait()
 	})
 	return ln.Addr().String()
+}
+
+// Two gateways configured with one upstream client id take the session
+// from each other: a broker that says so closes the older connection with
+// DISCONNECT 0x8E (EMQX, HiveMQ; Mosquitto 2.0 closes without a
+// DISCONNECT), and the log says why and what to change, not only that
+// the connection was lost. Played by a broker that answers every CONNECT
+// with a CONNACK and a DISCONNECT 0x8E.
+func TestSessionTakenOverIsExplained(t *testing.T) {
+	addr, _ := startHangUpBroker(t, []byte{0x20, 0x03, 0x00, 0x00, 0x00, 0xE0, 0x02, byte(mqttcodec.SessionTakenOver), 0x00})
+	core, logs := observer.New(zap.WarnLevel)
+	cfg := testConfig(t, "tcp://"+addr)
+	cfg.PoolSize = 1
+	cfg.Logger = zap.New(core)
+	startBridge(t, cfg)
+	waitFor(t, 10*time.Second, "the bridge to log the takeover", func() bool {
+		for _, e := range logs.FilterMessageSnippet("same client id").All() {
+			if e.ContextMap()["reason"] == mqttcodec.SessionTakenOver.String() {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -94,11 +94,12 @@ func (c *conn5) connect() error {
 	bc := bufferedConn{Conn: fc, r: bufio.NewReaderSize(nc, 32<<10), head: &head{}, ids: newSubIDReader()}
 	wc := packets.NewThreadSafeConn(bc)
 	cli := paho.NewClient(paho.ClientConfig{
-		ClientID:          l.id,
-		Conn:              wc,
-		Session:           c.ses,
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){c.onPublish},
-		PacketTimeout:     cfg.ConnectTimeout,
+		ClientID:           l.id,
+		Conn:               wc,
+		Session:            c.ses,
+		OnPublishReceived:  []func(paho.PublishReceived) (bool, error){c.onPublish},
+		OnServerDisconnect: l.serverDisconnect,
+		PacketTimeout:      cfg.ConnectTimeout,
 	})
 	expiry, recv := uint32(sessionExpiry), uint16(receiveMaximum)
 	cp := &paho.Connect{

@@ -12,8 +12,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
+
+	"github.com/dualgate/dualgate/mqttcodec"
 )
 
 // lane is one connection of the pool with what it carries: a queue of
@@ -231,6 +234,23 @@ func (l *lane) connected() {
 	}
 	signal(l.wake)
 	signal(l.ctl)
+}
+
+// serverDisconnect logs why the broker closed the connection (an MQTT 5
+// DISCONNECT), which the loss itself does not say.
+func (l *lane) serverDisconnect(d *paho.Disconnect) {
+	rc := mqttcodec.ReasonCode(d.ReasonCode)
+	fields := []zap.Field{zap.String("client_id", l.id), zap.Stringer("reason", rc)}
+	if d.Properties != nil && d.Properties.ReasonString != "" {
+		fields = append(fields, zap.String("reason_string", d.Properties.ReasonString))
+	}
+	msg := "the upstream broker closed the connection"
+	if rc == mqttcodec.SessionTakenOver {
+		// Two gateways (or a gateway and another client) with one client
+		// id take the session from each other at every connection.
+		msg = "the upstream broker closed the connection: another client connected with the same client id; give each gateway its own --upstream-client-id"
+	}
+	l.b.hot.Warn(msg, fields...)
 }
 
 func (l *lane) lostConnection(err error) {
