@@ -114,7 +114,8 @@ func portOf(t *testing.T, addr string) string {
 }
 
 // startHAProxy writes the configuration for setup, runs HAProxy in the
-// foreground and waits until both frontends accept connections. It is
+// foreground and waits until both frontends and the admin socket accept
+// connections. It is
 // stopped (SIGTERM, then SIGKILL) when the test ends.
 func startHAProxy(t *testing.T, setup lbSetup) *haproxy {
 	t.Helper()
@@ -153,21 +154,27 @@ func startHAProxy(t *testing.T, setup lbSetup) *haproxy {
 		}
 	})
 
+	// The admin socket too: HAProxy binds it under a temporary name and
+	// renames it, and its frontends may accept before that.
 	deadline := time.Now().Add(10 * time.Second)
-	for _, addr := range []string{setup.Plain, setup.TLS} {
+	for _, addr := range []string{setup.Plain, setup.TLS, setup.Socket} {
+		network := "tcp"
+		if addr == setup.Socket {
+			network = "unix"
+		}
 		for {
 			select {
 			case err := <-exited:
 				t.Fatalf("haproxy exited: %v\n%s", err, h.out.String())
 			default:
 			}
-			c, err := net.DialTimeout("tcp", addr, time.Second)
+			c, err := net.DialTimeout(network, addr, time.Second)
 			if err == nil {
 				_ = c.Close()
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("haproxy frontend %s does not accept: %v\n%s", addr, err, h.out.String())
+				t.Fatalf("haproxy %s %s does not accept: %v\n%s", network, addr, err, h.out.String())
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
