@@ -613,6 +613,7 @@ func (g *Gateway) getStats(w http.ResponseWriter, _ *http.Request) {
 			"instruction_retries": ds.InstructionRetries.Load(),
 			"downgrades":          ds.Downgrades.Load(),
 			"cancelled":           ds.Cancelled.Load(),
+			"failed":              ds.Failed.Load(),
 			"loop_protected":      uint64(g.dispatcher.LoopProtected()),
 		},
 		Sessions: map[string]uint64{
@@ -708,6 +709,7 @@ func (g *Gateway) metricsRegistry() *prometheus.Registry {
 	counter("dualgate_commands_delivered_total", "Commands acknowledged by their device.", ds.Delivered.Load)
 	counter("dualgate_commands_expired_total", "Commands whose TTL ran out before delivery.", ds.Expired.Load)
 	counter("dualgate_commands_cancelled_total", "Commands cancelled through the API before they were written to their device.", ds.Cancelled.Load)
+	counter("dualgate_commands_failed_total", "Commands given up because they can never be written to their device (larger than the Maximum Packet Size it declared).", ds.Failed.Load)
 	counter("dualgate_upgrades_total", "Devices that moved to TLS after an instruction.", ds.Upgrades.Load)
 	counter("dualgate_upgrade_instructions_total", "Reconnect instructions with mode tls.", ds.Instructions.Load)
 	counter("dualgate_instruction_retries_total", "TLS instructions repeated to a device that came back on plain.", ds.InstructionRetries.Load)

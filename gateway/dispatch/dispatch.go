@@ -131,6 +131,9 @@ type Stats struct {
 	HeldUnproven atomic.Uint64
 	// Cancelled counts commands cancelled before they were written.
 	Cancelled atomic.Uint64
+	// Failed counts commands given up because they can never be written
+	// to their device: larger than the Maximum Packet Size it declared.
+	Failed atomic.Uint64
 	// Skipped counts device events not queued because they would have
 	// found no record and done nothing (Dispatcher.skip).
 	Skipped atomic.Uint64

@@ -36,6 +36,9 @@
 //     (on TLS) a SUBSCRIBE: deliver what the transport allows, in
 //     order; on plain with secure commands waiting, instruct.
 //   - PUBACK: delivered; the next waiting command goes out.
+//   - A command larger than the Maximum Packet Size the device declared
+//     can never be written to it: failed (NoteTooLarge), and the next one
+//     goes out.
 //   - Connection lost with commands unacknowledged: back to pending, sent
 //     again with DUP later.
 //   - Loop protection: a device told to use TLS that keeps returning on

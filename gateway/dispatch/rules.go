@@ -475,7 +475,7 @@ func (d *Dispatcher) noteUnproven(id string, cmds []*store.Command, now time.Tim
 func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time.Time) {
 	var mu sync.Mutex // orders the writes with the worker's giving up
 	abandoned := false
-	var written []*store.Command
+	var written, oversized []*store.Command
 	_, ok := d.exec(s, func(s *session.Session) error {
 		mu.Lock()
 		defer mu.Unlock()
@@ -496,6 +496,13 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 				Topic: c.Topic, Payload: c.Payload, QoS: c.QoS,
 				Secure: c.Secure, Token: c.ID, Dup: c.Attempts > 0,
 			})
+			if errors.Is(err, session.ErrTooLarge) {
+				// It can never be written to this device, and would
+				// hold back every command after it: it fails, and the
+				// next one goes.
+				oversized = append(oversized, c)
+				continue
+			}
 			if err != nil {
 				if !errors.Is(err, session.ErrInflightFull) {
 					d.cfg.Logger.Debug("delivery stopped", zap.String("client", s.ClientID()), zap.Error(err))
@@ -511,16 +518,19 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 	mu.Lock()
 	abandoned = true
 	mu.Unlock()
-	if !ok && len(written) == 0 {
+	if !ok && len(written) == 0 && len(oversized) == 0 {
 		// The session did not run the writes in time: the ticker looks
 		// at the device's commands again.
 		d.lookAgain(s.ClientID())
 	}
-	if len(written) == 0 {
+	if len(written) == 0 && len(oversized) == 0 {
 		return
 	}
 	note := d.byNode("written to the " + s.Mode().String() + " connection")
 	d.writeBehind(s.ClientID(), func() {
+		for _, c := range oversized {
+			d.fail(c, now, NoteTooLarge)
+		}
 		for _, c := range written {
 			if _, err := d.cfg.Store.Transition(c.ID, store.StatusSent, now, note); err != nil {
 				// Its PUBACK records it ("written late"); until then it
@@ -543,6 +553,22 @@ func (d *Dispatcher) deliver(s *session.Session, cmds []*store.Command, now time
 			}
 		}
 	})
+}
+
+// NoteTooLarge is the history note of a command failed because its
+// PUBLISH exceeds the Maximum Packet Size its device declared.
+const NoteTooLarge = "larger than the Maximum Packet Size the device declared in its CONNECT: it cannot be written to it"
+
+// fail gives a command up, with the reason in its history.
+func (d *Dispatcher) fail(c *store.Command, now time.Time, note string) {
+	if _, err := d.cfg.Store.Transition(c.ID, store.StatusFailed, now, note); err != nil {
+		if !errors.Is(err, store.ErrBadTransition) && !errors.Is(err, store.ErrNotFound) {
+			d.storeFailed(c.ClientID, err)
+		}
+		return
+	}
+	d.stats.Failed.Add(1)
+	d.cfg.Logger.Warn("command failed", zap.String("client", c.ClientID), zap.String("command", c.ID), zap.String("reason", note))
 }
 
 // refuse offers the secure commands held for a TLS session that did not
