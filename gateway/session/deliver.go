@@ -181,8 +181,8 @@ func (s *Session) send(d *Delivery) error {
 	if s.entry.Protocol == mqttcodec.V5 {
 		setPublishProps(&pub.Properties, d, now)
 	}
-	if !s.writePublish(&pub) {
-		return ErrTooLarge
+	if err := s.writePublish(&pub); err != nil {
+		return err
 	}
 	if qos > 0 {
 		r := s.rareState()
@@ -362,8 +362,11 @@ func (s *Session) Inflight() []string {
 }
 
 // writePublish encodes and sends a PUBLISH unless it exceeds the device's
-// maximum packet size [MQTT-3.1.2-24]; it reports whether it was sent.
-func (s *Session) writePublish(pub *mqttcodec.Publish) bool {
+// maximum packet size [MQTT-3.1.2-24]: nil when it was sent, ErrTooLarge,
+// or ErrNotConnected when the connection is closed or its write failed
+// (the two must not be confused: a command too large is given up, one
+// not written is written again later).
+func (s *Session) writePublish(pub *mqttcodec.Publish) error {
 	var size int
 	sent := s.write(func(dst []byte) []byte {
 		out := mqttcodec.AppendPublish(dst, s.entry.Protocol, pub)
@@ -373,7 +376,13 @@ func (s *Session) writePublish(pub *mqttcodec.Publish) bool {
 		}
 		return out
 	})
-	return sent && !s.tooLarge(size)
+	switch {
+	case size > 0 && s.tooLarge(size):
+		return ErrTooLarge
+	case !sent:
+		return ErrNotConnected
+	}
+	return nil
 }
 
 // allocPID returns a packet identifier not in use by an outbound
@@ -436,8 +445,8 @@ func (s *Session) Instruct(mode control.Mode, addr, reason string) error {
 	}
 	in := control.Instruction{V: control.Version, Op: control.OpReconnect, Mode: mode, Addr: addr, Reason: reason}
 	pub := mqttcodec.Publish{Topic: []byte(control.ControlTopic), Payload: in.Marshal(), QoS: 1, PacketID: s.allocPID()}
-	if !s.writePublish(&pub) {
-		return ErrTooLarge
+	if err := s.writePublish(&pub); err != nil {
+		return err
 	}
 	r := s.rareState()
 	r.inflight = append(r.inflight, inflight{pid: pub.PacketID, qos: 1})

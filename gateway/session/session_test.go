@@ -508,6 +508,15 @@ func TestDeviceLimits(t *testing.T) {
 	if err := s.Deliver(d("second", 10)); err != nil {
 		t.Fatalf("after the PUBACK: %v", err)
 	}
+	// A write that fails is not a packet too large: the dispatcher gives
+	// up a command too large, and writes one not written again later
+	// (found by the dispatcher's simulation, where a connection that
+	// failed under a small command made it fail as too large).
+	s.Feed(mqttcodec.AppendAck(nil, mqttcodec.V5, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: ft.packets(t, mqttcodec.V5)[0].Publish.PacketID}))
+	ft.closed = true
+	if err := s.Deliver(d("third", 10)); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("a small delivery on a connection whose write fails: %v, want ErrNotConnected", err)
+	}
 
 	free, _ := newConnected(t, env, registry.ModeTLS, mqttcodec.V5, "no-limits")
 	if free.rare != nil {
