@@ -92,7 +92,7 @@ func TestSim(t *testing.T) {
 	t.Logf("%d seeds in %s, %d events skipped; %v", *simSeeds, time.Since(start).Round(time.Millisecond), skipped, stats)
 	// The schedules must reach the situations they are there for.
 	for _, k := range []string{"delivered", "expired", "restart", "takeover", "crash", "unproven", "loop", "store-fault", "upgrade", "downgrade", "late-ack", "will",
-		"cancel", "cancel-written", "cancel-finished"} {
+		"cancel", "cancel-written", "cancel-finished", "failed-too-large"} {
 		if stats[k] == 0 {
 			t.Errorf("no seed reached %q", k)
 		}
@@ -110,6 +110,9 @@ type simDevice struct {
 	// following: obeys, can do TLS, is proven and acknowledges: the
 	// liveness check applies to it.
 	following bool
+
+	// maxPacket is the Maximum Packet Size it declares (MQTT 5), 0: none.
+	maxPacket uint32
 
 	c    *conn
 	plan *control.Mode // told to reconnect in this mode
@@ -136,7 +139,13 @@ type simCommand struct {
 	pruned bool
 	// cancelled: its cancel answered success.
 	cancelled bool
+	// large: its PUBLISH exceeds simMaxPacket.
+	large bool
 }
+
+// simMaxPacket is the Maximum Packet Size some MQTT 5 devices declare: a
+// command's PUBLISH is ~50 bytes, a large one's ~330.
+const simMaxPacket = 128
 
 type sim struct {
 	seed   uint64
@@ -179,6 +188,12 @@ func newSim(seed uint64, steps int, logf func(string, ...any)) *sim {
 			got: map[string]bool{}}
 		if s.rng.IntN(2) == 0 {
 			d.version = mqttcodec.V5
+			if s.rng.IntN(3) == 0 {
+				// Declares a Maximum Packet Size: the large commands
+				// can never be written to it.
+				d.maxPacket = simMaxPacket
+				s.w.maxPacket[d.id] = simMaxPacket
+			}
 		}
 		// Most devices follow the protocol; the others each break it in
 		// one way.
@@ -437,16 +452,21 @@ func (s *sim) submit() {
 	if s.rng.IntN(10) < 7 {
 		ttl = time.Duration(2+s.rng.IntN(120)) * time.Second
 	}
-	cid, err := s.w.submit(d.id, secure, ttl)
+	large := s.rng.IntN(10) == 0
+	size := 0
+	if large {
+		size = 300
+	}
+	cid, err := s.w.submitSized(d.id, secure, ttl, size)
 	if err != nil {
 		s.counts["store-fault"]++
 		s.trace("submit for %s refused: %v", d.id, err)
 		return
 	}
-	sc := &simCommand{id: cid, dev: d, secure: secure, idx: len(s.cmds) + 1, status: store.StatusPending, hist: 1}
+	sc := &simCommand{id: cid, dev: d, secure: secure, idx: len(s.cmds) + 1, status: store.StatusPending, hist: 1, large: large}
 	s.cmds = append(s.cmds, sc)
 	s.byID[cid] = sc
-	s.trace("command %s for %s secure=%v ttl=%s", cid, d.id, secure, ttl)
+	s.trace("command %s for %s secure=%v ttl=%s large=%v", cid, d.id, secure, ttl, large)
 }
 
 // cancel queues the cancel of a random command, most often one that has
@@ -557,6 +577,16 @@ func (s *sim) check() {
 		}
 		if c.Status == store.StatusDelivered && !sc.dev.got[sc.id] {
 			s.fail("command %s delivered but never received", sc.id)
+		}
+		tooLarge := sc.large && sc.dev.maxPacket != 0
+		if tooLarge && sc.dev.got[sc.id] {
+			s.fail("command %s received by %s, larger than the Maximum Packet Size it declared", sc.id, sc.dev.id)
+		}
+		if c.Status == store.StatusFailed && sc.status != store.StatusFailed {
+			if !tooLarge || c.History[len(c.History)-1].Note != NoteTooLarge {
+				s.fail("command %s failed, not too large for its device: %v", sc.id, c.History)
+			}
+			s.counts["failed-too-large"]++
 		}
 		if sc.cancelled && c.Status != store.StatusCancelled {
 			s.fail("command %s is %s after its cancel answered", sc.id, c.Status)

@@ -46,6 +46,9 @@ type world struct {
 	// cancelled holds the commands whose cancel has answered: none of
 	// them may be written after that.
 	cancelled map[string]bool
+	// maxPacket holds the Maximum Packet Size a device declares in its
+	// CONNECT (MQTT 5), by client id.
+	maxPacket map[string]uint32
 	// keepBlank is given to every dispatcher started (Dispatcher.keepBlank).
 	keepBlank bool
 	// queueAll is given to every dispatcher started (Dispatcher.queueAll).
@@ -170,9 +173,11 @@ func (w *world) checkWrite(c *conn, b []byte) {
 	}
 }
 
-// commandID reads the command id the tests put in every payload.
+// commandID reads the command id the tests put in every payload (before
+// the padding of a large one).
 func commandID(payload []byte) (string, bool) {
 	s, ok := strings.CutPrefix(string(payload), "cmd:")
+	s, _, _ = strings.Cut(s, ".")
 	return s, ok
 }
 
@@ -262,7 +267,7 @@ var epoch = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 // newWorld builds a gateway over a memory store, started.
 func newWorld(cfg Config) *world {
 	w := &world{now: epoch, mem: store.NewMemory(store.Options{Limit: 1000}), secret: make(map[string]bool), cfg: cfg,
-		wills: make(map[string]int), cancelled: make(map[string]bool)}
+		wills: make(map[string]int), cancelled: make(map[string]bool), maxPacket: make(map[string]uint32)}
 	w.st = &faultyStore{Store: w.mem}
 	if err := w.start(); err != nil {
 		panic(err)
@@ -387,6 +392,9 @@ func (w *world) dial(id string, mode registry.Mode, version byte, proven bool, w
 	c.s.Init(w.env, c)
 	w.conns = append(w.conns, c)
 	k := &mqttcodec.Connect{ProtocolVersion: version, CleanStart: true, ClientID: []byte(id)}
+	if max := w.maxPacket[id]; max != 0 && version == mqttcodec.V5 {
+		k.Properties.SetMaximumPacketSize(max)
+	}
 	if will {
 		k.WillFlag, k.WillTopic, k.WillPayload, k.WillQoS = true, []byte("devices/"+id+"/status"), []byte("offline"), 1
 	}
@@ -480,10 +488,19 @@ func (w *world) read(c *conn) received {
 
 // submit puts a command for id through the dispatcher.
 func (w *world) submit(id string, secure bool, ttl time.Duration) (string, error) {
+	return w.submitSized(id, secure, ttl, 0)
+}
+
+// submitSized is submit with the payload padded to at least size bytes.
+func (w *world) submitSized(id string, secure bool, ttl time.Duration, size int) (string, error) {
 	w.ids++
 	cid := fmt.Sprintf("c%06d", w.ids) // in submission order, and the same in every run
+	payload := []byte("cmd:" + cid)
+	if size > len(payload) {
+		payload = append(payload, strings.Repeat(".", size-len(payload))...)
+	}
 	c := &store.Command{ID: cid, ClientID: id, Topic: "devices/" + id + "/commands/x",
-		Payload: []byte("cmd:" + cid), QoS: 1, Secure: secure, CreatedAt: w.now}
+		Payload: payload, QoS: 1, Secure: secure, CreatedAt: w.now}
 	if ttl > 0 {
 		c.ExpiresAt = w.now.Add(ttl)
 	}
