@@ -182,7 +182,7 @@ func testPoisonMessageGivenUp(t *testing.T) {
 	br := startBroker(t)
 	app := newApp5(t, br.Addr(), "app-"+strconv.Itoa(br.Port))
 	app.subscribe(t, "devices/#", 1)
-	px := startCutProxy(t, br.Addr(), []byte("POISON"))
+	px, _ := startCutProxy(t, br.Addr(), []byte("POISON"), false)
 	cfg := testConfig(t, "tcp://"+px)
 	cfg.PoolSize = 1
 	b := startBridge(t, cfg)
@@ -207,9 +207,11 @@ func testPoisonMessageGivenUp(t *testing.T) {
 }
 
 // startCutProxy forwards TCP connections to addr and cuts a connection,
-// both ways, when the client sends bytes containing cut. It returns its
-// address; it stops at the end of the test.
-func startCutProxy(t *testing.T, addr string, cut []byte) string {
+// both ways, when the client sends a packet containing cut; with
+// dropPubrel it does not pass the client's PUBRELs on (a QoS 2 exchange
+// stays between PUBREC and PUBCOMP). It returns its address and the count
+// of PUBRELs dropped; it stops at the end of the test.
+func startCutProxy(t *testing.T, addr string, cut []byte, dropPubrel bool) (string, *atomic.Int64) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -218,6 +220,7 @@ func startCutProxy(t *testing.T, addr string, cut []byte) string {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	open := map[net.Conn]bool{}
+	dropped := new(atomic.Int64)
 	track := func(c net.Conn, on bool) {
 		mu.Lock()
 		if on {
@@ -243,17 +246,30 @@ func startCutProxy(t *testing.T, addr string, cut []byte) string {
 			track(c, true)
 			track(s, true)
 			wg.Add(2)
-			go func() { // client -> broker, cut on the bytes
+			go func() { // client -> broker, packet by packet
 				defer wg.Done()
+				var pending []byte
 				buf := make([]byte, 32<<10)
+			read:
 				for {
 					n, err := c.Read(buf)
-					if n > 0 && bytes.Contains(buf[:n], cut) {
-						break
-					}
-					if n > 0 {
-						if _, werr := s.Write(buf[:n]); werr != nil {
+					pending = append(pending, buf[:n]...)
+					for {
+						size, perr := mqttcodec.PacketLen(pending, 0)
+						if perr != nil || size == 0 || size > len(pending) {
 							break
+						}
+						pkt := pending[:size]
+						pending = pending[size:]
+						switch {
+						case bytes.Contains(pkt, cut):
+							break read
+						case dropPubrel && pkt[0]>>4 == byte(mqttcodec.PUBREL):
+							dropped.Add(1)
+							continue
+						}
+						if _, werr := s.Write(pkt); werr != nil {
+							break read
 						}
 					}
 					if err != nil {
@@ -282,7 +298,7 @@ func startCutProxy(t *testing.T, addr string, cut []byte) string {
 		mu.Unlock()
 		wg.Wait()
 	})
-	return ln.Addr().String()
+	return ln.Addr().String(), dropped
 }
 
 // Two gateways configured with one upstream client id take the session
@@ -306,4 +322,32 @@ func TestSessionTakenOverIsExplained(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// The message blamed for a broker closing connections is the oldest the
+// broker has not taken: a QoS 2 message it answered with PUBREC has been
+// received, and only its PUBREL/PUBCOMP exchange is left. Here the proxy
+// keeps that exchange from finishing (it drops PUBRELs) and cuts the
+// connection on the message after it: that one is given up, not the QoS 2
+// message in front of it, which stays owed (MQTT 5: the 3.1.1 client keeps
+// its own resend order).
+func TestPoisonBlameSkipsReceivedQoS2(t *testing.T) {
+	br := startBroker(t)
+	px, pubrels := startCutProxy(t, br.Addr(), []byte("POISON"), true)
+	cfg := testConfig(t, "tcp://"+px)
+	cfg.PoolSize = 1
+	b := startBridge(t, cfg)
+	waitReady(t, b)
+	a := newAcks()
+	b.Publish(&session.Message{ClientID: "car1", Topic: "devices/car1/x", Payload: []byte("kept"), QoS: 2}, a.fn(t, 0))
+	// The broker answered PUBREC: the bridge sent its PUBREL.
+	waitFor(t, 10*time.Second, "the PUBREL of the QoS 2 message", func() bool { return pubrels.Load() > 0 })
+	b.Publish(&session.Message{ClientID: "car1", Topic: "devices/car1/x", Payload: []byte("POISON"), QoS: 1}, a.fn(t, 1))
+	waitFor(t, 60*time.Second, "the poisoned message to be refused", func() bool { _, ok := a.get(1); return ok })
+	if rc, _ := a.get(1); rc != mqttcodec.UnspecifiedError {
+		t.Errorf("the message the broker closes on: ack %v, want 0x80", rc)
+	}
+	if rc, ok := a.get(0); ok {
+		t.Errorf("the QoS 2 message the broker had received was answered %v: blamed for the connections the next one broke", rc)
+	}
 }

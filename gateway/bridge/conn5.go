@@ -478,6 +478,10 @@ type sent struct {
 	// givenUp: the State is being told it was answered, so that it stops
 	// resending it (giveUp); the answer goes to the device as a refusal.
 	givenUp bool
+	// received: QoS 2 with PUBREC success: the broker has it, only the
+	// PUBREL/PUBCOMP exchange is left, and it is not what the broker
+	// closes the connection on.
+	received bool
 }
 
 func newTrack(c *conn5) *track {
@@ -560,12 +564,13 @@ func (t *track) ConnectionLost(dp *packets.Disconnect) error {
 	t.mu.Lock()
 	if t.counted != gen {
 		t.counted = gen
-		// Only the oldest: the broker handles a connection's publishes
-		// in order, so the one it closes on is the first it did not
-		// answer; those after it were not read.
+		// Only the oldest not yet received (QoS 2 past PUBREC): the
+		// broker handles a connection's publishes in order, so the one
+		// it closes on is the first it did not answer; those after it
+		// were not read.
 		var oldest *sent
 		for _, s := range t.byID {
-			if oldest == nil || s.seq < oldest.seq {
+			if !s.received && (oldest == nil || s.seq < oldest.seq) {
 				oldest = s
 			}
 		}
@@ -603,6 +608,13 @@ func (t *track) giveUp() {
 // resp, and the device is answered from here, without a hand-off to
 // another goroutine.
 func (t *track) PacketReceived(recv *packets.ControlPacket, pubChan chan<- *packets.Publish) error {
+	if rec, ok := recv.Content.(*packets.Pubrec); ok && rec.ReasonCode < 0x80 {
+		t.mu.Lock()
+		if s := t.byID[rec.PacketID]; s != nil {
+			s.received = true
+		}
+		t.mu.Unlock()
+	}
 	err := t.State.PacketReceived(recv, pubChan)
 	t.answerAll()
 	return err
