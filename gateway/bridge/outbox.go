@@ -70,9 +70,11 @@ func (o *outbox) Put(key string, m packets.ControlPacket) {
 	o.mu.Lock()
 	if old := o.items[key]; old != nil && old.e != nil {
 		if _, rel := m.(*packets.PubrelPacket); rel {
-			// QoS 2: the broker sent PUBREC, paho keeps the PUBREL in
-			// the publish's place until PUBCOMP (Del), and resends it in
-			// that place after a reconnect.
+			// QoS 2 past PUBREC: a PUBREL stored in the publish's place
+			// until PUBCOMP (Del) is resent in that place after a
+			// reconnect. (paho.mqtt.golang v1.5.1 does not store the
+			// PUBREL it sends: it resends the PUBLISH, and the broker
+			// answers PUBREC again.)
 			old.pkt = m
 			o.mu.Unlock()
 			return
@@ -133,11 +135,16 @@ func (o *outbox) Get(key string) packets.ControlPacket {
 	return pkt
 }
 
-// oldest is the publish put first among those carrying an entry, under
-// o.mu.
+// oldest is the publish put first among those carrying an entry and not
+// yet received by the broker (a QoS 2 one past PUBREC would hold its
+// PUBREL; paho.mqtt.golang v1.5.1 does not store the PUBREL it sends, so
+// such a one still looks unreceived), under o.mu.
 func (o *outbox) oldest() *boxed {
 	var first *boxed
 	for _, b := range o.items {
+		if _, rel := b.pkt.(*packets.PubrelPacket); rel {
+			continue
+		}
 		if b.e != nil && (first == nil || b.seq < first.seq) {
 			first = b
 		}
