@@ -53,7 +53,6 @@ type conn5 struct {
 	corked *flushConn
 
 	gen     atomic.Uint64 // counts connections: an acknowledgement goes on the connection its message came on
-	upAt    atomic.Int64  // when the current connection was made (Unix nanoseconds)
 	up      atomic.Bool
 	recvMax atomic.Int32
 	shared  atomic.Bool
@@ -169,7 +168,6 @@ func (c *conn5) connect() error {
 	c.mu.Lock()
 	c.cli, c.down, c.wc = cli, down, wc
 	c.mu.Unlock()
-	c.upAt.Store(time.Now().UnixNano())
 	c.up.Store(true)
 	go func() {
 		<-cli.Done()
@@ -467,9 +465,12 @@ type track struct {
 	next *entry
 	seq  uint64
 	byID map[uint16]*sent
-	// counted is the connection whose loss was counted (ConnectionLost
-	// may be called more than once per loss).
-	counted uint64
+	// live is the connection (conn5.gen) whose CONNACK came last, at
+	// liveAt; counted the one whose loss was counted (ConnectionLost may
+	// be called more than once per loss, and for a connection that never
+	// got its CONNACK, on which nothing was sent).
+	live, counted uint64
+	liveAt        time.Time
 }
 
 type sent struct {
@@ -541,6 +542,9 @@ func (t *track) AddToSession(ctx context.Context, p pahosession.Packet, resp cha
 // kept no session lost what it had not acknowledged: paho's State forgets
 // it, and the entries go back to the head of the queue, in order.
 func (t *track) ConAckReceived(w io.Writer, cp *packets.Connect, ca *packets.Connack) error {
+	t.mu.Lock()
+	t.live, t.liveAt = t.c.gen.Load(), time.Now()
+	t.mu.Unlock()
 	if ca.SessionPresent {
 		t.giveUp()
 	}
@@ -560,10 +564,10 @@ func (t *track) ConAckReceived(w io.Writer, cp *packets.Connect, ca *packets.Con
 // sending, conn5.fits; this is for what it refuses otherwise).
 func (t *track) ConnectionLost(dp *packets.Disconnect) error {
 	gen := t.c.gen.Load()
-	short := time.Since(time.Unix(0, t.c.upAt.Load())) < stableConnection
 	t.mu.Lock()
-	if t.counted != gen {
+	if t.counted != gen && t.live == gen {
 		t.counted = gen
+		short := time.Since(t.liveAt) < stableConnection
 		// Only the oldest not yet received (QoS 2 past PUBREC): the
 		// broker handles a connection's publishes in order, so the one
 		// it closes on is the first it did not answer; those after it
