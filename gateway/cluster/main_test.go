@@ -88,7 +88,10 @@ func testOptions(node string) Options {
 	}
 }
 
-// join returns a member on rdb, closed at the end of the test.
+// join returns a member on rdb, closed at the end of the test, once its
+// first heartbeat is in Redis: Join returns before it, and until then Get
+// reports the node's own devices as not online (TestEpochOrdering failed
+// so once in CI, the heartbeat's goroutine late on a loaded machine).
 func join(t testing.TB, rdb redis.UniversalClient, o Options) *Member {
 	t.Helper()
 	m, err := Join(rdb, o)
@@ -100,6 +103,7 @@ func join(t testing.TB, rdb redis.UniversalClient, o Options) *Member {
 		defer cancel()
 		_ = m.Close(ctx)
 	})
+	waitLive(t, m, o.Node)
 	return m
 }
 
