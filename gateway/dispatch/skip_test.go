@@ -19,35 +19,14 @@ import (
 // TestSim checks, schedule by schedule, that skipping decides nothing
 // differently; this checks the guards on the real workers.
 func TestSkipGuards(t *testing.T) {
-	d, err := New(Config{Store: store.NewMemory(store.Options{}), Registry: registry.New[*session.Session](), Tick: time.Hour,
-		Advertise: func(*session.Session, control.Mode) string { return "gw:8883" }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
+	d := newWorkers(t)
+	// Not started: no ticker, so the dispatcher's WaitGroup counts only
+	// the workers' goroutines and the status writes.
 	defer d.Stop()
 	const id = "meter-1"
-	// idle waits until the worker has ended and no write is under way:
-	// the worker clears its flag after the last function returns, so this
-	// waits for that step, not for a length of time.
-	idle := func() {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			d.mu.Lock()
-			busy := d.occupied(id)
-			d.mu.Unlock()
-			if !busy {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("worker still busy after its work returned")
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
+	// idle waits until the worker's goroutine has ended (it clears its
+	// flag before) and no write is under way.
+	idle := func() { d.wg.Wait() }
 	want := func(what string, skip bool, skipped uint64) {
 		t.Helper()
 		if got := d.skip(id); got != skip {
@@ -93,6 +72,19 @@ func TestSkipGuards(t *testing.T) {
 	want("queueAll", false, 3)
 }
 
+// newWorkers is a dispatcher with its own workers on an empty memory
+// store, not started: no ticker runs (Start adds only that and the
+// recovery of what a previous run left, nothing here).
+func newWorkers(tb testing.TB) *Dispatcher {
+	tb.Helper()
+	d, err := New(Config{Store: store.NewMemory(store.Options{}), Registry: registry.New[*session.Session](), Tick: time.Hour,
+		Advertise: func(*session.Session, control.Mode) string { return "gw:8883" }})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return d
+}
+
 // sameWorker returns a client id other than id that hashes to id's worker.
 func sameWorker(t *testing.T, d *Dispatcher, id string) string {
 	t.Helper()
@@ -128,14 +120,7 @@ func BenchmarkIdlePlainDevice(b *testing.B) {
 			name = "queued"
 		}
 		b.Run(name, func(b *testing.B) {
-			d, err := New(Config{Store: store.NewMemory(store.Options{}), Registry: registry.New[*session.Session](), Tick: time.Hour,
-				Advertise: func(*session.Session, control.Mode) string { return "gw:8883" }})
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := d.Start(); err != nil {
-				b.Fatal(err)
-			}
+			d := newWorkers(b)
 			d.queueAll = queueAll
 			b.ReportAllocs()
 			b.ResetTimer()
