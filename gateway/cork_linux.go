@@ -9,6 +9,12 @@ func cork(fd int) error {
 	return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, 1)
 }
 
+// uncork sends what the cork holds at once and lets later writes go as
+// they come.
+func uncork(fd int) error {
+	return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, 0)
+}
+
 // finish sends what a cork holds with the FIN now (shutdown(SHUT_WR)
 // pushes the corked segment out with the FIN on it), before the close:
 // a close with bytes from the peer still unread sends a reset instead of

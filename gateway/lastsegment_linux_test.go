@@ -4,8 +4,12 @@ import (
 	"bufio"
 	"crypto/tls"
 	"net"
+	"os"
+	"strconv"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/dualgate/dualgate/bench"
 	"github.com/dualgate/dualgate/mqttcodec"
@@ -109,4 +113,122 @@ func TestAnswersToOneReadLeaveTogether(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A device told to move to TLS gets its CONNACK there in one segment with
+// the command that waited for it: the TLS session holds what it writes
+// until the dispatcher has delivered at its CONNECT (Dispatcher.Online).
+// A TLS device that nothing waits for is not held: its socket is uncorked
+// before the CONNACK leaves.
+func TestCommandLeavesWithCONNACK(t *testing.T) {
+	g := startGateway(t, func(c *Config) { c.SecureIdentity = "none" })
+	dialTLS := func(id string) (*raw, *net.TCPConn) {
+		tcp, err := net.Dial("tcp", g.TLSAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tcp.Close() })
+		tc := tls.Client(tcp, clientTLS(t, g))
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		r := &raw{t: t, conn: tc}
+		r.r = bufio.NewReader(tc)
+		return r, tcp.(*net.TCPConn)
+	}
+	connect := func(id string) *mqttcodec.Connect {
+		return &mqttcodec.Connect{ProtocolVersion: 5, CleanStart: true, KeepAlive: 60, ClientID: []byte(id)}
+	}
+
+	t.Run("instructed", func(t *testing.T) {
+		const id = "with-connack"
+		tcp, err := net.Dial("tcp", g.PlainAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tcp.Close()
+		plain := &raw{t: t, conn: tcp, r: bufio.NewReader(tcp)}
+		plain.connect(connect(id))
+		cid, _ := postCommand(t, g, id, `{"topic":"devices/`+id+`/commands/open","payload":"now"}`)
+		if p := plain.read(10 * time.Second); p.Type != mqttcodec.DISCONNECT || p.Disconnect.ReasonCode != mqttcodec.UseAnotherServer {
+			t.Fatalf("got %s, want DISCONNECT 0x9C", p.Type)
+		}
+		// The instruction's status write is done: the device's worker
+		// does not wait on the disk before it delivers, and the hold
+		// does not run into the kernel's 200 ms (which would send the
+		// CONNACK alone, as it should when the store is that slow).
+		waitStatus(t, g, cid, "upgrading")
+		r, sock := dialTLS(id)
+		before, err := bench.ReadTCPCounters(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.connect(connect(id))
+		p := r.read(10 * time.Second)
+		if p.Type != mqttcodec.PUBLISH || string(p.Publish.Topic) != "devices/"+id+"/commands/open" {
+			t.Fatalf("got %s %q, want the command", p.Type, p.Publish.Topic)
+		}
+		after, err := bench.ReadTCPCounters(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := after.Sub(before); !d.HasDataSegs || d.DataSegsIn != 1 {
+			t.Fatalf("CONNACK and command came in %d segments with data (counted: %v), want 1", d.DataSegsIn, d.HasDataSegs)
+		}
+		r.send(mqttcodec.AppendAck(nil, 5, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: p.Publish.PacketID}))
+		waitStatus(t, g, cid, "delivered")
+		if corked(t, sock) {
+			t.Fatal("the session is still held after the dispatcher delivered")
+		}
+	})
+
+	t.Run("nothing waits", func(t *testing.T) {
+		r, sock := dialTLS("nothing-waits")
+		r.connect(connect("nothing-waits"))
+		if corked(t, sock) {
+			t.Fatal("a TLS session nothing waits for was held past its CONNACK")
+		}
+	})
+}
+
+// corked reports whether the gateway's end of the client's connection c
+// has TCP_CORK set. The gateway runs in the test's process, so its socket
+// is one of the process's descriptors: the one whose peer is c's address.
+func corked(t *testing.T, c *net.TCPConn) bool {
+	t.Helper()
+	want := c.LocalAddr().(*net.TCPAddr)
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		sa, err := unix.Getpeername(fd)
+		if err != nil {
+			continue
+		}
+		var port int
+		var ip net.IP
+		switch a := sa.(type) {
+		case *unix.SockaddrInet4:
+			port, ip = a.Port, a.Addr[:]
+		case *unix.SockaddrInet6:
+			port, ip = a.Port, a.Addr[:]
+		default:
+			continue
+		}
+		if port != want.Port || !ip.Equal(want.IP) {
+			continue
+		}
+		v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v != 0
+	}
+	t.Fatalf("no socket of the gateway's has %s as its peer", want)
+	return false
 }

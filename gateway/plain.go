@@ -460,6 +460,22 @@ func (pc *plainConn) Finish(b []byte) error {
 	return err
 }
 
+// Release ends a TLS connection's hold (tlsState.held): what gnet's
+// outbound buffer holds goes to the socket first, behind the cork, and
+// then the cork comes off, which sends it all at once. A plain connection
+// holds nothing.
+func (pc *plainConn) Release() {
+	ts := pc.tls()
+	if ts == nil || !ts.held || pc.closed {
+		return
+	}
+	ts.held = false
+	_ = pc.c.Flush() // a failed write closes the connection: OnClose
+	if !pc.closed {
+		_ = uncork(pc.c.Fd())
+	}
+}
+
 func (pc *plainConn) Buffered() int {
 	if pc.closed {
 		return 0

@@ -43,6 +43,10 @@ type tlsState struct {
 	// nil otherwise.
 	pending []byte
 	paused  bool // the session holds the device back (PauseRead)
+	// held: the socket is corked from the start until the session is
+	// released (plainConn.Release), so that the CONNACK and the commands
+	// delivered at the CONNECT leave in one segment.
+	held bool
 }
 
 // tlsExtra is a TLS connection's connExtra and state, allocated together.
@@ -175,6 +179,7 @@ func (ps *plainServer) openTLS(c gnet.Conn, ho *tlsHandoff) (*plainConn, gnet.Ac
 	x.ext.remote = ho.remote
 	pc := &plainConn{c: c, x: &x.ext}
 	ho.tr.SetWriter((*loopWriter)(pc))
+	x.st.held = cork(c.Fd()) == nil
 	// What crypto/tls read past the handshake (the SDK's CONNECT comes in
 	// the same segment as its Finished) and what the PROXY reader read
 	// ahead are handled on the loop's next turn, even if the device

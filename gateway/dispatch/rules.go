@@ -34,13 +34,35 @@ const (
 
 // Hooks, called by sessions in owner context: they only queue work.
 
-// Online is called when a session is connected.
+// Online is called when a session is connected, before its CONNACK is
+// written.
+//
+// A TLS session holds what it writes until released (session.Release),
+// so that the commands delivered at its CONNECT leave in one segment with
+// the CONNACK (docs/benchmarks.md §8.1): the device saves a segment and
+// its ACK per upgrade. The session is released once online has delivered,
+// or at once when the device's record is blank or missing (every device
+// instructed to move has one that is not): then its CONNACK does not wait
+// for the device's worker.
 func (d *Dispatcher) Online(s *session.Session) {
 	id, mode, proven, now := s.ClientID(), s.Mode(), s.IdentityProven(), d.cfg.Now()
 	if mode != registry.ModeTLS && d.skip(id) {
 		return // online would step no record: an idle device on plain
 	}
+	if mode == registry.ModeTLS && !d.expects(id, now) {
+		s.Release()
+	}
 	d.on(id, func() { d.online(s, id, mode, proven, now) })
+}
+
+// expects reports whether device id has a record that is not blank:
+// something is going on for it (it was told to come on TLS, or is there
+// already). A blank record and none are the same to every decision.
+func (d *Dispatcher) expects(id string, now time.Time) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dv := d.devices[id]
+	return dv != nil && !d.rules.blank(dv, now)
 }
 
 // Query is called when a device publishes on the query topic.
@@ -223,6 +245,9 @@ func (d *Dispatcher) online(s *session.Session, id string, mode registry.Mode, p
 		// a PUBACK more on the wire (docs/protocol.md). One that did not
 		// has what is secure refused by its session, and counted.
 		d.reconcile(id, trigOnline)
+		// Tasks run in order on the session's loop: this one after the
+		// writes of what reconcile delivered.
+		s.Exec(func(s *session.Session) { s.Release() })
 	}
 }
 

@@ -549,6 +549,7 @@ func (s *sim) check() {
 	}
 	s.w.violations = nil
 	s.checkBlank()
+	s.checkReleased()
 	for _, sc := range s.cmds {
 		if sc.pruned {
 			continue
@@ -620,6 +621,23 @@ func (s *sim) checkBlank() {
 		} else if sd.tracked {
 			sd.tracked = false
 			s.dropped++
+		}
+	}
+}
+
+// checkReleased: once no work is queued, no connected TLS session holds
+// what the gateway writes to it (Dispatcher.Online releases it, at once or
+// after delivering); only the kernel's cork limit would send it.
+func (s *sim) checkReleased() {
+	w := s.w
+	if len(w.tasks) > 0 || len(w.owner) > 0 {
+		return
+	}
+	for _, c := range w.conns {
+		if !c.closed && c.holding && c.s.Connected() {
+			s.fail("the TLS session of %s is still held with no work queued", c.id)
+		} else if !c.closed && c.mode == registry.ModeTLS && c.s.Connected() {
+			s.counts["tls-released"]++
 		}
 	}
 }

@@ -74,16 +74,45 @@ type conn struct {
 	log    []byte   // everything the gateway wrote
 	closed bool     // closed by either side
 	ended  bool     // session.Closed has run
+	// A TLS connection holds what the gateway writes until its session is
+	// released, as the gateway's TLS connections do (TCP_CORK): held is
+	// what waits, since heldAt; the kernel sends it after corkLimit
+	// anyway, and when the connection closes.
+	holding bool
+	held    []byte
+	heldAt  time.Time
 }
+
+// corkLimit is how long the kernel holds what a corked socket was given.
+const corkLimit = 200 * time.Millisecond
 
 func (c *conn) Write(b []byte) error {
 	if c.closed {
 		return errors.New("closed")
 	}
 	c.w.checkWrite(c, b)
-	c.toDev = append(c.toDev, b...)
 	c.log = append(c.log, b...)
+	if c.holding {
+		if len(c.held) == 0 {
+			c.heldAt = c.w.now
+		}
+		c.held = append(c.held, b...)
+		return nil
+	}
+	c.toDev = append(c.toDev, b...)
 	return nil
+}
+
+// Release sends what is held, and what follows as it comes.
+func (c *conn) Release() {
+	c.holding = false
+	c.send()
+}
+
+// send hands what is held to the device.
+func (c *conn) send() {
+	c.toDev = append(c.toDev, c.held...)
+	c.held = nil
 }
 
 // Finish writes the last packet and closes.
@@ -100,6 +129,7 @@ func (c *conn) Close() {
 		return
 	}
 	c.closed = true
+	c.send()
 	c.w.owner = append(c.w.owner, c.end)
 }
 
@@ -371,6 +401,9 @@ func (w *world) settle() {
 func (w *world) advance(dt time.Duration) {
 	w.now = w.now.Add(dt)
 	for _, c := range w.conns {
+		if len(c.held) > 0 && w.now.Sub(c.heldAt) >= corkLimit {
+			c.send() // still corked: what comes next waits again
+		}
 		if !c.closed {
 			w.depth++
 			c.s.Tick(w.now) // closes through the transport when due
@@ -384,7 +417,7 @@ func (w *world) advance(dt time.Duration) {
 // dial opens a connection for a device and sends its CONNECT. proven gives
 // it a client certificate naming id (TLS only).
 func (w *world) dial(id string, mode registry.Mode, version byte, proven bool, will bool) *conn {
-	c := &conn{w: w, mode: mode, id: id}
+	c := &conn{w: w, mode: mode, id: id, holding: mode == registry.ModeTLS}
 	if proven && mode == registry.ModeTLS {
 		c.peer = []string{id}
 	}

@@ -59,6 +59,14 @@ type Transport interface {
 	PauseRead()
 	// ResumeRead reads from the device again after PauseRead. Owner only.
 	ResumeRead()
+	// Release sends at once what the transport holds back. A TLS
+	// connection holds what it writes from its start until released
+	// (where it can: TCP_CORK; the kernel sends what is held after
+	// 200 ms anyway), so that its CONNACK leaves in one segment with
+	// the commands the dispatcher delivers at the CONNECT. Owner only;
+	// releasing twice is releasing once, and a transport that holds
+	// nothing does nothing.
+	Release()
 	// ChannelBinding is the connection's exported keying material
 	// (control.ExporterLabel, control.ExporterLen bytes); nil on plain or
 	// when the TLS connection cannot export it safely (TLS 1.2 without
@@ -509,6 +517,11 @@ func (s *Session) Subscriptions() []Subscription {
 	}
 	return nil
 }
+
+// Release sends what the session's transport holds back (Transport.Release):
+// the dispatcher's to call once it has delivered what waited for the
+// device at its CONNECT, or found nothing to deliver. Owner context.
+func (s *Session) Release() { s.t.Release() }
 
 // Exec runs fn in owner context. It runs even when the session has ended
 // meanwhile, so a caller waiting for fn's result always gets one: the

@@ -78,6 +78,7 @@ func (f *fakeTransport) Buffered() int {
 }
 func (f *fakeTransport) Local() string { return "192.0.2.9:1883" }
 func (f *fakeTransport) PauseRead()    { f.paused = true }
+func (f *fakeTransport) Release()      {}
 func (f *fakeTransport) ResumeRead()   { f.paused = false }
 
 // packets decodes and drains what the session wrote.
