@@ -65,7 +65,9 @@
 // usually an acknowledgement): each MQTT 5 packet leaves in one write, the
 // last TLS handshake flight leaves with the CONNECT, the plain query rides
 // in the CONNECT's segment as QoS 0, no query is sent on TLS, no TLS
-// close_notify is sent (MQTT's DISCONNECT ends the session), and the
+// close_notify is sent (MQTT's DISCONNECT ends the session), a server's
+// DISCONNECT (the MQTT 5 reconnect instruction) is answered only by the
+// close, not by a DISCONNECT the server has closed too early to read, and the
 // kernel's acknowledgements are delayed to ride on the next packet
 // (TCP_QUICKACK off, Linux; with the default Config.Dial from before the
 // connect, so that TCP's last handshake segment rides on the first

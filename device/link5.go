@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
@@ -28,9 +29,13 @@ const (
 type link5 struct {
 	linkState
 	client    *paho.Client
+	conn      net.Conn
 	sess      session.SessionManager
 	closeOnce sync.Once
 	onCommand func(Command)
+	// serverGone: the server sent DISCONNECT (and closes the connection,
+	// MQTT-3.14.4-2): close writes no DISCONNECT back.
+	serverGone atomic.Bool
 }
 
 // watchSession is paho's in-memory session state that also sees a server
@@ -44,6 +49,7 @@ type watchSession struct {
 
 func (w *watchSession) ConnectionLost(dp *packets.Disconnect) error {
 	if dp != nil {
+		w.l.serverGone.Store(true)
 		w.l.serverDisconnect(dp)
 	}
 	return w.SessionManager.ConnectionLost(dp)
@@ -52,7 +58,7 @@ func (w *watchSession) ConnectionLost(dp *packets.Disconnect) error {
 // dial5 runs CONNECT/CONNACK on conn, an open plain or TLS connection to
 // addr. The link owns conn from here on, also on error.
 func dial5(ctx context.Context, cfg *Config, m Mode, addr string, conn net.Conn, user, pass string, resume bool) (*link5, error) {
-	l := &link5{linkState: newLinkState(m, addr), onCommand: cfg.OnCommand}
+	l := &link5{linkState: newLinkState(m, addr), conn: conn, onCommand: cfg.OnCommand}
 	l.sess = &watchSession{SessionManager: state.NewInMemory(), l: l}
 	// paho counts neither the CONNECT nor the CONNACK as traffic, so its
 	// pinger would send a PINGREQ as soon as the connection is up: a
@@ -196,9 +202,18 @@ func (l *link5) close() {
 		// First: operations still waiting on the connection end as lost,
 		// and are retried on the next one.
 		l.markLost(nil)
-		// Disconnect writes DISCONNECT (harmlessly failing when the
-		// server has gone) and closes the connection.
-		_ = l.client.Disconnect(&paho.Disconnect{ReasonCode: 0})
+		if l.serverGone.Load() {
+			// The server said DISCONNECT (a reconnect instruction)
+			// and closes: a DISCONNECT back would only cost the
+			// device a segment, and the server's kernel a reset to
+			// answer it with, whenever it came before paho closed
+			// the connection itself. Close it now, without a word.
+			_ = l.conn.Close()
+		} else {
+			// Disconnect writes DISCONNECT (harmlessly failing when
+			// the connection has gone) and closes the connection.
+			_ = l.client.Disconnect(&paho.Disconnect{ReasonCode: 0})
+		}
 		<-l.client.Done()
 		_ = l.sess.Close()
 	})
