@@ -153,6 +153,14 @@ func (r *MemReport) finish() {
 		if p.Failed > 0 {
 			r.Notes = append(r.Notes, fmt.Sprintf("size %d: %d connections failed; the fit uses the %d connected", p.Size, p.Failed, p.Connected))
 		}
+		if p.Dropped > 0 {
+			// The figures divide by Connected: the memory was read with
+			// fewer connections open, or with the server busy closing
+			// them (dualgate tells a TLS device that proves no client id
+			// to go back to plain after --secure-idle, and closes it).
+			r.Notes = append(r.Notes, fmt.Sprintf("size %d: the server closed %d of the %d connections before the bench ended them; the figures per connection count them as open (for dualgate over TLS, set --secure-idle longer than the run)",
+				p.Size, p.Dropped, p.Connected))
+		}
 	}
 	if f, err := LeastSquares(xs, ys); err == nil {
 		r.Fit, r.SlopeKiB = f, f.Slope/1024

@@ -73,7 +73,7 @@ func TestMemReportFinishNotes(t *testing.T) {
 	rep.Points = []MemPoint{
 		{Size: 10, Connected: 10, RSSAfter: 50000, Settled: true},
 		{Size: 20, Connected: 18, Failed: 2, RSSAfter: 2000, Settled: false},
-		{Size: 30, Connected: 30, RSSAfter: 90000, Settled: true},
+		{Size: 30, Connected: 30, Dropped: 7, RSSAfter: 90000, Settled: true},
 	}
 	rep.finish()
 	if rep.Linear || rep.SizesFit == nil {
@@ -95,7 +95,7 @@ func TestMemReportFinishNotes(t *testing.T) {
 		t.Fatal("kernel fit without slab readings")
 	}
 	joined := strings.Join(rep.Notes, "\n")
-	for _, want := range []string{"size 20 had not settled", "size 20: 2 connections failed"} {
+	for _, want := range []string{"size 20 had not settled", "size 20: 2 connections failed", "size 30: the server closed 7 of the 30 connections"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("notes lack %q: %v", want, rep.Notes)
 		}
