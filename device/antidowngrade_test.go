@@ -93,22 +93,12 @@ func TestDowngradeOverPlainIgnored(t *testing.T) {
 func TestBadInstruction(t *testing.T) {
 	versions(t, func(t *testing.T, version byte) {
 		fb := startFakeBroker(t, version)
-		rec := newRecorder()
-		cfg := device.Config{
+		_, rec, fc := startOnFake(t, fb, device.Config{
 			ClientID:  "d-bad",
 			PlainAddr: fb.addr(),
 			Version:   version,
 			Backoff:   device.Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond},
-		}
-		rec.hook(&cfg)
-		d, err := device.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(d.Stop)
-		go func() { _ = d.Start(context.Background()) }()
-		fc := fb.next(5 * time.Second)
-		fc.expectQuery(0)
+		})
 
 		if version == 5 {
 			fc.disconnect5("", "no reference")
@@ -143,20 +133,8 @@ func TestBadInstruction(t *testing.T) {
 func TestInstructionWithoutAddress(t *testing.T) {
 	versions(t, func(t *testing.T, version byte) {
 		g := startGateway(t, nil)
-		fb := startFakeBroker(t, version)
-		rec := newRecorder()
 		id := "d-noaddr"
-		cfg := testConfig(t, g, id, version)
-		cfg.PlainAddr = fb.addr()
-		rec.hook(&cfg)
-		d, err := device.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(d.Stop)
-		go func() { _ = d.Start(context.Background()) }()
-		fc := fb.next(5 * time.Second)
-		fc.expectQuery(0)
+		fb, rec, fc := startOnFakePlain(t, g, id, version)
 
 		instruct(fc, control.Instruction{V: control.Version, Op: control.OpReconnect, Mode: control.ModeTLS, Reason: "go-secure"})
 		if version == 4 {
@@ -241,26 +219,16 @@ func TestStopDisconnects(t *testing.T) {
 func TestSensitiveGivesUp(t *testing.T) {
 	fb := startFakeBroker(t, 4)
 	closed := startHoneypot(t)
-	rec := newRecorder()
-	cfg := device.Config{
+	d, rec, fc := startOnFake(t, fb, device.Config{
 		ClientID:  "d-giveup",
 		PlainAddr: fb.addr(),
 		TLSAddr:   closed.addr(),
 		Backoff:   device.Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond},
-	}
-	rec.hook(&cfg)
-	d, err := device.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Stop)
-	go func() { _ = d.Start(context.Background()) }()
-	fc := fb.next(5 * time.Second)
-	fc.expectQuery(0)
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	err = d.PublishSensitive(ctx, "devices/d-giveup/keys", []byte("k"), 1)
+	err := d.PublishSensitive(ctx, "devices/d-giveup/keys", []byte("k"), 1)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("PublishSensitive = %v, want the deadline", err)
 	}
@@ -280,20 +248,12 @@ func TestSensitiveGivesUp(t *testing.T) {
 func TestSubscribeRefused(t *testing.T) {
 	versions(t, func(t *testing.T, version byte) {
 		fb := startFakeBroker(t, version)
-		rec := newRecorder()
-		cfg := device.Config{
+		d, rec := startRecorded(t, device.Config{
 			ClientID:      "d-sub",
 			PlainAddr:     fb.addr(),
 			Version:       version,
 			Subscriptions: []device.Subscription{{Filter: "devices/d-sub/config", QoS: 1}},
-		}
-		rec.hook(&cfg)
-		d, err := device.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(d.Stop)
-		go func() { _ = d.Start(context.Background()) }()
+		})
 		fc := fb.next(5 * time.Second)
 		fc.refuse = true
 		fc.expectQuery(1)

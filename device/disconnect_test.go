@@ -1,7 +1,6 @@
 package device_test
 
 import (
-	"context"
 	"errors"
 	"net"
 	"testing"
@@ -20,21 +19,7 @@ import (
 // packet sent after the instruction would arrive.
 func TestServerDisconnectNotAnswered(t *testing.T) {
 	g := startGateway(t, nil)
-	fb := startFakeBroker(t, 5)
-	rec := newRecorder()
-	const id = "d-quiet-close"
-	cfg := testConfig(t, g, id, 5)
-	cfg.PlainAddr = fb.addr()
-	rec.hook(&cfg)
-	d, err := device.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Stop)
-	go func() { _ = d.Start(context.Background()) }()
-	fc := fb.next(5 * time.Second)
-	fc.expectQuery(0)
-
+	fb, rec, fc := startOnFakePlain(t, g, "d-quiet-close", 5)
 	in := mqttcodec.Disconnect{ReasonCode: mqttcodec.UseAnotherServer}
 	in.Properties.SetServerReference([]byte(control.ServerReference(control.ModeTLS, g.TLSAddr())))
 	fc.send(mqttcodec.AppendDisconnect(nil, mqttcodec.V5, &in))

@@ -1,12 +1,15 @@
 package device_test
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/dualgate/dualgate/device"
+	"github.com/dualgate/dualgate/gateway"
 	"github.com/dualgate/dualgate/internal/control"
 	"github.com/dualgate/dualgate/mqttcodec"
 )
@@ -76,6 +79,41 @@ func (fb *fakeBroker) next(within time.Duration) *fakeConn {
 	fc.version = fb.version
 	fc.send(mqttcodec.AppendConnack(nil, fb.version, &mqttcodec.Connack{}))
 	return fc
+}
+
+// startRecorded starts a Device with cfg and records its events.
+func startRecorded(t *testing.T, cfg device.Config) (*device.Device, *recorder) {
+	t.Helper()
+	rec := newRecorder()
+	rec.hook(&cfg)
+	d, err := device.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Stop)
+	go func() { _ = d.Start(context.Background()) }()
+	return d, rec
+}
+
+// startOnFake starts a Device with cfg, whose plain endpoint is fb's
+// (startRecorded), and serves its first connection up to the query.
+func startOnFake(t *testing.T, fb *fakeBroker, cfg device.Config) (*device.Device, *recorder, *fakeConn) {
+	t.Helper()
+	d, rec := startRecorded(t, cfg)
+	fc := fb.next(5 * time.Second)
+	fc.expectQuery(0)
+	return d, rec, fc
+}
+
+// startOnFakePlain starts a Device configured for gateway g but for its
+// plain endpoint, a fake broker's (startOnFake).
+func startOnFakePlain(t *testing.T, g *gateway.Gateway, id string, version byte) (*fakeBroker, *recorder, *fakeConn) {
+	t.Helper()
+	fb := startFakeBroker(t, version)
+	cfg := testConfig(t, g, id, version)
+	cfg.PlainAddr = fb.addr()
+	_, rec, fc := startOnFake(t, fb, cfg)
+	return fb, rec, fc
 }
 
 // fakeConn is one device connection to the fake broker.
