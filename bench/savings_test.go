@@ -130,7 +130,14 @@ func TestRunSavingsEndToEnd(t *testing.T) {
 	if rep.TLSKiB <= rep.PlainKiB || rep.FleetAllTLS <= 0 || rep.FleetPeer <= 0 {
 		t.Fatalf("TLS %v KiB, plain %v KiB, fleets %d %d", rep.TLSKiB, rep.PlainKiB, rep.FleetAllTLS, rep.FleetPeer)
 	}
-	if rep.FleetOnDemand != onTLS.RSSDelta || rep.TotalRatioVsTLS <= 1 || rep.TotalRatioVsPeer <= 0 {
+	// The growth over each idle server compares the fleets. Total RSS also
+	// carries what only the on-demand run does (the API's requests, the
+	// command store's pages, its 9 devices' handshakes paging in the TLS
+	// code the all-TLS run pages in too), which at 300 devices weighs as
+	// much as the other 291 idle TLS connections (~1.3 MiB since TLS moved
+	// to the event loops): it read 0.995 once. Only its being computed is
+	// checked here; at scale it is in benchmarks.md §9.
+	if rep.FleetOnDemand != onTLS.RSSDelta || rep.RatioVsTLS <= 1 || rep.TotalRatioVsTLS <= 0 || rep.TotalRatioVsPeer <= 0 {
 		t.Fatalf("fleet %d, ratios %+v", rep.FleetOnDemand, rep.Figures)
 	}
 	if rep.Traffic == nil || len(rep.Traffic.Cycles) != 2 || rep.Traffic.PlainIdle.Total() == 0 || b.TLSIdle.Total() == 0 || c.TLSIdle.Total() == 0 {
