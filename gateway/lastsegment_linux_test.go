@@ -163,8 +163,10 @@ func TestCommandLeavesWithCONNACK(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		start := time.Now()
 		r.connect(connect(id))
 		p := r.read(10 * time.Second)
+		took := time.Since(start)
 		if p.Type != mqttcodec.PUBLISH || string(p.Publish.Topic) != "devices/"+id+"/commands/open" {
 			t.Fatalf("got %s %q, want the command", p.Type, p.Publish.Topic)
 		}
@@ -172,8 +174,15 @@ func TestCommandLeavesWithCONNACK(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d := after.Sub(before); !d.HasDataSegs || d.DataSegsIn != 1 {
-			t.Fatalf("CONNACK and command came in %d segments with data (counted: %v), want 1", d.DataSegsIn, d.HasDataSegs)
+		switch d := after.Sub(before); {
+		case !d.HasDataSegs:
+			t.Fatal("this kernel does not count data segments")
+		case d.DataSegsIn != 1 && took >= 180*time.Millisecond:
+			// The kernel sends what a cork holds after 200 ms: on a
+			// machine this slow the CONNACK may rightly go alone.
+			t.Logf("CONNACK and command in %d segments, %s after the CONNECT: past the cork's limit", d.DataSegsIn, took)
+		case d.DataSegsIn != 1:
+			t.Fatalf("CONNACK and command came in %d segments with data, %s after the CONNECT, want 1", d.DataSegsIn, took)
 		}
 		r.send(mqttcodec.AppendAck(nil, 5, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: p.Publish.PacketID}))
 		waitStatus(t, g, cid, "delivered")
