@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -141,32 +140,15 @@ func testShortLivedConnectionsBackOff(t *testing.T) {
 // the test.
 func startHangUpBroker(t *testing.T, answer []byte) (string, *atomic.Int64) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	accepted := new(atomic.Int64)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-			buf := make([]byte, 512)
-			_, _ = c.Read(buf)
-			_, _ = c.Write(answer)
-			_ = c.Close()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		<-done
+	addr := serveTCP(t, func(c net.Conn, _ int, _ func(net.Conn)) {
+		accepted.Add(1)
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 512)
+		_, _ = c.Read(buf)
+		_, _ = c.Write(answer)
 	})
-	return ln.Addr().String(), accepted
+	return addr, accepted
 }
 
 // A message the broker closes the connection on for some other reason
@@ -213,92 +195,54 @@ func testPoisonMessageGivenUp(t *testing.T) {
 // of PUBRELs dropped; it stops at the end of the test.
 func startCutProxy(t *testing.T, addr string, cut []byte, dropPubrel bool) (string, *atomic.Int64) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	open := map[net.Conn]bool{}
 	dropped := new(atomic.Int64)
-	track := func(c net.Conn, on bool) {
-		mu.Lock()
-		if on {
-			open[c] = true
-		} else {
-			delete(open, c)
+	px := serveTCP(t, func(c net.Conn, _ int, own func(net.Conn)) {
+		s, err := net.Dial("tcp", addr)
+		if err != nil {
+			return
 		}
-		mu.Unlock()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", addr)
-			if err != nil {
-				_ = c.Close()
-				continue
-			}
-			track(c, true)
-			track(s, true)
-			wg.Add(2)
-			go func() { // client -> broker, packet by packet
-				defer wg.Done()
-				var pending []byte
-				buf := make([]byte, 32<<10)
-			read:
-				for {
-					n, err := c.Read(buf)
-					pending = append(pending, buf[:n]...)
-					for {
-						size, perr := mqttcodec.PacketLen(pending, 0)
-						if perr != nil || size == 0 || size > len(pending) {
-							break
-						}
-						pkt := pending[:size]
-						pending = pending[size:]
-						switch {
-						case bytes.Contains(pkt, cut):
-							break read
-						case dropPubrel && pkt[0]>>4 == byte(mqttcodec.PUBREL):
-							dropped.Add(1)
-							continue
-						}
-						if _, werr := s.Write(pkt); werr != nil {
-							break read
-						}
-					}
-					if err != nil {
-						break
-					}
-				}
-				_ = c.Close()
-				_ = s.Close()
-				track(c, false)
-				track(s, false)
-			}()
-			go func() { // broker -> client
-				defer wg.Done()
-				_, _ = io.Copy(c, s)
-				_ = c.Close()
-				_ = s.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for c := range open {
+		own(s)
+		done := make(chan struct{})
+		go func() { // broker -> client
+			defer close(done)
+			_, _ = io.Copy(c, s)
 			_ = c.Close()
+			_ = s.Close()
+		}()
+		// client -> broker, packet by packet
+		var pending []byte
+		buf := make([]byte, 32<<10)
+	read:
+		for {
+			n, err := c.Read(buf)
+			pending = append(pending, buf[:n]...)
+			for {
+				size, perr := mqttcodec.PacketLen(pending, 0)
+				if perr != nil || size == 0 || size > len(pending) {
+					break
+				}
+				pkt := pending[:size]
+				pending = pending[size:]
+				switch {
+				case bytes.Contains(pkt, cut):
+					break read
+				case dropPubrel && pkt[0]>>4 == byte(mqttcodec.PUBREL):
+					dropped.Add(1)
+					continue
+				}
+				if _, werr := s.Write(pkt); werr != nil {
+					break read
+				}
+			}
+			if err != nil {
+				break
+			}
 		}
-		mu.Unlock()
-		wg.Wait()
+		_ = c.Close()
+		_ = s.Close()
+		<-done
 	})
-	return ln.Addr().String(), dropped
+	return px, dropped
 }
 
 // Two gateways configured with one upstream client id take the session

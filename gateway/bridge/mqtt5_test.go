@@ -366,102 +366,70 @@ func testSubscribeDone(t *testing.T) {
 // refusal takes a broker of the test's own.
 func fakeV5Broker(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var (
-		wg     sync.WaitGroup
 		mu     sync.Mutex
-		conns  []net.Conn
 		subIDs = map[string]int{}
 	)
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	return serveTCP(t, func(c net.Conn, _ int, _ func(net.Conn)) {
 		for {
-			c, err := ln.Accept()
+			cp, err := packets.ReadPacket(c)
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				for {
-					cp, err := packets.ReadPacket(c)
-					if err != nil {
-						return
+			var out *packets.ControlPacket
+			switch p := cp.Content.(type) {
+			case *packets.Connect:
+				out = packets.NewControlPacket(packets.CONNACK)
+			case *packets.Subscribe:
+				if p.Properties != nil && p.Properties.SubscriptionIdentifier != nil {
+					mu.Lock()
+					for _, s := range p.Subscriptions {
+						subIDs[s.Topic] = *p.Properties.SubscriptionIdentifier
 					}
-					var out *packets.ControlPacket
-					switch p := cp.Content.(type) {
-					case *packets.Connect:
-						out = packets.NewControlPacket(packets.CONNACK)
-					case *packets.Subscribe:
-						if p.Properties != nil && p.Properties.SubscriptionIdentifier != nil {
-							mu.Lock()
-							for _, s := range p.Subscriptions {
-								subIDs[s.Topic] = *p.Properties.SubscriptionIdentifier
-							}
-							mu.Unlock()
-						}
-						out = packets.NewControlPacket(packets.SUBACK)
-						sa := out.Content.(*packets.Suback)
-						sa.PacketID = p.PacketID
-						for _, s := range p.Subscriptions {
-							rc := s.QoS
-							if strings.HasPrefix(s.Topic, "closed/") {
-								rc = byte(mqttcodec.NotAuthorized)
-							}
-							sa.Reasons = append(sa.Reasons, rc)
-						}
-					case *packets.Unsubscribe:
-						out = packets.NewControlPacket(packets.UNSUBACK)
-						ua := out.Content.(*packets.Unsuback)
-						ua.PacketID = p.PacketID
-						ua.Reasons = make([]byte, len(p.Topics))
-					case *packets.Pingreq:
-						out = packets.NewControlPacket(packets.PINGRESP)
-					case *packets.Disconnect:
-						return
+					mu.Unlock()
+				}
+				out = packets.NewControlPacket(packets.SUBACK)
+				sa := out.Content.(*packets.Suback)
+				sa.PacketID = p.PacketID
+				for _, s := range p.Subscriptions {
+					rc := s.QoS
+					if strings.HasPrefix(s.Topic, "closed/") {
+						rc = byte(mqttcodec.NotAuthorized)
 					}
-					if out != nil {
-						if _, err := out.WriteTo(c); err != nil {
-							return
-						}
-					}
-					if sub, ok := cp.Content.(*packets.Subscribe); ok && sub.Subscriptions[0].Topic == "trigger/go" {
-						// One copy for every "multi" subscription, with all
-						// their identifiers.
-						mu.Lock()
-						var ids []int
-						for f, id := range subIDs {
-							if strings.Contains(f, "multi/") {
-								ids = append(ids, id)
-							}
-						}
-						mu.Unlock()
-						if _, err := c.Write(rawPublish("multi/x", []byte("both"), ids)); err != nil {
-							return
-						}
+					sa.Reasons = append(sa.Reasons, rc)
+				}
+			case *packets.Unsubscribe:
+				out = packets.NewControlPacket(packets.UNSUBACK)
+				ua := out.Content.(*packets.Unsuback)
+				ua.PacketID = p.PacketID
+				ua.Reasons = make([]byte, len(p.Topics))
+			case *packets.Pingreq:
+				out = packets.NewControlPacket(packets.PINGRESP)
+			case *packets.Disconnect:
+				return
+			}
+			if out != nil {
+				if _, err := out.WriteTo(c); err != nil {
+					return
+				}
+			}
+			if sub, ok := cp.Content.(*packets.Subscribe); ok && sub.Subscriptions[0].Topic == "trigger/go" {
+				// One copy for every "multi" subscription, with all
+				// their identifiers.
+				mu.Lock()
+				var ids []int
+				for f, id := range subIDs {
+					if strings.Contains(f, "multi/") {
+						ids = append(ids, id)
 					}
 				}
-			}()
+				mu.Unlock()
+				if _, err := c.Write(rawPublish("multi/x", []byte("both"), ids)); err != nil {
+					return
+				}
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // A subscription the broker refuses gets the broker's reason, and is
@@ -535,52 +503,33 @@ func TestSharedSubscription(t *testing.T) {
 // 3.1.1 connections to the real broker.
 func fakeV311Broker(t *testing.T, real string, refuse []byte) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				raw, err := readRaw(c)
-				if err != nil || raw[0]>>4 != packets.CONNECT {
-					return
-				}
-				// Fixed header, then the protocol name "MQTT" (2 + 4
-				// bytes), then the protocol level.
-				hdr := 2
-				for raw[hdr-1]&0x80 != 0 {
-					hdr++
-				}
-				if raw[hdr+6] == 5 {
-					_, _ = c.Write(refuse)
-					return
-				}
-				up, err := net.Dial("tcp", real)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				if _, err := up.Write(raw); err != nil {
-					return
-				}
-				go func() { _, _ = io.Copy(up, c); _ = up.Close() }()
-				_, _ = io.Copy(c, up)
-			}()
+	return serveTCP(t, func(c net.Conn, _ int, own func(net.Conn)) {
+		raw, err := readRaw(c)
+		if err != nil || raw[0]>>4 != packets.CONNECT {
+			return
 		}
-	}()
-	return ln.Addr().String()
+		// Fixed header, then the protocol name "MQTT" (2 + 4
+		// bytes), then the protocol level.
+		hdr := 2
+		for raw[hdr-1]&0x80 != 0 {
+			hdr++
+		}
+		if raw[hdr+6] == 5 {
+			_, _ = c.Write(refuse)
+			return
+		}
+		up, err := net.Dial("tcp", real)
+		if err != nil {
+			return
+		}
+		own(up)
+		defer up.Close()
+		if _, err := up.Write(raw); err != nil {
+			return
+		}
+		go func() { _, _ = io.Copy(up, c); _ = up.Close() }()
+		_, _ = io.Copy(c, up)
+	})
 }
 
 // readRaw reads one MQTT packet, whole, as it came.
@@ -771,32 +720,12 @@ func testPublishRefusedByBroker(t *testing.T) {
 // (whose store, lazyStore, serialises a packet only then); the devices
 // get their acknowledgements once the broker answers them there.
 func TestMQTT5ResendAfterReconnect(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	type got struct {
 		conn int
 		pub  *packets.Publish
 	}
 	pubs := make(chan got, 100)
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	serve := func(c net.Conn, n int) {
-		defer wg.Done()
-		defer c.Close()
+	addr := serveTCP(t, func(c net.Conn, n int, _ func(net.Conn)) {
 		held := 0
 		for {
 			cp, err := packets.ReadPacket(c)
@@ -831,24 +760,9 @@ func TestMQTT5ResendAfterReconnect(t *testing.T) {
 				}
 			}
 		}
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for n := 1; ; n++ {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go serve(c, n)
-		}
-	}()
+	})
 
-	cfg := testConfig(t, "tcp://"+ln.Addr().String())
+	cfg := testConfig(t, "tcp://"+addr)
 	cfg.PoolSize = 1
 	b := startBridge(t, cfg)
 	waitReady(t, b)
