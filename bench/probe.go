@@ -255,6 +255,22 @@ func (p *probe) disconnect() error {
 	return p.write(mqttcodec.AppendDisconnect(nil, p.version, &mqttcodec.Disconnect{}))
 }
 
+// end closes the connection after the server's instruction the way a
+// device does (devwire.Close) and returns the socket's counters: after
+// an instruction that came with the server's FIN (MQTT 5's DISCONNECT,
+// devwire.PeerDone) with a reset, counted here as the one segment it is,
+// after which nothing comes back; otherwise as finish does.
+func (p *probe) end(settle time.Duration) (TCPCounters, error) {
+	if !devwire.PeerDone(p.raw) {
+		return p.finish(settle)
+	}
+	defer p.raw.Close()
+	c, err := p.counters()
+	c.SegsOut++ // the reset
+	_ = p.raw.SetLinger(0)
+	return c, err
+}
+
 // finish ends the connection the way a device closes it (FIN, without a
 // TLS close_notify: MQTT's DISCONNECT ended the session), reads until the
 // server's FIN, lets the last ACKs pass for settle, and returns the

@@ -31,8 +31,9 @@ type TrafficConfig struct {
 	// connections: KexDefault or a list for ParseCurves (e.g. "x25519").
 	// Empty means KexDefault only.
 	Kex []string
-	// TLSVersion pins the device's TLS version ("1.2", "1.3"); empty
-	// negotiates.
+	// TLSVersion pins the device's TLS version ("1.2", "1.3"); empty is
+	// 1.3 only, as the device SDK offers by default (an offer that
+	// includes TLS 1.2 adds its cipher suites to every ClientHello).
 	TLSVersion string
 	// ServerName is the TLS server name; empty uses the host of each
 	// address.
@@ -355,6 +356,9 @@ func (t *trafficRun) progress(format string, args ...any) {
 // kex and session cache cache (nil: none).
 func (t *trafficRun) tlsConfig(addr, kex string, cache tls.ClientSessionCache) (*tls.Config, error) {
 	spec := TLSSpec{CAFile: t.gw.CAFile, ServerName: t.cfg.ServerName, Version: t.cfg.TLSVersion}
+	if spec.Version == "" {
+		spec.Version = "1.3"
+	}
 	if kex != KexDefault {
 		spec.Curves = kex
 	}
@@ -557,7 +561,7 @@ func (t *trafficRun) upgrade(ctx context.Context, dev *probe, id, kex string, ca
 	if err != nil {
 		return cyc, nil, fmt.Errorf("waiting for the instruction to use TLS: %w", err)
 	}
-	c, err := dev.finish(t.cfg.Settle)
+	c, err := dev.end(t.cfg.Settle)
 	if err != nil {
 		return cyc, nil, err
 	}
@@ -583,7 +587,7 @@ func (t *trafficRun) upgrade(ctx context.Context, dev *probe, id, kex string, ca
 	if err != nil {
 		return cyc, nil, fmt.Errorf("waiting for the instruction to go back to plain: %w", err)
 	}
-	if c, err = tdev.finish(t.cfg.Settle); err != nil {
+	if c, err = tdev.end(t.cfg.Settle); err != nil {
 		return cyc, nil, err
 	}
 	cyc.TLS = t.model.Figure(c, true)

@@ -25,7 +25,9 @@ const settleCounters = 250 * time.Millisecond
 // meter dials TCP connections whose kernel counters (bytes and segments,
 // both directions) stay readable after the device closes them: Close
 // half-closes, lets the FINs and ACKs pass, reads the counters, then
-// closes.
+// closes; a close with a reset (devwire.Close, once the gateway has
+// closed) reads them first and counts the reset, after which nothing
+// comes back.
 type meter struct {
 	mu    sync.Mutex
 	conns []*meteredConn
@@ -37,6 +39,7 @@ type meteredConn struct {
 	mu     sync.Mutex
 	final  bench.TCPCounters
 	closed bool
+	reset  bool // SetLinger(0): Close sends a reset
 }
 
 func (m *meter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -52,6 +55,14 @@ func (m *meter) dial(ctx context.Context, network, addr string) (net.Conn, error
 	return mc, nil
 }
 
+// SetLinger notes a close with a reset (devwire.Close sets 0 for it).
+func (c *meteredConn) SetLinger(sec int) error {
+	c.mu.Lock()
+	c.reset = sec == 0
+	c.mu.Unlock()
+	return c.TCPConn.SetLinger(sec)
+}
+
 func (c *meteredConn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -59,6 +70,11 @@ func (c *meteredConn) Close() error {
 		return nil
 	}
 	c.closed = true
+	if c.reset {
+		c.final, _ = bench.ReadTCPCounters(c.TCPConn)
+		c.final.SegsOut++ // the reset
+		return c.TCPConn.Close()
+	}
 	_ = c.CloseWrite()
 	time.Sleep(settleCounters)
 	c.final, _ = bench.ReadTCPCounters(c.TCPConn)

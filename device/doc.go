@@ -67,11 +67,15 @@
 // in the CONNECT's segment as QoS 0, no query is sent on TLS, no TLS
 // close_notify is sent (MQTT's DISCONNECT ends the session), a server's
 // DISCONNECT (the MQTT 5 reconnect instruction) is answered only by the
-// close, not by a DISCONNECT the server has closed too early to read, and the
-// kernel's acknowledgements are delayed to ride on the next packet
-// (TCP_QUICKACK off, Linux; with the default Config.Dial from before the
-// connect, so that TCP's last handshake segment rides on the first
-// write). The transport pieces are shared with dualbench's devices
+// close, not by a DISCONNECT the server has closed too early to read, that
+// close is a reset once the gateway has closed its side and acknowledged
+// everything (Linux: the gateway's acknowledgement of a FIN is saved, and
+// nothing is left to lose), the kernel's acknowledgements are delayed to
+// ride on the next packet (TCP_QUICKACK off, Linux; with the default
+// Config.Dial from before the connect, so that TCP's last handshake
+// segment rides on the first write), and, without a Config.TLS of your
+// own, only TLS 1.3 is offered (a TLS 1.2 offer adds its cipher suites to
+// every ClientHello). The transport pieces are shared with dualbench's devices
 // (internal/devwire). docs/benchmarks.md §8 has the figures.
 //
 // # Goroutines and callbacks

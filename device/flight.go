@@ -3,6 +3,8 @@ package device
 import (
 	"net"
 	"sync"
+
+	"github.com/dualgate/dualgate/internal/devwire"
 )
 
 // Every TCP segment costs a device 52 bytes of headers on top of what it
@@ -59,6 +61,10 @@ type firstWriteConn struct {
 	mu    sync.Mutex // guards extra
 	extra []byte
 }
+
+// Close closes the connection as a device does (devwire.Close: with a
+// reset once the gateway has closed its side).
+func (c *firstWriteConn) Close() error { return devwire.Close(c.Conn) }
 
 func (c *firstWriteConn) Write(b []byte) (int, error) {
 	c.mu.Lock()

@@ -251,7 +251,7 @@ func TestTLSConfig(t *testing.T) {
 		err   string
 	}{
 		{"defaults", func(*Config) {}, func(t *testing.T, tc *tls.Config) {
-			if tc.ServerName != "gw.example.com" || tc.MinVersion != tls.VersionTLS12 ||
+			if tc.ServerName != "gw.example.com" || tc.MinVersion != tls.VersionTLS13 ||
 				tc.ClientSessionCache == nil || tc.CurvePreferences != nil {
 				t.Errorf("got ServerName %q MinVersion %x cache %v curves %v",
 					tc.ServerName, tc.MinVersion, tc.ClientSessionCache, tc.CurvePreferences)

@@ -35,7 +35,7 @@ func parseTraffic(args []string, stderr io.Writer) (trafficCmd, error) {
 	gf.register(fs, 3*time.Second)
 	fs.StringVar(&versions, "mqtt", "4,5", "MQTT versions to measure, comma-separated: 4 (3.1.1), 5")
 	fs.StringVar(&kex, "kex", "default,x25519", "device key exchanges to compare: default (Go's, X25519MLKEM768 first), x25519, p256, or curves joined with +")
-	fs.StringVar(&c.cfg.TLSVersion, "tls-version", "", "pin the device's TLS version: 1.2 or 1.3")
+	fs.StringVar(&c.cfg.TLSVersion, "tls-version", "", "pin the device's TLS version: 1.2 or 1.3 (default 1.3 only, as the device SDK)")
 	fs.IntVar(&keepalive, "keepalive", 60, "the device's MQTT keepalive in seconds")
 	fs.StringVar(&days, "day-keepalives", "60,300", "keepalives in seconds to compute bytes per day and break-even for")
 	fs.IntVar(&c.cfg.Cycles, "cycles", 5, "keepalive cycles averaged")

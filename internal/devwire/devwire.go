@@ -12,6 +12,7 @@ package devwire
 import (
 	"net"
 	"sync"
+	"syscall"
 
 	"github.com/dualgate/dualgate/internal/control"
 )
@@ -106,5 +107,27 @@ type CloseRaw struct {
 	Raw      net.Conn // the connection under it
 }
 
-// Close closes the raw connection.
-func (c *CloseRaw) Close() error { return c.Raw.Close() }
+// Close closes the raw connection (Close).
+func (c *CloseRaw) Close() error { return Close(c.Raw) }
+
+// Close closes a device's TCP connection. Once the peer has closed its
+// side and acknowledged everything the device sent (PeerDone), as the
+// gateway does after its DISCONNECT, which ends the session (MQTT-3.14.4-2),
+// nothing is left to deliver either way: the connection then ends with a
+// reset instead of the device's FIN, and the peer's acknowledgement of that
+// FIN (a segment, 52 bytes) is not sent, nor does the peer keep the
+// connection in TIME_WAIT. Otherwise, and where PeerDone cannot tell, it
+// closes with a FIN. c is the TCP connection, or a wrapper that passes
+// SyscallConn and SetLinger on.
+func Close(c net.Conn) error {
+	if tc, ok := c.(abortable); ok && PeerDone(tc) {
+		_ = tc.SetLinger(0) // close sends a reset
+	}
+	return c.Close()
+}
+
+// abortable is a TCP connection that can be closed with a reset.
+type abortable interface {
+	syscall.Conn
+	SetLinger(sec int) error
+}
