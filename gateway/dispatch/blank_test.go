@@ -23,20 +23,20 @@ func TestBlank(t *testing.T) {
 		dv    device
 		blank bool
 	}{
-		{"new", device{lastSeen: now}, true},
-		{"idle, seen long ago, on TLS long ago", device{lastSeen: epoch, lastSecure: epoch}, true},
-		{"upgraded outside the window", device{upgrades: []time.Time{now.Add(-window - time.Nanosecond)}}, true},
-		{"upgraded within the window", device{upgrades: []time.Time{now.Add(-window)}}, false},
-		{"upgrading", device{state: StateUpgrading, tries: 1, nextInstruct: now}, false},
+		{"new", device{lastSeen: r.at(now)}, true},
+		{"idle, seen long ago, on TLS long ago", device{lastSeen: r.at(epoch), lastSecure: r.at(epoch)}, true},
+		{"upgraded outside the window", device{more: &more{upgrades: []stamp{r.at(now.Add(-window - time.Nanosecond))}}}, true},
+		{"upgraded within the window", device{more: &more{upgrades: []stamp{r.at(now.Add(-window))}}}, false},
+		{"upgrading", device{state: StateUpgrading, tries: 1, nextInstruct: r.at(now)}, false},
 		{"loop protected", device{state: StateLoopProtected, tries: 3}, false},
 		{"downgrading, offline", device{state: StateDowngrading}, false},
 		{"tls-only, offline", device{state: StateTLSOnly, ignoredPlain: 2}, false},
 		{"secure", device{state: StateSecure, tls: new(session.Session), proven: true}, false},
-		{"idle, instructions unanswered (arrived unproven)", device{tries: 1, nextInstruct: now.Add(time.Second)}, false},
-		{"idle, backoff only", device{nextInstruct: now.Add(time.Second)}, false},
+		{"idle, instructions unanswered (arrived unproven)", device{tries: 1, nextInstruct: r.at(now.Add(time.Second))}, false},
+		{"idle, backoff only", device{nextInstruct: r.at(now.Add(time.Second))}, false},
 		{"idle, ignored a plain instruction", device{ignoredPlain: 1}, false},
 		{"dirty", device{dirty: true}, false},
-		{"commands to retry", device{retry: []string{"c1"}}, false},
+		{"commands to retry", device{more: &more{retry: []string{"c1"}}}, false},
 	} {
 		if got := r.blank(&tc.dv, now); got != tc.blank {
 			t.Errorf("%s: blank %v, want %v", tc.name, got, tc.blank)
@@ -45,7 +45,7 @@ func TestBlank(t *testing.T) {
 	// With a fixed quiet period the upgrades count for nothing.
 	fixed := *r
 	fixed.fixedQuiet = true
-	if !fixed.blank(&device{upgrades: []time.Time{now}}, now) {
+	if !fixed.blank(&device{more: &more{upgrades: []stamp{r.at(now)}}}, now) {
 		t.Error("fixed quiet period: a recent upgrade keeps the record")
 	}
 }
@@ -140,7 +140,7 @@ func TestUpgradeHistoryKeptWhileItCounts(t *testing.T) {
 	c := w.onTLS(t, "dev")
 	w.d.mu.Lock()
 	dv := w.d.devices["dev"]
-	q := w.d.rules.quietPeriod(dv.upgrades, w.now)
+	q := w.d.rules.quietPeriod(dv.upgrades(), w.now)
 	w.d.mu.Unlock()
 	if q != 2*w.cfg.SecureIdle {
 		t.Fatalf("quiet period %s, want %s", q, 2*w.cfg.SecureIdle)
@@ -230,7 +230,7 @@ func TestRecordsTableShrinks(t *testing.T) {
 // connection, so its size shows in the memory per connection
 // (docs/benchmarks.md, section 1).
 func TestDeviceRecordSize(t *testing.T) {
-	if n := unsafe.Sizeof(device{}); n > 144 {
-		t.Fatalf("device record: %d B, want at most 144 (a size class of 144)", n)
+	if n := unsafe.Sizeof(device{}); n > 48 {
+		t.Fatalf("device record: %d B, want at most 48 (a size class of 48)", n)
 	}
 }

@@ -194,6 +194,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	d := &Dispatcher{
 		cfg: cfg,
 		rules: rules{
+			epoch:           cfg.Now(),
 			secureIdle:      cfg.SecureIdle,
 			fixedQuiet:      cfg.FixedQuiet,
 			maxInstructions: cfg.MaxInstructions,
@@ -314,7 +315,7 @@ func (d *Dispatcher) Device(id string) (DeviceInfo, bool) {
 		Instructions:  int(dev.tries),
 		LoopProtected: dev.state == StateLoopProtected,
 		TLSOnly:       dev.state == StateTLSOnly,
-		LastSeen:      dev.lastSeen,
+		LastSeen:      d.rules.time(dev.lastSeen),
 	}, true
 }
 

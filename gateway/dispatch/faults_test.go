@@ -195,7 +195,7 @@ func TestDeviceHistoryBounded(t *testing.T) {
 	}
 	w.d.mu.Lock()
 	dv := w.d.devices["dev"]
-	n, c := len(dv.upgrades), cap(dv.upgrades)
+	n, c := len(dv.upgrades()), cap(dv.upgrades())
 	w.d.mu.Unlock()
 	if n > maxUpgrades || c > 2*maxUpgrades {
 		t.Fatalf("upgrades kept: %d (cap %d), want at most %d", n, c, maxUpgrades)

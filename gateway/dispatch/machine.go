@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"math"
 	"time"
 
 	"github.com/dualgate/dualgate/gateway/session"
@@ -136,8 +137,9 @@ const maxUpgrades = 4
 // (dirty, retry); the API reads a copy under Dispatcher.mu. The zero
 // record, seen now, is the state of every device not tracked: a record
 // that says no more (blank) is not kept. A device on TLS keeps one while it
-// is there, so the small fields come first, in one word (144 B a record,
-// not 176: TestDeviceRecordSize).
+// is there, so it is small: the small fields first, in one word, times as
+// stamps, and what few devices have (upgrade times, commands to retry)
+// behind one pointer; 48 B a record, not 144 (TestDeviceRecordSize).
 type device struct {
 	state State
 	// proven: its TLS session (tls) proved the client id.
@@ -152,22 +154,81 @@ type device struct {
 	// with a proven client id (at most MaxInstructions); nextInstruct is
 	// the earliest next one.
 	tries        int32
-	nextInstruct time.Time
+	nextInstruct stamp
 
 	// tls is its live TLS session, if any.
 	tls *session.Session
 	// lastSecure is the later of the TLS CONNECT and the last secure
 	// PUBACK: the quiet period runs from it.
-	lastSecure time.Time
-	// upgrades are its latest arrivals on TLS after an instruction (at
-	// most maxUpgrades).
-	upgrades []time.Time
+	lastSecure stamp
+	lastSeen   stamp
 
-	lastSeen time.Time
+	// more is nil unless the device has upgrade times or commands to retry.
+	more *more
+}
 
+// more is what few devices' records hold.
+type more struct {
+	// upgrades are the device's latest arrivals on TLS after an
+	// instruction (at most maxUpgrades).
+	upgrades []stamp
 	// retry lists commands left in flight by a session that ended, whose
 	// move back to pending failed.
 	retry []string
+}
+
+// upgrades are the device's latest arrivals on TLS after an instruction.
+func (dv *device) upgrades() []stamp {
+	if dv.more == nil {
+		return nil
+	}
+	return dv.more.upgrades
+}
+
+// retry lists the commands whose move back to pending failed.
+func (dv *device) retry() []string {
+	if dv.more == nil {
+		return nil
+	}
+	return dv.more.retry
+}
+
+// setMore sets the upgrade times and the commands to retry; with neither,
+// the record holds nothing more.
+func (dv *device) setMore(upgrades []stamp, retry []string) {
+	if len(upgrades) == 0 && len(retry) == 0 {
+		dv.more = nil
+		return
+	}
+	if dv.more == nil {
+		dv.more = new(more)
+	}
+	dv.more.upgrades, dv.more.retry = upgrades, retry
+}
+
+// stamp is a time on the dispatcher's clock, as nanoseconds since
+// rules.epoch plus one: 8 bytes in a record instead of a time.Time's 24,
+// and 0 for never. Stamps of the same clock compare and subtract as the
+// times do (the monotonic reading when the clock has one).
+type stamp int64
+
+// at is t's stamp.
+func (r *rules) at(t time.Time) stamp { return stamp(t.Sub(r.epoch)) + 1 }
+
+// time is s's time (the zero time for never).
+func (r *rules) time(s stamp) time.Time {
+	if s == 0 {
+		return time.Time{}
+	}
+	return r.epoch.Add(time.Duration(s - 1))
+}
+
+// since is how long before now s was; for never, longer than anything.
+func since(now, s stamp) time.Duration {
+	if s == 0 {
+		return math.MaxInt64
+	}
+	return time.Duration(now - s)
 }
 
 // input is one event with what step needs to know about it.
@@ -183,6 +244,9 @@ type input struct {
 
 // rules are the settings step decides with.
 type rules struct {
+	// epoch is the origin of stamps: the dispatcher's clock when it was
+	// made.
+	epoch           time.Time
 	secureIdle      time.Duration
 	fixedQuiet      bool
 	maxInstructions int
@@ -196,7 +260,7 @@ type rules struct {
 // and returns the actions the dispatcher must perform. It does no I/O and
 // reads no clock.
 func (r *rules) step(dv *device, in input) Action {
-	now := in.now
+	now := r.at(in.now)
 	var act Action
 	switch in.ev {
 	case EvOnlinePlain:
@@ -221,10 +285,11 @@ func (r *rules) step(dv *device, in input) Action {
 		dv.tls, dv.proven = in.s, proven
 		if dv.state == StateUpgrading {
 			act |= ActCountUpgrade
-			dv.upgrades = append(dv.upgrades, now)
-			if n := len(dv.upgrades); n > maxUpgrades {
-				dv.upgrades = append(dv.upgrades[:0], dv.upgrades[n-maxUpgrades:]...)
+			ups := append(dv.upgrades(), now)
+			if n := len(ups); n > maxUpgrades {
+				ups = append(ups[:0], ups[n-maxUpgrades:]...)
 			}
+			dv.setMore(ups, dv.retry())
 		}
 		next := StateSecure
 		switch {
@@ -238,7 +303,7 @@ func (r *rules) step(dv *device, in input) Action {
 			}
 		}
 		if proven {
-			dv.tries, dv.nextInstruct = 0, time.Time{}
+			dv.tries, dv.nextInstruct = 0, 0
 		} else {
 			// Arriving on TLS without proof answers no instruction: it
 			// counts as one ignored, and the next waits for the backoff.
@@ -246,7 +311,7 @@ func (r *rules) step(dv *device, in input) Action {
 				act |= ActNoteUnproven
 			}
 			if dv.tries > 0 {
-				dv.nextInstruct = later(dv.nextInstruct, now.Add(r.backoff(int(dv.tries))))
+				dv.nextInstruct = max(dv.nextInstruct, now+stamp(r.backoff(int(dv.tries))))
 			}
 			if next == StateSecure {
 				next = StateUnproven
@@ -269,7 +334,7 @@ func (r *rules) step(dv *device, in input) Action {
 	case EvSecureWaiting:
 		switch {
 		case dv.state == StateLoopProtected:
-		case now.Before(dv.nextInstruct):
+		case now < dv.nextInstruct:
 			// Backing off.
 		case int(dv.tries) >= r.maxInstructions:
 			dv.state = StateLoopProtected
@@ -281,7 +346,7 @@ func (r *rules) step(dv *device, in input) Action {
 	case EvInstructedTLS:
 		dv.lastSeen = now
 		dv.tries++
-		dv.nextInstruct = now.Add(r.backoff(int(dv.tries)))
+		dv.nextInstruct = now + stamp(r.backoff(int(dv.tries)))
 		dv.state = StateUpgrading
 
 	case EvSecureAcked:
@@ -290,7 +355,7 @@ func (r *rules) step(dv *device, in input) Action {
 		}
 
 	case EvQuiet:
-		if dv.tls == nil || !r.quietOver(dv, now) {
+		if dv.tls == nil || !r.quietOver(dv, in.now) {
 			break
 		}
 		switch dv.state {
@@ -315,7 +380,7 @@ func (r *rules) step(dv *device, in input) Action {
 		case StateIdle, StateUpgrading, StateLoopProtected:
 			// Loop protection and backoff are about commands that wait;
 			// none does.
-			dv.state, dv.tries, dv.nextInstruct = StateIdle, 0, time.Time{}
+			dv.state, dv.tries, dv.nextInstruct = StateIdle, 0, 0
 		}
 	}
 	return act
@@ -323,20 +388,20 @@ func (r *rules) step(dv *device, in input) Action {
 
 // quietOver reports whether dv's quiet period is over at now.
 func (r *rules) quietOver(dv *device, now time.Time) bool {
-	return now.Sub(dv.lastSecure) >= r.quietPeriod(dv.upgrades, now)
+	return since(r.at(now), dv.lastSecure) >= r.quietPeriod(dv.upgrades(), now)
 }
 
 // retryDue reports whether a device on plain or offline is due another
 // TLS instruction (the ticker then looks at its commands).
 func (r *rules) retryDue(dv *device, now time.Time) bool {
 	return (dv.state == StateUpgrading || dv.state == StateIdle) && dv.tries > 0 &&
-		!now.Before(dv.nextInstruct)
+		r.at(now) >= dv.nextInstruct
 }
 
 // forgettable reports whether a device not online may be forgotten: gone
 // past the retention, in whatever state, with nothing left to retry.
 func (r *rules) forgettable(dv *device, now time.Time) bool {
-	return dv.tls == nil && len(dv.retry) == 0 && now.Sub(dv.lastSeen) > r.retention
+	return dv.tls == nil && len(dv.retry()) == 0 && since(r.at(now), dv.lastSeen) > r.retention
 }
 
 // blank reports whether dv holds nothing the rules would decide
@@ -351,11 +416,11 @@ func (r *rules) forgettable(dv *device, now time.Time) bool {
 // one shows nothing worth its memory. Past the upgrades' window a record
 // may become blank without an event: the ticker drops it then.
 func (r *rules) blank(dv *device, now time.Time) bool {
-	if dv.state != StateIdle || dv.tries != 0 || !dv.nextInstruct.IsZero() ||
-		dv.tls != nil || dv.proven || dv.ignoredPlain != 0 || dv.dirty || len(dv.retry) != 0 {
+	if dv.state != StateIdle || dv.tries != 0 || dv.nextInstruct != 0 ||
+		dv.tls != nil || dv.proven || dv.ignoredPlain != 0 || dv.dirty || len(dv.retry()) != 0 {
 		return false
 	}
-	return r.fixedQuiet || r.recentUpgrades(dv.upgrades, now) == 0
+	return r.fixedQuiet || r.recentUpgrades(dv.upgrades(), now) == 0
 }
 
 // backoff is the wait after the n-th instruction before the next one.
@@ -370,7 +435,7 @@ func (r *rules) backoff(n int) time.Duration {
 // quietPeriod is how long a TLS device with nothing secure to do stays on
 // TLS: secureIdle x (1 + its other upgrades within 10 x secureIdle), at
 // most 3 x secureIdle.
-func (r *rules) quietPeriod(upgrades []time.Time, now time.Time) time.Duration {
+func (r *rules) quietPeriod(upgrades []stamp, now time.Time) time.Duration {
 	base := r.secureIdle
 	if r.fixedQuiet {
 		return base
@@ -381,19 +446,12 @@ func (r *rules) quietPeriod(upgrades []time.Time, now time.Time) time.Duration {
 
 // recentUpgrades counts the upgrades the quiet period counts at now: those
 // within 10 x secureIdle. One older than that is never counted again.
-func (r *rules) recentUpgrades(upgrades []time.Time, now time.Time) int {
-	recent := 0
-	for _, t := range upgrades {
-		if now.Sub(t) <= 10*r.secureIdle {
+func (r *rules) recentUpgrades(upgrades []stamp, now time.Time) int {
+	recent, at := 0, r.at(now)
+	for _, u := range upgrades {
+		if since(at, u) <= 10*r.secureIdle {
 			recent++
 		}
 	}
 	return recent
-}
-
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }

@@ -12,6 +12,7 @@ import (
 
 func testRules() *rules {
 	return &rules{
+		epoch:           epoch,
 		secureIdle:      10 * time.Second,
 		maxInstructions: 3,
 		instructBackoff: time.Second,
@@ -56,11 +57,11 @@ func TestStepTransitions(t *testing.T) {
 				wantTLS(t, dv, sA, true)
 				wantTime(t, "lastSecure", dv.lastSecure, now)
 			}},
-		{name: "upgrading, arrives", dv: device{state: StateUpgrading, tries: 2, nextInstruct: now.Add(time.Second)},
+		{name: "upgrading, arrives", dv: device{state: StateUpgrading, tries: 2, nextInstruct: r.at(now.Add(time.Second))},
 			in: input{ev: EvOnlineTLS, s: sA}, want: StateSecure, act: ActCountUpgrade,
 			check: func(t *testing.T, dv *device) {
 				wantInt(t, "tries", dv.tries, 0)
-				wantInt(t, "upgrades", len(dv.upgrades), 1)
+				wantInt(t, "upgrades", len(dv.upgrades()), 1)
 				wantTime(t, "nextInstruct", dv.nextInstruct, time.Time{})
 			}},
 		{name: "loop protected, comes on tls by itself", dv: device{state: StateLoopProtected, tries: 3}, in: input{ev: EvOnlineTLS, s: sA}, want: StateSecure,
@@ -76,7 +77,7 @@ func TestStepTransitions(t *testing.T) {
 		// Online on TLS without a proven id.
 		{name: "idle, unproven", dv: device{state: StateIdle}, in: input{ev: EvOnlineUnproven, s: sA}, want: StateUnproven,
 			check: func(t *testing.T, dv *device) { wantTLS(t, dv, sA, false) }},
-		{name: "upgrading, arrives unproven: counts, notes, backs off", dv: device{state: StateUpgrading, tries: 1, nextInstruct: now},
+		{name: "upgrading, arrives unproven: counts, notes, backs off", dv: device{state: StateUpgrading, tries: 1, nextInstruct: r.at(now)},
 			in: input{ev: EvOnlineUnproven, s: sA}, want: StateUnproven, act: ActCountUpgrade | ActNoteUnproven,
 			check: func(t *testing.T, dv *device) {
 				wantInt(t, "tries", dv.tries, 1)
@@ -98,14 +99,14 @@ func TestStepTransitions(t *testing.T) {
 
 		// Secure commands wait for a device on plain.
 		{name: "idle: instruct", dv: device{state: StateIdle}, in: input{ev: EvSecureWaiting}, want: StateIdle, act: ActInstructTLS},
-		{name: "upgrading, backing off", dv: device{state: StateUpgrading, tries: 1, nextInstruct: now.Add(time.Second)},
+		{name: "upgrading, backing off", dv: device{state: StateUpgrading, tries: 1, nextInstruct: r.at(now.Add(time.Second))},
 			in: input{ev: EvSecureWaiting}, want: StateUpgrading},
-		{name: "upgrading, backoff over: instruct again", dv: device{state: StateUpgrading, tries: 1, nextInstruct: now},
+		{name: "upgrading, backoff over: instruct again", dv: device{state: StateUpgrading, tries: 1, nextInstruct: r.at(now)},
 			in: input{ev: EvSecureWaiting}, want: StateUpgrading, act: ActInstructTLS},
-		{name: "upgrading, too many: loop protection", dv: device{state: StateUpgrading, tries: 3, nextInstruct: now},
+		{name: "upgrading, too many: loop protection", dv: device{state: StateUpgrading, tries: 3, nextInstruct: r.at(now)},
 			in: input{ev: EvSecureWaiting}, want: StateLoopProtected, act: ActReportLoop},
 		{name: "loop protected: nothing", dv: device{state: StateLoopProtected, tries: 3}, in: input{ev: EvSecureWaiting}, want: StateLoopProtected},
-		{name: "idle after unproven, backing off", dv: device{state: StateIdle, tries: 1, nextInstruct: now.Add(time.Second)},
+		{name: "idle after unproven, backing off", dv: device{state: StateIdle, tries: 1, nextInstruct: r.at(now.Add(time.Second))},
 			in: input{ev: EvSecureWaiting}, want: StateIdle},
 
 		// Instructions sent.
@@ -121,26 +122,26 @@ func TestStepTransitions(t *testing.T) {
 		{name: "instructed plain, tls-only: no change", dv: device{state: StateTLSOnly, tls: sA}, in: input{ev: EvInstructedPlain}, want: StateTLSOnly},
 
 		// Secure acknowledgements restart the quiet period.
-		{name: "secure ack", dv: device{state: StateSecure, tls: sA, proven: true, lastSecure: now.Add(-time.Minute)},
+		{name: "secure ack", dv: device{state: StateSecure, tls: sA, proven: true, lastSecure: r.at(now.Add(-time.Minute))},
 			in: input{ev: EvSecureAcked}, want: StateSecure,
 			check: func(t *testing.T, dv *device) { wantTime(t, "lastSecure", dv.lastSecure, now) }},
 
 		// Quiet period.
-		{name: "secure, not quiet yet", dv: device{state: StateSecure, tls: sA, proven: true, lastSecure: now.Add(-9 * time.Second)},
+		{name: "secure, not quiet yet", dv: device{state: StateSecure, tls: sA, proven: true, lastSecure: r.at(now.Add(-9 * time.Second))},
 			in: input{ev: EvQuiet}, want: StateSecure},
-		{name: "secure, quiet: plain", dv: device{state: StateSecure, tls: sA, proven: true, lastSecure: now.Add(-10 * time.Second)},
+		{name: "secure, quiet: plain", dv: device{state: StateSecure, tls: sA, proven: true, lastSecure: r.at(now.Add(-10 * time.Second))},
 			in: input{ev: EvQuiet}, want: StateSecure, act: ActInstructPlain},
-		{name: "secure, quiet but secure work waits", dv: device{state: StateSecure, tls: sA, proven: true, lastSecure: now.Add(-time.Minute)},
+		{name: "secure, quiet but secure work waits", dv: device{state: StateSecure, tls: sA, proven: true, lastSecure: r.at(now.Add(-time.Minute))},
 			in: input{ev: EvQuiet, secureWaiting: true}, want: StateSecure},
-		{name: "unproven, quiet with secure waiting: plain anyway", dv: device{state: StateUnproven, tls: sA, lastSecure: now.Add(-time.Minute)},
+		{name: "unproven, quiet with secure waiting: plain anyway", dv: device{state: StateUnproven, tls: sA, lastSecure: r.at(now.Add(-time.Minute))},
 			in: input{ev: EvQuiet, secureWaiting: true}, want: StateUnproven, act: ActInstructPlain},
-		{name: "tls-only, quiet: stays", dv: device{state: StateTLSOnly, tls: sA, lastSecure: now.Add(-time.Hour)},
+		{name: "tls-only, quiet: stays", dv: device{state: StateTLSOnly, tls: sA, lastSecure: r.at(now.Add(-time.Hour))},
 			in: input{ev: EvQuiet}, want: StateTLSOnly},
-		{name: "downgrading, quiet: told already", dv: device{state: StateDowngrading, tls: sA, lastSecure: now.Add(-time.Hour)},
+		{name: "downgrading, quiet: told already", dv: device{state: StateDowngrading, tls: sA, lastSecure: r.at(now.Add(-time.Hour))},
 			in: input{ev: EvQuiet}, want: StateDowngrading},
 
 		// Nothing secure waits any more.
-		{name: "upgrading, commands gone: afresh", dv: device{state: StateUpgrading, tries: 2, nextInstruct: now.Add(time.Second)},
+		{name: "upgrading, commands gone: afresh", dv: device{state: StateUpgrading, tries: 2, nextInstruct: r.at(now.Add(time.Second))},
 			in: input{ev: EvNothingWaiting}, want: StateIdle,
 			check: func(t *testing.T, dv *device) { wantInt(t, "tries", dv.tries, 0) }},
 		{name: "loop protected, commands gone", dv: device{state: StateLoopProtected, tries: 3}, in: input{ev: EvNothingWaiting}, want: StateIdle},
@@ -168,10 +169,11 @@ func wantInt[T ~int | ~int32 | ~uint8](t *testing.T, what string, got T, want in
 	}
 }
 
-func wantTime(t *testing.T, what string, got, want time.Time) {
+// wantTime checks a stamp of testRules' clock.
+func wantTime(t *testing.T, what string, got stamp, want time.Time) {
 	t.Helper()
-	if !got.Equal(want) {
-		t.Errorf("%s = %s, want %s", what, got, want)
+	if g := testRules().time(got); !g.Equal(want) {
+		t.Errorf("%s = %s, want %s", what, g, want)
 	}
 }
 
@@ -198,8 +200,8 @@ func TestRetryDueAndForgettable(t *testing.T) {
 		dv   device
 		due  bool
 	}{
-		{"upgrading, backoff over", device{state: StateUpgrading, tries: 1, nextInstruct: now}, true},
-		{"upgrading, backing off", device{state: StateUpgrading, tries: 1, nextInstruct: now.Add(time.Nanosecond)}, false},
+		{"upgrading, backoff over", device{state: StateUpgrading, tries: 1, nextInstruct: r.at(now)}, true},
+		{"upgrading, backing off", device{state: StateUpgrading, tries: 1, nextInstruct: r.at(now.Add(time.Nanosecond))}, false},
 		{"idle after unproven", device{state: StateIdle, tries: 1}, true},
 		{"idle, never instructed", device{state: StateIdle}, false},
 		{"loop protected", device{state: StateLoopProtected, tries: 3}, false},
@@ -209,19 +211,19 @@ func TestRetryDueAndForgettable(t *testing.T) {
 		}
 	}
 	for _, st := range []State{StateIdle, StateUpgrading, StateLoopProtected, StateSecure, StateUnproven, StateDowngrading, StateTLSOnly} {
-		dv := device{state: st, lastSeen: now.Add(-r.retention - time.Nanosecond)}
+		dv := device{state: st, lastSeen: r.at(now.Add(-r.retention - time.Nanosecond))}
 		if !r.forgettable(&dv, now) {
 			t.Errorf("%s gone past the retention: not forgettable", st)
 		}
-		dv.lastSeen = now.Add(-r.retention)
+		dv.lastSeen = r.at(now.Add(-r.retention))
 		if r.forgettable(&dv, now) {
 			t.Errorf("%s gone exactly the retention: forgettable", st)
 		}
-		dv = device{state: st, lastSeen: now.Add(-2 * r.retention), retry: []string{"c"}}
+		dv = device{state: st, lastSeen: r.at(now.Add(-2 * r.retention)), more: &more{retry: []string{"c"}}}
 		if r.forgettable(&dv, now) {
 			t.Errorf("%s with a retry left: forgettable", st)
 		}
-		dv = device{state: st, lastSeen: now.Add(-2 * r.retention), tls: new(session.Session)}
+		dv = device{state: st, lastSeen: r.at(now.Add(-2 * r.retention)), tls: new(session.Session)}
 		if r.forgettable(&dv, now) {
 			t.Errorf("%s on TLS: forgettable", st)
 		}

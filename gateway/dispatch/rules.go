@@ -151,7 +151,7 @@ func (d *Dispatcher) step(id string, in input, create bool) (act Action, tls *se
 // state of every device not tracked, seen at now (so that it is never
 // born forgettable).
 func (d *Dispatcher) record(id string, now time.Time) *device {
-	dv := &device{lastSeen: now}
+	dv := &device{lastSeen: d.rules.at(now)}
 	d.devices[id] = dv
 	d.peak = max(d.peak, len(d.devices))
 	return dv
@@ -281,8 +281,8 @@ func (d *Dispatcher) offline(s *session.Session, id string, unacked []string, no
 // addRetry remembers commands whose move back to pending failed.
 func (dv *device) addRetry(ids []string) {
 	for _, cid := range ids {
-		if !slices.Contains(dv.retry, cid) {
-			dv.retry = append(dv.retry, cid)
+		if retry := dv.retry(); !slices.Contains(retry, cid) {
+			dv.setMore(dv.upgrades(), append(retry, cid))
 		}
 	}
 }
@@ -312,7 +312,8 @@ func (d *Dispatcher) resume(id string) {
 	d.mu.Lock()
 	var ids []string
 	if dv := d.devices[id]; dv != nil {
-		ids, dv.retry, dv.dirty = dv.retry, nil, false
+		ids, dv.dirty = dv.retry(), false
+		dv.setMore(dv.upgrades(), nil)
 		d.dropBlank(id, dv, now)
 	}
 	d.mu.Unlock()
@@ -723,7 +724,7 @@ func (d *Dispatcher) Tick() {
 			// Gone for long: forget it, whatever its state (its
 			// commands stay in the store).
 			delete(d.devices, id)
-		case dv.dirty || len(dv.retry) > 0:
+		case dv.dirty || len(dv.retry()) > 0:
 			resume = append(resume, id)
 		case dv.tls != nil && (dv.state == StateSecure || dv.state == StateUnproven) && d.rules.quietOver(dv, now):
 			quiet = append(quiet, id)

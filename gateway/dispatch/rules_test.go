@@ -21,17 +21,17 @@ func TestBackoff(t *testing.T) {
 func TestQuietPeriod(t *testing.T) {
 	base := 30 * time.Second
 	now := time.Unix(1_800_000_000, 0)
-	ago := func(ds ...time.Duration) []time.Time {
-		var out []time.Time
-		for _, d := range ds {
-			out = append(out, now.Add(-d))
+	d := &rules{epoch: now, secureIdle: base}
+	ago := func(ds ...time.Duration) []stamp {
+		var out []stamp
+		for _, x := range ds {
+			out = append(out, d.at(now.Add(-x)))
 		}
 		return out
 	}
-	d := &rules{secureIdle: base}
 	for _, tc := range []struct {
 		name     string
-		upgrades []time.Time
+		upgrades []stamp
 		want     time.Duration
 	}{
 		{"came on TLS by itself", nil, base},

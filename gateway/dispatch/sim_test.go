@@ -653,11 +653,11 @@ func (s *sim) checkRetention() {
 		if dv.state == StateLoopProtected {
 			s.counts["loop"]++
 		}
-		if _, online := s.w.reg.Get(id); online || dv.dirty || len(dv.retry) > 0 || dv.tls != nil {
+		if _, online := s.w.reg.Get(id); online || dv.dirty || len(dv.retry()) > 0 || dv.tls != nil {
 			continue
 		}
-		if now.Sub(dv.lastSeen) > d.cfg.DeviceRetention {
-			s.fail("device %s kept in state %s, gone for %s", id, dv.state, now.Sub(dv.lastSeen))
+		if gone := since(d.rules.at(now), dv.lastSeen); gone > d.cfg.DeviceRetention {
+			s.fail("device %s kept in state %s, gone for %s", id, dv.state, gone)
 		}
 	}
 }
