@@ -791,6 +791,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		kick := func(s *session.Session) { s.Kick(mqttcodec.ServerShuttingDown, "server shutting down") }
 		g.plain.each(kick) // plain and TLS sessions alike
 		g.waitSessions(ctx)
+		// The handshake workers end before the loops: every hand-off is
+		// queued before the engine's stop, so a loop opens it (and the
+		// stop closes it) rather than dropping it (gnet's EnrollFD).
 		if g.tlsSrv != nil {
 			if e := g.tlsSrv.Shutdown(ctx); e != nil {
 				err = errors.Join(err, e)

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/panjf2000/gnet/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -232,14 +230,15 @@ func (g *Gateway) routeMux(c net.Conn, untrusted bool) {
 		return
 	}
 	g.counters.muxed[registryPlain].Add(1)
-	ctx := gnet.NewNetConnContext(context.Background(), c)
-	res, err := g.plain.eng.Register(ctx)
-	if err != nil {
+	sock, ok := c.(*net.TCPConn) // the mux listener's own, unwrapped
+	if !ok {
+		g.logger.Error("mux: plain hand-over: not a TCP socket; closing", zap.String("type", fmt.Sprintf("%T", c)))
 		_ = c.Close()
 		return
 	}
-	if r := <-res; r.Err != nil {
-		g.logger.Debug("mux: plain hand-over failed", zap.Error(r.Err))
+	failed := func(err error) { g.logger.Debug("mux: plain hand-over failed", zap.Error(err)) }
+	if err := g.enroll(sock, nil, failed); err != nil {
+		failed(err)
 	}
 }
 

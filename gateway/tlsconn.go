@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/dualgate/dualgate/gateway/session"
 	"github.com/dualgate/dualgate/internal/control"
@@ -101,43 +101,45 @@ func (g *Gateway) handoffTLS(c *tls.Conn, tr *tlsmux.Transport, info tlsmux.Conn
 		// close releases it; the listener's wrapper must not.
 		budget.handOver()
 	}
-	ctx := gnet.NewContext(gnet.NewNetConnContext(context.Background(), sock), ho)
-	res, err := g.plain.eng.Register(ctx)
-	if err != nil {
-		g.handoffFailed(sock, ho, err)
-		return
+	// The loop takes the socket by a descriptor of its own; the worker
+	// goes back to handshaking at once and the loop opens the connection
+	// when it gets to it (waiting for that here cost a quarter of the
+	// handshake rate with two workers, docs/benchmarks.md §7). No
+	// goroutine waits for the result: a failure comes back on the loop.
+	if err := g.enroll(sock, ho, func(err error) { g.handoffFailed(ho, err) }); err != nil {
+		g.handoffFailed(ho, err)
 	}
-	// The worker goes back to handshaking at once: gnet enrolls the
-	// socket on a goroutine of its pool, and the loop opens it when it
-	// gets to it. Waiting for that here cost a quarter of the handshake
-	// rate with two workers (docs/benchmarks.md §7). The result is read
-	// on a goroutine that lives only until the loop has opened it, or
-	// until the engine has stopped: a registration still queued on a loop
-	// when the engine stops is dropped, and its result never comes.
-	go func() {
-		var r gnet.RegisteredResult
-		select {
-		case r = <-res:
-		case <-g.plain.stopped:
-			select {
-			case r = <-res: // it came before the loops ended
-			default:
-				r.Err = errEngineStopped
-			}
-		}
-		if r.Err != nil {
-			g.handoffFailed(sock, ho, r.Err)
-		}
-	}()
 }
 
-var errEngineStopped = errors.New("the event loops stopped before opening the connection")
-
-// handoffFailed cleans up after a connection that was never opened on a
-// loop: the socket is closed (gnet's enroll closes it on every path) and
-// its count is ours to release.
-func (g *Gateway) handoffFailed(sock net.Conn, ho *tlsHandoff, err error) {
+// enroll hands a socket to the event loops (gnet's Engine.EnrollFD) with
+// ctx as its context for OnOpen: a duplicate of its descriptor goes to a
+// loop, and the socket itself is closed here. failed runs on the loop if
+// the loop cannot register it; an error returned means it was not handed
+// over. Either way, nothing is left to close.
+func (g *Gateway) enroll(sock *net.TCPConn, ctx any, failed func(error)) error {
+	rc, err := sock.SyscallConn()
+	if err != nil {
+		_ = sock.Close()
+		return err
+	}
+	fd, dupErr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		dupErr = err
+	}
 	_ = sock.Close()
+	if dupErr != nil {
+		return dupErr
+	}
+	if err := g.plain.eng.EnrollFD(fd, ctx, failed); err != nil {
+		_ = unix.Close(fd)
+		return err
+	}
+	return nil
+}
+
+// handoffFailed cleans up after a TLS connection that was never opened
+// on a loop: its socket is closed already; its count is ours to release.
+func (g *Gateway) handoffFailed(ho *tlsHandoff, err error) {
 	if ho.counted {
 		g.fds.release()
 	}

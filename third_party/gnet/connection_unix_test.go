@@ -360,3 +360,93 @@ func TestEnrollFD(t *testing.T) {
 		t.Fatal("a refused connect did not close the connection")
 	}
 }
+
+type enrollFDServer struct {
+	BuiltinEventEngine
+
+	eng    Engine
+	booted chan struct{}
+	opened chan any // the contexts OnOpen saw
+}
+
+func (s *enrollFDServer) OnBoot(eng Engine) Action {
+	s.eng = eng
+	close(s.booted)
+	return None
+}
+
+func (s *enrollFDServer) OnOpen(c Conn) ([]byte, Action) {
+	s.opened <- c.Context()
+	return nil, None
+}
+
+func (s *enrollFDServer) OnTraffic(c Conn) Action {
+	b, _ := c.Next(-1)
+	_, _ = c.Write(b)
+	return None
+}
+
+// A server takes a connected socket by its descriptor: OnOpen runs on a
+// loop with the context given, and the connection serves; a descriptor the
+// poller refuses is closed and reported to the caller's failed, with no
+// OnOpen (patch 13).
+func TestEngineEnrollFD(t *testing.T) {
+	s := &enrollFDServer{booted: make(chan struct{}), opened: make(chan any, 2)}
+	ran := make(chan error, 1)
+	go func() { ran <- Run(s, "tcp://127.0.0.1:0", WithMulticore(true), WithLoadBalancing(LeastConnections)) }()
+	select {
+	case <-s.booted:
+	case err := <-ran:
+		t.Fatalf("engine: %v", err)
+	}
+	defer func() {
+		require.NoError(t, s.eng.Stop(context.Background()))
+		<-ran
+	}()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close() //nolint:errcheck
+	client, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer client.Close() //nolint:errcheck
+	accepted, err := ln.Accept()
+	require.NoError(t, err)
+	rc, err := accepted.(*net.TCPConn).SyscallConn()
+	require.NoError(t, err)
+	var fd int
+	var dupErr error
+	require.NoError(t, rc.Control(func(f uintptr) { fd, dupErr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }))
+	require.NoError(t, dupErr)
+	require.NoError(t, accepted.Close())
+
+	require.NoError(t, s.eng.EnrollFD(fd, "handed over", func(err error) { t.Errorf("failed: %v", err) }))
+	select {
+	case ctx := <-s.opened:
+		assert.Equal(t, "handed over", ctx)
+	case <-time.After(30 * time.Second):
+		t.Fatal("OnOpen did not run")
+	}
+	_ = client.SetDeadline(time.Now().Add(30 * time.Second))
+	_, err = client.Write([]byte("hello"))
+	require.NoError(t, err)
+	echo := make([]byte, 5)
+	_, err = io.ReadFull(client, echo)
+	require.NoError(t, err)
+	assert.Equal(t, "hello", string(echo))
+
+	// The poller refuses a descriptor that is not open (EBADF).
+	failed := make(chan error, 1)
+	require.NoError(t, s.eng.EnrollFD(-1, "refused", func(err error) { failed <- err }))
+	select {
+	case err := <-failed:
+		assert.ErrorIs(t, err, unix.EBADF)
+	case <-time.After(30 * time.Second):
+		t.Fatal("a refused descriptor was not reported")
+	}
+	select {
+	case ctx := <-s.opened:
+		t.Fatalf("OnOpen ran for %v", ctx)
+	default:
+	}
+}

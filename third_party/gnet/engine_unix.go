@@ -19,11 +19,13 @@ package gnet
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	errorx "github.com/panjf2000/gnet/v2/pkg/errors"
 	"github.com/panjf2000/gnet/v2/pkg/logging"
@@ -306,3 +308,47 @@ func (eng *engine) sendCmd(cmd *asyncCmd, urgent bool) error {
 	return el.poller.Trigger(el.execCmd, cmd)
 }
 */
+
+// EnrollFD hands the engine a connected, non-blocking TCP socket by its
+// descriptor: the event loop chosen by the load balancer registers it and
+// calls OnHandler.OnOpen there, with ctx as the connection's context.
+// Unlike Register, it neither duplicates the descriptor nor runs on a
+// goroutine of the pool, and it does not wait: once it returns nil the
+// engine owns fd. If the loop cannot register the socket, fd is closed and
+// failed (if not nil) is called with the error on the loop; neither OnOpen
+// nor OnClose runs for it. The registration is queued with the
+// shutdown signal's priority, so one queued before Stop is opened before
+// the loop stops (and then closed by it, with OnClose); one queued after
+// is dropped, as Register's are. The connection keeps no addresses;
+// LocalAddr and RemoteAddr read them from the socket when asked.
+// (dualgate patch)
+func (e Engine) EnrollFD(fd int, ctx any, failed func(error)) error {
+	if err := e.Validate(); err != nil {
+		return err
+	}
+	if e.eng.eventLoops.len() == 0 {
+		return errorx.ErrEmptyEngine
+	}
+	var peer net.Addr // only the source-address hash needs it
+	if e.eng.opts.LB == SourceAddrHash {
+		sa, err := unix.Getpeername(fd)
+		if err != nil {
+			return err
+		}
+		if peer = socket.SockaddrToTCPOrUnixAddr(sa); peer == nil {
+			return errorx.ErrUnsupportedProtocol
+		}
+	}
+	el := e.eng.eventLoops.next(peer)
+	gc := newStreamConn("tcp", fd, el, nil, nil, nil)
+	gc.ctx = ctx
+	var task any = gc
+	if failed != nil {
+		task = &connWithFailure{c: gc, failed: failed}
+	}
+	// The task is queued whatever Trigger returns (an error is the loop's
+	// wake-up failing, as the engine stops): the descriptor is the
+	// engine's from here.
+	_ = el.poller.Trigger(queue.HighPriority, el.register, task)
+	return nil
+}

@@ -174,3 +174,8 @@ func (eng *engine) sendCmd(_ *asyncCmd, _ bool) error {
 	return errorx.ErrUnsupportedOp
 }
 */
+
+// EnrollFD is not supported on Windows. (dualgate patch)
+func (e Engine) EnrollFD(_ int, _ any, _ func(error)) error {
+	return errorx.ErrUnsupportedOp
+}

@@ -233,12 +233,29 @@ func (el *eventloop) enroll(c net.Conn, addr net.Addr, ctx any) (resCh chan Regi
 	return
 }
 
+// connWithFailure is a connection handed over by Engine.EnrollFD whose
+// owner is told when the loop cannot register it. (dualgate patch)
+type connWithFailure struct {
+	c      *conn
+	failed func(error)
+}
+
 func (el *eventloop) register(a any) error {
-	c, ok := a.(*conn)
-	if !ok {
-		ccb := a.(*connWithCallback)
-		c = ccb.c
-		defer ccb.cb()
+	var c *conn
+	switch t := a.(type) {
+	case *conn:
+		c = t
+	case *connWithCallback:
+		c = t.c
+		defer t.cb()
+	case *connWithFailure:
+		err := el.register0(t.c)
+		if err != nil && !t.c.opened {
+			// Never opened: no OnOpen, no OnClose; the descriptor is
+			// closed already.
+			t.failed(err)
+		}
+		return err
 	}
 	return el.register0(c)
 }
