@@ -364,15 +364,21 @@ func TestEnrollFD(t *testing.T) {
 type enrollFDServer struct {
 	BuiltinEventEngine
 
-	eng    Engine
-	booted chan struct{}
-	opened chan any // the contexts OnOpen saw
+	eng     Engine
+	running chan struct{} // closed on the first tick: the loops are registered
+	once    sync.Once
+	opened  chan any // the contexts OnOpen saw
 }
 
+// OnBoot runs before the loops are registered; the first tick after.
 func (s *enrollFDServer) OnBoot(eng Engine) Action {
 	s.eng = eng
-	close(s.booted)
 	return None
+}
+
+func (s *enrollFDServer) OnTick() (time.Duration, Action) {
+	s.once.Do(func() { close(s.running) })
+	return time.Second, None
 }
 
 func (s *enrollFDServer) OnOpen(c Conn) ([]byte, Action) {
@@ -391,11 +397,13 @@ func (s *enrollFDServer) OnTraffic(c Conn) Action {
 // poller refuses is closed and reported to the caller's failed, with no
 // OnOpen (patch 13).
 func TestEngineEnrollFD(t *testing.T) {
-	s := &enrollFDServer{booted: make(chan struct{}), opened: make(chan any, 2)}
+	s := &enrollFDServer{running: make(chan struct{}), opened: make(chan any, 2)}
 	ran := make(chan error, 1)
-	go func() { ran <- Run(s, "tcp://127.0.0.1:0", WithMulticore(true), WithLoadBalancing(LeastConnections)) }()
+	go func() {
+		ran <- Run(s, "tcp://127.0.0.1:0", WithMulticore(true), WithLoadBalancing(LeastConnections), WithTicker(true))
+	}()
 	select {
-	case <-s.booted:
+	case <-s.running:
 	case err := <-ran:
 		t.Fatalf("engine: %v", err)
 	}
