@@ -264,10 +264,9 @@ func (p *probe) end(settle time.Duration) (TCPCounters, error) {
 	if !devwire.PeerDone(p.raw) {
 		return p.finish(settle)
 	}
-	defer p.raw.Close()
 	c, err := p.counters()
 	c.SegsOut++ // the reset
-	_ = p.raw.SetLinger(0)
+	_ = devwire.Close(p.raw)
 	return c, err
 }
 

@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/panjf2000/gnet/v2"
+	"github.com/panjf2000/gnet/v2/pkg/socket"
 	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -123,7 +124,7 @@ func (g *Gateway) enroll(sock *net.TCPConn, ctx any, failed func(error)) error {
 		return err
 	}
 	fd, dupErr := -1, error(nil)
-	if err := rc.Control(func(s uintptr) { fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+	if err := rc.Control(func(s uintptr) { fd, dupErr = socket.Dup(int(s)) }); err != nil {
 		dupErr = err
 	}
 	_ = sock.Close()
