@@ -44,8 +44,6 @@ type conn struct {
 	outboundBuffer elastic.Buffer         // buffer for data that is eligible to be sent to the remote
 	pollAttachment netpoll.PollAttachment // connection attachment for poller
 	inboundBuffer  elastic.RingBuffer     // buffer for leftover data from the remote
-	buffer         []byte                 // buffer for the latest bytes
-	cache          []byte                 // temporary cache for the inbound data
 	isDatagram     bool                   // UDP protocol
 	isTCP          bool                   // TCP protocol
 	opened         bool                   // connection opened event fired
@@ -73,7 +71,7 @@ func newStreamConn(proto string, fd int, el *eventloop, sa unix.Sockaddr, localA
 	if sa != nil || localAddr != nil || remoteAddr != nil {
 		c.addrs = &connAddrs{remote: sa, localAddr: localAddr, remoteAddr: remoteAddr}
 	}
-	c.pollAttachment.Callback = c.processIO
+	c.attachPoller()
 	c.outboundBuffer.Reset(el.engine.opts.WriteBufferCap)
 	return
 }
@@ -133,7 +131,12 @@ func (c *conn) release() {
 	c.isEOF = false
 	c.readPaused = false
 	c.ctx = nil
-	c.buffer = nil
+	if c.loop.latestOf == c {
+		c.loop.latest, c.loop.latestOf = nil, nil
+	}
+	if c.loop.peekedOf == c {
+		c.loop.peeked, c.loop.peekedOf = nil, nil
+	}
 	if a := c.addrs; a != nil {
 		if addr, ok := a.localAddr.(*net.TCPAddr); ok && len(c.loop.listeners) == 0 && len(addr.Zone) > 0 {
 			bsPool.Put(bs.StringToBytes(addr.Zone))
@@ -348,16 +351,37 @@ func (c *conn) sendTo(buf []byte, addr unix.Sockaddr) (n int, err error) {
 	return len(buf), unix.Sendto(c.fd, buf, 0, c.remoteSockaddr()) // unconnected UDP socket of server
 }
 
+// latestRead returns the unread part of the loop's latest read if it is
+// c's, nil otherwise. The bytes of a read belong to the connection whose
+// OnTraffic they were read for and live on its loop, not on the conn:
+// only one connection of a loop is in OnTraffic at a time, and what it
+// leaves unread moves to its inbound buffer when OnTraffic returns.
+// (dualgate patch 14)
+func (c *conn) latestRead() []byte {
+	if el := c.loop; el.latestOf == c {
+		return el.latest
+	}
+	return nil
+}
+
+// consumeLatest drops the first n bytes of latestRead().
+func (c *conn) consumeLatest(n int) {
+	if el := c.loop; el.latestOf == c {
+		el.latest = el.latest[n:]
+	}
+}
+
 func (c *conn) resetBuffer() {
-	c.buffer = c.buffer[:0]
+	c.consumeLatest(len(c.latestRead()))
 	c.inboundBuffer.Reset()
 	c.inboundBuffer.Done()
 }
 
 func (c *conn) Read(p []byte) (n int, err error) {
+	latest := c.latestRead()
 	if c.inboundBuffer.IsEmpty() {
-		n = copy(p, c.buffer)
-		c.buffer = c.buffer[n:]
+		n = copy(p, latest)
+		c.consumeLatest(n)
 		if n == 0 && len(p) > 0 {
 			err = io.ErrShortBuffer
 		}
@@ -367,23 +391,24 @@ func (c *conn) Read(p []byte) (n int, err error) {
 	if n == len(p) {
 		return
 	}
-	m := copy(p[n:], c.buffer)
+	m := copy(p[n:], latest)
 	n += m
-	c.buffer = c.buffer[m:]
+	c.consumeLatest(m)
 	return
 }
 
 func (c *conn) Next(n int) (buf []byte, err error) {
+	latest := c.latestRead()
 	inBufferLen := c.inboundBuffer.Buffered()
-	if totalLen := inBufferLen + len(c.buffer); n > totalLen {
+	if totalLen := inBufferLen + len(latest); n > totalLen {
 		return nil, io.ErrShortBuffer
 	} else if n <= 0 {
 		n = totalLen
 	}
 
 	if c.inboundBuffer.IsEmpty() {
-		buf = c.buffer[:n]
-		c.buffer = c.buffer[n:]
+		buf = latest[:n]
+		c.consumeLatest(n)
 		return
 	}
 
@@ -393,15 +418,16 @@ func (c *conn) Next(n int) (buf []byte, err error) {
 }
 
 func (c *conn) Peek(n int) (buf []byte, err error) {
+	latest := c.latestRead()
 	inBufferLen := c.inboundBuffer.Buffered()
-	if totalLen := inBufferLen + len(c.buffer); n > totalLen {
+	if totalLen := inBufferLen + len(latest); n > totalLen {
 		return nil, io.ErrShortBuffer
 	} else if n <= 0 {
 		n = totalLen
 	}
 
 	if c.inboundBuffer.IsEmpty() {
-		return c.buffer[:n], err
+		return latest[:n], err
 	}
 
 	head, tail := c.inboundBuffer.Peek(n)
@@ -416,25 +442,33 @@ func (c *conn) Peek(n int) (buf []byte, err error) {
 	}
 
 	remaining := n - inBufferLen
-	buf = append(buf, c.buffer[:remaining]...)
-	c.cache = buf
+	buf = append(buf, latest[:remaining]...)
+	// The copy goes back to the pool at c's next Discard. The loop keeps
+	// one such copy: a copy of another connection's that it replaces is
+	// left to the garbage collector, never pooled while still in use.
+	// (dualgate patch 14)
+	el := c.loop
+	el.peeked, el.peekedOf = buf, c
 	return
 }
 
 func (c *conn) Discard(n int) (int, error) {
-	if len(c.cache) > 0 {
-		bsPool.Put(c.cache)
-		c.cache = nil
+	if el := c.loop; el.peekedOf == c {
+		if len(el.peeked) > 0 {
+			bsPool.Put(el.peeked)
+		}
+		el.peeked, el.peekedOf = nil, nil
 	}
 
+	latest := c.latestRead()
 	inBufferLen := c.inboundBuffer.Buffered()
-	if totalLen := inBufferLen + len(c.buffer); n >= totalLen || n <= 0 {
+	if totalLen := inBufferLen + len(latest); n >= totalLen || n <= 0 {
 		c.resetBuffer()
 		return totalLen, nil
 	}
 
 	if c.inboundBuffer.IsEmpty() {
-		c.buffer = c.buffer[n:]
+		c.consumeLatest(n)
 		return n, nil
 	}
 
@@ -444,7 +478,7 @@ func (c *conn) Discard(n int) (int, error) {
 	}
 
 	remaining := n - inBufferLen
-	c.buffer = c.buffer[remaining:]
+	c.consumeLatest(remaining)
 	return n, nil
 }
 
@@ -486,9 +520,9 @@ func (c *conn) WriteTo(w io.Writer) (n int64, err error) {
 		}
 	}
 	var m int
-	m, err = w.Write(c.buffer)
+	m, err = w.Write(c.latestRead())
 	n += int64(m)
-	c.buffer = c.buffer[m:]
+	c.consumeLatest(m)
 	return
 }
 
@@ -548,7 +582,7 @@ func (c *conn) Defer(p []byte) (int, error) {
 }
 
 func (c *conn) InboundBuffered() int {
-	return c.inboundBuffer.Buffered() + len(c.buffer)
+	return c.inboundBuffer.Buffered() + len(c.latestRead())
 }
 
 func (c *conn) OutboundBuffered() int {

@@ -4,6 +4,7 @@ package gnet
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -16,14 +17,17 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/panjf2000/gnet/v2/pkg/socket"
 )
 
 func TestConnStructSize(t *testing.T) {
-	// Keep conn within the 192-byte size class of the Go allocator,
-	// it's allocated once per connection.
+	// Keep conn within the 144-byte size class of the Go allocator,
+	// it's allocated once per connection (dualgate patch 14: the bytes of
+	// the latest read live on the loop).
 	size := unsafe.Sizeof(conn{})
 	t.Logf("unsafe.Sizeof(conn{}) = %d", size)
-	assert.LessOrEqual(t, size, uintptr(192))
+	assert.LessOrEqual(t, size, uintptr(144))
 }
 
 type remoteAddrServer struct {
@@ -457,4 +461,104 @@ func TestEngineEnrollFD(t *testing.T) {
 		t.Fatalf("OnOpen ran for %v", ctx)
 	default:
 	}
+}
+
+// lineServer echoes whole lines and leaves a partial line unread, so that
+// it waits in the connection's inbound buffer; each OnTraffic is reported.
+type lineServer struct {
+	BuiltinEventEngine
+
+	running chan struct{}
+	once    sync.Once
+	eng     Engine
+	traffic chan struct{}
+}
+
+func (s *lineServer) OnBoot(eng Engine) Action {
+	s.eng = eng
+	return None
+}
+
+func (s *lineServer) OnTick() (time.Duration, Action) {
+	s.once.Do(func() { close(s.running) })
+	return time.Second, None
+}
+
+func (s *lineServer) OnTraffic(c Conn) Action {
+	defer func() { s.traffic <- struct{}{} }()
+	for {
+		buf, err := c.Peek(-1)
+		if err != nil {
+			return Close
+		}
+		i := bytes.IndexByte(buf, '\n')
+		if i < 0 {
+			return None // the rest of the line comes later
+		}
+		_, _ = c.Write(append([]byte("<"), buf[:i+1]...))
+		_, _ = c.Discard(i + 1)
+	}
+}
+
+// The unread part of a read belongs to its connection (patch 14): what one
+// connection leaves unread survives another's traffic on the same loop, and
+// the copy Peek makes of one connection's bytes is not pooled by another's
+// Discard.
+func TestLatestReadStaysWithItsConnection(t *testing.T) {
+	s := &lineServer{running: make(chan struct{}), traffic: make(chan struct{}, 16)}
+	ran := make(chan error, 1)
+	go func() {
+		ran <- Run(s, "tcp://127.0.0.1:0", WithNumEventLoop(1), WithTicker(true))
+	}()
+	select {
+	case <-s.running:
+	case err := <-ran:
+		t.Fatalf("engine: %v", err)
+	}
+	defer func() {
+		require.NoError(t, s.eng.Stop(context.Background()))
+		<-ran
+	}()
+	var addr string
+	for fd := range s.eng.eng.listeners {
+		sa, err := unix.Getsockname(fd)
+		require.NoError(t, err)
+		addr = socket.SockaddrToTCPOrUnixAddr(sa).String()
+	}
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	a, ra := dial()
+	defer a.Close() //nolint:errcheck
+	b, rb := dial()
+	defer b.Close() //nolint:errcheck
+	send := func(c net.Conn, p string) {
+		_, err := c.Write([]byte(p))
+		require.NoError(t, err)
+		select {
+		case <-s.traffic:
+		case <-time.After(30 * time.Second):
+			t.Fatal("no OnTraffic")
+		}
+	}
+	expect := func(r *bufio.Reader, want string) {
+		line, err := r.ReadString('\n')
+		require.NoError(t, err)
+		assert.Equal(t, want, line)
+	}
+
+	send(a, "ab")  // left unread: a's inbound buffer
+	send(a, "c")   // Peek copies "ab"+"c" for a, no Discard
+	send(b, "x")   // b's own partial line
+	send(b, "y\n") // b's Peek copy replaces a's; b's Discard pools b's
+	expect(rb, "<xy\n")
+	send(a, "d\ne") // a's line whole again; "e" left unread
+	expect(ra, "<abcd\n")
+	send(b, "z\n")
+	expect(rb, "<z\n")
+	send(a, "f\n")
+	expect(ra, "<ef\n")
 }

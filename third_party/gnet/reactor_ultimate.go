@@ -81,3 +81,7 @@ func (el *eventloop) run() error {
 
 	return err
 }
+
+// attachPoller sets what the poller calls on c's events: with poll_opt the
+// poller calls the attachment's callback. (dualgate patch 15)
+func (c *conn) attachPoller() { c.pollAttachment.Callback = c.processIO }
