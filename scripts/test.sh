@@ -53,4 +53,11 @@ echo "== third_party/gnet (patched): gnet's own tests"
   go test -count=1 ./pkg/pool/byteslice
   go test -race -count=1 -timeout 10m -run 'TestServer/^poll-(LT|ET|reuseport-LT|reuseport-ET)$/^(tcp|unix)$' .
   go test -race -count=1 -timeout 10m -run 'TestClient/^poll-(LT|ET)$/^tcp$' .
+  # the build tags dualgate does not use still build, and the parts the
+  # patches touch in them pass: the gc_opt matrix (patch 16) and the
+  # poll_opt reactors (patch 15)
+  go vet -tags gc_opt .
+  go vet -tags poll_opt .
+  go test -count=1 -tags gc_opt -run 'TestConnMatrix|TestConnStructSize' .
+  go test -count=1 -tags poll_opt -timeout 10m -run 'TestServer/^poll-LT$/^tcp$|TestLatestReadStaysWithItsConnection' .
 )

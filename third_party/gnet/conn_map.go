@@ -19,8 +19,6 @@ package gnet
 import (
 	"sync"
 	"sync/atomic"
-
-	"github.com/panjf2000/gnet/v2/internal/gfd"
 )
 
 // connPageSize is the number of descriptors a page of the index covers:
@@ -169,8 +167,17 @@ func (cm *connMatrix) loadCount() (n int32) {
 	return atomic.LoadInt32(&cm.connCount)
 }
 
-func (cm *connMatrix) addConn(c *conn, index int) {
-	c.gfd = gfd.NewGFD(c.fd, index, 0, 0)
+// connGFD is what a conn keeps of its gnet file descriptor with the
+// descriptor index: nothing. Only the gc_opt matrix reads a connection's
+// GFD (to find its slot); here the index finds a connection by its
+// descriptor, and the API that took a GFD (Engine.AsyncWrite and the like)
+// is disabled upstream, so the 16 bytes on every conn were written and
+// never read. (dualgate patch 16)
+type connGFD struct{}
+
+func (c *conn) setGFD(_, _, _ int) {}
+
+func (cm *connMatrix) addConn(c *conn, _ int) {
 	cm.index.add(c)
 	cm.incCount(0, 1)
 }

@@ -64,6 +64,17 @@ func (cm *connMatrix) loadCount() (n int32) {
 	return
 }
 
+// connGFD is the gnet file descriptor a conn keeps for the matrix, which
+// finds the connection's slot by it. (dualgate patch 16: a field of its
+// own so that the default build's conn keeps none)
+type connGFD struct {
+	gfd gfd.GFD
+}
+
+func (c *conn) setGFD(elIndex, row, column int) {
+	c.gfd = gfd.NewGFD(c.fd, elIndex, row, column)
+}
+
 func (cm *connMatrix) addConn(c *conn, index int) {
 	if cm.row >= gfd.ConnMatrixRowMax {
 		return
@@ -73,7 +84,7 @@ func (cm *connMatrix) addConn(c *conn, index int) {
 		cm.table[cm.row] = make([]*conn, gfd.ConnMatrixColumnMax)
 	}
 
-	c.gfd = gfd.NewGFD(c.fd, index, cm.row, cm.column)
+	c.setGFD(index, cm.row, cm.column)
 	cm.fd2gfd[c.fd] = c.gfd
 	cm.table[cm.row][cm.column] = c
 	cm.incCount(cm.row, 1)

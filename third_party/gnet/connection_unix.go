@@ -24,7 +24,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/panjf2000/gnet/v2/internal/gfd"
 	"github.com/panjf2000/gnet/v2/pkg/bs"
 	"github.com/panjf2000/gnet/v2/pkg/buffer/elastic"
 	errorx "github.com/panjf2000/gnet/v2/pkg/errors"
@@ -36,8 +35,8 @@ import (
 )
 
 type conn struct {
+	connGFD                               // gnet file descriptor: gc_opt only (patch 16)
 	fd             int                    // file descriptor
-	gfd            gfd.GFD                // gnet file descriptor
 	ctx            any                    // user-defined context
 	addrs          *connAddrs             // addresses; nil for a stream connection accepted by a listener
 	loop           *eventloop             // connected event-loop
@@ -79,12 +78,12 @@ func newStreamConn(proto string, fd int, el *eventloop, sa unix.Sockaddr, localA
 func newUDPConn(fd int, el *eventloop, localAddr net.Addr, sa unix.Sockaddr, connected bool) (c *conn) {
 	c = &conn{
 		fd:             fd,
-		gfd:            gfd.NewGFD(fd, el.idx, 0, 0),
 		addrs:          &connAddrs{remote: sa, localAddr: localAddr, remoteAddr: socket.SockaddrToUDPAddr(sa)},
 		loop:           el,
 		isDatagram:     true,
 		pollAttachment: netpoll.PollAttachment{FD: fd, Callback: el.readUDP},
 	}
+	c.setGFD(el.idx, 0, 0)
 	if connected {
 		c.addrs.remote = nil
 	}
