@@ -61,6 +61,12 @@ type PubConfig struct {
 	// bounds it too. Mosquitto's default for 3.1.1 is 20
 	// (max_inflight_messages): beyond it, QoS 2 messages may be dropped.
 	InFlight int
+	// WriteEach makes every packet a write(2) of its own, as the tool did
+	// before it coalesced: a publisher's messages that may leave at once
+	// (free window slots, or due at the rate) and the subscriber's
+	// acknowledgements of one read then go out one by one, which costs
+	// the tool a system call per packet.
+	WriteEach bool
 	// ClientIDPrefix prefixes the client ids (default "dualbench-pub-").
 	ClientIDPrefix string
 	// Drain is the longest wait for the subscriber to receive the last
@@ -413,13 +419,33 @@ func (r *pubRun) publish(ctx context.Context, i int, c *mqttConn) error {
 		acks.Wait()
 	}()
 
+	// What may leave at once leaves in one write: the messages whose
+	// window slots are free (QoS 1 and 2) or that are due (a rate), at
+	// most maxBatch bytes; the batch is written before the publisher
+	// waits for a slot or for the next message's time. A message's send
+	// time is taken as it joins the batch.
+	const maxBatch = 64 << 10
 	var buf []byte
+	flush := func() error {
+		if len(buf) == 0 {
+			return nil
+		}
+		err := c.write(buf)
+		buf = buf[:0]
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
 	var id uint16
 	start := time.Now()
 	for seq := 0; seq < r.cfg.Count; seq++ {
 		if r.cfg.Rate > 0 {
 			due := start.Add(time.Duration(float64(seq) / r.cfg.Rate * float64(time.Second)))
 			if d := time.Until(due); d > 0 {
+				if err := flush(); err != nil {
+					return err
+				}
 				t := time.NewTimer(d)
 				select {
 				case <-ctx.Done():
@@ -432,10 +458,17 @@ func (r *pubRun) publish(ctx context.Context, i int, c *mqttConn) error {
 		if r.cfg.QoS > 0 {
 			select {
 			case window <- struct{}{}:
-			case err := <-ackErr:
-				return err
-			case <-ctx.Done():
-				return ctx.Err()
+			default:
+				if err := flush(); err != nil {
+					return err
+				}
+				select {
+				case window <- struct{}{}:
+				case err := <-ackErr:
+					return err
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 			if id++; id == 0 {
 				id = 1
@@ -448,18 +481,20 @@ func (r *pubRun) publish(ctx context.Context, i int, c *mqttConn) error {
 		if r.cfg.QoS > 0 {
 			atomic.StoreInt64(&sentAt[id], now)
 		}
-		buf = mqttcodec.AppendPublish(buf[:0], r.cfg.MQTTVersion, &mqttcodec.Publish{
+		buf = mqttcodec.AppendPublish(buf, r.cfg.MQTTVersion, &mqttcodec.Publish{
 			QoS: r.cfg.QoS, Topic: topic, PacketID: id, Payload: payload,
 		})
-		if err := c.write(buf); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return err
-		}
 		r.sent.Add(1)
 		storeMin(&r.firstSend, now)
 		storeMax(&r.lastSend, now)
+		if r.cfg.WriteEach || len(buf) >= maxBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
 	}
 	if r.cfg.QoS == 0 {
 		return nil
@@ -478,8 +513,18 @@ func (r *pubRun) publish(ctx context.Context, i int, c *mqttConn) error {
 }
 
 // readAcks reads a publisher's PUBACKs (QoS 1) or PUBRECs and PUBCOMPs
-// (QoS 2), freeing a window slot per completed message.
+// (QoS 2), freeing a window slot per completed message. The PUBRELs
+// answering one read leave in one write, before the next read.
 func (r *pubRun) readAcks(c *mqttConn, window chan struct{}, sentAt []int64) error {
+	var rels []byte
+	c.beforeRead = func() error {
+		if len(rels) == 0 {
+			return nil
+		}
+		err := c.write(rels)
+		rels = rels[:0]
+		return err
+	}
 	for {
 		p, err := c.next()
 		if err != nil {
@@ -502,9 +547,11 @@ func (r *pubRun) readAcks(c *mqttConn, window chan struct{}, sentAt []int64) err
 				<-window
 				continue
 			}
-			rel := mqttcodec.AppendAck(nil, c.version, mqttcodec.PUBREL, &mqttcodec.Ack{PacketID: p.Ack.PacketID})
-			if err := c.write(rel); err != nil {
-				return err
+			rels = mqttcodec.AppendAck(rels, c.version, mqttcodec.PUBREL, &mqttcodec.Ack{PacketID: p.Ack.PacketID})
+			if r.cfg.WriteEach {
+				if err := c.beforeRead(); err != nil {
+					return err
+				}
 			}
 		case mqttcodec.DISCONNECT:
 			return fmt.Errorf("server disconnected (reason 0x%02x)", byte(p.Disconnect.ReasonCode))
@@ -513,35 +560,44 @@ func (r *pubRun) readAcks(c *mqttConn, window chan struct{}, sentAt []int64) err
 }
 
 // receive reads the subscriber's messages until its connection closes.
+// The acknowledgements of what one read brought leave in one write, made
+// before the next read (WriteEach: one write each).
 func (r *pubRun) receive(c *mqttConn) error {
+	var acks []byte
+	c.beforeRead = func() error {
+		if len(acks) == 0 {
+			return nil
+		}
+		err := c.write(acks)
+		acks = acks[:0]
+		return err
+	}
+	defer func() { c.beforeRead = nil }()
 	for {
 		p, err := c.next()
 		if err != nil {
 			return err
 		}
+		n := len(acks)
 		switch p.Type {
 		case mqttcodec.PUBLISH:
 			pub := &p.Publish
 			r.record(pub.Payload)
-			var ack []byte
 			switch pub.QoS {
 			case 1:
-				ack = mqttcodec.AppendAck(nil, c.version, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: pub.PacketID})
+				acks = mqttcodec.AppendAck(acks, c.version, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: pub.PacketID})
 			case 2:
-				ack = mqttcodec.AppendAck(nil, c.version, mqttcodec.PUBREC, &mqttcodec.Ack{PacketID: pub.PacketID})
-			}
-			if ack != nil {
-				if err := c.write(ack); err != nil {
-					return err
-				}
+				acks = mqttcodec.AppendAck(acks, c.version, mqttcodec.PUBREC, &mqttcodec.Ack{PacketID: pub.PacketID})
 			}
 		case mqttcodec.PUBREL:
-			comp := mqttcodec.AppendAck(nil, c.version, mqttcodec.PUBCOMP, &mqttcodec.Ack{PacketID: p.Ack.PacketID})
-			if err := c.write(comp); err != nil {
-				return err
-			}
+			acks = mqttcodec.AppendAck(acks, c.version, mqttcodec.PUBCOMP, &mqttcodec.Ack{PacketID: p.Ack.PacketID})
 		case mqttcodec.DISCONNECT:
 			return fmt.Errorf("server disconnected (reason 0x%02x)", byte(p.Disconnect.ReasonCode))
+		}
+		if len(acks) > n && (r.cfg.WriteEach || len(acks) >= 64<<10) {
+			if err := c.beforeRead(); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -610,6 +666,9 @@ type mqttConn struct {
 	buf        []byte // bytes read and not yet decoded
 	pkt        mqttcodec.Packet
 	once       sync.Once
+	// beforeRead, when set, runs before next blocks on a read: the
+	// subscriber's acknowledgements gathered meanwhile leave there.
+	beforeRead func() error
 }
 
 func (c *mqttConn) write(b []byte) error {
@@ -639,6 +698,11 @@ func (c *mqttConn) next() (*mqttcodec.Packet, error) {
 			c.buf = c.rd[:0]
 		} else if cap(c.buf)-len(c.buf) < 4096 {
 			c.buf = append(make([]byte, 0, max(len(c.rd), 2*len(c.buf))), c.buf...)
+		}
+		if c.beforeRead != nil {
+			if err := c.beforeRead(); err != nil {
+				return nil, err
+			}
 		}
 		n, err := c.nc.Read(c.buf[len(c.buf):cap(c.buf)])
 		if n > 0 {

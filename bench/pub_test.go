@@ -2,10 +2,13 @@ package bench
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,5 +143,75 @@ func TestLatencyCells(t *testing.T) {
 	s := LatencySummary{Count: 50, P50: time.Millisecond, P90: 2 * time.Millisecond, P99: 3 * time.Millisecond, Max: 4 * time.Millisecond}
 	if got := latencyCells(s); got != "50 | 1.000 ms | 2.000 ms | – | 4.000 ms" {
 		t.Fatalf("cells %q", got)
+	}
+}
+
+// writeCounter counts the writes made on a connection.
+type writeCounter struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *writeCounter) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+// The subscriber acknowledges what one read brought in one write, and in
+// a write per packet with WriteEach: the load tool's cost per message is
+// what bounds a fast server's measured rate (docs/benchmarks.md §11.1).
+func TestSubscriberAcksOneReadInOneWrite(t *testing.T) {
+	for _, each := range []bool{false, true} {
+		tool, server := net.Pipe()
+		cc := &writeCounter{Conn: tool}
+		c := &mqttConn{nc: cc, version: mqttcodec.V311, rd: make([]byte, 64<<10)}
+		r := &pubRun{cfg: PubConfig{Publishers: 1, Count: 100, WriteEach: each}, e2e: NewLatency(), ack: NewLatency(), base: time.Now()}
+		r.seen = [][]uint64{make([]uint64, 2)}
+		done := make(chan error, 1)
+		go func() { done <- r.receive(c) }()
+
+		var burst []byte
+		payload := make([]byte, pubHeader)
+		for id := uint16(1); id <= 100; id++ {
+			binary.BigEndian.PutUint64(payload, uint64(r.now()))
+			binary.BigEndian.PutUint32(payload[12:], uint32(id-1))
+			burst = mqttcodec.AppendPublish(burst, mqttcodec.V311, &mqttcodec.Publish{QoS: 1, Topic: []byte("t"), PacketID: id, Payload: payload})
+		}
+		_ = server.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := server.Write(burst); err != nil {
+			t.Fatal(err)
+		}
+		// Read the 100 PUBACKs, in order.
+		var got []byte
+		buf := make([]byte, 4096)
+		for len(got) < 100*4 {
+			n, err := server.Read(buf)
+			if err != nil {
+				t.Fatalf("each=%v: after %d bytes of PUBACKs: %v", each, len(got), err)
+			}
+			got = append(got, buf[:n]...)
+		}
+		for id := uint16(1); id <= 100; id++ {
+			var p mqttcodec.Packet
+			n, err := mqttcodec.Decode(got, mqttcodec.V311, DefaultMaxPacket, &p)
+			if err != nil || n == 0 || p.Type != mqttcodec.PUBACK || p.Ack.PacketID != id {
+				t.Fatalf("each=%v: acknowledgement %d: %v %s id %d", each, id, err, p.Type, p.Ack.PacketID)
+			}
+			got = got[n:]
+		}
+		_ = server.Close()
+		if err := <-done; err == nil {
+			t.Errorf("each=%v: receive ended without the connection's error", each)
+		}
+		want := int64(1)
+		if each {
+			want = 100
+		}
+		if w := cc.writes.Load(); w != want {
+			t.Errorf("each=%v: %d writes for 100 acknowledgements, want %d", each, w, want)
+		}
+		if r.received != 100 {
+			t.Errorf("each=%v: %d messages recorded, want 100", each, r.received)
+		}
 	}
 }

@@ -41,7 +41,11 @@ run time: ~2-5 min for 2,000 devices (three fleets, RSS settling each).`,
 do: publishers x rate at QoS 0/1/2 to any MQTT server, one subscriber on
 the same or another server; the payload carries the send time, so p50/p99
 are send -> subscriber. With --through-dualgate it starts a gateway and
-publishes through it (to its --upstream broker, or routed locally).
+publishes through it (to its --upstream broker, or routed locally). What
+may leave at once leaves in one write (a publisher's messages with free
+window slots, the subscriber's acknowledgements of one read), so the
+tool's cost per message stays below the server's; --write-each makes a
+system call per packet, as the tool did before.
 
 examples:
   dualbench pub --port 1883 -c 4 -n 20000 --qos 1            # straight to a broker

@@ -60,6 +60,7 @@ func parsePub(args []string, stderr io.Writer) (pubCmd, error) {
 	fs.StringVar(&c.cfg.SubTopic, "sub-topic", "dualbench/pub/#", "subscriber's filter (a gateway's --upstream-prefix goes in front)")
 	fs.StringVar(&mqtt, "mqtt", "4", "MQTT version: 4 (3.1.1) or 5")
 	fs.IntVar(&c.cfg.InFlight, "inflight", 64, "unacknowledged QoS 1/2 messages per publisher (an MQTT 5 server's Receive Maximum lowers it)")
+	fs.BoolVar(&c.cfg.WriteEach, "write-each", false, "a system call per packet, as the tool wrote before it coalesced (by default what may leave at once leaves in one write)")
 	fs.DurationVar(&c.cfg.Drain, "drain", 5*time.Second, "longest wait for the last messages once the publishers are done")
 	fs.StringVar(&c.cfg.Label, "label", "", "name of the path in the report, e.g. \"dualgate -> mosquitto\"")
 	fs.StringVar(&c.cfg.OutDir, "out", "", "directory for report.md, report.json and latency.png")
