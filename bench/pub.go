@@ -437,6 +437,17 @@ func (r *pubRun) publish(ctx context.Context, i int, c *mqttConn) error {
 		}
 		return err
 	}
+	// take waits for a window slot.
+	take := func() error {
+		select {
+		case window <- struct{}{}:
+			return nil
+		case err := <-ackErr:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	var id uint16
 	start := time.Now()
 	for seq := 0; seq < r.cfg.Count; seq++ {
@@ -462,12 +473,8 @@ func (r *pubRun) publish(ctx context.Context, i int, c *mqttConn) error {
 				if err := flush(); err != nil {
 					return err
 				}
-				select {
-				case window <- struct{}{}:
-				case err := <-ackErr:
+				if err := take(); err != nil {
 					return err
-				case <-ctx.Done():
-					return ctx.Err()
 				}
 			}
 			if id++; id == 0 {
@@ -501,12 +508,8 @@ func (r *pubRun) publish(ctx context.Context, i int, c *mqttConn) error {
 	}
 	// Every slot back: every message acknowledged.
 	for range inflight {
-		select {
-		case window <- struct{}{}:
-		case err := <-ackErr:
+		if err := take(); err != nil {
 			return err
-		case <-ctx.Done():
-			return ctx.Err()
 		}
 	}
 	return nil
@@ -516,15 +519,6 @@ func (r *pubRun) publish(ctx context.Context, i int, c *mqttConn) error {
 // (QoS 2), freeing a window slot per completed message. The PUBRELs
 // answering one read leave in one write, before the next read.
 func (r *pubRun) readAcks(c *mqttConn, window chan struct{}, sentAt []int64) error {
-	var rels []byte
-	c.beforeRead = func() error {
-		if len(rels) == 0 {
-			return nil
-		}
-		err := c.write(rels)
-		rels = rels[:0]
-		return err
-	}
 	for {
 		p, err := c.next()
 		if err != nil {
@@ -547,9 +541,9 @@ func (r *pubRun) readAcks(c *mqttConn, window chan struct{}, sentAt []int64) err
 				<-window
 				continue
 			}
-			rels = mqttcodec.AppendAck(rels, c.version, mqttcodec.PUBREL, &mqttcodec.Ack{PacketID: p.Ack.PacketID})
+			c.answers = mqttcodec.AppendAck(c.answers, c.version, mqttcodec.PUBREL, &mqttcodec.Ack{PacketID: p.Ack.PacketID})
 			if r.cfg.WriteEach {
-				if err := c.beforeRead(); err != nil {
+				if err := c.answer(); err != nil {
 					return err
 				}
 			}
@@ -563,39 +557,29 @@ func (r *pubRun) readAcks(c *mqttConn, window chan struct{}, sentAt []int64) err
 // The acknowledgements of what one read brought leave in one write, made
 // before the next read (WriteEach: one write each).
 func (r *pubRun) receive(c *mqttConn) error {
-	var acks []byte
-	c.beforeRead = func() error {
-		if len(acks) == 0 {
-			return nil
-		}
-		err := c.write(acks)
-		acks = acks[:0]
-		return err
-	}
-	defer func() { c.beforeRead = nil }()
 	for {
 		p, err := c.next()
 		if err != nil {
 			return err
 		}
-		n := len(acks)
+		n := len(c.answers)
 		switch p.Type {
 		case mqttcodec.PUBLISH:
 			pub := &p.Publish
 			r.record(pub.Payload)
 			switch pub.QoS {
 			case 1:
-				acks = mqttcodec.AppendAck(acks, c.version, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: pub.PacketID})
+				c.answers = mqttcodec.AppendAck(c.answers, c.version, mqttcodec.PUBACK, &mqttcodec.Ack{PacketID: pub.PacketID})
 			case 2:
-				acks = mqttcodec.AppendAck(acks, c.version, mqttcodec.PUBREC, &mqttcodec.Ack{PacketID: pub.PacketID})
+				c.answers = mqttcodec.AppendAck(c.answers, c.version, mqttcodec.PUBREC, &mqttcodec.Ack{PacketID: pub.PacketID})
 			}
 		case mqttcodec.PUBREL:
-			acks = mqttcodec.AppendAck(acks, c.version, mqttcodec.PUBCOMP, &mqttcodec.Ack{PacketID: p.Ack.PacketID})
+			c.answers = mqttcodec.AppendAck(c.answers, c.version, mqttcodec.PUBCOMP, &mqttcodec.Ack{PacketID: p.Ack.PacketID})
 		case mqttcodec.DISCONNECT:
 			return fmt.Errorf("server disconnected (reason 0x%02x)", byte(p.Disconnect.ReasonCode))
 		}
-		if len(acks) > n && (r.cfg.WriteEach || len(acks) >= 64<<10) {
-			if err := c.beforeRead(); err != nil {
+		if len(c.answers) > n && (r.cfg.WriteEach || len(c.answers) >= 64<<10) {
+			if err := c.answer(); err != nil {
 				return err
 			}
 		}
@@ -666,9 +650,20 @@ type mqttConn struct {
 	buf        []byte // bytes read and not yet decoded
 	pkt        mqttcodec.Packet
 	once       sync.Once
-	// beforeRead, when set, runs before next blocks on a read: the
-	// subscriber's acknowledgements gathered meanwhile leave there.
-	beforeRead func() error
+	// answers are acknowledgements the reading goroutine has gathered;
+	// next writes them in one write before it blocks on a read.
+	answers []byte
+}
+
+// answer writes the gathered acknowledgements; only the reading
+// goroutine calls it.
+func (c *mqttConn) answer() error {
+	if len(c.answers) == 0 {
+		return nil
+	}
+	err := c.write(c.answers)
+	c.answers = c.answers[:0]
+	return err
 }
 
 func (c *mqttConn) write(b []byte) error {
@@ -699,10 +694,8 @@ func (c *mqttConn) next() (*mqttcodec.Packet, error) {
 		} else if cap(c.buf)-len(c.buf) < 4096 {
 			c.buf = append(make([]byte, 0, max(len(c.rd), 2*len(c.buf))), c.buf...)
 		}
-		if c.beforeRead != nil {
-			if err := c.beforeRead(); err != nil {
-				return nil, err
-			}
+		if err := c.answer(); err != nil {
+			return nil, err
 		}
 		n, err := c.nc.Read(c.buf[len(c.buf):cap(c.buf)])
 		if n > 0 {
