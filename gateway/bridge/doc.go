@@ -164,6 +164,9 @@
 // writer while it hands paho a burst of publishes (up to maxBurst, or
 // until the queue is empty or the broker's window full), so the burst
 // leaves in one system call and the writer is woken once per burst.
+// While publishes are in flight a burst starts only when at least two
+// may go (minBurst): with the broker's window full, sending one publish
+// per acknowledgement keeps every hop at one message per system call.
 // MQTT 3.1.1: paho.mqtt.golang writes each packet on its own goroutine, a
 // system call each; its connection goes through a flushConn too (no
 // corking: the sender does not write).

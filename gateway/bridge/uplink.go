@@ -410,11 +410,21 @@ func (l *lane) send() {
 // maxBurst bounds the publishes written corked, in one burst.
 const maxBurst = 64
 
+// minBurst is the fewest publishes a burst starts with while others are
+// unacknowledged (fewer only when fewer are queued): with the broker's
+// window full, each acknowledgement would otherwise free one slot and
+// send one publish, a write of ~70 bytes per message, which the broker
+// answers with one PUBACK per read; waiting for a second acknowledgement
+// halves the writes and lets the acknowledgements arrive together (the
+// sender side of TCP's silly-window avoidance). It never waits on an
+// empty window, so a lone message leaves at once. docs/benchmarks.md §6.
+const minBurst = 2
+
 // burst publishes what may go now, up to maxBurst, with the connection
 // corked, so that they leave in one system call; it reports whether it
 // found anything to send.
 func (l *lane) burst() bool {
-	e := l.next()
+	e := l.next(true)
 	if e == nil {
 		return false
 	}
@@ -425,7 +435,7 @@ func (l *lane) burst() bool {
 		if refused = !l.publish(e); refused || n == maxBurst {
 			break
 		}
-		if e = l.next(); e == nil {
+		if e = l.next(false); e == nil {
 			break
 		}
 	}
@@ -443,8 +453,9 @@ func (l *lane) burst() bool {
 	return true
 }
 
-// next returns the message to send now, if any.
-func (l *lane) next() *entry {
+// next returns the message to send now, if any; first: the first of a
+// burst (minBurst).
+func (l *lane) next(first bool) *entry {
 	c := l.c()
 	open := c.open()
 	var dropped []*entry
@@ -482,7 +493,8 @@ func (l *lane) next() *entry {
 		}
 		l.gate = false
 	}
-	if c.inflight() >= min(l.b.cfg.MaxInflight, c.window()) {
+	win, in := min(l.b.cfg.MaxInflight, c.window()), c.inflight()
+	if in >= win || first && in > 0 && win-in < min(minBurst, l.queue.len()) {
 		return nil
 	}
 	e := l.queue.pop()

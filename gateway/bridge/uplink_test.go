@@ -428,3 +428,52 @@ func testPublishDoesNotWaitForTheSpill(t *testing.T) {
 		}
 	}
 }
+
+// windowConn is a connection with a window and publishes in flight, for
+// the sender's choice of what to send (lane.next).
+type windowConn struct {
+	conn    // unused methods: nil, they panic if called
+	win, in int
+}
+
+func (c *windowConn) open() bool    { return true }
+func (c *windowConn) settled() bool { return true }
+func (c *windowConn) inflight() int { return c.in }
+func (c *windowConn) window() int   { return c.win }
+
+// TestBurstWaitsForASecondSlot: with publishes in flight, a burst starts
+// only when it can send at least minBurst (or all that is queued); with
+// none in flight it starts at once; within a burst, every free slot is
+// used.
+func TestBurstWaitsForASecondSlot(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		win, in, held int
+		first         bool
+		want          bool
+	}{
+		{name: "one slot free, more queued", win: 20, in: 19, held: 3, first: true, want: false},
+		{name: "two slots free", win: 20, in: 18, held: 3, first: true, want: true},
+		{name: "one slot free, one queued", win: 20, in: 19, held: 1, first: true, want: true},
+		{name: "nothing in flight", win: 20, in: 0, held: 3, first: true, want: true},
+		{name: "window of one, empty", win: 1, in: 0, held: 3, first: true, want: true},
+		{name: "within a burst, one slot free", win: 20, in: 19, held: 3, first: false, want: true},
+		{name: "window full", win: 20, in: 20, held: 3, first: false, want: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &lane{b: &Bridge{cfg: Config{MaxInflight: 256}}}
+			l.cur.Store(&connRef{&windowConn{win: tc.win, in: tc.in}})
+			for range tc.held {
+				l.queue.push(&entry{qos: 1})
+			}
+			got := l.next(tc.first) != nil
+			if got != tc.want {
+				t.Fatalf("window %d, %d in flight, %d queued, first %v: next gave a message %v, want %v",
+					tc.win, tc.in, tc.held, tc.first, got, tc.want)
+			}
+			if want := tc.held - map[bool]int{true: 1}[got]; l.queue.len() != want {
+				t.Fatalf("%d left queued, want %d", l.queue.len(), want)
+			}
+		})
+	}
+}
