@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dualgate/dualgate/gateway/session"
@@ -262,6 +263,36 @@ func TestSessionTakenOverIsExplained(t *testing.T) {
 		for _, e := range logs.FilterMessageSnippet("same client id").All() {
 			if e.ContextMap()["reason"] == mqttcodec.SessionTakenOver.String() {
 				return true
+			}
+		}
+		return false
+	})
+}
+
+// Mosquitto 2.0 says nothing when another client takes a session over: it
+// closes the older connection. Two gateways given one upstream client id
+// then take the session from each other at every connection, and each
+// one's log must name the likely cause, not only "connection lost". Played
+// by two bridges with one client id prefix against a real Mosquitto.
+func TestSharedClientIDIsExplained(t *testing.T) {
+	br := startBroker(t)
+	cfg := testConfig(t, br.URL())
+	cfg.Protocol = Protocol5
+	cfg.PoolSize = 1
+	var logs [2]*observer.ObservedLogs
+	for i := range logs {
+		var core zapcore.Core
+		core, logs[i] = observer.New(zap.WarnLevel)
+		c := cfg
+		c.Logger = zap.New(core)
+		startBridge(t, c)
+	}
+	waitFor(t, 30*time.Second, "a bridge to explain the connections it keeps losing", func() bool {
+		for _, l := range logs {
+			for _, e := range l.FilterMessageSnippet("keeps closing this connection").All() {
+				if e.ContextMap()["client_id"] == cfg.ClientIDPrefix+"-0" {
+					return true
+				}
 			}
 		}
 		return false

@@ -130,6 +130,7 @@ func (l *lane) start() {
 func (l *lane) connect() {
 	defer l.b.wg.Done()
 	delay := firstRetry
+	short := 0 // connections in a row the broker ended soon after they were made
 	for attempt := 1; ; attempt++ {
 		if l.b.fellBack.Load() && l.c().protocol() == Protocol5 && !l.c().open() {
 			l.cur.Store(&connRef{newConn311(l)})
@@ -150,13 +151,20 @@ func (l *lane) connect() {
 			l.lostConnection(errors.New("connection closed"))
 			attempt = 0
 			if l.cycled.Swap(false) || time.Since(up) >= stableConnection {
-				delay = firstRetry
+				delay, short = firstRetry, 0
 				continue
 			}
 			// Ended soon after it was made: something the broker refuses
 			// at every connection (a packet it closes on, resent each
-			// time; a broker that takes connections and drops them).
-			// Reconnecting at once would hammer it in a loop.
+			// time; a broker that takes connections and drops them;
+			// another client taking the session). Reconnecting at once
+			// would hammer it in a loop.
+			if short++; short >= shortInARow && short&(short-1) == 0 { // 4, 8, 16...: the log stays short
+				l.b.log.Warn("the upstream broker keeps closing this connection soon after accepting it: "+
+					"if another gateway or client connects with the same client id, the broker hands the session "+
+					"back and forth between them; give each gateway its own --upstream-client-id",
+					zap.String("client_id", l.id), zap.Int("in_a_row", short))
+			}
 		} else {
 			if errors.Is(err, ErrClosed) {
 				return
@@ -189,6 +197,9 @@ const (
 	// stableConnection is how long a connection must have lasted for the
 	// next one to be made at once after it ends.
 	stableConnection = 10 * time.Second
+	// shortInARow connections in a row ended sooner than
+	// stableConnection are logged with the likeliest cause.
+	shortInARow = 4
 )
 
 // wait waits for a paho token, until Stop or, with timeout > 0, until the
