@@ -424,7 +424,6 @@ func (r *pubRun) publish(ctx context.Context, i int, c *mqttConn) error {
 	// most maxBatch bytes; the batch is written before the publisher
 	// waits for a slot or for the next message's time. A message's send
 	// time is taken as it joins the batch.
-	const maxBatch = 64 << 10
 	var buf []byte
 	flush := func() error {
 		if len(buf) == 0 {
@@ -553,6 +552,10 @@ func (r *pubRun) readAcks(c *mqttConn, window chan struct{}, sentAt []int64) err
 	}
 }
 
+// maxBatch bounds what the tool gathers for one write: a publisher's
+// messages, or the acknowledgements of what one read brought.
+const maxBatch = 64 << 10
+
 // receive reads the subscriber's messages until its connection closes.
 // The acknowledgements of what one read brought leave in one write, made
 // before the next read (WriteEach: one write each).
@@ -578,7 +581,7 @@ func (r *pubRun) receive(c *mqttConn) error {
 		case mqttcodec.DISCONNECT:
 			return fmt.Errorf("server disconnected (reason 0x%02x)", byte(p.Disconnect.ReasonCode))
 		}
-		if len(c.answers) > n && (r.cfg.WriteEach || len(c.answers) >= 64<<10) {
+		if len(c.answers) > n && (r.cfg.WriteEach || len(c.answers) >= maxBatch) {
 			if err := c.answer(); err != nil {
 				return err
 			}
